@@ -1,0 +1,1 @@
+"""The one owner of the MusicGen model: loading, generation and scheduling of all model work."""

@@ -1,0 +1,113 @@
+"""The one place that decodes, normalises and encodes audio.
+
+Decoding goes through PyAV (ffmpeg's libraries), so any format ffmpeg reads is accepted; WAV is written in-process
+as 16-bit PCM; MP3 is encoded by the ffmpeg binary (Debian's, or the one imageio-ffmpeg ships).
+"""
+
+import io
+import shutil
+import subprocess
+import typing as tp
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+NORMALIZATION_STRATEGIES = ("loudness", "clip", "peak", "rms")
+OUTPUT_FORMATS = ("wav", "mp3")
+MP3_BITRATE_KBPS = 320
+# audiocraft's defaults for its writer, which the Replicate MusicGen models use through audio_write.
+LOUDNESS_HEADROOM_DB = 14.0
+PEAK_CLIP_HEADROOM_DB = 1.0
+RMS_HEADROOM_DB = 18.0
+
+
+class AudioInputError(ValueError):
+    """Input audio that cannot be used; the message says why."""
+
+
+def decode(path: tp.Union[str, Path]) -> tuple[torch.Tensor, int]:
+    """Reads any audio file ffmpeg understands into a float tensor [channels, samples] and its sample rate."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioInputError(f"{Path(path).name} has no audio stream")
+            stream = container.streams.audio[0]
+            channels = stream.codec_context.channels or 1
+            resampler = av.AudioResampler(format="flt", layout="mono" if channels == 1 else "stereo")
+            chunks = []
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1, out.layout.nb_channels))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1, out.layout.nb_channels))
+            sample_rate = stream.codec_context.sample_rate
+    except AudioInputError:
+        raise
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        raise AudioInputError(f"Could not read {Path(path).name} as audio: {exc}") from None
+    if not chunks:
+        raise AudioInputError(f"{Path(path).name} contains no audio samples")
+    samples = np.concatenate(chunks, axis=0).T
+    return torch.from_numpy(np.ascontiguousarray(samples)), int(sample_rate)
+
+
+def normalize(wav: torch.Tensor, sample_rate: int, strategy: str) -> torch.Tensor:
+    """audiocraft's normalisation, as the anchor model applies it (loudness with the tanh compressor)."""
+    from audiocraft.data.audio_utils import normalize_audio
+
+    if strategy not in NORMALIZATION_STRATEGIES:
+        raise ValueError(f"normalization_strategy must be one of {', '.join(NORMALIZATION_STRATEGIES)}")
+    wav = normalize_audio(wav.float(), normalize=True, strategy=strategy,
+                          peak_clip_headroom_db=PEAK_CLIP_HEADROOM_DB, rms_headroom_db=RMS_HEADROOM_DB,
+                          loudness_headroom_db=LOUDNESS_HEADROOM_DB, loudness_compressor=True,
+                          log_clipping=False, sample_rate=sample_rate)
+    return wav.clamp(-1.0, 1.0)
+
+
+def wav_bytes(wav: torch.Tensor, sample_rate: int) -> bytes:
+    """A complete 16-bit PCM WAV file; `wav` is float [channels, samples] in [-1, 1]."""
+    buffer = io.BytesIO()
+    sf.write(buffer, wav.detach().cpu().float().clamp(-1, 1).numpy().T, sample_rate, format="WAV",
+             subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def pcm16_bytes(wav: torch.Tensor) -> bytes:
+    """Raw interleaved 16-bit little-endian PCM, for protocols that stream bare samples."""
+    samples = (wav.detach().cpu().float().clamp(-1, 1).numpy().T * 32767.0).round().astype("<i2")
+    return samples.tobytes()
+
+
+def ffmpeg_executable() -> str:
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def encode_file(wav: torch.Tensor, sample_rate: int, out_path: Path, fmt: str) -> Path:
+    """Writes `wav` as `fmt` to `out_path` (suffix added); MP3 at MP3_BITRATE_KBPS constant bitrate."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}")
+    out_path = Path(out_path).with_suffix("." + fmt)
+    data = wav_bytes(wav, sample_rate)
+    if fmt == "wav":
+        out_path.write_bytes(data)
+        return out_path
+    command = [ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-y", "-f", "wav", "-i", "pipe:0",
+               "-c:a", "libmp3lame", "-b:a", f"{MP3_BITRATE_KBPS}k", str(out_path)]
+    result = subprocess.run(command, input=data, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"ffmpeg could not encode mp3: {result.stderr.decode(errors='replace').strip()}")
+    return out_path
+
+
+def write_output(wav: torch.Tensor, sample_rate: int, strategy: str, fmt: str, out_path: Path) -> Path:
+    """A generation's final file: normalised with `strategy`, encoded as `fmt`."""
+    return encode_file(normalize(wav, sample_rate, strategy), sample_rate, out_path, fmt)

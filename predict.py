@@ -1,0 +1,95 @@
+"""Cog predictor with the input schema of the Replicate MusicGen model; all model work lives in the engine."""
+
+import logging
+import os
+import tempfile
+import typing as tp
+
+from cog import BaseRunner, CancelationException, Input, Path, current_scope
+
+from engine.audio import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS, write_output
+from engine.batch import MAX_DURATION_SECONDS, BatchRequest, RequestError
+from engine.core import Engine
+
+logger = logging.getLogger("predict")
+
+
+class Predictor(BaseRunner):
+    def setup(self, weights: tp.Optional[str] = None) -> None:
+        """Loads the checkpoint once: `weights` / COG_WEIGHTS (path or URL), else weights/DEFAULT or the demo."""
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        source = str(weights) if weights else os.environ.get("COG_WEIGHTS") or None
+        self.engine = Engine.load(source)
+
+    def run(
+        self,
+        prompt: tp.Optional[str] = Input(description="A description of the music you want to generate.",
+                                         default=None),
+        input_audio: tp.Optional[Path] = Input(
+            description="An audio file that will influence the generated music. If `continuation` is `True`, the "
+                        "generated music will be a continuation of the audio file. Otherwise, the generated music "
+                        "will mimic the audio file's melody.",
+            default=None),
+        duration: int = Input(description="Duration of the generated audio in seconds.", default=8, ge=1,
+                              le=MAX_DURATION_SECONDS),
+        continuation: bool = Input(
+            description="If `True`, generated music will continue `melody`. Otherwise, generated music will mimic "
+                        "`audio_input`'s melody.",
+            default=False),
+        continuation_start: int = Input(description="Start time of the audio file to use for continuation.",
+                                        default=0, ge=0),
+        continuation_end: tp.Optional[int] = Input(
+            description="End time of the audio file to use for continuation. If -1 or None, will default to the "
+                        "end of the audio clip.",
+            default=None, ge=-1),
+        multi_band_diffusion: bool = Input(
+            description="If `True`, the EnCodec tokens will be decoded with MultiBand Diffusion.", default=False),
+        normalization_strategy: str = Input(description="Strategy for normalizing audio.", default="loudness",
+                                            choices=list(NORMALIZATION_STRATEGIES)),
+        top_k: int = Input(description="Reduces sampling to the k most likely tokens.", default=250, ge=0),
+        top_p: float = Input(
+            description="Reduces sampling to tokens with cumulative probability of p. When set to `0` (default), "
+                        "top_k sampling is used.",
+            default=0.0, ge=0.0, le=1.0),
+        temperature: float = Input(
+            description="Controls the 'conservativeness' of the sampling process. Higher temperature means more "
+                        "diversity.",
+            default=1.0, ge=0.0),
+        classifier_free_guidance: int = Input(
+            description="Increases the influence of inputs on the output. Higher values produce lower-varience "
+                        "outputs that adhere more closely to inputs.",
+            default=3),
+        output_format: str = Input(description="Output format for generated audio.", default="wav",
+                                   choices=list(OUTPUT_FORMATS)),
+        seed: tp.Optional[int] = Input(
+            description="Seed for random number generator. If None or -1, a random seed will be used.",
+            default=None),
+    ) -> Path:
+        request = BatchRequest(
+            prompt=prompt, input_audio=input_audio, duration=duration, continuation=continuation,
+            continuation_start=continuation_start, continuation_end=continuation_end,
+            multi_band_diffusion=multi_band_diffusion, normalization_strategy=normalization_strategy,
+            top_k=top_k, top_p=top_p, temperature=temperature, classifier_free_guidance=classifier_free_guidance,
+            output_format=output_format, seed=seed)
+        try:
+            job = self.engine.submit_batch(request)
+        except RequestError as exc:
+            raise ValueError(str(exc)) from None
+        logger.info("Using seed %d (%s generation, %d s)", job.prepared.seed, job.prepared.mode, duration)
+        if self.engine.model.is_demo:
+            logger.warning("The demo checkpoint has random weights: this output is noise, not music.")
+        try:
+            result = job.wait(on_progress=lambda done, total: logger.info("generated %d / %d steps", done, total))
+        except CancelationException:
+            job.cancel()
+            raise
+        out_dir = Path(tempfile.mkdtemp(prefix="musicgen-"))
+        out = write_output(result.wav, result.sample_rate, normalization_strategy, output_format, out_dir / "output")
+        scope = current_scope()
+        scope.record_metric("audio_seconds", round(result.audio_seconds, 3))
+        scope.record_metric("generation_seconds", round(result.generation_seconds, 3))
+        scope.record_metric("real_time_factor", round(result.real_time_factor, 4))
+        scope.record_metric("seed", result.seed)
+        logger.info("wrote %.2f s of audio in %.2f s (real-time factor %.3f)", result.audio_seconds,
+                    result.generation_seconds, result.real_time_factor)
+        return Path(out)
