@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from weights import DEMO_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ensure_demo() -> Path:
+    """The demo checkpoint is built by setup; build it here too so a bare `pytest` works."""
+    if not (DEMO_DIR / "state_dict.bin").is_file():
+        subprocess.run([sys.executable, "-m", "weights.demo"], cwd=ROOT, check=True)
+    return DEMO_DIR
+
+
+@pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    return ensure_demo()
+
+
+@pytest.fixture(scope="session")
+def engine(demo_dir):
+    from engine.core import Engine
+
+    eng = Engine.load(demo_dir, device="cpu")
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="session")
+def venv_env() -> dict:
+    """Environment for subprocesses: the interpreter's bin first on PATH (Cog spawns its worker as `python`)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(ROOT)
+    return env
