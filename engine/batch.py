@@ -65,6 +65,15 @@ class PreparedBatch:
             return "text"
         return "continuation" if self.request.continuation else "melody"
 
+    @property
+    def prompt_seconds(self) -> float:
+        """Seconds of input audio the output starts with (continuation only)."""
+        return self.audio_slice.shape[-1] / self.audio_rate if self.mode == "continuation" else 0.0
+
+    @property
+    def total_seconds(self) -> float:
+        return self.request.duration + self.prompt_seconds
+
 
 @dataclass(frozen=True)
 class BatchResult:
@@ -144,8 +153,7 @@ def generate(model: LoadedModel, batch: PreparedBatch,
     started = time.perf_counter()
     torch.manual_seed(batch.seed)
 
-    prompt_seconds = 0.0 if batch.mode != "continuation" else batch.audio_slice.shape[-1] / batch.audio_rate
-    total_seconds = request.duration + prompt_seconds
+    total_seconds = batch.total_seconds
     musicgen.set_generation_params(
         use_sampling=True, top_k=request.top_k, top_p=request.top_p, temperature=request.temperature,
         duration=total_seconds, cfg_coef=request.classifier_free_guidance, extend_stride=EXTEND_STRIDE_SECONDS)

@@ -1,0 +1,223 @@
+"""A step-level decoder for MusicGen's LM on audiocraft's loaded weights.
+
+audiocraft's `LMModel.generate` recomputes the cross-attention keys/values of the text condition at every step,
+grows its KV cache by concatenation, and serves one request at a time. This decoder reads the same weights and:
+- keeps a preallocated self-attention KV cache of `max_steps` positions for `max_rows` rows;
+- computes the cross-attention keys/values of a row's condition once, when the condition changes;
+- runs one forward for any contiguous range of rows, each row at its own position, so several sessions (and the
+  conditional/unconditional rows of classifier-free guidance) share every weight read.
+Rows are slots; callers own the mapping from sessions to slots (see engine.scheduler).
+"""
+
+import math
+import typing as tp
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+class UnsupportedModel(ValueError):
+    """The LM uses a feature this decoder does not implement; audiocraft's own generate still works."""
+
+
+@dataclass(frozen=True)
+class _Layer:
+    norm1: tuple[torch.Tensor, torch.Tensor, float]
+    qkv: torch.Tensor  # [3D, D]
+    out: torch.Tensor  # [D, D]
+    norm_cross: tp.Optional[tuple[torch.Tensor, torch.Tensor, float]]
+    cross_q: tp.Optional[torch.Tensor]
+    cross_kv: tp.Optional[torch.Tensor]  # [2D, D]
+    cross_out: tp.Optional[torch.Tensor]
+    norm2: tuple[torch.Tensor, torch.Tensor, float]
+    ff1: torch.Tensor
+    ff2: torch.Tensor
+    activation: tp.Callable[[torch.Tensor], torch.Tensor]
+
+
+def _norm(module, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
+    return module.weight.detach().to(dtype), module.bias.detach().to(dtype), module.eps
+
+
+def _check_supported(lm) -> None:
+    transformer = lm.transformer
+    problems = []
+    if transformer.positional_embedding != "sin":
+        problems.append(f"positional_embedding={transformer.positional_embedding}")
+    if len(lm.fuser.fuse2cond["prepend"]) or len(lm.fuser.fuse2cond["sum"]) or \
+            len(lm.fuser.fuse2cond["input_interpolate"]):
+        problems.append("non-cross condition fusing (melody models prepend their chroma)")
+    if lm.fuser.cross_attention_pos_emb:
+        problems.append("cross_attention_pos_emb")
+    for layer in transformer.layers:
+        attn = layer.self_attn
+        if not layer.norm_first:
+            problems.append("post-norm layers")
+        if not isinstance(layer.layer_scale_1, torch.nn.Identity):
+            problems.append("layer_scale")
+        if attn.rope is not None or attn.past_context is not None or attn.kv_repeat != 1 or attn.qk_layer_norm:
+            problems.append("rope/past_context/kv_repeat/qk_layer_norm attention")
+        if not attn.custom or attn.in_proj_bias is not None or layer.linear1.bias is not None:
+            problems.append("biased or non-custom attention/feed-forward")
+        break
+    if problems:
+        raise UnsupportedModel("step decoder does not support: " + ", ".join(sorted(set(problems))))
+
+
+class StepDecoder:
+    """Incremental forward of MusicGen's transformer over slots of a preallocated cache."""
+
+    def __init__(self, lm, max_rows: int, max_steps: int, dtype: torch.dtype = torch.float32,
+                 max_condition_steps: int = 256) -> None:
+        _check_supported(lm)
+        self.dtype = dtype
+        self.device = next(lm.parameters()).device
+        self.num_codebooks = lm.num_codebooks
+        self.card = lm.card
+        self.dim = lm.dim
+        self.num_heads = lm.transformer.layers[0].self_attn.num_heads
+        self.head_dim = self.dim // self.num_heads
+        self.max_rows = max_rows
+        self.max_steps = max_steps
+        self.max_condition_steps = max_condition_steps
+        self.max_period = lm.transformer.max_period
+        self.positional_scale = lm.transformer.positional_scale
+        self.special_token_id = lm.special_token_id
+
+        def w(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(dtype)
+
+        self.embeddings = [w(emb.weight) for emb in lm.emb]
+        self.layers: list[_Layer] = []
+        for layer in lm.transformer.layers:
+            cross = layer.cross_attention
+            self.layers.append(_Layer(
+                norm1=_norm(layer.norm1, dtype), qkv=w(layer.self_attn.in_proj_weight),
+                out=w(layer.self_attn.out_proj.weight),
+                norm_cross=_norm(layer.norm_cross, dtype) if cross is not None else None,
+                cross_q=w(cross.in_proj_weight[: self.dim]) if cross is not None else None,
+                cross_kv=w(cross.in_proj_weight[self.dim:]) if cross is not None else None,
+                cross_out=w(cross.out_proj.weight) if cross is not None else None,
+                norm2=_norm(layer.norm2, dtype), ff1=w(layer.linear1.weight), ff2=w(layer.linear2.weight),
+                activation=layer.activation))
+        self.out_norm = _norm(lm.out_norm, dtype) if lm.out_norm is not None else None
+        self.heads = torch.stack([w(linear.weight) for linear in lm.linears])  # [K, card, D]
+
+        n_layers = len(self.layers)
+        shape = (n_layers, max_rows, self.num_heads, max_steps, self.head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.values = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.lengths = torch.zeros(max_rows, dtype=torch.long, device=self.device)
+        cross_shape = (n_layers, max_rows, self.num_heads, max_condition_steps, self.head_dim)
+        self.cross_keys = torch.zeros(cross_shape, dtype=dtype, device=self.device)
+        self.cross_values = torch.zeros(cross_shape, dtype=dtype, device=self.device)
+        self.cross_lengths = torch.ones(max_rows, dtype=torch.long, device=self.device)
+
+    # -- conditions -------------------------------------------------------------------------------------------
+    def set_condition(self, row: int, embeds: torch.Tensor, mask: torch.Tensor) -> None:
+        """Stores a row's cross-attention keys/values, computed once from its condition.
+
+        `embeds` [T, D] and `mask` [T] are what audiocraft's conditioner gives for the row. Masked positions carry
+        zero embeddings there (they contribute zero values); here they are dropped. A fully masked condition (the
+        unconditional row of classifier-free guidance) keeps one zero position, which yields exactly zero output
+        as audiocraft's all-zero keys and values do.
+        """
+        kept = embeds[mask.bool()]
+        if kept.shape[0] == 0:
+            kept = torch.zeros(1, self.dim, dtype=embeds.dtype, device=embeds.device)
+        if kept.shape[0] > self.max_condition_steps:
+            raise ValueError(f"condition of {kept.shape[0]} tokens exceeds {self.max_condition_steps}")
+        kept = kept.to(self.dtype)
+        steps = kept.shape[0]
+        for index, layer in enumerate(self.layers):
+            if layer.cross_kv is None:
+                continue
+            kv = F.linear(kept, layer.cross_kv).view(steps, 2, self.num_heads, self.head_dim)
+            self.cross_keys[index, row, :, :steps] = kv[:, 0].transpose(0, 1)
+            self.cross_values[index, row, :, :steps] = kv[:, 1].transpose(0, 1)
+        self.cross_lengths[row] = steps
+
+    def reset(self, rows: slice) -> None:
+        """Forgets the self-attention context of `rows` (their conditions stay)."""
+        self.lengths[rows] = 0
+
+    def relayout(self, sources: list[int]) -> None:
+        """Row i takes the caches and condition of old row sources[i]: keeps live rows contiguous when streams
+        come, go or change their number of styles (a new style row starts from a copy of another row's context)."""
+        if len(sources) > self.max_rows:
+            raise ValueError(f"{len(sources)} rows needed, the decoder has {self.max_rows}")
+        if not sources:
+            return
+        index = torch.tensor(sources, dtype=torch.long, device=self.device)
+        n = len(sources)
+        for cache in (self.keys, self.values, self.cross_keys, self.cross_values):
+            cache[:, :n] = cache[:, index]
+        self.lengths[:n] = self.lengths[index]
+        self.cross_lengths[:n] = self.cross_lengths[index]
+
+    # -- forward ----------------------------------------------------------------------------------------------
+    def _positional(self, positions: torch.Tensor) -> torch.Tensor:
+        """audiocraft's sinusoidal embedding (computed in float32 as its LM does, then cast)."""
+        half = self.dim // 2
+        adim = torch.arange(half, device=positions.device, dtype=torch.float32).view(1, 1, -1)
+        phase = positions.float().unsqueeze(-1) / (self.max_period ** (adim / (half - 1)))
+        return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
+
+    def forward(self, rows: slice, tokens: torch.Tensor) -> torch.Tensor:
+        """Appends `tokens` [R, K, S] to rows `rows` (contiguous slots) and returns logits [R, K, S, card].
+
+        Each row continues from its own cache length; S > 1 is a parallel prefill (causal within the call).
+        """
+        n_rows, n_codebooks, steps = tokens.shape
+        assert n_codebooks == self.num_codebooks
+        start_lengths = self.lengths[rows]
+        if int(start_lengths.max()) + steps > self.max_steps:
+            raise ValueError("KV cache full: re-prefill a shorter context before continuing")
+        x = sum(F.embedding(tokens[:, k], self.embeddings[k]) for k in range(n_codebooks))
+        positions = start_lengths.view(-1, 1) + torch.arange(steps, device=tokens.device).view(1, -1)
+        x = x + (self.positional_scale * self._positional(positions)).to(self.dtype)
+
+        total = int(start_lengths.max()) + steps
+        key_index = torch.arange(total, device=tokens.device).view(1, 1, 1, total)
+        # query s of row r sees keys 0 .. start_r + s
+        self_mask = key_index <= positions.view(n_rows, 1, steps, 1)
+        cross_total = int(self.cross_lengths[rows].max())
+        cross_mask = (torch.arange(cross_total, device=tokens.device).view(1, 1, 1, -1)
+                      < self.cross_lengths[rows].view(-1, 1, 1, 1))
+        row_index = torch.arange(rows.start, rows.start + n_rows, device=tokens.device).view(-1, 1)
+
+        for index, layer in enumerate(self.layers):
+            h = F.layer_norm(x, (self.dim,), *layer.norm1[:2], eps=layer.norm1[2])
+            qkv = F.linear(h, layer.qkv).view(n_rows, steps, 3, self.num_heads, self.head_dim)
+            q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [R, H, S, Dh]
+            self.keys[index][row_index, :, positions] = k.transpose(1, 2)
+            self.values[index][row_index, :, positions] = v.transpose(1, 2)
+            keys = self.keys[index, rows, :, :total]
+            values = self.values[index, rows, :, :total]
+            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=self_mask)
+            x = x + F.linear(attended.transpose(1, 2).reshape(n_rows, steps, self.dim), layer.out)
+            if layer.cross_q is not None:
+                h = F.layer_norm(x, (self.dim,), *layer.norm_cross[:2], eps=layer.norm_cross[2])
+                q = F.linear(h, layer.cross_q).view(n_rows, steps, self.num_heads, self.head_dim).transpose(1, 2)
+                attended = F.scaled_dot_product_attention(
+                    q, self.cross_keys[index, rows, :, :cross_total], self.cross_values[index, rows, :, :cross_total],
+                    attn_mask=cross_mask)
+                x = x + F.linear(attended.transpose(1, 2).reshape(n_rows, steps, self.dim), layer.cross_out)
+            h = F.layer_norm(x, (self.dim,), *layer.norm2[:2], eps=layer.norm2[2])
+            x = x + F.linear(layer.activation(F.linear(h, layer.ff1)), layer.ff2)
+        self.lengths[rows] = start_lengths + steps
+        if self.out_norm is not None:
+            x = F.layer_norm(x, (self.dim,), *self.out_norm[:2], eps=self.out_norm[2])
+        logits = torch.einsum("rsd,kcd->rksc", x, self.heads)
+        return logits.float()
+
+
+def bandwidth_bound_steps_per_second(decoder: StepDecoder, bytes_per_second: float = 28e9) -> float:
+    """Upper bound on decode steps/s when every step must read all weights once from memory."""
+    tensors = [decoder.heads]  # embeddings are gathered, not read whole
+    for layer in decoder.layers:
+        tensors += [layer.qkv, layer.out, layer.ff1, layer.ff2]
+        tensors += [t for t in (layer.cross_q, layer.cross_out) if t is not None]
+    weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    return bytes_per_second / weight_bytes if weight_bytes else math.inf

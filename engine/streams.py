@@ -1,0 +1,145 @@
+"""Token streams: one endless or finite generation over a block of decoder rows.
+
+A stream owns one row per style (conditional) plus one unconditional row. All its rows share the token history;
+their logits combine as weighted classifier-free guidance:
+    logits = uncond + guidance * sum_i w_i * (cond_i - uncond),   sum_i w_i = 1
+which is audiocraft's CFG when there is one style. Sampling uses the stream's own torch.Generator, so a seeded
+stream is reproducible whatever else shares the forward.
+"""
+
+import typing as tp
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.pattern import DelayedFrames
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    guidance: float = 3.0
+
+    def validate(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError("temperature must be greater than 0")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if not 0 <= self.top_p <= 1:
+            raise ValueError("top_p must be within [0, 1]")
+        if self.guidance < 0:
+            raise ValueError("guidance must be >= 0")
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+    """logits [K, card] -> tokens [K], with audiocraft's top-p / top-k / plain rules."""
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p > 0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        cumulative = sorted_probs.cumsum(dim=-1)
+        sorted_probs = torch.where(cumulative - sorted_probs > params.top_p, 0.0, sorted_probs)
+        choice = torch.multinomial(sorted_probs / sorted_probs.sum(-1, keepdim=True), 1, generator=generator)
+        return order.gather(-1, choice).squeeze(-1)
+    if params.top_k > 0:
+        top, order = probs.topk(min(params.top_k, probs.shape[-1]), dim=-1)
+        choice = torch.multinomial(top / top.sum(-1, keepdim=True), 1, generator=generator)
+        return order.gather(-1, choice).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def normalized_weights(weights: tp.Sequence[float]) -> list[float]:
+    if any(w < 0 for w in weights):
+        raise ValueError("style weights must be >= 0")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("style weights must not all be zero")
+    return [w / total for w in weights]
+
+
+@dataclass
+class Conditioning:
+    """What a stream is steered by: texts with weights, already normalised."""
+
+    texts: list[str]
+    weights: list[float]
+
+    @property
+    def rows(self) -> int:
+        return len(self.texts) + 1
+
+
+@dataclass
+class Stream:
+    """Generation state of one session or prediction; the scheduler maps it onto decoder rows."""
+
+    conditioning: Conditioning
+    params: SamplingParams
+    generator: torch.Generator
+    frames: DelayedFrames
+    window_frames: int  # context limit: at this many frames the stream re-prefills
+    keep_frames: int  # frames of context kept by a re-prefill
+    target_frames: tp.Optional[int] = None  # finite streams (batch predictions) stop here
+    rows: slice = field(default_factory=lambda: slice(0, 0))
+    pending_prefill: int = 0  # sequence steps to feed in one parallel forward before stepping
+    conditions_dirty: bool = True
+    emitted_frames: int = 0  # frames handed to the consumer so far (absolute count)
+    frame_offset: int = 0  # absolute index of frames.codes[..., 0]
+    rollovers: int = 0
+    wanted_frames: int = 0  # the consumer wants steps until this many absolute frames are complete
+    on_frames: tp.Optional[tp.Callable[["Stream"], None]] = None  # engine thread, after each step
+    error: tp.Optional[BaseException] = None  # set when a step failed and the stream was dropped
+
+    def wants_steps(self) -> bool:
+        limit = self.target_frames if self.target_frames is not None else self.wanted_frames
+        return self.absolute_complete < limit
+
+    @property
+    def absolute_complete(self) -> int:
+        return self.frame_offset + self.frames.complete_frames
+
+    def done(self) -> bool:
+        return self.target_frames is not None and self.absolute_complete >= self.target_frames
+
+    def take_frames(self) -> torch.Tensor:
+        """Complete frames [K, n] produced since the last call (the first row; all rows share tokens)."""
+        start = self.emitted_frames - self.frame_offset
+        end = self.frames.complete_frames
+        if self.target_frames is not None:
+            end = min(end, self.target_frames - self.frame_offset)
+        chunk = self.frames.codes[0, :, start:end].clone()
+        self.emitted_frames = self.frame_offset + end
+        return chunk
+
+    def guided_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [rows, K, card] -> [K, card] by weighted classifier-free guidance."""
+        cond, uncond = logits[:-1], logits[-1]
+        weights = torch.tensor(self.conditioning.weights, dtype=logits.dtype, device=logits.device).view(-1, 1, 1)
+        return uncond + self.params.guidance * (weights * (cond - uncond)).sum(dim=0)
+
+    def roll_window(self) -> None:
+        """Keeps the last `keep_frames` complete frames as a prompt, to be re-prefilled in one forward."""
+        dropped = max(0, self.frames.complete_frames - self.keep_frames)
+        assert self.emitted_frames >= self.frame_offset + dropped, "rolling past frames not yet consumed"
+        self.frames.keep_last(self.keep_frames)
+        self.frame_offset += dropped
+        self.pending_prefill = self.frames.step
+        self.rollovers += 1
+
+
+def new_stream(lm, conditioning: Conditioning, params: SamplingParams, seed: int, window_frames: int,
+               keep_frames: int, prompt: tp.Optional[torch.Tensor] = None,
+               target_frames: tp.Optional[int] = None) -> Stream:
+    """A stream ready for the scheduler; `prompt` [K, P] are audio tokens to continue from."""
+    params.validate()
+    delays = list(lm.pattern_provider.delays)
+    frames = DelayedFrames(1, delays, lm.special_token_id, capacity=window_frames + max(delays) + 2,
+                           device=next(lm.parameters()).device)
+    empty = torch.zeros(1, len(delays), 0, dtype=torch.long, device=frames.codes.device)
+    steps = frames.load_prompt(empty if prompt is None else prompt[None])
+    generator = torch.Generator(device=frames.codes.device)
+    generator.manual_seed(seed)
+    return Stream(conditioning=conditioning, params=params, generator=generator, frames=frames,
+                  window_frames=window_frames, keep_frames=keep_frames, target_frames=target_frames,
+                  pending_prefill=steps)
