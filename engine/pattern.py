@@ -16,11 +16,13 @@ class DelayedFrames:
         self.special_token = special_token
         self.codes = torch.full((rows, len(delays), capacity), -1, dtype=torch.long, device=device)
         self.step = 0  # index of the next sequence step to predict
+        self.end: int | None = None  # a finite stream's frame count: later frames are never generated
 
     @property
     def complete_frames(self) -> int:
         """Frames whose every codebook is known."""
-        return max(0, self.step - 1 - self.max_delay)
+        complete = max(0, self.step - 1 - self.max_delay)
+        return complete if self.end is None else min(complete, self.end)
 
     def load_prompt(self, prompt: torch.Tensor) -> int:
         """Writes prompt frames [rows, K, P]; returns how many sequence steps to prefill (P + 1)."""
@@ -34,6 +36,8 @@ class DelayedFrames:
         steps = torch.arange(first, last, device=self.codes.device)
         frame = steps.view(1, -1) - 1 - self.delays.view(-1, 1)  # [K, S]
         valid = frame >= 0
+        if self.end is not None:  # as audiocraft's pattern, a finite sequence is padded with special tokens
+            valid &= frame < self.end
         gathered = self.codes.gather(2, frame.clamp(min=0).unsqueeze(0).expand(self.codes.shape[0], -1, -1))
         return torch.where(valid.unsqueeze(0), gathered, torch.full_like(gathered, self.special_token))
 
@@ -42,7 +46,7 @@ class DelayedFrames:
         frame = self.step - 1 - self.delays  # [K]
         for q in range(self.codes.shape[1]):
             t = int(frame[q])
-            if 0 <= t < self.codes.shape[2]:
+            if 0 <= t < (self.codes.shape[2] if self.end is None else min(self.end, self.codes.shape[2])):
                 known = self.codes[:, q, t] >= 0
                 self.codes[:, q, t] = torch.where(known, self.codes[:, q, t], sampled[:, q])
         self.step += 1

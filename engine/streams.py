@@ -124,6 +124,8 @@ class Stream:
         assert self.emitted_frames >= self.frame_offset + dropped, "rolling past frames not yet consumed"
         self.frames.keep_last(self.keep_frames)
         self.frame_offset += dropped
+        if self.target_frames is not None:
+            self.frames.end = self.target_frames - self.frame_offset
         self.pending_prefill = self.frames.step
         self.rollovers += 1
 
@@ -138,6 +140,7 @@ def new_stream(lm, conditioning: Conditioning, params: SamplingParams, seed: int
                            device=next(lm.parameters()).device)
     empty = torch.zeros(1, len(delays), 0, dtype=torch.long, device=frames.codes.device)
     steps = frames.load_prompt(empty if prompt is None else prompt[None])
+    frames.end = target_frames
     generator = torch.Generator(device=frames.codes.device)
     generator.manual_seed(seed)
     return Stream(conditioning=conditioning, params=params, generator=generator, frames=frames,
