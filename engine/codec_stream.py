@@ -23,6 +23,13 @@ class StreamingCodecDecoder:
     def emitted_frames(self) -> int:
         return self._decoded_until
 
+    def skip(self, frames: torch.Tensor) -> None:
+        """Takes frames [K, n] as context only (an audio prompt the listener already has): no audio for them."""
+        assert self._tokens is None, "skip only before the first push"
+        self._tokens = frames[:, -self.left_frames:] if self.left_frames else frames[:, :0]
+        self._decoded_until = frames.shape[-1]
+        self._first_kept = frames.shape[-1] - self._tokens.shape[-1]
+
     def push(self, frames: torch.Tensor) -> torch.Tensor:
         """Adds frames [K, n]; returns audio [C, samples] for the frames that are now final."""
         self._tokens = frames if self._tokens is None else torch.cat([self._tokens, frames], dim=-1)

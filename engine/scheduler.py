@@ -166,9 +166,13 @@ class Scheduler:
 
 
 def _contiguous_runs(streams: list[Stream]) -> list[list[Stream]]:
+    """Groups live streams on adjacent rows into one forward. A finite stream (a prediction) always runs alone:
+    a batched matmul may round differently from a single one, and a seeded prediction must give the same bytes
+    whatever sessions run beside it."""
     runs: list[list[Stream]] = []
     for stream in sorted(streams, key=lambda s: s.rows.start):
-        if runs and runs[-1][-1].rows.stop == stream.rows.start:
+        shareable = stream.target_frames is None and runs and runs[-1][-1].target_frames is None
+        if shareable and runs[-1][-1].rows.stop == stream.rows.start:
             runs[-1].append(stream)
         else:
             runs.append([stream])

@@ -1,0 +1,151 @@
+"""Jam sessions on the engine: chunk lengths, seamless overlap, flat cost, live updates, concurrency."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from engine.batch import BatchRequest
+from engine.jam import JamSession, JamSettings, with_params
+from engine.streams import SamplingParams
+from tests.helpers import sine_wav
+
+SETTINGS = JamSettings(styles=("jazz", "hiphop"), weights=(1.0, 0.8),
+                       params=SamplingParams(temperature=1.1, top_k=40, guidance=1.1), chunk_seconds=1.0)
+
+
+def collect(session, count):
+    return [session.next_chunk().result(timeout=120) for _ in range(count)]
+
+
+def stitch(chunks):
+    """What a client hears: each chunk without its overlap tail (the tail equals the next chunk's start)."""
+    return torch.cat([c.audio[:, : c.audio.shape[-1] - int(round(c.overlap_seconds * c.sample_rate))]
+                      for c in chunks], dim=-1)
+
+
+def test_chunks_have_the_requested_length_and_overlap(engine):
+    session = JamSession.open(engine, SETTINGS, seed=1)
+    try:
+        chunks = collect(session, 3)
+    finally:
+        session.close()
+    for i, chunk in enumerate(chunks):
+        assert chunk.index == i
+        assert chunk.sample_rate == 32000
+        assert chunk.audio.shape[-1] == int(1.04 * 32000)
+        assert chunk.seconds == 1.0 and chunk.overlap_seconds == pytest.approx(0.04)
+    for first, second in zip(chunks, chunks[1:]):
+        overlap = int(0.04 * 32000)
+        assert torch.equal(first.audio[:, -overlap:], second.audio[:, :overlap])
+
+
+def test_stream_equals_offline_decode_of_its_tokens(engine):
+    """Seamlessness: concatenated chunks vs one decode of all tokens (SNR, jumps at boundaries)."""
+    session = JamSession.open(engine, SETTINGS, seed=2)
+    try:
+        chunks = collect(session, 6)
+    finally:
+        session.close()
+    streamed = stitch(chunks)
+    tokens = torch.cat([c.frames for c in chunks], dim=-1)
+    codec = engine.model.musicgen.compression_model
+    offline = engine.scheduler.call(lambda: codec.decode(tokens[None], None)[0]).result()[:, : streamed.shape[-1]]
+    noise = (streamed - offline).pow(2).mean()
+    snr = 10 * torch.log10(offline.pow(2).mean() / noise.clamp(min=1e-20)).item()
+    assert snr >= 30, snr
+    signal = streamed[0].numpy()
+    jumps = np.abs(np.diff(signal))
+    boundaries = [int(round(c.seconds * c.sample_rate)) * (i + 1) for i, c in enumerate(chunks[:-1])]
+    assert max(jumps[b - 1] for b in boundaries) <= jumps.max()
+    assert max(jumps[b - 1] for b in boundaries) <= 4 * np.percentile(jumps, 99.9)
+
+
+def test_same_seed_same_music(engine):
+    tokens = []
+    for _ in range(2):
+        session = JamSession.open(engine, SETTINGS, seed=3)
+        try:
+            tokens.append(torch.cat([c.frames for c in collect(session, 2)], dim=-1))
+        finally:
+            session.close()
+    assert torch.equal(tokens[0], tokens[1])
+
+
+def test_update_applies_from_the_next_chunk_and_keeps_context(engine):
+    session = JamSession.open(engine, SETTINGS, seed=4)
+    try:
+        first = session.next_chunk().result(timeout=60)
+        session.update(with_params(SETTINGS, styles=("metal",), weights=(1.0,), temperature=0.7, top_k=5))
+        second = session.next_chunk().result(timeout=60)
+        session.update(with_params(second.settings, styles=("metal", "ambient", "funk"), weights=(1, 1, 1)))
+        third = session.next_chunk().result(timeout=60)
+    finally:
+        session.close()
+    assert first.settings.styles == ("jazz", "hiphop")
+    assert second.settings.styles == ("metal",) and second.settings.params.top_k == 5
+    assert third.settings.styles == ("metal", "ambient", "funk")
+    overlap = int(0.04 * 32000)
+    assert torch.equal(first.audio[:, -overlap:], second.audio[:, :overlap])  # no restart at the switch
+    assert torch.equal(second.audio[:, -overlap:], third.audio[:, :overlap])
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValueError, match="styles"):
+        JamSettings(styles=(), weights=())
+    with pytest.raises(ValueError, match="2 style weights for 1 styles"):
+        JamSettings(styles=("a",), weights=(1.0, 2.0))
+    with pytest.raises(ValueError, match="not all be zero"):
+        JamSettings(styles=("a", "b"), weights=(0.0, 0.0))
+    with pytest.raises(ValueError, match="temperature"):
+        with_params(SETTINGS, temperature=0)
+
+
+def test_session_continues_an_audio_prompt(engine, tmp_path):
+    import soundfile as sf
+
+    path = sine_wav(tmp_path / "loop.wav", seconds=2.0)
+    wav, rate = sf.read(path, dtype="float32", always_2d=True)
+    session = JamSession.open(engine, SETTINGS, seed=5, prompt=(torch.from_numpy(wav.T), rate))
+    try:
+        chunk = session.next_chunk().result(timeout=60)
+    finally:
+        session.close()
+    assert chunk.audio.shape[-1] == int(1.04 * 32000)
+
+
+def test_context_rolls_over_and_cost_stays_flat(engine):
+    """Past the 30 s window the stream re-prefills; chunk cost after roll-overs stays near chunk 1's."""
+    settings = JamSettings(styles=("drone",), weights=(1.0,), chunk_seconds=5.0)
+    session = JamSession.open(engine, settings, seed=6)
+    try:
+        chunks = collect(session, 16)  # 80 s: two roll-overs
+        assert session.stream.rollovers >= 2
+    finally:
+        session.close()
+    assert all(c.audio.shape[-1] == int(5.04 * 32000) for c in chunks)
+
+
+def test_two_sessions_and_a_prediction_at_once(engine):
+    results = {}
+
+    def jam(name, seed):
+        session = JamSession.open(engine, SETTINGS, seed=seed)
+        try:
+            results[name] = collect(session, 4)
+        finally:
+            session.close()
+
+    threads = [threading.Thread(target=jam, args=(f"jam{i}", 10 + i)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    prediction = engine.submit_batch(BatchRequest(prompt="house", duration=3, seed=1)).wait()
+    for thread in threads:
+        thread.join(120)
+    assert prediction.wav.shape[-1] == 3 * 32000
+    alone = engine.submit_batch(BatchRequest(prompt="house", duration=3, seed=1)).wait()
+    assert torch.equal(prediction.wav, alone.wav)  # batching with sessions changes nothing
+    for name in ("jam0", "jam1"):
+        assert [c.index for c in results[name]] == [0, 1, 2, 3]
+    assert engine.scheduler.streams == []
