@@ -1,5 +1,6 @@
 """Jam sessions on the engine: chunk lengths, seamless overlap, flat cost, live updates, concurrency."""
 
+import itertools
 import threading
 
 import numpy as np
@@ -36,7 +37,7 @@ def test_chunks_have_the_requested_length_and_overlap(engine):
         assert chunk.sample_rate == 32000
         assert chunk.audio.shape[-1] == int(1.04 * 32000)
         assert chunk.seconds == 1.0 and chunk.overlap_seconds == pytest.approx(0.04)
-    for first, second in zip(chunks, chunks[1:]):
+    for first, second in itertools.pairwise(chunks):
         overlap = int(0.04 * 32000)
         assert torch.equal(first.audio[:, -overlap:], second.audio[:, :overlap])
 
