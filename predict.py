@@ -9,7 +9,8 @@ from cog import BaseRunner, CancelationException, Input, Path, current_scope
 
 from engine.audio import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS, write_output
 from engine.batch import MAX_DURATION_SECONDS, BatchRequest, RequestError
-from engine.core import Engine
+from engine.core import Engine, EngineConfig
+from streaming.config import ServerConfig
 
 logger = logging.getLogger("predict")
 
@@ -19,7 +20,13 @@ class Predictor(BaseRunner):
         """Loads the checkpoint once: `weights` / COG_WEIGHTS (path or URL), else weights/DEFAULT or the demo."""
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         source = str(weights) if weights else os.environ.get("COG_WEIGHTS") or None
-        self.engine = Engine.load(source)
+        config = ServerConfig.from_env()
+        self.engine = Engine.load(source, config=EngineConfig(max_rows=config.engine_rows))
+        self.sidecar = None
+        if config.port != 0:  # the jam sidecar shares this process and this engine
+            from streaming.server import RunningServer
+
+            self.sidecar = RunningServer(self.engine, config).start()
 
     def run(
         self,

@@ -70,7 +70,7 @@ class Chunk:
 class JamSession:
     """Create with `JamSession.open(engine, settings, seed)`; call `next_chunk()` from any thread."""
 
-    def __init__(self, engine, settings: JamSettings, seed: int, overlap_seconds: float = 0.04) -> None:
+    def __init__(self, engine, settings: JamSettings, seed: int, overlap_seconds: float = 0.025) -> None:
         self.engine = engine
         self.settings = settings
         self.seed = seed
@@ -90,7 +90,7 @@ class JamSession:
 
     @classmethod
     def open(cls, engine, settings: JamSettings, seed: int, prompt: tp.Optional[tuple[torch.Tensor, int]] = None,
-             overlap_seconds: float = 0.04) -> "JamSession":
+             overlap_seconds: float = 0.025) -> "JamSession":
         """Starts a session, optionally continuing an audio prompt (wav [C, T], sample rate). Blocks until the
         engine accepted it; raises RuntimeError when the engine has no room."""
         if not engine.step_decoder_supported:

@@ -35,10 +35,10 @@ def test_chunks_have_the_requested_length_and_overlap(engine):
     for i, chunk in enumerate(chunks):
         assert chunk.index == i
         assert chunk.sample_rate == 32000
-        assert chunk.audio.shape[-1] == int(1.04 * 32000)
-        assert chunk.seconds == 1.0 and chunk.overlap_seconds == pytest.approx(0.04)
+        assert chunk.audio.shape[-1] == int(1.025 * 32000)
+        assert chunk.seconds == 1.0 and chunk.overlap_seconds == pytest.approx(0.025)
     for first, second in itertools.pairwise(chunks):
-        overlap = int(0.04 * 32000)
+        overlap = int(0.025 * 32000)
         assert torch.equal(first.audio[:, -overlap:], second.audio[:, :overlap])
 
 
@@ -87,7 +87,7 @@ def test_update_applies_from_the_next_chunk_and_keeps_context(engine):
     assert first.settings.styles == ("jazz", "hiphop")
     assert second.settings.styles == ("metal",) and second.settings.params.top_k == 5
     assert third.settings.styles == ("metal", "ambient", "funk")
-    overlap = int(0.04 * 32000)
+    overlap = int(0.025 * 32000)
     assert torch.equal(first.audio[:, -overlap:], second.audio[:, :overlap])  # no restart at the switch
     assert torch.equal(second.audio[:, -overlap:], third.audio[:, :overlap])
 
@@ -113,7 +113,7 @@ def test_session_continues_an_audio_prompt(engine, tmp_path):
         chunk = session.next_chunk().result(timeout=60)
     finally:
         session.close()
-    assert chunk.audio.shape[-1] == int(1.04 * 32000)
+    assert chunk.audio.shape[-1] == int(1.025 * 32000)
 
 
 def test_context_rolls_over_and_cost_stays_flat(engine):
@@ -125,7 +125,7 @@ def test_context_rolls_over_and_cost_stays_flat(engine):
         assert session.stream.rollovers >= 2
     finally:
         session.close()
-    assert all(c.audio.shape[-1] == int(5.04 * 32000) for c in chunks)
+    assert all(c.audio.shape[-1] == int(5.025 * 32000) for c in chunks)
 
 
 def test_two_sessions_and_a_prediction_at_once(engine):

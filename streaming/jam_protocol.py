@@ -1,0 +1,249 @@
+"""The /ws/jam wire protocol (Magenta RealTime's jam API) as a pure state machine: no sockets, no model.
+
+`JamProtocol.receive_text` turns one client message into commands (or an error to send); the `*_event` functions
+build the server's messages. Frame units are the protocol's: 25 frames per second, whatever the model's rate.
+"""
+
+import base64
+import json
+import math
+import typing as tp
+from dataclasses import dataclass
+
+from engine import audio
+from engine.jam import Chunk, JamSettings
+from engine.streams import SamplingParams
+from streaming.config import MAX_STYLES
+
+PROTOCOL_FRAME_RATE = 25.0
+MAX_DECODE_FRAMES = 50
+MAX_MESSAGE_BYTES = 64 * 1024
+PACES = ("realtime", "asap")
+DEFAULTS = {"styles": "warmup", "temperature": 1.1, "topk": 40, "guidance_weight": 3.0, "pace": "asap",
+            "max_decode_frames": MAX_DECODE_FRAMES}
+PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "pace", "max_decode_frames")
+
+
+class ProtocolError(ValueError):
+    """A client message that cannot be acted on; its text is sent back in an error event."""
+
+
+@dataclass(frozen=True)
+class Start:
+    settings: JamSettings
+    pace: str
+    binary_audio: bool
+
+
+@dataclass(frozen=True)
+class Update:
+    settings: JamSettings
+    pace: str
+    changed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+Command = tp.Union[Start, Update, Stop, Ping]
+
+
+def _number(params: dict, name: str, kind: type, low: float, high: float, low_open: bool = False) -> float:
+    value = params[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (kind is int and not float(value).is_integer()) or not math.isfinite(value):
+        raise ProtocolError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if (value <= low if low_open else value < low) or value > high:
+        bound = f"greater than {low}" if low_open else f"at least {low}"
+        raise ProtocolError(f"{name} must be {bound} and at most {high}, got {value}")
+    return kind(value)
+
+
+def _styles(params: dict) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    raw = params["styles"]
+    if not isinstance(raw, str):
+        raise ProtocolError("styles must be a string such as \"jazz, hiphop\"")
+    styles = tuple(s.strip() for s in raw.split(",") if s.strip())
+    if not styles:
+        raise ProtocolError("styles is empty: name at least one style")
+    if len(styles) > MAX_STYLES:
+        raise ProtocolError(f"{len(styles)} styles given; at most {MAX_STYLES} can be blended")
+    raw_weights = params.get("style_weights")
+    if raw_weights in (None, ""):
+        return styles, tuple(1.0 for _ in styles)
+    if not isinstance(raw_weights, str):
+        raise ProtocolError("style_weights must be a string such as \"1.0,0.8\"")
+    try:
+        weights = tuple(float(w) for w in raw_weights.split(","))
+    except ValueError:
+        raise ProtocolError(f"style_weights must be comma-separated numbers, got {raw_weights!r}") from None
+    if len(weights) != len(styles):
+        raise ProtocolError(f"style_weights has {len(weights)} values for {len(styles)} styles")
+    if any(w < 0 or not math.isfinite(w) for w in weights):
+        raise ProtocolError("style_weights must be finite and >= 0")
+    if sum(weights) <= 0:
+        raise ProtocolError("style_weights are all zero: at least one style needs weight")
+    return styles, weights
+
+
+def settings_from(params: dict) -> tuple[JamSettings, str]:
+    """Validated session settings and pace from a full parameter dict (defaults filled in)."""
+    styles, weights = _styles(params)
+    temperature = _number(params, "temperature", float, 0.0, 5.0, low_open=True)
+    topk = _number(params, "topk", int, 1, 2048)
+    guidance = _number(params, "guidance_weight", float, 0.0, 20.0)
+    frames = _number(params, "max_decode_frames", int, 1, MAX_DECODE_FRAMES)
+    if params["pace"] not in PACES:
+        raise ProtocolError(f"pace must be one of {', '.join(PACES)}, got {params['pace']!r}")
+    sampling = SamplingParams(temperature=temperature, top_k=topk, guidance=guidance)
+    return JamSettings(styles=styles, weights=weights, params=sampling,
+                       chunk_seconds=frames / PROTOCOL_FRAME_RATE), params["pace"]
+
+
+class JamProtocol:
+    """One connection's protocol state: idle -> started -> stopped."""
+
+    def __init__(self) -> None:
+        self.state = "idle"
+        self.params: dict = {}
+
+    def receive_bytes(self, data: bytes) -> Command:
+        raise ProtocolError("binary frames are not accepted from clients: send JSON text messages")
+
+    def receive_text(self, text: str) -> Command:
+        if len(text.encode()) > MAX_MESSAGE_BYTES:
+            raise ProtocolError(f"message too large: {len(text.encode())} bytes, the limit is {MAX_MESSAGE_BYTES}")
+        try:
+            message = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(f"message is not valid JSON: {exc.msg} at position {exc.pos}") from None
+        if not isinstance(message, dict):
+            raise ProtocolError("message must be a JSON object with a \"type\"")
+        kind = message.get("type")
+        if kind == "ping":
+            return Ping()
+        if kind == "start":
+            return self._start(message)
+        if kind == "update":
+            return self._update(message)
+        if kind == "stop":
+            if self.state != "started":
+                raise ProtocolError("stop before start: nothing is playing")
+            self.state = "stopped"
+            return Stop()
+        raise ProtocolError(f"unknown message type {kind!r}: expected start, update, stop or ping")
+
+    def _start(self, message: dict) -> Start:
+        if self.state != "idle":
+            raise ProtocolError("start was already received on this connection; send update to change parameters")
+        mode = message.get("mode", "rt")
+        if mode != "rt":
+            raise ProtocolError(f"mode {mode!r} is not supported: only \"rt\"")
+        binary = message.get("binary_audio", False)
+        if not isinstance(binary, bool):
+            raise ProtocolError("binary_audio must be true or false")
+        params = message.get("params", {})
+        if not isinstance(params, dict):
+            raise ProtocolError("params must be a JSON object")
+        unknown = sorted(set(params) - set(PARAMS))
+        if unknown:
+            raise ProtocolError(f"unknown parameter(s): {', '.join(unknown)}")
+        merged = {**DEFAULTS, **params}
+        settings, pace = settings_from(merged)
+        self.params = merged
+        self.state = "started"
+        return Start(settings=settings, pace=pace, binary_audio=binary)
+
+    def _update(self, message: dict) -> Update:
+        if self.state != "started":
+            raise ProtocolError("update before start: send start first")
+        changes = {k: v for k, v in message.items() if k != "type"}
+        if isinstance(message.get("params"), dict):  # accept the start message's nesting too
+            changes = {**{k: v for k, v in changes.items() if k != "params"}, **message["params"]}
+        unknown = sorted(set(changes) - set(PARAMS))
+        if unknown:
+            raise ProtocolError(f"unknown parameter(s): {', '.join(unknown)}")
+        if not changes:
+            raise ProtocolError("update names no parameter to change")
+        if "styles" in changes and "style_weights" not in changes:
+            changes["style_weights"] = None  # new styles without weights: equal weights
+        merged = {**self.params, **changes}
+        settings, pace = settings_from(merged)  # raises before anything changes
+        self.params = merged
+        return Update(settings=settings, pace=pace, changed=tuple(sorted(changes)))
+
+
+# -- server events ---------------------------------------------------------------------------------------------
+def encode(message: dict) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+def started_event() -> str:
+    return encode({"type": "started", "mode": "rt"})
+
+
+def pong_event() -> str:
+    return encode({"type": "pong"})
+
+
+def stopped_event() -> str:
+    return encode({"type": "stopped"})
+
+
+def error_event(message: str, **extra) -> str:
+    return encode({"type": "error", "error": message, **extra})
+
+
+def status_event(status: str, **fields) -> str:
+    return encode({"type": "status", "status": status, **fields})
+
+
+def chunk_metadata(chunk: Chunk, noise_notice: tp.Optional[str] = None) -> dict:
+    """What was really sent: frames at the protocol's 25 per second, the overlap, and what made the chunk."""
+    settings = chunk.settings
+    metadata = {
+        "sample_rate": chunk.sample_rate,
+        "channels": int(chunk.audio.shape[0]),
+        "chunk_frames": int(round(chunk.seconds * PROTOCOL_FRAME_RATE)),
+        "chunk_seconds": chunk.seconds,
+        "crossfade_seconds": chunk.overlap_seconds,
+        "total_seconds": chunk.audio.shape[-1] / chunk.sample_rate,
+        "chunk_index": chunk.index,
+        "generation_seconds": round(chunk.generation_seconds, 4),
+        "real_time_factor": round(chunk.real_time_factor, 4),
+        "styles": ", ".join(settings.styles),
+        "style_weights": ",".join(f"{w:g}" for w in settings.weights),
+        "temperature": settings.params.temperature,
+        "topk": settings.params.top_k,
+        "guidance_weight": settings.params.guidance,
+    }
+    if noise_notice:
+        metadata["notice"] = noise_notice
+    return metadata
+
+
+def chunk_events(chunk: Chunk, binary: bool, noise_notice: tp.Optional[str] = None) -> list[tp.Union[str, bytes]]:
+    """A chunk as base64 WAV inside JSON, or as a binary WAV frame followed by chunk_meta."""
+    wav = audio.wav_bytes(chunk.audio, chunk.sample_rate)
+    metadata = chunk_metadata(chunk, noise_notice)
+    if binary:
+        return [wav, encode({"type": "chunk_meta", "metadata": metadata})]
+    return [encode({"type": "chunk", "audio_base64": base64.b64encode(wav).decode(), "metadata": metadata})]
+
+
+def describe_update(update: Update) -> dict:
+    """The status fields acknowledging an update: what changed and the values now in force."""
+    return {"changed": list(update.changed), "pace": update.pace,
+            "params": {"styles": ", ".join(update.settings.styles),
+                       "style_weights": ",".join(f"{w:g}" for w in update.settings.weights),
+                       "temperature": update.settings.params.temperature, "topk": update.settings.params.top_k,
+                       "guidance_weight": update.settings.params.guidance,
+                       "max_decode_frames": int(round(update.settings.chunk_seconds * PROTOCOL_FRAME_RATE))}}
+

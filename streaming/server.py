@@ -1,0 +1,263 @@
+"""The sidecar's ASGI app and how it runs: on its own thread inside Cog's worker, or standalone.
+
+    python -m streaming.server [--weights PATH]     # standalone: loads the engine itself
+
+Protocol logic lives in the protocol modules; this module only moves messages between sockets and the engine,
+paces chunks, enforces auth and the session limit, and frees sessions when clients leave.
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import threading
+import time
+import typing as tp
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from engine.batch import random_seed
+from engine.jam import JamSession
+from streaming import jam_protocol as jp
+from streaming.config import ServerConfig
+
+logger = logging.getLogger(__name__)
+
+WS_MAX_BYTES = 1024 * 1024  # larger frames are closed by the server (1009); smaller oversized ones get an error
+NOISE_NOTICE = "demo checkpoint with random weights: this audio is noise, not music"
+
+
+class SessionLimit:
+    """Counts live sessions on the event loop thread (no locking needed there)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def try_acquire(self) -> bool:
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+def authorized(headers: tp.Mapping[str, str], query: tp.Mapping[str, str], token: tp.Optional[str],
+               extra_header: tp.Optional[str] = None, extra_query: tp.Optional[str] = None) -> bool:
+    """JAM_TOKEN as a `token` query parameter or bearer header (plus a protocol's own key field, if any)."""
+    if token is None:
+        return True
+    offered = [query.get("token"), headers.get("authorization", "").removeprefix("Bearer ").strip() or None]
+    if extra_header:
+        offered.append(headers.get(extra_header))
+    if extra_query:
+        offered.append(query.get(extra_query))
+    return any(candidate == token for candidate in offered if candidate)
+
+
+class Pacer:
+    """Keeps a realtime stream at most one chunk ahead of the listener's clock (which starts at the first send)."""
+
+    def __init__(self, pace: str) -> None:
+        self.pace = pace
+        self.started: tp.Optional[float] = None
+        self.sent_seconds = 0.0
+
+    async def before_send(self, chunk_seconds: float) -> None:
+        if self.pace != "realtime" or self.started is None:
+            return
+        ahead = self.sent_seconds - (time.monotonic() - self.started)
+        if ahead > chunk_seconds:
+            await asyncio.sleep(ahead - chunk_seconds)
+
+    def sent(self, seconds: float) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
+        self.sent_seconds += seconds
+
+
+class JamConnection:
+    """One /ws/jam client: a reader loop for control messages and a producer task for chunks."""
+
+    def __init__(self, websocket: WebSocket, engine, noise_notice: tp.Optional[str]) -> None:
+        self.ws = websocket
+        self.engine = engine
+        self.noise_notice = noise_notice
+        self.protocol = jp.JamProtocol()
+        self.session: tp.Optional[JamSession] = None
+        self.producer: tp.Optional[asyncio.Task] = None
+        self.pacer = Pacer("asap")
+        self.binary = False
+        self.send_lock = asyncio.Lock()
+
+    async def send(self, *messages: tp.Union[str, bytes]) -> None:
+        async with self.send_lock:  # a binary chunk and its chunk_meta stay adjacent
+            for message in messages:
+                if isinstance(message, bytes):
+                    await self.ws.send_bytes(message)
+                else:
+                    await self.ws.send_text(message)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                try:
+                    if message.get("bytes") is not None:
+                        command = self.protocol.receive_bytes(message["bytes"])
+                    else:
+                        command = self.protocol.receive_text(message.get("text") or "")
+                except jp.ProtocolError as exc:
+                    await self.send(jp.error_event(str(exc)))
+                    continue
+                if not await self.handle(command):
+                    return
+        except WebSocketDisconnect:
+            return
+        finally:
+            await self.cleanup()
+
+    async def handle(self, command: jp.Command) -> bool:
+        """Acts on one command; False ends the connection."""
+        if isinstance(command, jp.Ping):
+            await self.send(jp.pong_event())
+        elif isinstance(command, jp.Start):
+            seed = random_seed()
+            loop = asyncio.get_running_loop()
+            try:
+                self.session = await loop.run_in_executor(None, JamSession.open, self.engine, command.settings, seed)
+            except RuntimeError as exc:
+                await self.send(jp.error_event(f"could not start a session: {exc}"))
+                return False
+            self.binary = command.binary_audio
+            self.pacer.pace = command.pace
+            await self.send(jp.started_event(), jp.status_event("playing", seed=seed, pace=command.pace,
+                                                                 model=self.engine.model.describe()))
+            self.producer = asyncio.create_task(self.produce())
+        elif isinstance(command, jp.Update):
+            self.session.update(command.settings)
+            self.pacer.pace = command.pace
+            await self.send(jp.status_event("updated", applies_from_chunk="next", **jp.describe_update(command)))
+        elif isinstance(command, jp.Stop):
+            await self.stop_producer()
+            await self.send(jp.stopped_event())
+            await self.ws.close(1000, "stopped")
+            return False
+        return True
+
+    async def produce(self) -> None:
+        try:
+            while True:
+                chunk = await asyncio.wrap_future(self.session.next_chunk())
+                await self.pacer.before_send(chunk.seconds)
+                await self.send(*jp.chunk_events(chunk, self.binary, self.noise_notice))
+                self.pacer.sent(chunk.seconds)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # generation failed: tell the client, keep the connection for stop/close
+            logger.exception("jam session failed")
+            try:
+                await self.send(jp.error_event(f"generation failed: {exc}"))
+            except Exception:
+                pass
+
+    async def stop_producer(self) -> None:
+        if self.producer is not None:
+            self.producer.cancel()
+            try:
+                await self.producer
+            except (asyncio.CancelledError, Exception):
+                pass
+            self.producer = None
+
+    async def cleanup(self) -> None:
+        await self.stop_producer()
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+def build_app(engine, config: ServerConfig) -> Starlette:
+    limit = SessionLimit(config.max_sessions)
+    notice = NOISE_NOTICE if engine.model.is_demo else None
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "sessions": limit.active, "max_sessions": limit.limit,
+                             "model": engine.model.describe()})
+
+    async def jam(websocket: WebSocket) -> None:
+        if not authorized(websocket.headers, websocket.query_params, config.token):
+            await websocket.accept()
+            await websocket.close(1008, "missing or wrong token")
+            return
+        await websocket.accept()
+        if not limit.try_acquire():
+            await websocket.send_text(jp.error_event("concurrency_limit_reached", limit=limit.limit))
+            await websocket.close(1013, "concurrency limit reached")
+            return
+        try:
+            await JamConnection(websocket, engine, notice).run()
+        finally:
+            limit.release()
+
+    return Starlette(routes=[Route("/health", health), WebSocketRoute("/ws/jam", jam)])
+
+
+class RunningServer:
+    """A uvicorn server on its own thread and event loop (inside Cog's worker, or in tests)."""
+
+    def __init__(self, engine, config: ServerConfig) -> None:
+        self.config = config
+        self.server = uvicorn.Server(uvicorn.Config(
+            build_app(engine, config), host=config.host, port=config.port, log_level="warning", lifespan="off",
+            ws_max_size=WS_MAX_BYTES, ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile,
+            ws_ping_interval=None))
+        self.thread = threading.Thread(target=self.server.run, name="jam-sidecar", daemon=True)
+
+    def start(self, timeout: float = 30) -> "RunningServer":
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"jam sidecar failed to start on {self.config.host}:{self.config.port}")
+            time.sleep(0.05)
+        scheme = "wss" if self.config.ssl_certfile else "ws"
+        logger.info("jam sidecar listening on %s://%s:%d/ws/jam", scheme, self.config.host, self.port)
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def main() -> None:
+    from engine.core import Engine, EngineConfig
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default=os.environ.get("COG_WEIGHTS"), help="checkpoint (default: weights/)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = ServerConfig.from_env()
+    engine = Engine.load(args.weights, config=EngineConfig(max_rows=config.engine_rows))
+    server = RunningServer(engine, config).start()
+    try:
+        server.thread.join()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
