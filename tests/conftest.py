@@ -38,3 +38,17 @@ def venv_env() -> dict:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+@pytest.fixture(scope="session")
+def cog(venv_env, demo_dir):
+    """Cog's own HTTP server on predict.py with the demo checkpoint, its jam sidecar on a free port."""
+    from tests.cog_server import CogServer
+    from tests.helpers import free_port
+
+    jam_port = free_port()
+    server = CogServer(venv_env, {"JAM_PORT": str(jam_port), "JAM_HOST": "127.0.0.1", "JAM_MAX_SESSIONS": "2"})
+    server.jam_url = f"ws://127.0.0.1:{jam_port}/ws/jam"
+    server.start()
+    yield server
+    server.stop()

@@ -11,19 +11,11 @@ import time
 import pytest
 import requests
 
-from tests.cog_server import CogServer
 from tests.helpers import data_uri_bytes, decode_wav, sine_wav
 
 SEED_FIELDS = ["prompt", "input_audio", "duration", "continuation", "continuation_start", "continuation_end",
                "multi_band_diffusion", "normalization_strategy", "top_k", "top_p", "temperature",
                "classifier_free_guidance", "output_format", "seed"]
-
-
-@pytest.fixture(scope="module")
-def cog(venv_env, demo_dir):
-    server = CogServer(venv_env, {"JAM_PORT": "0"}).start()
-    yield server
-    server.stop()
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):

@@ -230,20 +230,26 @@ def test_token_is_required_when_configured(engine):
         running.stop()
 
 
-def test_the_seed_python_client_receives_chunks(server, tmp_path):
+def run_seed_client(ws_url: str, tmp_path: Path, chunks: int = 2) -> list[str]:
+    """Runs the seed's Python client with only its URL changed; returns its first `chunks` output lines."""
     source = (Path(__file__).parent / "data" / "seed_jam_client.py").read_text()
     script = tmp_path / "client.py"
-    script.write_text(source.replace("wss://YOUR_SPACE/ws/jam", url(server)))
+    script.write_text(source.replace("wss://YOUR_SPACE/ws/jam", ws_url))
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    lines = []
+    lines: list[str] = []
     try:
         deadline = time.monotonic() + 60
-        while len(lines) < 2 and time.monotonic() < deadline:
+        while len(lines) < chunks and time.monotonic() < deadline:
             line = process.stdout.readline()
             if line.startswith("chunk"):
                 lines.append(line.strip())
     finally:
         process.kill()
         process.wait()
+    return lines
+
+
+def test_the_seed_python_client_receives_chunks(server, tmp_path):
+    lines = run_seed_client(url(server), tmp_path)
     assert len(lines) == 2
     assert all(line.endswith(" 32000") and "(64800,)" in line for line in lines)  # 2 s + 25 ms at 32 kHz
