@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 import soundfile as sf
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from streaming.config import ServerConfig
@@ -84,7 +85,7 @@ def test_start_chunks_update_ping_stop(server):
         assert time.monotonic() - sent < 0.1
         ws.send(json.dumps({"type": "stop"}))
         next_of(ws, "stopped")
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosed):
             while True:
                 ws.recv(timeout=10)
     assert wait_until(lambda: sessions(server) == 0, 2)
@@ -191,7 +192,7 @@ def test_session_limit(server):
             next_of(ws, "chunk")
         with connect(url(server)) as third:
             assert receive_json(third) == {"type": "error", "error": "concurrency_limit_reached", "limit": 2}
-            with pytest.raises(Exception):
+            with pytest.raises(ConnectionClosed):
                 third.recv(timeout=5)
             assert third.close_code == 1013
     assert wait_until(lambda: sessions(server) == 0, 2)
@@ -213,11 +214,11 @@ def test_token_is_required_when_configured(engine):
     running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, token="s3cret")).start()
     try:
         with connect(f"ws://127.0.0.1:{running.port}/ws/jam") as ws:
-            with pytest.raises(Exception):
+            with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=5)
             assert ws.close_code == 1008
         with connect(f"ws://127.0.0.1:{running.port}/ws/jam?token=wrong") as ws:
-            with pytest.raises(Exception):
+            with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=5)
             assert ws.close_code == 1008
         for kwargs in ({"uri": f"ws://127.0.0.1:{running.port}/ws/jam?token=s3cret"},
