@@ -111,3 +111,38 @@ def encode_file(wav: torch.Tensor, sample_rate: int, out_path: Path, fmt: str) -
 def write_output(wav: torch.Tensor, sample_rate: int, strategy: str, fmt: str, out_path: Path) -> Path:
     """A generation's final file: normalised with `strategy`, encoded as `fmt`."""
     return encode_file(normalize(wav, sample_rate, strategy), sample_rate, out_path, fmt)
+
+
+class StreamingResampler:
+    """Resamples a chunked stream without seams: each chunk is filtered with the tail of the previous one as left
+    context and a little of the next (the jam chunks' overlap) as right context, then cut to its own span."""
+
+    def __init__(self, from_rate: int, to_rate: int, channels: int, context: int = 512) -> None:
+        self.from_rate, self.to_rate, self.channels, self.context = from_rate, to_rate, channels, context
+        self._history: torch.Tensor | None = None  # the last input samples, in the input's channels
+        self._consumed = 0  # input samples emitted so far
+        self._produced = 0  # output samples emitted so far
+
+    def _convert(self, wav: torch.Tensor) -> torch.Tensor:
+        import julius
+
+        if wav.shape[0] != self.channels:  # mono <-> stereo
+            wav = wav.mean(0, keepdim=True).expand(self.channels, -1)
+        return julius.resample_frac(wav.contiguous(), self.from_rate, self.to_rate) \
+            if self.from_rate != self.to_rate else wav
+
+    def process(self, wav: torch.Tensor, lookahead: torch.Tensor) -> torch.Tensor:
+        """`wav` [C, n] is the new audio; `lookahead` is audio that follows it (context only, not emitted)."""
+        if self._history is None:
+            self._history = wav[:, :0]
+        left = self._history.shape[-1]
+        window = torch.cat([self._history, wav, lookahead], dim=-1).float()
+        converted = self._convert(window)
+        end_in = self._consumed + wav.shape[-1]
+        out_start = self._produced
+        out_end = int(round(end_in * self.to_rate / self.from_rate))
+        offset = int(round((self._consumed - left) * self.to_rate / self.from_rate))
+        out = converted[:, out_start - offset: out_end - offset]
+        self._history = torch.cat([self._history, wav], dim=-1)[:, -self.context:]
+        self._consumed, self._produced = end_in, out_end
+        return out

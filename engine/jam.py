@@ -162,7 +162,8 @@ class JamSession:
         future, requested, chunk = self._pending
         if stream.error is not None:
             self._pending = None
-            future.set_exception(stream.error)
+            if not future.done():
+                future.set_exception(stream.error)
             return
         if stream.wants_steps():
             return
@@ -182,14 +183,15 @@ class JamSession:
         self._frames = []
         self._chunks += 1
         self._pending = None
-        future.set_result(result)
+        if not future.done():  # a caller may have cancelled while waiting
+            future.set_result(result)
 
     def _shutdown(self) -> None:
         if self.stream is not None:
             self.engine.scheduler.remove_stream(self.stream)
-        if self._pending is not None:
+        if self._pending is not None and not self._pending[0].done():
             self._pending[0].set_exception(SessionClosed("session closed"))
-            self._pending = None
+        self._pending = None
 
 
 def with_params(settings: JamSettings, **changes) -> JamSettings:

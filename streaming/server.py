@@ -21,9 +21,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from engine.audio import StreamingResampler, pcm16_bytes
 from engine.batch import random_seed
 from engine.jam import JamSession
 from streaming import jam_protocol as jp
+from streaming import lyria_protocol as lp
 from streaming.config import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -63,10 +65,12 @@ def authorized(headers: tp.Mapping[str, str], query: tp.Mapping[str, str], token
 
 
 class Pacer:
-    """Keeps a realtime stream at most one chunk ahead of the listener's clock (which starts at the first send)."""
+    """Keeps a realtime stream at most `ahead_chunks` chunks ahead of the listener's clock (which starts at the
+    first send); "asap" sends as fast as chunks are generated."""
 
-    def __init__(self, pace: str) -> None:
+    def __init__(self, pace: str, ahead_chunks: float = 1.0) -> None:
         self.pace = pace
+        self.ahead_chunks = ahead_chunks
         self.started: tp.Optional[float] = None
         self.sent_seconds = 0.0
 
@@ -74,8 +78,9 @@ class Pacer:
         if self.pace != "realtime" or self.started is None:
             return
         ahead = self.sent_seconds - (time.monotonic() - self.started)
-        if ahead > chunk_seconds:
-            await asyncio.sleep(ahead - chunk_seconds)
+        allowed = self.ahead_chunks * chunk_seconds
+        if ahead > allowed:
+            await asyncio.sleep(ahead - allowed)
 
     def sent(self, seconds: float) -> None:
         if self.started is None:
@@ -83,8 +88,55 @@ class Pacer:
         self.sent_seconds += seconds
 
 
+class ChunkPump:
+    """Requests a session's chunks one after another, paces them and hands them to `send_chunk`.
+
+    Stopping keeps the chunk in flight (the engine finishes it anyway) so that a resumed pump plays it next:
+    pausing never skips audio.
+    """
+
+    def __init__(self, session: JamSession, pacer: Pacer,
+                 send_chunk: tp.Callable[[tp.Any], tp.Awaitable[None]],
+                 on_error: tp.Callable[[Exception], tp.Awaitable[None]]) -> None:
+        self.session = session
+        self.pacer = pacer
+        self.send_chunk = send_chunk
+        self.on_error = on_error
+        self._inflight: tp.Optional[asyncio.Future] = None
+        self._task: tp.Optional[asyncio.Task] = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if self._inflight is None:
+                    self._inflight = asyncio.wrap_future(self.session.next_chunk())
+                chunk = await asyncio.shield(self._inflight)
+                self._inflight = None
+                await self.pacer.before_send(chunk.seconds)
+                await self.send_chunk(chunk)
+                self.pacer.sent(chunk.seconds)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # generation failed: tell the client, keep the connection
+            logger.exception("jam session failed")
+            await self.on_error(exc)
+
+
 class JamConnection:
-    """One /ws/jam client: a reader loop for control messages and a producer task for chunks."""
+    """One /ws/jam client: a reader loop for control messages and a pump for chunks."""
 
     def __init__(self, websocket: WebSocket, engine, noise_notice: tp.Optional[str]) -> None:
         self.ws = websocket
@@ -92,7 +144,7 @@ class JamConnection:
         self.noise_notice = noise_notice
         self.protocol = jp.JamProtocol()
         self.session: tp.Optional[JamSession] = None
-        self.producer: tp.Optional[asyncio.Task] = None
+        self.pump: tp.Optional[ChunkPump] = None
         self.pacer = Pacer("asap")
         self.binary = False
         self.send_lock = asyncio.Lock()
@@ -142,45 +194,139 @@ class JamConnection:
             self.pacer.pace = command.pace
             await self.send(jp.started_event(), jp.status_event("playing", seed=seed, pace=command.pace,
                                                                  model=self.engine.model.describe()))
-            self.producer = asyncio.create_task(self.produce())
+            self.pump = ChunkPump(self.session, self.pacer, self.send_chunk, self.report_failure)
+            self.pump.start()
         elif isinstance(command, jp.Update):
             self.session.update(command.settings)
             self.pacer.pace = command.pace
             await self.send(jp.status_event("updated", applies_from_chunk="next", **jp.describe_update(command)))
         elif isinstance(command, jp.Stop):
-            await self.stop_producer()
+            await self.stop_pump()
             await self.send(jp.stopped_event())
             await self.ws.close(1000, "stopped")
             return False
         return True
 
-    async def produce(self) -> None:
-        try:
-            while True:
-                chunk = await asyncio.wrap_future(self.session.next_chunk())
-                await self.pacer.before_send(chunk.seconds)
-                await self.send(*jp.chunk_events(chunk, self.binary, self.noise_notice))
-                self.pacer.sent(chunk.seconds)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # generation failed: tell the client, keep the connection for stop/close
-            logger.exception("jam session failed")
-            try:
-                await self.send(jp.error_event(f"generation failed: {exc}"))
-            except Exception:
-                pass
+    async def send_chunk(self, chunk) -> None:
+        await self.send(*jp.chunk_events(chunk, self.binary, self.noise_notice))
 
-    async def stop_producer(self) -> None:
-        if self.producer is not None:
-            self.producer.cancel()
-            try:
-                await self.producer
-            except (asyncio.CancelledError, Exception):
-                pass
-            self.producer = None
+    async def report_failure(self, exc: Exception) -> None:
+        try:
+            await self.send(jp.error_event(f"generation failed: {exc}"))
+        except Exception:
+            pass
+
+    async def stop_pump(self) -> None:
+        if self.pump is not None:
+            await self.pump.stop()
+            self.pump = None
 
     async def cleanup(self) -> None:
-        await self.stop_producer()
+        await self.stop_pump()
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+class LyriaConnection:
+    """One BidiGenerateMusic client: setup, prompts, config and playback; 48 kHz stereo PCM chunks."""
+
+    def __init__(self, websocket: WebSocket, engine) -> None:
+        self.ws = websocket
+        self.engine = engine
+        self.protocol = lp.LyriaProtocol()
+        self.session: tp.Optional[JamSession] = None
+        self.pump: tp.Optional[ChunkPump] = None
+        self.resampler: tp.Optional[StreamingResampler] = None
+        self.playing = False
+        self.pacer = Pacer("realtime", ahead_chunks=2)  # Lyria buffers a little ahead of the listener
+        self.send_lock = asyncio.Lock()
+
+    async def send(self, *messages: str) -> None:
+        async with self.send_lock:
+            for message in messages:
+                await self.ws.send_text(message)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                try:
+                    if message.get("bytes") is not None:
+                        action = self.protocol.receive_bytes(message["bytes"])
+                    else:
+                        action = self.protocol.receive_text(message.get("text") or "")
+                    await self.handle(action)
+                except lp.LyriaFatal as exc:
+                    await self.ws.close(exc.code, exc.reason)
+                    return
+        except WebSocketDisconnect:
+            return
+        finally:
+            await self.end_session()
+
+    async def handle(self, action: lp.Action) -> None:
+        if not isinstance(action, lp.Playback):
+            await self.send(*action.messages)
+        if isinstance(action, lp.Steer) and self.protocol.prompts is not None:
+            if self.session is not None:
+                self.session.update(self.protocol.settings())
+            elif self.playing:
+                await self.start_session()
+        elif isinstance(action, lp.Playback):
+            await self.playback(action.control)
+
+    async def playback(self, control: str) -> None:
+        if control == "PLAY":
+            self.playing = True
+            if self.protocol.prompts is None:
+                await self.send(lp.warning("PLAY before weightedPrompts: playback starts when prompts arrive"))
+            elif self.session is None:
+                await self.start_session()
+            else:
+                self.pump.start()
+        elif control == "PAUSE":
+            self.playing = False
+            if self.pump is not None:
+                await self.pump.stop()
+        elif control == "STOP":  # resets the context, keeps prompts and config
+            self.playing = False
+            await self.end_session()
+        elif control == "RESET_CONTEXT":  # resets without stopping
+            await self.end_session()
+            if self.playing and self.protocol.prompts is not None:
+                await self.start_session()
+
+    async def start_session(self) -> None:
+        seed = self.protocol.config.seed if self.protocol.config.seed is not None else random_seed()
+        loop = asyncio.get_running_loop()
+        try:
+            self.session = await loop.run_in_executor(None, JamSession.open, self.engine, self.protocol.settings(),
+                                                      seed)
+        except RuntimeError as exc:
+            raise lp.LyriaFatal(f"could not start generation: {exc}", code=1011) from None
+        self.resampler = StreamingResampler(self.session.sample_rate, lp.OUTPUT_RATE, lp.OUTPUT_CHANNELS)
+        self.pacer = Pacer("realtime", ahead_chunks=2)
+        self.pump = ChunkPump(self.session, self.pacer, self.send_chunk, self.report_failure)
+        self.pump.start()
+
+    async def send_chunk(self, chunk) -> None:
+        new = int(round(chunk.seconds * chunk.sample_rate))
+        audio = self.resampler.process(chunk.audio[:, :new], chunk.audio[:, new:])
+        await self.send(lp.audio_chunk_message(pcm16_bytes(audio), self.protocol.prompts, self.protocol.config))
+
+    async def report_failure(self, exc: Exception) -> None:
+        try:
+            await self.send(lp.warning(f"generation failed: {exc}"))
+        except Exception:
+            pass
+
+    async def end_session(self) -> None:
+        if self.pump is not None:
+            await self.pump.stop()
+            self.pump = None
         if self.session is not None:
             self.session.close()
             self.session = None
@@ -209,7 +355,22 @@ def build_app(engine, config: ServerConfig) -> Starlette:
         finally:
             limit.release()
 
-    return Starlette(routes=[Route("/health", health), WebSocketRoute("/ws/jam", jam)])
+    async def lyria(websocket: WebSocket) -> None:
+        await websocket.accept()
+        if not authorized(websocket.headers, websocket.query_params, config.token, extra_header="x-goog-api-key",
+                          extra_query="key"):
+            await websocket.close(1008, "API key not valid: send JAM_TOKEN as the API key")
+            return
+        if not limit.try_acquire():
+            await websocket.close(1013, f"concurrency_limit_reached (limit {limit.limit})")
+            return
+        try:
+            await LyriaConnection(websocket, engine).run()
+        finally:
+            limit.release()
+
+    return Starlette(routes=[Route("/health", health), WebSocketRoute("/ws/jam", jam),
+                             WebSocketRoute(lp.PATH, lyria)])
 
 
 class RunningServer:

@@ -1,0 +1,156 @@
+"""The real google-genai SDK (client.aio.live.music) against our TLS sidecar on 127.0.0.1."""
+
+import asyncio
+import datetime
+import ipaddress
+import json
+
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from streaming import lyria_protocol as lp
+from streaming.config import ServerConfig
+from streaming.server import RunningServer
+
+TOKEN = "test-api-key"
+
+
+def self_signed(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def tls_server(engine, tmp_path_factory):
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, max_sessions=2, token=TOKEN,
+                                                 ssl_certfile=str(cert), ssl_keyfile=str(key))).start()
+    running.cert = cert
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def plain_server(engine):
+    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, max_sessions=2)).start()
+    yield running
+    running.stop()
+
+
+def pcm(chunk) -> np.ndarray:
+    return np.frombuffer(chunk.data, dtype="<i2").reshape(-1, 2)
+
+
+def test_google_genai_sdk_session(tls_server, monkeypatch):
+    from google import genai
+    from google.genai import types
+
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_server.cert))
+    client = genai.Client(api_key=TOKEN, http_options={"base_url": f"https://127.0.0.1:{tls_server.port}",
+                                                       "api_version": "v1alpha"})
+
+    async def jam() -> dict:
+        seen: dict = {"chunks": [], "prompts": []}
+        async with client.aio.live.music.connect(model="models/lyria-realtime-exp") as session:
+            await session.set_weighted_prompts(prompts=[types.WeightedPrompt(text="minimal techno", weight=1.0)])
+            await session.set_music_generation_config(
+                config=types.LiveMusicGenerationConfig(bpm=90, temperature=1.0, top_k=30, seed=7))
+            await session.play()
+            messages = session.receive()
+
+            async def next_chunk():
+                async for message in messages:
+                    if message.server_content and message.server_content.audio_chunks:
+                        return message.server_content.audio_chunks[0]
+
+            for _ in range(2):
+                seen["chunks"].append(await asyncio.wait_for(next_chunk(), 60))
+            await session.set_weighted_prompts(prompts=[types.WeightedPrompt(text="piano", weight=2.0),
+                                                        types.WeightedPrompt(text="strings", weight=2.0)])
+            for _ in range(3):
+                chunk = await asyncio.wait_for(next_chunk(), 60)
+                seen["prompts"].append([p.text for p in chunk.source_metadata.client_content.weighted_prompts])
+                seen["chunks"].append(chunk)
+            await session.pause()
+            await session.reset_context()
+            await session.play()
+            seen["chunks"].append(await asyncio.wait_for(next_chunk(), 60))
+            await session.stop()
+        return seen
+
+    seen = asyncio.run(jam())
+    for chunk in seen["chunks"]:
+        assert chunk.mime_type == "audio/l16;rate=48000;channels=2"
+        assert pcm(chunk).shape == (96000, 2)  # 2 s at 48 kHz, stereo
+    assert seen["chunks"][0].source_metadata.music_generation_config.seed == 7
+    assert seen["prompts"][-1] == ["piano", "strings"]
+
+
+def test_wrong_api_key_is_refused_with_1008(tls_server, monkeypatch):
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(tls_server.cert))
+    with connect(f"wss://127.0.0.1:{tls_server.port}{lp.PATH}", ssl=context,
+                 additional_headers={"x-goog-api-key": "wrong"}) as ws:
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+        assert ws.close_code == 1008
+    with connect(f"wss://127.0.0.1:{tls_server.port}{lp.PATH}?key={TOKEN}", ssl=context) as ws:
+        ws.send(json.dumps({"setup": {"model": "models/x"}}))
+        assert json.loads(ws.recv(timeout=5)) == {"setupComplete": {}}
+
+
+def test_out_of_order_message_closes_with_a_reason(plain_server):
+    with connect(f"ws://127.0.0.1:{plain_server.port}{lp.PATH}") as ws:
+        ws.send(json.dumps({"playbackControl": "PLAY"}))
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+        assert ws.close_code == 1007 and "before setup" in ws.close_reason
+
+
+def test_stream_is_continuous_at_48k_and_pause_keeps_position(plain_server):
+    """Chunks join without seams after resampling; a pause does not skip audio."""
+    with connect(f"ws://127.0.0.1:{plain_server.port}{lp.PATH}") as ws:
+        ws.send(json.dumps({"setup": {"model": "models/x"}}))
+        ws.recv(timeout=5)
+        ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": "drone", "weight": 1}]}}))
+        ws.send(json.dumps({"musicGenerationConfig": {"seed": 3}}))
+        ws.send(json.dumps({"playbackControl": "PLAY"}))
+
+        def chunk():
+            while True:
+                message = json.loads(ws.recv(timeout=60))
+                if "serverContent" in message:
+                    import base64
+
+                    data = base64.b64decode(message["serverContent"]["audioChunks"][0]["data"])
+                    return np.frombuffer(data, dtype="<i2").reshape(-1, 2).astype(np.float32) / 32767
+
+        first = chunk()
+        ws.send(json.dumps({"playbackControl": "PAUSE"}))
+        ws.send(json.dumps({"playbackControl": "PLAY"}))
+        second = chunk()
+    joined = np.concatenate([first, second])[:, 0]
+    jumps = np.abs(np.diff(joined))
+    boundary = len(first) - 1
+    assert jumps[boundary] <= 4 * np.percentile(jumps, 99.9) + 1e-3
