@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from tests.helpers import data_uri_bytes, decode_wav, sine_wav
+from tests.helpers import data_uri_bytes, decode_wav, sine_wav, wait_until
 
 SEED_FIELDS = ["prompt", "input_audio", "duration", "continuation", "continuation_start", "continuation_end",
                "multi_band_diffusion", "normalization_strategy", "top_k", "top_p", "temperature",
@@ -178,5 +178,6 @@ def test_cancel_mid_generation_then_next_prediction_succeeds(cog, webhook):
     final = wait_final(events, timeout=60)
     assert final["status"] == "canceled"
     assert time.monotonic() - cancelled_at < 10
+    assert wait_until(lambda: requests.get(f"{cog.url}/health-check", timeout=5).json()["status"] == "READY", 10)
     body = predict(cog, prompt="after", duration=1, seed=1).json()
     assert body["status"] == "succeeded", body.get("error")
