@@ -24,9 +24,9 @@ T = tp.TypeVar("T")
 
 
 class Scheduler:
-    def __init__(self, lm, max_rows: int, max_steps: int, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, lm, max_rows: int, max_steps: int, weight_format: str = "float32") -> None:
         self.lm = lm
-        self.decoder = StepDecoder(lm, max_rows=max_rows, max_steps=max_steps, dtype=dtype)
+        self.decoder = StepDecoder(lm, max_rows=max_rows, max_steps=max_steps, weight_format=weight_format)
         self.streams: list[Stream] = []
         self._jobs: queue.SimpleQueue[tp.Optional[tuple[Future, tp.Callable[[], tp.Any]]]] = queue.SimpleQueue()
         self._condition_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

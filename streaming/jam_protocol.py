@@ -14,10 +14,10 @@ from engine import audio
 from engine.jam import Chunk, JamSettings
 from engine.streams import SamplingParams
 from streaming.config import MAX_STYLES
+from streaming.wire import WireError, load_object
 
 PROTOCOL_FRAME_RATE = 25.0
 MAX_DECODE_FRAMES = 50
-MAX_MESSAGE_BYTES = 64 * 1024
 PACES = ("realtime", "asap")
 DEFAULTS = {"styles": "warmup", "temperature": 1.1, "topk": 40, "guidance_weight": 3.0, "pace": "asap",
             "max_decode_frames": MAX_DECODE_FRAMES}
@@ -118,14 +118,10 @@ class JamProtocol:
         raise ProtocolError("binary frames are not accepted from clients: send JSON text messages")
 
     def receive_text(self, text: str) -> Command:
-        if len(text.encode()) > MAX_MESSAGE_BYTES:
-            raise ProtocolError(f"message too large: {len(text.encode())} bytes, the limit is {MAX_MESSAGE_BYTES}")
         try:
-            message = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ProtocolError(f"message is not valid JSON: {exc.msg} at position {exc.pos}") from None
-        if not isinstance(message, dict):
-            raise ProtocolError("message must be a JSON object with a \"type\"")
+            message = load_object(text)
+        except WireError as exc:
+            raise ProtocolError(str(exc)) from None
         kind = message.get("type")
         if kind == "ping":
             return Ping()

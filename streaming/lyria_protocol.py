@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from engine.jam import JamSettings
 from engine.streams import SamplingParams
+from streaming.wire import WireError, load_object
 
 PATH = "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateMusic"
 OUTPUT_RATE = 48000
@@ -23,7 +24,6 @@ MIME_TYPE = f"audio/l16;rate={OUTPUT_RATE};channels={OUTPUT_CHANNELS}"
 CHUNK_SECONDS = 2.0
 CLOSE_INVALID = 1007  # invalid payload: the reason names the field
 CLOSE_POLICY = 1008
-MAX_MESSAGE_BYTES = 64 * 1024
 
 SCALES = {
     "SCALE_UNSPECIFIED": None, "C_MAJOR_A_MINOR": "C major / A minor", "D_FLAT_MAJOR_B_FLAT_MINOR": "D flat major",
@@ -224,13 +224,11 @@ class LyriaProtocol:
         return self.receive_text(data.decode("utf-8", errors="replace"))
 
     def receive_text(self, text: str) -> Action:
-        if len(text.encode()) > MAX_MESSAGE_BYTES:
-            raise LyriaFatal(f"message too large ({len(text.encode())} bytes, limit {MAX_MESSAGE_BYTES})")
         try:
-            message = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LyriaFatal(f"message is not valid JSON ({exc.msg})") from None
-        if not isinstance(message, dict) or len(message) != 1:
+            message = load_object(text)
+        except WireError as exc:
+            raise LyriaFatal(str(exc)) from None
+        if len(message) != 1:
             raise LyriaFatal("each message must be an object with exactly one of setup, clientContent, "
                              "musicGenerationConfig, playbackControl")
         (key, body), = message.items()

@@ -132,25 +132,25 @@ class ChunkPump:
             raise
         except Exception as exc:  # generation failed: tell the client, keep the connection
             logger.exception("jam session failed")
-            await self.on_error(exc)
+            try:
+                await self.on_error(exc)
+            except Exception:  # the client is gone as well
+                pass
 
 
-class JamConnection:
-    """One /ws/jam client: a reader loop for control messages and a pump for chunks."""
+class Connection:
+    """The I/O shell of one WebSocket client: a reader loop handing frames to the protocol subclass, sends
+    serialised by a lock, and the session and chunk pump it owns, freed however the connection ends."""
 
-    def __init__(self, websocket: WebSocket, engine, noise_notice: tp.Optional[str]) -> None:
+    def __init__(self, websocket: WebSocket, engine) -> None:
         self.ws = websocket
         self.engine = engine
-        self.noise_notice = noise_notice
-        self.protocol = jp.JamProtocol()
         self.session: tp.Optional[JamSession] = None
         self.pump: tp.Optional[ChunkPump] = None
-        self.pacer = Pacer("asap")
-        self.binary = False
         self.send_lock = asyncio.Lock()
 
     async def send(self, *messages: tp.Union[str, bytes]) -> None:
-        async with self.send_lock:  # a binary chunk and its chunk_meta stay adjacent
+        async with self.send_lock:  # messages of one call stay adjacent (a binary chunk and its chunk_meta)
             for message in messages:
                 if isinstance(message, bytes):
                     await self.ws.send_bytes(message)
@@ -163,45 +163,82 @@ class JamConnection:
                 message = await self.ws.receive()
                 if message["type"] == "websocket.disconnect":
                     return
-                try:
-                    if message.get("bytes") is not None:
-                        command = self.protocol.receive_bytes(message["bytes"])
-                    else:
-                        command = self.protocol.receive_text(message.get("text") or "")
-                except jp.ProtocolError as exc:
-                    await self.send(jp.error_event(str(exc)))
-                    continue
-                if not await self.handle(command):
+                frame = message["bytes"] if message.get("bytes") is not None else message.get("text") or ""
+                if not await self.on_frame(frame):
                     return
         except WebSocketDisconnect:
             return
         finally:
-            await self.cleanup()
+            await self.end_session()
+
+    async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
+        """Handles one client frame; False ends the connection."""
+        raise NotImplementedError
+
+    async def send_chunk(self, chunk) -> None:
+        raise NotImplementedError
+
+    async def report_failure(self, exc: Exception) -> None:
+        raise NotImplementedError
+
+    async def start_session(self, settings, seed: int, pacer: Pacer) -> None:
+        """Opens a jam session on the engine (off the event loop) and starts pumping its chunks."""
+        loop = asyncio.get_running_loop()
+        self.session = await loop.run_in_executor(None, JamSession.open, self.engine, settings, seed)
+        self.pump = ChunkPump(self.session, pacer, self.send_chunk, self.report_failure)
+        self.pump.start()
+
+    async def end_session(self) -> None:
+        if self.pump is not None:
+            await self.pump.stop()
+            self.pump = None
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+class JamConnection(Connection):
+    """/ws/jam: JSON control messages in; base64 WAV chunks (or binary WAV + chunk_meta) out."""
+
+    def __init__(self, websocket: WebSocket, engine, noise_notice: tp.Optional[str]) -> None:
+        super().__init__(websocket, engine)
+        self.noise_notice = noise_notice
+        self.protocol = jp.JamProtocol()
+        self.pacer = Pacer("asap")
+        self.binary = False
+
+    async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
+        try:
+            if isinstance(frame, bytes):
+                command = self.protocol.receive_bytes(frame)
+            else:
+                command = self.protocol.receive_text(frame)
+        except jp.ProtocolError as exc:
+            await self.send(jp.error_event(str(exc)))
+            return True
+        return await self.handle(command)
 
     async def handle(self, command: jp.Command) -> bool:
-        """Acts on one command; False ends the connection."""
         if isinstance(command, jp.Ping):
             await self.send(jp.pong_event())
         elif isinstance(command, jp.Start):
             seed = random_seed()
-            loop = asyncio.get_running_loop()
+            self.binary = command.binary_audio
+            self.pacer.pace = command.pace
+            await self.send(jp.started_event())
             try:
-                self.session = await loop.run_in_executor(None, JamSession.open, self.engine, command.settings, seed)
+                await self.start_session(command.settings, seed, self.pacer)
             except RuntimeError as exc:
                 await self.send(jp.error_event(f"could not start a session: {exc}"))
                 return False
-            self.binary = command.binary_audio
-            self.pacer.pace = command.pace
-            await self.send(jp.started_event(), jp.status_event("playing", seed=seed, pace=command.pace,
-                                                                 model=self.engine.model.describe()))
-            self.pump = ChunkPump(self.session, self.pacer, self.send_chunk, self.report_failure)
-            self.pump.start()
+            await self.send(jp.status_event("playing", seed=seed, pace=command.pace,
+                                            model=self.engine.model.describe()))
         elif isinstance(command, jp.Update):
             self.session.update(command.settings)
             self.pacer.pace = command.pace
             await self.send(jp.status_event("updated", applies_from_chunk="next", **jp.describe_update(command)))
         elif isinstance(command, jp.Stop):
-            await self.stop_pump()
+            await self.end_session()
             await self.send(jp.stopped_event())
             await self.ws.close(1000, "stopped")
             return False
@@ -211,61 +248,29 @@ class JamConnection:
         await self.send(*jp.chunk_events(chunk, self.binary, self.noise_notice))
 
     async def report_failure(self, exc: Exception) -> None:
-        try:
-            await self.send(jp.error_event(f"generation failed: {exc}"))
-        except Exception:
-            pass
-
-    async def stop_pump(self) -> None:
-        if self.pump is not None:
-            await self.pump.stop()
-            self.pump = None
-
-    async def cleanup(self) -> None:
-        await self.stop_pump()
-        if self.session is not None:
-            self.session.close()
-            self.session = None
+        await self.send(jp.error_event(f"generation failed: {exc}"))
 
 
-class LyriaConnection:
-    """One BidiGenerateMusic client: setup, prompts, config and playback; 48 kHz stereo PCM chunks."""
+class LyriaConnection(Connection):
+    """BidiGenerateMusic: setup, prompts, config and playback in; 48 kHz stereo PCM chunks out."""
 
     def __init__(self, websocket: WebSocket, engine) -> None:
-        self.ws = websocket
-        self.engine = engine
+        super().__init__(websocket, engine)
         self.protocol = lp.LyriaProtocol()
-        self.session: tp.Optional[JamSession] = None
-        self.pump: tp.Optional[ChunkPump] = None
         self.resampler: tp.Optional[StreamingResampler] = None
         self.playing = False
-        self.pacer = Pacer("realtime", ahead_chunks=2)  # Lyria buffers a little ahead of the listener
-        self.send_lock = asyncio.Lock()
 
-    async def send(self, *messages: str) -> None:
-        async with self.send_lock:
-            for message in messages:
-                await self.ws.send_text(message)
-
-    async def run(self) -> None:
+    async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
         try:
-            while True:
-                message = await self.ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                try:
-                    if message.get("bytes") is not None:
-                        action = self.protocol.receive_bytes(message["bytes"])
-                    else:
-                        action = self.protocol.receive_text(message.get("text") or "")
-                    await self.handle(action)
-                except lp.LyriaFatal as exc:
-                    await self.ws.close(exc.code, exc.reason)
-                    return
-        except WebSocketDisconnect:
-            return
-        finally:
-            await self.end_session()
+            if isinstance(frame, bytes):
+                action = self.protocol.receive_bytes(frame)
+            else:
+                action = self.protocol.receive_text(frame)
+            await self.handle(action)
+        except lp.LyriaFatal as exc:
+            await self.ws.close(exc.code, exc.reason)
+            return False
+        return True
 
     async def handle(self, action: lp.Action) -> None:
         if not isinstance(action, lp.Playback):
@@ -274,7 +279,7 @@ class LyriaConnection:
             if self.session is not None:
                 self.session.update(self.protocol.settings())
             elif self.playing:
-                await self.start_session()
+                await self.start()
         elif isinstance(action, lp.Playback):
             await self.playback(action.control)
 
@@ -284,7 +289,7 @@ class LyriaConnection:
             if self.protocol.prompts is None:
                 await self.send(lp.warning("PLAY before weightedPrompts: playback starts when prompts arrive"))
             elif self.session is None:
-                await self.start_session()
+                await self.start()
             else:
                 self.pump.start()
         elif control == "PAUSE":
@@ -297,20 +302,17 @@ class LyriaConnection:
         elif control == "RESET_CONTEXT":  # resets without stopping
             await self.end_session()
             if self.playing and self.protocol.prompts is not None:
-                await self.start_session()
+                await self.start()
 
-    async def start_session(self) -> None:
-        seed = self.protocol.config.seed if self.protocol.config.seed is not None else random_seed()
-        loop = asyncio.get_running_loop()
+    async def start(self) -> None:
+        config = self.protocol.config
+        seed = config.seed if config.seed is not None else random_seed()
         try:
-            self.session = await loop.run_in_executor(None, JamSession.open, self.engine, self.protocol.settings(),
-                                                      seed)
+            # Lyria buffers a little ahead of the listener: two chunks
+            await self.start_session(self.protocol.settings(), seed, Pacer("realtime", ahead_chunks=2))
         except RuntimeError as exc:
             raise lp.LyriaFatal(f"could not start generation: {exc}", code=1011) from None
         self.resampler = StreamingResampler(self.session.sample_rate, lp.OUTPUT_RATE, lp.OUTPUT_CHANNELS)
-        self.pacer = Pacer("realtime", ahead_chunks=2)
-        self.pump = ChunkPump(self.session, self.pacer, self.send_chunk, self.report_failure)
-        self.pump.start()
 
     async def send_chunk(self, chunk) -> None:
         new = int(round(chunk.seconds * chunk.sample_rate))
@@ -318,18 +320,7 @@ class LyriaConnection:
         await self.send(lp.audio_chunk_message(pcm16_bytes(audio), self.protocol.prompts, self.protocol.config))
 
     async def report_failure(self, exc: Exception) -> None:
-        try:
-            await self.send(lp.warning(f"generation failed: {exc}"))
-        except Exception:
-            pass
-
-    async def end_session(self) -> None:
-        if self.pump is not None:
-            await self.pump.stop()
-            self.pump = None
-        if self.session is not None:
-            self.session.close()
-            self.session = None
+        await self.send(lp.warning(f"generation failed: {exc}"))
 
 
 def build_app(engine, config: ServerConfig) -> Starlette:

@@ -8,6 +8,7 @@ import torch
 from engine.jam import Chunk, JamSettings
 from engine.streams import SamplingParams
 from streaming import jam_protocol as jp
+from streaming.wire import MAX_MESSAGE_BYTES
 
 
 def started(params=None, **extra):
@@ -89,7 +90,7 @@ def test_start_twice_binary_frames_and_oversized_messages_are_refused():
     with pytest.raises(jp.ProtocolError, match="binary frames are not accepted"):
         protocol.receive_bytes(b"\x00")
     with pytest.raises(jp.ProtocolError, match="message too large"):
-        protocol.receive_text(json.dumps({"type": "ping", "pad": "x" * jp.MAX_MESSAGE_BYTES}))
+        protocol.receive_text(json.dumps({"type": "ping", "pad": "x" * MAX_MESSAGE_BYTES}))
 
 
 def test_ping_stop_and_events():

@@ -1,0 +1,260 @@
+"""Engine benchmarks, side by side in one process, on random-weight models built by audiocraft's own builders.
+
+    .venv/bin/python -m benchmarks.engine_bench            # all suites, writes benchmarks/results.json
+    .venv/bin/python -m benchmarks.engine_bench --suite batch --seconds 5
+
+Suites (figures are ratios measured in one run; absolute numbers depend on the machine):
+- batch:    our engine vs stock audiocraft `MusicGen.generate`, musicgen-small dimensions, same seed and params;
+- stream:   per-chunk time at the first chunks vs after several 30 s window roll-overs (smaller model);
+- sessions: aggregate generated seconds per wall second with 1, 2, 4, 8 concurrent jam sessions;
+- memory:   peak RSS along a long session.
+Every steps/s figure is also given as a fraction of the memory-bandwidth bound (weights read once per step).
+"""
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from engine.hub import configure_offline_caches
+from weights import DEMO_DIR
+
+logger = logging.getLogger("bench")
+RESULTS = Path(__file__).resolve().parent / "results.json"
+SMALL = {"dim": 1024, "layers": 24, "heads": 16}  # musicgen-small's LM
+MEDIUM_TINY = {"dim": 512, "layers": 8, "heads": 8}
+BANDWIDTH = 28e9  # bytes/s measured on the development CPU (see README)
+
+
+def build_model(dims: dict, seed: int = 0):
+    """A LoadedModel with random LM weights of the given size, the demo's codec and tiny T5 (local files)."""
+    configure_offline_caches(DEMO_DIR)
+    from audiocraft.models import MusicGen, builders
+    from omegaconf import OmegaConf
+
+    from engine.checkpoint import load_codec, resolve
+    from engine.model import MAX_WINDOW_SECONDS, LoadedModel
+    from weights.demo import lm_config
+
+    torch.manual_seed(seed)
+    lm = builders.get_lm_model(OmegaConf.create(lm_config(dims["dim"], dims["layers"], dims["heads"]))).eval()
+    files = resolve(DEMO_DIR)
+    codec = load_codec(files.codec, "cpu")
+    return LoadedModel(musicgen=MusicGen("bench", codec, lm, max_duration=MAX_WINDOW_SECONDS), mbd=None,
+                       files=files, device="cpu")
+
+
+def engine_for(model, weight_format: str, rows: int = 4):
+    from engine.core import Engine, EngineConfig
+
+    return Engine(model, EngineConfig(max_rows=rows, weight_format=weight_format))
+
+
+def bound_steps_per_second(engine) -> float:
+    from engine.decoder import bandwidth_bound_steps_per_second
+
+    return bandwidth_bound_steps_per_second(engine.scheduler.decoder, BANDWIDTH)
+
+
+def _tokens(engine, prompt: str, seconds: float, seed: int, top_k: int = 250):
+    """Generate with our engine as a prediction does; returns (tokens, wall seconds, steps)."""
+    from engine.streams import Conditioning, SamplingParams
+
+    done = threading.Event()
+    collected = []
+    frames = int(seconds * engine.model.frame_rate)
+
+    def on_frames(stream):
+        collected.append(stream.take_frames())
+        if stream.done():
+            engine.scheduler.remove_stream(stream)
+            done.set()
+
+    stream = engine.new_stream(Conditioning([prompt], [1.0]), SamplingParams(top_k=top_k), seed,
+                               target_frames=frames)
+    stream.on_frames = on_frames
+    started = time.perf_counter()
+    engine.scheduler.call(lambda: engine.scheduler.add_stream(stream)).result()
+    done.wait()
+    return torch.cat(collected, -1), time.perf_counter() - started, frames + 3
+
+
+def suite_batch(seconds: float) -> dict:
+    from engine.conditions import text_condition
+    from engine.decoder import StepDecoder
+
+    model = build_model(SMALL)
+    musicgen = model.musicgen
+    steps = int(seconds * model.frame_rate) + 3
+    musicgen.set_generation_params(duration=seconds, top_k=250, temperature=1.0, cfg_coef=3.0)
+    host = engine_for(model, "float32")  # stock generate runs on the same (engine) thread as ours
+
+    def run_stock() -> float:
+        torch.manual_seed(1)
+        started = time.perf_counter()
+        musicgen.generate(["lo-fi beat"])
+        return time.perf_counter() - started
+
+    musicgen.set_generation_params(duration=0.2, top_k=250, temperature=1.0, cfg_coef=3.0)
+    host.scheduler.call(lambda: musicgen.generate(["warm up"])).result()
+    musicgen.set_generation_params(duration=seconds, top_k=250, temperature=1.0, cfg_coef=3.0)
+    stock = host.scheduler.call(run_stock).result()
+    host.close()
+    result = {"model": "musicgen-small dims (1024 x 24 layers, 4 x 2048), random weights", "audio_seconds": seconds,
+              "steps": steps, "stock_audiocraft": {"seconds": stock, "steps_per_second": steps / stock}}
+    for dtype in ("float32", "bfloat16", "int8"):
+        engine = engine_for(model, dtype)
+        _tokens(engine, "warm up", 0.2, 0)
+        _, wall, _ = _tokens(engine, "lo-fi beat", seconds, 1)
+        rate = steps / wall
+        bound = bound_steps_per_second(engine)
+        result[f"ours_{dtype}"] = {"seconds": wall, "steps_per_second": rate, "ratio_vs_stock": stock / wall,
+                                   "bandwidth_bound_steps_per_second": bound, "fraction_of_bound": rate / bound}
+        engine.close()
+    # deviation of the reduced formats from fp32 on identical inputs: logits and greedy tokens
+    lm = musicgen.lm
+    sequence = torch.randint(0, lm.card, (2, lm.num_codebooks, 64), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for weight_format in ("float32", "bfloat16", "int8"):
+        decoder = StepDecoder(lm, max_rows=2, max_steps=80, weight_format=weight_format)
+        decoder.set_condition(0, *text_condition(lm, "lo-fi beat"))
+        decoder.set_condition(1, *text_condition(lm, None))
+        with torch.no_grad():
+            logits[weight_format] = decoder.forward(slice(0, 2), sequence)
+    reference_engine = engine_for(model, "float32")
+    greedy_reference = _tokens(reference_engine, "lo-fi beat", 2.0, 3, top_k=1)[0]
+    reference_engine.close()
+    for weight_format in ("bfloat16", "int8"):
+        diff = (logits[weight_format] - logits["float32"]).abs()
+        engine = engine_for(model, weight_format)
+        greedy = _tokens(engine, "lo-fi beat", 2.0, 3, top_k=1)[0]
+        engine.close()
+        result[f"{weight_format}_deviation_from_float32"] = {
+            "logit_max_abs_error": diff.max().item(), "logit_mean_abs_error": diff.mean().item(),
+            "logit_mean_abs": logits["float32"].abs().mean().item(),
+            "argmax_agreement_per_position": (logits[weight_format].argmax(-1) == logits["float32"].argmax(-1))
+            .float().mean().item(),
+            "greedy_2s_token_agreement": (greedy == greedy_reference).float().mean().item()}
+    return result
+
+
+def suite_stream(chunks_per_phase: int) -> dict:
+    """Chunk cost stays flat across roll-overs: median of the first chunks vs the ones after the 3rd roll-over."""
+    from engine.jam import JamSession, JamSettings
+
+    model = build_model(MEDIUM_TINY)
+    engine = engine_for(model, "float32", rows=4)
+    session = JamSession.open(engine, JamSettings(styles=("drone",), weights=(1.0,), chunk_seconds=2.0), seed=1)
+    times, rollovers = [], []
+    while session.stream.rollovers < 3 or len([r for r in rollovers if r >= 3]) < chunks_per_phase:
+        chunk = session.next_chunk().result()
+        times.append(chunk.generation_seconds)
+        rollovers.append(session.stream.rollovers)
+    session.close()
+    engine.close()
+    early = times[1:1 + chunks_per_phase]  # chunk 0 includes the first prefill
+    late = [t for t, r in zip(times, rollovers, strict=True) if r >= 3][:chunks_per_phase]
+    steady_late = [t for t, r, p in zip(times[1:], rollovers[1:], rollovers[:-1], strict=True) if r >= 3 and r == p]
+    return {"model": "512 x 8 layers (smaller than musicgen-small so that 3 roll-overs fit a CI-sized run)",
+            "chunk_seconds": 2.0, "chunks": len(times), "rollovers": rollovers[-1],
+            "median_early_chunk_seconds": statistics.median(early),
+            "median_late_chunk_seconds": statistics.median(late),
+            "ratio_late_over_early": statistics.median(late) / statistics.median(early),
+            "ratio_late_over_early_excluding_rollover_chunks": statistics.median(steady_late or late) /
+            statistics.median(early),
+            "max_chunk_seconds": max(times)}
+
+
+def suite_sessions(seconds: float, counts: tuple[int, ...] = (1, 2, 4, 8)) -> dict:
+    from engine.jam import JamSession, JamSettings
+
+    model = build_model(SMALL)
+    result = {"model": "musicgen-small dims, random weights", "chunk_seconds": seconds}
+    for dtype in ("int8", "float32"):
+        engine = engine_for(model, dtype, rows=2 * max(counts) + 2)
+        per_dtype = {}
+        for count in counts:
+            settings = JamSettings(styles=("jam",), weights=(1.0,), chunk_seconds=seconds)
+            sessions = [JamSession.open(engine, settings, seed=i) for i in range(count)]
+            for session in sessions:  # warm: first prefill out of the measurement
+                session.next_chunk().result()
+            started = time.perf_counter()
+            futures = [session.next_chunk() for session in sessions]
+            for future in futures:
+                future.result()
+            wall = time.perf_counter() - started
+            for session in sessions:
+                session.close()
+            per_dtype[count] = {"wall_seconds": wall, "audio_seconds_per_wall_second": count * seconds / wall}
+        base = per_dtype[1]["audio_seconds_per_wall_second"]
+        for count in counts:
+            per_dtype[count]["speedup_vs_one_session"] = per_dtype[count]["audio_seconds_per_wall_second"] / base
+        result[dtype] = per_dtype
+        engine.close()
+    return result
+
+
+def suite_memory(minutes: float) -> dict:
+    from engine.jam import JamSession, JamSettings
+
+    gc.collect()
+    model = build_model(MEDIUM_TINY)
+    engine = engine_for(model, "float32", rows=4)
+    session = JamSession.open(engine, JamSettings(styles=("drone",), weights=(1.0,), chunk_seconds=2.0), seed=2)
+    samples = []
+    produced = 0.0
+    while produced < minutes * 60:
+        produced += session.next_chunk().result().seconds
+        samples.append((produced, current_rss_mb()))
+    session.close()
+    engine.close()
+    after_first_minute = [rss for t, rss in samples if t > 60]
+    return {"model": "512 x 8 layers", "audio_seconds": produced, "rollovers": "every 18 s after the first 30 s",
+            "rss_mb_at_60s": after_first_minute[0], "rss_mb_max_after_60s": max(after_first_minute),
+            "rss_mb_at_end": samples[-1][1], "growth_mb_after_60s": max(after_first_minute) - after_first_minute[0]}
+
+
+def current_rss_mb() -> float:
+    """Resident memory now (not the process's lifetime peak, which earlier suites would dominate)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="batch,stream,sessions,memory")
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio seconds for the batch suite")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    torch.set_grad_enabled(False)
+    results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                           "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                           "torch": torch.__version__},
+               "command": "python -m benchmarks.engine_bench --suite " + args.suite}
+    suites = {"batch": lambda: suite_batch(args.seconds), "stream": lambda: suite_stream(5),
+              "sessions": lambda: suite_sessions(1.0), "memory": lambda: suite_memory(3.0)}
+    for name in args.suite.split(","):
+        started = time.perf_counter()
+        results[name] = suites[name]()
+        results[name]["suite_wall_seconds"] = time.perf_counter() - started
+        print(json.dumps({name: results[name]}, indent=1), flush=True)
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    previous.update(results)
+    args.out.write_text(json.dumps(previous, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
