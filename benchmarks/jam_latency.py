@@ -1,0 +1,60 @@
+"""Time to first chunk and real-time factor of /ws/jam sessions, through a real sidecar and WebSocket client.
+
+    .venv/bin/python -m benchmarks.jam_latency [--weights PATH] [--sessions 3] [--chunks 5]
+
+Uses the default checkpoint (the demo when nothing was fetched). Prints one JSON object.
+"""
+
+import argparse
+import json
+import logging
+import statistics
+import time
+
+from websockets.sync.client import connect
+
+from engine.core import Engine, EngineConfig
+from streaming.config import ServerConfig
+from streaming.server import RunningServer
+
+START = {"type": "start", "mode": "rt", "params": {"styles": "jazz, hiphop", "style_weights": "1,0.8",
+                                                   "pace": "asap", "max_decode_frames": 50}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--sessions", type=int, default=3, help="sessions measured one after another")
+    parser.add_argument("--chunks", type=int, default=5)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    config = ServerConfig(host="127.0.0.1", port=0, max_sessions=1)
+    engine = Engine.load(args.weights, config=EngineConfig(max_rows=config.engine_rows))
+    server = RunningServer(engine, config).start()
+    first_chunk, factors = [], []
+    try:
+        for _ in range(args.sessions):
+            with connect(f"ws://127.0.0.1:{server.port}/ws/jam") as ws:
+                started = time.monotonic()
+                ws.send(json.dumps(START))
+                received = 0
+                while received < args.chunks:
+                    message = json.loads(ws.recv(timeout=120))
+                    if message["type"] != "chunk":
+                        continue
+                    if received == 0:
+                        first_chunk.append(time.monotonic() - started)
+                    factors.append(message["metadata"]["real_time_factor"])
+                    received += 1
+    finally:
+        server.stop()
+        engine.close()
+    print(json.dumps({"model": engine.model.describe(), "chunk_seconds": 2.0,
+                      "time_to_first_chunk_seconds_median": statistics.median(first_chunk),
+                      "real_time_factor_median": statistics.median(factors),
+                      "real_time_factor_meaning": "wall seconds per second of audio; below 1 is faster than real time"},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()
