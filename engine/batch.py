@@ -1,7 +1,9 @@
 """One batch generation, with the semantics of the Replicate MusicGen model users compare us to.
 
-`prepare` validates a request and decodes its audio on the caller's thread; `generate` is the model work and runs
-on the engine thread; the caller normalises and encodes the result (engine.audio).
+`prepare` validates a request and decodes its audio on the caller's thread. The engine then generates it as a
+finite stream on its step decoder (engine.core), or, for models the step decoder does not support (melody models
+prepend their chroma), with audiocraft's own `generate` below. The caller normalises and encodes the result
+(engine.audio).
 """
 
 import logging
@@ -147,7 +149,8 @@ def prepare(request: BatchRequest, model: LoadedModel) -> PreparedBatch:
 def generate(model: LoadedModel, batch: PreparedBatch,
              on_progress: tp.Callable[[int, int], None] = lambda done, total: None,
              cancelled: tp.Optional[threading.Event] = None) -> BatchResult:
-    """The model work of one prediction; runs on the engine thread."""
+    """One prediction through audiocraft's MusicGen API (melody and other models the step decoder does not
+    support); runs on the engine thread."""
     request = batch.request
     musicgen = model.musicgen
     started = time.perf_counter()

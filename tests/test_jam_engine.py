@@ -20,6 +20,15 @@ def collect(session, count):
     return [session.next_chunk().result(timeout=120) for _ in range(count)]
 
 
+def session_chunks(engine, count, seed, settings=SETTINGS, **open_options):
+    """Opens a session, takes `count` chunks, always closes it."""
+    session = JamSession.open(engine, settings, seed=seed, **open_options)
+    try:
+        return collect(session, count)
+    finally:
+        session.close()
+
+
 def stitch(chunks):
     """What a client hears: each chunk without its overlap tail (the tail equals the next chunk's start)."""
     return torch.cat([c.audio[:, : c.audio.shape[-1] - int(round(c.overlap_seconds * c.sample_rate))]
@@ -27,11 +36,7 @@ def stitch(chunks):
 
 
 def test_chunks_have_the_requested_length_and_overlap(engine):
-    session = JamSession.open(engine, SETTINGS, seed=1)
-    try:
-        chunks = collect(session, 3)
-    finally:
-        session.close()
+    chunks = session_chunks(engine, 3, seed=1)
     for i, chunk in enumerate(chunks):
         assert chunk.index == i
         assert chunk.sample_rate == 32000
@@ -44,11 +49,7 @@ def test_chunks_have_the_requested_length_and_overlap(engine):
 
 def test_stream_equals_offline_decode_of_its_tokens(engine):
     """Seamlessness: concatenated chunks vs one decode of all tokens (SNR, jumps at boundaries)."""
-    session = JamSession.open(engine, SETTINGS, seed=2)
-    try:
-        chunks = collect(session, 6)
-    finally:
-        session.close()
+    chunks = session_chunks(engine, 6, seed=2)
     streamed = stitch(chunks)
     tokens = torch.cat([c.frames for c in chunks], dim=-1)
     codec = engine.model.musicgen.compression_model
@@ -64,13 +65,7 @@ def test_stream_equals_offline_decode_of_its_tokens(engine):
 
 
 def test_same_seed_same_music(engine):
-    tokens = []
-    for _ in range(2):
-        session = JamSession.open(engine, SETTINGS, seed=3)
-        try:
-            tokens.append(torch.cat([c.frames for c in collect(session, 2)], dim=-1))
-        finally:
-            session.close()
+    tokens = [torch.cat([c.frames for c in session_chunks(engine, 2, seed=3)], dim=-1) for _ in range(2)]
     assert torch.equal(tokens[0], tokens[1])
 
 
@@ -108,11 +103,7 @@ def test_session_continues_an_audio_prompt(engine, tmp_path):
 
     path = sine_wav(tmp_path / "loop.wav", seconds=2.0)
     wav, rate = sf.read(path, dtype="float32", always_2d=True)
-    session = JamSession.open(engine, SETTINGS, seed=5, prompt=(torch.from_numpy(wav.T), rate))
-    try:
-        chunk = session.next_chunk().result(timeout=60)
-    finally:
-        session.close()
+    (chunk,) = session_chunks(engine, 1, seed=5, prompt=(torch.from_numpy(wav.T), rate))
     assert chunk.audio.shape[-1] == int(1.025 * 32000)
 
 
@@ -132,11 +123,7 @@ def test_two_sessions_and_a_prediction_at_once(engine):
     results = {}
 
     def jam(name, seed):
-        session = JamSession.open(engine, SETTINGS, seed=seed)
-        try:
-            results[name] = collect(session, 4)
-        finally:
-            session.close()
+        results[name] = session_chunks(engine, 4, seed=seed)
 
     threads = [threading.Thread(target=jam, args=(f"jam{i}", 10 + i)) for i in range(2)]
     for thread in threads:
