@@ -1,5 +1,6 @@
 """The loaded MusicGen: LM, codec, optional MultiBand Diffusion, and the facts callers need about them."""
 
+import json
 import logging
 import typing as tp
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ def load_model(source: tp.Union[str, Path, None] = None, device: tp.Optional[str
     files = resolve(source)
     configure_offline_caches(files.directory)
     device = device or pick_device()
+    # audiocraft imports xformers, whose prebuilt extensions do not match this torch; attention runs on torch's
+    # SDPA, so its "can't load C++/CUDA extensions" warning is noise.
+    logging.getLogger("xformers").setLevel(logging.ERROR)
     from audiocraft.models import MusicGen
 
     lm = load_lm(files.lm, device)
@@ -73,5 +77,6 @@ def load_model(source: tp.Union[str, Path, None] = None, device: tp.Optional[str
     model = LoadedModel(musicgen=musicgen, mbd=mbd, files=files, device=device)
     logger.info("loaded model %s", model.describe())
     if model.is_demo:
-        logger.warning("%s", (files.directory / "demo.json").read_text())
+        demo = json.loads((files.directory / "demo.json").read_text())
+        logger.warning("%s (built by weights/demo.py with seed %s)", demo["notice"], demo["seed"])
     return model

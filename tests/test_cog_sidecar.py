@@ -7,6 +7,7 @@ import requests
 from websockets.sync.client import connect
 
 from tests.helpers import data_uri_bytes, decode_wav
+from tests.test_cog_http import predict as predict_http
 from tests.test_jam_server import START, next_of, run_seed_client
 
 
@@ -14,8 +15,7 @@ def test_jam_inside_cog_while_a_prediction_runs(cog):
     prediction = {}
 
     def predict():
-        prediction["body"] = requests.post(f"{cog.url}/predictions", timeout=300,
-                                           json={"input": {"prompt": "long", "duration": 20, "seed": 4}}).json()
+        prediction["body"] = predict_http(cog, prompt="long", duration=20, seed=4).json()
 
     with connect(cog.jam_url) as ws:
         ws.send(json.dumps(START))
