@@ -12,7 +12,7 @@ import threading
 import time
 import typing as tp
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -193,8 +193,3 @@ class JamSession:
             self._pending[0].set_exception(SessionClosed("session closed"))
         self._pending = None
 
-
-def with_params(settings: JamSettings, **changes) -> JamSettings:
-    """A copy of `settings` with sampling parameters or other fields changed (validated)."""
-    params = {k: changes.pop(k) for k in ("temperature", "top_k", "top_p", "guidance") if k in changes}
-    return replace(settings, params=replace(settings.params, **params), **changes)

@@ -51,11 +51,10 @@ class DelayedFrames:
                 self.codes[:, q, t] = torch.where(known, self.codes[:, q, t], sampled[:, q])
         self.step += 1
 
-    def keep_last(self, frames: int) -> torch.Tensor:
-        """Drops all but the last `frames` complete frames (and every incomplete one); returns the kept prompt."""
+    def keep_last(self, frames: int) -> None:
+        """Drops all but the last `frames` complete frames (and every incomplete one), keeping them as a prompt."""
         end = self.complete_frames
         start = max(0, end - frames)
         kept = self.codes[:, :, start:end].clone()
         self.codes.fill_(-1)
         self.load_prompt(kept)
-        return kept

@@ -78,7 +78,6 @@ class Stream:
     params: SamplingParams
     generator: torch.Generator
     frames: DelayedFrames
-    window_frames: int  # context limit: at this many frames the stream re-prefills
     keep_frames: int  # frames of context kept by a re-prefill
     target_frames: tp.Optional[int] = None  # finite streams (batch predictions) stop here
     rows: slice = field(default_factory=lambda: slice(0, 0))
@@ -144,5 +143,5 @@ def new_stream(lm, conditioning: Conditioning, params: SamplingParams, seed: int
     generator = torch.Generator(device=frames.codes.device)
     generator.manual_seed(seed)
     return Stream(conditioning=conditioning, params=params, generator=generator, frames=frames,
-                  window_frames=window_frames, keep_frames=keep_frames, target_frames=target_frames,
+                  keep_frames=keep_frames, target_frames=target_frames,
                   pending_prefill=steps)

@@ -175,6 +175,12 @@ class Connection:
         """Handles one client frame; False ends the connection."""
         raise NotImplementedError
 
+    def parse(self, frame: tp.Union[str, bytes]):
+        """The protocol's reading of one frame (both protocols take text and bytes frames apart)."""
+        if isinstance(frame, bytes):
+            return self.protocol.receive_bytes(frame)
+        return self.protocol.receive_text(frame)
+
     async def send_chunk(self, chunk) -> None:
         raise NotImplementedError
 
@@ -209,10 +215,7 @@ class JamConnection(Connection):
 
     async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
         try:
-            if isinstance(frame, bytes):
-                command = self.protocol.receive_bytes(frame)
-            else:
-                command = self.protocol.receive_text(frame)
+            command = self.parse(frame)
         except jp.ProtocolError as exc:
             await self.send(jp.error_event(str(exc)))
             return True
@@ -262,11 +265,7 @@ class LyriaConnection(Connection):
 
     async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
         try:
-            if isinstance(frame, bytes):
-                action = self.protocol.receive_bytes(frame)
-            else:
-                action = self.protocol.receive_text(frame)
-            await self.handle(action)
+            await self.handle(self.parse(frame))
         except lp.LyriaFatal as exc:
             await self.ws.close(exc.code, exc.reason)
             return False

@@ -2,18 +2,25 @@
 
 import itertools
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from engine.batch import BatchRequest
-from engine.jam import JamSession, JamSettings, with_params
+from engine.jam import JamSession, JamSettings
 from engine.streams import SamplingParams
 from tests.helpers import sine_wav
 
 SETTINGS = JamSettings(styles=("jazz", "hiphop"), weights=(1.0, 0.8),
                        params=SamplingParams(temperature=1.1, top_k=40, guidance=1.1), chunk_seconds=1.0)
+
+
+def with_params(settings: JamSettings, **changes) -> JamSettings:
+    """A copy of `settings` with sampling parameters or other fields changed (validated by JamSettings)."""
+    params = {k: changes.pop(k) for k in ("temperature", "top_k", "top_p", "guidance") if k in changes}
+    return replace(settings, params=replace(settings.params, **params), **changes)
 
 
 def collect(session, count):
