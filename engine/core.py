@@ -88,6 +88,12 @@ class Engine:
     def close(self) -> None:
         self.scheduler.close()
 
+    def open_session(self, settings, seed: int, prompt: tp.Optional[tuple[torch.Tensor, int]] = None):
+        """A live jam session (engine.jam.JamSession): next_chunk() -> Future[Chunk], update(settings), close()."""
+        from engine.jam import JamSession
+
+        return JamSession.open(self, settings, seed, prompt=prompt)
+
     def new_stream(self, conditioning: Conditioning, params: SamplingParams, seed: int,
                    prompt: tp.Optional[torch.Tensor] = None, target_frames: tp.Optional[int] = None) -> Stream:
         return new_stream(self.model.musicgen.lm, conditioning, params, seed, self.window_frames,

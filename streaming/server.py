@@ -190,7 +190,7 @@ class Connection:
     async def start_session(self, settings, seed: int, pacer: Pacer) -> None:
         """Opens a jam session on the engine (off the event loop) and starts pumping its chunks."""
         loop = asyncio.get_running_loop()
-        self.session = await loop.run_in_executor(None, JamSession.open, self.engine, settings, seed)
+        self.session = await loop.run_in_executor(None, self.engine.open_session, settings, seed)
         self.pump = ChunkPump(self.session, pacer, self.send_chunk, self.report_failure)
         self.pump.start()
 
