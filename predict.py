@@ -2,6 +2,7 @@
 
 import logging
 import os
+import shutil
 import tempfile
 import typing as tp
 
@@ -9,7 +10,9 @@ from cog import BaseRunner, CancelationException, Input, Path, current_scope
 
 from engine.audio import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS, write_output
 from engine.batch import MAX_DURATION_SECONDS, BatchRequest, RequestError
-from engine.core import Engine, EngineConfig
+from engine.config import MAX_PROMPT_CHARS, EngineConfig
+from engine.core import Engine
+from engine.streams import MAX_GUIDANCE, MAX_TEMPERATURE
 from streaming.config import ServerConfig
 
 logger = logging.getLogger("predict")
@@ -21,8 +24,9 @@ class Predictor(BaseRunner):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         source = str(weights) if weights else os.environ.get("COG_WEIGHTS") or None
         config = ServerConfig.from_env()
-        self.engine = Engine.load(source, config=EngineConfig(max_rows=config.engine_rows))
+        self.engine = Engine.load(source, config=EngineConfig.from_env())
         self.sidecar = None
+        self.previous_output: tp.Optional[Path] = None
         if config.port != 0:  # the jam sidecar shares this process and this engine
             from streaming.server import RunningServer
 
@@ -31,7 +35,7 @@ class Predictor(BaseRunner):
     def run(
         self,
         prompt: tp.Optional[str] = Input(description="A description of the music you want to generate.",
-                                         default=None),
+                                         default=None, max_length=MAX_PROMPT_CHARS),
         input_audio: tp.Optional[Path] = Input(
             description="An audio file that will influence the generated music. If `continuation` is `True`, the "
                         "generated music will be a continuation of the audio file. Otherwise, the generated music "
@@ -53,7 +57,7 @@ class Predictor(BaseRunner):
             description="If `True`, the EnCodec tokens will be decoded with MultiBand Diffusion.", default=False),
         normalization_strategy: str = Input(description="Strategy for normalizing audio.", default="loudness",
                                             choices=list(NORMALIZATION_STRATEGIES)),
-        top_k: int = Input(description="Reduces sampling to the k most likely tokens.", default=250, ge=0),
+        top_k: int = Input(description="Reduces sampling to the k most likely tokens.", default=250, ge=0, le=2048),
         top_p: float = Input(
             description="Reduces sampling to tokens with cumulative probability of p. When set to `0` (default), "
                         "top_k sampling is used.",
@@ -61,16 +65,16 @@ class Predictor(BaseRunner):
         temperature: float = Input(
             description="Controls the 'conservativeness' of the sampling process. Higher temperature means more "
                         "diversity.",
-            default=1.0, ge=0.0),
+            default=1.0, ge=0.0, le=MAX_TEMPERATURE),
         classifier_free_guidance: int = Input(
             description="Increases the influence of inputs on the output. Higher values produce lower-varience "
                         "outputs that adhere more closely to inputs.",
-            default=3),
+            default=3, ge=0, le=int(MAX_GUIDANCE)),
         output_format: str = Input(description="Output format for generated audio.", default="wav",
                                    choices=list(OUTPUT_FORMATS)),
         seed: tp.Optional[int] = Input(
             description="Seed for random number generator. If None or -1, a random seed will be used.",
-            default=None),
+            default=None, ge=-1, le=2**32 - 1),
     ) -> Path:
         request = BatchRequest(
             prompt=prompt, input_audio=input_audio, duration=duration, continuation=continuation,
@@ -78,12 +82,13 @@ class Predictor(BaseRunner):
             multi_band_diffusion=multi_band_diffusion, normalization_strategy=normalization_strategy,
             top_k=top_k, top_p=top_p, temperature=temperature, classifier_free_guidance=classifier_free_guidance,
             output_format=output_format, seed=seed)
+        self._remove_previous_output()
         try:
-            job = self.engine.submit_batch(request)
+            job = self.engine.generate(request)
         except RequestError as exc:
             raise ValueError(str(exc)) from None
         logger.info("Using seed %d (%s generation, %d s)", job.prepared.seed, job.prepared.mode, duration)
-        if self.engine.model.is_demo:
+        if self.engine.is_demo:
             logger.warning("The demo checkpoint has random weights: this output is noise, not music.")
         try:
             result = job.wait(on_progress=lambda done, total: logger.info("generated %d / %d steps", done, total))
@@ -91,6 +96,7 @@ class Predictor(BaseRunner):
             job.cancel()
             raise
         out_dir = Path(tempfile.mkdtemp(prefix="musicgen-"))
+        self.previous_output = out_dir
         out = write_output(result.wav, result.sample_rate, normalization_strategy, output_format, out_dir / "output")
         scope = current_scope()
         scope.record_metric("audio_seconds", round(result.audio_seconds, 3))
@@ -100,3 +106,10 @@ class Predictor(BaseRunner):
         logger.info("wrote %.2f s of audio in %.2f s (real-time factor %.3f)", result.audio_seconds,
                     result.generation_seconds, result.real_time_factor)
         return Path(out)
+
+    def _remove_previous_output(self) -> None:
+        """Cog reads a returned file after run() ends, so each prediction's directory lives until the next one
+        starts (predictions run one at a time) and is removed then."""
+        if self.previous_output is not None:
+            shutil.rmtree(self.previous_output, ignore_errors=True)
+            self.previous_output = None

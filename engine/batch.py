@@ -1,9 +1,10 @@
 """One batch generation, with the semantics of the Replicate MusicGen model users compare us to.
 
-`prepare` validates a request and decodes its audio on the caller's thread. The engine then generates it as a
-finite stream on its step decoder (engine.core), or, for models the step decoder does not support (melody models
-prepend their chroma), with audiocraft's own `generate` below. The caller normalises and encodes the result
-(engine.audio).
+`prepare` validates a request and decodes the part of its audio that is used, on the caller's thread. `start`
+then runs it on the engine: as a finite stream on the step decoder (the fast path: its steps interleave with live
+sessions, its tokens are decoded on the codec thread while they come), or through audiocraft's own `generate`
+(the reference path: models the step decoder does not support, and comparisons). Both end in `_trim`. The
+caller normalises and encodes the result (engine.audio).
 """
 
 import logging
@@ -11,17 +12,23 @@ import os
 import threading
 import time
 import typing as tp
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from engine import audio
-from engine.model import EXTEND_STRIDE_SECONDS, MAX_WINDOW_SECONDS, LoadedModel
+from engine.codec_stream import StreamingCodecDecoder
+from engine.config import MAX_INPUT_AUDIO_SECONDS
+from engine.model import EXTEND_STRIDE_SECONDS, MAX_WINDOW_SECONDS
+from engine.streams import Conditioning, SamplingParams, Stream
 
 logger = logging.getLogger(__name__)
 
 MAX_DURATION_SECONDS = 300
+DECODE_EVERY_FRAMES = 100  # the codec thread decodes a prediction's tokens in pieces of this many frames
 
 
 class RequestError(ValueError):
@@ -29,7 +36,7 @@ class RequestError(ValueError):
 
 
 class GenerationCancelled(Exception):
-    """The caller cancelled the generation; raised inside the engine at the next step."""
+    """The caller cancelled the generation."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,11 @@ class BatchRequest:
     classifier_free_guidance: float = 3.0
     output_format: str = "wav"
     seed: tp.Optional[int] = None
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                              guidance=float(self.classifier_free_guidance))
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,7 @@ class BatchResult:
     sample_rate: int
     seed: int
     generation_seconds: float
+    tokens: torch.Tensor  # [K, frames] the audio tokens (prompt included for continuations)
 
     @property
     def audio_seconds(self) -> float:
@@ -94,12 +107,52 @@ class BatchResult:
         return self.generation_seconds / max(self.audio_seconds, 1e-9)
 
 
+class BatchJob:
+    """A submitted prediction: wait for it (relaying progress to the caller's thread) or cancel it."""
+
+    def __init__(self, prepared: PreparedBatch) -> None:
+        self.prepared = prepared
+        self.cancelled = threading.Event()
+        self.progress: tp.Optional[tuple[int, int]] = None
+        self.future: Future[BatchResult] = Future()
+        self._on_cancel: tp.Callable[[], None] = lambda: None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        self._on_cancel()
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+    def fail_from(self, done: Future) -> None:
+        """A done-callback: passes on the failure of a job this prediction depends on."""
+        if done.exception() is not None:
+            self.fail(done.exception())
+
+    def wait(self, on_progress: tp.Callable[[int, int], None] = lambda done, total: None,
+             poll_seconds: float = 0.25) -> BatchResult:
+        """Blocks in short slices so that the waiting thread stays interruptible (Cog cancels by exception)."""
+        reported = None
+        while True:
+            try:
+                return self.future.result(timeout=poll_seconds)
+            except FutureTimeout:
+                pass
+            finally:
+                if self.progress is not None and self.progress != reported:
+                    reported = self.progress
+                    on_progress(*reported)
+
+
 def random_seed() -> int:
     return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
 
 
-def prepare(request: BatchRequest, model: LoadedModel) -> PreparedBatch:
-    """Checks what the schema cannot express and decodes input audio; raises RequestError naming the input."""
+def prepare(request: BatchRequest, engine) -> PreparedBatch:
+    """Checks what the schema cannot express and decodes the used part of the input audio; raises RequestError
+    naming the input."""
+    model = engine.model
     if not (request.prompt and request.prompt.strip()) and request.input_audio is None:
         raise RequestError("Give a prompt, an input_audio, or both: there is nothing to condition on")
     if not 1 <= request.duration <= MAX_DURATION_SECONDS:
@@ -108,10 +161,15 @@ def prepare(request: BatchRequest, model: LoadedModel) -> PreparedBatch:
         raise RequestError(f"normalization_strategy must be one of {', '.join(audio.NORMALIZATION_STRATEGIES)}")
     if request.output_format not in audio.OUTPUT_FORMATS:
         raise RequestError(f"output_format must be one of {', '.join(audio.OUTPUT_FORMATS)}")
-    if request.top_k < 0 or request.top_p < 0 or request.top_p > 1:
-        raise RequestError("top_k must be >= 0 and top_p within [0, 1]")
-    if request.temperature <= 0:
-        raise RequestError("temperature must be greater than 0")
+    try:
+        request.sampling.validate()
+    except ValueError as exc:
+        raise RequestError(str(exc).replace("guidance", "classifier_free_guidance", 1)) from None
+    if request.prompt:
+        try:
+            engine.check_prompt(request.prompt)
+        except ValueError as exc:
+            raise RequestError(f"prompt: {exc}") from None
     if request.multi_band_diffusion and model.mbd is None:
         raise RequestError("multi_band_diffusion was requested but this checkpoint has no MultiBand Diffusion "
                            "weights (mbd_musicgen_32khz.th); fetch them with `python -m weights.fetch --mbd` "
@@ -119,65 +177,172 @@ def prepare(request: BatchRequest, model: LoadedModel) -> PreparedBatch:
     seed = random_seed() if request.seed is None or request.seed == -1 else request.seed
     if seed < 0:
         raise RequestError("seed must be -1 (random) or a non-negative integer")
-
     if request.input_audio is None:
         return PreparedBatch(request=request, seed=seed, audio_slice=None, audio_rate=model.sample_rate)
     if not request.continuation and not model.supports_melody:
         raise RequestError("input_audio with continuation=false asks the model to follow its melody, but the "
                            "loaded model cannot follow a melody (it has no chroma conditioner); use a melody "
                            "checkpoint or set continuation=true")
-    try:
-        wav, rate = audio.decode(request.input_audio)
-    except audio.AudioInputError as exc:
-        raise RequestError(f"input_audio: {exc}") from None
-    clip_seconds = wav.shape[-1] / rate
+    wav, rate = _input_slice(request)
+    return PreparedBatch(request=request, seed=seed, audio_slice=wav, audio_rate=rate)
+
+
+def _input_slice(request: BatchRequest) -> tuple[torch.Tensor, int]:
+    """The continuation_start..end slice, decoded alone: a continuation may use less than the model's window,
+    a melody no more than the output's length."""
     start = request.continuation_start or 0
-    end = clip_seconds if request.continuation_end in (None, -1) else request.continuation_end
+    end = None if request.continuation_end in (None, -1) else request.continuation_end
     if start < 0:
         raise RequestError("continuation_start must be >= 0")
-    if start >= clip_seconds:
-        raise RequestError(f"continuation_start ({start} s) is past the end of input_audio ({clip_seconds:.2f} s)")
-    if end <= start:
+    if end is not None and end <= start:
         raise RequestError(f"continuation_end ({end}) must be greater than continuation_start ({start})")
-    sliced = wav[:, int(rate * start):int(rate * min(end, clip_seconds))]
-    if request.continuation and sliced.shape[-1] / rate >= MAX_WINDOW_SECONDS:
-        raise RequestError(f"the continuation slice of input_audio is {sliced.shape[-1] / rate:.1f} s; it must be "
-                           f"shorter than the model's {MAX_WINDOW_SECONDS:.0f} s window: set continuation_end")
-    return PreparedBatch(request=request, seed=seed, audio_slice=sliced, audio_rate=rate)
+    cap = MAX_WINDOW_SECONDS if request.continuation else float(request.duration)
+    try:
+        piece = audio.decode_slice(request.input_audio, start, end, max_seconds=cap,
+                                   max_file_seconds=MAX_INPUT_AUDIO_SECONDS)
+    except audio.AudioInputError as exc:
+        raise RequestError(f"input_audio: {exc}") from None
+    if piece.wav.shape[-1] == 0:
+        length = f" ({piece.file_seconds:.2f} s)" if piece.file_seconds is not None else ""
+        raise RequestError(f"continuation_start ({start} s) is past the end of input_audio{length}")
+    reached_cap = piece.truncated and (end is None or start + cap < end)
+    if request.continuation and (reached_cap or piece.seconds >= MAX_WINDOW_SECONDS):
+        raise RequestError(f"the continuation slice of input_audio is at least {MAX_WINDOW_SECONDS:.0f} s; it must "
+                           f"be shorter than the model's {MAX_WINDOW_SECONDS:.0f} s window: set continuation_end")
+    return piece.wav, piece.sample_rate
 
 
-def generate(model: LoadedModel, batch: PreparedBatch,
-             on_progress: tp.Callable[[int, int], None] = lambda done, total: None,
-             cancelled: tp.Optional[threading.Event] = None) -> BatchResult:
-    """One prediction through audiocraft's MusicGen API (melody and other models the step decoder does not
-    support); runs on the engine thread."""
-    request = batch.request
-    musicgen = model.musicgen
+# -- the fast path: a finite stream on the step decoder ---------------------------------------------------------
+def start_streamed(engine, prepared: PreparedBatch) -> BatchJob:
+    """The prediction becomes a finite stream stepped beside live sessions; the codec thread decodes its tokens
+    in pieces while they come (MultiBand Diffusion, which needs them all, runs there at the end)."""
+    job = BatchJob(prepared)
+    request = prepared.request
     started = time.perf_counter()
-    torch.manual_seed(batch.seed)
+    total_frames = int(prepared.total_seconds * engine.model.frame_rate)
+    codec = StreamingCodecDecoder(engine.model.musicgen.compression_model)
+    pieces: list[torch.Tensor] = []  # codec thread: decoded audio
+    tokens: list[torch.Tensor] = []  # LM thread: every frame, for MBD and the result
+    undecoded: list[torch.Tensor] = []  # LM thread: frames not yet sent to the codec thread
+    state: dict[str, Stream] = {}
 
-    total_seconds = batch.total_seconds
-    musicgen.set_generation_params(
-        use_sampling=True, top_k=request.top_k, top_p=request.top_p, temperature=request.temperature,
-        duration=total_seconds, cfg_coef=request.classifier_free_guidance, extend_stride=EXTEND_STRIDE_SECONDS)
+    def decode(frames: torch.Tensor, last: bool) -> None:
+        if not request.multi_band_diffusion:
+            pieces.append(codec.push(frames))
+            if last:
+                pieces.append(codec.flush())
+
+    def finish(all_tokens: torch.Tensor) -> BatchResult:
+        if request.multi_band_diffusion:
+            wav = engine.model.mbd.tokens_to_wav(all_tokens[None])[0]
+        else:
+            wav = torch.cat(pieces, dim=-1)
+        return _trim(wav, prepared, engine.model.sample_rate, started, all_tokens)
+
+    def on_frames(stream: Stream) -> None:
+        frames = stream.take_frames()
+        tokens.append(frames)
+        undecoded.append(frames)
+        job.progress = (min(stream.absolute_complete, total_frames), total_frames)
+        done = stream.done()
+        if done or sum(f.shape[-1] for f in undecoded) >= DECODE_EVERY_FRAMES:
+            piece = torch.cat(undecoded, dim=-1)
+            undecoded.clear()
+            engine.codec_worker.call(lambda: decode(piece, done)).add_done_callback(job.fail_from)
+        if done:
+            engine.scheduler.remove_stream(stream)
+            all_tokens = torch.cat(tokens, dim=-1)
+            finished = engine.codec_worker.call(lambda: finish(all_tokens))
+            finished.add_done_callback(lambda f: _copy_outcome(f, job.future))
+
+    def add_stream(prompt: tp.Optional[torch.Tensor]) -> None:
+        if job.cancelled.is_set():
+            raise GenerationCancelled()
+        stream = engine.new_stream(Conditioning([request.prompt or ""], [1.0]), request.sampling, prepared.seed,
+                                   prompt=prompt, target_frames=total_frames)
+        stream.on_frames = on_frames
+        stream.on_failed = lambda _, error: job.fail(RuntimeError(f"generation failed: {error}"))
+        engine.scheduler.add_stream(stream)
+        state["stream"] = stream
+
+    def cancel_on_engine() -> None:
+        if "stream" in state:
+            engine.scheduler.remove_stream(state["stream"])
+        job.fail(GenerationCancelled())
+
+    def cancel() -> None:
+        engine.lm_worker.call(cancel_on_engine).add_done_callback(lambda _: job.fail(GenerationCancelled()))
+
+    job._on_cancel = cancel
+    if prepared.mode == "continuation":
+        encoded = engine.codec_worker.call(lambda: engine.encode_now(prepared.audio_slice, prepared.audio_rate))
+
+        def add_after_encode(done: Future) -> None:
+            if done.exception() is None:
+                engine.lm_worker.call(lambda: add_stream(done.result())).add_done_callback(job.fail_from)
+            else:
+                job.fail(done.exception())
+
+        encoded.add_done_callback(add_after_encode)
+    else:
+        engine.lm_worker.call(lambda: add_stream(None)).add_done_callback(job.fail_from)
+    return job
+
+
+# -- the reference path: audiocraft's own generate ---------------------------------------------------------------
+def start_reference(engine, prepared: PreparedBatch) -> BatchJob:
+    """audiocraft's MusicGen API on the LM thread; its progress callback lets live streams step in between."""
+    job = BatchJob(prepared)
 
     def progress(done: int, total: int) -> None:
-        if cancelled is not None and cancelled.is_set():
+        if job.cancelled.is_set():
             raise GenerationCancelled()
-        on_progress(done, total)
+        job.progress = (done, total)
+        engine.scheduler.yield_to_streams()
 
+    future = engine.lm_worker.call(lambda: _generate_reference(engine.model, prepared, progress))
+    future.add_done_callback(lambda f: _copy_outcome(f, job.future))
+    return job
+
+
+def _generate_reference(model, prepared: PreparedBatch, progress: tp.Callable[[int, int], None]) -> BatchResult:
+    request = prepared.request
+    musicgen = model.musicgen
+    started = time.perf_counter()
+    torch.manual_seed(prepared.seed)
+    musicgen.set_generation_params(
+        use_sampling=request.temperature > 0, top_k=request.top_k, top_p=request.top_p,
+        temperature=request.temperature, duration=prepared.total_seconds, cfg_coef=request.classifier_free_guidance,
+        extend_stride=EXTEND_STRIDE_SECONDS)
     musicgen.set_custom_progress_callback(progress)
     descriptions = [request.prompt or None]
-    if batch.mode == "text":
+    if prepared.mode == "text":
         wav, tokens = musicgen.generate(descriptions, progress=True, return_tokens=True)
-    elif batch.mode == "continuation":
-        wav, tokens = musicgen.generate_continuation(batch.audio_slice[None], batch.audio_rate, descriptions,
+    elif prepared.mode == "continuation":
+        wav, tokens = musicgen.generate_continuation(prepared.audio_slice[None], prepared.audio_rate, descriptions,
                                                      progress=True, return_tokens=True)
     else:
-        wav, tokens = musicgen.generate_with_chroma(descriptions, batch.audio_slice[None], batch.audio_rate,
+        wav, tokens = musicgen.generate_with_chroma(descriptions, prepared.audio_slice[None], prepared.audio_rate,
                                                     progress=True, return_tokens=True)
     if request.multi_band_diffusion:
         wav = model.mbd.tokens_to_wav(tokens)
-    wav = wav[0, :, : int(round(total_seconds * model.sample_rate))].float().cpu()
-    return BatchResult(wav=wav, sample_rate=model.sample_rate, seed=batch.seed,
-                       generation_seconds=time.perf_counter() - started)
+    return _trim(wav[0], prepared, model.sample_rate, started, tokens[0])
+
+
+def _trim(wav: torch.Tensor, prepared: PreparedBatch, sample_rate: int, started: float,
+          tokens: torch.Tensor) -> BatchResult:
+    """Both paths end here: the audio cut to the requested length, as float on the CPU."""
+    total = int(round(prepared.total_seconds * sample_rate))
+    return BatchResult(wav=wav[:, :total].float().cpu(), sample_rate=sample_rate, seed=prepared.seed,
+                       generation_seconds=time.perf_counter() - started, tokens=tokens.cpu())
+
+
+def _copy_outcome(source: Future, target: Future) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif source.exception() is not None:
+        target.set_exception(source.exception())
+    else:
+        target.set_result(source.result())

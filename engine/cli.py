@@ -9,6 +9,7 @@ from pathlib import Path
 
 from engine.audio import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS, write_output
 from engine.batch import MAX_DURATION_SECONDS, BatchRequest, RequestError
+from engine.config import EngineConfig
 from engine.core import Engine
 
 logger = logging.getLogger("musicgen")
@@ -37,7 +38,7 @@ def main() -> None:
     fmt = args.out.suffix.lstrip(".") or "wav"
     if fmt not in OUTPUT_FORMATS:
         parser.error(f"--out must end in one of: {', '.join('.' + f for f in OUTPUT_FORMATS)}")
-    engine = Engine.load(args.weights)
+    engine = Engine.load(args.weights, config=EngineConfig.from_env())
     request = BatchRequest(
         prompt=args.prompt, input_audio=args.input_audio, duration=args.duration, continuation=args.continuation,
         continuation_start=args.continuation_start, continuation_end=args.continuation_end,
@@ -45,13 +46,13 @@ def main() -> None:
         top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
         classifier_free_guidance=args.classifier_free_guidance, output_format=fmt, seed=args.seed)
     try:
-        job = engine.submit_batch(request)
+        job = engine.generate(request)
     except RequestError as exc:
         parser.error(str(exc))
     logger.info("seed %d", job.prepared.seed)
     result = job.wait(on_progress=lambda done, total: logger.info("generated %d / %d steps", done, total))
     out = write_output(result.wav, result.sample_rate, args.normalization_strategy, fmt, args.out.with_suffix(""))
-    notice = " (demo checkpoint: random weights, the audio is noise)" if engine.model.is_demo else ""
+    notice = " (demo checkpoint: random weights, the audio is noise)" if engine.is_demo else ""
     logger.info("wrote %s: %.2f s at %d Hz, real-time factor %.3f%s", out, result.audio_seconds,
                 result.sample_rate, result.real_time_factor, notice)
     engine.close()

@@ -11,3 +11,9 @@ def text_condition(lm, text: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     provider = lm.condition_provider
     embeds, mask = provider(provider.tokenize(attributes))["description"]
     return embeds[0], mask[0]
+
+
+def count_tokens(lm, text: str) -> int:
+    """How many positions `text` takes in the text conditioner (T5 tokens with the end token), counted by the
+    conditioner's own tokenize(); safe from any thread (tokenizing touches no model weights)."""
+    return int(lm.condition_provider.conditioners["description"].tokenize([text])["input_ids"].shape[-1])

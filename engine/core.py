@@ -1,69 +1,50 @@
-"""The engine: the loaded model plus the scheduler thread that runs all work on it."""
+"""The engine: the one owner of the model, and the only API that predict.py, the sidecar, tests and benchmarks use.
+
+    engine = Engine.load(source, config=EngineConfig.from_env())
+    job = engine.generate(BatchRequest(...))            # progress, cancel(), wait() -> BatchResult
+    session = engine.open_session(settings, seed)       # next_chunk() -> Future[Chunk], update(), close()
+    engine.health(), engine.describe(), engine.close()
+
+Inside, two worker threads touch the model: the LM thread (jobs, and between them batched decode steps of every
+live stream) and the codec thread (encode, streaming decode, MultiBand Diffusion). Modules of this package reach
+them through the attributes below; nothing outside `engine/` does.
+"""
 
 import logging
 import threading
-import time
 import typing as tp
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from engine import batch
+from engine import batch, conditions
+from engine.config import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, EngineConfig
 from engine.decoder import UnsupportedModel, check_supported
-from engine.model import EXTEND_STRIDE_SECONDS, MAX_WINDOW_SECONDS, LoadedModel, load_model
+from engine.jam import JamSession, JamSettings
+from engine.model import LoadedModel, load_model
 from engine.scheduler import Scheduler
 from engine.streams import Conditioning, SamplingParams, Stream, new_stream
+from engine.worker import EngineUnavailable, Worker
 
 logger = logging.getLogger(__name__)
 
 
+class CapacityError(RuntimeError):
+    """Every session slot is taken; `limit` says how many there are."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"concurrency_limit_reached: all {limit} session slots are in use")
+        self.limit = limit
+
+
 @dataclass(frozen=True)
-class EngineConfig:
-    """How much the engine serves at once and at what precision."""
-
-    max_rows: int = 16  # decoder rows: a prediction takes 2, a jam session one per style + 1
-    # Decoder weights: "float32" (exact), "bfloat16", or "int8" (per-channel int8 weights, bf16 activations: a
-    # quarter of fp32's bytes per step; see the benchmarks for its speed and accuracy).
-    weight_format: str = "float32"
-    window_seconds: float = MAX_WINDOW_SECONDS
-    keep_seconds: float = MAX_WINDOW_SECONDS - EXTEND_STRIDE_SECONDS  # context kept when the window rolls
-
-
-class BatchJob:
-    """A submitted prediction: wait for it (relaying progress to the caller's thread) or cancel it."""
-
-    def __init__(self, prepared: batch.PreparedBatch, cancel: tp.Callable[[], None]) -> None:
-        self.prepared = prepared
-        self.cancelled = threading.Event()
-        self.progress: tuple[int, int] | None = None
-        self.future: Future[batch.BatchResult] = Future()
-        self._cancel = cancel
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-        self._cancel()
-
-    def wait(self, on_progress: tp.Callable[[int, int], None] = lambda done, total: None,
-             poll_seconds: float = 0.25) -> batch.BatchResult:
-        """Blocks in short slices so that the waiting thread stays interruptible (Cog cancels by exception)."""
-        reported = None
-        while True:
-            try:
-                return self.future.result(timeout=poll_seconds)
-            except FutureTimeout:
-                pass
-            finally:
-                if self.progress is not None and self.progress != reported:
-                    reported = self.progress
-                    on_progress(*reported)
+class Health:
+    ok: bool
+    problem: tp.Optional[str]
 
 
 class Engine:
-    """Owns the model. Callers submit work; only the scheduler's thread touches the model."""
-
     def __init__(self, model: LoadedModel, config: EngineConfig = EngineConfig()) -> None:
         self.model = model
         self.config = config
@@ -71,14 +52,19 @@ class Engine:
         delays = list(lm.pattern_provider.delays)
         self.window_frames = int(config.window_seconds * model.frame_rate)
         self.keep_frames = int(config.keep_seconds * model.frame_rate)
-        self.scheduler = Scheduler(lm, max_rows=config.max_rows, max_steps=self.window_frames + max(delays) + 1,
-                                   weight_format=config.weight_format)
+        self.scheduler = Scheduler(lm, max_rows=config.rows, max_steps=self.window_frames + max(delays) + 1,
+                                   weight_format=config.weight_format,
+                                   prefill_slice_steps=config.prefill_slice_steps)
+        self.lm_worker = Worker("engine", background=self.scheduler)
+        self.codec_worker = Worker("codec")
         self.step_decoder_supported = True
         try:
             check_supported(lm)
         except UnsupportedModel as exc:
             logger.warning("%s: predictions use audiocraft's generate and jam sessions are unavailable", exc)
             self.step_decoder_supported = False
+        self._sessions = 0
+        self._sessions_lock = threading.Lock()
 
     @classmethod
     def load(cls, source: tp.Union[str, Path, None] = None, device: tp.Optional[str] = None,
@@ -86,21 +72,88 @@ class Engine:
         return cls(load_model(source, device), config)
 
     def close(self) -> None:
-        self.scheduler.close()
+        self.lm_worker.close()
+        self.codec_worker.close()
 
-    def open_session(self, settings, seed: int, prompt: tp.Optional[tuple[torch.Tensor, int]] = None):
-        """A live jam session (engine.jam.JamSession): next_chunk() -> Future[Chunk], update(settings), close()."""
-        from engine.jam import JamSession
+    # -- what callers may ask --------------------------------------------------------------------------------------
+    @property
+    def is_demo(self) -> bool:
+        return self.model.is_demo
 
-        return JamSession.open(self, settings, seed, prompt=prompt)
+    @property
+    def sessions_open(self) -> int:
+        return self._sessions
 
+    def describe(self) -> dict:
+        return {**self.model.describe(), "weight_format": self.config.weight_format,
+                "max_sessions": self.config.max_sessions, "max_styles": self.config.max_styles,
+                "decoder_rows": self.config.rows, "streaming": self.step_decoder_supported}
+
+    def health(self) -> Health:
+        problem = self.lm_worker.problem or self.codec_worker.problem
+        return Health(ok=problem is None, problem=problem)
+
+    def check_prompt(self, text: str) -> None:
+        """Raises ValueError when the text conditioner cannot take `text` whole."""
+        if len(text) > MAX_PROMPT_CHARS:
+            raise ValueError(f"{len(text)} characters; at most {MAX_PROMPT_CHARS} are accepted")
+        tokens = conditions.count_tokens(self.model.musicgen.lm, text)
+        if tokens > MAX_PROMPT_TOKENS:
+            raise ValueError(f"{tokens} text tokens; the text encoder takes at most {MAX_PROMPT_TOKENS}: shorten it")
+
+    def check_settings(self, settings: JamSettings) -> None:
+        for style in settings.styles:
+            try:
+                self.check_prompt(style)
+            except ValueError as exc:
+                raise ValueError(f"style {style[:40]!r}: {exc}") from None
+
+    # -- predictions -------------------------------------------------------------------------------------------
+    def generate(self, request: batch.BatchRequest, reference: bool = False) -> batch.BatchJob:
+        """Validates and decodes on the caller's thread (RequestError), then queues the model work. `reference`
+        runs audiocraft's own generate (as the step decoder's yardstick); models the step decoder does not
+        support always do."""
+        self._require_healthy()
+        prepared = batch.prepare(request, self)
+        if reference or not self.step_decoder_supported or prepared.mode == "melody":
+            return batch.start_reference(self, prepared)
+        return batch.start_streamed(self, prepared)
+
+    # -- live sessions -----------------------------------------------------------------------------------------
+    def open_session(self, settings: JamSettings, seed: int,
+                     prompt: tp.Optional[tuple[torch.Tensor, int]] = None) -> JamSession:
+        """A live jam session; blocks until the engine has taken it. Raises CapacityError when every slot is in
+        use, ValueError for settings the model cannot take, EngineUnavailable when the engine is unhealthy."""
+        self._require_healthy()
+        if not self.step_decoder_supported:
+            raise EngineUnavailable("this model cannot stream (see the engine log)")
+        self.check_settings(settings)
+        with self._sessions_lock:
+            if self._sessions >= self.config.max_sessions:
+                raise CapacityError(self.config.max_sessions)
+            self._sessions += 1
+        released = threading.Event()
+
+        def release() -> None:
+            if not released.is_set():
+                released.set()
+                with self._sessions_lock:
+                    self._sessions -= 1
+
+        try:
+            return JamSession.open(self, settings, seed, on_close=release, prompt=prompt)
+        except BaseException:
+            release()
+            raise
+
+    # -- for the engine's own modules --------------------------------------------------------------------------
     def new_stream(self, conditioning: Conditioning, params: SamplingParams, seed: int,
                    prompt: tp.Optional[torch.Tensor] = None, target_frames: tp.Optional[int] = None) -> Stream:
         return new_stream(self.model.musicgen.lm, conditioning, params, seed, self.window_frames,
                           self.keep_frames, prompt, target_frames)
 
-    def encode(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        """Audio [C, T] -> tokens [K, frames] with the model's codec (engine thread only)."""
+    def encode_now(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        """Audio [C, T] -> tokens [K, frames] with the model's codec (codec thread only)."""
         from audiocraft.data.audio_utils import convert_audio
 
         musicgen = self.model.musicgen
@@ -108,92 +161,13 @@ class Engine:
         codes, _ = musicgen.compression_model.encode(wav[None].to(self.model.device))
         return codes[0]
 
-    # -- batch predictions --------------------------------------------------------------------------------------
-    def submit_batch(self, request: batch.BatchRequest) -> BatchJob:
-        """Validates and decodes on the caller's thread (RequestError), then queues the model work."""
-        prepared = batch.prepare(request, self.model)
-        if self.step_decoder_supported and prepared.mode != "melody":
-            return self._submit_streamed(prepared)
-        return self._submit_reference(prepared)
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens [K, frames] -> audio [C, samples], one offline decode on the codec thread (the yardstick of
+        streaming decode)."""
+        codec = self.model.musicgen.compression_model
+        return self.codec_worker.call(lambda: codec.decode(tokens[None].to(self.model.device), None)[0].cpu()).result()
 
-    def _submit_streamed(self, prepared: batch.PreparedBatch) -> BatchJob:
-        """The prediction becomes a finite stream, stepped together with live jam sessions."""
-        holder: dict[str, Stream] = {}
-        job = BatchJob(prepared, cancel=lambda: self.scheduler.call(lambda: finish_cancelled()))
-        request = prepared.request
-        collected: list[torch.Tensor] = []
-        started = time.perf_counter()
-
-        def finish_cancelled() -> None:
-            stream = holder.get("stream")
-            if stream is not None:
-                self.scheduler.remove_stream(stream)
-            if not job.future.done():
-                job.future.set_exception(batch.GenerationCancelled())
-
-        def on_frames(stream: Stream) -> None:
-            if stream.error is not None:
-                job.future.set_exception(stream.error)
-                return
-            collected.append(stream.take_frames())
-            done = stream.absolute_complete
-            job.progress = (min(done, stream.target_frames), stream.target_frames)
-            if stream.done():
-                self.scheduler.remove_stream(stream)
-                tokens = torch.cat(collected, dim=-1)[None]
-                job.future.set_result(self._finish(prepared, tokens, started))
-
-        def start() -> None:
-            prompt = None
-            if prepared.mode == "continuation":
-                prompt = self.encode(prepared.audio_slice, prepared.audio_rate)
-            params = SamplingParams(temperature=request.temperature, top_k=request.top_k, top_p=request.top_p,
-                                    guidance=float(request.classifier_free_guidance))
-            stream = self.new_stream(Conditioning([request.prompt or ""], [1.0]), params, prepared.seed,
-                                     prompt=prompt, target_frames=int(prepared.total_seconds * self.model.frame_rate))
-            stream.on_frames = on_frames
-            holder["stream"] = stream
-            if job.cancelled.is_set():
-                raise batch.GenerationCancelled()
-            self.scheduler.add_stream(stream)
-
-        self.scheduler.call(start).add_done_callback(
-            lambda f: f.exception() and not job.future.done() and job.future.set_exception(f.exception()))
-        return job
-
-    def _finish(self, prepared: batch.PreparedBatch, tokens: torch.Tensor, started: float) -> batch.BatchResult:
-        """Tokens [1, K, T] -> audio, as audiocraft decodes a whole generation (engine thread)."""
-        request = prepared.request
-        if request.multi_band_diffusion:
-            wav = self.model.mbd.tokens_to_wav(tokens)
-        else:
-            wav = self.model.musicgen.compression_model.decode(tokens, None)
-        total = int(round(prepared.total_seconds * self.model.sample_rate))
-        return batch.BatchResult(wav=wav[0, :, :total].float().cpu(), sample_rate=self.model.sample_rate,
-                                 seed=prepared.seed, generation_seconds=time.perf_counter() - started)
-
-    def _submit_reference(self, prepared: batch.PreparedBatch) -> BatchJob:
-        """audiocraft's own generate (melody models); its progress callback lets live streams step."""
-        job = BatchJob(prepared, cancel=lambda: None)
-
-        def progress(done: int, total: int) -> None:
-            job.progress = (done, total)
-            self.scheduler.yield_to_streams()
-
-        def run() -> batch.BatchResult:
-            return batch.generate(self.model, prepared, on_progress=progress, cancelled=job.cancelled)
-
-        future = self.scheduler.call(run)
-        future.add_done_callback(lambda f: _copy_outcome(f, job.future))
-        return job
-
-
-def _copy_outcome(source: Future, target: Future) -> None:
-    if target.done():
-        return
-    if source.cancelled():
-        target.cancel()
-    elif source.exception() is not None:
-        target.set_exception(source.exception())
-    else:
-        target.set_result(source.result())
+    def _require_healthy(self) -> None:
+        health = self.health()
+        if not health.ok:
+            raise EngineUnavailable(f"the engine cannot take work: {health.problem}")

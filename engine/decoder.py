@@ -108,7 +108,7 @@ class StepDecoder:
     """Incremental forward of MusicGen's transformer over slots of a preallocated cache."""
 
     def __init__(self, lm, max_rows: int, max_steps: int, weight_format: str = "float32",
-                 max_condition_steps: int = 256) -> None:
+                 max_condition_steps: int = 512, initial_condition_steps: int = 64) -> None:
         check_supported(lm)
         if weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight format must be one of {', '.join(WEIGHT_FORMATS)}")
@@ -155,10 +155,27 @@ class StepDecoder:
         self.keys = torch.zeros(shape, dtype=dtype, device=self.device)
         self.values = torch.zeros(shape, dtype=dtype, device=self.device)
         self.lengths = torch.zeros(max_rows, dtype=torch.long, device=self.device)
-        cross_shape = (n_layers, max_rows, self.num_heads, max_condition_steps, self.head_dim)
-        self.cross_keys = torch.zeros(cross_shape, dtype=dtype, device=self.device)
-        self.cross_values = torch.zeros(cross_shape, dtype=dtype, device=self.device)
+        # The cross-attention cache starts small and doubles (up to max_condition_steps) when a longer condition
+        # arrives: most prompts are short, and a 512-step cache for every row would cost gigabytes on large models.
+        self.cross_keys = self._cross_cache(min(initial_condition_steps, max_condition_steps))
+        self.cross_values = torch.zeros_like(self.cross_keys)
         self.cross_lengths = torch.ones(max_rows, dtype=torch.long, device=self.device)
+
+    def _cross_cache(self, steps: int) -> torch.Tensor:
+        shape = (len(self.layers), self.max_rows, self.num_heads, steps, self.head_dim)
+        return torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+    def _ensure_condition_capacity(self, steps: int) -> None:
+        capacity = self.cross_keys.shape[3]
+        if steps <= capacity:
+            return
+        if steps > self.max_condition_steps:
+            raise ValueError(f"condition of {steps} tokens exceeds the limit of {self.max_condition_steps}")
+        grown = min(self.max_condition_steps, max(steps, 2 * capacity))
+        for name in ("cross_keys", "cross_values"):
+            bigger = self._cross_cache(grown)
+            bigger[:, :, :, :capacity] = getattr(self, name)
+            setattr(self, name, bigger)
 
     # -- conditions -------------------------------------------------------------------------------------------
     def set_condition(self, row: int, embeds: torch.Tensor, mask: torch.Tensor) -> None:
@@ -172,8 +189,7 @@ class StepDecoder:
         kept = embeds[mask.bool()]
         if kept.shape[0] == 0:
             kept = torch.zeros(1, self.dim, dtype=embeds.dtype, device=embeds.device)
-        if kept.shape[0] > self.max_condition_steps:
-            raise ValueError(f"condition of {kept.shape[0]} tokens exceeds {self.max_condition_steps}")
+        self._ensure_condition_capacity(kept.shape[0])
         kept = kept.to(self.dtype)
         steps = kept.shape[0]
         for index, layer in enumerate(self.layers):

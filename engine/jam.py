@@ -1,9 +1,10 @@
 """Jam sessions: endless music in chunks, steered live, on the shared engine.
 
-A session is a stream the scheduler steps only while a chunk is wanted. Each chunk carries `overlap_seconds` of
-audio past its end that is identical to the start of the next chunk, so a client that crossfades over the
-overlap (as the seed's browser client does) plays a seamless stream. Updates queue and apply at the next chunk
-boundary; the context is kept, so the music turns rather than restarts.
+A session is a stream the LM thread steps only while a chunk is wanted; the chunk's tokens then go to the codec
+thread, which decodes them while the LM thread goes on with other work. Each chunk carries `overlap_seconds` of
+audio past its end that is identical to the start of the next chunk, so a client that crossfades over the overlap
+(as the seed's browser client does) plays a seamless stream. Updates apply at a chunk boundary the caller is told
+of; the context is kept, so the music turns rather than restarts.
 """
 
 import logging
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.codec_stream import StreamingCodecDecoder
+from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
 from engine.streams import Conditioning, SamplingParams, Stream, normalized_weights
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,10 @@ class JamSettings:
     def __post_init__(self) -> None:
         if not self.styles or any(not s.strip() for s in self.styles):
             raise ValueError("styles must name at least one non-empty style")
+        if len(self.styles) > MAX_STYLES:
+            raise ValueError(f"{len(self.styles)} styles given; at most {MAX_STYLES} can be blended")
+        if any(len(s) > MAX_PROMPT_CHARS for s in self.styles):
+            raise ValueError(f"a style is longer than {MAX_PROMPT_CHARS} characters")
         if len(self.weights) != len(self.styles):
             raise ValueError(f"{len(self.weights)} style weights for {len(self.styles)} styles")
         normalized_weights(self.weights)
@@ -67,129 +73,181 @@ class Chunk:
         return self.generation_seconds / self.seconds
 
 
-class JamSession:
-    """Create with `JamSession.open(engine, settings, seed)`; call `next_chunk()` from any thread."""
+@dataclass
+class _Request:
+    future: "Future[Chunk]"
+    index: int
+    requested: float
+    samples: int  # new samples in this chunk (the overlap comes on top)
+    settings: JamSettings
 
-    def __init__(self, engine, settings: JamSettings, seed: int, overlap_seconds: float = 0.025) -> None:
+
+def _pass_failure(target: Future, source: Future) -> None:
+    if source.exception() is not None and not target.done():
+        target.set_exception(source.exception())
+
+
+class JamSession:
+    """Opened by `Engine.open_session`; `next_chunk()`, `update()` and `close()` may be called from any thread."""
+
+    def __init__(self, engine, settings: JamSettings, seed: int, on_close: tp.Callable[[], None],
+                 overlap_seconds: float = 0.025) -> None:
         self.engine = engine
         self.settings = settings
-        self.seed = seed
         self.overlap_seconds = overlap_seconds
         model = engine.model
         self.sample_rate = model.sample_rate
+        self.channels = model.channels
         self.hop = int(round(model.sample_rate / model.frame_rate))
-        self.codec = StreamingCodecDecoder(model.musicgen.compression_model)
-        self.stream: Stream | None = None
-        self._pending: tp.Optional[tuple[Future, float, int]] = None  # future, request time, samples needed
-        self._update: JamSettings | None = None
-        self._audio = torch.zeros(model.channels, 0)  # decoded audio not yet sent past the previous chunk start
-        self._frames: list[torch.Tensor] = []
-        self._chunks = 0
-        self._closed = False
+        self._overlap = int(round(overlap_seconds * self.sample_rate))
+        self._on_close = on_close
         self._lock = threading.Lock()
+        self._closed = False
+        self._requested = 0  # chunks asked for so far (caller threads, under the lock)
+        self._updates: list[tuple[int, JamSettings]] = []  # (first chunk index, settings), under the lock
+        self.failure: tp.Optional[BaseException] = None
+        # LM thread
+        self.stream: tp.Optional[Stream] = None
+        self._pending: tp.Optional[_Request] = None
+        self._planned_samples = 0  # audio samples given to earlier chunks (their new part)
+        self._prompt_frames = 0
+        # codec thread
+        self._codec = StreamingCodecDecoder(model.musicgen.compression_model)
+        self._audio = torch.zeros(model.channels, 0)  # decoded audio from sample `_audio_start` on
+        self._audio_start = 0
 
     @classmethod
-    def open(cls, engine, settings: JamSettings, seed: int, prompt: tp.Optional[tuple[torch.Tensor, int]] = None,
-             overlap_seconds: float = 0.025) -> "JamSession":
+    def open(cls, engine, settings: JamSettings, seed: int, on_close: tp.Callable[[], None],
+             prompt: tp.Optional[tuple[torch.Tensor, int]] = None) -> "JamSession":
         """Starts a session, optionally continuing an audio prompt (wav [C, T], sample rate). Blocks until the
-        engine accepted it; raises RuntimeError when the engine has no room."""
-        if not engine.step_decoder_supported:
-            raise RuntimeError("this model cannot stream (see the engine log)")
-        session = cls(engine, settings, seed, overlap_seconds)
+        engine has accepted it."""
+        session = cls(engine, settings, seed, on_close)
+        tokens = None
+        if prompt is not None:  # the prompt is context, not output: the codec skips it
+            tokens = engine.codec_worker.call(lambda: session._skip(engine.encode_now(*prompt))).result()
 
         def start() -> None:
-            tokens = engine.encode(*prompt) if prompt is not None else None
             stream = engine.new_stream(settings.conditioning, settings.params, seed, prompt=tokens)
-            if tokens is not None:  # the prompt is context, not output
-                stream.emitted_frames = tokens.shape[-1]
-                session.codec.skip(tokens)
+            if tokens is not None:
+                stream.emitted_frames = session._prompt_frames = tokens.shape[-1]
             stream.on_frames = session._on_frames
+            stream.on_failed = session._on_failed
             engine.scheduler.add_stream(stream)
             session.stream = stream
 
-        engine.scheduler.call(start).result()
+        engine.lm_worker.call(start).result()
         return session
 
     # -- any thread ---------------------------------------------------------------------------------------------
-    def next_chunk(self) -> "Future[Chunk]":
+    def next_chunk(self, deadline: tp.Optional[float] = None) -> "Future[Chunk]":
+        """The next chunk; `deadline` (time.monotonic) is when the listener runs out of audio without it."""
         future: Future[Chunk] = Future()
-        if self._closed:
-            future.set_exception(SessionClosed("session is closed"))
+        with self._lock:
+            problem = SessionClosed("session is closed") if self._closed else self.failure
+            index = self._requested
+            if problem is None:
+                self._requested += 1
+        if problem is not None:
+            future.set_exception(problem)
             return future
         requested = time.perf_counter()
-        self.engine.scheduler.call(lambda: self._request(future, requested))
+        job = self.engine.lm_worker.call(lambda: self._request(future, index, requested, deadline))
+        job.add_done_callback(lambda done: _pass_failure(future, done))
         return future
 
-    def update(self, settings: JamSettings) -> None:
-        """Applies from the next chunk on (settings are validated by JamSettings already)."""
+    def update(self, settings: JamSettings) -> int:
+        """Queues new settings; returns the index of the first chunk generated with them (the next one not yet
+        asked for: a chunk already in the making keeps the settings it started with)."""
+        self.engine.check_settings(settings)
         with self._lock:
-            self._update = settings
+            first = self._requested
+            self._updates.append((first, settings))
+        return first
 
     def close(self) -> None:
-        """Frees the session's rows; safe to call twice and from any thread."""
-        if self._closed:
-            return
-        self._closed = True
-        self.engine.scheduler.call(self._shutdown)
-
-    # -- engine thread ------------------------------------------------------------------------------------------
-    def _request(self, future: Future, requested: float) -> None:
-        if self._closed or self.stream is None:
-            future.set_exception(SessionClosed("session is closed"))
-            return
-        if self._pending is not None:
-            future.set_exception(RuntimeError("a chunk is already being generated for this session"))
-            return
+        """Frees the session's rows and its slot; safe to call twice and from any thread."""
         with self._lock:
-            update, self._update = self._update, None
-        if update is not None:
+            if self._closed:
+                return
+            self._closed = True
+        self.engine.lm_worker.call(self._shutdown).add_done_callback(lambda done: self._abandon_pending())
+        self._on_close()
+
+    # -- LM thread ----------------------------------------------------------------------------------------------
+    def _request(self, future: Future, index: int, requested: float, deadline: tp.Optional[float]) -> None:
+        if self._closed or self.stream is None:
+            raise SessionClosed("session is closed")
+        if self.stream.error is not None:
+            raise self.stream.error
+        if self._pending is not None:
+            raise RuntimeError("a chunk is already being generated for this session")
+        with self._lock:
+            due = [settings for first, settings in self._updates if first <= index]
+            self._updates = [(first, settings) for first, settings in self._updates if first > index]
+        if due:
+            update = due[-1]
             if update.styles != self.settings.styles or update.weights != self.settings.weights:
                 self.engine.scheduler.set_conditioning(self.stream, update.conditioning)
             self.stream.params = update.params
             self.settings = update
-        chunk = int(round(self.settings.chunk_seconds * self.sample_rate))
-        overlap = int(round(self.overlap_seconds * self.sample_rate))
-        needed = chunk + overlap
-        self._pending = (future, requested, chunk)
-        missing = needed - self._audio.shape[-1]
-        frames_needed = math.ceil(max(0, missing) / self.hop) + self.codec.lookahead_frames
-        self.stream.wanted_frames = self.codec.emitted_frames + frames_needed
+        samples = int(round(self.settings.chunk_seconds * self.sample_rate))
+        self._pending = _Request(future, index, requested, samples, self.settings)
+        needed = self._planned_samples + samples + self._overlap
+        self.stream.wanted_frames = self._prompt_frames + math.ceil(needed / self.hop) + self._codec.lookahead_frames
+        self.stream.deadline = deadline
         self._on_frames(self.stream)
 
     def _on_frames(self, stream: Stream) -> None:
-        if self._pending is None:
+        if self._pending is None or stream.wants_steps():
             return
-        future, requested, chunk = self._pending
-        if stream.error is not None:
-            self._pending = None
-            if not future.done():
-                future.set_exception(stream.error)
-            return
-        if stream.wants_steps():
-            return
+        request, self._pending = self._pending, None
         frames = stream.take_frames()
-        self._frames.append(frames)
-        self._audio = torch.cat([self._audio, self.codec.push(frames)], dim=-1)
-        overlap = int(round(self.overlap_seconds * self.sample_rate))
-        if self._audio.shape[-1] < chunk + overlap:
-            stream.wanted_frames += math.ceil((chunk + overlap - self._audio.shape[-1]) / self.hop)
-            return
-        audio = self._audio[:, : chunk + overlap].clone()
-        self._audio = self._audio[:, chunk:]
-        result = Chunk(index=self._chunks, audio=audio, sample_rate=self.sample_rate,
-                       seconds=chunk / self.sample_rate, overlap_seconds=overlap / self.sample_rate,
-                       generation_seconds=time.perf_counter() - requested, frames=torch.cat(self._frames, -1),
-                       settings=self.settings)
-        self._frames = []
-        self._chunks += 1
+        start = self._planned_samples
+        self._planned_samples += request.samples
+        stream.deadline = None
+        job = self.engine.codec_worker.call(lambda: self._decode(request, frames, start))
+        job.add_done_callback(lambda done: self._decoded(request, done))
+
+    def _on_failed(self, stream: Stream, error: BaseException) -> None:
+        self.failure = error
+        if self._pending is not None and not self._pending.future.done():
+            self._pending.future.set_exception(error)
         self._pending = None
-        if not future.done():  # a caller may have cancelled while waiting
-            future.set_result(result)
 
     def _shutdown(self) -> None:
         if self.stream is not None:
             self.engine.scheduler.remove_stream(self.stream)
-        if self._pending is not None and not self._pending[0].done():
-            self._pending[0].set_exception(SessionClosed("session closed"))
-        self._pending = None
 
+    def _abandon_pending(self) -> None:
+        request, self._pending = self._pending, None
+        if request is not None and not request.future.done():
+            request.future.set_exception(SessionClosed("session closed"))
+
+    # -- codec thread -------------------------------------------------------------------------------------------
+    def _skip(self, tokens: torch.Tensor) -> torch.Tensor:
+        self._codec.skip(tokens)
+        return tokens
+
+    def _decode(self, request: _Request, frames: torch.Tensor, start: int) -> Chunk:
+        self._audio = torch.cat([self._audio, self._codec.push(frames)], dim=-1)
+        offset = start - self._audio_start
+        audio = self._audio[:, offset: offset + request.samples + self._overlap].clone()
+        if audio.shape[-1] < request.samples + self._overlap:
+            raise RuntimeError(f"codec gave {audio.shape[-1]} samples for a chunk of "
+                               f"{request.samples + self._overlap}")
+        self._audio = self._audio[:, offset + request.samples:]
+        self._audio_start = start + request.samples
+        return Chunk(index=request.index, audio=audio, sample_rate=self.sample_rate,
+                     seconds=request.samples / self.sample_rate, overlap_seconds=self._overlap / self.sample_rate,
+                     generation_seconds=time.perf_counter() - request.requested, frames=frames,
+                     settings=request.settings)
+
+    def _decoded(self, request: _Request, done: Future) -> None:
+        if done.exception() is not None:  # the audio stream has a hole now: this session cannot go on
+            self.failure = done.exception()
+            logger.warning("session decode failed: %s", done.exception())
+        if not request.future.done():
+            if done.exception() is not None:
+                request.future.set_exception(done.exception())
+            else:
+                request.future.set_result(done.result())

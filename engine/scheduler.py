@@ -1,55 +1,63 @@
-"""The engine thread: it alone touches the model, running queued jobs and batched decode steps of all streams.
+"""Streams over decoder rows: the LM thread's background work, one batched decode step at a time.
 
-Every change to scheduler state (streams added, updated, removed, demand raised) arrives as a job, so the state
-needs no locks. Between jobs, all streams that want frames advance together: streams on adjacent decoder rows
-share one forward per step. Long jobs that cannot be split into steps (audiocraft's own generate, used for melody
-models) call `yield_to_streams` from their progress callback, so live streams keep flowing.
+Every change to scheduler state (streams added, updated, removed, demand raised) arrives as a job on the LM
+worker, so the state needs no locks. Between jobs, the streams that want frames advance together: streams on
+adjacent decoder rows share one forward per step, and a long prefill (an audio prompt, a window roll-over) runs in
+slices between other streams' steps. A failure belongs to the stream that caused it: conditioning, prefill,
+forward, sampling and the consumer's callback are each guarded per stream, and the others advance in the same
+step. Live sessions with a deadline come first: when one is at risk, predictions skip a few steps.
 """
 
 import logging
-import queue
-import threading
+import time
 import typing as tp
-from concurrent.futures import Future
 
 import torch
 
-from engine.conditions import text_condition
+from engine import conditions
 from engine.decoder import StepDecoder
 from engine.streams import Stream, sample
 
 logger = logging.getLogger(__name__)
 
-T = tp.TypeVar("T")
+CONDITION_CACHE_SIZE = 256
+MAX_SKIPPED_STEPS = 3  # a prediction gets at least one step in MAX_SKIPPED_STEPS + 1, however busy the sessions
+
+
+class StreamFailed(RuntimeError):
+    """One stream's generation failed; the message says in which phase and why."""
 
 
 class Scheduler:
-    def __init__(self, lm, max_rows: int, max_steps: int, weight_format: str = "float32") -> None:
+    def __init__(self, lm, max_rows: int, max_steps: int, weight_format: str = "float32",
+                 prefill_slice_steps: int = 64) -> None:
         self.lm = lm
         self.decoder = StepDecoder(lm, max_rows=max_rows, max_steps=max_steps, weight_format=weight_format)
+        self.prefill_slice_steps = prefill_slice_steps
         self.streams: list[Stream] = []
-        self._jobs: queue.SimpleQueue[tp.Optional[tuple[Future, tp.Callable[[], tp.Any]]]] = queue.SimpleQueue()
+        self.failed_streams = 0
         self._condition_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._in_job = False
-        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
-        self._thread.start()
-
-    # -- any thread ---------------------------------------------------------------------------------------------
-    def call(self, fn: tp.Callable[[], T]) -> "Future[T]":
-        """Runs `fn` on the engine thread; the future carries its result or exception."""
-        future: Future[T] = Future()
-        self._jobs.put((future, fn))
-        return future
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=30)
+        self._step_seconds = 0.05  # running estimate of one step, for deadline decisions
+        self._skipped = 0
 
     @property
     def rows_free(self) -> int:
         return self.decoder.max_rows - sum(s.conditioning.rows for s in self.streams)
 
-    # -- engine thread only -------------------------------------------------------------------------------------
+    # -- background work of the LM worker -----------------------------------------------------------------------
+    def pending(self) -> bool:
+        return any(s.wants_steps() for s in self.streams)
+
+    def run_once(self) -> None:
+        active = [s for s in self.streams if s.wants_steps()]
+        if active:
+            started = time.perf_counter()
+            self._step(self._prioritise(active))
+            self._step_seconds = 0.8 * self._step_seconds + 0.2 * (time.perf_counter() - started)
+
+    yield_to_streams = run_once  # called from inside long jobs (audiocraft's own generate) so streams keep flowing
+
+    # -- stream management (LM thread) ---------------------------------------------------------------------------
     def add_stream(self, stream: Stream) -> None:
         if stream.conditioning.rows > self.rows_free:
             raise RuntimeError(f"no decoder rows left ({self.rows_free} free, {stream.conditioning.rows} needed)")
@@ -70,11 +78,22 @@ class Scheduler:
         stream.conditions_dirty = True
         self._relayout(list(self.streams), {id(stream): old_rows})
 
-    def yield_to_streams(self) -> None:
-        """One batched step for the streams that want frames; called from inside long jobs."""
-        active = [s for s in self.streams if s.wants_steps()]
-        if active:
-            self._step(active)
+    def fail(self, stream: Stream, phase: str, exc: BaseException) -> None:
+        """Drops one stream and tells its consumer; never raises."""
+        logger.warning("stream failed during %s: %s: %s", phase, type(exc).__name__, exc)
+        self.failed_streams += 1
+        try:
+            self.remove_stream(stream)
+        except Exception:  # keep the bookkeeping right even if the cache copy failed
+            logger.exception("could not relayout after dropping a stream")
+            self.streams = [s for s in self.streams if s is not stream]
+        stream.error = StreamFailed(f"{phase} failed: {type(exc).__name__}: {exc}")
+        if stream.on_failed is not None:
+            callback, stream.on_failed = stream.on_failed, None
+            try:
+                callback(stream, stream.error)
+            except Exception:
+                logger.exception("a stream's failure callback raised")
 
     def _relayout(self, streams: list[Stream], resized: dict[int, tp.Optional[slice]]) -> None:
         sources: list[int] = []
@@ -92,77 +111,94 @@ class Scheduler:
         self.decoder.relayout(sources)
         self.streams = streams
 
-    def _condition(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if text not in self._condition_cache:
-            if len(self._condition_cache) > 256:
-                self._condition_cache.clear()
-            self._condition_cache[text] = text_condition(self.lm, text)
-        return self._condition_cache[text]
+    # -- one step -----------------------------------------------------------------------------------------------
+    def _prioritise(self, active: list[Stream]) -> list[Stream]:
+        """Live sessions at risk of missing their deadline step without the predictions (for a few steps)."""
+        now = time.monotonic()
+        at_risk = any(s.deadline is not None and now + s.remaining_steps * self._step_seconds > s.deadline
+                      for s in active)
+        live = [s for s in active if s.target_frames is None]
+        if at_risk and live and len(live) < len(active) and self._skipped < MAX_SKIPPED_STEPS:
+            self._skipped += 1
+            return live
+        self._skipped = 0
+        return active
 
-    def _apply_conditions(self, stream: Stream) -> None:
-        texts = stream.conditioning.texts + [""]
-        for offset, text in enumerate(texts):
-            embeds, mask = self._condition(text)
-            self.decoder.set_condition(stream.rows.start + offset, embeds, mask)
-        stream.conditions_dirty = False
+    def _attempt(self, stream: Stream, phase: str, fn: tp.Callable[[], tp.Any]) -> tuple[bool, tp.Any]:
+        try:
+            return True, fn()
+        except Exception as exc:  # isolated to this stream
+            self.fail(stream, phase, exc)
+            return False, None
 
     def _step(self, active: list[Stream]) -> None:
-        for stream in active:
-            if stream.conditions_dirty:
-                self._apply_conditions(stream)
-            if stream.pending_prefill == 0 and stream.frames.step + 1 > self.decoder.max_steps:
-                stream.roll_window()
-            if stream.pending_prefill:
-                self.decoder.reset(stream.rows)
-        prefilling = [s for s in active if s.pending_prefill]
-        stepping = [s for s in active if not s.pending_prefill]
-        logits_by_stream: dict[int, torch.Tensor] = {}
-        for stream in prefilling:  # one parallel forward over the whole prompt
-            steps = stream.frames.sequence_values(0, stream.pending_prefill)
-            tokens = steps.expand(stream.conditioning.rows, -1, -1)
-            logits_by_stream[id(stream)] = self.decoder.forward(stream.rows, tokens)[:, :, -1]
-            stream.pending_prefill = 0
+        ready = [s for s in active if self._attempt(s, "conditioning", lambda s=s: self._prepare(s))[0]]
+        logits: dict[int, torch.Tensor] = {}
+        prefilling = [s for s in ready if s.pending_prefill]
+        stepping = [s for s in ready if not s.pending_prefill]
+        for stream in prefilling:
+            ok, out = self._attempt(stream, "prefill", lambda s=stream: self._prefill_slice(s))
+            if ok and out is not None:
+                logits[id(stream)] = out
         for run in _contiguous_runs(stepping):
-            inputs = [s.frames.sequence_values(s.frames.step - 1, s.frames.step)
-                      .expand(s.conditioning.rows, -1, -1) for s in run]
-            rows = slice(run[0].rows.start, run[-1].rows.stop)
-            logits = self.decoder.forward(rows, torch.cat(inputs))[:, :, -1]
-            for stream in run:
-                local = slice(stream.rows.start - rows.start, stream.rows.stop - rows.start)
-                logits_by_stream[id(stream)] = logits[local]
-        for stream in active:
-            guided = stream.guided_logits(logits_by_stream[id(stream)])
-            stream.frames.accept(sample(guided, stream.params, stream.generator).view(1, -1))
-            if stream.on_frames is not None:
-                stream.on_frames(stream)
-
-    def _run(self) -> None:
-        torch.set_grad_enabled(False)
-        while True:
-            active = [s for s in self.streams if s.wants_steps()]
             try:
-                job = self._jobs.get_nowait() if active else self._jobs.get()
-            except queue.Empty:
-                job = False
-            if job is None:
-                return
-            if job:
-                future, fn = job
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn())
-                    except BaseException as exc:  # the caller gets every failure; the thread lives on
-                        future.set_exception(exc)
+                logits.update(self._forward(run))
+            except Exception as exc:  # find the culprit: each stream of the run alone
+                if len(run) == 1:
+                    self.fail(run[0], "decode step", exc)
+                    continue
+                for stream in run:
+                    ok, out = self._attempt(stream, "decode step", lambda s=stream: self._forward([s]))
+                    if ok:
+                        logits.update(out)
+        for stream in ready:
+            if id(stream) not in logits or stream.error is not None:
                 continue
-            try:
-                self._step(active)
-            except Exception as exc:
-                logger.exception("decode step failed; dropping the streams involved")
-                for stream in active:
-                    self.remove_stream(stream)
-                    stream.error = exc
-                    if stream.on_frames is not None:
-                        stream.on_frames(stream)
+            ok, _ = self._attempt(stream, "sampling", lambda s=stream: self._accept(s, logits[id(s)]))
+            if ok and stream.on_frames is not None:
+                self._attempt(stream, "delivering frames", lambda s=stream: s.on_frames(s))
+
+    def _prepare(self, stream: Stream) -> None:
+        if stream.conditions_dirty:
+            texts = stream.conditioning.texts + [""]
+            for offset, text in enumerate(texts):
+                self.decoder.set_condition(stream.rows.start + offset, *self._condition(text))
+            stream.conditions_dirty = False
+        if stream.pending_prefill == 0 and stream.frames.step + 1 > self.decoder.max_steps:
+            stream.roll_window()
+
+    def _condition(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if text not in self._condition_cache:
+            if len(self._condition_cache) >= CONDITION_CACHE_SIZE:
+                self._condition_cache.clear()
+            self._condition_cache[text] = conditions.text_condition(self.lm, text)
+        return self._condition_cache[text]
+
+    def _prefill_slice(self, stream: Stream) -> tp.Optional[torch.Tensor]:
+        """Feeds the next slice of a pending prefill; returns the last logits once the prefill is complete."""
+        start = stream.prefilled
+        end = min(stream.pending_prefill, start + self.prefill_slice_steps)
+        if start == 0:
+            self.decoder.reset(stream.rows)
+        steps = stream.frames.sequence_values(start, end).expand(stream.conditioning.rows, -1, -1)
+        out = self.decoder.forward(stream.rows, steps)[:, :, -1]
+        stream.prefilled = end
+        if end < stream.pending_prefill:
+            return None
+        stream.pending_prefill = stream.prefilled = 0
+        return out
+
+    def _forward(self, run: list[Stream]) -> dict[int, torch.Tensor]:
+        inputs = [s.frames.sequence_values(s.frames.step - 1, s.frames.step).expand(s.conditioning.rows, -1, -1)
+                  for s in run]
+        rows = slice(run[0].rows.start, run[-1].rows.stop)
+        out = self.decoder.forward(rows, torch.cat(inputs))[:, :, -1]
+        return {id(s): out[s.rows.start - rows.start: s.rows.stop - rows.start] for s in run}
+
+    @staticmethod
+    def _accept(stream: Stream, logits: torch.Tensor) -> None:
+        tokens = sample(stream.guided_logits(logits), stream.params, stream.generator)
+        stream.frames.accept(tokens.view(1, -1))
 
 
 def _contiguous_runs(streams: list[Stream]) -> list[list[Stream]]:

@@ -14,6 +14,10 @@ import torch
 
 from engine.pattern import DelayedFrames
 
+GREEDY_BELOW = 1e-4  # temperatures below this decode greedily (0 is audiocraft's greedy decoding)
+MAX_TEMPERATURE = 10.0
+MAX_GUIDANCE = 20.0
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -23,18 +27,22 @@ class SamplingParams:
     guidance: float = 3.0
 
     def validate(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError("temperature must be greater than 0")
+        """The ranges in which every value gives finite audio (the schema and the protocols state the same)."""
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be within [0, {MAX_TEMPERATURE:g}] (0 decodes greedily)")
         if self.top_k < 0:
             raise ValueError("top_k must be >= 0")
         if not 0 <= self.top_p <= 1:
             raise ValueError("top_p must be within [0, 1]")
-        if self.guidance < 0:
-            raise ValueError("guidance must be >= 0")
+        if not 0 <= self.guidance <= MAX_GUIDANCE:
+            raise ValueError(f"guidance must be within [0, {MAX_GUIDANCE:g}]")
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
-    """logits [K, card] -> tokens [K], with audiocraft's top-p / top-k / plain rules."""
+    """logits [K, card] -> tokens [K], with audiocraft's rules: greedy at temperature 0, else top-p, top-k or
+    plain sampling."""
+    if params.temperature < GREEDY_BELOW:
+        return logits.argmax(dim=-1)
     probs = torch.softmax(logits / params.temperature, dim=-1)
     if params.top_p > 0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -81,18 +89,27 @@ class Stream:
     keep_frames: int  # frames of context kept by a re-prefill
     target_frames: tp.Optional[int] = None  # finite streams (batch predictions) stop here
     rows: slice = field(default_factory=lambda: slice(0, 0))
-    pending_prefill: int = 0  # sequence steps to feed in one parallel forward before stepping
+    pending_prefill: int = 0  # sequence steps to feed (in slices of parallel forwards) before stepping
+    prefilled: int = 0  # of those, steps already fed
     conditions_dirty: bool = True
     emitted_frames: int = 0  # frames handed to the consumer so far (absolute count)
     frame_offset: int = 0  # absolute index of frames.codes[..., 0]
     rollovers: int = 0
     wanted_frames: int = 0  # the consumer wants steps until this many absolute frames are complete
     on_frames: tp.Optional[tp.Callable[["Stream"], None]] = None  # engine thread, after each step
-    error: tp.Optional[BaseException] = None  # set when a step failed and the stream was dropped
+    on_failed: tp.Optional[tp.Callable[["Stream", BaseException], None]] = None  # engine thread, once
+    error: tp.Optional[BaseException] = None  # set when this stream failed and was dropped
+    deadline: tp.Optional[float] = None  # monotonic time by which the wanted frames are needed (live sessions)
 
     def wants_steps(self) -> bool:
         limit = self.target_frames if self.target_frames is not None else self.wanted_frames
         return self.absolute_complete < limit
+
+    @property
+    def remaining_steps(self) -> int:
+        """Decode steps until the consumer has what it asked for (a prefill slice counts as one step)."""
+        limit = self.target_frames if self.target_frames is not None else self.wanted_frames
+        return max(0, limit - self.absolute_complete) + (1 if self.pending_prefill else 0)
 
     @property
     def absolute_complete(self) -> int:
@@ -126,6 +143,7 @@ class Stream:
         if self.target_frames is not None:
             self.frames.end = self.target_frames - self.frame_offset
         self.pending_prefill = self.frames.step
+        self.prefilled = 0
         self.rollovers += 1
 
 
@@ -143,5 +161,4 @@ def new_stream(lm, conditioning: Conditioning, params: SamplingParams, seed: int
     generator = torch.Generator(device=frames.codes.device)
     generator.manual_seed(seed)
     return Stream(conditioning=conditioning, params=params, generator=generator, frames=frames,
-                  keep_frames=keep_frames, target_frames=target_frames,
-                  pending_prefill=steps)
+                  keep_frames=keep_frames, target_frames=target_frames, pending_prefill=steps)

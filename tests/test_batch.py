@@ -13,7 +13,7 @@ from tests.helpers import convert, sine_wav
 
 
 def run(engine, **kwargs):
-    return engine.submit_batch(BatchRequest(**kwargs)).wait()
+    return engine.generate(BatchRequest(**kwargs)).wait()
 
 
 def test_same_seed_gives_identical_audio_and_other_seeds_differ(engine, tmp_path):
@@ -46,7 +46,7 @@ def test_text_generation_has_requested_length_and_rate(engine):
 
 def test_needs_prompt_or_audio(engine):
     with pytest.raises(RequestError, match="prompt, an input_audio"):
-        engine.submit_batch(BatchRequest(prompt=None, duration=1))
+        engine.generate(BatchRequest(prompt=None, duration=1))
 
 
 def test_continuation_output_is_slice_then_new_music(engine, tmp_path):
@@ -70,7 +70,7 @@ def test_continuation_end_minus_one_means_end_of_clip(engine, tmp_path):
 def test_bad_continuation_slices_are_refused(engine, tmp_path, start, end, message):
     clip = sine_wav(tmp_path / "clip.wav", seconds=4.0)
     with pytest.raises(RequestError, match=message):
-        engine.submit_batch(BatchRequest(prompt="x", input_audio=clip, continuation=True, continuation_start=start,
+        engine.generate(BatchRequest(prompt="x", input_audio=clip, continuation=True, continuation_start=start,
                                          continuation_end=end, duration=1))
 
 
@@ -78,13 +78,13 @@ def test_non_audio_input_is_refused(engine, tmp_path):
     bogus = tmp_path / "notes.wav"
     bogus.write_text("this is not audio")
     with pytest.raises(RequestError, match="input_audio: Could not read notes.wav as audio"):
-        engine.submit_batch(BatchRequest(prompt="x", input_audio=bogus, continuation=True, duration=1))
+        engine.generate(BatchRequest(prompt="x", input_audio=bogus, continuation=True, duration=1))
 
 
 def test_melody_on_a_text_only_model_is_refused(engine, tmp_path):
     clip = sine_wav(tmp_path / "clip.wav", seconds=2.0)
     with pytest.raises(RequestError, match="cannot follow a melody"):
-        engine.submit_batch(BatchRequest(prompt="x", input_audio=clip, continuation=False, duration=1))
+        engine.generate(BatchRequest(prompt="x", input_audio=clip, continuation=False, duration=1))
 
 
 @pytest.mark.parametrize("suffix", ["mp3", "flac", "ogg", "m4a", "wav"])
@@ -112,8 +112,8 @@ def test_multi_band_diffusion_without_weights_is_a_clear_error_and_engine_stays_
     eng = Engine.load(copy, device="cpu")
     try:
         with pytest.raises(RequestError, match="no MultiBand Diffusion weights"):
-            eng.submit_batch(BatchRequest(prompt="x", duration=1, multi_band_diffusion=True))
-        assert eng.submit_batch(BatchRequest(prompt="x", duration=1, seed=1)).wait().wav.shape[-1] == 32000
+            eng.generate(BatchRequest(prompt="x", duration=1, multi_band_diffusion=True))
+        assert eng.generate(BatchRequest(prompt="x", duration=1, seed=1)).wait().wav.shape[-1] == 32000
     finally:
         eng.close()
 
@@ -150,7 +150,7 @@ def test_mp3_output_decodes_at_stated_bitrate(engine, tmp_path):
 def test_cancel_stops_a_running_generation_and_engine_serves_next(engine):
     import time
 
-    job = engine.submit_batch(BatchRequest(prompt="long", duration=120, seed=1))
+    job = engine.generate(BatchRequest(prompt="long", duration=120, seed=1))
     time.sleep(1.0)
     job.cancel()
     started = time.monotonic()

@@ -64,8 +64,8 @@ def test_fine_tuner_single_file_loads_and_matches_release_layout(engine, demo_di
     tuned = Engine.load(fine_tuned, device="cpu")
     try:
         request = BatchRequest(prompt="house", duration=1, seed=21)
-        ours = tuned.submit_batch(request).wait().wav
-        reference = engine.submit_batch(request).wait().wav
+        ours = tuned.generate(request).wait().wav
+        reference = engine.generate(request).wait().wav
         assert torch.equal(ours, reference)
     finally:
         tuned.close()

@@ -8,7 +8,8 @@ import torch
 from engine.conditions import text_condition
 from engine.decoder import StepDecoder
 from engine.pattern import DelayedFrames
-from engine.streams import Conditioning, SamplingParams
+from engine.batch import BatchRequest
+from engine.jam import JamSettings
 
 
 def _reference_inputs(lm, text: str, frames: int, seed: int = 0):
@@ -78,41 +79,29 @@ def test_rows_at_different_positions_share_one_forward(engine):
     assert (batched[:2] - single).abs().max().item() < 1e-5
 
 
-def _stream_tokens(engine, text: str, frames: int, params: SamplingParams, seed: int) -> torch.Tensor:
-    done = threading.Event()
-    collected = []
-
-    def on_frames(stream):
-        collected.append(stream.take_frames())
-        if stream.done():
-            engine.scheduler.remove_stream(stream)
-            done.set()
-
-    stream = engine.new_stream(Conditioning([text], [1.0]), params, seed, target_frames=frames)
-    stream.on_frames = on_frames
-    engine.scheduler.call(lambda: engine.scheduler.add_stream(stream)).result()
-    assert done.wait(60)
-    return torch.cat(collected, dim=-1)
+def _prediction_tokens(engine, prompt: str, seed: int, reference: bool = False, **options) -> torch.Tensor:
+    request = BatchRequest(prompt=prompt, duration=1, seed=seed, **options)
+    return engine.generate(request, reference=reference).wait().tokens
 
 
 def test_greedy_tokens_equal_audiocraft_generate(engine):
-    from audiocraft.modules.conditioners import ConditioningAttributes
-
-    lm = engine.model.musicgen.lm
-    frames = 60
-    ours = _stream_tokens(engine, "lo-fi beat", frames, SamplingParams(top_k=1, guidance=3.0), seed=0)
-    with torch.no_grad():
-        reference = engine.scheduler.call(lambda: lm.generate(
-            None, [ConditioningAttributes(text={"description": "lo-fi beat"})], max_gen_len=frames,
-            use_sampling=False, cfg_coef=3.0)).result()
-    assert torch.equal(ours, reference[0])
+    """temperature 0 decodes greedily on both paths, as audiocraft does."""
+    ours = _prediction_tokens(engine, "lo-fi beat", seed=0, temperature=0.0)
+    reference = _prediction_tokens(engine, "lo-fi beat", seed=0, temperature=0.0, reference=True)
+    assert ours.shape == reference.shape == (4, 50)
+    assert torch.equal(ours, reference)
 
 
-def test_seeded_stream_is_reproducible_whatever_runs_beside_it(engine):
-    params = SamplingParams(temperature=1.0, top_k=50)
-    alone = _stream_tokens(engine, "techno", 40, params, seed=5)
-    other = threading.Thread(target=_stream_tokens, args=(engine, "ambient", 80, params, 6))
-    other.start()
-    beside = _stream_tokens(engine, "techno", 40, params, seed=5)
-    other.join()
+def test_seeded_prediction_is_reproducible_whatever_runs_beside_it(engine):
+    alone = _prediction_tokens(engine, "techno", seed=5, top_k=50)
+    other = threading.Thread(target=_prediction_tokens, args=(engine, "ambient", 6), kwargs={"top_k": 50})
+    session = engine.open_session(JamSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.4), seed=1)
+    try:
+        chunk = session.next_chunk()
+        other.start()
+        beside = _prediction_tokens(engine, "techno", seed=5, top_k=50)
+        other.join()
+        chunk.result(timeout=60)
+    finally:
+        session.close()
     assert torch.equal(alone, beside)

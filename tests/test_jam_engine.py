@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.batch import BatchRequest
-from engine.jam import JamSession, JamSettings
+from engine.jam import JamSettings
 from engine.streams import SamplingParams
 from tests.helpers import sine_wav
 
@@ -29,7 +29,7 @@ def collect(session, count):
 
 def session_chunks(engine, count, seed, settings=SETTINGS, **open_options):
     """Opens a session, takes `count` chunks, always closes it."""
-    session = JamSession.open(engine, settings, seed=seed, **open_options)
+    session = engine.open_session(settings, seed=seed, **open_options)
     try:
         return collect(session, count)
     finally:
@@ -42,33 +42,38 @@ def stitch(chunks):
                       for c in chunks], dim=-1)
 
 
-def test_chunks_have_the_requested_length_and_overlap(engine):
+def test_chunks_have_the_requested_length(engine):
     chunks = session_chunks(engine, 3, seed=1)
     for i, chunk in enumerate(chunks):
         assert chunk.index == i
         assert chunk.sample_rate == 32000
         assert chunk.audio.shape[-1] == int(1.025 * 32000)
         assert chunk.seconds == 1.0 and chunk.overlap_seconds == pytest.approx(0.025)
-    for first, second in itertools.pairwise(chunks):
-        overlap = int(0.025 * 32000)
-        assert torch.equal(first.audio[:, -overlap:], second.audio[:, :overlap])
+
+
+def snr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
+    noise = (test - reference).pow(2).mean()
+    return 10 * torch.log10(reference.pow(2).mean() / noise.clamp(min=1e-20)).item()
 
 
 def test_stream_equals_offline_decode_of_its_tokens(engine):
-    """Seamlessness: concatenated chunks vs one decode of all tokens (SNR, jumps at boundaries)."""
+    """Seamlessness: concatenated chunks vs one decode of all tokens, and each chunk's overlap tail is the
+    audio that really follows it (what the seed's client crossfades into the next chunk)."""
     chunks = session_chunks(engine, 6, seed=2)
     streamed = stitch(chunks)
     tokens = torch.cat([c.frames for c in chunks], dim=-1)
-    codec = engine.model.musicgen.compression_model
-    offline = engine.scheduler.call(lambda: codec.decode(tokens[None], None)[0]).result()[:, : streamed.shape[-1]]
-    noise = (streamed - offline).pow(2).mean()
-    snr = 10 * torch.log10(offline.pow(2).mean() / noise.clamp(min=1e-20)).item()
-    assert snr >= 30, snr
-    signal = streamed[0].numpy()
-    jumps = np.abs(np.diff(signal))
-    boundaries = [int(round(c.seconds * c.sample_rate)) * (i + 1) for i, c in enumerate(chunks[:-1])]
-    assert max(jumps[b - 1] for b in boundaries) <= jumps.max()
-    assert max(jumps[b - 1] for b in boundaries) <= 4 * np.percentile(jumps, 99.9)
+    offline = engine.decode_tokens(tokens)
+    assert snr_db(offline[:, : streamed.shape[-1]], streamed) >= 30
+    overlap = int(0.025 * 32000)
+    for i, chunk in enumerate(chunks[:-1]):
+        end = 32000 * (i + 1)
+        assert snr_db(offline[:, end: end + overlap], chunk.audio[:, -overlap:]) >= 30
+    # no click at the boundaries: the streamed sample-to-sample step there is the offline decode's step
+    boundaries = [32000 * (i + 1) for i in range(len(chunks) - 1)]
+    streamed_steps = np.array([abs(float(streamed[0, b] - streamed[0, b - 1])) for b in boundaries])
+    offline_steps = np.array([abs(float(offline[0, b] - offline[0, b - 1])) for b in boundaries])
+    scale = float(offline[0].abs().max())
+    assert np.abs(streamed_steps - offline_steps).max() <= 0.05 * scale
 
 
 def test_same_seed_same_music(engine):
@@ -76,22 +81,41 @@ def test_same_seed_same_music(engine):
     assert torch.equal(tokens[0], tokens[1])
 
 
-def test_update_applies_from_the_next_chunk_and_keeps_context(engine):
-    session = JamSession.open(engine, SETTINGS, seed=4)
+def test_update_applies_from_the_chunk_it_names(engine):
+    session = engine.open_session(SETTINGS, seed=4)
     try:
         first = session.next_chunk().result(timeout=60)
-        session.update(with_params(SETTINGS, styles=("metal",), weights=(1.0,), temperature=0.7, top_k=5))
+        assert session.update(with_params(SETTINGS, styles=("metal",), weights=(1.0,), temperature=0.7,
+                                          top_k=5)) == 1
         second = session.next_chunk().result(timeout=60)
-        session.update(with_params(second.settings, styles=("metal", "ambient", "funk"), weights=(1, 1, 1)))
-        third = session.next_chunk().result(timeout=60)
+        in_flight = session.next_chunk()  # already asked for: keeps the settings it started with
+        assert session.update(with_params(second.settings, styles=("metal", "ambient", "funk"),
+                                          weights=(1, 1, 1))) == 3
+        third = in_flight.result(timeout=60)
+        fourth = session.next_chunk().result(timeout=60)
     finally:
         session.close()
     assert first.settings.styles == ("jazz", "hiphop")
     assert second.settings.styles == ("metal",) and second.settings.params.top_k == 5
-    assert third.settings.styles == ("metal", "ambient", "funk")
-    overlap = int(0.025 * 32000)
-    assert torch.equal(first.audio[:, -overlap:], second.audio[:, :overlap])  # no restart at the switch
-    assert torch.equal(second.audio[:, -overlap:], third.audio[:, :overlap])
+    assert third.settings.styles == ("metal",)
+    assert fourth.settings.styles == ("metal", "ambient", "funk")
+
+
+def test_update_keeps_the_context(engine):
+    """Greedy decoding makes the stream a function of its context: after a style change, a session that kept
+    its context goes on differently from a fresh session with the new style."""
+    greedy = with_params(SETTINGS, temperature=0.0)
+    metal = with_params(greedy, styles=("metal",), weights=(1.0,))
+    session = engine.open_session(greedy, seed=7)
+    try:
+        session.next_chunk().result(timeout=60)
+        session.update(metal)
+        after_switch = session.next_chunk().result(timeout=60).frames
+    finally:
+        session.close()
+    fresh = session_chunks(engine, 1, seed=7, settings=metal)[0].frames
+    width = min(after_switch.shape[-1], fresh.shape[-1])
+    assert not torch.equal(after_switch[:, :width], fresh[:, :width])
 
 
 def test_invalid_settings_are_refused():
@@ -102,7 +126,9 @@ def test_invalid_settings_are_refused():
     with pytest.raises(ValueError, match="not all be zero"):
         JamSettings(styles=("a", "b"), weights=(0.0, 0.0))
     with pytest.raises(ValueError, match="temperature"):
-        with_params(SETTINGS, temperature=0)
+        with_params(SETTINGS, temperature=-1)
+    with pytest.raises(ValueError, match="at most 4"):
+        JamSettings(styles=tuple("abcde"), weights=(1.0,) * 5)
 
 
 def test_session_continues_an_audio_prompt(engine, tmp_path):
@@ -117,10 +143,9 @@ def test_session_continues_an_audio_prompt(engine, tmp_path):
 def test_context_rolls_over_past_the_window(engine):
     """Past the 30 s window the stream re-prefills from its last 12 s and goes on (cost: see benchmarks)."""
     settings = JamSettings(styles=("drone",), weights=(1.0,), chunk_seconds=5.0)
-    session = JamSession.open(engine, settings, seed=6)
+    session = engine.open_session(settings, seed=6)
     try:
-        chunks = collect(session, 16)  # 80 s: two roll-overs
-        assert session.stream.rollovers >= 2
+        chunks = collect(session, 16)  # 80 s: two roll-overs (each re-prefills 12 s of context in slices)
     finally:
         session.close()
     assert all(c.audio.shape[-1] == int(5.025 * 32000) for c in chunks)
@@ -135,12 +160,12 @@ def test_two_sessions_and_a_prediction_at_once(engine):
     threads = [threading.Thread(target=jam, args=(f"jam{i}", 10 + i)) for i in range(2)]
     for thread in threads:
         thread.start()
-    prediction = engine.submit_batch(BatchRequest(prompt="house", duration=3, seed=1)).wait()
+    prediction = engine.generate(BatchRequest(prompt="house", duration=3, seed=1)).wait()
     for thread in threads:
         thread.join(120)
     assert prediction.wav.shape[-1] == 3 * 32000
-    alone = engine.submit_batch(BatchRequest(prompt="house", duration=3, seed=1)).wait()
+    alone = engine.generate(BatchRequest(prompt="house", duration=3, seed=1)).wait()
     assert torch.equal(prediction.wav, alone.wav)  # batching with sessions changes nothing
     for name in ("jam0", "jam1"):
         assert [c.index for c in results[name]] == [0, 1, 2, 3]
-    assert engine.scheduler.streams == []
+    assert engine.sessions_open == 0

@@ -1,0 +1,133 @@
+"""A thread that owns part of the model and runs submitted jobs in order, guarded so that it cannot die.
+
+The engine has two: the LM thread (jobs plus, between jobs, batched decode steps of all live streams) and the
+codec thread (audio encode, streaming decode, MultiBand Diffusion), so a long decode never holds up a decode step.
+Every future handed out resolves: with the job's result or error, or with `EngineUnavailable` when the worker is
+closed or unhealthy.
+"""
+
+import logging
+import queue
+import threading
+import time
+import typing as tp
+from concurrent.futures import Future
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+T = tp.TypeVar("T")
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot take work (closed, or a thread is stuck); the message says which."""
+
+
+class Background(tp.Protocol):
+    """Work a worker does between jobs, one bounded piece at a time."""
+
+    def pending(self) -> bool: ...
+
+    def run_once(self) -> None: ...
+
+
+def resolve(future: Future, fn: tp.Callable[[], T]) -> None:
+    """Runs `fn` into `future`, unless the future was cancelled or already resolved."""
+    if future.done() or not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn()
+    except BaseException as exc:  # the caller gets every failure; the thread lives on
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+class Worker:
+    def __init__(self, name: str, background: tp.Optional[Background] = None, stall_seconds: float = 120.0) -> None:
+        self.name = name
+        self.background = background
+        self.stall_seconds = stall_seconds
+        self.guard_trips = 0  # failures that escaped every narrower handler (logged; the thread went on)
+        self._jobs: queue.SimpleQueue[tp.Optional[tuple[Future, tp.Callable[[], tp.Any]]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._busy_since: tp.Optional[float] = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # -- any thread ---------------------------------------------------------------------------------------------
+    def call(self, fn: tp.Callable[[], T]) -> "Future[T]":
+        """Runs `fn` on this worker's thread; the future carries its result or exception."""
+        future: Future[T] = Future()
+        with self._lock:
+            problem = self.problem
+            if problem is None:
+                self._jobs.put((future, fn))
+                return future
+        future.set_exception(EngineUnavailable(problem))
+        return future
+
+    @property
+    def problem(self) -> tp.Optional[str]:
+        """None when healthy, else why new work is refused."""
+        if self._closed:
+            return f"the {self.name} thread is shut down"
+        if not self._thread.is_alive():
+            return f"the {self.name} thread has stopped"
+        busy_since = self._busy_since
+        if busy_since is not None and time.monotonic() - busy_since > self.stall_seconds:
+            return f"the {self.name} thread has been busy with one task for {time.monotonic() - busy_since:.0f} s"
+        return None
+
+    def close(self, timeout: float = 30) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._jobs.put(None)
+        self._thread.join(timeout=timeout)
+
+    def on_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    # -- the thread ---------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            try:
+                if self._serve_one():
+                    break
+            except BaseException:  # the guard: log, count, keep serving
+                self.guard_trips += 1
+                logger.exception("%s thread: unexpected failure (the thread goes on)", self.name)
+            finally:
+                self._busy_since = None
+        self._drain()
+
+    def _serve_one(self) -> bool:
+        """One job, or one piece of background work; True when the worker was closed."""
+        busy = self.background is not None and self.background.pending()
+        try:
+            job = self._jobs.get_nowait() if busy else self._jobs.get()
+        except queue.Empty:
+            job = False
+        if job is None:
+            return True
+        self._busy_since = time.monotonic()
+        if job:
+            resolve(*job)
+        else:
+            self.background.run_once()
+        return False
+
+    def _drain(self) -> None:
+        """Jobs queued before the close was seen: each future still gets an answer."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and not job[0].done():
+                job[0].set_exception(EngineUnavailable(f"the {self.name} thread is shut down"))
