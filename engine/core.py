@@ -84,10 +84,16 @@ class Engine:
     def sessions_open(self) -> int:
         return self._sessions
 
+    @property
+    def rows_in_use(self) -> int:
+        """Decoder rows held by sessions and predictions (a snapshot; the engine thread changes it)."""
+        return self.config.rows - self.scheduler.rows_free
+
     def describe(self) -> dict:
         return {**self.model.describe(), "weight_format": self.config.weight_format,
                 "max_sessions": self.config.max_sessions, "max_styles": self.config.max_styles,
-                "decoder_rows": self.config.rows, "streaming": self.step_decoder_supported}
+                "decoder_rows": self.config.rows, "rows_in_use": self.rows_in_use,
+                "streaming": self.step_decoder_supported}
 
     def health(self) -> Health:
         problem = self.lm_worker.problem or self.codec_worker.problem

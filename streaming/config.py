@@ -1,11 +1,13 @@
-"""Sidecar configuration, read from the same environment whether it runs inside Cog's worker or standalone."""
+"""Sidecar configuration, read from the same environment whether it runs inside Cog's worker or standalone.
+
+Capacity (sessions, styles, decoder rows) is the engine's configuration (engine.config); this is only what the
+network side needs: where to listen, who may connect, and how long a connection may sit idle or silent.
+"""
 
 import os
 import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
-
-MAX_STYLES = 4  # styles blended per session; each takes one decoder row (+1 unconditional row per session)
 
 
 def _inside_container() -> bool:
@@ -16,28 +18,32 @@ def _inside_container() -> bool:
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765  # 0 turns the sidecar off inside Cog; standalone, 0 picks a free port
-    max_sessions: int = 4
     token: tp.Optional[str] = None
     ssl_certfile: tp.Optional[str] = None
     ssl_keyfile: tp.Optional[str] = None
+    max_connections: int = 64  # open sockets, sessions or not; more are closed with 1013
+    idle_seconds: float = 30.0  # a socket that has not started a session by then is closed
+    ping_interval: float = 20.0  # WebSocket keep-alive: a client that misses a pong for ping_timeout is dropped
+    ping_timeout: float = 20.0
 
     @classmethod
     def from_env(cls, environ: tp.Mapping[str, str] = os.environ) -> "ServerConfig":
-        try:
-            port = int(environ.get("JAM_PORT", "8765"))
-            max_sessions = int(environ.get("JAM_MAX_SESSIONS", "4"))
-        except ValueError as exc:
-            raise ValueError(f"JAM_PORT and JAM_MAX_SESSIONS must be integers: {exc}") from None
-        if max_sessions < 1:
-            raise ValueError("JAM_MAX_SESSIONS must be at least 1")
+        def number(name: str, default: str, kind: type = float) -> tp.Any:
+            try:
+                value = kind(environ.get(name, default))
+            except ValueError:
+                raise ValueError(f"{name} must be a{'n integer' if kind is int else ' number'}, "
+                                 f"got {environ[name]!r}") from None
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0")
+            return value
+
         certfile, keyfile = environ.get("JAM_SSL_CERTFILE") or None, environ.get("JAM_SSL_KEYFILE") or None
         if bool(certfile) != bool(keyfile):
             raise ValueError("set both JAM_SSL_CERTFILE and JAM_SSL_KEYFILE to serve TLS")
         return cls(host=environ.get("JAM_HOST") or ("0.0.0.0" if _inside_container() else "127.0.0.1"),
-                   port=port, max_sessions=max_sessions, token=environ.get("JAM_TOKEN") or None,
-                   ssl_certfile=certfile, ssl_keyfile=keyfile)
-
-    @property
-    def engine_rows(self) -> int:
-        """Decoder rows the engine needs: every session at its most styles, plus one prediction (2 rows)."""
-        return self.max_sessions * (MAX_STYLES + 1) + 2
+                   port=number("JAM_PORT", "8765", int), token=environ.get("JAM_TOKEN") or None,
+                   ssl_certfile=certfile, ssl_keyfile=keyfile,
+                   max_connections=number("JAM_MAX_CONNECTIONS", "64", int),
+                   idle_seconds=number("JAM_IDLE_SECONDS", "30"), ping_interval=number("JAM_PING_INTERVAL", "20"),
+                   ping_timeout=number("JAM_PING_TIMEOUT", "20"))

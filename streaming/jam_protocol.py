@@ -11,17 +11,19 @@ import typing as tp
 from dataclasses import dataclass
 
 from engine import audio
+from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
 from engine.jam import Chunk, JamSettings
-from engine.streams import SamplingParams
-from streaming.config import MAX_STYLES
-from streaming.wire import WireError, load_object
+from engine.streams import MAX_GUIDANCE, MAX_TEMPERATURE, SamplingParams
+from streaming.wire import WireError, bounded_number, load_object
 
 PROTOCOL_FRAME_RATE = 25.0
 MAX_DECODE_FRAMES = 50
 PACES = ("realtime", "asap")
 DEFAULTS = {"styles": "warmup", "temperature": 1.1, "topk": 40, "guidance_weight": 3.0, "pace": "asap",
             "max_decode_frames": MAX_DECODE_FRAMES}
-PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "pace", "max_decode_frames")
+PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "pace", "max_decode_frames", "seed")
+MAX_SEED = 2**32 - 1
+SettingsCheck = tp.Callable[[JamSettings], None]  # the engine's own check (e.g. prompt length in tokens)
 
 
 class ProtocolError(ValueError):
@@ -33,6 +35,7 @@ class Start:
     settings: JamSettings
     pace: str
     binary_audio: bool
+    seed: tp.Optional[int] = None  # None: the server picks one and reports it
 
 
 @dataclass(frozen=True)
@@ -55,15 +58,11 @@ class Ping:
 Command = tp.Union[Start, Update, Stop, Ping]
 
 
-def _number(params: dict, name: str, kind: type, low: float, high: float, low_open: bool = False) -> float:
-    value = params[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (kind is int and not float(value).is_integer()) or not math.isfinite(value):
-        raise ProtocolError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    if (value <= low if low_open else value < low) or value > high:
-        bound = f"greater than {low}" if low_open else f"at least {low}"
-        raise ProtocolError(f"{name} must be {bound} and at most {high}, got {value}")
-    return kind(value)
+def _number(params: dict, name: str, kind: type, low: float, high: float) -> float:
+    try:
+        return bounded_number(params[name], name, low, high, integer=kind is int)
+    except WireError as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 def _styles(params: dict) -> tuple[tuple[str, ...], tuple[float, ...]]:
@@ -75,6 +74,8 @@ def _styles(params: dict) -> tuple[tuple[str, ...], tuple[float, ...]]:
         raise ProtocolError("styles is empty: name at least one style")
     if len(styles) > MAX_STYLES:
         raise ProtocolError(f"{len(styles)} styles given; at most {MAX_STYLES} can be blended")
+    if any(len(style) > MAX_PROMPT_CHARS for style in styles):
+        raise ProtocolError(f"a style is longer than {MAX_PROMPT_CHARS} characters")
     raw_weights = params.get("style_weights")
     if raw_weights in (None, ""):
         return styles, tuple(1.0 for _ in styles)
@@ -96,9 +97,9 @@ def _styles(params: dict) -> tuple[tuple[str, ...], tuple[float, ...]]:
 def settings_from(params: dict) -> tuple[JamSettings, str]:
     """Validated session settings and pace from a full parameter dict (defaults filled in)."""
     styles, weights = _styles(params)
-    temperature = _number(params, "temperature", float, 0.0, 5.0, low_open=True)
+    temperature = _number(params, "temperature", float, 0.0, MAX_TEMPERATURE)  # 0 decodes greedily
     topk = _number(params, "topk", int, 1, 2048)
-    guidance = _number(params, "guidance_weight", float, 0.0, 20.0)
+    guidance = _number(params, "guidance_weight", float, 0.0, MAX_GUIDANCE)
     frames = _number(params, "max_decode_frames", int, 1, MAX_DECODE_FRAMES)
     if params["pace"] not in PACES:
         raise ProtocolError(f"pace must be one of {', '.join(PACES)}, got {params['pace']!r}")
@@ -108,11 +109,26 @@ def settings_from(params: dict) -> tuple[JamSettings, str]:
 
 
 class JamProtocol:
-    """One connection's protocol state: idle -> started -> stopped."""
+    """One connection's protocol state: idle -> started -> stopped (and back to idle when the session ends
+    without a stop, e.g. after generation failed for good). `check_settings` is the engine's validation of what
+    only the model can judge; it runs before any state changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, check_settings: SettingsCheck = lambda settings: None) -> None:
         self.state = "idle"
         self.params: dict = {}
+        self.check_settings = check_settings
+
+    def session_ended(self) -> None:
+        """The session ended on the server's side: a new start may come."""
+        self.state = "idle"
+
+    def _validated(self, params: dict) -> tuple[JamSettings, str]:
+        settings, pace = settings_from(params)
+        try:
+            self.check_settings(settings)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        return settings, pace
 
     def receive_bytes(self, data: bytes) -> Command:
         raise ProtocolError("binary frames are not accepted from clients: send JSON text messages")
@@ -152,10 +168,11 @@ class JamProtocol:
         if unknown:
             raise ProtocolError(f"unknown parameter(s): {', '.join(unknown)}")
         merged = {**DEFAULTS, **params}
-        settings, pace = settings_from(merged)
-        self.params = merged
+        settings, pace = self._validated(merged)
+        seed = None if params.get("seed") is None else int(_number(params, "seed", int, 0, MAX_SEED))
+        self.params = {k: v for k, v in merged.items() if k != "seed"}
         self.state = "started"
-        return Start(settings=settings, pace=pace, binary_audio=binary)
+        return Start(settings=settings, pace=pace, binary_audio=binary, seed=seed)
 
     def _update(self, message: dict) -> Update:
         if self.state != "started":
@@ -168,10 +185,12 @@ class JamProtocol:
             raise ProtocolError(f"unknown parameter(s): {', '.join(unknown)}")
         if not changes:
             raise ProtocolError("update names no parameter to change")
+        if "seed" in changes:
+            raise ProtocolError("seed can only be set in start: it fixes the whole session")
         if "styles" in changes and "style_weights" not in changes:
             changes["style_weights"] = None  # new styles without weights: equal weights
         merged = {**self.params, **changes}
-        settings, pace = settings_from(merged)  # raises before anything changes
+        settings, pace = self._validated(merged)  # raises before anything changes
         self.params = merged
         return Update(settings=settings, pace=pace, changed=tuple(sorted(changes)))
 

@@ -1,21 +1,25 @@
 """Lyria RealTime's BidiGenerateMusic wire protocol as a pure state machine: no sockets, no model.
 
-`LyriaProtocol.receive_text` turns one client message into actions for the connection (and messages to send);
-a malformed or out-of-order message raises `LyriaFatal` with the close code and a reason naming the field, which
-the google-genai SDK surfaces as an APIError. Field names are accepted in camelCase and snake_case, as protobuf
-JSON allows. Controls MusicGen cannot obey exactly become text cues added to every prompt.
+`LyriaProtocol.receive_text` turns one client message into actions for the connection: messages to send and
+what to do with the session (start, steer, pause, resume, end). The playback state (PLAY before prompts waits
+for them, PAUSE keeps the position, STOP and RESET_CONTEXT drop the context) lives here, and so does the packing
+of chunks into 48 kHz stereo PCM messages. A malformed or out-of-order message raises `LyriaFatal` with the close
+code and a reason naming the field, which the google-genai SDK surfaces as an APIError. Field names are accepted
+in camelCase and snake_case, as protobuf JSON allows. Controls MusicGen cannot obey exactly become text cues
+added to every prompt.
 """
 
 import base64
 import json
-import math
 import re
 import typing as tp
 from dataclasses import dataclass, field
 
-from engine.jam import JamSettings
+from engine.audio import StreamingResampler, pcm16_bytes
+from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
+from engine.jam import Chunk, JamSettings
 from engine.streams import SamplingParams
-from streaming.wire import WireError, load_object
+from streaming.wire import WireError, bounded_number, load_object
 
 PATH = "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateMusic"
 OUTPUT_RATE = 48000
@@ -23,7 +27,7 @@ OUTPUT_CHANNELS = 2
 MIME_TYPE = f"audio/l16;rate={OUTPUT_RATE};channels={OUTPUT_CHANNELS}"
 CHUNK_SECONDS = 2.0
 CLOSE_INVALID = 1007  # invalid payload: the reason names the field
-CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013  # every session slot is taken
 
 SCALES = {
     "SCALE_UNSPECIFIED": None, "C_MAJOR_A_MINOR": "C major / A minor", "D_FLAT_MAJOR_B_FLAT_MINOR": "D flat major",
@@ -123,13 +127,10 @@ class GenerationConfig:
 def _number(config: dict, name: str, low: float, high: float, integer: bool = False) -> tp.Optional[float]:
     if name not in config or config[name] is None:
         return None
-    value = config[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
-            (integer and not float(value).is_integer()):
-        raise LyriaFatal(f"musicGenerationConfig.{_camel(name)} must be {'an integer' if integer else 'a number'}")
-    if not low <= value <= high:
-        raise LyriaFatal(f"musicGenerationConfig.{_camel(name)} must be within [{low:g}, {high:g}], got {value}")
-    return int(value) if integer else float(value)
+    try:
+        return bounded_number(config[name], f"musicGenerationConfig.{_camel(name)}", low, high, integer=integer)
+    except WireError as exc:
+        raise LyriaFatal(str(exc)) from None
 
 
 def _bool(config: dict, name: str) -> bool:
@@ -192,18 +193,37 @@ class Send:
 
 
 @dataclass(frozen=True)
-class Steer:
-    """The settings for the next chunk changed (prompts or config)."""
+class StartSession:
+    """Open a session with these settings (seed None: the server picks one) and play it."""
 
-    messages: tuple[str, ...] = ()
+    settings: JamSettings
+    seed: tp.Optional[int]
 
 
 @dataclass(frozen=True)
-class Playback:
-    control: str  # PLAY | PAUSE | STOP | RESET_CONTEXT
+class UpdateSession:
+    """The running session's settings changed (prompts or config): they apply from a coming chunk."""
+
+    settings: JamSettings
 
 
-Action = tp.Union[Send, Steer, Playback]
+@dataclass(frozen=True)
+class PauseSession:
+    """Stop sending; keep the session and the chunk in the making, so that PLAY resumes where it paused."""
+
+
+@dataclass(frozen=True)
+class ResumeSession:
+    pass
+
+
+@dataclass(frozen=True)
+class EndSession:
+    """Drop the session and its context (STOP, RESET_CONTEXT, a failure)."""
+
+
+Action = tp.Union[Send, StartSession, UpdateSession, PauseSession, ResumeSession, EndSession]
+SettingsCheck = tp.Callable[[JamSettings], None]
 
 
 def warning(text: str) -> str:
@@ -212,18 +232,23 @@ def warning(text: str) -> str:
 
 @dataclass
 class LyriaProtocol:
-    """One connection: setup first (once), then prompts, config and playback in any order."""
+    """One connection: setup first (once), then prompts, config and playback in any order.
 
-    model: str = ""
+    `check_settings` is the engine's validation of what only the model can judge (prompt length in tokens)."""
+
+    check_settings: SettingsCheck = lambda settings: None
     prompts: tp.Optional[Prompts] = None
     config: GenerationConfig = field(default_factory=GenerationConfig)
+    playing: bool = False  # the client wants audio (PLAY until PAUSE or STOP)
+    has_session: bool = False
     _warned: set = field(default_factory=set)
     _set_up: bool = False
+    _resampler: tp.Optional[StreamingResampler] = None
 
-    def receive_bytes(self, data: bytes) -> Action:
+    def receive_bytes(self, data: bytes) -> list[Action]:
         return self.receive_text(data.decode("utf-8", errors="replace"))
 
-    def receive_text(self, text: str) -> Action:
+    def receive_text(self, text: str) -> list[Action]:
         try:
             message = load_object(text)
         except WireError as exc:
@@ -234,34 +259,78 @@ class LyriaProtocol:
         (key, body), = message.items()
         kind = _snake(key)
         if kind == "setup":
-            return self._setup(body)
+            return [self._setup(body)]
         if not self._set_up:
             raise LyriaFatal(f"{key} before setup: the first message must be setup")
         if kind == "client_content":
             return self._client_content(body)
         if kind == "music_generation_config":
             previous = self.config
-            self.config = parse_config(body)
-            messages = self._warn_approximations()
-            if self.config == previous:
-                return Send(messages)
-            return Steer(messages)
+            config = parse_config(body)
+            self._check(self.prompts, config)
+            self.config = config
+            messages = Send(self._warn_approximations())
+            return [messages] + (self._steer() if config != previous else [])
         if kind == "playback_control":
             if body not in PLAYBACK:
                 raise LyriaFatal(f"playbackControl {body!r} is not one of {', '.join(PLAYBACK)}")
-            return Playback(body)
+            return self._playback(body)
         raise LyriaFatal(f"unknown message field {key}")
+
+    def session_failed(self, error: str) -> list[Action]:
+        """Generation failed: the session is gone and playback stops; PLAY starts a fresh one."""
+        self.playing = False
+        self.has_session = False
+        return [Send((warning(f"generation failed: {error}; send PLAY to start again"),)), EndSession()]
+
+    def chunk_message(self, chunk: Chunk) -> str:
+        """A chunk as Lyria's serverContent: its new audio resampled (seamlessly across chunks, with the overlap
+        as right context) to 48 kHz stereo 16-bit PCM."""
+        if self._resampler is None:
+            self._resampler = StreamingResampler(chunk.sample_rate, OUTPUT_RATE, OUTPUT_CHANNELS)
+        new = int(round(chunk.seconds * chunk.sample_rate))
+        pcm = self._resampler.process(chunk.audio[:, :new], chunk.audio[:, new:])
+        return audio_chunk_message(pcm16_bytes(pcm), self.prompts, self.config)
+
+    # -- state changes ------------------------------------------------------------------------------------------
+    def _start(self) -> list[Action]:
+        self.has_session = True
+        self._resampler = None  # a new session is a new stream: no left context from the old one
+        return [StartSession(self.settings(), self.config.seed)]
+
+    def _steer(self) -> list[Action]:
+        if self.prompts is None:
+            return []
+        if self.has_session:
+            return [UpdateSession(self.settings())]
+        return self._start() if self.playing else []
+
+    def _playback(self, control: str) -> list[Action]:
+        if control == "PLAY":
+            self.playing = True
+            if self.prompts is None:
+                return [Send((warning("PLAY before weightedPrompts: playback starts when prompts arrive"),))]
+            return [ResumeSession()] if self.has_session else self._start()
+        if control == "PAUSE":
+            self.playing = False
+            return [PauseSession()] if self.has_session else []
+        ended = [EndSession()] if self.has_session else []
+        self.has_session = False
+        if control == "STOP":  # resets the context, keeps prompts and config
+            self.playing = False
+            return ended
+        # RESET_CONTEXT: resets without stopping
+        return ended + (self._start() if self.playing and self.prompts is not None else [])
 
     def _setup(self, body: tp.Any) -> Send:
         if self._set_up:
             raise LyriaFatal("setup was already received; it must be sent once, first")
         if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
             raise LyriaFatal("setup.model must name a model, e.g. models/lyria-realtime-exp")
-        self.model = body["model"]
         self._set_up = True
         return Send((json.dumps({"setupComplete": {}}),))
 
-    def _client_content(self, body: tp.Any) -> Action:
+    def _client_content(self, body: tp.Any) -> list[Action]:
         body = _normalize_keys(body)
         if not isinstance(body, dict) or not isinstance(body.get("weighted_prompts"), list):
             raise LyriaFatal("clientContent.weightedPrompts must be a list of {text, weight}")
@@ -272,25 +341,41 @@ class LyriaProtocol:
             text, weight = prompt.get("text", ""), prompt.get("weight", 1.0)
             if not isinstance(text, str):
                 raise LyriaFatal(f"clientContent.weightedPrompts[{index}].text must be a string")
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
-                    or weight < 0:
-                raise LyriaFatal(f"clientContent.weightedPrompts[{index}].weight must be a number >= 0")
+            if len(text) > MAX_PROMPT_CHARS:
+                raise LyriaFatal(f"clientContent.weightedPrompts[{index}].text is longer than {MAX_PROMPT_CHARS} "
+                                 "characters")
+            try:
+                weight = bounded_number(weight, "weight", 0, 1e9)
+            except WireError:
+                raise LyriaFatal(f"clientContent.weightedPrompts[{index}].weight must be a number >= 0") from None
             if not text.strip():
                 messages.append(json.dumps({"filteredPrompt": {"text": text, "filteredReason":
                                             "empty prompt: it was removed"}}))
                 continue
             texts.append(text.strip())
-            weights.append(float(weight))
+            weights.append(weight)
         if texts and sum(weights) <= 0:
             raise LyriaFatal("clientContent.weightedPrompts: weights are all zero; give at least one weight > 0")
-        if len(texts) > 4:
-            raise LyriaFatal(f"clientContent.weightedPrompts: {len(texts)} prompts, at most 4 can be blended")
+        if len(texts) > MAX_STYLES:
+            raise LyriaFatal(f"clientContent.weightedPrompts: {len(texts)} prompts, at most {MAX_STYLES} can be "
+                             "blended")
         if not texts:
             messages.append(warning("no usable prompt: the previous prompts stay in force"))
-            return Send(tuple(messages))
+            return [Send(tuple(messages))]
         total = sum(weights)
-        self.prompts = Prompts(tuple(texts), tuple(w / total for w in weights))
-        return Steer(tuple(messages))
+        prompts = Prompts(tuple(texts), tuple(w / total for w in weights))
+        self._check(prompts, self.config)
+        self.prompts = prompts
+        return [Send(tuple(messages))] + self._steer()
+
+    def _check(self, prompts: tp.Optional[Prompts], config: GenerationConfig) -> None:
+        """The engine's verdict on prompts with their cues, before anything changes."""
+        if prompts is None:
+            return
+        try:
+            self.check_settings(_settings(prompts, config))
+        except ValueError as exc:
+            raise LyriaFatal(f"clientContent.weightedPrompts: {exc}") from None
 
     def _warn_approximations(self) -> tuple[str, ...]:
         fresh = [name for name in self.config.approximated() if name not in self._warned]
@@ -303,12 +388,14 @@ class LyriaProtocol:
 
     def settings(self) -> JamSettings:
         """What the next chunk is generated with: prompts plus cues, and the sampling config."""
-        if self.prompts is None:
-            raise LyriaFatal("PLAY before clientContent: set weightedPrompts first", code=CLOSE_POLICY)
-        cues = self.config.cues()
-        texts = tuple(", ".join([t, *cues]) for t in self.prompts.texts)
-        return JamSettings(styles=texts, weights=self.prompts.weights, params=self.config.sampling(),
-                           chunk_seconds=CHUNK_SECONDS)
+        assert self.prompts is not None, "settings() before prompts"
+        return _settings(self.prompts, self.config)
+
+
+def _settings(prompts: Prompts, config: GenerationConfig) -> JamSettings:
+    cues = config.cues()
+    texts = tuple(", ".join([t, *cues]) for t in prompts.texts)
+    return JamSettings(styles=texts, weights=prompts.weights, params=config.sampling(), chunk_seconds=CHUNK_SECONDS)
 
 
 def audio_chunk_message(pcm: bytes, prompts: Prompts, config: GenerationConfig) -> str:
@@ -316,4 +403,3 @@ def audio_chunk_message(pcm: bytes, prompts: Prompts, config: GenerationConfig) 
     return json.dumps({"serverContent": {"audioChunks": [{
         "data": base64.b64encode(pcm).decode(), "mimeType": MIME_TYPE,
         "sourceMetadata": {"clientContent": prompts.to_json(), "musicGenerationConfig": config.to_json()}}]}})
-

@@ -24,9 +24,11 @@ def demo_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def engine(demo_dir):
+    """The demo model with two session slots (the limit the server tests exercise)."""
+    from engine.config import EngineConfig
     from engine.core import Engine
 
-    eng = Engine.load(demo_dir, device="cpu")
+    eng = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=2))
     yield eng
     eng.close()
 

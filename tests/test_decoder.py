@@ -5,11 +5,11 @@ import threading
 import pytest
 import torch
 
+from engine.batch import BatchRequest
 from engine.conditions import text_condition
 from engine.decoder import StepDecoder
-from engine.pattern import DelayedFrames
-from engine.batch import BatchRequest
 from engine.jam import JamSettings
+from engine.pattern import DelayedFrames
 
 
 def _reference_inputs(lm, text: str, frames: int, seed: int = 0):

@@ -1,6 +1,5 @@
 """Jam sessions on the engine: chunk lengths, seamless overlap, flat cost, live updates, concurrency."""
 
-import itertools
 import threading
 from dataclasses import replace
 

@@ -42,6 +42,25 @@ def test_update_merges_and_names_what_changed():
     assert jp.describe_update(update)["params"]["max_decode_frames"] == 40
 
 
+def test_temperature_zero_is_greedy_and_a_seed_fixes_the_session():
+    protocol, command = started({"temperature": 0, "seed": 42})
+    assert command.settings.params.temperature == 0 and command.seed == 42
+    with pytest.raises(jp.ProtocolError, match="seed can only be set in start"):
+        protocol.receive_text(json.dumps({"type": "update", "seed": 1}))
+
+
+def test_the_engine_check_runs_before_anything_changes():
+    def check(settings):
+        if "long" in settings.styles:
+            raise ValueError("style 'long': 600 text tokens; the text encoder takes at most 512")
+
+    protocol = jp.JamProtocol(check_settings=check)
+    protocol.receive_text(json.dumps({"type": "start", "params": {"styles": "short"}}))
+    with pytest.raises(jp.ProtocolError, match="at most 512"):
+        protocol.receive_text(json.dumps({"type": "update", "styles": "long"}))
+    assert protocol.params["styles"] == "short"
+
+
 def test_new_styles_without_weights_get_equal_weights():
     protocol, _ = started({"styles": "a, b", "style_weights": "1,2"})
     update = protocol.receive_text(json.dumps({"type": "update", "styles": "c, d, e"}))
@@ -51,7 +70,7 @@ def test_new_styles_without_weights_get_equal_weights():
 def test_invalid_update_changes_nothing():
     protocol, _ = started({"temperature": 1.0})
     with pytest.raises(jp.ProtocolError, match="temperature"):
-        protocol.receive_text(json.dumps({"type": "update", "temperature": 0, "topk": 10}))
+        protocol.receive_text(json.dumps({"type": "update", "temperature": -1, "topk": 10}))
     update = protocol.receive_text(json.dumps({"type": "update", "topk": 12}))
     assert update.settings.params.temperature == 1.0 and update.settings.params.top_k == 12
 
@@ -67,11 +86,15 @@ def test_invalid_update_changes_nothing():
     ('{"type": "start", "params": {"styles": "a,b", "style_weights": "1"}}', "1 values for 2 styles"),
     ('{"type": "start", "params": {"styles": "a,b", "style_weights": "0,0"}}', "all zero"),
     ('{"type": "start", "params": {"styles": "a", "style_weights": "x"}}', "comma-separated numbers"),
-    ('{"type": "start", "params": {"temperature": 0}}', "temperature must be greater than 0"),
+    ('{"type": "start", "params": {"temperature": -0.5}}', "temperature must be within \\[0, 10\\]"),
+    ('{"type": "start", "params": {"temperature": 1e400}}', "temperature must be a number"),
+    ('{"type": "start", "params": {"topk": 123456789012345678901234567890}}', "topk must be within"),
+    ('{"type": "start", "params": {"seed": -1}}', "seed must be within"),
+    ('{"type": "start", "params": {"styles": "' + "x" * 4001 + '"}}', "longer than 4000 characters"),
     ('{"type": "start", "params": {"temperature": "hot"}}', "temperature must be a number"),
-    ('{"type": "start", "params": {"topk": 0}}', "topk must be at least 1"),
+    ('{"type": "start", "params": {"topk": 0}}', "topk must be within \\[1, 2048\\]"),
     ('{"type": "start", "params": {"topk": 2.5}}', "topk must be an integer"),
-    ('{"type": "start", "params": {"max_decode_frames": 51}}', "max_decode_frames must be at least 1 and at most 50"),
+    ('{"type": "start", "params": {"max_decode_frames": 51}}', "max_decode_frames must be within \\[1, 50\\]"),
     ('{"type": "start", "params": {"max_decode_frames": 0}}', "max_decode_frames"),
     ('{"type": "start", "params": {"pace": "slow"}}', "pace must be one of"),
     ('{"type": "start", "params": {"volume": 3}}', "unknown parameter"),

@@ -27,7 +27,7 @@ START = {"type": "start", "mode": "rt", "binary_audio": False,
 
 @pytest.fixture(scope="module")
 def server(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, max_sessions=2)).start()
+    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
     yield running
     running.stop()
 
@@ -164,7 +164,9 @@ def test_realtime_pace_stays_about_one_chunk_ahead(server):
 @pytest.mark.parametrize(("message", "error"), [
     ("not json", "not valid JSON"),
     (json.dumps({"type": "start"}), "already received"),
-    (json.dumps({"type": "update", "topk": 0}), "topk must be at least 1"),
+    (json.dumps({"type": "update", "topk": 0}), "topk must be within [1, 2048]"),
+    ("{\"type\": \"update\", \"topk\": " + "9" * 400 + "}", "topk must be within [1, 2048]"),
+    (json.dumps({"type": "update", "styles": "word " * 600}), "the text encoder takes at most 512"),
     (json.dumps({"type": "update", "styles": "a,b", "style_weights": "0,0"}), "all zero"),
     (json.dumps({"type": "nope"}), "unknown message type"),
     (json.dumps({"type": "ping", "pad": "x" * 70000}), "message too large"),
@@ -190,7 +192,10 @@ def test_session_limit(server):
         for ws in (first, second):
             ws.send(json.dumps(START))
             next_of(ws, "chunk")
-        with connect(url(server)) as third:
+        with connect(url(server)) as third:  # connecting takes no slot; starting does
+            third.send(json.dumps({"type": "ping"}))
+            assert receive_json(third) == {"type": "pong"}
+            third.send(json.dumps(START))
             assert receive_json(third) == {"type": "error", "error": "concurrency_limit_reached", "limit": 2}
             with pytest.raises(ConnectionClosed):
                 third.recv(timeout=5)
@@ -207,7 +212,7 @@ def test_vanished_client_frees_its_session_within_a_second(server, engine):
     ws.socket.close()
     gone = time.monotonic()
     assert wait_until(lambda: sessions(server) == 0, 1.0, interval=0.05), "session still held"
-    assert wait_until(lambda: engine.scheduler.streams == [], 1.0 - (time.monotonic() - gone) + 0.5)
+    assert wait_until(lambda: engine.rows_in_use == 0, 1.0 - (time.monotonic() - gone) + 0.5)
 
 
 def test_token_is_required_when_configured(engine):

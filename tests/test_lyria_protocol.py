@@ -9,8 +9,8 @@ from streaming import lyria_protocol as lp
 
 def ready() -> lp.LyriaProtocol:
     protocol = lp.LyriaProtocol()
-    action = protocol.receive_text(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
-    assert action == lp.Send((json.dumps({"setupComplete": {}}),))
+    actions = protocol.receive_text(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
+    assert actions == [lp.Send((json.dumps({"setupComplete": {}}),))]
     return protocol
 
 
@@ -30,9 +30,8 @@ def test_setup_must_come_first_and_once():
 
 def test_weighted_prompts_are_normalised_and_empty_ones_filtered():
     protocol = ready()
-    action = protocol.receive_text(prompts(("minimal techno", 3.0), ("", 1.0), ("piano", 1.0)))
-    assert isinstance(action, lp.Steer)
-    assert json.loads(action.messages[0])["filteredPrompt"]["text"] == ""
+    (send,) = protocol.receive_text(prompts(("minimal techno", 3.0), ("", 1.0), ("piano", 1.0)))
+    assert json.loads(send.messages[0])["filteredPrompt"]["text"] == ""
     assert protocol.prompts == lp.Prompts(("minimal techno", "piano"), (0.75, 0.25))
 
 
@@ -82,11 +81,11 @@ def test_approximated_controls_become_cues_and_warn_once():
     first = protocol.receive_text(json.dumps({"musicGenerationConfig": {
         "bpm": 90, "scale": "D_MAJOR_B_MINOR", "density": 0.1, "brightness": 0.9, "muteDrums": True,
         "musicGenerationMode": "VOCALIZATION"}}))
-    warning = json.loads(first.messages[0])["warning"]
+    warning = json.loads(first[0].messages[0])["warning"]
     for name in ("bpm", "scale", "density", "brightness", "muteDrums", "musicGenerationMode"):
         assert name in warning
     again = protocol.receive_text(json.dumps({"musicGenerationConfig": {"bpm": 100}}))
-    assert again.messages == ()
+    assert again[0].messages == ()
     protocol.receive_text(json.dumps({"musicGenerationConfig": {"bpm": 90, "onlyBassAndDrums": True}}))
     settings = protocol.settings()
     assert settings.styles == ("funk, 90 bpm, only bass and drums",)
@@ -103,10 +102,97 @@ def test_settings_map_lyria_sampling_to_musicgen():
     assert protocol.settings().params.top_k == 1  # temperature 0: deterministic
 
 
-def test_playback_controls():
+def test_play_before_prompts_waits_for_them_then_starts():
     protocol = ready()
-    for control in lp.PLAYBACK:
-        assert protocol.receive_text(json.dumps({"playbackControl": control})) == lp.Playback(control)
+    (send,) = protocol.receive_text(json.dumps({"playbackControl": "PLAY"}))
+    assert "PLAY before weightedPrompts" in json.loads(send.messages[0])["warning"]
+    actions = protocol.receive_text(prompts(("dub", 1.0)))
+    assert [type(a) for a in actions] == [lp.Send, lp.StartSession]
+    assert actions[1].settings.styles == ("dub",) and actions[1].seed is None
+
+
+def test_playback_state_machine():
+    protocol = ready()
+    protocol.receive_text(json.dumps({"musicGenerationConfig": {"seed": 9}}))
+    assert protocol.receive_text(prompts(("dub", 1.0))) == [lp.Send(())]  # not playing: nothing starts
+    (start,) = protocol.receive_text(json.dumps({"playbackControl": "PLAY"}))
+    assert isinstance(start, lp.StartSession) and start.seed == 9
+    steer = protocol.receive_text(prompts(("techno", 1.0)))
+    assert isinstance(steer[-1], lp.UpdateSession) and steer[-1].settings.styles == ("techno",)
+    assert protocol.receive_text(json.dumps({"playbackControl": "PAUSE"})) == [lp.PauseSession()]
+    assert protocol.receive_text(json.dumps({"playbackControl": "PLAY"})) == [lp.ResumeSession()]
+    reset = protocol.receive_text(json.dumps({"playbackControl": "RESET_CONTEXT"}))
+    assert [type(a) for a in reset] == [lp.EndSession, lp.StartSession]  # a new context, still playing
+    assert protocol.receive_text(json.dumps({"playbackControl": "STOP"})) == [lp.EndSession()]
+    assert protocol.receive_text(json.dumps({"playbackControl": "STOP"})) == []
+    assert protocol.prompts.texts == ("techno",)  # STOP keeps prompts and config
+    (again,) = protocol.receive_text(json.dumps({"playbackControl": "PLAY"}))
+    assert isinstance(again, lp.StartSession)
+
+
+def test_after_a_generation_failure_play_starts_a_fresh_session():
+    protocol = ready()
+    protocol.receive_text(prompts(("dub", 1.0)))
+    protocol.receive_text(json.dumps({"playbackControl": "PLAY"}))
+    warning, end = protocol.session_failed("decode step failed")
+    assert "generation failed: decode step failed" in json.loads(warning.messages[0])["warning"]
+    assert end == lp.EndSession() and not protocol.playing
+    (start,) = protocol.receive_text(json.dumps({"playbackControl": "PLAY"}))
+    assert isinstance(start, lp.StartSession)
+
+
+def test_the_engine_check_refuses_prompts_before_anything_changes():
+    def check(settings):
+        if any("long" in style for style in settings.styles):
+            raise ValueError("600 text tokens; the text encoder takes at most 512")
+
+    protocol = lp.LyriaProtocol(check_settings=check)
+    protocol.receive_text(json.dumps({"setup": {"model": "m"}}))
+    protocol.receive_text(prompts(("short", 1.0)))
+    with pytest.raises(lp.LyriaFatal, match="at most 512"):
+        protocol.receive_text(prompts(("very long", 1.0)))
+    assert protocol.prompts.texts == ("short",)
+
+
+@pytest.mark.parametrize("message", [
+    json.dumps({"musicGenerationConfig": {"seed": 10**400}}),
+    '{"musicGenerationConfig": {"topK": ' + "9" * 5000 + "}}",
+    prompts(("a", 10**400)),
+    prompts(*[("x", 1.0)] * 5),
+    prompts(("x" * 5000, 1.0)),
+])
+def test_numbers_and_prompts_of_any_size_are_refused_with_a_reason(message):
+    with pytest.raises(lp.LyriaFatal) as caught:
+        ready().receive_text(message)
+    assert caught.value.code == lp.CLOSE_INVALID
+
+
+def test_chunks_are_packed_as_48k_stereo_pcm_seamlessly():
+    import base64
+
+    import numpy as np
+    import torch
+
+    from engine.jam import Chunk, JamSettings
+
+    protocol = ready()
+    protocol.receive_text(prompts(("a", 1.0)))
+    rate, seconds, overlap = 32000, 0.5, 0.025
+    t = torch.arange(int(rate * (4 * seconds + overlap))) / rate
+    tone = 0.5 * torch.sin(2 * np.pi * 440 * t)[None]
+    pcm = []
+    for i in range(4):
+        start = int(i * seconds * rate)
+        chunk = Chunk(index=i, audio=tone[:, start: start + int((seconds + overlap) * rate)], sample_rate=rate,
+                      seconds=seconds, overlap_seconds=overlap, generation_seconds=0.1,
+                      frames=torch.zeros(4, 25, dtype=torch.long), settings=JamSettings(("a",), (1.0,)))
+        message = json.loads(protocol.chunk_message(chunk))["serverContent"]["audioChunks"][0]
+        assert message["mimeType"] == "audio/l16;rate=48000;channels=2"
+        pcm.append(np.frombuffer(base64.b64decode(message["data"]), "<i2").reshape(-1, 2))
+    assert all(len(p) == 24000 for p in pcm)  # 0.5 s at 48 kHz, no overlap sent
+    left = np.concatenate(pcm)[:, 0] / 32767
+    expected = 0.5 * np.sin(2 * np.pi * 440 * np.arange(len(left)) / 48000)
+    assert np.abs(left[200:-200] - expected[200:-200]).max() < 0.01  # continuous across chunk boundaries
 
 
 def test_audio_chunk_message_format():

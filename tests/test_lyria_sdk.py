@@ -43,7 +43,7 @@ def self_signed(tmp_path):
 @pytest.fixture(scope="module")
 def tls_server(engine, tmp_path_factory):
     cert, key = self_signed(tmp_path_factory.mktemp("tls"))
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, max_sessions=2, token=TOKEN,
+    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, token=TOKEN,
                                                  ssl_certfile=str(cert), ssl_keyfile=str(key))).start()
     running.cert = cert
     yield running
@@ -52,7 +52,7 @@ def tls_server(engine, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def plain_server(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, max_sessions=2)).start()
+    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
     yield running
     running.stop()
 

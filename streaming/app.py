@@ -1,0 +1,78 @@
+"""The sidecar's ASGI app: routes, the connection cap, auth at the door, and health."""
+
+import logging
+import typing as tp
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from streaming import lyria_protocol as lp
+from streaming.auth import authorized
+from streaming.config import ServerConfig
+from streaming.jam_ws import JamConnection
+from streaming.lyria_ws import LyriaConnection
+
+logger = logging.getLogger(__name__)
+
+NOISE_NOTICE = "demo checkpoint with random weights: this audio is noise, not music"
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013
+
+
+class ConnectionCount:
+    """Open sockets, counted on the event loop thread (no locking needed there)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def try_acquire(self) -> bool:
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+def build_app(engine, config: ServerConfig, extra_routes: tp.Sequence[BaseRoute] = ()) -> Starlette:
+    connections = ConnectionCount(config.max_connections)
+    notice = NOISE_NOTICE if engine.is_demo else None
+
+    async def health(request: Request) -> JSONResponse:
+        state = engine.health()
+        body = {"status": "ok" if state.ok else "unhealthy", "sessions": engine.sessions_open,
+                "max_sessions": engine.config.max_sessions, "connections": connections.active,
+                "max_connections": connections.limit, "model": engine.describe()}
+        if not state.ok:
+            body["problem"] = state.problem
+        return JSONResponse(body, status_code=200 if state.ok else 503)
+
+    async def serve(websocket: WebSocket, connection: tp.Callable[[], tp.Any], **auth_fields: str) -> None:
+        await websocket.accept()
+        if not authorized(websocket.headers, websocket.query_params, config.token, **auth_fields):
+            reason = "API key not valid: send JAM_TOKEN as the API key" if auth_fields else "missing or wrong token"
+            await websocket.close(CLOSE_POLICY, reason)
+            return
+        if not connections.try_acquire():
+            await websocket.close(CLOSE_TRY_AGAIN, f"too many connections (limit {connections.limit})")
+            return
+        try:
+            await connection().run()
+        finally:
+            connections.release()
+
+    async def jam(websocket: WebSocket) -> None:
+        await serve(websocket, lambda: JamConnection(websocket, engine, config, notice))
+
+    async def lyria(websocket: WebSocket) -> None:
+        await serve(websocket, lambda: LyriaConnection(websocket, engine, config), extra_header="x-goog-api-key",
+                    extra_query="key")
+
+    routes = [Route("/health", health), WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
+              *extra_routes]
+    return Starlette(routes=routes)

@@ -1,0 +1,92 @@
+"""/ws/jam over WebSocket: JSON control messages in; base64 WAV chunks (or binary WAV + chunk_meta) out."""
+
+import logging
+import typing as tp
+
+from engine.batch import random_seed
+from engine.core import CapacityError
+from engine.worker import EngineUnavailable
+from streaming import jam_protocol as jp
+from streaming.connection import Connection
+from streaming.pump import Pacer
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TRY_AGAIN = 1013
+MAX_RESTARTS = 3  # a session that fails this many times in a row without a chunk in between is stopped
+
+
+class JamConnection(Connection):
+    def __init__(self, websocket, engine, config, noise_notice: tp.Optional[str]) -> None:
+        super().__init__(websocket, engine, config)
+        self.noise_notice = noise_notice
+        self.protocol = jp.JamProtocol(check_settings=engine.check_settings)
+        self.pacer = Pacer("asap")
+        self.binary = False
+        self.failures = 0
+
+    async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
+        try:
+            command = self.parse(frame)
+        except jp.ProtocolError as exc:
+            await self.send(jp.error_event(str(exc)))
+            return True
+        return await self.handle(command)
+
+    async def handle(self, command: jp.Command) -> bool:
+        if isinstance(command, jp.Ping):
+            await self.send(jp.pong_event())
+        elif isinstance(command, jp.Start):
+            self.binary = command.binary_audio
+            return await self.open(command.settings, command.pace, command.seed)
+        elif isinstance(command, jp.Update):
+            first = self.session.update(command.settings)
+            self.pacer.pace = command.pace
+            await self.send(jp.status_event("updated", applies_from_chunk=first, **jp.describe_update(command)))
+        elif isinstance(command, jp.Stop):
+            await self.end_session()
+            await self.send(jp.stopped_event())
+            await self.close(1000, "stopped")
+            return False
+        return True
+
+    async def open(self, settings, pace: str, seed: tp.Optional[int], restart: bool = False) -> bool:
+        """Starts (or restarts) the session; False when the connection must end (over the limit)."""
+        seed = random_seed() if seed is None else seed
+        self.pacer = Pacer(pace)
+        try:
+            await self.start_session(settings, seed, self.pacer)
+        except CapacityError as exc:
+            await self.send(jp.error_event("concurrency_limit_reached", limit=exc.limit))
+            await self.close(CLOSE_TRY_AGAIN, "concurrency limit reached")
+            return False
+        except (EngineUnavailable, ValueError, RuntimeError) as exc:
+            self.protocol.session_ended()
+            await self.send(jp.error_event(f"could not start a session: {exc}"))
+            return True
+        if not restart:
+            await self.send(jp.started_event())
+        await self.send(jp.status_event("restarted" if restart else "playing", seed=seed, pace=pace,
+                                        model=self.engine.describe()))
+        return True
+
+    async def send_chunk(self, chunk) -> None:
+        await self.send(*jp.chunk_events(chunk, self.binary, self.noise_notice))
+        self.failures = 0
+
+    async def on_generation_error(self, exc: Exception) -> None:
+        """Says what failed, then goes on with a fresh session on the same settings (new context, new seed),
+        unless the failures repeat without a chunk in between."""
+        self.failures += 1
+        await self.end_session()
+        restarting = self.failures <= MAX_RESTARTS
+        try:
+            await self.send(jp.error_event(f"generation failed: {exc}", restarting=restarting))
+            if restarting:
+                settings, pace = jp.settings_from(self.protocol.params)
+                await self.open(settings, pace, seed=None, restart=True)
+                return
+            self.protocol.session_ended()
+            await self.send(jp.stopped_event())
+        except Exception as send_failure:  # the client is gone too
+            logger.debug("could not report a generation failure: %s", send_failure)

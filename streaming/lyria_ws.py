@@ -1,0 +1,60 @@
+"""Lyria RealTime (BidiGenerateMusic) over WebSocket: the protocol module decides, this shell carries it out."""
+
+import logging
+import typing as tp
+
+from engine.batch import random_seed
+from engine.core import CapacityError
+from engine.worker import EngineUnavailable
+from streaming import lyria_protocol as lp
+from streaming.connection import Connection
+from streaming.pump import Pacer
+
+logger = logging.getLogger(__name__)
+
+AHEAD_CHUNKS = 2  # Lyria clients buffer a little ahead of the listener
+
+
+class LyriaConnection(Connection):
+    def __init__(self, websocket, engine, config) -> None:
+        super().__init__(websocket, engine, config)
+        self.protocol = lp.LyriaProtocol(check_settings=engine.check_settings)
+
+    async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
+        try:
+            for action in self.parse(frame):
+                await self.execute(action)
+        except lp.LyriaFatal as exc:
+            await self.close(exc.code, exc.reason)
+            return False
+        return True
+
+    async def execute(self, action: lp.Action) -> None:
+        if isinstance(action, lp.Send):
+            await self.send(*action.messages)
+        elif isinstance(action, lp.StartSession):
+            seed = random_seed() if action.seed is None else action.seed
+            try:
+                await self.start_session(action.settings, seed, Pacer("realtime", ahead_chunks=AHEAD_CHUNKS))
+            except CapacityError as exc:
+                raise lp.LyriaFatal(f"concurrency_limit_reached (limit {exc.limit})", code=lp.CLOSE_TRY_AGAIN) from None
+            except (EngineUnavailable, ValueError, RuntimeError) as exc:
+                raise lp.LyriaFatal(f"could not start generation: {exc}", code=1011) from None
+        elif isinstance(action, lp.UpdateSession):
+            self.session.update(action.settings)
+        elif isinstance(action, lp.PauseSession):
+            await self.pump.stop()
+        elif isinstance(action, lp.ResumeSession):
+            self.pump.start()
+        elif isinstance(action, lp.EndSession):
+            await self.end_session()
+
+    async def send_chunk(self, chunk) -> None:
+        await self.send(self.protocol.chunk_message(chunk))
+
+    async def on_generation_error(self, exc: Exception) -> None:
+        try:
+            for action in self.protocol.session_failed(str(exc)):
+                await self.execute(action)
+        except Exception as failure:  # the client is gone too
+            logger.debug("could not report a generation failure: %s", failure)
