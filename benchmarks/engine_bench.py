@@ -8,7 +8,8 @@ Suites (figures are ratios measured in one run; absolute numbers depend on the m
 - stream:   per-chunk time at the first chunks vs after several 30 s window roll-overs (smaller model);
 - sessions: aggregate generated seconds per wall second with 1, 2, 4, 8 concurrent jam sessions;
 - memory:   peak RSS along a long session.
-Every steps/s figure is also given as a fraction of the memory-bandwidth bound (weights read once per step).
+Every steps/s figure is also given as a fraction of the memory-bandwidth bound (weights read once per step),
+with the bandwidth measured in the same run. Everything runs through the engine's public API.
 """
 
 import argparse
@@ -18,7 +19,6 @@ import logging
 import os
 import platform
 import statistics
-import threading
 import time
 from pathlib import Path
 
@@ -31,7 +31,6 @@ logger = logging.getLogger("bench")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 SMALL = {"dim": 1024, "layers": 24, "heads": 16}  # musicgen-small's LM
 MEDIUM_TINY = {"dim": 512, "layers": 8, "heads": 8}
-BANDWIDTH = 28e9  # bytes/s measured on the development CPU (see README)
 
 
 def build_model(dims: dict, seed: int = 0):
@@ -52,75 +51,71 @@ def build_model(dims: dict, seed: int = 0):
                        files=files, device="cpu")
 
 
-def engine_for(model, weight_format: str, rows: int = 4):
-    from engine.core import Engine, EngineConfig
+def engine_for(model, weight_format: str, sessions: int = 1):
+    from engine.config import EngineConfig
+    from engine.core import Engine
 
-    return Engine(model, EngineConfig(max_rows=rows, weight_format=weight_format))
-
-
-def bound_steps_per_second(engine) -> float:
-    from engine.decoder import bandwidth_bound_steps_per_second
-
-    return bandwidth_bound_steps_per_second(engine.scheduler.decoder, BANDWIDTH)
+    return Engine(model, EngineConfig(max_sessions=sessions, max_styles=1, weight_format=weight_format))
 
 
-def _tokens(engine, prompt: str, seconds: float, seed: int, top_k: int = 250):
-    """Generate with our engine as a prediction does; returns (tokens, wall seconds, steps)."""
-    from engine.streams import Conditioning, SamplingParams
+def measure_bandwidth_bytes_per_second(megabytes: int = 512, repeats: int = 5) -> float:
+    """Read bandwidth of this machine now: the best of a few full reads of a buffer far larger than the caches."""
+    buffer = torch.ones(megabytes * 2**20 // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - started)
+    return buffer.numel() * 4 / best
 
-    done = threading.Event()
-    collected = []
-    frames = int(seconds * engine.model.frame_rate)
 
-    def on_frames(stream):
-        collected.append(stream.take_frames())
-        if stream.done():
-            engine.scheduler.remove_stream(stream)
-            done.set()
+def cpu_description() -> dict:
+    model, flags = platform.processor(), []
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                break
+    interesting = [f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma", "f16c")]
+    return {"cpu": model, "flags": interesting, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
-    stream = engine.new_stream(Conditioning([prompt], [1.0]), SamplingParams(top_k=top_k), seed,
-                               target_frames=frames)
-    stream.on_frames = on_frames
+
+def _tokens(engine, prompt: str, seconds: int, seed: int, top_k: int = 250, reference: bool = False,
+            temperature: float = 1.0):
+    """A prediction through the engine; returns (tokens, wall seconds, decode steps)."""
+    from engine.batch import BatchRequest
+
+    request = BatchRequest(prompt=prompt, duration=seconds, seed=seed, top_k=top_k, temperature=temperature)
     started = time.perf_counter()
-    engine.scheduler.call(lambda: engine.scheduler.add_stream(stream)).result()
-    done.wait()
-    return torch.cat(collected, -1), time.perf_counter() - started, frames + 3
+    result = engine.generate(request, reference=reference).wait()
+    return result.tokens, time.perf_counter() - started, result.tokens.shape[-1] + 3
 
 
-def suite_batch(seconds: float) -> dict:
+def suite_batch(seconds: int, bandwidth: float) -> dict:
     from engine.conditions import text_condition
     from engine.decoder import StepDecoder
 
     model = build_model(SMALL)
-    musicgen = model.musicgen
-    steps = int(seconds * model.frame_rate) + 3
-    musicgen.set_generation_params(duration=seconds, top_k=250, temperature=1.0, cfg_coef=3.0)
-    host = engine_for(model, "float32")  # stock generate runs on the same (engine) thread as ours
-
-    def run_stock() -> float:
-        torch.manual_seed(1)
-        started = time.perf_counter()
-        musicgen.generate(["lo-fi beat"])
-        return time.perf_counter() - started
-
-    musicgen.set_generation_params(duration=0.2, top_k=250, temperature=1.0, cfg_coef=3.0)
-    host.scheduler.call(lambda: musicgen.generate(["warm up"])).result()
-    musicgen.set_generation_params(duration=seconds, top_k=250, temperature=1.0, cfg_coef=3.0)
-    stock = host.scheduler.call(run_stock).result()
+    host = engine_for(model, "float32")  # stock generate runs on the engine thread, as ours does
+    _tokens(host, "warm up", 1, 0, reference=True)
+    _, stock, steps = _tokens(host, "lo-fi beat", seconds, 1, reference=True)
     host.close()
     result = {"model": "musicgen-small dims (1024 x 24 layers, 4 x 2048), random weights", "audio_seconds": seconds,
               "steps": steps, "stock_audiocraft": {"seconds": stock, "steps_per_second": steps / stock}}
     for dtype in ("float32", "bfloat16", "int8"):
         engine = engine_for(model, dtype)
-        _tokens(engine, "warm up", 0.2, 0)
+        _tokens(engine, "warm up", 1, 0)
         _, wall, _ = _tokens(engine, "lo-fi beat", seconds, 1)
         rate = steps / wall
-        bound = bound_steps_per_second(engine)
+        bound = bandwidth / engine.describe()["decoder_weight_bytes"]
         result[f"ours_{dtype}"] = {"seconds": wall, "steps_per_second": rate, "ratio_vs_stock": stock / wall,
                                    "bandwidth_bound_steps_per_second": bound, "fraction_of_bound": rate / bound}
         engine.close()
-    # deviation of the reduced formats from fp32 on identical inputs: logits and greedy tokens
-    lm = musicgen.lm
+    # deviation of the reduced formats from fp32 on identical inputs: logits (of the decoder itself) and greedy
+    # tokens (through the engine)
+    lm = model.musicgen.lm
     sequence = torch.randint(0, lm.card, (2, lm.num_codebooks, 64), generator=torch.Generator().manual_seed(0))
     logits = {}
     for weight_format in ("float32", "bfloat16", "int8"):
@@ -130,12 +125,12 @@ def suite_batch(seconds: float) -> dict:
         with torch.no_grad():
             logits[weight_format] = decoder.forward(slice(0, 2), sequence)
     reference_engine = engine_for(model, "float32")
-    greedy_reference = _tokens(reference_engine, "lo-fi beat", 2.0, 3, top_k=1)[0]
+    greedy_reference = _tokens(reference_engine, "lo-fi beat", 2, 3, temperature=0.0)[0]
     reference_engine.close()
     for weight_format in ("bfloat16", "int8"):
         diff = (logits[weight_format] - logits["float32"]).abs()
         engine = engine_for(model, weight_format)
-        greedy = _tokens(engine, "lo-fi beat", 2.0, 3, top_k=1)[0]
+        greedy = _tokens(engine, "lo-fi beat", 2, 3, temperature=0.0)[0]
         engine.close()
         result[f"{weight_format}_deviation_from_float32"] = {
             "logit_max_abs_error": diff.max().item(), "logit_mean_abs_error": diff.mean().item(),
@@ -146,18 +141,24 @@ def suite_batch(seconds: float) -> dict:
     return result
 
 
+def rollovers_at(audio_seconds: float) -> int:
+    """Window roll-overs a stream has made by this point: the first at 30 s, then every 18 s."""
+    return 0 if audio_seconds <= 30 else 1 + int((audio_seconds - 30) // 18)
+
+
 def suite_stream(chunks_per_phase: int) -> dict:
     """Chunk cost stays flat across roll-overs: median of the first chunks vs the ones after the 3rd roll-over."""
-    from engine.jam import JamSession, JamSettings
+    from engine.jam import JamSettings
 
     model = build_model(MEDIUM_TINY)
-    engine = engine_for(model, "float32", rows=4)
-    session = JamSession.open(engine, JamSettings(styles=("drone",), weights=(1.0,), chunk_seconds=2.0), seed=1)
-    times, rollovers = [], []
-    while session.stream.rollovers < 3 or len([r for r in rollovers if r >= 3]) < chunks_per_phase:
+    engine = engine_for(model, "float32")
+    session = engine.open_session(JamSettings(styles=("drone",), weights=(1.0,), chunk_seconds=2.0), seed=1)
+    times, rollovers, produced = [], [], 0.0
+    while rollovers_at(produced) < 3 or len([r for r in rollovers if r >= 3]) < chunks_per_phase:
         chunk = session.next_chunk().result()
+        produced += chunk.seconds
         times.append(chunk.generation_seconds)
-        rollovers.append(session.stream.rollovers)
+        rollovers.append(rollovers_at(produced))
     session.close()
     engine.close()
     early = times[1:1 + chunks_per_phase]  # chunk 0 includes the first prefill
@@ -174,16 +175,16 @@ def suite_stream(chunks_per_phase: int) -> dict:
 
 
 def suite_sessions(seconds: float, counts: tuple[int, ...] = (1, 2, 4, 8)) -> dict:
-    from engine.jam import JamSession, JamSettings
+    from engine.jam import JamSettings
 
     model = build_model(SMALL)
     result = {"model": "musicgen-small dims, random weights", "chunk_seconds": seconds}
     for dtype in ("int8", "float32"):
-        engine = engine_for(model, dtype, rows=2 * max(counts) + 2)
+        engine = engine_for(model, dtype, sessions=max(counts))
         per_dtype = {}
         for count in counts:
             settings = JamSettings(styles=("jam",), weights=(1.0,), chunk_seconds=seconds)
-            sessions = [JamSession.open(engine, settings, seed=i) for i in range(count)]
+            sessions = [engine.open_session(settings, seed=i) for i in range(count)]
             for session in sessions:  # warm: first prefill out of the measurement
                 session.next_chunk().result()
             started = time.perf_counter()
@@ -203,12 +204,12 @@ def suite_sessions(seconds: float, counts: tuple[int, ...] = (1, 2, 4, 8)) -> di
 
 
 def suite_memory(minutes: float) -> dict:
-    from engine.jam import JamSession, JamSettings
+    from engine.jam import JamSettings
 
     gc.collect()
     model = build_model(MEDIUM_TINY)
-    engine = engine_for(model, "float32", rows=4)
-    session = JamSession.open(engine, JamSettings(styles=("drone",), weights=(1.0,), chunk_seconds=2.0), seed=2)
+    engine = engine_for(model, "float32")
+    session = engine.open_session(JamSettings(styles=("drone",), weights=(1.0,), chunk_seconds=2.0), seed=2)
     samples = []
     produced = 0.0
     while produced < minutes * 60:
@@ -234,17 +235,19 @@ def current_rss_mb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="batch,stream,sessions,memory")
-    parser.add_argument("--seconds", type=float, default=10.0, help="audio seconds for the batch suite")
+    parser.add_argument("--seconds", type=int, default=10, help="audio seconds for the batch suite")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     torch.set_grad_enabled(False)
-    results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                           "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                           "torch": torch.__version__},
+    bandwidth = measure_bandwidth_bytes_per_second()
+    results = {"machine": {"platform": platform.platform(), **cpu_description(), "cpus": os.cpu_count(),
+                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                           "measured_read_bandwidth_gb_per_s": bandwidth / 1e9},
                "command": "python -m benchmarks.engine_bench --suite " + args.suite}
-    suites = {"batch": lambda: suite_batch(args.seconds), "stream": lambda: suite_stream(5),
+    print(json.dumps(results, indent=1), flush=True)
+    suites = {"batch": lambda: suite_batch(args.seconds, bandwidth), "stream": lambda: suite_stream(5),
               "sessions": lambda: suite_sessions(1.0), "memory": lambda: suite_memory(3.0)}
     for name in args.suite.split(","):
         started = time.perf_counter()

@@ -13,7 +13,8 @@ import time
 
 from websockets.sync.client import connect
 
-from engine.core import Engine, EngineConfig
+from engine.config import EngineConfig
+from engine.core import Engine
 from streaming.config import ServerConfig
 from streaming.server import RunningServer
 
@@ -28,9 +29,8 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=5)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    config = ServerConfig(host="127.0.0.1", port=0, max_sessions=1)
-    engine = Engine.load(args.weights, config=EngineConfig(max_rows=config.engine_rows))
-    server = RunningServer(engine, config).start()
+    engine = Engine.load(args.weights, config=EngineConfig(max_sessions=1))
+    server = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
     first_chunk, factors = [], []
     try:
         for _ in range(args.sessions):
@@ -49,7 +49,7 @@ def main() -> None:
     finally:
         server.stop()
         engine.close()
-    print(json.dumps({"model": engine.model.describe(), "chunk_seconds": 2.0,
+    print(json.dumps({"model": engine.describe(), "chunk_seconds": 2.0,
                       "time_to_first_chunk_seconds_median": statistics.median(first_chunk),
                       "real_time_factor_median": statistics.median(factors),
                       "real_time_factor_meaning": "wall seconds per second of audio; below 1 is faster than real time"},

@@ -93,6 +93,7 @@ class Engine:
         return {**self.model.describe(), "weight_format": self.config.weight_format,
                 "max_sessions": self.config.max_sessions, "max_styles": self.config.max_styles,
                 "decoder_rows": self.config.rows, "rows_in_use": self.rows_in_use,
+                "decoder_weight_bytes": self.scheduler.decoder.weight_bytes,
                 "streaming": self.step_decoder_supported}
 
     def health(self) -> Health:

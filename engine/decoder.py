@@ -9,7 +9,6 @@ grows its KV cache by concatenation, and serves one request at a time. This deco
 Rows are slots; callers own the mapping from sessions to slots (see engine.scheduler).
 """
 
-import math
 import typing as tp
 from dataclasses import dataclass
 
@@ -177,6 +176,15 @@ class StepDecoder:
             bigger[:, :, :, :capacity] = getattr(self, name)
             setattr(self, name, bigger)
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights one decode step reads (embeddings are gathered, not read whole)."""
+        linears = [self.heads]
+        for layer in self.layers:
+            linears += [layer.qkv, layer.out, layer.ff1, layer.ff2]
+            linears += [t for t in (layer.cross_q, layer.cross_out) if t is not None]
+        return sum(linear.nbytes for linear in linears)
+
     # -- conditions -------------------------------------------------------------------------------------------
     def set_condition(self, row: int, embeds: torch.Tensor, mask: torch.Tensor) -> None:
         """Stores a row's cross-attention keys/values, computed once from its condition.
@@ -286,13 +294,3 @@ class StepDecoder:
             x = F.layer_norm(x, (self.dim,), *self.out_norm[:2], eps=self.out_norm[2])
         logits = self.heads(x)
         return logits.view(n_rows, steps, n_codebooks, self.card).transpose(1, 2).float()
-
-
-def bandwidth_bound_steps_per_second(decoder: StepDecoder, bytes_per_second: float = 28e9) -> float:
-    """Upper bound on decode steps/s when every step must read all weights once from memory."""
-    linears = [decoder.heads]  # embeddings are gathered, not read whole
-    for layer in decoder.layers:
-        linears += [layer.qkv, layer.out, layer.ff1, layer.ff2]
-        linears += [t for t in (layer.cross_q, layer.cross_out) if t is not None]
-    weight_bytes = sum(linear.nbytes for linear in linears)
-    return bytes_per_second / weight_bytes if weight_bytes else math.inf

@@ -37,6 +37,8 @@ def input_schema(info) -> dict:
             prop["minimum"] = number(field.ge)
         if field.le is not None:
             prop["maximum"] = number(field.le)
+        if field.max_length is not None:
+            prop["maxLength"] = field.max_length
         optional = field.type.repetition in (Repetition.OPTIONAL, Repetition.OPTIONAL_REPEATED)
         if optional:
             prop["nullable"] = True
