@@ -95,7 +95,7 @@ class Predictor(BaseRunner):
         except CancelationException:
             job.cancel()
             raise
-        out_dir = Path(tempfile.mkdtemp(prefix="musicgen-"))
+        out_dir = Path(tempfile.mkdtemp(prefix="musicgen-output-"))
         self.previous_output = out_dir
         out = write_output(result.wav, result.sample_rate, normalization_strategy, output_format, out_dir / "output")
         scope = current_scope()

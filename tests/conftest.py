@@ -1,6 +1,9 @@
+import functools
+import http.server
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,14 @@ def cog(venv_env, demo_dir):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    """A local HTTP server for input files: yields (base URL, the directory it serves)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path
+    server.shutdown()

@@ -1,7 +1,6 @@
 """The predictor served by Cog's real HTTP server (coglet): schema, validation, files in and out, async, cancel."""
 
 import base64
-import functools
 import http.server
 import json
 import queue
@@ -37,16 +36,6 @@ def webhook():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/hook", server.events
-    server.shutdown()
-
-
-@pytest.fixture
-def file_server(tmp_path):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path
     server.shutdown()
 
 
