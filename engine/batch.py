@@ -24,11 +24,12 @@ from engine.codec_stream import StreamingCodecDecoder
 from engine.config import MAX_INPUT_AUDIO_SECONDS
 from engine.model import EXTEND_STRIDE_SECONDS, MAX_WINDOW_SECONDS
 from engine.streams import Conditioning, SamplingParams, Stream
+from engine.worker import BACKGROUND
 
 logger = logging.getLogger(__name__)
 
 MAX_DURATION_SECONDS = 300
-DECODE_EVERY_FRAMES = 100  # the codec thread decodes a prediction's tokens in pieces of this many frames
+DECODE_EVERY_FRAMES = 50  # the codec thread decodes a prediction's tokens in pieces of this many frames
 
 
 class RequestError(ValueError):
@@ -248,11 +249,11 @@ def start_streamed(engine, prepared: PreparedBatch) -> BatchJob:
         if done or sum(f.shape[-1] for f in undecoded) >= DECODE_EVERY_FRAMES:
             piece = torch.cat(undecoded, dim=-1)
             undecoded.clear()
-            engine.codec_worker.call(lambda: decode(piece, done)).add_done_callback(job.fail_from)
+            engine.codec_worker.call(lambda: decode(piece, done), priority=BACKGROUND).add_done_callback(job.fail_from)
         if done:
             engine.scheduler.remove_stream(stream)
             all_tokens = torch.cat(tokens, dim=-1)
-            finished = engine.codec_worker.call(lambda: finish(all_tokens))
+            finished = engine.codec_worker.call(lambda: finish(all_tokens), priority=BACKGROUND)
             finished.add_done_callback(lambda f: _copy_outcome(f, job.future))
 
     def add_stream(prompt: tp.Optional[torch.Tensor]) -> None:

@@ -56,7 +56,8 @@ class Engine:
                                    weight_format=config.weight_format,
                                    prefill_slice_steps=config.prefill_slice_steps)
         self.lm_worker = Worker("engine", background=self.scheduler)
-        self.codec_worker = Worker("codec")
+        # On a CPU the codec thread takes one core at most, leaving the LM thread its cores; a GPU runs both.
+        self.codec_worker = Worker("codec", threads=1 if model.device == "cpu" else None)
         self.step_decoder_supported = True
         try:
             check_supported(lm)

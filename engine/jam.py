@@ -20,6 +20,7 @@ import torch
 from engine.codec_stream import StreamingCodecDecoder
 from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
 from engine.streams import Conditioning, SamplingParams, Stream, normalized_weights
+from engine.worker import URGENT
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class JamSession:
         start = self._planned_samples
         self._planned_samples += request.samples
         stream.deadline = None
-        job = self.engine.codec_worker.call(lambda: self._decode(request, frames, start))
+        job = self.engine.codec_worker.call(lambda: self._decode(request, frames, start), priority=URGENT)
         job.add_done_callback(lambda done: self._decoded(request, done))
 
     def _on_failed(self, stream: Stream, error: BaseException) -> None:

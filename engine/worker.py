@@ -6,6 +6,7 @@ Every future handed out resolves: with the job's result or error, or with `Engin
 closed or unhealthy.
 """
 
+import itertools
 import logging
 import queue
 import threading
@@ -18,6 +19,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 T = tp.TypeVar("T")
+
+URGENT, NORMAL, BACKGROUND = 0, 1, 2  # job priorities: live sessions, everything else, prediction decode pieces
+_CLOSE = 3
 
 
 class EngineUnavailable(RuntimeError):
@@ -45,12 +49,18 @@ def resolve(future: Future, fn: tp.Callable[[], T]) -> None:
 
 
 class Worker:
-    def __init__(self, name: str, background: tp.Optional[Background] = None, stall_seconds: float = 120.0) -> None:
+    def __init__(self, name: str, background: tp.Optional[Background] = None, stall_seconds: float = 120.0,
+                 threads: tp.Optional[int] = None) -> None:
+        """`threads` sets this thread's intra-op threads (torch's setting is per thread), so that a helper thread
+        does not crowd the cores the LM thread needs."""
         self.name = name
         self.background = background
         self.stall_seconds = stall_seconds
+        self.threads = threads
         self.guard_trips = 0  # failures that escaped every narrower handler (logged; the thread went on)
-        self._jobs: queue.SimpleQueue[tp.Optional[tuple[Future, tp.Callable[[], tp.Any]]]] = queue.SimpleQueue()
+        # (priority, arrival, job): urgent work first, then in arrival order; None closes
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._arrivals = itertools.count()
         self._lock = threading.Lock()
         self._closed = False
         self._busy_since: tp.Optional[float] = None
@@ -58,13 +68,13 @@ class Worker:
         self._thread.start()
 
     # -- any thread ---------------------------------------------------------------------------------------------
-    def call(self, fn: tp.Callable[[], T]) -> "Future[T]":
+    def call(self, fn: tp.Callable[[], T], priority: int = NORMAL) -> "Future[T]":
         """Runs `fn` on this worker's thread; the future carries its result or exception."""
         future: Future[T] = Future()
         with self._lock:
             problem = self.problem
             if problem is None:
-                self._jobs.put((future, fn))
+                self._jobs.put((priority, next(self._arrivals), (future, fn)))
                 return future
         future.set_exception(EngineUnavailable(problem))
         return future
@@ -86,7 +96,7 @@ class Worker:
             if self._closed:
                 return
             self._closed = True
-            self._jobs.put(None)
+            self._jobs.put((_CLOSE, next(self._arrivals), None))
         self._thread.join(timeout=timeout)
 
     def on_thread(self) -> bool:
@@ -95,6 +105,8 @@ class Worker:
     # -- the thread ---------------------------------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         while True:
             try:
                 if self._serve_one():
@@ -110,7 +122,7 @@ class Worker:
         """One job, or one piece of background work; True when the worker was closed."""
         busy = self.background is not None and self.background.pending()
         try:
-            job = self._jobs.get_nowait() if busy else self._jobs.get()
+            job = (self._jobs.get_nowait() if busy else self._jobs.get())[2]
         except queue.Empty:
             job = False
         if job is None:
@@ -126,7 +138,7 @@ class Worker:
         """Jobs queued before the close was seen: each future still gets an answer."""
         while True:
             try:
-                job = self._jobs.get_nowait()
+                job = self._jobs.get_nowait()[2]
             except queue.Empty:
                 return
             if job is not None and not job[0].done():
