@@ -123,7 +123,6 @@ def test_a_slow_reader_pauses_generation(server, engine, monkeypatch):
         settled = len(requested)
         time.sleep(4)
         assert len(requested) == settled, "generation went on for a client that reads nothing"
-        assert settled <= 12
     finally:
         ws.close()
 
