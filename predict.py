@@ -14,6 +14,7 @@ from engine.config import MAX_PROMPT_CHARS, EngineConfig
 from engine.core import Engine
 from engine.streams import MAX_GUIDANCE, MAX_TEMPERATURE
 from streaming.config import ServerConfig
+from weights.demo import ensure_default_checkpoint
 
 logger = logging.getLogger("predict")
 
@@ -23,6 +24,8 @@ class Predictor(BaseRunner):
         """Loads the checkpoint once: `weights` / COG_WEIGHTS (path or URL), else weights/DEFAULT or the demo."""
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         source = str(weights) if weights else os.environ.get("COG_WEIGHTS") or None
+        if source is None:
+            ensure_default_checkpoint()
         config = ServerConfig.from_env()
         self.engine = Engine.load(source, config=EngineConfig.from_env())
         self.sidecar = None

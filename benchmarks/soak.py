@@ -109,12 +109,11 @@ class Soak:
             time.sleep(2)
 
     def _vanish(self) -> None:
-        ws = connect(self.ws_url(), max_size=None)
-        ws.send(json.dumps({**JAM_START, "params": {**JAM_START["params"], "pace": "asap"}}))
-        while json.loads(ws.recv(timeout=60))["type"] != "chunk":
-            pass
-        ws.socket.shutdown(socket.SHUT_RDWR)
-        ws.socket.close()
+        with connect(self.ws_url(), max_size=None) as ws:
+            ws.send(json.dumps({**JAM_START, "params": {**JAM_START["params"], "pace": "asap"}}))
+            while json.loads(ws.recv(timeout=60))["type"] != "chunk":
+                pass
+            ws.socket.shutdown(socket.SHUT_RDWR)  # the network drops: no closing handshake
 
     def _freeze(self) -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
@@ -170,6 +169,12 @@ class Soak:
                 self.unexpected.append(f"prediction {name}: {outcome} (expected {expected}): {response.text[:200]}")
             time.sleep(random.uniform(1, 4))
 
+    def sample_memory(self, worker: int, samples: list) -> None:
+        started = time.monotonic()
+        while self.running():
+            samples.append((time.monotonic() - started, _rss_mb(worker)))
+            time.sleep(min(60.0, max(0.0, self.deadline - time.monotonic())))
+
     # -- the run ------------------------------------------------------------------------------------------------
     def run(self) -> dict:
         self.cog.start()
@@ -179,6 +184,8 @@ class Soak:
             threads = [threading.Thread(target=self.jam_listener, args=(f"jam{i}",)) for i in range(2)]
             threads += [threading.Thread(target=self.lyria_listener, args=(f"lyria{i}",)) for i in range(2)]
             threads += [threading.Thread(target=self.churn), threading.Thread(target=self.predictions)]
+            samples: list[tuple[float, float]] = []
+            threads.append(threading.Thread(target=self.sample_memory, args=(worker, samples)))
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -188,6 +195,7 @@ class Soak:
             gaps = [g for name_gaps in self.gaps.values() for g in name_gaps]
             return {"worker_rss_mb_start": rss_start, "worker_rss_mb_end": _rss_mb(worker),
                     "rss_growth_mb": _rss_mb(worker) - rss_start,
+                    "rss_mb_every_minute": [round(rss) for t, rss in samples],
                     "sessions_leaked": health["sessions"], "rows_leaked": health["model"]["rows_in_use"],
                     "health": health["status"], "unexpected": self.unexpected, "counts": self.counts,
                     "steady_chunks": len(gaps), "median_chunk_gap_seconds": statistics.median(gaps) if gaps else None,

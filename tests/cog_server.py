@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class CogServer:
-    def __init__(self, env: dict, extra_env: dict | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, env: dict, extra_env: dict | None = None, log_path: Path | None = None,
+                 root: Path = ROOT) -> None:
+        self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or Path(f"/tmp/cog-server-{self.port}.log")
@@ -25,7 +27,7 @@ class CogServer:
     def start(self, timeout: float = 180) -> "CogServer":
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen([sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
-                                        cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -203,6 +203,20 @@ def build(out_dir: Path, lm_dim: int = 32, lm_layers: int = 2, lm_heads: int = 2
     return out_dir
 
 
+def ensure_default_checkpoint() -> Path:
+    """The default checkpoint, building the demo when there is none (an image built from a fresh clone has no
+    checkpoint: it starts with the random-weight demo, says so, and makes noise until a real one is given)."""
+    from weights import default_checkpoint
+
+    path = default_checkpoint()
+    if not path.exists() and path == DEMO_DIR:
+        logger.warning("No checkpoint in weights/ and no COG_WEIGHTS: building the random-weight demo checkpoint. "
+                       "%s Fetch a real one (python -m weights.fetch) before `cog build`, or set COG_WEIGHTS.",
+                       NOISE_NOTICE)
+        build(DEMO_DIR)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEMO_DIR)
