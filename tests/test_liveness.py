@@ -40,6 +40,12 @@ def health(server) -> dict:
     return requests.get(f"http://127.0.0.1:{server.port}/health", timeout=5).json()
 
 
+def assert_closed(ws, code: int, reason: str) -> None:
+    with pytest.raises(ConnectionClosed):
+        ws.recv(timeout=5)
+    assert ws.close_code == code and reason in ws.close_reason
+
+
 def test_idle_sockets_take_no_slot_and_are_closed_with_a_reason(server):
     idle = [connect(url(server)) for _ in range(4)]  # more than the 2 session slots
     try:
@@ -47,9 +53,7 @@ def test_idle_sockets_take_no_slot_and_are_closed_with_a_reason(server):
             player.send(json.dumps(START))
             assert next_of(player, "chunk")["type"] == "chunk"
         for ws in idle:
-            with pytest.raises(ConnectionClosed):
-                ws.recv(timeout=5)
-            assert ws.close_code == 1008 and "idle: no session started within 1.5 s" in ws.close_reason
+            assert_closed(ws, 1008, "idle: no session started within 1.5 s")
     finally:
         for ws in idle:
             ws.close()
@@ -59,9 +63,7 @@ def test_connections_have_their_own_cap(server):
     sockets = [connect(url(server)) for _ in range(6)]
     try:
         with connect(url(server)) as extra:
-            with pytest.raises(ConnectionClosed):
-                extra.recv(timeout=5)
-            assert extra.close_code == 1013 and "too many connections (limit 6)" in extra.close_reason
+            assert_closed(extra, 1013, "too many connections (limit 6)")
     finally:
         for ws in sockets:
             ws.close()
