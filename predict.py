@@ -106,6 +106,7 @@ class Predictor(BaseRunner):
         scope.record_metric("generation_seconds", round(result.generation_seconds, 3))
         scope.record_metric("real_time_factor", round(result.real_time_factor, 4))
         scope.record_metric("seed", result.seed)
+        scope.record_metric("weight_format", self.engine.weight_format)
         logger.info("wrote %.2f s of audio in %.2f s (real-time factor %.3f)", result.audio_seconds,
                     result.generation_seconds, result.real_time_factor)
         return Path(out)

@@ -9,13 +9,13 @@ import typing as tp
 from dataclasses import dataclass
 
 from engine.model import EXTEND_STRIDE_SECONDS, MAX_WINDOW_SECONDS
+from engine.precision import AUTO, WEIGHT_FORMATS
 
 MAX_STYLES = 4  # styles (prompts) blended in one session; each takes a decoder row, plus one unconditional row
 MAX_PROMPT_TOKENS = 512  # T5 tokens per prompt or style (t5-base's trained length); longer ones are refused
 MAX_PROMPT_CHARS = 4000  # a cheap bound checked before tokenizing (512 tokens of English fit well within it)
 MAX_INPUT_AUDIO_SECONDS = 2 * 3600  # longer input_audio files are refused before anything is decoded
 PREDICTION_ROWS = 2  # one conditional + one unconditional row
-WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
 
 
 class ConfigError(ValueError):
@@ -29,7 +29,8 @@ class EngineConfig:
 
     max_sessions: int = 4
     max_styles: int = MAX_STYLES
-    weight_format: str = "float32"  # "float32" (exact), "bfloat16", or "int8" (per-channel weights)
+    # "auto" (chosen by the device: engine.precision), "float32" (exact), "bfloat16", "float16", or "int8"
+    weight_format: str = AUTO
     window_seconds: float = MAX_WINDOW_SECONDS
     keep_seconds: float = MAX_WINDOW_SECONDS - EXTEND_STRIDE_SECONDS  # context kept when the window rolls
     prefill_slice_steps: int = 64  # a long prefill runs in slices of this many steps between other streams' steps
@@ -39,8 +40,8 @@ class EngineConfig:
             raise ConfigError("JAM_MAX_SESSIONS must be >= 0")
         if not 1 <= self.max_styles <= MAX_STYLES:
             raise ConfigError(f"max_styles must be within 1..{MAX_STYLES}")
-        if self.weight_format not in WEIGHT_FORMATS:
-            raise ConfigError(f"MUSICGEN_WEIGHT_FORMAT must be one of {', '.join(WEIGHT_FORMATS)}, "
+        if self.weight_format not in (AUTO, *WEIGHT_FORMATS):
+            raise ConfigError(f"MUSICGEN_WEIGHT_FORMAT must be auto or one of {', '.join(WEIGHT_FORMATS)}, "
                               f"got {self.weight_format!r}")
         if self.prefill_slice_steps < 1:
             raise ConfigError("prefill_slice_steps must be >= 1")
@@ -55,4 +56,4 @@ class EngineConfig:
             max_sessions = int(environ.get("JAM_MAX_SESSIONS", "4"))
         except ValueError:
             raise ConfigError(f"JAM_MAX_SESSIONS must be an integer, got {environ['JAM_MAX_SESSIONS']!r}") from None
-        return cls(max_sessions=max_sessions, weight_format=environ.get("MUSICGEN_WEIGHT_FORMAT", "float32"))
+        return cls(max_sessions=max_sessions, weight_format=environ.get("MUSICGEN_WEIGHT_FORMAT", AUTO))

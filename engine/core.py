@@ -23,6 +23,7 @@ from engine.config import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, EngineConfig
 from engine.decoder import UnsupportedModel, check_supported
 from engine.jam import JamSession, JamSettings
 from engine.model import LoadedModel, load_model
+from engine.precision import choose_weight_format
 from engine.scheduler import Scheduler
 from engine.streams import Conditioning, SamplingParams, Stream, new_stream
 from engine.worker import EngineUnavailable, Worker
@@ -48,12 +49,13 @@ class Engine:
     def __init__(self, model: LoadedModel, config: EngineConfig = EngineConfig()) -> None:
         self.model = model
         self.config = config
+        self.weight_format, self.weight_format_reason = choose_weight_format(config.weight_format, model.device)
         lm = model.musicgen.lm
         delays = list(lm.pattern_provider.delays)
         self.window_frames = int(config.window_seconds * model.frame_rate)
         self.keep_frames = int(config.keep_seconds * model.frame_rate)
         self.scheduler = Scheduler(lm, max_rows=config.rows, max_steps=self.window_frames + max(delays) + 1,
-                                   weight_format=config.weight_format,
+                                   weight_format=self.weight_format,
                                    prefill_slice_steps=config.prefill_slice_steps)
         self.lm_worker = Worker("engine", background=self.scheduler)
         # On a CPU the codec thread takes one core at most, leaving the LM thread its cores; a GPU runs both.
@@ -66,6 +68,10 @@ class Engine:
             self.step_decoder_supported = False
         self._sessions = 0
         self._sessions_lock = threading.Lock()
+        decoder = self.scheduler.decoder
+        logger.info("decoder weights: %s (%s); %.0f MB of weights, %.0f MB of KV cache for %d rows x %d steps",
+                    self.weight_format, self.weight_format_reason, decoder.weight_bytes / 2**20,
+                    decoder.cache_bytes / 2**20, config.rows, decoder.max_steps)
 
     @classmethod
     def load(cls, source: tp.Union[str, Path, None] = None, device: tp.Optional[str] = None,
@@ -91,7 +97,8 @@ class Engine:
         return self.config.rows - self.scheduler.rows_free
 
     def describe(self) -> dict:
-        return {**self.model.describe(), "weight_format": self.config.weight_format,
+        return {**self.model.describe(), "weight_format": self.weight_format,
+                "weight_format_reason": self.weight_format_reason,
                 "max_sessions": self.config.max_sessions, "max_styles": self.config.max_styles,
                 "decoder_rows": self.config.rows, "rows_in_use": self.rows_in_use,
                 "decoder_weight_bytes": self.scheduler.decoder.weight_bytes,

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from engine.precision import WEIGHT_FORMATS, activation_dtype
+
 
 class UnsupportedModel(ValueError):
     """The LM uses a feature this decoder does not implement; audiocraft's own generate still works."""
 
 
-WEIGHT_FORMATS = ("float32", "bfloat16", "int8")
 
 
 class Linear:
@@ -53,10 +54,6 @@ class Linear:
     def nbytes(self) -> int:
         extra = self.scales.numel() * self.scales.element_size() if self.scales is not None else 0
         return self.weight.numel() * self.weight.element_size() + extra
-
-
-def activation_dtype(weight_format: str) -> torch.dtype:
-    return torch.float32 if weight_format == "float32" else torch.bfloat16
 
 
 @dataclass(frozen=True)
@@ -184,6 +181,12 @@ class StepDecoder:
             linears += [layer.qkv, layer.out, layer.ff1, layer.ff2]
             linears += [t for t in (layer.cross_q, layer.cross_out) if t is not None]
         return sum(linear.nbytes for linear in linears)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of the self- and cross-attention caches as allocated now."""
+        tensors = (self.keys, self.values, self.cross_keys, self.cross_values)
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     # -- conditions -------------------------------------------------------------------------------------------
     def set_condition(self, row: int, embeds: torch.Tensor, mask: torch.Tensor) -> None:

@@ -27,11 +27,12 @@ def demo_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def engine(demo_dir):
-    """The demo model with two session slots (the limit the server tests exercise)."""
+    """The demo model with two session slots (the limit the server tests exercise), in float32: the tests compare
+    it with audiocraft's own float32 LM."""
     from engine.config import EngineConfig
     from engine.core import Engine
 
-    eng = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=2))
+    eng = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=2, weight_format="float32"))
     yield eng
     eng.close()
 

@@ -83,6 +83,9 @@ def test_sync_prediction_returns_a_wav_of_the_requested_length(cog):
     assert "generated" in body["logs"] and "/ " in body["logs"]  # progress lines
     assert body["metrics"]["audio_seconds"] == 2.0
     assert body["metrics"]["real_time_factor"] > 0
+    from engine.precision import choose_weight_format
+
+    assert body["metrics"]["weight_format"] == choose_weight_format("auto", "cpu")[0]  # chosen for this CPU
 
 
 def test_same_seed_over_http_is_byte_identical(cog):

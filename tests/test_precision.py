@@ -1,0 +1,50 @@
+"""The decoder's weight format is chosen by the device and can be overridden."""
+
+import pytest
+import torch
+
+from engine.batch import BatchRequest
+from engine.config import ConfigError, EngineConfig
+from engine.precision import activation_dtype, choose_weight_format
+
+
+@pytest.mark.parametrize(("device", "flags", "expected"), [
+    ("cpu", {"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
+    ("cpu", {"avx2", "amx_bf16", "amx_tile"}, "bfloat16"),
+    ("cpu", {"avx2", "avx512f", "avx512_vnni"}, "float32"),
+    ("cpu", set(), "float32"),
+    ("cuda", set(), "float16"),
+    ("cuda:1", {"avx512_bf16"}, "float16"),
+])
+def test_auto_picks_by_device(device, flags, expected):
+    chosen, reason = choose_weight_format("auto", device, flags)
+    assert chosen == expected and reason
+
+
+def test_an_explicit_format_overrides_and_a_bad_one_is_refused():
+    assert choose_weight_format("int8", "cpu", {"amx_bf16"}) == ("int8", "set by MUSICGEN_WEIGHT_FORMAT")
+    with pytest.raises(ValueError, match="MUSICGEN_WEIGHT_FORMAT must be auto or one of"):
+        choose_weight_format("fp8", "cpu", set())
+    with pytest.raises(ConfigError, match="MUSICGEN_WEIGHT_FORMAT"):
+        EngineConfig.from_env({"MUSICGEN_WEIGHT_FORMAT": "fp8"})
+    assert EngineConfig.from_env({}).weight_format == "auto"
+
+
+def test_activations_follow_the_format():
+    assert activation_dtype("float32") == torch.float32
+    assert activation_dtype("float16") == torch.float16
+    assert activation_dtype("bfloat16") == activation_dtype("int8") == torch.bfloat16
+
+
+def test_the_engine_states_its_choice(demo_dir):
+    from engine.core import Engine
+
+    engine = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=1, weight_format="bfloat16"))
+    try:
+        described = engine.describe()
+        assert described["weight_format"] == "bfloat16"
+        assert described["weight_format_reason"] == "set by MUSICGEN_WEIGHT_FORMAT"
+        result = engine.generate(BatchRequest(prompt="x", duration=1, seed=1)).wait()
+        assert torch.isfinite(result.wav).all()
+    finally:
+        engine.close()
