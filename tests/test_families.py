@@ -194,3 +194,32 @@ def test_melody_needs_its_separator_file(family, tmp_path):
     (copy / "torch").mkdir()
     with pytest.raises(CheckpointError, match="htdemucs stem separator.*weights.fetch --model melody"):
         load_model(copy, device="cpu")
+
+
+class _Exploit:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_separator_with_pickled_code_is_refused(tmp_path):
+    """htdemucs is read like every checkpoint: its class may be named, nothing may be called."""
+    from demucs.htdemucs import HTDemucs
+
+    from engine.checkpoint import CheckpointError
+    from engine.melody import load_separator
+    from weights.demo import TINY_HTDEMUCS
+
+    model = HTDemucs(**TINY_HTDEMUCS)
+    path = tmp_path / "htdemucs.th"
+    torch.save({"klass": HTDemucs, "args": (), "kwargs": TINY_HTDEMUCS, "state": model.state_dict()}, path)
+    assert load_separator(path).sources == TINY_HTDEMUCS["sources"]
+    torch.save({"klass": HTDemucs, "args": (), "kwargs": TINY_HTDEMUCS, "state": model.state_dict(),
+                "training_args": _Exploit(str(tmp_path / "pwned"))}, path)
+    with pytest.raises(CheckpointError, match="not allowed: .*system"):
+        load_separator(path)
+    assert not (tmp_path / "pwned").exists()
