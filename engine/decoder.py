@@ -201,7 +201,8 @@ class StepDecoder:
         cross-attention condition, and its logits are never computed. So set the row's condition first. Computing
         it is one parallel forward of P steps; the row's audio context is cleared (it depended on the old prefix),
         so re-prefill the tokens to keep. Afterwards every step attends to P more keys per layer: per row and layer,
-        2*P*D more cache bytes read and 4*P*D more FLOPs (musicgen-melody: P = 235 chroma frames for 30 s).
+        2*P*D more cached values read and 4*P*D more FLOPs (musicgen-melody: P = 235 chroma frames, D = 1536, 48
+        layers: 35 M values, 69 MB in fp16 per row and step, ~2% of its 3 GB of weights read by every step).
         """
         n_rows = rows.stop - rows.start
         prefix = prefix.to(self.device, self.dtype)

@@ -88,6 +88,17 @@ def providing_separator(separator) -> tp.Iterator[None]:
         pretrained.get_model = original
 
 
+def prefix_steps(lm) -> int:
+    """How many cache positions a row's prefix takes (0 without melody conditioning): size a StepDecoder's
+    `max_steps` as prefix_steps + window steps. musicgen-melody: 235 chroma frames for its 30 s window."""
+    conditioners = lm.condition_provider.conditioners
+    if "self_wav" not in conditioners:
+        return 0
+    if not conditioners["self_wav"].match_len_on_eval:
+        raise ValueError("melody models must be loaded by engine.model.load_model (chroma padded to 30 s)")
+    return int(conditioners["self_wav"].chroma_len)
+
+
 def looped_window(wav: torch.Tensor, sample_rate: int, offset_seconds: float) -> torch.Tensor:
     """The melody [..., T] looped over the 30 s window that starts `offset_seconds` into the output, as
     MusicGen._generate_tokens conditions each window of a generation longer than 30 s."""

@@ -10,7 +10,7 @@ import torch
 
 from engine.conditions import text_condition
 from engine.decoder import StepDecoder
-from engine.melody import WINDOW_SECONDS, looped_window, melody_condition
+from engine.melody import WINDOW_SECONDS, looped_window, melody_condition, prefix_steps
 from engine.pattern import DelayedFrames
 from engine.streams import SamplingParams, sample
 
@@ -31,6 +31,17 @@ def family(tmp_path_factory):
         return models[kind]
 
     return get
+
+
+@pytest.mark.parametrize("kind,channels,melody", [("melody", 1, True), ("stereo", 2, False),
+                                                  ("stereo-melody", 2, True)])
+def test_each_demo_family_loads_offline(family, kind, channels, melody):
+    model = family(kind)
+    lm = model.musicgen.lm
+    assert (model.channels, model.supports_melody, model.is_demo) == (channels, melody, True)
+    assert lm.num_codebooks == 4 * channels and model.musicgen.compression_model.channels == channels
+    assert prefix_steps(lm) == (melody_condition(lm, None, SR).shape[0] if melody else 0)
+    assert StepDecoder(lm, max_rows=2, max_steps=8 + prefix_steps(lm)).uses_prefix == melody
 
 
 def _melody(freqs: tuple[float, ...], seconds: float = 2.0) -> torch.Tensor:
