@@ -166,7 +166,8 @@ class StepDecoder:
         self.cross_values = torch.zeros(cross_shape, dtype=dtype, device=self.device)
         self.cross_lengths = torch.ones(max_rows, dtype=torch.long, device=self.device)
         self.prefix_lengths = torch.zeros(max_rows, dtype=torch.long, device=self.device)
-        # Models that prepend a condition (melody) expect a prefix on every row, the null one when there is none.
+        # Models that prepend a condition (melody) expect a prefix on every row, the null one when there is none:
+        # set it on a stream's rows before their first forward (rows keep their previous occupant's prefix).
         self.uses_prefix = len(lm.fuser.fuse2cond["prepend"]) > 0
 
     # -- conditions -------------------------------------------------------------------------------------------
@@ -215,11 +216,6 @@ class StepDecoder:
         positions = torch.arange(steps, device=self.device).view(1, -1).expand(n_rows, -1)
         self._transform(rows, prefix + (self.positional_scale * self._positional(positions)).to(self.dtype))
         self.prefix_lengths[rows] = steps
-
-    def clear_prefix(self, rows: slice) -> None:
-        """Removes the prefix and the context of `rows`."""
-        self.prefix_lengths[rows] = 0
-        self.lengths[rows] = 0
 
     def capacity(self, rows: slice) -> int:
         """How many audio steps `rows` can hold after their prefixes: the window a stream rolls over at."""
