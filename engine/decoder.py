@@ -262,6 +262,9 @@ class StepDecoder:
         """
         n_rows, n_codebooks, steps = tokens.shape
         assert n_codebooks == self.num_codebooks
+        if self.uses_prefix and bool((self.prefix_lengths[rows] == 0).any()):
+            raise ValueError("this model prepends a melody: set_prefix on every row before decoding "
+                             "(engine.melody.melody_condition(lm, None, ...) without a melody)")
         start_lengths = self.lengths[rows]
         x = sum(F.embedding(tokens[:, k], self.embeddings[k]) for k in range(n_codebooks))
         positions = start_lengths.view(-1, 1) + torch.arange(steps, device=tokens.device).view(1, -1)

@@ -44,6 +44,15 @@ def test_each_demo_family_loads_offline(family, kind, channels, melody):
     assert StepDecoder(lm, max_rows=2, max_steps=8 + prefix_steps(lm)).uses_prefix == melody
 
 
+def test_a_melody_model_refuses_rows_without_a_prefix(family):
+    """Without its prefix a melody model sees inputs it was never trained on: a loud error, not wrong music."""
+    lm = family("melody").musicgen.lm
+    decoder = StepDecoder(lm, max_rows=2, max_steps=8 + prefix_steps(lm))
+    decoder.set_condition(0, *text_condition(lm, None))
+    with pytest.raises(ValueError, match="set_prefix"):
+        decoder.forward(slice(0, 1), torch.zeros(1, lm.num_codebooks, 1, dtype=torch.long))
+
+
 def _melody(freqs: tuple[float, ...], seconds: float = 2.0) -> torch.Tensor:
     """A mono melody [1, T]: one note per frequency, in turn."""
     t = torch.arange(int(seconds * SR)) / SR
