@@ -43,14 +43,15 @@ def _safe_globals() -> list:
             StringNode, tp.Any, dict, list, int, float, str, bool, defaultdict]
 
 
-def safe_load(path: Path) -> dict:
-    """torch.load with weights_only=True and the allow-list above; anything else is refused."""
+def safe_load(path: Path, extra_globals: tp.Sequence = ()) -> dict:
+    """torch.load with weights_only=True and the allow-list above (plus `extra_globals`, classes a caller rebuilds
+    itself, e.g. the demucs model class a separator package names); anything else is refused."""
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
+        with torch.serialization.safe_globals(_safe_globals() + list(extra_globals)):
             pkg = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError with a long hint; keep the essential part
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        unsafe = _unsafe_globals(path)
+        unsafe = _unsafe_globals(path, extra_globals)
         detail = f" It references code that is not allowed: {', '.join(unsafe)}." if unsafe else ""
         raise CheckpointError(
             f"Refusing to load {path}: it is not a plain tensor/config checkpoint.{detail} ({first_line})"
@@ -60,8 +61,9 @@ def safe_load(path: Path) -> dict:
     return pkg
 
 
-def _unsafe_globals(path: Path) -> list[str]:
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _safe_globals() if hasattr(g, "__qualname__")}
+def _unsafe_globals(path: Path, extra_globals: tp.Sequence = ()) -> list[str]:
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _safe_globals() + list(extra_globals)
+               if hasattr(g, "__qualname__")}
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:
@@ -145,6 +147,8 @@ def load_lm(path: Path, device: str):
     """Builds the LM from its config and loads weights; both release and fine-tuner layouts."""
     from audiocraft.models import builders
 
+    from engine.melody import load_separator, needs_separator, providing_separator
+
     pkg = safe_load(path)
     cfg = _config(pkg, path)
     state = pkg.get("best_state", pkg.get("model"))
@@ -161,7 +165,11 @@ def load_lm(path: Path, device: str):
         chroma = cfg.conditioners.self_wav.get("chroma_stem", {})
         if "cache_path" in chroma:
             del chroma["cache_path"]
-    lm = builders.get_lm_model(cfg)
+    if needs_separator(cfg):  # melody: audiocraft's chroma conditioner gets htdemucs from local files
+        with providing_separator(load_separator().to(device)):
+            lm = builders.get_lm_model(cfg)
+    else:
+        lm = builders.get_lm_model(cfg)
     try:
         lm.load_state_dict(state)
     except RuntimeError as exc:

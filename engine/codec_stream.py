@@ -4,6 +4,9 @@ EnCodec's decoder is not causal: a frame's audio depends on a few frames after i
 LSTM, on frames before it. Each call decodes the new frames together with `left_frames` of already-decoded context
 and holds back the last `lookahead_frames`, whose audio still depends on frames not generated yet. The concatenated
 output then matches an offline decode within a tolerance the tests measure (SNR, boundary jumps).
+Stereo checkpoints work unchanged: their codec (audiocraft's InterleaveStereoCompressionModel) takes the 8 interleaved
+codebooks [8, n] and decodes each channel's 4 with the mono EnCodec, so chunks are [2, samples]
+(tests/test_families_codec.py also covers EnCodec's LSTM, whose memory the left context must span).
 """
 
 import torch

@@ -4,12 +4,13 @@ import torch
 
 
 def text_condition(lm, text: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings [T, D] and mask [T] for one description; None or "" gives the unconditional (null) row."""
-    from audiocraft.modules.conditioners import ConditioningAttributes
+    """Embeddings [T, D] and mask [T] for one description; None or "" gives the unconditional (null) row.
 
-    attributes = [ConditioningAttributes(text={"description": text or None})]
-    provider = lm.condition_provider
-    embeds, mask = provider(provider.tokenize(attributes))["description"]
+    Only the text conditioner runs: a melody model's chroma is a separate prefix (engine.melody), so a description
+    is encoded the same way on every family, as audiocraft's provider encodes it in a batch.
+    """
+    conditioner = lm.condition_provider.conditioners["description"]
+    embeds, mask = conditioner(conditioner.tokenize([text or None]))
     return embeds[0], mask[0]
 
 

@@ -48,8 +48,8 @@ class LoadedModel:
 
     def describe(self) -> dict:
         return {"checkpoint": str(self.files.lm), "device": self.device, "sample_rate": self.sample_rate,
-                "frame_rate": self.frame_rate, "melody": self.supports_melody, "mbd": self.mbd is not None,
-                "demo_noise": self.is_demo}
+                "frame_rate": self.frame_rate, "channels": self.channels, "melody": self.supports_melody,
+                "mbd": self.mbd is not None, "demo_noise": self.is_demo}
 
 
 def pick_device() -> str:

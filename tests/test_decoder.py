@@ -105,3 +105,16 @@ def test_seeded_prediction_is_reproducible_whatever_runs_beside_it(engine):
     finally:
         session.close()
     assert torch.equal(alone, beside)
+
+
+def test_unsupported_features_are_found_in_every_layer(engine):
+    """A feature only the last layer has (here grouped key/values) is refused, not silently decoded wrong."""
+    import copy
+
+    from engine.decoder import UnsupportedModel, check_supported
+
+    lm = copy.deepcopy(engine.model.musicgen.lm)
+    check_supported(lm)
+    lm.transformer.layers[-1].self_attn.kv_repeat = 2
+    with pytest.raises(UnsupportedModel, match="kv_repeat"):
+        check_supported(lm)

@@ -3,7 +3,12 @@
 It exists so that the whole production path (safe checkpoint loading, hub-name resolution of T5 through a local
 cache, the codec, generation, MBD decoding) runs on a machine without model downloads. Its output is noise.
 
-    python -m weights.demo [--out weights/demo] [--lm-dim 32 --lm-layers 2 --lm-heads 2]
+    python -m weights.demo [--kind mono|melody|stereo|stereo-melody] [--out weights/demo]
+                           [--lm-dim 32 --lm-layers 2 --lm-heads 2]
+
+Each kind has the configuration of its published family (musicgen-small/melody/stereo-small/stereo-melody), only
+tiny: melody kinds prepend a chroma of the melody's stems (a random, tiny htdemucs stored in the checkpoint's
+``torch/`` cache), stereo kinds model 8 interleaved codebooks decoded by a stereo wrapper of the mono codec.
 
 The ``--lm-*`` options build larger random models with the same code, e.g. musicgen-small's dimensions
 (``--lm-dim 1024 --lm-layers 24 --lm-heads 16``) for benchmarks.
@@ -74,8 +79,31 @@ def build_tiny_t5(hub_dir: Path, work_dir: Path) -> None:
     _write_hub_snapshot(hub_dir, T5_NAME, files)
 
 
-def lm_config(dim: int, layers: int, heads: int) -> dict:
+KINDS = ("mono", "melody", "stereo", "stereo-melody")
+# musicgen-melody's chroma conditioner (config/conditioner/chroma2music.yaml): the real one is this small already.
+CHROMA_STEM = {"sample_rate": 32000, "n_chroma": 12, "radix2_exp": 14, "argmax": True, "match_len_on_eval": False,
+               "eval_wavs": None, "n_eval_wavs": 100, "cache_path": None}
+# htdemucs's layout with few channels and one transformer layer: separates 1 s of audio in ~0.15 s on a CPU.
+TINY_HTDEMUCS = {"sources": ["drums", "bass", "other", "vocals"], "channels": 4, "depth": 4, "t_layers": 1,
+                 "t_heads": 2, "dconv_comp": 2, "segment": 4}
+
+
+def lm_config(dim: int, layers: int, heads: int, kind: str = "mono") -> dict:
     """The LM part of a MusicGen training config, as the release checkpoints carry it in 'xp.cfg'."""
+    cfg = _mono_lm_config(dim, layers, heads)
+    if kind.endswith("melody"):  # as musicgen-melody: chroma prepended, text by cross-attention
+        cfg["conditioners"]["self_wav"] = {"model": "chroma_stem", "chroma_stem": dict(CHROMA_STEM)}
+        cfg["fuser"]["prepend"] = ["self_wav"]
+        cfg["attribute_dropout"]["wav"] = {"self_wav": 0.5}
+    if kind.startswith("stereo"):  # as musicgen-stereo-*: each codebook of the left and right channel in turn
+        cfg["channels"] = 2
+        cfg["transformer_lm"]["n_q"] = 8
+        cfg["codebooks_pattern"]["delay"]["delays"] = [0, 0, 1, 1, 2, 2, 3, 3]
+        cfg["interleave_stereo_codebooks"] = {"use": True, "per_timestep": False}
+    return cfg
+
+
+def _mono_lm_config(dim: int, layers: int, heads: int) -> dict:
     return {
         "device": "cpu",
         "dtype": "float32",
@@ -112,8 +140,9 @@ def lm_config(dim: int, layers: int, heads: int) -> dict:
     }
 
 
-def codec_config() -> dict:
-    """A 32 kHz, 50 Hz, 4 x 2048 EnCodec like musicgen's, with tiny convolutions."""
+def codec_config(lstm: int = 0) -> dict:
+    """A 32 kHz, 50 Hz, 4 x 2048 EnCodec like musicgen's, with tiny convolutions (and musicgen's 2 LSTM layers
+    with `lstm=2`). Stereo checkpoints ship this same mono codec: the LM's config wraps it for two channels."""
     return {
         "device": "cpu",
         "dtype": "float32",
@@ -129,7 +158,7 @@ def codec_config() -> dict:
             "ratios": [8, 5, 4, 4], "activation": "ELU", "activation_params": {"alpha": 1.0},
             "norm": "weight_norm", "norm_params": {}, "kernel_size": 7, "residual_kernel_size": 3,
             "last_kernel_size": 7, "dilation_base": 2, "pad_mode": "constant", "true_skip": True,
-            "compress": 2, "lstm": 0, "disable_norm_outer_blocks": 0,
+            "compress": 2, "lstm": lstm, "disable_norm_outer_blocks": 0,
             "encoder": {}, "decoder": {"trim_right_ratio": 1.0, "final_activation": None,
                                        "final_activation_params": None},
         },
@@ -155,16 +184,23 @@ def mbd_config(num_steps: int = 1000) -> dict:
 
 
 def build(out_dir: Path, lm_dim: int = 32, lm_layers: int = 2, lm_heads: int = 2, n_bands: int = 4,
-          seed: int = 0) -> Path:
-    """Writes state_dict.bin, compression_state_dict.bin, a MBD file and the tiny T5's hub cache."""
+          seed: int = 0, kind: str = "mono") -> Path:
+    """Writes state_dict.bin, compression_state_dict.bin and the tiny T5's hub cache; for mono-channel kinds a MBD
+    file (MultiBand Diffusion decodes one 32 kHz channel); for melody kinds htdemucs in the torch hub cache."""
     from engine.hub import configure_offline_caches
 
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     out_dir = Path(out_dir).resolve()
     if out_dir.exists():
         shutil.rmtree(out_dir)
     (out_dir / "hub").mkdir(parents=True)
+    melody = kind.endswith("melody")
+    if melody:
+        (out_dir / "torch").mkdir()
     configure_offline_caches(out_dir)
 
+    import contextlib
     import tempfile
 
     import torch
@@ -181,25 +217,37 @@ def build(out_dir: Path, lm_dim: int = 32, lm_layers: int = 2, lm_heads: int = 2
     torch.save({"xp.cfg": OmegaConf.to_yaml(codec_cfg), "best_state": codec.state_dict(), "version": "1.3.0",
                 "exported": True}, out_dir / "compression_state_dict.bin")
 
-    cfg = OmegaConf.create(lm_config(lm_dim, lm_layers, lm_heads))
-    lm = builders.get_lm_model(cfg)
+    building = contextlib.nullcontext()
+    if melody:
+        from demucs.htdemucs import HTDemucs
+
+        from engine.melody import load_separator, providing_separator, save_separator, separator_path
+
+        save_separator(HTDemucs(**TINY_HTDEMUCS), separator_path())
+        building = providing_separator(load_separator())
+    cfg = OmegaConf.create(lm_config(lm_dim, lm_layers, lm_heads, kind))
+    with building:
+        lm = builders.get_lm_model(cfg)
     torch.save({"xp.cfg": OmegaConf.to_yaml(cfg), "best_state": lm.state_dict(), "version": "1.3.0",
                 "exported": True}, out_dir / "state_dict.bin")
 
-    bands = {"sample_rate": 32000, "n_bands": n_bands}
-    for band in range(n_bands):
-        band_cfg = OmegaConf.create(mbd_config())
-        unet = builders.get_diffusion_model(band_cfg)
-        processor = builders.get_processor(band_cfg.processor, sample_rate=32000)
-        bands[band] = {"cfg": OmegaConf.to_yaml(band_cfg), "model_state": unet.state_dict(),
-                       "processor_state": processor.state_dict()}
-    torch.save(bands, out_dir / MBD_FILENAME)
+    if not kind.startswith("stereo"):
+        bands = {"sample_rate": 32000, "n_bands": n_bands}
+        for band in range(n_bands):
+            band_cfg = OmegaConf.create(mbd_config())
+            unet = builders.get_diffusion_model(band_cfg)
+            processor = builders.get_processor(band_cfg.processor, sample_rate=32000)
+            bands[band] = {"cfg": OmegaConf.to_yaml(band_cfg), "model_state": unet.state_dict(),
+                           "processor_state": processor.state_dict()}
+        torch.save(bands, out_dir / MBD_FILENAME)
 
     (out_dir / "README.md").write_text(
-        f"# Demo checkpoint\n\n{NOISE_NOTICE}\n\nBuilt by `python -m weights.demo` (seed {seed}).\n")
+        f"# Demo checkpoint ({kind})\n\n{NOISE_NOTICE}\n\nBuilt by `python -m weights.demo --kind {kind}` "
+        f"(seed {seed}).\n")
     (out_dir / "demo.json").write_text(json.dumps(
-        {"notice": NOISE_NOTICE, "lm_dim": lm_dim, "lm_layers": lm_layers, "lm_heads": lm_heads, "seed": seed}))
-    logger.info("demo checkpoint written to %s (%s)", out_dir, NOISE_NOTICE)
+        {"notice": NOISE_NOTICE, "kind": kind, "lm_dim": lm_dim, "lm_layers": lm_layers, "lm_heads": lm_heads,
+         "seed": seed}))
+    logger.info("%s demo checkpoint written to %s (%s)", kind, out_dir, NOISE_NOTICE)
     return out_dir
 
 
@@ -219,6 +267,7 @@ def ensure_default_checkpoint() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kind", choices=KINDS, default="mono")
     parser.add_argument("--out", type=Path, default=DEMO_DIR)
     parser.add_argument("--lm-dim", type=int, default=32)
     parser.add_argument("--lm-layers", type=int, default=2)
@@ -226,7 +275,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    build(args.out, args.lm_dim, args.lm_layers, args.lm_heads, seed=args.seed)
+    build(args.out, args.lm_dim, args.lm_layers, args.lm_heads, seed=args.seed, kind=args.kind)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,154 @@
+"""Melody conditioning for musicgen-melody checkpoints: the stem separator from local files, the chroma prefix.
+
+musicgen-melody prepends to the audio tokens a chroma of the melody's vocals + other stems (separated by demucs'
+htdemucs), projected to the LM's width: a prefix of P embedding steps (see StepDecoder.set_prefix). audiocraft's
+ChromaStemConditioner gets htdemucs by name through demucs' loader, which downloads from a URL and unpickles a class
+with its arguments. Here the separator is read from the checkpoint's torch hub cache with the allow-listed
+weights-only `torch.load` used for every checkpoint, rebuilt from its plain kwargs and state dict, and handed to the
+conditioner while audiocraft's builder constructs it (`providing_separator`).
+"""
+
+import contextlib
+import inspect
+import random
+import typing as tp
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import CheckpointError, safe_load
+
+# The one model of demucs' "htdemucs" bag (demucs/remote/htdemucs.yaml), as torch hub names its cached download.
+HTDEMUCS_FILE = "955717e8-8726e21a.th"
+HTDEMUCS_URL = "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/" + HTDEMUCS_FILE
+WINDOW_SECONDS = 30.0  # the chroma covers a 30 s training window, as MusicGen's windowed extension gives it
+# demucs separates with a random time shift (python's `random`); a fixed one makes a melody's prefix reproducible.
+_SHIFT_SEED = 0
+
+
+def separator_path() -> Path:
+    """Where the separator is read from: the torch hub cache of TORCH_HOME (see engine.hub)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / HTDEMUCS_FILE
+
+
+def needs_separator(cfg) -> bool:
+    """Whether an LM config has a chroma conditioner, which audiocraft builds around htdemucs."""
+    conditioners = cfg.get("conditioners") or {}
+    return any(isinstance(c, tp.Mapping) and c.get("model") == "chroma_stem" for c in conditioners.values())
+
+
+def load_separator(path: tp.Optional[Path] = None):
+    """htdemucs as demucs' pretrained "htdemucs" gives it (a bag of one model), from demucs' package layout
+    {'klass', 'args', 'kwargs', 'state'} read without executing pickled code."""
+    from demucs.apply import BagOfModels
+    from demucs.htdemucs import HTDemucs
+
+    path = path or separator_path()
+    if not path.is_file():
+        raise CheckpointError(f"This melody checkpoint needs the htdemucs stem separator at {path}; fetch it with "
+                              "`python -m weights.fetch --model melody` (or copy that file there)")
+    pkg = safe_load(path, extra_globals=[HTDemucs, Fraction])
+    if pkg.get("klass") is not HTDemucs:
+        raise CheckpointError(f"{path} is not an htdemucs package (klass={pkg.get('klass')!r})")
+    accepted = inspect.signature(HTDemucs).parameters
+    kwargs = {key: value for key, value in dict(pkg["kwargs"]).items() if key in accepted}
+    model = HTDemucs(*pkg.get("args", ()), **kwargs)
+    try:
+        model.load_state_dict(pkg["state"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: the separator's weights do not fit its kwargs: {exc}") from None
+    return BagOfModels([model]).eval()
+
+
+def save_separator(model, path: Path) -> None:
+    """Writes an HTDemucs in demucs' package layout (what `load_separator` and demucs itself read)."""
+    args, kwargs = model._init_args_kwargs
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"klass": type(model), "args": tuple(args), "kwargs": dict(kwargs), "state": model.state_dict(),
+                "training_args": {}}, path)
+
+
+@contextlib.contextmanager
+def providing_separator(separator) -> tp.Iterator[None]:
+    """While audiocraft builds an LM, its ChromaStemConditioner gets `separator` instead of a hub download."""
+    from demucs import pretrained
+
+    original = pretrained.get_model
+
+    def get_model(name: str, repo=None):
+        if name != "htdemucs" or repo is not None:
+            raise CheckpointError(f"unexpected demucs model request {name!r}: only htdemucs is provided locally")
+        return separator
+
+    pretrained.get_model = get_model
+    try:
+        yield
+    finally:
+        pretrained.get_model = original
+
+
+def prefix_steps(lm) -> int:
+    """How many cache positions a row's prefix takes (0 without melody conditioning): size a StepDecoder's
+    `max_steps` as prefix_steps + window steps. musicgen-melody: 235 chroma frames for its 30 s window."""
+    conditioners = lm.condition_provider.conditioners
+    if "self_wav" not in conditioners:
+        return 0
+    if not conditioners["self_wav"].match_len_on_eval:
+        raise ValueError("melody models must be loaded by engine.model.load_model (chroma padded to 30 s)")
+    return int(conditioners["self_wav"].chroma_len)
+
+
+def looped_window(wav: torch.Tensor, sample_rate: int, offset_seconds: float) -> torch.Tensor:
+    """The melody [..., T] looped over the 30 s window that starts `offset_seconds` into the output, as
+    MusicGen._generate_tokens conditions each window of a generation longer than 30 s."""
+    start = int(offset_seconds * sample_rate)
+    positions = torch.arange(start, start + int(WINDOW_SECONDS * sample_rate), device=wav.device)
+    return wav[..., positions % wav.shape[-1]]
+
+
+@contextlib.contextmanager
+def _fixed_shift() -> tp.Iterator[None]:
+    state = random.getstate()
+    random.seed(_SHIFT_SEED)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def melody_condition(lm, wav: tp.Optional[torch.Tensor], sample_rate: int,
+                     duration_seconds: float = WINDOW_SECONDS, offset_seconds: float = 0.0) -> torch.Tensor:
+    """The prefix [P, D] musicgen-melody prepends for a melody `wav` [C, T] at `sample_rate` (engine thread).
+
+    `wav=None` gives the null prefix: audiocraft's unconditional CFG row and its text-only generation on a melody
+    model both use it (a silent one-sample melody). As MusicGen.generate_with_chroma: for a generation of at most
+    30 s the chroma of the whole melody is cut or looped to the 30 s window; for a longer one (windowed extension,
+    an endless jam) the melody is looped in time to the 30 s window starting at `offset_seconds` of the output,
+    which audiocraft recomputes for each window. The demucs time shift is fixed, so a melody always gives the same
+    prefix.
+    """
+    from audiocraft.data.audio_utils import convert_audio
+    from audiocraft.modules.conditioners import WavCondition
+
+    conditioners = lm.condition_provider.conditioners
+    if "self_wav" not in conditioners:
+        raise ValueError("This model does not support melody conditioning; use a melody checkpoint")
+    conditioner = conditioners["self_wav"]
+    device = conditioner.device
+    model_rate = int(conditioner.sample_rate)
+    if wav is None:
+        condition = WavCondition(torch.zeros(1, 1, 1, device=device), torch.tensor([0], device=device),
+                                 sample_rate=[model_rate], path=[None])
+    else:
+        channels = int(lm.cfg.channels) if getattr(lm, "cfg", None) is not None else 1
+        melody = convert_audio(wav.to(device).float(), sample_rate, model_rate, channels)
+        melody = melody.mean(0, keepdim=True)[None]  # [1, 1, T]: the conditioning provider's mono collation
+        if duration_seconds > WINDOW_SECONDS:
+            melody = looped_window(melody, model_rate, offset_seconds)
+        condition = WavCondition(melody, torch.tensor([melody.shape[-1]], device=device),
+                                 sample_rate=[model_rate], path=[None])
+    with torch.no_grad(), _fixed_shift():
+        embeds, _ = conditioner(conditioner.tokenize(condition))
+    # 'prepend' fusing puts the embeddings (already multiplied by their mask) before the tokens, masked or not.
+    return embeds[0]
