@@ -2,8 +2,9 @@
 
 `prepare` validates a request and decodes the part of its audio that is used, on the caller's thread. `start`
 then runs it on the engine: as a finite stream on the step decoder (the fast path: its steps interleave with live
-sessions, its tokens are decoded on the codec thread while they come), or through audiocraft's own `generate`
-(the reference path: models the step decoder does not support, and comparisons). Both end in `_trim`. The
+sessions, its tokens are decoded on the codec thread while they come; a melody becomes a chroma prefix there
+first), or through audiocraft's own `generate` (the reference path: models the step decoder does not support,
+melodies beyond one 30 s window, and comparisons). Both end in `_trim`. The
 caller normalises and encodes the result (engine.audio).
 """
 
@@ -22,6 +23,7 @@ import torch
 from engine import audio
 from engine.codec_stream import StreamingCodecDecoder
 from engine.config import MAX_INPUT_AUDIO_SECONDS
+from engine.melody import fixed_separation_shift
 from engine.model import EXTEND_STRIDE_SECONDS, MAX_WINDOW_SECONDS
 from engine.streams import Conditioning, SamplingParams, Stream
 from engine.worker import BACKGROUND
@@ -171,6 +173,9 @@ def prepare(request: BatchRequest, engine) -> PreparedBatch:
             engine.check_prompt(request.prompt)
         except ValueError as exc:
             raise RequestError(f"prompt: {exc}") from None
+    if request.multi_band_diffusion and model.channels != 1:
+        raise RequestError("multi_band_diffusion decodes mono audio (MultiBand Diffusion is trained on mono 32 kHz "
+                           "EnCodec tokens) and this is a stereo checkpoint: set multi_band_diffusion=false")
     if request.multi_band_diffusion and model.mbd is None:
         raise RequestError("multi_band_diffusion was requested but this checkpoint has no MultiBand Diffusion "
                            "weights (mbd_musicgen_32khz.th); fetch them with `python -m weights.fetch --mbd` "
@@ -256,11 +261,11 @@ def start_streamed(engine, prepared: PreparedBatch) -> BatchJob:
             finished = engine.codec_worker.call(lambda: finish(all_tokens), priority=BACKGROUND)
             finished.add_done_callback(lambda f: _copy_outcome(f, job.future))
 
-    def add_stream(prompt: tp.Optional[torch.Tensor]) -> None:
+    def add_stream(prompt: tp.Optional[torch.Tensor], melody: tp.Optional[torch.Tensor]) -> None:
         if job.cancelled.is_set():
             raise GenerationCancelled()
         stream = engine.new_stream(Conditioning([request.prompt or ""], [1.0]), request.sampling, prepared.seed,
-                                   prompt=prompt, target_frames=total_frames)
+                                   prompt=prompt, target_frames=total_frames, melody=melody)
         stream.on_frames = on_frames
         stream.on_failed = lambda _, error: job.fail(RuntimeError(f"generation failed: {error}"))
         engine.scheduler.add_stream(stream)
@@ -275,18 +280,25 @@ def start_streamed(engine, prepared: PreparedBatch) -> BatchJob:
         engine.lm_worker.call(cancel_on_engine).add_done_callback(lambda _: job.fail(GenerationCancelled()))
 
     job._on_cancel = cancel
-    if prepared.mode == "continuation":
-        encoded = engine.codec_worker.call(lambda: engine.encode_now(prepared.audio_slice, prepared.audio_rate))
-
-        def add_after_encode(done: Future) -> None:
-            if done.exception() is None:
-                engine.lm_worker.call(lambda: add_stream(done.result())).add_done_callback(job.fail_from)
-            else:
-                job.fail(done.exception())
-
-        encoded.add_done_callback(add_after_encode)
+    # The audio input becomes, on the codec thread, either tokens to continue or a melody's chroma prefix.
+    melody_mode = prepared.mode == "melody"
+    if prepared.mode == "text":
+        engine.lm_worker.call(lambda: add_stream(None, None)).add_done_callback(job.fail_from)
+        return job
+    if melody_mode:
+        analysed = engine.codec_worker.call(lambda: engine.melody_prefix_now(
+            prepared.audio_slice, prepared.audio_rate, prepared.total_seconds))
     else:
-        engine.lm_worker.call(lambda: add_stream(None)).add_done_callback(job.fail_from)
+        analysed = engine.codec_worker.call(lambda: engine.encode_now(prepared.audio_slice, prepared.audio_rate))
+
+    def add_after_analysis(done: Future) -> None:
+        if done.exception() is not None:
+            job.fail(done.exception())
+            return
+        prompt, melody = (None, done.result()) if melody_mode else (done.result(), None)
+        engine.lm_worker.call(lambda: add_stream(prompt, melody)).add_done_callback(job.fail_from)
+
+    analysed.add_done_callback(add_after_analysis)
     return job
 
 
@@ -323,8 +335,9 @@ def _generate_reference(model, prepared: PreparedBatch, progress: tp.Callable[[i
         wav, tokens = musicgen.generate_continuation(prepared.audio_slice[None], prepared.audio_rate, descriptions,
                                                      progress=True, return_tokens=True)
     else:
-        wav, tokens = musicgen.generate_with_chroma(descriptions, prepared.audio_slice[None], prepared.audio_rate,
-                                                    progress=True, return_tokens=True)
+        with fixed_separation_shift():  # as engine.melody does: the same melody always gives the same chroma
+            wav, tokens = musicgen.generate_with_chroma(descriptions, prepared.audio_slice[None],
+                                                        prepared.audio_rate, progress=True, return_tokens=True)
     if request.multi_band_diffusion:
         wav = model.mbd.tokens_to_wav(tokens)
     return _trim(wav[0], prepared, model.sample_rate, started, tokens[0])

@@ -22,6 +22,7 @@ from engine import batch, conditions
 from engine.config import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, EngineConfig
 from engine.decoder import UnsupportedModel, check_supported
 from engine.jam import JamSession, JamSettings
+from engine.melody import WINDOW_SECONDS, melody_condition, prefix_steps
 from engine.model import LoadedModel, load_model
 from engine.precision import choose_weight_format
 from engine.scheduler import Scheduler
@@ -54,7 +55,8 @@ class Engine:
         delays = list(lm.pattern_provider.delays)
         self.window_frames = int(config.window_seconds * model.frame_rate)
         self.keep_frames = int(config.keep_seconds * model.frame_rate)
-        self.scheduler = Scheduler(lm, max_rows=config.rows, max_steps=self.window_frames + max(delays) + 1,
+        max_steps = self.window_frames + max(delays) + 1 + prefix_steps(lm)  # melody models: the chroma prefix
+        self.scheduler = Scheduler(lm, max_rows=config.rows, max_steps=max_steps,
                                    weight_format=self.weight_format,
                                    prefill_slice_steps=config.prefill_slice_steps)
         self.lm_worker = Worker("engine", background=self.scheduler)
@@ -130,15 +132,18 @@ class Engine:
         support always do."""
         self._require_healthy()
         prepared = batch.prepare(request, self)
-        if reference or not self.step_decoder_supported or prepared.mode == "melody":
+        # a melody beyond one 30 s window: audiocraft recomputes its chroma for each window (windowed extension)
+        long_melody = prepared.mode == "melody" and prepared.total_seconds > WINDOW_SECONDS
+        if reference or not self.step_decoder_supported or long_melody:
             return batch.start_reference(self, prepared)
         return batch.start_streamed(self, prepared)
 
     # -- live sessions -----------------------------------------------------------------------------------------
-    def open_session(self, settings: JamSettings, seed: int,
-                     prompt: tp.Optional[tuple[torch.Tensor, int]] = None) -> JamSession:
-        """A live jam session; blocks until the engine has taken it. Raises CapacityError when every slot is in
-        use, ValueError for settings the model cannot take, EngineUnavailable when the engine is unhealthy."""
+    def open_session(self, settings: JamSettings, seed: int, prompt: tp.Optional[tuple[torch.Tensor, int]] = None,
+                     melody: tp.Optional[tuple[torch.Tensor, int]] = None) -> JamSession:
+        """A live jam session; blocks until the engine has taken it. `prompt` (wav [C, T], rate) is audio to
+        continue, `melody` (wav, rate) one to follow on melody models. Raises CapacityError when every slot is
+        in use, ValueError for settings or a melody the model cannot take, EngineUnavailable when unhealthy."""
         self._require_healthy()
         if not self.step_decoder_supported:
             raise EngineUnavailable("this model cannot stream (see the engine log)")
@@ -156,16 +161,25 @@ class Engine:
                     self._sessions -= 1
 
         try:
-            return JamSession.open(self, settings, seed, on_close=release, prompt=prompt)
+            return JamSession.open(self, settings, seed, on_close=release, prompt=prompt, melody=melody)
         except BaseException:
             release()
             raise
 
     # -- for the engine's own modules --------------------------------------------------------------------------
     def new_stream(self, conditioning: Conditioning, params: SamplingParams, seed: int,
-                   prompt: tp.Optional[torch.Tensor] = None, target_frames: tp.Optional[int] = None) -> Stream:
+                   prompt: tp.Optional[torch.Tensor] = None, target_frames: tp.Optional[int] = None,
+                   melody: tp.Optional[torch.Tensor] = None) -> Stream:
         return new_stream(self.model.musicgen.lm, conditioning, params, seed, self.window_frames,
-                          self.keep_frames, prompt, target_frames)
+                          self.keep_frames, prompt, target_frames, melody)
+
+    def melody_prefix_now(self, wav: torch.Tensor, sample_rate: int,
+                          duration_seconds: float = WINDOW_SECONDS) -> torch.Tensor:
+        """A melody's chroma prefix (codec thread only: it runs the stem separator, not the LM)."""
+        if not self.model.supports_melody:
+            raise ValueError("this model cannot follow a melody (it has no chroma conditioner); use a melody "
+                             "checkpoint")
+        return melody_condition(self.model.musicgen.lm, wav, sample_rate, duration_seconds)
 
     def encode_now(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """Audio [C, T] -> tokens [K, frames] with the model's codec (codec thread only)."""

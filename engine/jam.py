@@ -106,6 +106,7 @@ class JamSession:
         self._closed = False
         self._requested = 0  # chunks asked for so far (caller threads, under the lock)
         self._updates: list[tuple[int, JamSettings]] = []  # (first chunk index, settings), under the lock
+        self._melodies: list[tuple[int, tp.Optional[torch.Tensor]]] = []  # (first chunk index, prefix), same
         self.failure: tp.Optional[BaseException] = None
         # LM thread
         self.stream: tp.Optional[Stream] = None
@@ -119,16 +120,19 @@ class JamSession:
 
     @classmethod
     def open(cls, engine, settings: JamSettings, seed: int, on_close: tp.Callable[[], None],
-             prompt: tp.Optional[tuple[torch.Tensor, int]] = None) -> "JamSession":
-        """Starts a session, optionally continuing an audio prompt (wav [C, T], sample rate). Blocks until the
-        engine has accepted it."""
+             prompt: tp.Optional[tuple[torch.Tensor, int]] = None,
+             melody: tp.Optional[tuple[torch.Tensor, int]] = None) -> "JamSession":
+        """Starts a session, optionally continuing an audio prompt and following a melody (each wav [C, T] with
+        its sample rate). Blocks until the engine has accepted it."""
         session = cls(engine, settings, seed, on_close)
-        tokens = None
+        tokens = prefix = None
+        if melody is not None:
+            prefix = engine.codec_worker.call(lambda: engine.melody_prefix_now(*melody), priority=URGENT).result()
         if prompt is not None:  # the prompt is context, not output: the codec skips it
             tokens = engine.codec_worker.call(lambda: session._skip(engine.encode_now(*prompt))).result()
 
         def start() -> None:
-            stream = engine.new_stream(settings.conditioning, settings.params, seed, prompt=tokens)
+            stream = engine.new_stream(settings.conditioning, settings.params, seed, prompt=tokens, melody=prefix)
             if tokens is not None:
                 stream.emitted_frames = session._prompt_frames = tokens.shape[-1]
             stream.on_frames = session._on_frames
@@ -165,6 +169,20 @@ class JamSession:
             self._updates.append((first, settings))
         return first
 
+    def set_melody(self, melody: tp.Optional[tuple[torch.Tensor, int]]) -> int:
+        """Follows a new melody (wav [C, T], sample rate), or none, from the returned chunk index on; the context
+        is kept (re-prefilled after the new chroma prefix). Blocks while the melody is analysed."""
+        prefix = None
+        if melody is not None:
+            prefix = self.engine.codec_worker.call(lambda: self.engine.melody_prefix_now(*melody),
+                                                   priority=URGENT).result()
+        elif not self.engine.model.supports_melody:
+            raise ValueError("this model cannot follow a melody (it has no chroma conditioner)")
+        with self._lock:
+            first = self._requested
+            self._melodies.append((first, prefix))
+        return first
+
     def close(self) -> None:
         """Frees the session's rows and its slot; safe to call twice and from any thread."""
         with self._lock:
@@ -185,6 +203,10 @@ class JamSession:
         with self._lock:
             due = [settings for first, settings in self._updates if first <= index]
             self._updates = [(first, settings) for first, settings in self._updates if first > index]
+            melodies = [prefix for first, prefix in self._melodies if first <= index]
+            self._melodies = [(first, prefix) for first, prefix in self._melodies if first > index]
+        if melodies:
+            self.engine.scheduler.set_melody(self.stream, melodies[-1])
         if due:
             update = due[-1]
             if update.styles != self.settings.styles or update.weights != self.settings.weights:

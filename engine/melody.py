@@ -108,7 +108,7 @@ def looped_window(wav: torch.Tensor, sample_rate: int, offset_seconds: float) ->
 
 
 @contextlib.contextmanager
-def _fixed_shift() -> tp.Iterator[None]:
+def fixed_separation_shift() -> tp.Iterator[None]:
     state = random.getstate()
     random.seed(_SHIFT_SEED)
     try:
@@ -148,7 +148,7 @@ def melody_condition(lm, wav: tp.Optional[torch.Tensor], sample_rate: int,
             melody = looped_window(melody, model_rate, offset_seconds)
         condition = WavCondition(melody, torch.tensor([melody.shape[-1]], device=device),
                                  sample_rate=[model_rate], path=[None])
-    with torch.no_grad(), _fixed_shift():
+    with torch.no_grad(), fixed_separation_shift():
         embeds, _ = conditioner(conditioner.tokenize(condition))
     # 'prepend' fusing puts the embeddings (already multiplied by their mask) before the tokens, masked or not.
     return embeds[0]

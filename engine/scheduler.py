@@ -14,7 +14,7 @@ import typing as tp
 
 import torch
 
-from engine import conditions
+from engine import conditions, melody
 from engine.decoder import StepDecoder
 from engine.streams import Stream, sample
 
@@ -39,6 +39,7 @@ class Scheduler:
         self._condition_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._step_seconds = 0.05  # running estimate of one step, for deadline decisions
         self._skipped = 0
+        self._null_prefix: tp.Optional[torch.Tensor] = None
 
     @property
     def rows_free(self) -> int:
@@ -158,14 +159,34 @@ class Scheduler:
             if ok and stream.on_frames is not None:
                 self._attempt(stream, "delivering frames", lambda s=stream: s.on_frames(s))
 
+    def set_melody(self, stream: Stream, prefix: tp.Optional[torch.Tensor]) -> None:
+        """A new melody (or none) from the stream's next step on; its context is re-prefilled after the prefix."""
+        stream.melody = prefix
+        stream.prefix_dirty = True
+
     def _prepare(self, stream: Stream) -> None:
         if stream.conditions_dirty:
             texts = stream.conditioning.texts + [""]
             for offset, text in enumerate(texts):
                 self.decoder.set_condition(stream.rows.start + offset, *self._condition(text))
             stream.conditions_dirty = False
-        if stream.pending_prefill == 0 and stream.frames.step + 1 > self.decoder.max_steps:
+        if self.decoder.uses_prefix and stream.prefix_dirty:
+            self._apply_prefix(stream)
+        if stream.pending_prefill == 0 and stream.frames.step + 1 > self.decoder.capacity(stream.rows):
             stream.roll_window()
+
+    def _apply_prefix(self, stream: Stream) -> None:
+        """Melody models prepend a chroma to every row: the stream's melody on its styled rows, the null one on
+        its unconditional row (and on all rows without a melody), as audiocraft's classifier-free guidance does.
+        The prefix replaces the rows' context, so what the stream has generated is prefilled again after it."""
+        if self._null_prefix is None:
+            self._null_prefix = melody.melody_condition(self.lm, None, 32000)
+        styled = self._null_prefix if stream.melody is None else stream.melody
+        rows = stream.conditioning.rows
+        self.decoder.set_prefix(stream.rows, torch.stack([styled] * (rows - 1) + [self._null_prefix]))
+        stream.prefix_dirty = False
+        if not stream.pending_prefill:
+            stream.pending_prefill, stream.prefilled = stream.frames.step, 0
 
     def _condition(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         if text not in self._condition_cache:

@@ -92,6 +92,8 @@ class Stream:
     pending_prefill: int = 0  # sequence steps to feed (in slices of parallel forwards) before stepping
     prefilled: int = 0  # of those, steps already fed
     conditions_dirty: bool = True
+    melody: tp.Optional[torch.Tensor] = None  # melody models: the chroma prefix [P, D] of the styled rows (None: none)
+    prefix_dirty: bool = True  # melody models: the rows' prefix must be (re)computed before the next forward
     emitted_frames: int = 0  # frames handed to the consumer so far (absolute count)
     frame_offset: int = 0  # absolute index of frames.codes[..., 0]
     rollovers: int = 0
@@ -149,8 +151,9 @@ class Stream:
 
 def new_stream(lm, conditioning: Conditioning, params: SamplingParams, seed: int, window_frames: int,
                keep_frames: int, prompt: tp.Optional[torch.Tensor] = None,
-               target_frames: tp.Optional[int] = None) -> Stream:
-    """A stream ready for the scheduler; `prompt` [K, P] are audio tokens to continue from."""
+               target_frames: tp.Optional[int] = None, melody: tp.Optional[torch.Tensor] = None) -> Stream:
+    """A stream ready for the scheduler; `prompt` [K, P] are audio tokens to continue from, `melody` a chroma
+    prefix (engine.melody) on melody models."""
     params.validate()
     delays = list(lm.pattern_provider.delays)
     frames = DelayedFrames(1, delays, lm.special_token_id, capacity=window_frames + max(delays) + 2,
@@ -161,4 +164,4 @@ def new_stream(lm, conditioning: Conditioning, params: SamplingParams, seed: int
     generator = torch.Generator(device=frames.codes.device)
     generator.manual_seed(seed)
     return Stream(conditioning=conditioning, params=params, generator=generator, frames=frames,
-                  keep_frames=keep_frames, target_frames=target_frames, pending_prefill=steps)
+                  keep_frames=keep_frames, target_frames=target_frames, pending_prefill=steps, melody=melody)

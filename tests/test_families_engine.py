@@ -1,0 +1,111 @@
+"""Melody and stereo checkpoints through the engine's public API: predictions on the fast path, jam sessions."""
+
+import math
+
+import pytest
+import torch
+
+from engine.batch import BatchRequest, RequestError
+from engine.config import EngineConfig
+from engine.jam import JamSettings
+from tests.helpers import sine_wav
+
+SETTINGS = JamSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.4)
+
+
+@pytest.fixture(scope="module")
+def family_engine(tmp_path_factory):
+    """kind -> Engine on that demo family (float32, so the fast path can be compared with audiocraft's)."""
+    from engine.core import Engine
+    from weights.demo import build
+
+    engines = {}
+
+    def get(kind: str) -> Engine:
+        if kind not in engines:
+            directory = build(tmp_path_factory.mktemp(kind), n_bands=1, kind=kind)
+            engines[kind] = Engine.load(directory, device="cpu",
+                                        config=EngineConfig(max_sessions=2, weight_format="float32"))
+        return engines[kind]
+
+    yield get
+    for engine in engines.values():
+        engine.close()
+
+
+def melody_file(path, freqs=(440.0, 660.0, 550.0), seconds=3.0):
+    """A wav of one note per frequency, in turn."""
+    import soundfile as sf
+
+    rate = 32000
+    t = torch.arange(int(seconds * rate)) / rate
+    note = (t * len(freqs) / seconds).long().clamp(max=len(freqs) - 1)
+    sf.write(path, (0.5 * torch.sin(2 * math.pi * torch.tensor(freqs)[note] * t)).numpy(), rate)
+    return path
+
+
+def test_a_melody_prediction_runs_on_the_fast_path_and_equals_audiocraft(family_engine, tmp_path):
+    engine = family_engine("melody")
+    request = BatchRequest(prompt="piano", input_audio=melody_file(tmp_path / "m.wav"), duration=2, seed=1,
+                           temperature=0.0)
+    ours = engine.generate(request).wait().tokens
+    reference = engine.generate(request, reference=True).wait().tokens
+    assert torch.equal(ours, reference)
+
+
+def test_melody_steers_and_text_alone_works_on_a_melody_model(family_engine, tmp_path):
+    engine = family_engine("melody")
+
+    def tokens(**inputs):
+        return engine.generate(BatchRequest(prompt="piano", duration=2, seed=3, **inputs)).wait().tokens
+
+    first = tokens(input_audio=melody_file(tmp_path / "a.wav"))
+    assert torch.equal(first, tokens(input_audio=melody_file(tmp_path / "a.wav")))
+    assert not torch.equal(first, tokens(input_audio=melody_file(tmp_path / "b.wav", freqs=(220.0, 330.0))))
+    assert not torch.equal(first, tokens())  # text alone: the null prefix
+
+
+def test_a_jam_session_follows_a_melody_and_goes_on_without_one(family_engine, tmp_path):
+    import soundfile as sf
+
+    engine = family_engine("melody")
+    wav, rate = sf.read(melody_file(tmp_path / "m.wav"), dtype="float32", always_2d=True)
+    melody = (torch.from_numpy(wav.T), rate)
+    with_melody = engine.open_session(SETTINGS, seed=4, melody=melody)
+    text_only = engine.open_session(SETTINGS, seed=4)
+    try:
+        a = [with_melody.next_chunk().result(timeout=60).frames for _ in range(2)]
+        b = [text_only.next_chunk().result(timeout=60).frames for _ in range(2)]
+        assert not torch.equal(a[0], b[0])
+        assert with_melody.set_melody(None) == 2
+        after = with_melody.next_chunk().result(timeout=60)
+        assert after.index == 2 and torch.isfinite(after.audio).all()
+        assert text_only.set_melody(melody) == 2
+        assert text_only.next_chunk().result(timeout=60).index == 2
+    finally:
+        with_melody.close()
+        text_only.close()
+
+
+def test_stereo_predictions_and_sessions_carry_two_distinct_channels(family_engine):
+    engine = family_engine("stereo")
+    result = engine.generate(BatchRequest(prompt="wide", duration=2, seed=1)).wait()
+    assert result.wav.shape == (2, 64000) and result.tokens.shape[0] == 8
+    assert not torch.allclose(result.wav[0], result.wav[1])
+    session = engine.open_session(SETTINGS, seed=2)
+    try:
+        chunk = session.next_chunk().result(timeout=60)
+    finally:
+        session.close()
+    assert chunk.audio.shape[0] == 2 and not torch.allclose(chunk.audio[0], chunk.audio[1])
+
+
+def test_mbd_on_stereo_and_melody_on_a_text_model_say_what_to_change(family_engine, engine, tmp_path):
+    with pytest.raises(RequestError, match="MultiBand Diffusion is trained on mono"):
+        family_engine("stereo").generate(BatchRequest(prompt="x", duration=1, multi_band_diffusion=True))
+    clip = sine_wav(tmp_path / "clip.wav", seconds=1.0)
+    with pytest.raises(RequestError, match="cannot follow a melody"):
+        engine.generate(BatchRequest(prompt="x", input_audio=clip, duration=1))
+    with pytest.raises(ValueError, match="cannot follow a melody"):
+        engine.open_session(SETTINGS, seed=1, melody=(torch.zeros(1, 32000), 32000))
+    assert engine.sessions_open == 0
