@@ -48,17 +48,17 @@ def decode(path: tp.Union[str, Path]) -> tuple[torch.Tensor, int]:
     return decoded.wav, decoded.sample_rate
 
 
-def decode_slice(path: tp.Union[str, Path], start: float = 0.0, end: tp.Optional[float] = None,
+def decode_slice(path: tp.Union[str, Path, bytes], start: float = 0.0, end: tp.Optional[float] = None,
                  max_seconds: tp.Optional[float] = None,
                  max_file_seconds: tp.Optional[float] = None) -> AudioSlice:
-    """Decodes only [start, end) of a file, streaming through it: seeks to `start`, stops at `end` or after
-    `max_seconds` of slice, so memory follows the slice, not the file. A file longer than `max_file_seconds`
-    (by its header) is refused before anything is decoded."""
+    """Decodes only [start, end) of a file (or of a file's bytes), streaming through it: seeks to `start`, stops
+    at `end` or after `max_seconds` of slice, so memory follows the slice, not the file. A file longer than
+    `max_file_seconds` (by its header) is refused before anything is decoded."""
     import av
 
-    name = Path(path).name
+    name = "the audio" if isinstance(path, bytes) else Path(path).name
     try:
-        with av.open(str(path)) as container:
+        with av.open(io.BytesIO(path) if isinstance(path, bytes) else str(path)) as container:
             if not container.streams.audio:
                 raise AudioInputError(f"{name} has no audio stream")
             stream = container.streams.audio[0]

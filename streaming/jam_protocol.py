@@ -17,6 +17,7 @@ from engine.streams import MAX_GUIDANCE, MAX_TEMPERATURE, SamplingParams
 from streaming.wire import WireError, bounded_number, load_object
 
 PROTOCOL_FRAME_RATE = 25.0
+MAX_MELODY_MESSAGE_BYTES = 1000 * 1024  # a melody message carries an audio file; others stay under 64 KiB
 MAX_DECODE_FRAMES = 50
 PACES = ("realtime", "asap")
 DEFAULTS = {"styles": "warmup", "temperature": 1.1, "topk": 40, "guidance_weight": 3.0, "pace": "asap",
@@ -51,11 +52,19 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Melody:
+    """Follow this melody (the bytes of an audio file in any format ffmpeg reads), or none (None); melody
+    checkpoints only."""
+
+    audio: tp.Optional[bytes]
+
+
+@dataclass(frozen=True)
 class Ping:
     pass
 
 
-Command = tp.Union[Start, Update, Stop, Ping]
+Command = tp.Union[Start, Update, Stop, Ping, Melody]
 
 
 def _number(params: dict, name: str, kind: type, low: float, high: float) -> float:
@@ -135,12 +144,16 @@ class JamProtocol:
 
     def receive_text(self, text: str) -> Command:
         try:
-            message = load_object(text)
+            message = load_object(text, max_bytes=MAX_MELODY_MESSAGE_BYTES)
+            if message.get("type") != "melody":
+                load_object(text)  # the ordinary size limit
         except WireError as exc:
             raise ProtocolError(str(exc)) from None
         kind = message.get("type")
         if kind == "ping":
             return Ping()
+        if kind == "melody":
+            return self._melody(message)
         if kind == "start":
             return self._start(message)
         if kind == "update":
@@ -150,7 +163,20 @@ class JamProtocol:
                 raise ProtocolError("stop before start: nothing is playing")
             self.state = "stopped"
             return Stop()
-        raise ProtocolError(f"unknown message type {kind!r}: expected start, update, stop or ping")
+        raise ProtocolError(f"unknown message type {kind!r}: expected start, update, melody, stop or ping")
+
+    def _melody(self, message: dict) -> Melody:
+        if self.state != "started":
+            raise ProtocolError("melody before start: send start first")
+        encoded = message.get("audio_base64")
+        if encoded is None:
+            return Melody(None)
+        if not isinstance(encoded, str):
+            raise ProtocolError("audio_base64 must be a base64 string of an audio file, or null to drop the melody")
+        try:
+            return Melody(base64.b64decode(encoded, validate=True))
+        except ValueError:
+            raise ProtocolError("audio_base64 is not valid base64") from None
 
     def _start(self, message: dict) -> Start:
         if self.state != "idle":

@@ -1,10 +1,13 @@
 """/ws/jam over WebSocket: JSON control messages in; base64 WAV chunks (or binary WAV + chunk_meta) out."""
 
+import asyncio
 import logging
 import typing as tp
 
+from engine.audio import AudioInputError, decode_slice
 from engine.batch import random_seed
 from engine.core import CapacityError
+from engine.melody import WINDOW_SECONDS
 from engine.worker import EngineUnavailable
 from streaming import jam_protocol as jp
 from streaming.connection import Connection
@@ -43,6 +46,8 @@ class JamConnection(Connection):
             first = self.session.update(command.settings)
             self.pacer.pace = command.pace
             await self.send(jp.status_event("updated", applies_from_chunk=first, **jp.describe_update(command)))
+        elif isinstance(command, jp.Melody):
+            await self.set_melody(command.audio)
         elif isinstance(command, jp.Stop):
             await self.end_session()
             await self.send(jp.stopped_event())
@@ -69,6 +74,22 @@ class JamConnection(Connection):
         await self.send(jp.status_event("restarted" if restart else "playing", seed=seed, pace=pace,
                                         model=self.engine.describe()))
         return True
+
+    async def set_melody(self, data: tp.Optional[bytes]) -> None:
+        """Decodes the melody (at most one 30 s window of it) and hands it to the session, off the event loop."""
+        def follow() -> int:
+            melody = None
+            if data is not None:
+                piece = decode_slice(data, max_seconds=WINDOW_SECONDS)
+                melody = (piece.wav, piece.sample_rate)
+            return self.session.set_melody(melody)
+
+        try:
+            first = await asyncio.get_running_loop().run_in_executor(None, follow)
+        except (AudioInputError, ValueError) as exc:
+            await self.send(jp.error_event(f"melody: {exc}"))
+            return
+        await self.send(jp.status_event("melody", following=data is not None, applies_from_chunk=first))
 
     async def send_chunk(self, chunk) -> None:
         await self.send(*jp.chunk_events(chunk, self.binary, self.noise_notice))

@@ -109,3 +109,35 @@ def test_mbd_on_stereo_and_melody_on_a_text_model_say_what_to_change(family_engi
     with pytest.raises(ValueError, match="cannot follow a melody"):
         engine.open_session(SETTINGS, seed=1, melody=(torch.zeros(1, 32000), 32000))
     assert engine.sessions_open == 0
+
+
+def test_jam_clients_send_a_melody_and_hear_stereo(family_engine, tmp_path):
+    import base64
+    import io
+    import json
+
+    import soundfile as sf
+    from websockets.sync.client import connect
+
+    from streaming.config import ServerConfig
+    from streaming.server import RunningServer
+    from tests.test_jam_server import START, next_of
+
+    for kind in ("stereo-melody",):
+        server = RunningServer(family_engine(kind), ServerConfig(host="127.0.0.1", port=0)).start()
+        try:
+            with connect(f"ws://127.0.0.1:{server.port}/ws/jam", max_size=None) as ws:
+                ws.send(json.dumps(START))
+                first = next_of(ws, "chunk")
+                audio = base64.b64encode(melody_file(tmp_path / "m.wav").read_bytes()).decode()
+                ws.send(json.dumps({"type": "melody", "audio_base64": audio}))
+                status = next_of(ws, "status")
+                assert status["status"] == "melody" and status["following"] is True
+                assert status["applies_from_chunk"] >= 1
+                ws.send(json.dumps({"type": "melody", "audio_base64": base64.b64encode(b"noise").decode()}))
+                assert next_of(ws, "error")["error"].startswith("melody: ")
+                chunk = next_of(ws, "chunk")
+                samples, _ = sf.read(io.BytesIO(base64.b64decode(chunk["audio_base64"])), always_2d=True)
+                assert samples.shape[1] == 2 == chunk["metadata"]["channels"] == first["metadata"]["channels"]
+        finally:
+            server.stop()

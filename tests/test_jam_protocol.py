@@ -150,3 +150,19 @@ def test_chunk_metadata_states_what_was_sent():
     assert rate == 32000 and len(samples) == int(1.64 * 32000)
     wav, meta_text = jp.chunk_events(_chunk(), binary=True)
     assert wav[:4] == b"RIFF" and json.loads(meta_text)["type"] == "chunk_meta"
+
+
+def test_melody_messages_carry_audio_or_drop_it():
+    import base64
+
+    protocol, _ = started()
+    audio = b"RIFF" + b"\x00" * 200_000  # larger than an ordinary message may be
+    command = protocol.receive_text(json.dumps({"type": "melody", "audio_base64": base64.b64encode(audio).decode()}))
+    assert command == jp.Melody(audio)
+    assert protocol.receive_text('{"type": "melody", "audio_base64": null}') == jp.Melody(None)
+    with pytest.raises(jp.ProtocolError, match="not valid base64"):
+        protocol.receive_text('{"type": "melody", "audio_base64": "***"}')
+    with pytest.raises(jp.ProtocolError, match="melody before start"):
+        jp.JamProtocol().receive_text('{"type": "melody", "audio_base64": null}')
+    with pytest.raises(jp.ProtocolError, match="message too large"):
+        protocol.receive_text(json.dumps({"type": "ping", "pad": "x" * 200_000}))
