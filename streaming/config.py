@@ -20,6 +20,7 @@ class ServerConfig:
     token: tp.Optional[str] = None
     ssl_certfile: tp.Optional[str] = None
     ssl_keyfile: tp.Optional[str] = None
+    webrtc_connect_timeout: float = 30.0  # a WebRTC offer not connected by then is dropped (slot freed)
 
     @classmethod
     def from_env(cls, environ: tp.Mapping[str, str] = os.environ) -> "ServerConfig":

@@ -323,6 +323,8 @@ class LyriaConnection(Connection):
 
 
 def build_app(engine, config: ServerConfig) -> Starlette:
+    from streaming.webrtc import webrtc_routes  # imported here: it builds on SessionLimit and authorized above
+
     limit = SessionLimit(config.max_sessions)
     notice = NOISE_NOTICE if engine.model.is_demo else None
 
@@ -360,7 +362,7 @@ def build_app(engine, config: ServerConfig) -> Starlette:
             limit.release()
 
     return Starlette(routes=[Route("/health", health), WebSocketRoute("/ws/jam", jam),
-                             WebSocketRoute(lp.PATH, lyria)])
+                             WebSocketRoute(lp.PATH, lyria), *webrtc_routes(engine, config, limit, notice)])
 
 
 class RunningServer:
