@@ -323,6 +323,7 @@ class LyriaConnection(Connection):
 
 
 def build_app(engine, config: ServerConfig) -> Starlette:
+    from streaming.page import page_routes
     from streaming.webrtc import webrtc_routes  # imported here: it builds on SessionLimit and authorized above
 
     limit = SessionLimit(config.max_sessions)
@@ -362,7 +363,8 @@ def build_app(engine, config: ServerConfig) -> Starlette:
             limit.release()
 
     return Starlette(routes=[Route("/health", health), WebSocketRoute("/ws/jam", jam),
-                             WebSocketRoute(lp.PATH, lyria), *webrtc_routes(engine, config, limit, notice)])
+                             WebSocketRoute(lp.PATH, lyria), *webrtc_routes(engine, config, limit, notice),
+                             *page_routes()])
 
 
 class RunningServer:
