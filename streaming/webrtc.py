@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 AHEAD_CHUNKS = 1.0  # request the next chunk when the buffer is down to this many chunks
 FLUSH_SECONDS = 0.5  # how long a closing peer waits for its last data-channel messages to leave
+PC_CLOSE_SECONDS = 2.0  # at server shutdown aiortc's own close task may be cancelled and never finish
 TRICKLE_WAIT_SECONDS = 10.0  # a candidate that races its offer waits this long for the offer to be applied
 
 
@@ -95,7 +96,7 @@ class Peer:
         text = candidate["candidate"].removeprefix("candidate:")
         try:
             parsed = candidate_from_sdp(text)
-        except (ValueError, IndexError) as exc:
+        except (AssertionError, ValueError, IndexError) as exc:  # aiortc's parser asserts on too few fields
             raise ValueError(f"cannot parse candidate {candidate['candidate']!r}: {exc}") from None
         parsed.sdpMid = candidate.get("sdpMid")
         parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
@@ -195,6 +196,9 @@ class Peer:
                 self.end_reason = f"not connected within {connect_timeout:g} s"
                 return
             await self.ended.wait()
+        except asyncio.CancelledError:
+            self.end_reason = "server shutting down"
+            raise
         finally:
             await self.close(self.end_reason)
 
@@ -219,7 +223,11 @@ class Peer:
             while self.channel is not None and self.channel.readyState == "open" and \
                     self.channel.bufferedAmount > 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            await self.pc.close()
+            try:
+                await asyncio.wait_for(self.pc.close(), PC_CLOSE_SECONDS)
+            except TimeoutError:
+                logger.warning("webrtc %s: the peer connection did not close within %g s", self.webrtc_id,
+                               PC_CLOSE_SECONDS)
         finally:
             self.on_closed(self)
 
