@@ -21,7 +21,6 @@ from engine.audio import OPUS_FRAME_SAMPLES, OPUS_SAMPLE_RATE, OpusEncoder
 logger = logging.getLogger(__name__)
 
 TIME_BASE = fractions.Fraction(1, OPUS_SAMPLE_RATE)
-FRAME_SECONDS = OPUS_FRAME_SAMPLES / OPUS_SAMPLE_RATE
 CHANNELS = 2
 
 

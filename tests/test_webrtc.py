@@ -101,6 +101,36 @@ def test_plays_real_time_opus_and_steers_over_the_data_channel(server, engine):
     assert wait_until(lambda: engine.scheduler.streams == [], 2)
 
 
+def test_generation_falling_behind_carries_silence_and_warns(server, engine):
+    """The engine thread stalls (a real job occupies it) longer than the buffer lasts: the track goes on with
+    silence, the client is warned, and the music resumes on the same connection."""
+    async def scenario():
+        client = JamClient(base(server))
+        track = await client.connect({**PARAMS, "max_decode_frames": 10})  # 0.4 s chunks: under a second buffered
+        await client.message(event("chunk"))
+        for _ in range(10):
+            await asyncio.wait_for(track.recv(), 5)
+        stall = engine.scheduler.call(lambda: time.sleep(2.0))
+        peaks, gaps, last = [], [], time.monotonic()
+        while not stall.done() or len(peaks) < 150:
+            frame = await asyncio.wait_for(track.recv(), 5)
+            gaps.append(time.monotonic() - last)
+            last = time.monotonic()
+            peaks.append(int(np.abs(frame.to_ndarray()).max()))
+        warning = await client.message(lambda m: m["type"] == "warning", timeout=1)
+        assert "behind real time" in warning["data"]
+        recovered = await client.message(event("recovered"), timeout=5)
+        assert 0.5 < recovered["data"]["silence_seconds"] < 2.5
+        assert sum(p < 4 for p in peaks) >= 25  # half a second and more of silence went out...
+        assert peaks[-1] > 100 and max(gaps) < 0.5  # ...then music again, and frames never stopped flowing
+        chunk = await client.message(event("chunk"))
+        assert chunk["data"]["underruns"] == 1
+        await client.close()
+
+    asyncio.run(scenario())
+    assert wait_until(lambda: sessions(server) == 0, 3)
+
+
 def test_client_close_frees_the_slot(server):
     async def scenario():
         client = JamClient(base(server))
