@@ -143,6 +143,23 @@ def test_client_close_frees_the_slot(server):
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
+def test_vanished_client_frees_its_slot_when_ice_consent_expires(server, engine):
+    """A client that disappears without closing (its event loop simply stops): ICE consent freshness (RFC 7675,
+    about 30 s in aioice) fails the connection and the slot comes back."""
+    async def vanish():
+        client = JamClient(base(server))
+        track = await client.connect(PARAMS)
+        await asyncio.wait_for(track.recv(), 10)  # returns without close(): no DTLS close_notify ever leaves
+
+    asyncio.run(vanish())
+    gone = time.monotonic()
+    assert sessions(server) == 1
+    assert wait_until(lambda: sessions(server) == 0, 45, interval=0.5)
+    assert 10 < time.monotonic() - gone < 45
+    assert wait_until(lambda: engine.scheduler.streams == [], 2)
+
+
 def test_trickled_candidates(server):
     async def scenario():
         client = JamClient(base(server))
