@@ -255,7 +255,11 @@ def webrtc_routes(engine, config: ServerConfig, limit: SessionLimit, notice: tp.
             return JSONResponse(wp.failed("connection_already_exists"))
         if not limit.try_acquire():
             return JSONResponse(wp.failed("concurrency_limit_reached", limit=limit.limit))
-        peer = Peer(command.webrtc_id, command, engine, notice, release)
+        try:
+            peer = Peer(command.webrtc_id, command, engine, notice, release)
+        except Exception:
+            limit.release()
+            raise
         peers[command.webrtc_id] = peer  # before any await: a second offer with this id is refused
         phase = "session_unavailable"
         try:

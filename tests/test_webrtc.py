@@ -216,6 +216,21 @@ def test_bad_params_fail_without_taking_a_slot(server, params, detail):
     assert sessions(server) == 0
 
 
+def test_offer_without_opus_fails_and_gives_the_slot_back(server, engine):
+    async def scenario():
+        client = JamClient(base(server))
+        await client.pc.setLocalDescription(await client.pc.createOffer())
+        sdp = client.pc.localDescription.sdp.replace("opus/48000/2", "speex/48000/2")
+        reply = await client.post("/webrtc/offer", {"sdp": sdp, "type": "offer", "webrtc_id": client.webrtc_id})
+        await client.close()
+        return reply
+
+    reply = asyncio.run(scenario())
+    assert reply["meta"]["error"] == "invalid_request" and "cannot be answered" in reply["meta"]["detail"]
+    assert sessions(server) == 0
+    assert wait_until(lambda: engine.scheduler.streams == [], 2)
+
+
 def test_never_connecting_offer_is_dropped_after_the_timeout(server, engine):
     async def scenario():
         client = JamClient(base(server))
