@@ -107,7 +107,7 @@ def main() -> None:
         server.stop()
         engine.close()
         patch.undo()
-    _, _, underruns, encode_cpu, encoded = ended.records[-1]
+    _, _, underruns, encode_cpu, encoded, _ = ended.records[-1]
     print(json.dumps({
         "cpu": cpu_model(), "model": engine.model.describe(),
         "time_to_first_audio_seconds": {"median": round(statistics.median(firsts), 3),

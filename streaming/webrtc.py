@@ -66,8 +66,12 @@ class Peer:
 
     async def start_session(self) -> None:
         """Opens the jam session; generation of the first chunk starts at once, while ICE connects."""
-        loop = asyncio.get_running_loop()
-        self.session = await loop.run_in_executor(None, self.engine.open_session, self.settings, self.seed)
+        opening = asyncio.get_running_loop().run_in_executor(None, self.engine.open_session, self.settings, self.seed)
+        try:
+            self.session = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the offer was abandoned: close the session whenever it opens
+            opening.add_done_callback(lambda done: done.cancelled() or done.exception() or done.result().close())
+            raise
         self.resampler = StreamingResampler(self.session.sample_rate, OPUS_SAMPLE_RATE, CHANNELS)
         self._tasks.append(asyncio.create_task(self._pump(), name=f"webrtc-pump-{self.webrtc_id}"))
 
@@ -208,8 +212,10 @@ class Peer:
             return
         self.closed = True
         self.described.set()  # a trickle request waiting for the offer wakes and finds the peer gone
-        logger.info("webrtc %s ended: %s (%d underruns, %.3f s encode CPU for %d frames)", self.webrtc_id, reason,
-                    self.track.underruns, self.track.encode_cpu_seconds, self.track.frames)
+        first = f"{self.track.first_frame_at - self.offered_at:.2f} s" if self.track.first_frame_at else "never"
+        logger.info("webrtc %s ended: %s (%d underruns, %.3f s encode CPU for %d frames, first audio after %s)",
+                    self.webrtc_id, reason, self.track.underruns, self.track.encode_cpu_seconds, self.track.frames,
+                    first)
         try:
             if self.session is not None:
                 self.session.close()  # the pending chunk future resolves with SessionClosed
