@@ -139,10 +139,14 @@ def wav_bytes(wav: torch.Tensor, sample_rate: int) -> bytes:
     return buffer.getvalue()
 
 
+def pcm16_array(wav: torch.Tensor) -> np.ndarray:
+    """16-bit samples [samples, channels] (interleaved when flattened) from float [channels, samples]."""
+    return (wav.detach().cpu().float().clamp(-1, 1).numpy().T * 32767.0).round().astype("<i2")
+
+
 def pcm16_bytes(wav: torch.Tensor) -> bytes:
     """Raw interleaved 16-bit little-endian PCM, for protocols that stream bare samples."""
-    samples = (wav.detach().cpu().float().clamp(-1, 1).numpy().T * 32767.0).round().astype("<i2")
-    return samples.tobytes()
+    return pcm16_array(wav).tobytes()
 
 
 def ffmpeg_executable() -> str:
@@ -215,3 +219,49 @@ class StreamingResampler:
         self._history = torch.cat([self._history, wav], dim=-1)[:, -self.context:]
         self._consumed, self._produced = end_in, out_end
         return out
+
+
+OPUS_SAMPLE_RATE = 48000  # Opus always runs at 48 kHz on the wire (RTP clock rate of WebRTC's opus/48000/2)
+OPUS_FRAME_SAMPLES = 960  # 20 ms: WebRTC's usual packet time
+OPUS_BITRATE = 128_000  # target bits per second for stereo music (VBR around it)
+OPUS_APPLICATION = "audio"  # libopus's music mode; aiortc's own encoder is fixed to "voip" at 96 kbps
+
+
+class OpusEncoder:
+    """Live music as Opus: one 20 ms frame of 16-bit PCM in, one packet out, stateful across frames.
+
+    libopus through PyAV with the "audio" application (tuned for music, not speech) at OPUS_BITRATE. Frames must
+    be fed in playing order (silence included): the encoder predicts from the previous frame.
+    """
+
+    def __init__(self, bitrate: int = OPUS_BITRATE, channels: int = 2) -> None:
+        import fractions
+
+        import av
+
+        self.channels = channels
+        self.bitrate = bitrate
+        self.codec = av.CodecContext.create("libopus", "w")
+        self.codec.bit_rate = bitrate
+        self.codec.sample_rate = OPUS_SAMPLE_RATE
+        self.codec.layout = "stereo" if channels == 2 else "mono"
+        self.codec.format = "s16"
+        self.codec.time_base = fractions.Fraction(1, OPUS_SAMPLE_RATE)
+        self.codec.options = {"application": OPUS_APPLICATION, "frame_duration": "20", "vbr": "on"}
+        self._pts = 0
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        """`pcm` is int16 [OPUS_FRAME_SAMPLES, channels]; returns the Opus packet for it."""
+        import av
+
+        if pcm.shape != (OPUS_FRAME_SAMPLES, self.channels):
+            raise ValueError(f"an Opus frame is {OPUS_FRAME_SAMPLES} x {self.channels} samples, got {pcm.shape}")
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm, dtype="<i2").reshape(1, -1), format="s16",
+                                           layout=self.codec.layout.name)
+        frame.sample_rate = OPUS_SAMPLE_RATE
+        frame.pts = self._pts
+        self._pts += OPUS_FRAME_SAMPLES
+        packets = self.codec.encode(frame)
+        if len(packets) != 1:  # libopus emits exactly one packet per 20 ms frame, with no lookahead queue
+            raise RuntimeError(f"Opus encoder returned {len(packets)} packets for one frame")
+        return bytes(packets[0])

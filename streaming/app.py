@@ -1,4 +1,5 @@
-"""The sidecar's ASGI app: routes, the connection cap, auth at the door, and health."""
+"""The sidecar's ASGI app: routes (/ws/jam, Lyria, WebRTC, the jam page, health), the connection cap, auth at
+the door."""
 
 import logging
 import typing as tp
@@ -6,7 +7,7 @@ import typing as tp
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from streaming import lyria_protocol as lp
@@ -14,6 +15,8 @@ from streaming.auth import authorized
 from streaming.config import ServerConfig
 from streaming.jam_ws import JamConnection
 from streaming.lyria_ws import LyriaConnection
+from streaming.page import page_routes
+from streaming.webrtc import webrtc_routes
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ class ConnectionCount:
         self.active -= 1
 
 
-def build_app(engine, config: ServerConfig, extra_routes: tp.Sequence[BaseRoute] = ()) -> Starlette:
+def build_app(engine, config: ServerConfig) -> Starlette:
     connections = ConnectionCount(config.max_connections)
     notice = NOISE_NOTICE if engine.is_demo else None
 
@@ -74,5 +77,5 @@ def build_app(engine, config: ServerConfig, extra_routes: tp.Sequence[BaseRoute]
                     extra_query="key")
 
     routes = [Route("/health", health), WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
-              *extra_routes]
+              *webrtc_routes(engine, config, notice), *page_routes()]
     return Starlette(routes=routes)

@@ -195,7 +195,7 @@ class JamProtocol:
             raise ProtocolError(f"unknown parameter(s): {', '.join(unknown)}")
         merged = {**DEFAULTS, **params}
         settings, pace = self._validated(merged)
-        seed = None if params.get("seed") is None else int(_number(params, "seed", int, 0, MAX_SEED))
+        seed = None if params.get("seed") in (None, -1) else int(_number(params, "seed", int, 0, MAX_SEED))
         self.params = {k: v for k, v in merged.items() if k != "seed"}
         self.state = "started"
         return Start(settings=settings, pace=pace, binary_audio=binary, seed=seed)
@@ -212,7 +212,7 @@ class JamProtocol:
         if not changes:
             raise ProtocolError("update names no parameter to change")
         if "seed" in changes:
-            raise ProtocolError("seed can only be set in start: it fixes the whole session")
+            raise ProtocolError("seed can only be set when the session starts: it fixes the whole session")
         if "styles" in changes and "style_weights" not in changes:
             changes["style_weights"] = None  # new styles without weights: equal weights
         merged = {**self.params, **changes}

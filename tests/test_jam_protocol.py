@@ -45,7 +45,7 @@ def test_update_merges_and_names_what_changed():
 def test_temperature_zero_is_greedy_and_a_seed_fixes_the_session():
     protocol, command = started({"temperature": 0, "seed": 42})
     assert command.settings.params.temperature == 0 and command.seed == 42
-    with pytest.raises(jp.ProtocolError, match="seed can only be set in start"):
+    with pytest.raises(jp.ProtocolError, match="seed can only be set when the session starts"):
         protocol.receive_text(json.dumps({"type": "update", "seed": 1}))
 
 
@@ -89,7 +89,7 @@ def test_invalid_update_changes_nothing():
     ('{"type": "start", "params": {"temperature": -0.5}}', "temperature must be within \\[0, 10\\]"),
     ('{"type": "start", "params": {"temperature": 1e400}}', "temperature must be a number"),
     ('{"type": "start", "params": {"topk": 123456789012345678901234567890}}', "topk must be within"),
-    ('{"type": "start", "params": {"seed": -1}}', "seed must be within"),
+    ('{"type": "start", "params": {"seed": -2}}', "seed must be within"),
     ('{"type": "start", "params": {"styles": "' + "x" * 4001 + '"}}', "longer than 4000 characters"),
     ('{"type": "start", "params": {"temperature": "hot"}}', "temperature must be a number"),
     ('{"type": "start", "params": {"topk": 0}}', "topk must be within \\[1, 2048\\]"),

@@ -1,0 +1,325 @@
+// The jam page: plays the sidecar's live session over WebRTC (FastRTC's contract: POST /webrtc/offer, an Opus
+// track, controls on the "text" data channel) and falls back to /ws/jam, scheduling chunks as the seed's browser
+// client does (linear fades over each chunk's overlap). No external code: everything is in this file.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const token = new URLSearchParams(location.search).get("token");
+const withToken = (path) => token ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : path;
+const CONNECT_TIMEOUT_MS = 15000; // WebRTC not connected by then (e.g. UDP blocked): fall back to the WebSocket
+
+let run = null; // the current playback: {via, startedAt, firstAudioAt, chunks, underruns, late, ...}
+window.jamPc = null; // the RTCPeerConnection, for tests and debugging
+
+function setText(id, text, tone) {
+  const el = $(id);
+  el.textContent = text;
+  el.className = tone || "";
+}
+
+function log(text, kind = "log") {
+  const item = document.createElement("li");
+  item.className = kind;
+  item.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
+  $("log").prepend(item);
+  while ($("log").children.length > 200) $("log").lastChild.remove();
+}
+
+function params() {
+  const out = {
+    styles: $("styles").value,
+    temperature: Number($("temperature").value),
+    topk: Number($("topk").value),
+    guidance_weight: Number($("guidance").value),
+  };
+  const weights = $("weights").value.replace(/\s+/g, "");
+  out.style_weights = weights || null;
+  return out;
+}
+
+function playing(on) {
+  $("play").disabled = on;
+  $("stop").disabled = !on;
+  $("apply").disabled = !on;
+  $("transport").disabled = on;
+}
+
+async function loadModel() {
+  try {
+    const health = await (await fetch("/health")).json();
+    const model = health.model || {};
+    const name = (model.checkpoint || "unknown").split("/").slice(-2).join("/");
+    $("model").textContent = `Model: ${name} · ${model.sample_rate / 1000} kHz · ${model.device}` +
+      ` · sessions ${health.sessions}/${health.max_sessions}`;
+    if (model.demo_noise) {
+      $("model").textContent += " · random weights";
+      showNotice("Demo checkpoint with random weights: this audio is noise, not music.");
+    }
+  } catch (err) {
+    $("model").textContent = `Model: unavailable (${err.message})`;
+  }
+}
+
+function showNotice(text) {
+  $("notice").textContent = text.charAt(0).toUpperCase() + text.slice(1).replace(/\.?$/, ".");
+  $("notice").hidden = false;
+}
+
+function firstAudio() {
+  if (!run || run.firstAudioAt) return;
+  run.firstAudioAt = performance.now();
+  setText("ttfa", `${((run.firstAudioAt - run.startedAt) / 1000).toFixed(2)} s`, "good");
+}
+
+function showChunk(index, rtf, bufferSeconds) {
+  run.chunks = index + 1;
+  setText("chunks", String(run.chunks));
+  setText("rtf", rtf.toFixed(2), rtf < 0.9 ? "good" : rtf < 1 ? "warn" : "bad");
+  setText("buffer", `${bufferSeconds.toFixed(2)} s ahead`, bufferSeconds > 0.3 ? "good" : "warn");
+}
+
+function showLate() {
+  setText("late", `${run.underruns} underruns · ${run.late} late chunks`, run.underruns || run.late ? "warn" : "good");
+}
+
+function showAck(data) {
+  const heard = data.heard_in_seconds !== undefined ? ` (~${data.heard_in_seconds.toFixed(1)} s)` : "";
+  const from = Number.isInteger(data.applies_from_chunk) ? `chunk ${data.applies_from_chunk}` : "the next chunk";
+  const text = `${data.changed.join(", ")} → heard from ${from}${heard}`;
+  setText("ack", text, "good");
+  log(`update acknowledged: ${text}`);
+}
+
+// -- WebRTC -------------------------------------------------------------------------------------------------------
+function preferStereo(sdp) {
+  // Chrome decodes Opus as mono unless the receiver's fmtp asks for stereo.
+  const match = sdp.match(/a=rtpmap:(\d+) opus\/48000\/2/i);
+  if (!match) return sdp;
+  return sdp.replace(new RegExp(`a=fmtp:${match[1]} (.*)`), (line, rest) =>
+    rest.includes("stereo=1") ? line : `a=fmtp:${match[1]} ${rest.trim()};stereo=1;sprop-stereo=1`);
+}
+
+async function postJSON(path, body) {
+  const response = await fetch(withToken(path), {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
+  });
+  return response.json();
+}
+
+async function playWebRTC() {
+  const pc = new RTCPeerConnection();
+  const webrtcId = Math.random().toString(36).slice(2, 12);
+  Object.assign(run, {via: "webrtc", pc, webrtcId, channel: pc.createDataChannel("text")});
+  window.jamPc = pc;
+  pc.addTransceiver("audio", {direction: "recvonly"});
+  const queued = [];
+  let answered = false;
+  pc.onicecandidate = ({candidate}) => {
+    if (!candidate) return;
+    const body = {candidate: candidate.toJSON(), webrtc_id: webrtcId, type: "ice-candidate"};
+    answered ? postJSON("/webrtc/offer", body) : queued.push(body); // the id exists once the offer is answered
+  };
+  pc.ontrack = (event) => {
+    $("audio").srcObject = event.streams[0] || new MediaStream([event.track]);
+    $("audio").play().catch((err) => log(`audio playback blocked: ${err.message}`, "warning"));
+  };
+  pc.onconnectionstatechange = () => {
+    const state = pc.connectionState;
+    setText("state", state, state === "connected" ? "good" : ["failed", "closed"].includes(state) ? "bad" : "");
+    if (state === "connected" && run && run.pc === pc) run.connected = true;
+    // before it ever connected, play() decides (fall back or give up); afterwards the playback ends here
+    if (["failed", "closed"].includes(state) && run && run.pc === pc && run.connected) finish(`connection ${state}`);
+  };
+  run.channel.onmessage = (event) => onWebRTCMessage(JSON.parse(event.data));
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription({type: "offer", sdp: preferStereo(offer.sdp)});
+  const reply = await postJSON("/webrtc/offer", {
+    sdp: pc.localDescription.sdp, type: "offer", webrtc_id: webrtcId, params: params(),
+  });
+  if (reply.status === "failed") {
+    const error = new Error(`${reply.meta.error}${reply.meta.detail ? ": " + reply.meta.detail : ""}` +
+      `${reply.meta.limit ? " (limit " + reply.meta.limit + ")" : ""}`);
+    error.refused = true; // the server said no: a WebSocket would be refused too
+    throw error;
+  }
+  await pc.setRemoteDescription(reply);
+  answered = true;
+  queued.forEach((body) => postJSON("/webrtc/offer", body));
+  run.statsTimer = setInterval(() => pollStats(pc), 250);
+  await new Promise((resolve, reject) => {
+    const deadline = setTimeout(() => reject(new Error("not connected within 15 s")), CONNECT_TIMEOUT_MS);
+    const check = () => {
+      if (pc.connectionState === "connected") { clearTimeout(deadline); resolve(); }
+      if (pc.connectionState === "failed") { clearTimeout(deadline); reject(new Error("connection failed")); }
+    };
+    pc.addEventListener("connectionstatechange", check);
+    check();
+  });
+}
+
+async function pollStats(pc) {
+  if (!run || run.pc !== pc) return;
+  const stats = await pc.getStats();
+  stats.forEach((report) => {
+    if (report.type !== "inbound-rtp" || report.kind !== "audio") return;
+    if (report.bytesReceived > 0) firstAudio(); // the server sends packets from its first audio on
+    if (report.jitterBufferEmittedCount) {
+      const jitterMs = 1000 * report.jitterBufferDelay / report.jitterBufferEmittedCount;
+      run.jitter = `jitter buffer ${jitterMs.toFixed(0)} ms`;
+    }
+  });
+}
+
+function onWebRTCMessage(message) {
+  const data = message.data;
+  if (message.type === "warning") {
+    log(data, "warning");
+  } else if (message.type === "error") {
+    log(data, "error");
+    setText("ack", data, "bad");
+  } else if (data && data.event === "started") {
+    log(`started: seed ${data.seed}, Opus ${data.audio.bitrate / 1000} kbps ${data.audio.channels} ch ` +
+      `(${data.audio.application} mode)`);
+    if (data.notice) showNotice(data.notice);
+  } else if (data && data.event === "chunk") {
+    run.underruns = data.underruns;
+    showChunk(data.index, data.real_time_factor, data.buffer_seconds);
+    if (run.jitter) $("buffer").textContent += ` · ${run.jitter}`;
+    showLate();
+  } else if (data && data.event === "recovered") {
+    log(`audio back after ${data.silence_seconds.toFixed(2)} s of silence`, "warning");
+  } else if (data && data.event === "updated") {
+    showAck(data);
+  } else {
+    log(typeof data === "string" ? data : JSON.stringify(data));
+  }
+}
+
+// -- WebSocket fallback (/ws/jam), the seed's scheduling ----------------------------------------------------------
+function playWebSocket() {
+  const ctx = new AudioContext();
+  const out = ctx.createGain();
+  out.connect(ctx.destination);
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(withToken(`${scheme}//${location.host}/ws/jam`));
+  Object.assign(run, {via: "websocket", ws, ctx, nextTime: 0});
+  setText("state", "connecting");
+  ws.onopen = () => {
+    setText("state", "connected", "good");
+    ws.send(JSON.stringify({type: "start", mode: "rt", binary_audio: false,
+      params: {...params(), pace: "realtime"}}));
+  };
+  ws.onclose = () => { if (run && run.ws === ws) finish("connection closed"); };
+  ws.onmessage = async (event) => {
+    const message = JSON.parse(event.data);
+    if (message.type === "chunk") {
+      await schedule(ctx, out, message);
+    } else if (message.type === "status" && message.status === "updated") {
+      showAck(message);
+    } else if (message.type === "error") {
+      log(message.error, "error");
+      setText("ack", message.error, "bad");
+    } else {
+      log(JSON.stringify(message));
+    }
+  };
+}
+
+async function schedule(ctx, out, message) {
+  const meta = message.metadata;
+  const bytes = Uint8Array.from(atob(message.audio_base64), (c) => c.charCodeAt(0));
+  const audio = await ctx.decodeAudioData(bytes.buffer);
+  const xfade = meta.crossfade_seconds;
+  const source = ctx.createBufferSource();
+  const gain = ctx.createGain();
+  source.buffer = audio;
+  source.connect(gain).connect(out);
+  if (run.nextTime < ctx.currentTime + 0.05) { // the previous chunk has (nearly) finished: this one is late
+    if (run.nextTime > 0) run.late += 1;
+    run.nextTime = ctx.currentTime + 0.12;
+  }
+  const startAt = run.nextTime, duration = audio.duration;
+  run.nextTime = startAt + Math.max(0, duration - xfade);
+  gain.gain.setValueAtTime(0, startAt);
+  gain.gain.linearRampToValueAtTime(1, startAt + xfade);
+  gain.gain.setValueAtTime(1, startAt + Math.max(0, duration - xfade));
+  gain.gain.linearRampToValueAtTime(0, startAt + duration);
+  source.start(startAt);
+  if (!run.firstAudioAt) setTimeout(firstAudio, Math.max(0, (startAt - ctx.currentTime) * 1000));
+  showChunk(meta.chunk_index, meta.real_time_factor, run.nextTime - ctx.currentTime);
+  showLate();
+  if (meta.notice) showNotice(meta.notice);
+}
+
+// -- controls -----------------------------------------------------------------------------------------------------
+async function play() {
+  if (run) return;
+  run = {startedAt: performance.now(), chunks: 0, underruns: 0, late: 0, sent: params()};
+  playing(true);
+  ["ttfa", "buffer", "late", "rtf", "chunks", "ack"].forEach((id) => setText(id, "–"));
+  const transport = $("transport").value;
+  if (transport !== "websocket" && "RTCPeerConnection" in window) {
+    setText("via", "WebRTC (Opus)");
+    setText("state", "connecting");
+    try {
+      await playWebRTC();
+      return;
+    } catch (err) {
+      log(`WebRTC: ${err.message}`, "error");
+      if (err.refused || transport === "webrtc") { finish(err.message); return; }
+      log("falling back to the WebSocket (/ws/jam)", "warning");
+      closeTransport();
+      Object.assign(run, {pc: null, channel: null});
+    }
+  }
+  setText("via", "WebSocket (/ws/jam)");
+  playWebSocket();
+}
+
+function sendUpdate() {
+  if (!run) return;
+  const now = params(), changes = {};
+  for (const key of Object.keys(now)) if (now[key] !== run.sent[key]) changes[key] = now[key];
+  if (changes.styles !== undefined && changes.style_weights === undefined) changes.style_weights = now.style_weights;
+  if (!Object.keys(changes).length) { setText("ack", "nothing changed"); return; }
+  const message = JSON.stringify({type: "update", ...changes});
+  if (run.channel && run.channel.readyState === "open") run.channel.send(message);
+  else if (run.ws && run.ws.readyState === WebSocket.OPEN) run.ws.send(message);
+  else { log("not connected yet: change not sent", "warning"); return; }
+  run.sent = now;
+  setText("ack", "sent, waiting for acknowledgement…");
+}
+
+function stop() {
+  if (!run) return;
+  if (run.channel && run.channel.readyState === "open") run.channel.send(JSON.stringify({type: "stop"}));
+  if (run.ws && run.ws.readyState === WebSocket.OPEN) run.ws.send(JSON.stringify({type: "stop"}));
+  finish("stopped");
+}
+
+function closeTransport() {
+  if (run.statsTimer) clearInterval(run.statsTimer);
+  if (run.pc) setTimeout(((pc) => () => pc.close())(run.pc), 300); // lets the stop message leave first
+  if (run.ws) run.ws.close();
+  if (run.ctx) run.ctx.close();
+  $("audio").srcObject = null;
+}
+
+function finish(reason) {
+  if (!run) return;
+  closeTransport();
+  log(`playback ended: ${reason}`);
+  setText("state", reason === "stopped" ? "stopped" : reason, reason === "stopped" ? "" : "warn");
+  run = null;
+  playing(false);
+}
+
+for (const [id, digits] of [["temperature", 2], ["topk", 0], ["guidance", 1]]) {
+  const input = $(id);
+  input.addEventListener("input", () => { $(`${id}-value`).textContent = Number(input.value).toFixed(digits); });
+  input.addEventListener("change", () => { if (run) sendUpdate(); }); // on release (mouse) or each key step
+}
+$("controls").addEventListener("submit", (event) => { event.preventDefault(); run ? sendUpdate() : play(); });
+$("play").addEventListener("click", play);
+$("stop").addEventListener("click", stop);
+loadModel();

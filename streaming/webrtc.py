@@ -1,0 +1,341 @@
+"""WebRTC playback in FastRTC's wire format: the aiortc I/O shell around `webrtc_protocol`.
+
+`POST /webrtc/offer` opens a peer (a jam session on the shared engine, an Opus track of it, the `"text"` data
+channel for controls) or trickles an ICE candidate to one; `POST /webrtc/input` steers a peer by id. A peer takes
+one of the engine's session slots (shared with /ws/jam and Lyria) at the offer and gives it back exactly once,
+however it ends: the client stops or closes, ICE/DTLS fails, it never connects within the timeout, or the server
+shuts down. A generation failure is told on the data channel and the session restarts with a fresh context.
+"""
+
+import asyncio
+import logging
+import time
+import typing as tp
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.rtcdatachannel import RTCDataChannel
+from aiortc.sdp import candidate_from_sdp
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from engine.audio import OPUS_APPLICATION, OPUS_SAMPLE_RATE, OpusEncoder, StreamingResampler, pcm16_array
+from engine.batch import random_seed
+from engine.core import CapacityError
+from engine.jam import JamSession, SessionClosed
+from streaming import jam_protocol as jp
+from streaming import webrtc_protocol as wp
+from streaming.auth import authorized
+from streaming.config import ServerConfig
+from streaming.webrtc_track import CHANNELS, JamTrack
+
+logger = logging.getLogger(__name__)
+
+AHEAD_CHUNKS = 1.0  # request the next chunk when the buffer is down to this many chunks
+FLUSH_SECONDS = 0.5  # how long a closing peer waits for its last data-channel messages to leave
+PC_CLOSE_SECONDS = 2.0  # at server shutdown aiortc's own close task may be cancelled and never finish
+TRICKLE_WAIT_SECONDS = 10.0  # a candidate that races its offer waits this long for the offer to be applied
+MAX_RESTARTS = 3  # generation failures in a row (no chunk in between) before the peer plays silence for good
+
+
+class Peer:
+    """One WebRTC client: its peer connection, jam session, track, controls and the tasks that feed them."""
+
+    def __init__(self, webrtc_id: str, offer: wp.Offer, engine, notice: tp.Optional[str],
+                 on_closed: tp.Callable[["Peer"], None]) -> None:
+        self.webrtc_id = webrtc_id
+        self.offer = offer
+        self.engine = engine
+        self.notice = notice
+        self.controls = offer.controls
+        self.settings = offer.settings
+        self.seed = offer.seed if offer.seed is not None else random_seed()
+        self.on_closed = on_closed
+        self.track = JamTrack(OpusEncoder(), self._underrun, self._recovered)
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: no STUN lookups
+        self.session: tp.Optional[JamSession] = None
+        self.resampler: tp.Optional[StreamingResampler] = None
+        self.channel: tp.Optional[RTCDataChannel] = None
+        self.pending: tp.Optional[jp.Update] = None  # applied right before the next chunk request
+        self.requested = 0  # chunks requested so far = the index of the next request
+        self.scheduled_seconds = 0.0  # audio requested so far (where the next chunk starts on the track)
+        self.offered_at = time.monotonic()
+        self.described = asyncio.Event()  # the offer is applied: trickled candidates can be added
+        self.connected = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.end_reason = "closed"
+        self.closed = False
+        self._tasks: list[asyncio.Task] = []
+
+    async def start_session(self) -> None:
+        """Opens the jam session (taking an engine slot: CapacityError when none is free); generation of the
+        first chunk starts at once, while ICE connects."""
+        await self._open()
+        self._tasks.append(asyncio.create_task(self._pump(), name=f"webrtc-pump-{self.webrtc_id}"))
+
+    async def _open(self) -> None:
+        opening = asyncio.get_running_loop().run_in_executor(None, self.engine.open_session, self.settings, self.seed)
+        try:
+            self.session = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the offer was abandoned: close the session whenever it opens
+            opening.add_done_callback(lambda done: done.cancelled() or done.exception() or done.result().close())
+            raise
+        if self.closed:  # the peer ended while the engine was opening it
+            self.session.close()
+            raise SessionClosed("the peer closed")
+        self.resampler = StreamingResampler(self.session.sample_rate, OPUS_SAMPLE_RATE, CHANNELS)
+
+    async def answer(self, connect_timeout: float) -> str:
+        """Answers the offer (the server's candidates are inside the SDP) and starts the connect timer."""
+        transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
+        transceiver.setCodecPreferences([codec for codec in RTCRtpSender.getCapabilities("audio").codecs
+                                         if codec.mimeType.lower() == "audio/opus"])
+        self.pc.on("connectionstatechange", self._state_changed)
+        self.pc.on("datachannel", self._channel_opened)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.offer.sdp, type="offer"))
+        self.described.set()
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._tasks.append(asyncio.create_task(self._watch(connect_timeout), name=f"webrtc-{self.webrtc_id}"))
+        return self.pc.localDescription.sdp
+
+    async def add_candidate(self, candidate: tp.Optional[dict]) -> None:
+        """A trickled client candidate (None: end of candidates), once the offer is applied. Raises ValueError when
+        it cannot be parsed, LookupError when the peer closed meanwhile."""
+        await asyncio.wait_for(self.described.wait(), TRICKLE_WAIT_SECONDS)
+        if self.closed:
+            raise LookupError(self.webrtc_id)
+        if candidate is None:
+            await self.pc.addIceCandidate(None)
+            return
+        text = candidate["candidate"].removeprefix("candidate:")
+        try:
+            parsed = candidate_from_sdp(text)
+        except (AssertionError, ValueError, IndexError) as exc:  # aiortc's parser asserts on too few fields
+            raise ValueError(f"cannot parse candidate {candidate['candidate']!r}: {exc}") from None
+        parsed.sdpMid = candidate.get("sdpMid")
+        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+        await self.pc.addIceCandidate(parsed)
+
+    def steer(self, update: jp.Update) -> dict:
+        """Queues new settings for the next chunk request and says from which chunk they are heard."""
+        self.pending = update
+        heard_in = self.scheduled_seconds - self.track.played_seconds
+        return wp.update_acknowledgement(update, self.requested, heard_in)
+
+    def send(self, message: str) -> None:
+        """Best effort: before the channel opens or after it closed there is nobody to tell."""
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(message)
+
+    # -- events -------------------------------------------------------------------------------------------------
+    def _state_changed(self) -> None:
+        state = self.pc.connectionState
+        logger.info("webrtc %s: connection %s", self.webrtc_id, state)
+        if state == "connected":
+            self.connected.set()
+        elif state in ("failed", "closed") and not self.ended.is_set():
+            self.end_reason = f"connection {state}"
+            self.ended.set()
+
+    def _channel_opened(self, channel: RTCDataChannel) -> None:
+        if channel.label != "text":
+            logger.info("webrtc %s: ignoring data channel %r (controls use \"text\")", self.webrtc_id, channel.label)
+            return
+        self.channel = channel
+        channel.on("message", self._message)
+        self.send(wp.log({"event": "started", "webrtc_id": self.webrtc_id, "seed": self.seed,
+                          "model": self.engine.describe(), "notice": self.notice,
+                          "audio": {"codec": "opus", "sample_rate": OPUS_SAMPLE_RATE, "channels": CHANNELS,
+                                    "frame_ms": 20, "bitrate": self.track.encoder.bitrate,
+                                    "application": OPUS_APPLICATION}}))
+
+    def _message(self, message: tp.Union[str, bytes]) -> None:
+        if isinstance(message, bytes):
+            self.send(wp.error("binary messages are not accepted: send JSON text"))
+            return
+        try:
+            command = self.controls.receive_text(message)
+        except jp.ProtocolError as exc:
+            self.send(wp.error(str(exc)))
+            return
+        if isinstance(command, jp.Ping):
+            self.send(wp.log("pong"))
+        elif isinstance(command, jp.Update):
+            self.send(wp.log(self.steer(command)))
+        elif isinstance(command, jp.Stop):
+            self.send(wp.log("stopped"))
+            self.end_reason = "stopped by the client"
+            self.ended.set()
+
+    def _underrun(self, count: int) -> None:
+        self.send(wp.warning(f"generation is behind real time: playing silence until the next chunk "
+                             f"(underrun {count}, {self.track.buffered_seconds:.2f} s buffered)"))
+
+    def _recovered(self, silence_seconds: float) -> None:
+        self.send(wp.log({"event": "recovered", "silence_seconds": round(silence_seconds, 3)}))
+
+    # -- tasks --------------------------------------------------------------------------------------------------
+    async def _pump(self) -> None:
+        """Keeps about one chunk buffered ahead of the listener; every future it awaits resolves or is cancelled.
+        A generation failure is told, and a fresh session (same settings, new context) takes over; after
+        MAX_RESTARTS failures in a row the track plays silence."""
+        failures = 0
+        while True:
+            try:
+                await self._play()
+                return
+            except SessionClosed:
+                return
+            except Exception as exc:  # generation failed: this peer is told; others play on
+                failures += 1
+                logger.warning("webrtc %s: generation failed: %s", self.webrtc_id, exc)
+                restarting = failures <= MAX_RESTARTS
+                self.send(wp.error(f"generation failed: {exc}; " + (
+                    "restarting with a fresh context" if restarting else "the track plays silence")))
+                self.session.close()
+                if not restarting:
+                    return
+                self.seed = random_seed()
+                try:
+                    await self._open()
+                except Exception as again:  # noqa: BLE001 - no slot or no engine: silence, and say why
+                    self.send(wp.error(f"could not restart the session: {again}; the track plays silence"))
+                    return
+
+    async def _play(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.track.wait_for_room()
+            if self.pending is not None:
+                self.session.update(self.pending.settings)
+                self.settings, self.pending = self.pending.settings, None
+            self.requested += 1
+            self.scheduled_seconds += self.settings.chunk_seconds
+            deadline = time.monotonic() + self.track.buffered_seconds  # the listener runs dry then
+            chunk = await asyncio.wrap_future(self.session.next_chunk(deadline=deadline))
+            pcm = await loop.run_in_executor(None, self._to_pcm, chunk)
+            self.track.push(pcm, low_water_seconds=AHEAD_CHUNKS * chunk.seconds)
+            self.send(wp.chunk_log(chunk, self.track.buffered_seconds, self.track.underruns, self.notice))
+
+    def _to_pcm(self, chunk):
+        new = int(round(chunk.seconds * chunk.sample_rate))
+        return pcm16_array(self.resampler.process(chunk.audio[:, :new], chunk.audio[:, new:]))
+
+    async def _watch(self, connect_timeout: float) -> None:
+        """Ends the peer when it is not connected in time or its connection ends; also on server shutdown
+        (the task is cancelled and the cleanup below still runs)."""
+        try:
+            try:
+                await asyncio.wait_for(self.connected.wait(), connect_timeout)
+            except TimeoutError:
+                self.end_reason = f"not connected within {connect_timeout:g} s"
+                return
+            await self.ended.wait()
+        except asyncio.CancelledError:
+            self.end_reason = "server shutting down"
+            raise
+        finally:
+            await self.close(self.end_reason)
+
+    async def close(self, reason: str) -> None:
+        """Frees everything the peer holds, once: tasks, session, track, connection, then its slot."""
+        if self.closed:
+            return
+        self.closed = True
+        self.described.set()  # a trickle request waiting for the offer wakes and finds the peer gone
+        first = f"{self.track.first_frame_at - self.offered_at:.2f} s" if self.track.first_frame_at else "never"
+        logger.info("webrtc %s ended: %s (%d underruns, %.3f s encode CPU for %d frames, first audio after %s)",
+                    self.webrtc_id, reason, self.track.underruns, self.track.encode_cpu_seconds, self.track.frames,
+                    first)
+        try:
+            if self.session is not None:
+                self.session.close()  # the pending chunk future resolves with SessionClosed
+            current = asyncio.current_task()
+            for task in self._tasks:
+                if task is not current:
+                    task.cancel()
+            await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
+            self.track.stop()
+            deadline = time.monotonic() + FLUSH_SECONDS
+            while self.channel is not None and self.channel.readyState == "open" and \
+                    self.channel.bufferedAmount > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            try:
+                await asyncio.wait_for(self.pc.close(), PC_CLOSE_SECONDS)
+            except TimeoutError:
+                logger.warning("webrtc %s: the peer connection did not close within %g s", self.webrtc_id,
+                               PC_CLOSE_SECONDS)
+        finally:
+            self.on_closed(self)
+
+
+def webrtc_routes(engine, config: ServerConfig, notice: tp.Optional[str]) -> list[Route]:
+    """`POST /webrtc/offer` and `POST /webrtc/input`; sessions come from the engine's slots, shared with the
+    WebSocket transports."""
+    peers: dict[str, Peer] = {}
+
+    def release(peer: Peer) -> None:
+        if peers.get(peer.webrtc_id) is peer:
+            del peers[peer.webrtc_id]
+
+    async def offer(request: Request) -> JSONResponse:
+        if not authorized(request.headers, request.query_params, config.token):
+            return JSONResponse(wp.failed("unauthorized", detail="missing or wrong token: send JAM_TOKEN as "
+                                                                 "?token= or an Authorization: Bearer header"))
+        try:
+            command = wp.parse_signal(await request.body())
+        except wp.RequestFailed as exc:
+            return JSONResponse(exc.body())
+        if isinstance(command, wp.Candidate):
+            return JSONResponse(await trickle(command))
+        if command.webrtc_id in peers:
+            return JSONResponse(wp.failed("connection_already_exists"))
+        peer = Peer(command.webrtc_id, command, engine, notice, release)
+        peers[command.webrtc_id] = peer  # before any await: a second offer with this id is refused
+        phase = "session_unavailable"
+        try:
+            await peer.start_session()
+            phase = "invalid_request"
+            sdp = await peer.answer(config.webrtc_connect_timeout)
+        except BaseException as exc:  # a failed or cancelled offer still gives its slot back
+            await peer.close(f"offer failed: {exc!r}")
+            if not isinstance(exc, Exception):
+                raise
+            if isinstance(exc, CapacityError):
+                return JSONResponse(wp.failed("concurrency_limit_reached", limit=exc.limit))
+            detail = str(exc) if phase == "session_unavailable" else f"the offer cannot be answered: {exc}"
+            return JSONResponse(wp.failed(phase, detail=detail))
+        logger.info("webrtc %s: answered (seed %d)", command.webrtc_id, peer.seed)
+        return JSONResponse(wp.answer(sdp))
+
+    async def trickle(command: wp.Candidate) -> dict:
+        peer = peers.get(command.webrtc_id)
+        if peer is None:
+            return wp.failed("unknown_connection")
+        try:
+            await peer.add_candidate(command.candidate)
+        except LookupError:
+            return wp.failed("unknown_connection")
+        except (ValueError, TimeoutError) as exc:
+            return wp.failed("invalid_candidate", detail=str(exc) or "the offer was never applied")
+        return wp.success()
+
+    async def steer(request: Request) -> JSONResponse:
+        if not authorized(request.headers, request.query_params, config.token):
+            return JSONResponse(wp.failed("unauthorized", detail="missing or wrong token"))
+        try:
+            command = wp.parse_input(await request.body())
+        except wp.RequestFailed as exc:
+            return JSONResponse(exc.body())
+        peer = peers.get(command.webrtc_id)
+        if peer is None:
+            return JSONResponse(wp.failed("unknown_connection"))
+        try:
+            update = peer.controls.update(command.params)
+        except jp.ProtocolError as exc:
+            return JSONResponse(wp.failed("invalid_params", detail=str(exc)))
+        acknowledgement = peer.steer(update)
+        peer.send(wp.log(acknowledgement))
+        return JSONResponse(wp.success(data=acknowledgement))
+
+    return [Route("/webrtc/offer", offer, methods=["POST"]), Route("/webrtc/input", steer, methods=["POST"])]

@@ -1,0 +1,205 @@
+"""FastRTC's WebRTC signalling contract and the jam controls on its data channel, as pure functions (no sockets).
+
+`parse_signal` turns a `POST /webrtc/offer` body into an `Offer` or a trickled `Candidate`, `parse_input` a
+`POST /webrtc/input` body into an `Input`; `Controls` reads the `"text"` data channel. Every jam parameter is
+validated by `jam_protocol` (one rule set for every transport). Requests that cannot be served raise `RequestFailed`,
+which the I/O shell answers as FastRTC does: HTTP 200 `{"status": "failed", "meta": {"error": ...}}`. Data-channel
+replies have FastRTC's shape `{"type": "log" | "warning" | "error", "data": ...}`.
+"""
+
+import typing as tp
+from dataclasses import dataclass
+
+from engine.jam import Chunk, JamSettings
+from streaming import jam_protocol as jp
+from streaming.wire import WireError, load_object
+
+OFFER_PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "max_decode_frames", "seed")
+MAX_ID_LENGTH = 128
+MAX_BODY_BYTES = 256 * 1024  # an SDP offer with many candidates stays far below this
+
+
+class RequestFailed(Exception):
+    """A signalling or input request that is refused; `error` is FastRTC's code, `meta` what explains it."""
+
+    def __init__(self, error: str, **meta: tp.Any) -> None:
+        super().__init__(error)
+        self.error = error
+        self.meta = meta
+
+    def body(self) -> dict:
+        return failed(self.error, **self.meta)
+
+
+@dataclass(frozen=True)
+class Offer:
+    webrtc_id: str
+    sdp: str
+    settings: JamSettings
+    seed: tp.Optional[int]  # None: a random seed
+    controls: "Controls"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    webrtc_id: str
+    candidate: tp.Optional[dict]  # None (or an empty candidate string): the client's end of candidates
+
+
+@dataclass(frozen=True)
+class Input:
+    webrtc_id: str
+    params: dict
+
+
+def failed(error: str, **meta: tp.Any) -> dict:
+    return {"status": "failed", "meta": {"error": error, **meta}}
+
+
+def success(**fields: tp.Any) -> dict:
+    return {"status": "success", **fields}
+
+
+def answer(sdp: str) -> dict:
+    return {"sdp": sdp, "type": "answer"}
+
+
+def _load(body: bytes) -> dict:
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestFailed("invalid_request",
+                            detail=f"body too large: {len(body)} bytes, the limit is {MAX_BODY_BYTES}")
+    try:
+        return load_object(body.decode("utf-8", errors="replace"), max_bytes=MAX_BODY_BYTES)
+    except WireError as exc:
+        raise RequestFailed("invalid_request", detail=str(exc)) from None
+
+
+def _webrtc_id(message: dict) -> str:
+    webrtc_id = message.get("webrtc_id")
+    if not isinstance(webrtc_id, str) or not webrtc_id.strip() or len(webrtc_id) > MAX_ID_LENGTH:
+        raise RequestFailed("invalid_request",
+                            detail=f"webrtc_id must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    return webrtc_id
+
+
+def parse_signal(body: bytes) -> tp.Union[Offer, Candidate]:
+    """A `/webrtc/offer` body: an offer `{"sdp", "type": "offer", "webrtc_id", "params"?}` or a trickled ICE
+    candidate `{"candidate": {...}, "webrtc_id", "type": "ice-candidate"}`."""
+    message = _load(body)
+    kind = message.get("type")
+    webrtc_id = _webrtc_id(message)
+    if kind == "ice-candidate":
+        candidate = message.get("candidate")
+        if candidate is None or (isinstance(candidate, dict) and not candidate.get("candidate")):
+            return Candidate(webrtc_id, None)
+        if not isinstance(candidate, dict) or not isinstance(candidate.get("candidate"), str) or \
+                (candidate.get("sdpMid") is None and candidate.get("sdpMLineIndex") is None):
+            raise RequestFailed("invalid_candidate", detail="candidate must be an object with a candidate string "
+                                                            "and sdpMid or sdpMLineIndex")
+        return Candidate(webrtc_id, candidate)
+    if kind != "offer":
+        raise RequestFailed("invalid_request", detail=f"type must be \"offer\" or \"ice-candidate\", got {kind!r}")
+    sdp = message.get("sdp")
+    if not isinstance(sdp, str) or not sdp.startswith("v=0"):
+        raise RequestFailed("invalid_request", detail="sdp must be the offer's session description (starting v=0)")
+    if "\nm=audio " not in sdp.replace("\r\n", "\n"):
+        raise RequestFailed("invalid_request", detail="the offer has no audio section: add a recvonly audio "
+                                                      "transceiver before createOffer")
+    params = message.get("params", {})
+    if not isinstance(params, dict):
+        raise RequestFailed("invalid_params", detail="params must be a JSON object")
+    controls = Controls()
+    try:
+        settings, seed = controls.start(params)
+    except jp.ProtocolError as exc:
+        raise RequestFailed("invalid_params", detail=str(exc)) from None
+    return Offer(webrtc_id, sdp, settings, seed, controls)
+
+
+def parse_input(body: bytes) -> Input:
+    """FastRTC's input hook: `{"webrtc_id", ...params}` (or the params nested under "params")."""
+    message = _load(body)
+    webrtc_id = _webrtc_id(message)
+    params = {k: v for k, v in message.items() if k != "webrtc_id"}
+    if isinstance(params.get("params"), dict):
+        params = {**{k: v for k, v in params.items() if k != "params"}, **params["params"]}
+    return Input(webrtc_id, params)
+
+
+def _check_names(params: dict, allowed: tuple[str, ...]) -> None:
+    if "pace" in params:
+        raise jp.ProtocolError("pace does not apply to WebRTC: the track always plays in real time")
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise jp.ProtocolError(f"unknown parameter(s): {', '.join(unknown)}; expected {', '.join(allowed)}")
+
+
+class Controls:
+    """One peer's jam parameters: set by the offer, changed by `update` from the data channel or the input hook.
+
+    Wraps a started `jam_protocol.JamProtocol`, so merging and validation are exactly the WebSocket protocol's."""
+
+    def __init__(self) -> None:
+        self.jam = jp.JamProtocol()
+
+    def start(self, params: dict) -> tuple[JamSettings, tp.Optional[int]]:
+        _check_names(params, OFFER_PARAMS)
+        command = self.jam.receive_text(jp.encode({"type": "start", "params": params}))
+        return command.settings, command.seed
+
+    def update(self, params: dict) -> jp.Update:
+        """Validated new settings; raises ProtocolError naming the field and then nothing has changed."""
+        _check_names(params, OFFER_PARAMS)  # a seed gets jam_protocol's own word: set at the start only
+        return self.jam.receive_text(jp.encode({"type": "update", **params}))
+
+    def receive_text(self, text: str) -> tp.Union[jp.Update, jp.Ping, jp.Stop]:
+        """One data-channel message: `{"type": "update", ...params}`, `{"type": "ping"}` or `{"type": "stop"}`."""
+        try:
+            message = load_object(text)
+        except WireError as exc:
+            raise jp.ProtocolError(str(exc)) from None
+        kind = message.get("type")
+        if kind == "ping":
+            return jp.Ping()
+        if kind == "stop":
+            return jp.Stop()
+        if kind == "update":
+            changes = {k: v for k, v in message.items() if k != "type"}
+            if isinstance(changes.get("params"), dict):  # the start message's nesting is accepted too
+                changes = {**{k: v for k, v in changes.items() if k != "params"}, **changes["params"]}
+            return self.update(changes)
+        if kind == "start":
+            raise jp.ProtocolError("start is implied by the offer: send update to change parameters")
+        raise jp.ProtocolError(f"unknown message type {kind!r}: expected update, ping or stop")
+
+
+# -- data-channel messages out ----------------------------------------------------------------------------------
+def log(data: tp.Any) -> str:
+    return jp.encode({"type": "log", "data": data})
+
+
+def warning(text: str) -> str:
+    return jp.encode({"type": "warning", "data": text})
+
+
+def error(text: str) -> str:
+    return jp.encode({"type": "error", "data": text})
+
+
+def update_acknowledgement(update: jp.Update, chunk_index: int, heard_in_seconds: float) -> dict:
+    """What changed, the values now in force, and when it is heard: from chunk `chunk_index`, about
+    `heard_in_seconds` after this message (the audio already buffered or being generated plays first)."""
+    fields = jp.describe_update(update)
+    fields.pop("pace")
+    return {"event": "updated", **fields, "applies_from_chunk": chunk_index,
+            "heard_in_seconds": round(max(0.0, heard_in_seconds), 2)}
+
+
+def chunk_log(chunk: Chunk, buffer_seconds: float, underruns: int, notice: tp.Optional[str]) -> str:
+    """Sent as each chunk joins the track's buffer: the page shows real-time factor and buffer health from it."""
+    data = {"event": "chunk", "index": chunk.index, "seconds": chunk.seconds,
+            "real_time_factor": round(chunk.real_time_factor, 4), "buffer_seconds": round(buffer_seconds, 3),
+            "underruns": underruns, "styles": ", ".join(chunk.settings.styles)}
+    if notice:
+        data["notice"] = notice
+    return log(data)
