@@ -113,10 +113,13 @@ class Connection:
             await self.on_generation_error(exc)
 
     async def end_session(self) -> None:
-        if self.pump is not None:
-            await self.pump.stop()
-            self.pump = None
-        if self.session is not None:
-            self.session.close()
-            self.session = None
+        """Ends the current session. The connection lets go of it before the first await, so a session started
+        meanwhile (a client's PLAY racing a failure report) is never the one closed here."""
+        pump, session = self.pump, self.session
+        self.pump = self.session = None
+        if session is not None:
             self._idle_since = time.monotonic()
+        if pump is not None:
+            await pump.stop()
+        if session is not None:
+            session.close()

@@ -138,7 +138,7 @@ class LyriaProtocol:
         """Generation failed: the session is gone and playback stops; PLAY starts a fresh one."""
         self.playing = False
         self.has_session = False
-        return [Send((warning(f"generation failed: {error}; send PLAY to start again"),)), EndSession()]
+        return [EndSession(), Send((warning(f"generation failed: {error}; send PLAY to start again"),))]
 
     def chunk_message(self, chunk: Chunk) -> str:
         """A chunk as Lyria's serverContent: its new audio resampled (seamlessly across chunks, with the overlap

@@ -134,7 +134,7 @@ def test_after_a_generation_failure_play_starts_a_fresh_session():
     protocol = ready()
     protocol.receive_text(prompts(("dub", 1.0)))
     protocol.receive_text(json.dumps({"playbackControl": "PLAY"}))
-    warning, end = protocol.session_failed("decode step failed")
+    end, warning = protocol.session_failed("decode step failed")  # the session goes before the client hears
     assert "generation failed: decode step failed" in json.loads(warning.messages[0])["warning"]
     assert end == lp.EndSession() and not protocol.playing
     (start,) = protocol.receive_text(json.dumps({"playbackControl": "PLAY"}))
