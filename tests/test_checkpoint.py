@@ -52,6 +52,7 @@ def test_fine_tuner_single_file_loads_and_matches_release_layout(engine, demo_di
     from omegaconf import OmegaConf
 
     from engine.batch import BatchRequest
+    from engine.config import EngineConfig
     from engine.core import Engine
 
     release = safe_load(demo_dir / "state_dict.bin")
@@ -61,7 +62,7 @@ def test_fine_tuner_single_file_loads_and_matches_release_layout(engine, demo_di
 
     files = resolve(fine_tuned)
     assert files.lm == fine_tuned and files.codec == demo_dir / "compression_state_dict.bin"
-    tuned = Engine.load(fine_tuned, device="cpu")
+    tuned = Engine.load(fine_tuned, device="cpu", config=EngineConfig(weight_format=engine.weight_format))
     try:
         request = BatchRequest(prompt="house", duration=1, seed=21)
         ours = tuned.generate(request).wait().wav
