@@ -5,8 +5,9 @@
 For the given time: four steady listeners (two /ws/jam at realtime pace, two Lyria), a prediction every few
 seconds (a third of them bad: too-long prompts, out-of-range values, undecodable audio), and a stream of clients
 that vanish mid-session, freeze (SIGSTOP), read slowly, or connect and never start. Reports the worker's resident
-memory at the start and end, sessions and decoder rows still held once every client is gone, predictions whose
-outcome was not the expected one, and the worst gap between two chunks of a steady listener.
+memory at the start, after the first minute (once every code path has run and the allocators have settled) and at
+the end, sessions and decoder rows still held once every client is gone, predictions whose outcome was not the
+expected one, and the worst gap between two chunks of a steady listener.
 """
 
 import argparse
@@ -195,6 +196,7 @@ class Soak:
             gaps = [g for name_gaps in self.gaps.values() for g in name_gaps]
             return {"worker_rss_mb_start": rss_start, "worker_rss_mb_end": _rss_mb(worker),
                     "rss_growth_mb": _rss_mb(worker) - rss_start,
+                    "rss_growth_after_first_minute_mb": _rss_mb(worker) - samples[1][1] if len(samples) > 1 else None,
                     "rss_mb_every_minute": [round(rss) for t, rss in samples],
                     "sessions_leaked": health["sessions"], "rows_leaked": health["model"]["rows_in_use"],
                     "health": health["status"], "unexpected": self.unexpected, "counts": self.counts,
