@@ -105,7 +105,7 @@ class Soak:
             try:
                 getattr(self, f"_{kind}")()
                 self.count(f"churn_{kind}")
-            except Exception as exc:  # noqa: BLE001 - a churn client failing is part of the weather, but say so
+            except Exception as exc:  # a churn client failing is part of the weather, but say so
                 self.unexpected.append(f"churn {kind}: {type(exc).__name__}: {exc}")
             time.sleep(2)
 
@@ -142,7 +142,7 @@ class Soak:
         with connect(self.ws_url()) as ws:
             try:
                 ws.recv(timeout=20)
-            except Exception:  # noqa: BLE001 - the server closes idle sockets: that is the point
+            except Exception:  # the server closes idle sockets: that is the point
                 return
             raise RuntimeError("an idle socket was not closed")
 

@@ -198,7 +198,7 @@ class Peer:
                 self.seed = random_seed()
                 try:
                     await self._open()
-                except Exception as again:  # noqa: BLE001 - no slot or no engine: silence, and say why
+                except Exception as again:  # no slot or no engine: silence, and say why
                     self.send(wp.error(f"could not restart the session: {again}; the track plays silence"))
                     return
 
