@@ -165,3 +165,13 @@ def test_cancel_stops_a_running_generation_and_engine_serves_next(engine):
 def test_duration_beyond_the_window_uses_windowed_extension(engine):
     result = run(engine, prompt="long jam", duration=35, seed=9)
     assert result.wav.shape[-1] == 35 * 32000
+
+
+@pytest.mark.parametrize("extremes", [
+    {"temperature": 10.0, "top_k": 2048, "classifier_free_guidance": 20},
+    {"temperature": 1e-9, "top_k": 0, "top_p": 1.0, "classifier_free_guidance": 0},
+    {"temperature": 0.0, "top_p": 0.01, "classifier_free_guidance": 20},
+])
+def test_every_accepted_value_gives_finite_audio(engine, extremes):
+    result = run(engine, prompt="edge", duration=1, seed=3, **extremes)
+    assert torch.isfinite(result.wav).all() and result.wav.shape[-1] == 32000
