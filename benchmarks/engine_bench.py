@@ -162,6 +162,7 @@ def suite_stream(chunks_per_phase: int) -> dict:
     session.close()
     engine.close()
     early = times[1:1 + chunks_per_phase]  # chunk 0 includes the first prefill
+    rolled = [t for t, r, p in zip(times[1:], rollovers[1:], rollovers[:-1], strict=True) if r > p]
     late = [t for t, r in zip(times, rollovers, strict=True) if r >= 3][:chunks_per_phase]
     steady_late = [t for t, r, p in zip(times[1:], rollovers[1:], rollovers[:-1], strict=True) if r >= 3 and r == p]
     return {"model": "512 x 8 layers (smaller than musicgen-small so that 3 roll-overs fit a CI-sized run)",
@@ -171,7 +172,8 @@ def suite_stream(chunks_per_phase: int) -> dict:
             "ratio_late_over_early": statistics.median(late) / statistics.median(early),
             "ratio_late_over_early_excluding_rollover_chunks": statistics.median(steady_late or late) /
             statistics.median(early),
-            "max_chunk_seconds": max(times)}
+            "max_chunk_seconds": max(times),
+            "rollover_chunk_over_median": max(rolled) / statistics.median(times[1:])}
 
 
 def suite_sessions(seconds: float, counts: tuple[int, ...] = (1, 2, 4, 8)) -> dict:
@@ -179,7 +181,11 @@ def suite_sessions(seconds: float, counts: tuple[int, ...] = (1, 2, 4, 8)) -> di
 
     model = build_model(SMALL)
     result = {"model": "musicgen-small dims, random weights", "chunk_seconds": seconds}
-    for dtype in ("int8", "float32"):
+    from engine.precision import choose_weight_format
+
+    default = choose_weight_format("auto", "cpu")[0]
+    result["default_format"] = default
+    for dtype in dict.fromkeys((default, "int8", "float32")):
         engine = engine_for(model, dtype, sessions=max(counts))
         per_dtype = {}
         for count in counts:
