@@ -1,0 +1,125 @@
+"""A single-token decode step with static shapes and no host reads: what torch.compile and CUDA graphs can capture.
+
+`StepDecoder.forward` reads lengths back to the host to size its attention (the longest row's length, whether rows
+differ, the longest condition), which syncs a GPU at every step, rules out CUDA graphs and breaks a compiled graph.
+This step, for one token per row of a fixed row range:
+- attends over the whole preallocated window (max_steps keys), masked on the device by each row's length, and
+  over the whole cross-attention cache, masked by the device-side condition lengths;
+- writes the new keys/values at each row's device-side position (index_put_) and advances the device lengths;
+so its shapes depend only on the row count and the cross-cache capacity and nothing is read back. The price: the
+attention reads the full window whatever the context, which costs more than the eager step at short contexts
+(measured by benchmarks/step_bench.py). The eager forward stays for prefills and as the yardstick.
+"""
+
+import logging
+import typing as tp
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.decoder import StepDecoder
+
+logger = logging.getLogger(__name__)
+
+STEP_MODES = ("auto", "off", "static", "compile")
+
+
+def step_function(decoder: StepDecoder, keys: torch.Tensor, values: torch.Tensor, cross_keys: torch.Tensor,
+                  cross_values: torch.Tensor, cross_lengths: torch.Tensor, lengths: torch.Tensor,
+                  tokens: torch.Tensor) -> torch.Tensor:
+    """One token per row: tokens [R, K] -> logits [R, K, card] (float32); advances `lengths` [R] in place.
+
+    `keys`/`values` [L, R, H, max_steps, Dh], `cross_*` and `lengths` are views of the decoder's caches for the
+    row range (views, so one compiled graph serves every range of the same size). Pure tensor code: no host reads.
+    """
+    n_rows, n_codebooks = tokens.shape
+    positions = lengths.clone()
+    x = sum(F.embedding(tokens[:, k], decoder.embeddings[k]) for k in range(n_codebooks)).unsqueeze(1)
+    x = x + (decoder.positional_scale * decoder._positional(positions.view(-1, 1))).to(decoder.dtype)
+    window = torch.arange(keys.shape[3], device=tokens.device).view(1, 1, 1, -1)
+    self_mask = window <= positions.view(-1, 1, 1, 1)
+    cross_window = torch.arange(cross_keys.shape[3], device=tokens.device).view(1, 1, 1, -1)
+    cross_mask = cross_window < cross_lengths.view(-1, 1, 1, 1)
+    row_index = torch.arange(n_rows, device=tokens.device)
+    heads, head_dim, dim = decoder.num_heads, decoder.head_dim, decoder.dim
+    for index, layer in enumerate(decoder.layers):
+        h = F.layer_norm(x, (dim,), *layer.norm1[:2], eps=layer.norm1[2])
+        qkv = layer.qkv(h).view(n_rows, 3, heads, head_dim)
+        keys[index, row_index, :, positions] = qkv[:, 1]
+        values[index, row_index, :, positions] = qkv[:, 2]
+        attended = F.scaled_dot_product_attention(qkv[:, 0].unsqueeze(2), keys[index], values[index],
+                                                  attn_mask=self_mask)
+        x = x + layer.out(attended.reshape(n_rows, 1, dim))
+        if layer.cross_q is not None:
+            h = F.layer_norm(x, (dim,), *layer.norm_cross[:2], eps=layer.norm_cross[2])
+            q = layer.cross_q(h).view(n_rows, heads, 1, head_dim)
+            attended = F.scaled_dot_product_attention(q, cross_keys[index], cross_values[index], attn_mask=cross_mask)
+            x = x + layer.cross_out(attended.reshape(n_rows, 1, dim))
+        h = F.layer_norm(x, (dim,), *layer.norm2[:2], eps=layer.norm2[2])
+        x = x + layer.ff2(layer.activation(layer.ff1(h)))
+    if decoder.out_norm is not None:
+        x = F.layer_norm(x, (dim,), *decoder.out_norm[:2], eps=decoder.out_norm[2])
+    lengths.add_(1)
+    return decoder.heads(x).view(n_rows, n_codebooks, decoder.card).float()
+
+
+@dataclass
+class _Captured:
+    graph: tp.Any  # torch.cuda.CUDAGraph
+    tokens: torch.Tensor
+    logits: torch.Tensor
+    cross_storage: int  # the cross cache the graph reads; it is recaptured when that cache grows
+
+
+class CapturableStep:
+    """Runs `step_function` on a decoder's rows: eagerly, through torch.compile(fullgraph=True), and on CUDA
+    replayed from a CUDA graph captured once per row range (and per cross-cache allocation)."""
+
+    def __init__(self, decoder: StepDecoder, compiled: bool, graphs: tp.Optional[bool] = None) -> None:
+        self.decoder = decoder
+        self.compiled = compiled
+        self.graphs = decoder.device.type == "cuda" if graphs is None else graphs
+        if self.graphs and not torch.cuda.is_available():
+            raise ValueError("CUDA graphs need CUDA")
+        self._fn = torch.compile(step_function, fullgraph=True, dynamic=False) if compiled else step_function
+        self._captured: dict[tuple[int, int], _Captured] = {}
+
+    def __call__(self, rows: slice, tokens: torch.Tensor) -> torch.Tensor:
+        """Appends tokens [R, K] to `rows` and returns logits [R, K, card]; checks capacity on host mirrors."""
+        self.decoder.check_step(rows)
+        if self.graphs:
+            logits = self._replay(rows, tokens)
+        else:
+            logits = self._fn(*self._views(rows), tokens)
+        self.decoder.advance_host(rows, 1)
+        return logits
+
+    def _views(self, rows: slice) -> tuple:
+        d = self.decoder
+        return (d, d.keys[:, rows], d.values[:, rows], d.cross_keys[:, rows], d.cross_values[:, rows],
+                d.cross_lengths[rows], d.lengths[rows])
+
+    def _replay(self, rows: slice, tokens: torch.Tensor) -> torch.Tensor:
+        key = (rows.start, rows.stop)
+        captured = self._captured.get(key)
+        if captured is None or captured.cross_storage != self.decoder.cross_keys.data_ptr():
+            captured = self._captured[key] = self._capture(rows, tokens)
+        captured.tokens.copy_(tokens)
+        captured.graph.replay()
+        return captured.logits.clone()  # the graph's output buffer is overwritten by its next replay
+
+    def _capture(self, rows: slice, tokens: torch.Tensor) -> _Captured:
+        """Warms up on a side stream (compiling if asked), undoes the warm-up's length advance, captures."""
+        views, static_tokens = self._views(rows), tokens.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._fn(*views, static_tokens)  # writes this step's keys/values, which the replay writes again
+            views[-1].sub_(1)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self._fn(*views, static_tokens)
+        logger.info("captured a CUDA graph of the decode step for rows %d..%d", rows.start, rows.stop - 1)
+        return _Captured(graph, static_tokens, logits, self.decoder.cross_keys.data_ptr())
