@@ -25,19 +25,21 @@ logger = logging.getLogger(__name__)
 STEP_MODES = ("auto", "off", "static", "compile")
 
 
-def step_function(decoder: StepDecoder, keys: torch.Tensor, values: torch.Tensor, cross_keys: torch.Tensor,
-                  cross_values: torch.Tensor, cross_lengths: torch.Tensor, lengths: torch.Tensor,
-                  tokens: torch.Tensor) -> torch.Tensor:
+def step_function(decoder: StepDecoder, keys: list[torch.Tensor], values: list[torch.Tensor],
+                  cross_keys: torch.Tensor, cross_values: torch.Tensor, cross_lengths: torch.Tensor,
+                  lengths: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """One token per row: tokens [R, K] -> logits [R, K, card] (float32); advances `lengths` [R] in place.
 
-    `keys`/`values` [L, R, H, max_steps, Dh], `cross_*` and `lengths` are views of the decoder's caches for the
-    row range (views, so one compiled graph serves every range of the same size). Pure tensor code: no host reads.
+    `keys`/`values` (one [R, H, max_steps, Dh] per layer), `cross_*` and `lengths` are views of the decoder's
+    caches for the row range: views, so one compiled graph serves every range of the same size, and one per layer,
+    so that each graph input is written once and the compiled graph writes it in place (a single [L, ...] input
+    written by every layer is copied whole instead: 40x slower). Pure tensor code: no host reads.
     """
     n_rows, n_codebooks = tokens.shape
     positions = lengths.clone()
     x = sum(F.embedding(tokens[:, k], decoder.embeddings[k]) for k in range(n_codebooks)).unsqueeze(1)
     x = x + (decoder.positional_scale * decoder._positional(positions.view(-1, 1))).to(decoder.dtype)
-    window = torch.arange(keys.shape[3], device=tokens.device).view(1, 1, 1, -1)
+    window = torch.arange(keys[0].shape[2], device=tokens.device).view(1, 1, 1, -1)
     self_mask = window <= positions.view(-1, 1, 1, 1)
     cross_window = torch.arange(cross_keys.shape[3], device=tokens.device).view(1, 1, 1, -1)
     cross_mask = cross_window < cross_lengths.view(-1, 1, 1, 1)
@@ -46,8 +48,8 @@ def step_function(decoder: StepDecoder, keys: torch.Tensor, values: torch.Tensor
     for index, layer in enumerate(decoder.layers):
         h = F.layer_norm(x, (dim,), *layer.norm1[:2], eps=layer.norm1[2])
         qkv = layer.qkv(h).view(n_rows, 3, heads, head_dim)
-        keys[index, row_index, :, positions] = qkv[:, 1]
-        values[index, row_index, :, positions] = qkv[:, 2]
+        keys[index][row_index, :, positions] = qkv[:, 1]
+        values[index][row_index, :, positions] = qkv[:, 2]
         attended = F.scaled_dot_product_attention(qkv[:, 0].unsqueeze(2), keys[index], values[index],
                                                   attn_mask=self_mask)
         x = x + layer.out(attended.reshape(n_rows, 1, dim))
@@ -97,7 +99,7 @@ class CapturableStep:
 
     def _views(self, rows: slice) -> tuple:
         d = self.decoder
-        return (d, d.keys[:, rows], d.values[:, rows], d.cross_keys[:, rows], d.cross_values[:, rows],
+        return (d, list(d.keys[:, rows]), list(d.values[:, rows]), d.cross_keys[:, rows], d.cross_values[:, rows],
                 d.cross_lengths[rows], d.lengths[rows])
 
     def _replay(self, rows: slice, tokens: torch.Tensor) -> torch.Tensor:
@@ -123,3 +125,18 @@ class CapturableStep:
             logits = self._fn(*views, static_tokens)
         logger.info("captured a CUDA graph of the decode step for rows %d..%d", rows.start, rows.stop - 1)
         return _Captured(graph, static_tokens, logits, self.decoder.cross_keys.data_ptr())
+
+
+def choose_step_mode(requested: str, device: str) -> tuple[str, str]:
+    """(mode, reason) for `requested` ("auto" or a mode of STEP_MODES) on `device`.
+
+    The auto rule follows benchmarks/step_bench.py: on CUDA the capturable step replayed from a CUDA graph (one
+    launch per step instead of hundreds, and no host syncs); on a CPU the eager forward, which measured faster.
+    """
+    if requested not in STEP_MODES:
+        raise ValueError(f"MUSICGEN_COMPILE_STEP must be one of {', '.join(STEP_MODES)}, got {requested!r}")
+    if requested != "auto":
+        return requested, "set by MUSICGEN_COMPILE_STEP"
+    if device.startswith("cuda"):
+        return "static", "CUDA: the capturable step, replayed from a CUDA graph per row range"
+    return "off", "CPU: TBD"
