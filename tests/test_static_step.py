@@ -10,7 +10,7 @@ from engine.static_step import CapturableStep
 
 # three streams of two rows, with conditions of different lengths (cross masks differ between rows)
 TEXTS = ("drums", None, "a much longer prompt than the first, so the cross lengths differ", None, "bass", None)
-PREFILLS = (20, 7, 3)
+PREFILLS = (30, 7, 3)
 
 
 def _decoder(lm, condition_lm, device: str = "cpu") -> StepDecoder:
@@ -49,18 +49,20 @@ def _compare(lm, condition_lm, step: CapturableStep, device: str = "cpu") -> Non
         assert (decoder.values[:, row, :, :length] - eager.values[:, row, :, :length]).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_static_step_gives_the_eager_logits(engine, compiled):
+@pytest.mark.parametrize("compiled,min_window", [(False, None), (False, 16), (True, 16)],
+                         ids=["eager-whole-cache", "eager-windows", "compiled-windows"])
+def test_static_step_gives_the_eager_logits(engine, compiled, min_window):
+    """With min_window 16 in a 48-step cache the steps cross windows of 16, 32 and 48 keys."""
     lm = engine.model.musicgen.lm
     with torch.no_grad():
-        _compare(lm, lm, CapturableStep(_decoder(lm, lm), compiled=compiled))
+        _compare(lm, lm, CapturableStep(_decoder(lm, lm), compiled=compiled, min_window=min_window))
 
 
 def test_static_step_refuses_a_full_cache(engine):
     """Bounds are checked on the host copies of the lengths: the step itself never reads the device."""
     lm = engine.model.musicgen.lm
     decoder = _decoder(lm, lm)
-    step = CapturableStep(decoder, compiled=False)
+    step = CapturableStep(decoder, compiled=False, min_window=16)
     tokens = torch.zeros(2, lm.num_codebooks, decoder.max_steps - 1, dtype=torch.long)
     with torch.no_grad():
         decoder.forward(slice(0, 2), tokens)
@@ -76,4 +78,34 @@ def test_cuda_graph_replay_gives_the_eager_logits(engine):
     cpu_lm = engine.model.musicgen.lm
     lm = copy.deepcopy(cpu_lm).cuda()
     with torch.no_grad():
-        _compare(lm, cpu_lm, CapturableStep(_decoder(lm, cpu_lm, "cuda"), compiled=False, graphs=True), "cuda")
+        step = CapturableStep(_decoder(lm, cpu_lm, "cuda"), compiled=False, graphs=True, min_window=16)
+        _compare(lm, cpu_lm, step, "cuda")
+
+
+def test_step_mode_is_chosen_by_device_and_overridden_by_the_environment():
+    from engine.config import ConfigError, EngineConfig
+    from engine.static_step import choose_step_mode
+
+    assert choose_step_mode("auto", "cuda")[0] == "static"
+    assert choose_step_mode("auto", "cpu")[0] == "off"
+    assert choose_step_mode("compile", "cpu") == ("compile", "set by MUSICGEN_COMPILE_STEP")
+    assert EngineConfig.from_env({"MUSICGEN_COMPILE_STEP": "static"}).compile_step == "static"
+    with pytest.raises(ConfigError, match="MUSICGEN_COMPILE_STEP"):
+        EngineConfig.from_env({"MUSICGEN_COMPILE_STEP": "fast"})
+
+
+def test_the_scheduler_decodes_through_the_static_step(engine):
+    """A greedy prediction decoded by the static step equals the eager forward's (the session fixture's engine)."""
+    from engine.batch import BatchRequest
+    from engine.config import EngineConfig
+    from engine.core import Engine
+
+    static = Engine(engine.model, EngineConfig(max_sessions=1, weight_format="float32", compile_step="static"))
+    try:
+        assert static.describe()["step_mode"] == "static" and engine.describe()["step_mode"] == "off"
+        request = BatchRequest(prompt="lo-fi beat", duration=1, seed=0, temperature=0.0)
+        tokens = static.generate(request).wait().tokens
+        assert static.scheduler.capturable is not None
+    finally:
+        static.close()
+    assert torch.equal(tokens, engine.generate(request).wait().tokens)
