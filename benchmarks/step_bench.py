@@ -35,6 +35,7 @@ from engine.static_step import CapturableStep
 logger = logging.getLogger("step_bench")
 PAIRS = (1, 4)
 CONTEXTS = (100, 1000)
+PROFILED_STEPS = 20
 
 
 def _place(decoder: StepDecoder, rows: slice, length: int) -> None:
@@ -119,10 +120,11 @@ def profile(lm, weight_format: str, window: int, pairs: int, context: int) -> di
         run()
         _place(decoder, rows, context)
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(5):
+            for _ in range(PROFILED_STEPS):
                 run()
         tables[name] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60)
-        print(f"== {weight_format} {name} ({pairs} pairs, context {context}), 5 steps\n{tables[name]}", flush=True)
+        print(f"== {weight_format} {name} ({pairs} pairs, context {context}), {PROFILED_STEPS} steps\n"
+              f"{tables[name]}", flush=True)
     return tables
 
 
