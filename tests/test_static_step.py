@@ -109,3 +109,17 @@ def test_the_scheduler_decodes_through_the_static_step(engine):
     finally:
         static.close()
     assert torch.equal(tokens, engine.generate(request).wait().tokens)
+
+
+def test_host_copies_of_the_lengths_follow_every_change(engine):
+    """set_prefix, forward, reset and relayout keep the host copies equal to the device lengths."""
+    lm = engine.model.musicgen.lm
+    decoder = _decoder(lm, lm)
+    tokens = torch.zeros(6, lm.num_codebooks, 5, dtype=torch.long)
+    with torch.no_grad():
+        decoder.forward(slice(0, 6), tokens)
+        decoder.forward(slice(2, 4), tokens[:2, :, :3])
+        decoder.reset(slice(4, 6))
+        decoder.relayout([2, 3, 0, 1, 4, 5])
+    assert decoder.host_lengths == decoder.lengths.tolist() == [8, 8, 5, 5, 0, 0]
+    assert decoder.host_prefix_lengths == decoder.prefix_lengths.tolist()
