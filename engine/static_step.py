@@ -36,7 +36,8 @@ def step_function(decoder: StepDecoder, keys: list[torch.Tensor], values: list[t
     `keys`/`values` (one [R, H, window, Dh] per layer), `cross_*` and `lengths` are views of the decoder's
     caches for the row range: views, so one compiled graph serves every range of the same size, and one per layer,
     so that each graph input is written once and the compiled graph writes it in place (a single [L, ...] input
-    written by every layer is copied whole instead: 40x slower). Pure tensor code: no host reads.
+    written by every layer measured ~10x slower compiled: 160 vs 15 ms a step on a 512 x 8 model, 2 rows). Pure
+    tensor code: no host reads.
     """
     n_rows, n_codebooks = tokens.shape
     positions = lengths.clone()
