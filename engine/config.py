@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from engine.model import EXTEND_STRIDE_SECONDS, MAX_WINDOW_SECONDS
 from engine.precision import AUTO, WEIGHT_FORMATS
+from engine.static_step import STEP_MODES
 
 MAX_STYLES = 4  # styles (prompts) blended in one session; each takes a decoder row, plus one unconditional row
 MAX_PROMPT_TOKENS = 512  # T5 tokens per prompt or style (t5-base's trained length); longer ones are refused
@@ -34,6 +35,9 @@ class EngineConfig:
     window_seconds: float = MAX_WINDOW_SECONDS
     keep_seconds: float = MAX_WINDOW_SECONDS - EXTEND_STRIDE_SECONDS  # context kept when the window rolls
     prefill_slice_steps: int = 64  # a long prefill runs in slices of this many steps between other streams' steps
+    # the decode step: "auto" (chosen by the device: engine.static_step.choose_step_mode), "off" (eager forward),
+    # "static" (capturable step; CUDA graphs on CUDA) or "compile" (the same through torch.compile)
+    compile_step: str = AUTO
 
     def __post_init__(self) -> None:
         if self.max_sessions < 0:
@@ -43,6 +47,9 @@ class EngineConfig:
         if self.weight_format not in (AUTO, *WEIGHT_FORMATS):
             raise ConfigError(f"MUSICGEN_WEIGHT_FORMAT must be auto or one of {', '.join(WEIGHT_FORMATS)}, "
                               f"got {self.weight_format!r}")
+        if self.compile_step not in STEP_MODES:
+            raise ConfigError(f"MUSICGEN_COMPILE_STEP must be one of {', '.join(STEP_MODES)}, "
+                              f"got {self.compile_step!r}")
         if self.prefill_slice_steps < 1:
             raise ConfigError("prefill_slice_steps must be >= 1")
 
@@ -56,4 +63,5 @@ class EngineConfig:
             max_sessions = int(environ.get("JAM_MAX_SESSIONS", "4"))
         except ValueError:
             raise ConfigError(f"JAM_MAX_SESSIONS must be an integer, got {environ['JAM_MAX_SESSIONS']!r}") from None
-        return cls(max_sessions=max_sessions, weight_format=environ.get("MUSICGEN_WEIGHT_FORMAT", AUTO))
+        return cls(max_sessions=max_sessions, weight_format=environ.get("MUSICGEN_WEIGHT_FORMAT", AUTO),
+                   compile_step=environ.get("MUSICGEN_COMPILE_STEP", AUTO))

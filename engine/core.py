@@ -26,6 +26,7 @@ from engine.melody import WINDOW_SECONDS, melody_condition, prefix_steps
 from engine.model import LoadedModel, load_model
 from engine.precision import choose_weight_format
 from engine.scheduler import Scheduler
+from engine.static_step import choose_step_mode
 from engine.streams import Conditioning, SamplingParams, Stream, new_stream
 from engine.worker import EngineUnavailable, Worker
 
@@ -51,6 +52,7 @@ class Engine:
         self.model = model
         self.config = config
         self.weight_format, self.weight_format_reason = choose_weight_format(config.weight_format, model.device)
+        self.step_mode, self.step_mode_reason = choose_step_mode(config.compile_step, model.device)
         lm = model.musicgen.lm
         delays = list(lm.pattern_provider.delays)
         self.window_frames = int(config.window_seconds * model.frame_rate)
@@ -58,7 +60,7 @@ class Engine:
         max_steps = self.window_frames + max(delays) + 1 + prefix_steps(lm)  # melody models: the chroma prefix
         self.scheduler = Scheduler(lm, max_rows=config.rows, max_steps=max_steps,
                                    weight_format=self.weight_format,
-                                   prefill_slice_steps=config.prefill_slice_steps)
+                                   prefill_slice_steps=config.prefill_slice_steps, step_mode=self.step_mode)
         self.lm_worker = Worker("engine", background=self.scheduler)
         # On a CPU the codec thread takes one core at most, leaving the LM thread its cores; a GPU runs both.
         self.codec_worker = Worker("codec", threads=1 if model.device == "cpu" else None)
@@ -74,6 +76,7 @@ class Engine:
         logger.info("decoder weights: %s (%s); %.0f MB of weights, %.0f MB of KV cache for %d rows x %d steps",
                     self.weight_format, self.weight_format_reason, decoder.weight_bytes / 2**20,
                     decoder.cache_bytes / 2**20, config.rows, decoder.max_steps)
+        logger.info("decode step: %s (%s)", self.step_mode, self.step_mode_reason)
 
     @classmethod
     def load(cls, source: tp.Union[str, Path, None] = None, device: tp.Optional[str] = None,
@@ -101,6 +104,7 @@ class Engine:
     def describe(self) -> dict:
         return {**self.model.describe(), "weight_format": self.weight_format,
                 "weight_format_reason": self.weight_format_reason,
+                "step_mode": self.step_mode, "step_mode_reason": self.step_mode_reason,
                 "max_sessions": self.config.max_sessions, "max_styles": self.config.max_styles,
                 "decoder_rows": self.config.rows, "rows_in_use": self.rows_in_use,
                 "decoder_weight_bytes": self.scheduler.decoder.weight_bytes,

@@ -25,8 +25,6 @@ class UnsupportedModel(ValueError):
     """The LM uses a feature this decoder does not implement; audiocraft's own generate still works."""
 
 
-
-
 class Linear:
     """A bias-free projection in one of the weight formats.
 
@@ -163,6 +161,10 @@ class StepDecoder:
         self.cross_values = torch.zeros_like(self.cross_keys)
         self.cross_lengths = torch.ones(max_rows, dtype=torch.long, device=self.device)
         self.prefix_lengths = torch.zeros(max_rows, dtype=torch.long, device=self.device)
+        # Host copies of `lengths` and `prefix_lengths`, kept in step by every method that changes them: the
+        # capturable step (engine.static_step) and `capacity` check bounds without reading the device.
+        self.host_lengths = [0] * max_rows
+        self.host_prefix_lengths = [0] * max_rows
         # Models that prepend a condition (melody) expect a prefix on every row, the null one when there is none:
         # set it on a stream's rows before their first forward (rows keep their previous occupant's prefix).
         self.uses_prefix = len(lm.fuser.fuse2cond["prepend"]) > 0
@@ -240,18 +242,32 @@ class StepDecoder:
         if steps >= self.max_steps:
             raise ValueError(f"prefix of {steps} steps leaves no room in a cache of {self.max_steps}")
         self.lengths[rows] = 0
+        self.host_lengths[rows] = [0] * n_rows
         positions = torch.arange(steps, device=self.device).view(1, -1).expand(n_rows, -1)
         self._transform(rows, prefix + (self.positional_scale * self._positional(positions)).to(self.dtype))
         self.prefix_lengths[rows] = steps
+        self.host_prefix_lengths[rows] = [steps] * n_rows
 
     def capacity(self, rows: slice) -> int:
         """How many audio steps `rows` can hold after their prefixes: the window a stream rolls over at."""
-        return self.max_steps - int(self.prefix_lengths[rows].max())
+        return self.max_steps - max(self.host_prefix_lengths[rows])
+
+    def check_step(self, rows: slice) -> None:
+        """Raises what `forward` would for one more step on `rows`, from the host copies (no device read)."""
+        if self.uses_prefix and min(self.host_prefix_lengths[rows]) == 0:
+            raise ValueError("this model prepends a melody: set_prefix on every row before decoding")
+        if max(self.host_lengths[rows]) + 1 > self.max_steps:
+            raise ValueError("KV cache full: re-prefill a shorter context before continuing")
+
+    def advance_host(self, rows: slice, steps: int) -> None:
+        """Records on the host that `rows` grew by `steps` (the device lengths grew in the same call)."""
+        self.host_lengths[rows] = [length + steps for length in self.host_lengths[rows]]
 
     def reset(self, rows: slice) -> None:
         """Forgets the audio context of `rows`; their conditions and prefixes stay, so the next forward (a
         re-prefill) continues right after the prefix, at the positions audiocraft would give it."""
         self.lengths[rows] = self.prefix_lengths[rows]
+        self.host_lengths[rows] = self.host_prefix_lengths[rows]
 
     def relayout(self, sources: list[int]) -> None:
         """Row i takes the caches and condition of old row sources[i]: keeps live rows contiguous when streams
@@ -273,6 +289,10 @@ class StepDecoder:
         self.lengths[targets] = self.lengths[index]
         self.cross_lengths[targets] = self.cross_lengths[index]
         self.prefix_lengths[targets] = self.prefix_lengths[index]
+        for mirror in (self.host_lengths, self.host_prefix_lengths):
+            moved = [mirror[source] for _, source in moves]
+            for (target, _), value in zip(moves, moved, strict=True):
+                mirror[target] = value
 
     # -- forward ----------------------------------------------------------------------------------------------
     def _positional(self, positions: torch.Tensor) -> torch.Tensor:
@@ -344,4 +364,5 @@ class StepDecoder:
             h = F.layer_norm(x, (self.dim,), *layer.norm2[:2], eps=layer.norm2[2])
             x = x + layer.ff2(layer.activation(layer.ff1(h)))
         self.lengths[rows] = start_lengths + steps
+        self.advance_host(rows, steps)
         return x

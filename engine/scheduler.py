@@ -16,6 +16,7 @@ import torch
 
 from engine import conditions, melody
 from engine.decoder import StepDecoder
+from engine.static_step import CapturableStep
 from engine.streams import Stream, sample
 
 logger = logging.getLogger(__name__)
@@ -30,9 +31,12 @@ class StreamFailed(RuntimeError):
 
 class Scheduler:
     def __init__(self, lm, max_rows: int, max_steps: int, weight_format: str = "float32",
-                 prefill_slice_steps: int = 64) -> None:
+                 prefill_slice_steps: int = 64, step_mode: str = "off") -> None:
+        """`step_mode` (see engine.static_step.choose_step_mode): "off" decodes with the eager forward, "static"
+        and "compile" with the capturable step, eagerly or compiled (on CUDA, replayed from CUDA graphs)."""
         self.lm = lm
         self.decoder = StepDecoder(lm, max_rows=max_rows, max_steps=max_steps, weight_format=weight_format)
+        self.capturable = None if step_mode == "off" else CapturableStep(self.decoder, step_mode == "compile")
         self.prefill_slice_steps = prefill_slice_steps
         self.streams: list[Stream] = []
         self.failed_streams = 0
@@ -213,7 +217,10 @@ class Scheduler:
         inputs = [s.frames.sequence_values(s.frames.step - 1, s.frames.step).expand(s.conditioning.rows, -1, -1)
                   for s in run]
         rows = slice(run[0].rows.start, run[-1].rows.stop)
-        out = self.decoder.forward(rows, torch.cat(inputs))[:, :, -1]
+        if self.capturable is not None:
+            out = self.capturable(rows, torch.cat(inputs)[:, :, 0])
+        else:
+            out = self.decoder.forward(rows, torch.cat(inputs))[:, :, -1]
         return {id(s): out[s.rows.start - rows.start: s.rows.stop - rows.start] for s in run}
 
     @staticmethod

@@ -243,3 +243,27 @@ def test_a_separator_with_pickled_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not allowed: .*system"):
         load_separator(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_the_static_step_follows_a_melody_prefix_and_stereo_codebooks(family):
+    """The capturable step places audio after the chroma prefix and decodes 8 interleaved codebooks as the eager
+    forward does, and refuses rows without a prefix as it does."""
+    from engine.static_step import CapturableStep
+
+    lm = family("stereo-melody").musicgen.lm
+    prefix = melody_condition(lm, None, SR)
+    tokens = torch.randint(0, lm.card, (2, lm.num_codebooks, 12), generator=torch.Generator().manual_seed(0))
+    eager, static = (StepDecoder(lm, max_rows=2, max_steps=prefix.shape[0] + 16) for _ in range(2))
+    step = CapturableStep(static, compiled=False, min_window=16)
+    with pytest.raises(ValueError, match="set_prefix"):
+        step(slice(0, 2), tokens[:, :, 0])
+    with torch.no_grad():
+        for decoder in (eager, static):
+            decoder.set_condition(0, *text_condition(lm, "organ"))
+            decoder.set_condition(1, *text_condition(lm, None))
+            decoder.set_prefix(slice(0, 2), prefix)
+            decoder.forward(slice(0, 2), tokens[:, :, :4])
+        for s in range(4, 12):
+            expected = eager.forward(slice(0, 2), tokens[:, :, s:s + 1])[:, :, 0]
+            assert (step(slice(0, 2), tokens[:, :, s]) - expected).abs().max().item() < 1e-4
+    assert static.host_lengths == static.lengths.tolist() == [prefix.shape[0] + 12] * 2

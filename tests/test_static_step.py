@@ -1,0 +1,125 @@
+"""The capturable decode step (engine.static_step) gives the eager forward's logits and leaves the same caches,
+eagerly, compiled with torch.compile(fullgraph=True), and replayed from a CUDA graph where CUDA exists."""
+
+import pytest
+import torch
+
+from engine.conditions import text_condition
+from engine.decoder import StepDecoder
+from engine.static_step import CapturableStep
+
+# three streams of two rows, with conditions of different lengths (cross masks differ between rows)
+TEXTS = ("drums", None, "a much longer prompt than the first, so the cross lengths differ", None, "bass", None)
+PREFILLS = (30, 7, 3)
+
+
+def _decoder(lm, condition_lm, device: str = "cpu") -> StepDecoder:
+    """`condition_lm` computes the text conditions (on the CPU: audiocraft's T5 stays there)."""
+    decoder = StepDecoder(lm, max_rows=6, max_steps=48)
+    for row, text in enumerate(TEXTS):
+        embeds, mask = text_condition(condition_lm, text)
+        decoder.set_condition(row, embeds.to(device), mask.to(device))
+    return decoder
+
+
+def _compare(lm, condition_lm, step: CapturableStep, device: str = "cpu") -> None:
+    """Streams at three lengths step together, then each alone (other row ranges, same row count)."""
+    eager = _decoder(lm, condition_lm, device)
+    sequence = torch.randint(0, lm.card, (6, lm.num_codebooks, 40), generator=torch.Generator().manual_seed(0))
+    sequence = sequence.to(device)
+    for decoder in (eager, step.decoder):
+        for pair, length in enumerate(PREFILLS):
+            decoder.forward(slice(2 * pair, 2 * pair + 2), sequence[2 * pair: 2 * pair + 2, :, :length])
+    worst = 0.0
+    for s in range(5):
+        tokens = torch.cat([sequence[2 * p: 2 * p + 2, :, length + s] for p, length in enumerate(PREFILLS)])
+        expected = eager.forward(slice(0, 6), tokens.unsqueeze(-1))[:, :, 0]
+        worst = max(worst, (step(slice(0, 6), tokens) - expected).abs().max().item())
+    for s in range(3):
+        for pair in range(3):
+            rows = slice(2 * pair, 2 * pair + 2)
+            tokens = sequence[rows, :, 30 + s]
+            expected = eager.forward(rows, tokens.unsqueeze(-1))[:, :, 0]
+            worst = max(worst, (step(rows, tokens) - expected).abs().max().item())
+    assert worst < 1e-4
+    decoder = step.decoder
+    assert decoder.lengths.tolist() == eager.lengths.tolist() == decoder.host_lengths
+    for row, length in enumerate(decoder.host_lengths):
+        assert (decoder.keys[:, row, :, :length] - eager.keys[:, row, :, :length]).abs().max().item() < 1e-4
+        assert (decoder.values[:, row, :, :length] - eager.values[:, row, :, :length]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("compiled,min_window", [(False, None), (False, 16), (True, 16)],
+                         ids=["eager-whole-cache", "eager-windows", "compiled-windows"])
+def test_static_step_gives_the_eager_logits(engine, compiled, min_window):
+    """With min_window 16 in a 48-step cache the steps cross windows of 16, 32 and 48 keys."""
+    lm = engine.model.musicgen.lm
+    with torch.no_grad():
+        _compare(lm, lm, CapturableStep(_decoder(lm, lm), compiled=compiled, min_window=min_window))
+
+
+def test_static_step_refuses_a_full_cache(engine):
+    """Bounds are checked on the host copies of the lengths: the step itself never reads the device."""
+    lm = engine.model.musicgen.lm
+    decoder = _decoder(lm, lm)
+    step = CapturableStep(decoder, compiled=False, min_window=16)
+    tokens = torch.zeros(2, lm.num_codebooks, decoder.max_steps - 1, dtype=torch.long)
+    with torch.no_grad():
+        decoder.forward(slice(0, 2), tokens)
+        step(slice(0, 2), tokens[:, :, 0])
+        with pytest.raises(ValueError, match="KV cache full"):
+            step(slice(0, 2), tokens[:, :, 0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture/replay needs a CUDA device")
+def test_cuda_graph_replay_gives_the_eager_logits(engine):
+    import copy
+
+    cpu_lm = engine.model.musicgen.lm
+    lm = copy.deepcopy(cpu_lm).cuda()
+    with torch.no_grad():
+        step = CapturableStep(_decoder(lm, cpu_lm, "cuda"), compiled=False, graphs=True, min_window=16)
+        _compare(lm, cpu_lm, step, "cuda")
+
+
+def test_step_mode_is_chosen_by_device_and_overridden_by_the_environment():
+    from engine.config import ConfigError, EngineConfig
+    from engine.static_step import choose_step_mode
+
+    assert choose_step_mode("auto", "cuda")[0] == "static"
+    assert choose_step_mode("auto", "cpu")[0] == "off"
+    assert choose_step_mode("compile", "cpu") == ("compile", "set by MUSICGEN_COMPILE_STEP")
+    assert EngineConfig.from_env({"MUSICGEN_COMPILE_STEP": "static"}).compile_step == "static"
+    with pytest.raises(ConfigError, match="MUSICGEN_COMPILE_STEP"):
+        EngineConfig.from_env({"MUSICGEN_COMPILE_STEP": "fast"})
+
+
+def test_the_scheduler_decodes_through_the_static_step(engine):
+    """A greedy prediction decoded by the static step equals the eager forward's (the session fixture's engine)."""
+    from engine.batch import BatchRequest
+    from engine.config import EngineConfig
+    from engine.core import Engine
+
+    static = Engine(engine.model, EngineConfig(max_sessions=1, weight_format="float32", compile_step="static"))
+    try:
+        assert static.describe()["step_mode"] == "static" and engine.describe()["step_mode"] == "off"
+        request = BatchRequest(prompt="lo-fi beat", duration=1, seed=0, temperature=0.0)
+        tokens = static.generate(request).wait().tokens
+        assert static.scheduler.capturable is not None
+    finally:
+        static.close()
+    assert torch.equal(tokens, engine.generate(request).wait().tokens)
+
+
+def test_host_copies_of_the_lengths_follow_every_change(engine):
+    """set_prefix, forward, reset and relayout keep the host copies equal to the device lengths."""
+    lm = engine.model.musicgen.lm
+    decoder = _decoder(lm, lm)
+    tokens = torch.zeros(6, lm.num_codebooks, 5, dtype=torch.long)
+    with torch.no_grad():
+        decoder.forward(slice(0, 6), tokens)
+        decoder.forward(slice(2, 4), tokens[:2, :, :3])
+        decoder.reset(slice(4, 6))
+        decoder.relayout([2, 3, 0, 1, 4, 5])
+    assert decoder.host_lengths == decoder.lengths.tolist() == [8, 8, 5, 5, 0, 0]
+    assert decoder.host_prefix_lengths == decoder.prefix_lengths.tolist()
