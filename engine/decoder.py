@@ -25,18 +25,27 @@ class UnsupportedModel(ValueError):
     """The LM uses a feature this decoder does not implement; audiocraft's own generate still works."""
 
 
+def _packs_bf16(weight: torch.Tensor) -> bool:
+    """oneDNN can hold bf16 weights prepacked for its matmul (AMX / AVX512-BF16 kernels) on this CPU."""
+    return weight.device.type == "cpu" and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and \
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 class Linear:
     """A bias-free projection in one of the weight formats.
 
     int8 stores each output channel as int8 with one bf16 scale and multiplies with bf16 activations
     (torch._weight_int8pack_mm): a decode step is bound by reading weights, and int8 reads a quarter of fp32's
-    bytes. The accuracy cost is measured by the benchmarks (logit error, token agreement).
+    bytes. The accuracy cost is measured by the benchmarks (logit error, token agreement). bfloat16 on a CPU is
+    stored prepacked in oneDNN's layout: a plain bf16 F.linear repacks its weight at every call, which made small
+    decode matmuls 1.5-2x slower than the prepacked kernel (same results to the bit; benchmarks/engine_bench).
     """
 
     def __init__(self, weight: torch.Tensor, weight_format: str) -> None:
         weight = weight.detach()
         self.out_features, self.in_features = weight.shape
         self.format = weight_format
+        self.packed = False
         if weight_format == "int8":
             scales = weight.float().abs().amax(dim=1).clamp(min=1e-8) / 127.0
             self.weight = (weight.float() / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
@@ -44,8 +53,13 @@ class Linear:
         else:
             self.weight = weight.to(getattr(torch, weight_format))
             self.scales = None
+            if weight_format == "bfloat16" and _packs_bf16(self.weight):
+                self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), 2)
+                self.packed = True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
         if self.scales is None:
             return F.linear(x, self.weight)
         flat = x.reshape(-1, self.in_features)
