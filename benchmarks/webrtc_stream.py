@@ -10,14 +10,13 @@ import argparse
 import asyncio
 import json
 import logging
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks.engine_bench import cpu_description
 from engine.config import EngineConfig
 from engine.core import Engine
 from streaming.config import ServerConfig
@@ -74,13 +73,6 @@ async def long_play(base: str, seconds: float) -> dict:
             "process_cpu_percent_of_one_core": round(100 * cpu / wall, 1)}
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None)
@@ -110,7 +102,7 @@ def main() -> None:
         patch.undo()
     _, _, underruns, encode_cpu, encoded, _ = ended.records[-1]
     print(json.dumps({
-        "cpu": cpu_model(), "model": engine.describe(),
+        "machine": cpu_description(), "model": engine.describe(),
         "time_to_first_audio_seconds": {"median": round(statistics.median(firsts), 3),
                                         "all": [round(f, 3) for f in firsts],
                                         "meaning": "POST /webrtc/offer sent -> first non-silent decoded frame"},
