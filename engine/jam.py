@@ -105,8 +105,8 @@ class JamSession:
         self._lock = threading.Lock()
         self._closed = False
         self._requested = 0  # chunks asked for so far (caller threads, under the lock)
-        self._updates: list[tuple[int, JamSettings]] = []  # (first chunk index, settings), under the lock
-        self._melodies: list[tuple[int, tp.Optional[torch.Tensor]]] = []  # (first chunk index, prefix), same
+        # changes waiting for their chunk, under the lock: (first chunk index, "settings" | "melody", value)
+        self._changes: list[tuple[int, str, tp.Any]] = []
         self.failure: tp.Optional[BaseException] = None
         # LM thread
         self.stream: tp.Optional[Stream] = None
@@ -164,10 +164,7 @@ class JamSession:
         """Queues new settings; returns the index of the first chunk generated with them (the next one not yet
         asked for: a chunk already in the making keeps the settings it started with)."""
         self.engine.check_settings(settings)
-        with self._lock:
-            first = self._requested
-            self._updates.append((first, settings))
-        return first
+        return self._queue("settings", settings)
 
     def set_melody(self, melody: tp.Optional[tuple[torch.Tensor, int]]) -> int:
         """Follows a new melody (wav [C, T], sample rate), or none, from the returned chunk index on; the context
@@ -178,9 +175,13 @@ class JamSession:
                                                    priority=URGENT).result()
         elif not self.engine.model.supports_melody:
             raise ValueError("this model cannot follow a melody (it has no chroma conditioner)")
+        return self._queue("melody", prefix)
+
+    def _queue(self, kind: str, value: tp.Any) -> int:
+        """Holds a change for the next chunk not yet asked for; returns that chunk's index."""
         with self._lock:
             first = self._requested
-            self._melodies.append((first, prefix))
+            self._changes.append((first, kind, value))
         return first
 
     def close(self) -> None:
@@ -200,15 +201,13 @@ class JamSession:
             raise self.stream.error
         if self._pending is not None:
             raise RuntimeError("a chunk is already being generated for this session")
-        with self._lock:
-            due = [settings for first, settings in self._updates if first <= index]
-            self._updates = [(first, settings) for first, settings in self._updates if first > index]
-            melodies = [prefix for first, prefix in self._melodies if first <= index]
-            self._melodies = [(first, prefix) for first, prefix in self._melodies if first > index]
-        if melodies:
-            self.engine.scheduler.set_melody(self.stream, melodies[-1])
-        if due:
-            update = due[-1]
+        with self._lock:  # the latest change of each kind that is due by this chunk
+            due = {kind: value for first, kind, value in self._changes if first <= index}
+            self._changes = [change for change in self._changes if change[0] > index]
+        if "melody" in due:
+            self.engine.scheduler.set_melody(self.stream, due["melody"])
+        if "settings" in due:
+            update = due["settings"]
             if update.styles != self.settings.styles or update.weights != self.settings.weights:
                 self.engine.scheduler.set_conditioning(self.stream, update.conditioning)
             self.stream.params = update.params
