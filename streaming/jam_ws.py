@@ -11,12 +11,11 @@ from engine.melody import WINDOW_SECONDS
 from engine.worker import EngineUnavailable
 from streaming import jam_protocol as jp
 from streaming.connection import Connection
-from streaming.pump import Pacer
+from streaming.pump import MAX_RESTARTS, Pacer
 
 logger = logging.getLogger(__name__)
 
 CLOSE_TRY_AGAIN = 1013
-MAX_RESTARTS = 3  # a session that fails this many times in a row without a chunk in between is stopped
 
 
 class JamConnection(Connection):

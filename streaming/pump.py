@@ -12,6 +12,8 @@ import typing as tp
 
 logger = logging.getLogger(__name__)
 
+MAX_RESTARTS = 3  # generation failures in a row (no chunk in between) after which a transport stops restarting
+
 
 class Pacer:
     """Keeps a realtime stream at most `ahead_chunks` chunks ahead of the listener's clock (which starts at the

@@ -27,6 +27,7 @@ from streaming import jam_protocol as jp
 from streaming import webrtc_protocol as wp
 from streaming.auth import authorized
 from streaming.config import ServerConfig
+from streaming.pump import MAX_RESTARTS
 from streaming.webrtc_track import CHANNELS, JamTrack
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ AHEAD_CHUNKS = 1.0  # request the next chunk when the buffer is down to this man
 FLUSH_SECONDS = 0.5  # how long a closing peer waits for its last data-channel messages to leave
 PC_CLOSE_SECONDS = 2.0  # at server shutdown aiortc's own close task may be cancelled and never finish
 TRICKLE_WAIT_SECONDS = 10.0  # a candidate that races its offer waits this long for the offer to be applied
-MAX_RESTARTS = 3  # generation failures in a row (no chunk in between) before the peer plays silence for good
 
 
 class Peer:
@@ -65,6 +65,7 @@ class Peer:
         self.ended = asyncio.Event()
         self.end_reason = "closed"
         self.closed = False
+        self.failures = 0  # generation failures since the last chunk came through
         self._tasks: list[asyncio.Task] = []
 
     async def start_session(self) -> None:
@@ -179,7 +180,6 @@ class Peer:
         """Keeps about one chunk buffered ahead of the listener; every future it awaits resolves or is cancelled.
         A generation failure is told, and a fresh session (same settings, new context) takes over; after
         MAX_RESTARTS failures in a row the track plays silence."""
-        failures = 0
         while True:
             try:
                 await self._play()
@@ -187,9 +187,9 @@ class Peer:
             except SessionClosed:
                 return
             except Exception as exc:  # generation failed: this peer is told; others play on
-                failures += 1
+                self.failures += 1
                 logger.warning("webrtc %s: generation failed: %s", self.webrtc_id, exc)
-                restarting = failures <= MAX_RESTARTS
+                restarting = self.failures <= MAX_RESTARTS
                 self.send(wp.error(f"generation failed: {exc}; " + (
                     "restarting with a fresh context" if restarting else "the track plays silence")))
                 self.session.close()
@@ -215,6 +215,7 @@ class Peer:
             chunk = await asyncio.wrap_future(self.session.next_chunk(deadline=deadline))
             pcm = await loop.run_in_executor(None, self._to_pcm, chunk)
             self.track.push(pcm, low_water_seconds=AHEAD_CHUNKS * chunk.seconds)
+            self.failures = 0  # a chunk came through: failures count again from zero
             self.send(wp.chunk_log(chunk, self.track.buffered_seconds, self.track.underruns, self.notice))
 
     def _to_pcm(self, chunk):
