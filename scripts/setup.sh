@@ -8,7 +8,8 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 started=$(date +%s)
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
-"${pip[@]}" install -r requirements.txt -r requirements-dev.txt -c constraints.txt 2> >(grep -v "is ignored: it is neither" >&2)
+# The same locks `cog build` installs (requirements.txt) plus the test tools (requirements-dev.txt); see tools/lock.py.
+"${pip[@]}" install -r requirements.txt -r requirements-dev.txt 2> >(grep -v "is ignored: it is neither" >&2)
 "${pip[@]}" install --no-deps -r requirements-nodeps.txt 2> >(grep -v "is ignored: it is neither" >&2)
 if [ ! -f weights/demo/state_dict.bin ]; then
   .venv/bin/python -m weights.demo
