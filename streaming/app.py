@@ -12,6 +12,7 @@ from starlette.websockets import WebSocket
 
 from streaming import lyria_protocol as lp
 from streaming.auth import authorized
+from streaming.capacity import Drain, snapshot
 from streaming.config import ServerConfig
 from streaming.jam_ws import JamConnection
 from streaming.lyria_ws import LyriaConnection
@@ -42,8 +43,9 @@ class ConnectionCount:
         self.active -= 1
 
 
-def build_app(engine, config: ServerConfig) -> Starlette:
+def build_app(engine, config: ServerConfig, drain: tp.Optional[Drain] = None) -> Starlette:
     connections = ConnectionCount(config.max_connections)
+    drain = drain or Drain()
     notice = NOISE_NOTICE if engine.is_demo else None
 
     async def health(request: Request) -> JSONResponse:
@@ -54,6 +56,21 @@ def build_app(engine, config: ServerConfig) -> Starlette:
         if not state.ok:
             body["problem"] = state.problem
         return JSONResponse(body, status_code=200 if state.ok else 503)
+
+    async def ready(request: Request) -> JSONResponse:
+        """Readiness for balancers (liveness stays /health): 200 only while a new session can start here."""
+        capacity = snapshot(engine, drain)
+        return JSONResponse(capacity.describe(), status_code=200 if capacity.ready else 503)
+
+    async def start_drain(request: Request) -> JSONResponse:
+        """With JAM_TOKEN set, the token opens it; without, only this machine may (a preStop hook, an operator)."""
+        local = request.client is not None and request.client.host in ("127.0.0.1", "::1")
+        if not authorized(request.headers, request.query_params, config.token) or (config.token is None
+                                                                                   and not local):
+            return JSONResponse({"error": "unauthorized: send JAM_TOKEN as a Bearer token (without JAM_TOKEN, "
+                                          "drain from the replica's own host)"}, status_code=401)
+        drain.start()
+        return JSONResponse(snapshot(engine, drain).describe())
 
     async def serve(websocket: WebSocket, connection: tp.Callable[[], tp.Any], **auth_fields: str) -> None:
         await websocket.accept()
@@ -76,6 +93,7 @@ def build_app(engine, config: ServerConfig) -> Starlette:
         await serve(websocket, lambda: LyriaConnection(websocket, engine, config), extra_header="x-goog-api-key",
                     extra_query="key")
 
-    routes = [Route("/health", health), WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
+    routes = [Route("/health", health), Route("/ready", ready), Route("/admin/drain", start_drain, methods=["POST"]),
+              WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
               *webrtc_routes(engine, config, notice), *page_routes()]
     return Starlette(routes=routes)

@@ -26,6 +26,7 @@ class ServerConfig:
     ping_interval: float = 20.0  # WebSocket keep-alive: a client that misses a pong for ping_timeout is dropped
     ping_timeout: float = 20.0
     webrtc_connect_timeout: float = 30.0  # a WebRTC offer not connected by then is dropped (slot freed)
+    agent_port: tp.Optional[int] = None  # HAProxy agent-check port (streaming.capacity); None: off
 
     @classmethod
     def from_env(cls, environ: tp.Mapping[str, str] = os.environ) -> "ServerConfig":
@@ -48,4 +49,5 @@ class ServerConfig:
                    max_connections=number("JAM_MAX_CONNECTIONS", "64", int),
                    idle_seconds=number("JAM_IDLE_SECONDS", "30"), ping_interval=number("JAM_PING_INTERVAL", "20"),
                    ping_timeout=number("JAM_PING_TIMEOUT", "20"),
-                   webrtc_connect_timeout=number("JAM_WEBRTC_CONNECT_SECONDS", "30"))
+                   webrtc_connect_timeout=number("JAM_WEBRTC_CONNECT_SECONDS", "30"),
+                   agent_port=number("JAM_AGENT_PORT", "", int) if environ.get("JAM_AGENT_PORT") else None)

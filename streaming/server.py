@@ -7,14 +7,17 @@ Everything it serves is in streaming.app; the protocols are in the *_protocol mo
 """
 
 import argparse
+import asyncio
 import logging
 import os
 import threading
 import time
+import typing as tp
 
 import uvicorn
 
 from streaming.app import build_app
+from streaming.capacity import Drain, serve_agent, snapshot
 from streaming.config import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -23,15 +26,28 @@ WS_MAX_BYTES = 1024 * 1024  # larger frames are closed by the server (1009); sma
 
 
 class RunningServer:
-    """A uvicorn server on its own thread and event loop."""
+    """A uvicorn server (and the agent-check port, when configured) on its own thread and event loop."""
 
     def __init__(self, engine, config: ServerConfig) -> None:
         self.config = config
+        self.engine = engine
+        self.drain = Drain()
+        self.agent: tp.Optional[asyncio.AbstractServer] = None
         self.server = uvicorn.Server(uvicorn.Config(
-            build_app(engine, config), host=config.host, port=config.port, log_level="warning", lifespan="off",
-            ws_max_size=WS_MAX_BYTES, ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile,
+            build_app(engine, config, self.drain), host=config.host, port=config.port, log_level="warning",
+            lifespan="off", ws_max_size=WS_MAX_BYTES, ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile,
             ws_ping_interval=config.ping_interval or None, ws_ping_timeout=config.ping_timeout or None))
-        self.thread = threading.Thread(target=self.server.run, name="jam-sidecar", daemon=True)
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="jam-sidecar", daemon=True)
+
+    async def _serve(self) -> None:
+        if self.config.agent_port is not None:
+            self.agent = await serve_agent(self.config.host, self.config.agent_port,
+                                           lambda: snapshot(self.engine, self.drain))
+        try:
+            await self.server.serve()
+        finally:
+            if self.agent is not None:
+                self.agent.close()
 
     def start(self, timeout: float = 30) -> "RunningServer":
         self.thread.start()

@@ -1,0 +1,182 @@
+"""Replicas behind Debian's HAProxy with the project's own deploy/haproxy.cfg: new jams land by free slots, a full
+fleet answers with the protocol's own error, a drained or killed replica gets no new session, and predictions
+queue for a free replica instead of meeting Cog's 409."""
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from websockets.sync.client import connect
+
+from tests.cog_server import ROOT, CogServer
+from tests.helpers import free_port, wait_until
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("haproxy") is None, reason="Debian's haproxy is not installed")]
+START = {"type": "start", "mode": "rt", "params": {"styles": "jazz", "pace": "realtime", "max_decode_frames": 12}}
+AGENT_INTER = 1.0
+
+
+class Sidecar:
+    """A standalone sidecar process (its own engine, two session slots) with its agent-check port."""
+
+    def __init__(self, env: dict, log_dir: Path, index: int) -> None:
+        self.port, self.agent_port = free_port(), free_port()
+        self.log = open(log_dir / f"sidecar{index}.log", "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streaming.server"], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            env=dict(env, JAM_HOST="127.0.0.1", JAM_PORT=str(self.port), JAM_AGENT_PORT=str(self.agent_port),
+                     JAM_MAX_SESSIONS="2"))
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def sessions(self) -> int:
+        return requests.get(self.url("/health"), timeout=5).json()["sessions"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def start_haproxy(env: dict, jam: list, cog_ports: list[int], log_dir: Path) -> tuple[subprocess.Popen, int, int]:
+    jam_port, cog_port = free_port(), free_port()
+    variables = {"LB_HOST": "127.0.0.1", "LB_JAM_PORT": str(jam_port), "LB_COG_PORT": str(cog_port),
+                 "AGENT_INTER": f"{round(AGENT_INTER * 1000)}ms"}
+    for index in range(3):
+        variables[f"REPLICA_{index + 1}"] = "127.0.0.1"
+        variables[f"JAM_PORT_{index + 1}"] = str(jam[index].port if jam else free_port())
+        variables[f"AGENT_PORT_{index + 1}"] = str(jam[index].agent_port if jam else free_port())
+        variables[f"COG_PORT_{index + 1}"] = str(cog_ports[index])
+    process = subprocess.Popen(["haproxy", "-db", "-f", str(ROOT / "deploy" / "haproxy.cfg")],
+                               env=dict(env, **variables), stdout=open(log_dir / "haproxy.log", "wb"),
+                               stderr=subprocess.STDOUT)
+    listening = wait_until(lambda: process.poll() is not None or _accepts(cog_port), 10)
+    if not listening or process.poll() is not None:
+        raise RuntimeError(f"haproxy did not start:\n{(log_dir / 'haproxy.log').read_text()}")
+    return process, jam_port, cog_port
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def start_session(lb_port: int):
+    ws = connect(f"ws://127.0.0.1:{lb_port}/ws/jam", open_timeout=10)
+    ws.send(json.dumps(START))
+    return ws, json.loads(ws.recv(timeout=60))
+
+
+@pytest.fixture
+def fleet(venv_env, demo_dir, tmp_path):
+    sidecars = [Sidecar(venv_env, tmp_path, index) for index in range(3)]
+    haproxy = None
+    try:
+        for sidecar in sidecars:
+            assert wait_until(lambda s=sidecar: _healthy(s.url("/health")), 120), "a sidecar did not start"
+        haproxy, lb_port, _ = start_haproxy(venv_env, sidecars, [free_port() for _ in range(3)], tmp_path)
+        time.sleep(3 * AGENT_INTER)  # the first health and agent checks
+        yield sidecars, lb_port
+    finally:
+        if haproxy is not None:
+            haproxy.terminate()
+            haproxy.wait()
+        for sidecar in sidecars:
+            sidecar.stop()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_sessions_land_by_free_slots_and_avoid_drained_and_dead_replicas(fleet):
+    sidecars, lb_port = fleet
+
+    def counts() -> list[int]:
+        return [sidecar.sessions() if sidecar.process.poll() is None else None for sidecar in sidecars]
+
+    sockets = []
+    for _ in range(6):
+        ws, first = start_session(lb_port)
+        assert first["type"] == "started", first
+        sockets.append(ws)
+    assert counts() == [2, 2, 2]
+    seventh, answer = start_session(lb_port)
+    assert answer == {"type": "error", "error": "concurrency_limit_reached", "limit": 2}, "the protocol's refusal"
+    seventh.close()
+    for ws in sockets:
+        ws.close()
+    assert wait_until(lambda: counts() == [0, 0, 0], 5)
+    time.sleep(2 * AGENT_INTER)
+
+    kept, _ = start_session(lb_port)
+    drained = counts().index(1)
+    assert requests.post(sidecars[drained].url("/admin/drain"), timeout=5).json()["draining"] is True
+    time.sleep(2 * AGENT_INTER)
+    others = [i for i in range(3) if i != drained]
+    landed = [start_session(lb_port) for _ in range(2)]
+    assert all(first["type"] == "started" for _, first in landed)
+    assert counts()[drained] == 1 and sum(counts()[i] for i in others) == 2, "no new session on a draining replica"
+
+    killed, survivor = others
+    sidecars[killed].process.send_signal(signal.SIGKILL)
+    sidecars[killed].process.wait()
+    time.sleep(2 * 2 + AGENT_INTER)  # health checks: inter 2 s, fall 2
+    before = counts()[survivor]
+    started = 0
+    while True:
+        ws, first = start_session(lb_port)
+        ws.close() if first["type"] != "started" else landed.append((ws, first))
+        if first["type"] != "started":
+            assert first["error"] == "concurrency_limit_reached"
+            break
+        started += 1
+    assert started == 2 - before and counts()[survivor] == 2, "new sessions go to the live replica"
+    assert counts()[drained] == 1
+    kinds = [json.loads(kept.recv(timeout=30))["type"] for _ in range(3)]
+    assert "chunk" in kinds, f"the jam on the drained replica plays on: {kinds}"
+    for ws, _ in landed:
+        ws.close()
+    kept.close()
+
+
+def test_two_predictions_at_once_both_succeed_through_the_balancer(venv_env, demo_dir, tmp_path):
+    servers = [CogServer(venv_env, {"JAM_PORT": "0"}, log_path=tmp_path / f"cog{i}.log") for i in range(2)]
+    haproxy = None
+    try:
+        for server in servers:
+            server.start()
+        haproxy, _, cog_port = start_haproxy(venv_env, [], [servers[0].port, servers[1].port, free_port()],
+                                             tmp_path)
+        time.sleep(3)
+
+        def predict(seed: int) -> dict:
+            return requests.post(f"http://127.0.0.1:{cog_port}/predictions", timeout=300,
+                                 json={"input": {"prompt": "two at once", "duration": 2, "seed": seed}}).json()
+
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(predict, (1, 2)))
+        assert [result["status"] for result in results] == ["succeeded", "succeeded"], results
+    finally:
+        if haproxy is not None:
+            haproxy.terminate()
+            haproxy.wait()
+        for server in servers:
+            server.stop()
+
