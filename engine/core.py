@@ -34,10 +34,10 @@ logger = logging.getLogger(__name__)
 
 
 class CapacityError(RuntimeError):
-    """Every session slot is taken; `limit` says how many there are."""
+    """No new session can start here: every slot is taken (or the replica is draining); `limit` is the slot count."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"concurrency_limit_reached: all {limit} session slots are in use")
+    def __init__(self, limit: int, reason: tp.Optional[str] = None) -> None:
+        super().__init__(f"concurrency_limit_reached: {reason or f'all {limit} session slots are in use'}")
         self.limit = limit
 
 
@@ -72,6 +72,7 @@ class Engine:
             self.step_decoder_supported = False
         self._sessions = 0
         self._sessions_lock = threading.Lock()
+        self._admission_closed: tp.Optional[str] = None
         decoder = self.scheduler.decoder
         logger.info("decoder weights: %s (%s); %.0f MB of weights, %.0f MB of KV cache for %d rows x %d steps",
                     self.weight_format, self.weight_format_reason, decoder.weight_bytes / 2**20,
@@ -114,6 +115,11 @@ class Engine:
         problem = self.lm_worker.problem or self.codec_worker.problem
         return Health(ok=problem is None, problem=problem)
 
+    def stop_admitting(self, reason: str) -> None:
+        """From now on open_session raises CapacityError with `reason` (a drain); open sessions play on."""
+        with self._sessions_lock:
+            self._admission_closed = reason
+
     def check_prompt(self, text: str) -> None:
         """Raises ValueError when the text conditioner cannot take `text` whole."""
         if len(text) > MAX_PROMPT_CHARS:
@@ -153,6 +159,8 @@ class Engine:
             raise EngineUnavailable("this model cannot stream (see the engine log)")
         self.check_settings(settings)
         with self._sessions_lock:
+            if self._admission_closed is not None:
+                raise CapacityError(self.config.max_sessions, self._admission_closed)
             if self._sessions >= self.config.max_sessions:
                 raise CapacityError(self.config.max_sessions)
             self._sessions += 1

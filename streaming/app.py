@@ -45,7 +45,7 @@ class ConnectionCount:
 
 def build_app(engine, config: ServerConfig, drain: tp.Optional[Drain] = None) -> Starlette:
     connections = ConnectionCount(config.max_connections)
-    drain = drain or Drain()
+    drain = drain or Drain(engine, config.drain_seconds)
     notice = NOISE_NOTICE if engine.is_demo else None
 
     async def health(request: Request) -> JSONResponse:
@@ -70,7 +70,10 @@ def build_app(engine, config: ServerConfig, drain: tp.Optional[Drain] = None) ->
             return JSONResponse({"error": "unauthorized: send JAM_TOKEN as a Bearer token (without JAM_TOKEN, "
                                           "drain from the replica's own host)"}, status_code=401)
         drain.start()
-        return JSONResponse(snapshot(engine, drain).describe())
+        if request.query_params.get("wait") in ("1", "true"):  # a preStop hook: return once the jams are over
+            await drain.done.wait()
+        return JSONResponse({**snapshot(engine, drain).describe(), "seconds_left": drain.seconds_left,
+                             "drained": drain.done.is_set()})
 
     async def serve(websocket: WebSocket, connection: tp.Callable[[], tp.Any], **auth_fields: str) -> None:
         await websocket.accept()
@@ -81,9 +84,12 @@ def build_app(engine, config: ServerConfig, drain: tp.Optional[Drain] = None) ->
         if not connections.try_acquire():
             await websocket.close(CLOSE_TRY_AGAIN, f"too many connections (limit {connections.limit})")
             return
+        live = connection()
+        drain.join(live)
         try:
-            await connection().run()
+            await live.run()
         finally:
+            drain.leave(live)
             connections.release()
 
     async def jam(websocket: WebSocket) -> None:
@@ -95,5 +101,5 @@ def build_app(engine, config: ServerConfig, drain: tp.Optional[Drain] = None) ->
 
     routes = [Route("/health", health), Route("/ready", ready), Route("/admin/drain", start_drain, methods=["POST"]),
               WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
-              *webrtc_routes(engine, config, notice), *page_routes()]
+              *webrtc_routes(engine, config, notice, drain), *page_routes()]
     return Starlette(routes=routes)

@@ -12,6 +12,7 @@ at 1% a session that finds every replica full still reaches one, which answers w
 
 import asyncio
 import logging
+import time
 import typing as tp
 from dataclasses import dataclass
 
@@ -57,17 +58,72 @@ class Capacity:
                 "max_sessions": self.max_sessions, "free_sessions": self.free, "draining": self.draining}
 
 
-class Drain:
-    """Whether this replica has stopped taking new sessions: set once (`POST /admin/drain`), read by `/ready` and
-    the agent port, so the balancer stops sending new sessions while the open ones play on."""
+class Drainable(tp.Protocol):
+    """A live client connection (a WebSocket, a WebRTC peer) as the drain sees it."""
 
-    def __init__(self) -> None:
+    async def on_drain(self, seconds_left: float) -> None: ...
+
+    async def drain_close(self, reason: str) -> None: ...
+
+
+class Drain:
+    """The end of a replica's life without a cut: it stops taking new sessions (`/ready` 503, agent `drain`, the
+    engine refuses new sessions), tells every live client once how long it has, lets sessions play until they end or
+    `seconds` pass, then closes what is left (1001, with the reason) and sets `done`. Runs on the sidecar's loop."""
+
+    def __init__(self, engine=None, seconds: float = 300.0) -> None:
+        self.engine = engine
+        self.seconds = seconds
         self.active = False
+        self.deadline: tp.Optional[float] = None
+        self.done = asyncio.Event()
+        self._members: set[Drainable] = set()
+        self._task: tp.Optional[asyncio.Task] = None
+
+    def join(self, member: Drainable) -> None:
+        self._members.add(member)
+
+    def leave(self, member: Drainable) -> None:
+        self._members.discard(member)
+
+    @property
+    def seconds_left(self) -> tp.Optional[float]:
+        return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
 
     def start(self) -> None:
-        if not self.active:
-            logger.info("draining: /ready answers 503 and the agent port 'drain'; open sessions go on")
+        """Begins the drain (once; later calls change nothing). Call on the sidecar's event loop."""
+        if self.active:
+            return
         self.active = True
+        self.deadline = time.monotonic() + self.seconds
+        if self.engine is not None:
+            self.engine.stop_admitting("this replica is draining: start the session on another one")
+        logger.info("draining: no new sessions; %d open sessions have %.0f s", self._sessions(), self.seconds)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="drain")
+
+    def _sessions(self) -> int:
+        return self.engine.sessions_open if self.engine is not None else 0
+
+    async def _run(self) -> None:
+        try:
+            for member in list(self._members):
+                try:
+                    await member.on_drain(self.seconds)
+                except Exception as exc:  # that client is gone; the others still hear it
+                    logger.debug("drain notice not delivered: %s", exc)
+            while self._sessions() > 0 and time.monotonic() < self.deadline:
+                await asyncio.sleep(0.2)
+            if self._members:
+                logger.info("drain time is up: closing %d connections", len(self._members))
+            for member in list(self._members):
+                try:
+                    await member.drain_close(f"server draining: the {self.seconds:.0f} s drain time is up; "
+                                             "connect again to reach another replica")
+                except Exception as exc:
+                    logger.debug("drain close failed: %s", exc)
+        finally:
+            self.done.set()
+            logger.info("drained")
 
 
 def snapshot(engine, drain: Drain) -> Capacity:

@@ -27,6 +27,7 @@ class ServerConfig:
     ping_timeout: float = 20.0
     webrtc_connect_timeout: float = 30.0  # a WebRTC offer not connected by then is dropped (slot freed)
     agent_port: tp.Optional[int] = None  # HAProxy agent-check port (streaming.capacity); None: off
+    drain_seconds: float = 300.0  # how long live sessions may go on once the replica drains (then 1001)
 
     @classmethod
     def from_env(cls, environ: tp.Mapping[str, str] = os.environ) -> "ServerConfig":
@@ -50,4 +51,5 @@ class ServerConfig:
                    idle_seconds=number("JAM_IDLE_SECONDS", "30"), ping_interval=number("JAM_PING_INTERVAL", "20"),
                    ping_timeout=number("JAM_PING_TIMEOUT", "20"),
                    webrtc_connect_timeout=number("JAM_WEBRTC_CONNECT_SECONDS", "30"),
-                   agent_port=number("JAM_AGENT_PORT", "", int) if environ.get("JAM_AGENT_PORT") else None)
+                   agent_port=number("JAM_AGENT_PORT", "", int) if environ.get("JAM_AGENT_PORT") else None,
+                   drain_seconds=number("JAM_DRAIN_SECONDS", "300"))

@@ -14,6 +14,7 @@ from streaming.pump import ChunkPump, Pacer
 logger = logging.getLogger(__name__)
 
 CLOSE_IDLE = 1008
+CLOSE_GOING_AWAY = 1001
 
 
 class Connection:
@@ -79,7 +80,18 @@ class Connection:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def on_drain(self, seconds_left: float) -> None:
+        """The replica drains: a client with a session hears once, in its protocol's words, how long it has."""
+        if self.session is not None and not self.closed:
+            await self.send(self.drain_notice(seconds_left))
+
+    async def drain_close(self, reason: str) -> None:
+        await self.close(CLOSE_GOING_AWAY, reason)
+
     # -- for subclasses -----------------------------------------------------------------------------------------
+    def drain_notice(self, seconds_left: float) -> str:
+        raise NotImplementedError
+
     async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
         """Handles one client frame; False ends the connection."""
         raise NotImplementedError

@@ -54,6 +54,9 @@ class JamConnection(Connection):
             return False
         return True
 
+    def drain_notice(self, seconds_left: float) -> str:
+        return jp.status_event("draining", draining=True, seconds_left=round(seconds_left))
+
     async def open(self, settings, pace: str, seed: tp.Optional[int], restart: bool = False) -> bool:
         """Starts (or restarts) the session; False when the connection must end (over the limit)."""
         seed = random_seed() if seed is None else seed

@@ -49,6 +49,10 @@ class LyriaConnection(Connection):
         elif isinstance(action, lp.EndSession):
             await self.end_session()
 
+    def drain_notice(self, seconds_left: float) -> str:
+        return lp.warning(f"this server is draining: the session ends within {seconds_left:.0f} s; connect again "
+                          "to continue on another replica")
+
     async def send_chunk(self, chunk) -> None:
         await self.send(self.protocol.chunk_message(chunk))
 

@@ -1,6 +1,6 @@
 """How the sidecar runs: on its own thread and event loop inside Cog's worker (or a test), or standalone.
 
-    python -m streaming.server [--weights PATH]     # standalone: loads the engine itself
+    python -m streaming.server [--weights PATH]     # standalone: loads the engine itself; SIGTERM drains
 
 Everything it serves is in streaming.app; the protocols are in the *_protocol modules, their socket shells in
 *_ws, pacing in streaming.pump.
@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import threading
 import time
 import typing as tp
@@ -31,7 +32,8 @@ class RunningServer:
     def __init__(self, engine, config: ServerConfig) -> None:
         self.config = config
         self.engine = engine
-        self.drain = Drain()
+        self.drain = Drain(engine, config.drain_seconds)
+        self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
         self.agent: tp.Optional[asyncio.AbstractServer] = None
         self.server = uvicorn.Server(uvicorn.Config(
             build_app(engine, config, self.drain), host=config.host, port=config.port, log_level="warning",
@@ -40,6 +42,7 @@ class RunningServer:
         self.thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="jam-sidecar", daemon=True)
 
     async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
         if self.config.agent_port is not None:
             self.agent = await serve_agent(self.config.host, self.config.agent_port,
                                            lambda: snapshot(self.engine, self.drain))
@@ -68,6 +71,15 @@ class RunningServer:
         self.server.should_exit = True
         self.thread.join(timeout=10)
 
+    def drain_then_stop(self) -> None:
+        """From any thread (a SIGTERM handler): drain, then stop serving once the drain is done."""
+        async def drain_and_exit() -> None:
+            self.drain.start()
+            await self.drain.done.wait()
+            self.server.should_exit = True
+
+        asyncio.run_coroutine_threadsafe(drain_and_exit(), self.loop)
+
 
 def main() -> None:
     from engine.config import EngineConfig
@@ -79,10 +91,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     engine = Engine.load(args.weights, config=EngineConfig.from_env())
     server = RunningServer(engine, ServerConfig.from_env()).start()
+    # SIGTERM (a rolling update, `docker stop`): live jams get JAM_DRAIN_SECONDS to end, then the process exits.
+    signal.signal(signal.SIGTERM, lambda signum, frame: server.drain_then_stop())
     try:
         server.thread.join()
     except KeyboardInterrupt:
         server.stop()
+    engine.close()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from engine.jam import JamSession, SessionClosed
 from streaming import jam_protocol as jp
 from streaming import webrtc_protocol as wp
 from streaming.auth import authorized
+from streaming.capacity import Drain
 from streaming.config import ServerConfig
 from streaming.pump import MAX_RESTARTS
 from streaming.webrtc_track import CHANNELS, JamTrack
@@ -238,6 +239,14 @@ class Peer:
         finally:
             await self.close(self.end_reason)
 
+    async def on_drain(self, seconds_left: float) -> None:
+        """The replica drains: FastRTC's `warning` on the data channel says how long the session has."""
+        self.send(wp.warning(f"this server is draining: the session ends within {seconds_left:.0f} s; connect "
+                             "again to continue on another replica"))
+
+    async def drain_close(self, reason: str) -> None:
+        await self.close(reason)
+
     async def close(self, reason: str) -> None:
         """Frees everything the peer holds, once: tasks, session, track, connection, then its slot."""
         if self.closed:
@@ -270,12 +279,13 @@ class Peer:
             self.on_closed(self)
 
 
-def webrtc_routes(engine, config: ServerConfig, notice: tp.Optional[str]) -> list[Route]:
+def webrtc_routes(engine, config: ServerConfig, notice: tp.Optional[str], drain: Drain) -> list[Route]:
     """`POST /webrtc/offer` and `POST /webrtc/input`; sessions come from the engine's slots, shared with the
-    WebSocket transports."""
+    WebSocket transports, and every peer hears the drain."""
     peers: dict[str, Peer] = {}
 
     def release(peer: Peer) -> None:
+        drain.leave(peer)
         if peers.get(peer.webrtc_id) is peer:
             del peers[peer.webrtc_id]
 
@@ -293,6 +303,7 @@ def webrtc_routes(engine, config: ServerConfig, notice: tp.Optional[str]) -> lis
             return JSONResponse(wp.failed("connection_already_exists"))
         peer = Peer(command.webrtc_id, command, engine, notice, release)
         peers[command.webrtc_id] = peer  # before any await: a second offer with this id is refused
+        drain.join(peer)
         phase = "session_unavailable"
         try:
             await peer.start_session()
