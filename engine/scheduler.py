@@ -15,7 +15,7 @@ import typing as tp
 import torch
 
 from engine import conditions, melody
-from engine.decoder import StepDecoder
+from engine.decoder import StepDecoder, UnsupportedModel
 from engine.static_step import CapturableStep
 from engine.streams import Stream, sample
 
@@ -33,10 +33,21 @@ class Scheduler:
     def __init__(self, lm, max_rows: int, max_steps: int, weight_format: str = "float32",
                  prefill_slice_steps: int = 64, step_mode: str = "off") -> None:
         """`step_mode` (see engine.static_step.choose_step_mode): "off" decodes with the eager forward, "static"
-        and "compile" with the capturable step, eagerly or compiled (on CUDA, replayed from CUDA graphs)."""
+        and "compile" with the capturable step, eagerly or compiled (on CUDA, replayed from CUDA graphs).
+
+        An LM the step decoder does not implement leaves `decoder` None and says why in `unsupported`: such a
+        scheduler takes no streams, so the engine can still serve predictions through audiocraft's generate."""
         self.lm = lm
-        self.decoder = StepDecoder(lm, max_rows=max_rows, max_steps=max_steps, weight_format=weight_format)
-        self.capturable = None if step_mode == "off" else CapturableStep(self.decoder, step_mode == "compile")
+        self.max_rows = max_rows
+        self.decoder: tp.Optional[StepDecoder] = None
+        self.unsupported: tp.Optional[str] = None
+        try:
+            self.decoder = StepDecoder(lm, max_rows=max_rows, max_steps=max_steps, weight_format=weight_format)
+        except UnsupportedModel as exc:
+            self.unsupported = str(exc)
+        self.capturable = None
+        if self.decoder is not None and step_mode != "off":
+            self.capturable = CapturableStep(self.decoder, step_mode == "compile")
         self.prefill_slice_steps = prefill_slice_steps
         self.streams: list[Stream] = []
         self.failed_streams = 0
@@ -47,7 +58,7 @@ class Scheduler:
 
     @property
     def rows_free(self) -> int:
-        return self.decoder.max_rows - sum(s.conditioning.rows for s in self.streams)
+        return self.max_rows - sum(s.conditioning.rows for s in self.streams)
 
     # -- background work of the LM worker -----------------------------------------------------------------------
     def pending(self) -> bool:
@@ -64,6 +75,8 @@ class Scheduler:
 
     # -- stream management (LM thread) ---------------------------------------------------------------------------
     def add_stream(self, stream: Stream) -> None:
+        if self.decoder is None:
+            raise RuntimeError(f"this model cannot run streams: {self.unsupported}")
         if stream.conditioning.rows > self.rows_free:
             raise RuntimeError(f"no decoder rows left ({self.rows_free} free, {stream.conditioning.rows} needed)")
         self._relayout(self.streams + [stream], {id(stream): None})
