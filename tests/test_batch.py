@@ -10,6 +10,7 @@ import torchaudio.functional as AF
 from engine import audio
 from engine.batch import BatchRequest, RequestError
 from tests.helpers import convert, sine_wav
+from tests.test_jam_engine import snr_db
 
 
 def run(engine, **kwargs):
@@ -50,10 +51,19 @@ def test_needs_prompt_or_audio(engine):
 
 
 def test_continuation_output_is_slice_then_new_music(engine, tmp_path):
+    """The output's first 2 s are the input slice as the codec re-decodes it (its tokens are the slice's own),
+    and the new music is what audiocraft's generate_continuation makes of it (greedy: the same tokens)."""
     clip = sine_wav(tmp_path / "clip.wav", seconds=4.0, rate=44100)
-    result = run(engine, prompt="blues", input_audio=clip, continuation=True, continuation_start=1,
-                 continuation_end=3, duration=2, seed=3)
+    request = BatchRequest(prompt="blues", input_audio=clip, continuation=True, continuation_start=1,
+                           continuation_end=3, duration=2, seed=3, temperature=0.0)
+    result = engine.generate(request).wait()
     assert result.wav.shape[-1] == 4 * 32000  # 2 s slice + 2 s new
+    piece = audio.decode_slice(clip, 1, 3)
+    prompt = engine.codec_worker.call(lambda: engine.encode_now(piece.wav, piece.sample_rate)).result().cpu()
+    assert prompt.shape[-1] == 100 and torch.equal(result.tokens[:, :100], prompt)
+    head = 90 * 640  # the audio of the slice's last frames also depends on the frames after them
+    assert snr_db(engine.decode_tokens(prompt)[:, :head], result.wav[:, :head]) >= 30
+    assert torch.equal(result.tokens, engine.generate(request, reference=True).wait().tokens)
 
 
 def test_continuation_end_minus_one_means_end_of_clip(engine, tmp_path):
