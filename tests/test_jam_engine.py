@@ -66,6 +66,8 @@ def test_stream_equals_offline_decode_of_its_tokens(engine):
     tokens = torch.cat([c.frames for c in chunks], dim=-1)
     offline = engine.decode_tokens(tokens)
     assert snr_db(offline[:, : streamed.shape[-1]], streamed) >= 30
+    # SNR over 6 s hides clicks (decoding each chunk without context still scores 46 dB); the worst sample does not
+    assert (streamed - offline[:, : streamed.shape[-1]]).abs().max() <= 1e-3 * offline.abs().max()
     overlap = int(0.025 * 32000)
     for i, chunk in enumerate(chunks[:-1]):
         end = 32000 * (i + 1)
