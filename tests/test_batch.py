@@ -2,6 +2,7 @@
 
 import math
 import shutil
+import time
 
 import pytest
 import torch
@@ -39,10 +40,15 @@ def test_seed_zero_is_a_real_seed_and_minus_one_is_random(engine):
 
 
 def test_text_generation_has_requested_length_and_rate(engine):
+    """Length and rate as asked; the generation time is most of the caller's wait (the job's own clock, not a
+    part of it) and the real-time factor is wall seconds per generated second."""
+    started = time.perf_counter()
     result = run(engine, prompt="ambient pad", duration=3, seed=1)
+    waited = time.perf_counter() - started
     assert result.sample_rate == 32000
     assert result.wav.shape == (1, 3 * 32000)
-    assert result.real_time_factor > 0
+    assert 0.5 * waited <= result.generation_seconds <= waited
+    assert result.real_time_factor == pytest.approx(result.generation_seconds / 3.0)
 
 
 def test_needs_prompt_or_audio(engine):
@@ -158,8 +164,6 @@ def test_mp3_output_decodes_at_stated_bitrate(engine, tmp_path):
 
 
 def test_cancel_stops_a_running_generation_and_engine_serves_next(engine):
-    import time
-
     job = engine.generate(BatchRequest(prompt="long", duration=120, seed=1))
     time.sleep(1.0)
     job.cancel()
