@@ -236,13 +236,21 @@ def test_a_prediction_stepped_beside_two_sessions_gives_the_bytes_it_gives_alone
 
     monkeypatch.setattr(Scheduler, "_step", recording)
     results = {}
+    playing = threading.Barrier(3, timeout=60)  # the prediction starts once both sessions play
 
     def jam(name, seed):
-        results[name] = session_chunks(engine, 4, seed=seed)
+        session = engine.open_session(SETTINGS, seed=seed)
+        try:
+            chunks = [session.next_chunk().result(timeout=120)]
+            playing.wait()
+            results[name] = chunks + collect(session, 5)
+        finally:
+            session.close()
 
     threads = [threading.Thread(target=jam, args=(f"jam{i}", 10 + i)) for i in range(2)]
     for thread in threads:
         thread.start()
+    playing.wait()
     prediction = engine.generate(BatchRequest(prompt="house", duration=3, seed=1)).wait()
     for thread in threads:
         thread.join(120)
@@ -253,5 +261,5 @@ def test_a_prediction_stepped_beside_two_sessions_gives_the_bytes_it_gives_alone
     assert set(shared_steps) == {0}
     assert torch.equal(prediction.wav, alone.wav)
     for name in ("jam0", "jam1"):
-        assert [c.index for c in results[name]] == [0, 1, 2, 3]
+        assert [c.index for c in results[name]] == [0, 1, 2, 3, 4, 5]
     assert engine.sessions_open == 0
