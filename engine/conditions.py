@@ -15,6 +15,14 @@ def text_condition(lm, text: str | None) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def count_tokens(lm, text: str) -> int:
-    """How many positions `text` takes in the text conditioner (T5 tokens with the end token), counted by the
-    conditioner's own tokenize(); safe from any thread (tokenizing touches no model weights)."""
-    return int(lm.condition_provider.conditioners["description"].tokenize([text])["input_ids"].shape[-1])
+    """How many positions `text` takes in the text conditioner (T5 tokens with the end token).
+
+    Callers are the event loop and Cog's thread, so this runs the conditioner's tokenizer alone, as its tokenize()
+    does (its text normaliser first, when the checkpoint has one) but without building tensors or moving them to
+    the model's device: on a GPU that copy would wait for all queued GPU work, stalling every `update`.
+    """
+    conditioner = lm.condition_provider.conditioners["description"]
+    entries = [text]
+    if conditioner.normalize_text:
+        _, _, entries = conditioner.text_normalizer(entries, return_text=True)
+    return len(conditioner.t5_tokenizer(entries[0])["input_ids"])

@@ -20,7 +20,6 @@ import torch
 
 from engine import batch, conditions
 from engine.config import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, EngineConfig
-from engine.decoder import UnsupportedModel, check_supported
 from engine.jam import JamSession, JamSettings
 from engine.melody import WINDOW_SECONDS, melody_condition, prefix_steps
 from engine.model import LoadedModel, load_model
@@ -64,20 +63,20 @@ class Engine:
         self.lm_worker = Worker("engine", background=self.scheduler)
         # On a CPU the codec thread takes one core at most, leaving the LM thread its cores; a GPU runs both.
         self.codec_worker = Worker("codec", threads=1 if model.device == "cpu" else None)
-        self.step_decoder_supported = True
-        try:
-            check_supported(lm)
-        except UnsupportedModel as exc:
-            logger.warning("%s: predictions use audiocraft's generate and jam sessions are unavailable", exc)
-            self.step_decoder_supported = False
+        # None when the step decoder runs this LM; else why not (predictions then use audiocraft's generate)
+        self.streaming_unavailable: tp.Optional[str] = self.scheduler.unsupported
         self._sessions = 0
         self._sessions_lock = threading.Lock()
         self._admission_closed: tp.Optional[str] = None
         decoder = self.scheduler.decoder
-        logger.info("decoder weights: %s (%s); %.0f MB of weights, %.0f MB of KV cache for %d rows x %d steps",
-                    self.weight_format, self.weight_format_reason, decoder.weight_bytes / 2**20,
-                    decoder.cache_bytes / 2**20, config.rows, decoder.max_steps)
-        logger.info("decode step: %s (%s)", self.step_mode, self.step_mode_reason)
+        if decoder is None:
+            logger.warning("%s: predictions use audiocraft's generate and live sessions are unavailable",
+                           self.streaming_unavailable)
+        else:
+            logger.info("decoder weights: %s (%s); %.0f MB of weights, %.0f MB of KV cache for %d rows x %d steps",
+                        self.weight_format, self.weight_format_reason, decoder.weight_bytes / 2**20,
+                        decoder.cache_bytes / 2**20, config.rows, decoder.max_steps)
+            logger.info("decode step: %s (%s)", self.step_mode, self.step_mode_reason)
 
     @classmethod
     def load(cls, source: tp.Union[str, Path, None] = None, device: tp.Optional[str] = None,
@@ -103,13 +102,17 @@ class Engine:
         return self.config.rows - self.scheduler.rows_free
 
     def describe(self) -> dict:
+        """What the model and engine are, for /health, the jam status and the page; `streaming` false with
+        `streaming_unavailable` saying why when live sessions cannot run on this model."""
+        decoder = self.scheduler.decoder
         return {**self.model.describe(), "weight_format": self.weight_format,
                 "weight_format_reason": self.weight_format_reason,
                 "step_mode": self.step_mode, "step_mode_reason": self.step_mode_reason,
                 "max_sessions": self.config.max_sessions, "max_styles": self.config.max_styles,
                 "decoder_rows": self.config.rows, "rows_in_use": self.rows_in_use,
-                "decoder_weight_bytes": self.scheduler.decoder.weight_bytes,
-                "streaming": self.step_decoder_supported}
+                "decoder_weight_bytes": decoder.weight_bytes if decoder is not None else 0,
+                "streaming": self.streaming_unavailable is None,
+                "streaming_unavailable": self.streaming_unavailable}
 
     def health(self) -> Health:
         problem = self.lm_worker.problem or self.codec_worker.problem
@@ -144,7 +147,7 @@ class Engine:
         prepared = batch.prepare(request, self)
         # a melody beyond one 30 s window: audiocraft recomputes its chroma for each window (windowed extension)
         long_melody = prepared.mode == "melody" and prepared.total_seconds > WINDOW_SECONDS
-        if reference or not self.step_decoder_supported or long_melody:
+        if reference or self.streaming_unavailable is not None or long_melody:
             return batch.start_reference(self, prepared)
         return batch.start_streamed(self, prepared)
 
@@ -155,8 +158,9 @@ class Engine:
         continue, `melody` (wav, rate) one to follow on melody models. Raises CapacityError when every slot is
         in use, ValueError for settings or a melody the model cannot take, EngineUnavailable when unhealthy."""
         self._require_healthy()
-        if not self.step_decoder_supported:
-            raise EngineUnavailable("this model cannot stream (see the engine log)")
+        if self.streaming_unavailable is not None:
+            # the reason first: Lyria carries it in a close reason, which is cut at 120 characters
+            raise EngineUnavailable(f"this model cannot stream live sessions: {self.streaming_unavailable}")
         self.check_settings(settings)
         with self._sessions_lock:
             if self._admission_closed is not None:

@@ -286,7 +286,10 @@ class StepDecoder:
     def relayout(self, sources: list[int]) -> None:
         """Row i takes the caches and condition of old row sources[i]: keeps live rows contiguous when streams
         come, go or change their number of styles (a new style row starts from a copy of another row's context).
-        Only rows that move are copied, and only their filled part."""
+        Only rows that move are copied, and only their filled part.
+
+        All or nothing: every moving row is first gathered into new memory (where a GPU runs out of it), and
+        only when all of it exists are the rows written, so a failed copy leaves every row as it was."""
         if len(sources) > self.max_rows:
             raise ValueError(f"{len(sources)} rows needed, the decoder has {self.max_rows}")
         moves = [(target, source) for target, source in enumerate(sources) if target != source]
@@ -296,13 +299,15 @@ class StepDecoder:
         index = torch.tensor([s for _, s in moves], dtype=torch.long, device=self.device)
         steps = int(self.lengths[index].max())
         cross_steps = int(self.cross_lengths[index].max())
-        self.keys[:, targets, :, :steps] = self.keys[:, index, :, :steps]
-        self.values[:, targets, :, :steps] = self.values[:, index, :, :steps]
-        self.cross_keys[:, targets, :, :cross_steps] = self.cross_keys[:, index, :, :cross_steps]
-        self.cross_values[:, targets, :, :cross_steps] = self.cross_values[:, index, :, :cross_steps]
-        self.lengths[targets] = self.lengths[index]
-        self.cross_lengths[targets] = self.cross_lengths[index]
-        self.prefix_lengths[targets] = self.prefix_lengths[index]
+        caches = [(self.keys, steps), (self.values, steps), (self.cross_keys, cross_steps),
+                  (self.cross_values, cross_steps)]
+        gathered = [cache[:, index, :, :length] for cache, length in caches]
+        counters = [self.lengths, self.cross_lengths, self.prefix_lengths]
+        gathered_counters = [counter[index] for counter in counters]
+        for (cache, length), rows in zip(caches, gathered, strict=True):
+            cache[:, targets, :, :length] = rows
+        for counter, rows in zip(counters, gathered_counters, strict=True):
+            counter[targets] = rows
         for mirror in (self.host_lengths, self.host_prefix_lengths):
             moved = [mirror[source] for _, source in moves]
             for (target, _), value in zip(moves, moved, strict=True):

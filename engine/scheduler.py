@@ -15,7 +15,7 @@ import typing as tp
 import torch
 
 from engine import conditions, melody
-from engine.decoder import StepDecoder
+from engine.decoder import StepDecoder, UnsupportedModel
 from engine.static_step import CapturableStep
 from engine.streams import Stream, sample
 
@@ -33,10 +33,21 @@ class Scheduler:
     def __init__(self, lm, max_rows: int, max_steps: int, weight_format: str = "float32",
                  prefill_slice_steps: int = 64, step_mode: str = "off") -> None:
         """`step_mode` (see engine.static_step.choose_step_mode): "off" decodes with the eager forward, "static"
-        and "compile" with the capturable step, eagerly or compiled (on CUDA, replayed from CUDA graphs)."""
+        and "compile" with the capturable step, eagerly or compiled (on CUDA, replayed from CUDA graphs).
+
+        An LM the step decoder does not implement leaves `decoder` None and says why in `unsupported`: such a
+        scheduler takes no streams, so the engine can still serve predictions through audiocraft's generate."""
         self.lm = lm
-        self.decoder = StepDecoder(lm, max_rows=max_rows, max_steps=max_steps, weight_format=weight_format)
-        self.capturable = None if step_mode == "off" else CapturableStep(self.decoder, step_mode == "compile")
+        self.max_rows = max_rows
+        self.decoder: tp.Optional[StepDecoder] = None
+        self.unsupported: tp.Optional[str] = None
+        try:
+            self.decoder = StepDecoder(lm, max_rows=max_rows, max_steps=max_steps, weight_format=weight_format)
+        except UnsupportedModel as exc:
+            self.unsupported = str(exc)
+        self.capturable = None
+        if self.decoder is not None and step_mode != "off":
+            self.capturable = CapturableStep(self.decoder, step_mode == "compile")
         self.prefill_slice_steps = prefill_slice_steps
         self.streams: list[Stream] = []
         self.failed_streams = 0
@@ -47,7 +58,7 @@ class Scheduler:
 
     @property
     def rows_free(self) -> int:
-        return self.decoder.max_rows - sum(s.conditioning.rows for s in self.streams)
+        return self.max_rows - sum(s.conditioning.rows for s in self.streams)
 
     # -- background work of the LM worker -----------------------------------------------------------------------
     def pending(self) -> bool:
@@ -64,34 +75,41 @@ class Scheduler:
 
     # -- stream management (LM thread) ---------------------------------------------------------------------------
     def add_stream(self, stream: Stream) -> None:
+        """Raises (and changes nothing) when there are no rows for it or the cache copy making room fails."""
+        if self.decoder is None:
+            raise RuntimeError(f"this model cannot run streams: {self.unsupported}")
         if stream.conditioning.rows > self.rows_free:
             raise RuntimeError(f"no decoder rows left ({self.rows_free} free, {stream.conditioning.rows} needed)")
-        self._relayout(self.streams + [stream], {id(stream): None})
+        self._relayout(self.streams + [stream])
 
     def remove_stream(self, stream: Stream) -> None:
-        if stream in self.streams:
-            self._relayout([s for s in self.streams if s is not stream], {})
+        """Frees a stream's rows; never raises. When the copy that packs the others fails (out of memory), they
+        stay on their rows and the next relayout packs them."""
+        if all(s is not stream for s in self.streams):
+            return
+        remaining = [s for s in self.streams if s is not stream]
+        try:
+            self._relayout(remaining)
+        except Exception:
+            logger.exception("could not pack the decoder rows after removing a stream; the others stay put")
+            self.streams = remaining
 
     def set_conditioning(self, stream: Stream, conditioning) -> None:
         """Swaps a stream's styles from its next step on, keeping its context: existing rows keep their caches,
-        added styles start from a copy of the first style's context."""
+        added styles start from a copy of the first style's context. Raises (and changes nothing) when there are
+        no rows for it or the cache copy fails."""
         grow = conditioning.rows - stream.conditioning.rows
         if grow > self.rows_free:
             raise RuntimeError(f"no decoder rows left for {conditioning.rows - 1} styles")
-        old_rows = stream.rows
+        self._relayout(self.streams, {id(stream): conditioning.rows})
         stream.conditioning = conditioning
         stream.conditions_dirty = True
-        self._relayout(list(self.streams), {id(stream): old_rows})
 
     def fail(self, stream: Stream, phase: str, exc: BaseException) -> None:
         """Drops one stream and tells its consumer; never raises."""
         logger.warning("stream failed during %s: %s: %s", phase, type(exc).__name__, exc)
         self.failed_streams += 1
-        try:
-            self.remove_stream(stream)
-        except Exception:  # keep the bookkeeping right even if the cache copy failed
-            logger.exception("could not relayout after dropping a stream")
-            self.streams = [s for s in self.streams if s is not stream]
+        self.remove_stream(stream)
         stream.error = StreamFailed(f"{phase} failed: {type(exc).__name__}: {exc}")
         if stream.on_failed is not None:
             callback, stream.on_failed = stream.on_failed, None
@@ -100,21 +118,29 @@ class Scheduler:
             except Exception:
                 logger.exception("a stream's failure callback raised")
 
-    def _relayout(self, streams: list[Stream], resized: dict[int, tp.Optional[slice]]) -> None:
+    def _relayout(self, streams: list[Stream], row_counts: tp.Optional[dict[int, int]] = None) -> None:
+        """Packs `streams` onto rows 0.. in order, each with its number of rows (`row_counts` by id(stream) for
+        one whose styles change, else its conditioning's), and makes them the scheduler's streams. Nothing moves
+        (caches, rows, the stream list) unless the decoder's copy succeeded: a copy can run out of memory on a
+        GPU, and the other streams must go on from the caches they point at."""
+        known = {id(s) for s in self.streams}
         sources: list[int] = []
+        layout: list[slice] = []
         for stream in streams:
-            count = stream.conditioning.rows
-            if id(stream) in resized and resized[id(stream)] is None:  # new stream: rows filled by prefill
-                rows = list(range(count))
-            else:
-                old = resized.get(id(stream), stream.rows)
-                old_cond = list(range(old.start, old.stop - 1))
-                rows = [old_cond[i] if i < len(old_cond) else old_cond[0] for i in range(count - 1)] + [old.stop - 1]
             start = len(sources)
-            sources.extend(rows)
-            stream.rows = slice(start, start + count)
+            count = (row_counts or {}).get(id(stream), stream.conditioning.rows)
+            if id(stream) not in known:  # a new stream: its conditions, prefix and prefill fill its rows
+                sources.extend(range(start, start + count))
+            else:  # a new style row starts from the first style's context, the unconditional row stays last
+                old = stream.rows
+                styled = list(range(old.start, old.stop - 1))
+                sources.extend(styled[i] if i < len(styled) else styled[0] for i in range(count - 1))
+                sources.append(old.stop - 1)
+            layout.append(slice(start, start + count))
         self.decoder.relayout(sources)
-        self.streams = streams
+        for stream, rows in zip(streams, layout, strict=True):
+            stream.rows = rows
+        self.streams = list(streams)
 
     # -- one step -----------------------------------------------------------------------------------------------
     def _prioritise(self, active: list[Stream]) -> list[Stream]:

@@ -1,4 +1,5 @@
-"""Shared test helpers: free ports, audio fixtures made with ffmpeg, WAV decoding, waiting on servers."""
+"""Shared test helpers: free ports, audio fixtures made with ffmpeg, WAV decoding, waiting on servers, an
+out-of-memory injected into tensor copies."""
 
 import base64
 import io
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.audio import ffmpeg_executable
 
@@ -55,3 +58,20 @@ def wait_until(predicate: tp.Callable[[], bool], timeout: float, interval: float
             return True
         time.sleep(interval)
     return False
+
+
+class FailingGather(TorchDispatchMode):
+    """Inside the block, the `nth` gather of tensor rows (aten.index) raises torch.OutOfMemoryError, as a copy of
+    KV cache rows does on a GPU without room for them; `calls` counts the gathers seen."""
+
+    def __init__(self, nth: int) -> None:
+        super().__init__()
+        self.nth = nth
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.index.Tensor:
+            self.calls += 1
+            if self.calls == self.nth:
+                raise torch.OutOfMemoryError(f"injected: out of memory at gather {self.nth}")
+        return func(*args, **(kwargs or {}))

@@ -2,6 +2,7 @@
 
 import math
 import shutil
+import time
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torchaudio.functional as AF
 from engine import audio
 from engine.batch import BatchRequest, RequestError
 from tests.helpers import convert, sine_wav
+from tests.test_jam_engine import snr_db
 
 
 def run(engine, **kwargs):
@@ -38,10 +40,15 @@ def test_seed_zero_is_a_real_seed_and_minus_one_is_random(engine):
 
 
 def test_text_generation_has_requested_length_and_rate(engine):
+    """Length and rate as asked; the generation time is most of the caller's wait (the job's own clock, not a
+    part of it) and the real-time factor is wall seconds per generated second."""
+    started = time.perf_counter()
     result = run(engine, prompt="ambient pad", duration=3, seed=1)
+    waited = time.perf_counter() - started
     assert result.sample_rate == 32000
     assert result.wav.shape == (1, 3 * 32000)
-    assert result.real_time_factor > 0
+    assert 0.5 * waited <= result.generation_seconds <= waited
+    assert result.real_time_factor == pytest.approx(result.generation_seconds / 3.0)
 
 
 def test_needs_prompt_or_audio(engine):
@@ -50,10 +57,19 @@ def test_needs_prompt_or_audio(engine):
 
 
 def test_continuation_output_is_slice_then_new_music(engine, tmp_path):
+    """The output's first 2 s are the input slice as the codec re-decodes it (its tokens are the slice's own),
+    and the new music is what audiocraft's generate_continuation makes of it (greedy: the same tokens)."""
     clip = sine_wav(tmp_path / "clip.wav", seconds=4.0, rate=44100)
-    result = run(engine, prompt="blues", input_audio=clip, continuation=True, continuation_start=1,
-                 continuation_end=3, duration=2, seed=3)
+    request = BatchRequest(prompt="blues", input_audio=clip, continuation=True, continuation_start=1,
+                           continuation_end=3, duration=2, seed=3, temperature=0.0)
+    result = engine.generate(request).wait()
     assert result.wav.shape[-1] == 4 * 32000  # 2 s slice + 2 s new
+    piece = audio.decode_slice(clip, 1, 3)
+    prompt = engine.codec_worker.call(lambda: engine.encode_now(piece.wav, piece.sample_rate)).result().cpu()
+    assert prompt.shape[-1] == 100 and torch.equal(result.tokens[:, :100], prompt)
+    head = 90 * 640  # the audio of the slice's last frames also depends on the frames after them
+    assert snr_db(engine.decode_tokens(prompt)[:, :head], result.wav[:, :head]) >= 30
+    assert torch.equal(result.tokens, engine.generate(request, reference=True).wait().tokens)
 
 
 def test_continuation_end_minus_one_means_end_of_clip(engine, tmp_path):
@@ -148,8 +164,6 @@ def test_mp3_output_decodes_at_stated_bitrate(engine, tmp_path):
 
 
 def test_cancel_stops_a_running_generation_and_engine_serves_next(engine):
-    import time
-
     job = engine.generate(BatchRequest(prompt="long", duration=120, seed=1))
     time.sleep(1.0)
     job.cancel()

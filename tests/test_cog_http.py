@@ -70,7 +70,9 @@ def test_health_check_is_ready_and_openapi_has_the_replicate_inputs(cog):
 
 
 def test_sync_prediction_returns_a_wav_of_the_requested_length(cog):
+    started = time.monotonic()
     response = predict(cog, prompt="lo-fi beat", duration=2, seed=5)
+    waited = time.monotonic() - started
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "succeeded", body.get("error")
@@ -81,8 +83,10 @@ def test_sync_prediction_returns_a_wav_of_the_requested_length(cog):
     assert samples.shape == (2 * 32000, 1)
     assert "Using seed 5" in body["logs"]
     assert "generated" in body["logs"] and "/ " in body["logs"]  # progress lines
-    assert body["metrics"]["audio_seconds"] == 2.0
-    assert body["metrics"]["real_time_factor"] > 0
+    metrics = body["metrics"]
+    assert metrics["audio_seconds"] == 2.0
+    assert 0 < metrics["generation_seconds"] <= waited
+    assert metrics["real_time_factor"] == pytest.approx(metrics["generation_seconds"] / 2.0, abs=1e-3)
     from engine.precision import choose_weight_format
 
     assert body["metrics"]["weight_format"] == choose_weight_format("auto", "cpu")[0]  # chosen for this CPU

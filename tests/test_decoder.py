@@ -10,6 +10,7 @@ from engine.conditions import text_condition
 from engine.decoder import StepDecoder
 from engine.jam import JamSettings
 from engine.pattern import DelayedFrames
+from tests.helpers import FailingGather
 
 
 def _reference_inputs(lm, text: str, frames: int, seed: int = 0):
@@ -118,3 +119,38 @@ def test_unsupported_features_are_found_in_every_layer(engine):
     lm.transformer.layers[-1].self_attn.kv_repeat = 2
     with pytest.raises(UnsupportedModel, match="kv_repeat"):
         check_supported(lm)
+
+
+def _decoder_state(decoder: StepDecoder) -> list:
+    tensors = (decoder.keys, decoder.values, decoder.cross_keys, decoder.cross_values, decoder.lengths,
+               decoder.cross_lengths, decoder.prefix_lengths)
+    return [t.clone() for t in tensors] + [list(decoder.host_lengths), list(decoder.host_prefix_lengths)]
+
+
+def test_a_relayout_whose_copy_fails_changes_no_row(engine):
+    """Out of memory at any gather of the copy leaves every cache, length and condition as it was; the copy that
+    then succeeds moves each row where it was asked to."""
+    lm = engine.model.musicgen.lm
+    decoder = StepDecoder(lm, max_rows=4, max_steps=32)
+    for row, text in enumerate(("a", None, "jazz piano", None)):
+        decoder.set_condition(row, *text_condition(lm, text))
+    with torch.no_grad():
+        decoder.forward(slice(0, 2), _reference_inputs(lm, "a", 9, seed=1)[1])
+        decoder.forward(slice(2, 4), _reference_inputs(lm, "b", 5, seed=2)[1])
+    before = _decoder_state(decoder)
+    sources = [2, 3, 0, 1]
+    with FailingGather(nth=0) as counting:
+        decoder.relayout(sources)
+    decoder.relayout(sources)  # back as it was (the swap is its own inverse)
+    assert counting.calls >= 6
+    for nth in range(1, counting.calls + 1):
+        with pytest.raises(torch.OutOfMemoryError), FailingGather(nth):
+            decoder.relayout(sources)
+        for now, then in zip(_decoder_state(decoder), before, strict=True):
+            assert torch.equal(now, then) if isinstance(now, torch.Tensor) else now == then, f"gather {nth}"
+    decoder.relayout(sources)
+    after = _decoder_state(decoder)
+    for now, then in zip(after[:4], before[:4], strict=True):  # caches [layers, rows, ...]
+        assert torch.equal(now, then[:, sources])
+    for now, then in zip(after[4:], before[4:], strict=True):  # lengths, as tensors and host lists
+        assert list(now) == [then[source] for source in sources]

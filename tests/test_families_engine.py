@@ -1,6 +1,7 @@
 """Melody and stereo checkpoints through the engine's public API: predictions on the fast path, jam sessions."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from engine.batch import BatchRequest, RequestError
 from engine.config import EngineConfig
 from engine.jam import JamSettings
+from engine.streams import SamplingParams
 from tests.helpers import sine_wav
 
 SETTINGS = JamSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.4)
@@ -65,26 +67,52 @@ def test_melody_steers_and_text_alone_works_on_a_melody_model(family_engine, tmp
     assert not torch.equal(first, tokens())  # text alone: the null prefix
 
 
+def _prefix_cache(engine, session) -> torch.Tensor:
+    """The self-attention keys of the prefix positions of a session's first style row (read on the LM thread)."""
+    def read() -> torch.Tensor:
+        row = session.stream.rows.start
+        decoder = engine.scheduler.decoder
+        return decoder.keys[:, row, :, : decoder.host_prefix_lengths[row]].clone()
+
+    return engine.lm_worker.call(read).result(timeout=10)
+
+
 def test_a_jam_session_follows_a_melody_and_goes_on_without_one(family_engine, tmp_path):
+    """`set_melody` swaps the chroma prefix from the chunk it names (greedy decoding, so sessions are comparable):
+    named before the first chunk, the session plays what a session opened with that melody plays; named mid-stream,
+    the chunks before it are those of a text-only session, the chunk it names is not, and the rows then hold the
+    prefix of a session opened with the melody; letting go brings back a text-only session's null prefix."""
     import soundfile as sf
 
     engine = family_engine("melody")
     wav, rate = sf.read(melody_file(tmp_path / "m.wav"), dtype="float32", always_2d=True)
     melody = (torch.from_numpy(wav.T), rate)
-    with_melody = engine.open_session(SETTINGS, seed=4, melody=melody)
-    text_only = engine.open_session(SETTINGS, seed=4)
-    try:
-        a = [with_melody.next_chunk().result(timeout=60).frames for _ in range(2)]
-        b = [text_only.next_chunk().result(timeout=60).frames for _ in range(2)]
-        assert not torch.equal(a[0], b[0])
-        assert with_melody.set_melody(None) == 2
-        after = with_melody.next_chunk().result(timeout=60)
-        assert after.index == 2 and torch.isfinite(after.audio).all()
-        assert text_only.set_melody(melody) == 2
-        assert text_only.next_chunk().result(timeout=60).index == 2
-    finally:
-        with_melody.close()
-        text_only.close()
+    greedy = replace(SETTINGS, params=SamplingParams(temperature=0.0))
+
+    def play(count: int, melody_at_open=None, changes=()):
+        """Frames of `count` chunks and the style row's prefix keys after each, with set_melody(value) called
+        before chunk `index` for each (index, value) of `changes`."""
+        session = engine.open_session(greedy, seed=4, melody=melody_at_open)
+        frames, prefixes, due = [], [], dict(changes)
+        try:
+            for index in range(count):
+                if index in due:
+                    assert session.set_melody(due[index]) == index
+                frames.append(session.next_chunk().result(timeout=60).frames)
+                prefixes.append(_prefix_cache(engine, session))
+        finally:
+            session.close()
+        return frames, prefixes
+
+    followed, melody_prefix = play(2, melody_at_open=melody)
+    text_only, null_prefix = play(3)
+    assert not torch.equal(melody_prefix[0], null_prefix[0])
+    late, _ = play(2, changes=[(0, melody)])
+    assert all(torch.equal(a, b) for a, b in zip(late, followed, strict=True))
+    switching, prefixes = play(4, changes=[(2, melody), (3, None)])
+    assert torch.equal(switching[0], text_only[0]) and torch.equal(switching[1], text_only[1])
+    assert not torch.equal(switching[2], text_only[2])
+    assert torch.equal(prefixes[2], melody_prefix[0]) and torch.equal(prefixes[3], null_prefix[0])
 
 
 def test_stereo_predictions_and_sessions_carry_two_distinct_channels(family_engine):

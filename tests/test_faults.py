@@ -1,11 +1,14 @@
 """A failure belongs to the stream that caused it; every future resolves; every row and slot comes back.
 
 Failures are injected into the real engine by marker words in prompts and styles: conditioning (the text
-conditioner raises), the decode step (guidance raises after the shared forward), and the session's codec decode.
+conditioner raises), the forward (a forward of rows that include a marked stream raises, so a batched forward
+fails for every stream in it and is retried stream by stream), the decode step (guidance raises after the shared
+forward), and the session's codec decode.
 """
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,13 +20,16 @@ from engine.batch import BatchRequest
 from engine.config import EngineConfig
 from engine.core import CapacityError, Engine
 from engine.jam import JamSession, JamSettings
-from engine.streams import Stream
+from engine.scheduler import Scheduler, StreamFailed
+from engine.streams import SamplingParams, Stream
 from engine.worker import EngineUnavailable, Worker
 from tests.helpers import wait_until
 
 FAIL_CONDITION = "fail-at-conditioning"
+FAIL_FORWARD = "fail-at-forward"
 FAIL_STEP = "fail-at-step"
 FAIL_DECODE = "fail-at-decode"
+FORWARD_FAILURES: list[int] = []  # the number of streams in each forward the FAIL_FORWARD marker made fail
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +37,18 @@ def faulty_engine(demo_dir):
     """The demo model with three session slots and the injection points armed (only marker words trigger)."""
     patch = pytest.MonkeyPatch()
     real_condition, real_guided, real_decode = conditions.text_condition, Stream.guided_logits, JamSession._decode
+    real_forward = Scheduler._forward
 
     def condition(lm, text):
         if text and FAIL_CONDITION in text:
             raise RuntimeError("injected conditioning failure")
         return real_condition(lm, text)
+
+    def forward(self, run):
+        if any(FAIL_FORWARD in text for stream in run for text in stream.conditioning.texts):
+            FORWARD_FAILURES.append(len(run))
+            raise RuntimeError("injected forward failure")
+        return real_forward(self, run)
 
     def guided(self, logits):
         if any(FAIL_STEP in text for text in self.conditioning.texts):
@@ -48,6 +61,7 @@ def faulty_engine(demo_dir):
         return real_decode(self, request, frames, start)
 
     patch.setattr(conditions, "text_condition", condition)
+    patch.setattr(Scheduler, "_forward", forward)
     patch.setattr(Stream, "guided_logits", guided)
     patch.setattr(JamSession, "_decode", decode)
     engine = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=3))
@@ -75,7 +89,7 @@ def test_a_failing_prediction_leaves_a_live_session_playing(faulty_engine, marke
     assert wait_until(lambda: faulty_engine.rows_in_use == 0, 5)
 
 
-@pytest.mark.parametrize("marker", [FAIL_CONDITION, FAIL_STEP, FAIL_DECODE])
+@pytest.mark.parametrize("marker", [FAIL_CONDITION, FAIL_FORWARD, FAIL_STEP, FAIL_DECODE])
 def test_a_failing_session_fails_alone_with_a_message(faulty_engine, marker):
     witness = faulty_engine.open_session(settings_for("dub"), seed=1)
     broken = faulty_engine.open_session(settings_for(f"jazz {marker}"), seed=2)
@@ -92,6 +106,37 @@ def test_a_failing_session_fails_alone_with_a_message(faulty_engine, marker):
     finally:
         broken.close()
         witness.close()
+    assert wait_until(lambda: faulty_engine.rows_in_use == 0 and faulty_engine.sessions_open == 0, 5)
+
+
+def test_a_batched_forward_failing_for_one_stream_is_retried_stream_by_stream(faulty_engine):
+    """Two sessions share a forward; it fails because of one of them. Each is retried alone: the culprit fails
+    with the phase named, and the other decodes exactly the frames it decodes with no culprit beside it (greedy)."""
+    greedy = JamSettings(styles=("dub",), weights=(1.0,), params=SamplingParams(temperature=0.0),
+                         chunk_seconds=10.0)
+
+    def witness_frames(with_culprit: bool) -> list[torch.Tensor]:
+        witness = faulty_engine.open_session(greedy, seed=1)
+        culprit = None
+        try:
+            first = witness.next_chunk()  # 500 steps: the culprit joins while the witness is stepping
+            if with_culprit:
+                culprit = faulty_engine.open_session(replace(greedy, styles=(f"jazz {FAIL_FORWARD}",)), seed=2)
+                with pytest.raises(StreamFailed, match="decode step failed: RuntimeError: injected forward"):
+                    culprit.next_chunk().result(timeout=60)
+            return [first.result(timeout=120).frames, witness.next_chunk().result(timeout=120).frames]
+        finally:
+            witness.close()
+            if culprit is not None:
+                culprit.close()
+
+    reference = witness_frames(with_culprit=False)
+    FORWARD_FAILURES.clear()
+    injected = witness_frames(with_culprit=True)
+    assert FORWARD_FAILURES[0] == 2, "the culprit never shared a forward: the retry stream by stream did not run"
+    assert FORWARD_FAILURES[1:] == [1]  # then the culprit alone, and never again
+    for ours, theirs in zip(injected, reference, strict=True):
+        assert torch.equal(ours, theirs)
     assert wait_until(lambda: faulty_engine.rows_in_use == 0 and faulty_engine.sessions_open == 0, 5)
 
 
@@ -113,7 +158,8 @@ def test_a_failing_prediction_codec_fails_the_prediction_alone(faulty_engine, mo
 
 
 OPERATIONS = st.lists(st.one_of(
-    st.tuples(st.just("open"), st.sampled_from(["jazz", "dub", FAIL_CONDITION, FAIL_STEP, FAIL_DECODE])),
+    st.tuples(st.just("open"), st.sampled_from(["jazz", "dub", FAIL_CONDITION, FAIL_FORWARD, FAIL_STEP,
+                                                FAIL_DECODE])),
     st.tuples(st.just("chunk"), st.integers(0, 3)),
     st.tuples(st.just("update"), st.integers(0, 3), st.sampled_from(["metal", FAIL_STEP, "ambient"])),
     st.tuples(st.just("close"), st.integers(0, 3)),

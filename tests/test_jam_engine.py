@@ -1,6 +1,8 @@
 """Jam sessions on the engine: chunk lengths, seamless overlap, flat cost, live updates, concurrency."""
 
 import threading
+import typing as tp
+from concurrent.futures import Future
 from dataclasses import replace
 
 import numpy as np
@@ -9,7 +11,8 @@ import torch
 
 from engine.batch import BatchRequest
 from engine.jam import JamSettings
-from engine.streams import SamplingParams
+from engine.scheduler import Scheduler
+from engine.streams import SamplingParams, Stream
 from tests.helpers import sine_wav
 
 SETTINGS = JamSettings(styles=("jazz", "hiphop"), weights=(1.0, 0.8),
@@ -63,6 +66,8 @@ def test_stream_equals_offline_decode_of_its_tokens(engine):
     tokens = torch.cat([c.frames for c in chunks], dim=-1)
     offline = engine.decode_tokens(tokens)
     assert snr_db(offline[:, : streamed.shape[-1]], streamed) >= 30
+    # SNR over 6 s hides clicks (decoding each chunk without context still scores 46 dB); the worst sample does not
+    assert (streamed - offline[:, : streamed.shape[-1]]).abs().max() <= 1e-3 * offline.abs().max()
     overlap = int(0.025 * 32000)
     for i, chunk in enumerate(chunks[:-1]):
         end = 32000 * (i + 1)
@@ -100,21 +105,40 @@ def test_update_applies_from_the_chunk_it_names(engine):
     assert fourth.settings.styles == ("metal", "ambient", "funk")
 
 
+def _context_cache(engine, session) -> torch.Tensor:
+    """The self-attention keys of a session's first style row and its unconditional row, over the steps fed so far
+    (read on the LM thread, between chunks)."""
+    def read() -> torch.Tensor:
+        rows, fed = session.stream.rows, session.stream.frames.step - 1  # the step to predict is not fed yet
+        return engine.scheduler.decoder.keys[:, [rows.start, rows.stop - 1], :, :fed].clone()
+
+    return engine.lm_worker.call(read).result(timeout=10)
+
+
 def test_update_keeps_the_context(engine):
-    """Greedy decoding makes the stream a function of its context: after a style change, a session that kept
-    its context goes on differently from a fresh session with the new style."""
+    """A style change keeps what the session's rows attend to: the keys of every step before the switch are still
+    there after it (a reset or restarted context overwrites them), so two sessions that differ only in what they
+    played before switching to the same style go on differently (greedy decoding), and the switch changes what
+    follows (an ignored update would go on as if none came)."""
     greedy = with_params(SETTINGS, temperature=0.0)
     metal = with_params(greedy, styles=("metal",), weights=(1.0,))
-    session = engine.open_session(greedy, seed=7)
-    try:
-        session.next_chunk().result(timeout=60)
-        session.update(metal)
-        after_switch = session.next_chunk().result(timeout=60).frames
-    finally:
-        session.close()
-    fresh = session_chunks(engine, 1, seed=7, settings=metal)[0].frames
-    width = min(after_switch.shape[-1], fresh.shape[-1])
-    assert not torch.equal(after_switch[:, :width], fresh[:, :width])
+
+    def after_switch(before: JamSettings, switch: tp.Optional[JamSettings]) -> torch.Tensor:
+        session = engine.open_session(before, seed=7)
+        try:
+            session.next_chunk().result(timeout=60)
+            context = _context_cache(engine, session)
+            if switch is not None:
+                session.update(switch)
+            frames = session.next_chunk().result(timeout=60).frames
+            assert torch.equal(_context_cache(engine, session)[..., : context.shape[-2], :], context)
+            return frames
+        finally:
+            session.close()
+
+    from_jazz = after_switch(greedy, metal)
+    assert not torch.equal(from_jazz, after_switch(with_params(greedy, styles=("ambient", "funk")), metal))
+    assert not torch.equal(from_jazz, after_switch(greedy, None))
 
 
 def test_invalid_settings_are_refused():
@@ -130,41 +154,112 @@ def test_invalid_settings_are_refused():
         JamSettings(styles=tuple("abcde"), weights=(1.0,) * 5)
 
 
-def test_session_continues_an_audio_prompt(engine, tmp_path):
+def test_session_continues_an_audio_prompt_as_a_continuation_prediction_does(engine, tmp_path):
+    """The prompt is the session's context, not its output: its first chunk holds exactly the frames a greedy
+    continuation prediction of the same audio, style and guidance generates after the prompt."""
     import soundfile as sf
 
     path = sine_wav(tmp_path / "loop.wav", seconds=2.0)
     wav, rate = sf.read(path, dtype="float32", always_2d=True)
-    (chunk,) = session_chunks(engine, 1, seed=5, prompt=(torch.from_numpy(wav.T), rate))
+    settings = JamSettings(styles=("jazz",), weights=(1.0,), params=SamplingParams(temperature=0.0, guidance=3.0),
+                           chunk_seconds=1.0)
+    (chunk,) = session_chunks(engine, 1, seed=5, settings=settings, prompt=(torch.from_numpy(wav.T), rate))
+    prediction = engine.generate(BatchRequest(prompt="jazz", input_audio=path, continuation=True, duration=2, seed=5,
+                                              temperature=0.0, classifier_free_guidance=3.0)).wait()
+    prompt_frames = 100  # 2 s at 50 Hz
     assert chunk.audio.shape[-1] == int(1.025 * 32000)
+    assert torch.equal(chunk.frames, prediction.tokens[:, prompt_frames: prompt_frames + chunk.frames.shape[-1]])
 
 
-def test_context_rolls_over_past_the_window(engine):
-    """Past the 30 s window the stream re-prefills from its last 12 s and goes on (cost: see benchmarks)."""
-    settings = JamSettings(styles=("drone",), weights=(1.0,), chunk_seconds=5.0)
+def continue_tokens(engine, settings: JamSettings, prompt: torch.Tensor, frames: int) -> torch.Tensor:
+    """The first `frames` frames a stream started from the token prompt [K, P] generates (a finite stream on the
+    engine, for a reference: the public API takes prompts as audio, whose re-encoding is not exact)."""
+    done: Future = Future()
+    pieces: list[torch.Tensor] = []
+    max_delay = max(engine.model.musicgen.lm.pattern_provider.delays)
+    # a finite stream pads past its end: the frames wanted are generated well before it
+    stream = engine.new_stream(settings.conditioning, settings.params, seed=0, prompt=prompt,
+                               target_frames=prompt.shape[-1] + frames + max_delay + 1)
+
+    def on_frames(s) -> None:
+        pieces.append(s.take_frames())
+        if s.done():
+            engine.scheduler.remove_stream(s)
+            done.set_result(torch.cat(pieces, dim=-1))
+
+    stream.on_frames = on_frames
+    stream.on_failed = lambda s, error: done.set_exception(error)
+    engine.lm_worker.call(lambda: engine.scheduler.add_stream(stream)).result(timeout=10)
+    return done.result(timeout=120)[:, prompt.shape[-1]: prompt.shape[-1] + frames]
+
+
+def test_context_rolls_over_past_the_window(engine, monkeypatch):
+    """When the context fills the 30 s window, the stream keeps its last 12 s of tokens, re-prefills them (in
+    slices between other streams' steps) and goes on exactly as a stream started from those tokens does."""
+    rolls: list[tuple[int, torch.Tensor]] = []
+    roll_window = Stream.roll_window
+
+    def recording(stream: Stream) -> None:
+        at = stream.absolute_complete
+        roll_window(stream)
+        rolls.append((at, stream.frames.codes[0, :, : stream.frames.step - 1].clone()))  # the prompt kept
+
+    monkeypatch.setattr(Stream, "roll_window", recording)
+    settings = JamSettings(styles=("drone",), weights=(1.0,), params=SamplingParams(temperature=0.0),
+                           chunk_seconds=5.0)
     session = engine.open_session(settings, seed=6)
     try:
-        chunks = collect(session, 16)  # 80 s: two roll-overs (each re-prefills 12 s of context in slices)
+        chunks = collect(session, 8)  # 40 s: one roll-over, at 30 s
     finally:
         session.close()
     assert all(c.audio.shape[-1] == int(5.025 * 32000) for c in chunks)
+    tokens = torch.cat([c.frames for c in chunks], dim=-1)
+    keep = engine.keep_frames
+    ((at, kept),) = rolls
+    assert at == engine.window_frames and torch.equal(kept, tokens[:, at - keep: at])
+    after = tokens[:, at:]
+    assert after.shape[-1] >= 400
+    assert torch.equal(after, continue_tokens(engine, settings, kept, after.shape[-1]))
 
 
-def test_two_sessions_and_a_prediction_at_once(engine):
+def test_a_prediction_stepped_beside_two_sessions_gives_the_bytes_it_gives_alone(engine, monkeypatch):
+    """A prediction is a finite stream with its own forward (never batched with sessions: see
+    scheduler._contiguous_runs); stepped in the same scheduler steps as two live sessions, it gives the bytes it
+    gives alone, and the sessions get every chunk."""
+    shared_steps = []
+    step = Scheduler._step
+
+    def recording(self, active):
+        if any(s.target_frames is not None for s in active):
+            shared_steps.append(sum(s.target_frames is None for s in active))
+        return step(self, active)
+
+    monkeypatch.setattr(Scheduler, "_step", recording)
     results = {}
+    playing = threading.Barrier(3, timeout=60)  # the prediction starts once both sessions play
 
     def jam(name, seed):
-        results[name] = session_chunks(engine, 4, seed=seed)
+        session = engine.open_session(SETTINGS, seed=seed)
+        try:
+            chunks = [session.next_chunk().result(timeout=120)]
+            playing.wait()
+            results[name] = chunks + collect(session, 5)
+        finally:
+            session.close()
 
     threads = [threading.Thread(target=jam, args=(f"jam{i}", 10 + i)) for i in range(2)]
     for thread in threads:
         thread.start()
+    playing.wait()
     prediction = engine.generate(BatchRequest(prompt="house", duration=3, seed=1)).wait()
     for thread in threads:
         thread.join(120)
     assert prediction.wav.shape[-1] == 3 * 32000
+    assert shared_steps.count(2) >= 20, "the prediction never stepped beside both sessions"
+    shared_steps.clear()
     alone = engine.generate(BatchRequest(prompt="house", duration=3, seed=1)).wait()
-    assert torch.equal(prediction.wav, alone.wav)  # batching with sessions changes nothing
+    assert set(shared_steps) == {0}
+    assert torch.equal(prediction.wav, alone.wav)
     for name in ("jam0", "jam1"):
-        assert [c.index for c in results[name]] == [0, 1, 2, 3]
+        assert [c.index for c in results[name]] == [0, 1, 2, 3, 4, 5]
     assert engine.sessions_open == 0

@@ -3,18 +3,21 @@ recovery after a generation failure, and health that tells the truth."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from engine.config import EngineConfig
 from engine.streams import Stream
 from streaming import lyria_protocol as lp
 from streaming.config import ServerConfig
@@ -204,10 +207,27 @@ def test_health_is_503_when_the_engine_cannot_take_work(demo_dir):
         engine.close()
 
 
-def test_default_liveness_bounds_are_the_documented_ones():
-    config = ServerConfig.from_env({})
-    assert config.idle_seconds <= 30
-    assert config.ping_interval + config.ping_timeout <= 60  # a frozen client is dropped within a minute
+def documented_defaults() -> dict[str, str]:
+    """README's table of environment variables: each name and the default it states (`A` / `B` rows give one
+    default to each name)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    defaults = {}
+    for names, values in re.findall(r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)*) \| (`[^`|]+`(?: / `[^`|]+`)*) \|", readme, re.M):
+        for name, value in zip(re.findall(r"`([^`]+)`", names), re.findall(r"`([^`]+)`", values), strict=True):
+            defaults[name] = value
+    return defaults
+
+
+def test_the_defaults_are_the_documented_ones():
+    """What the server and the engine use with nothing set is what README's table says they use."""
+    documented = documented_defaults()
+    server, engine = ServerConfig.from_env({}), EngineConfig.from_env({})
+    used = {"JAM_PORT": server.port, "JAM_MAX_SESSIONS": engine.max_sessions,
+            "JAM_MAX_CONNECTIONS": server.max_connections, "JAM_IDLE_SECONDS": server.idle_seconds,
+            "JAM_PING_INTERVAL": server.ping_interval, "JAM_PING_TIMEOUT": server.ping_timeout,
+            "MUSICGEN_WEIGHT_FORMAT": engine.weight_format, "MUSICGEN_COMPILE_STEP": engine.compile_step}
+    for name, value in used.items():
+        assert type(value)(documented[name]) == value, f"{name}: README says {documented[name]}, the code {value}"
     assert ServerConfig.from_env({"JAM_IDLE_SECONDS": "5", "JAM_MAX_CONNECTIONS": "3"}).idle_seconds == 5
     with pytest.raises(ValueError, match="JAM_PING_TIMEOUT must be a number"):
         ServerConfig.from_env({"JAM_PING_TIMEOUT": "soon"})

@@ -1,13 +1,21 @@
 """Predictions never hold the engine thread for long: prefills run in slices between session steps, and the
-codec decode of a prediction runs in pieces on the codec thread while its tokens come."""
+codec decode of a prediction runs in pieces on the codec thread while its tokens come. A relayout whose cache copy
+fails moves no stream."""
 
+import contextlib
 import threading
+import typing as tp
+from dataclasses import replace
+
+import pytest
+import torch
 
 from engine.batch import DECODE_EVERY_FRAMES, BatchRequest
 from engine.codec_stream import StreamingCodecDecoder
 from engine.decoder import StepDecoder
 from engine.jam import JamSettings
-from tests.helpers import sine_wav
+from engine.streams import SamplingParams
+from tests.helpers import FailingGather, sine_wav, wait_until
 
 
 def test_a_long_prefill_is_sliced_between_session_steps(engine, monkeypatch, tmp_path):
@@ -55,3 +63,81 @@ def test_a_prediction_is_decoded_in_pieces_on_the_codec_thread(engine, monkeypat
     assert len(pushes) >= 500 // DECODE_EVERY_FRAMES
     assert all(frames <= DECODE_EVERY_FRAMES for frames, _ in pushes)
     assert {thread for _, thread in pushes} == {"codec"}
+
+
+GREEDY = JamSettings(styles=("jazz",), weights=(1.0,), params=SamplingParams(temperature=0.0), chunk_seconds=0.4)
+
+
+def _relayout_scenario(engine, failing: tp.Optional[tp.Callable[[], tp.ContextManager]]
+                       ) -> dict[str, list[torch.Tensor]]:
+    """Two greedy sessions, each chunk asked for alone (so every forward has the same rows in both runs). Inside
+    `failing()` the copy of each relayout fails (a style added to A, A closed, a third session opened); the
+    operations that fail in the injected run are left out of the reference run (`failing` None)."""
+    frames: dict[str, list[torch.Tensor]] = {"a": [], "b": []}
+    a = engine.open_session(GREEDY, seed=1)
+    b = engine.open_session(replace(GREEDY, styles=("dub",)), seed=2)
+
+    def take(session, name: str) -> None:
+        frames[name].append(session.next_chunk().result(timeout=60).frames)
+
+    try:
+        take(a, "a")
+        take(b, "b")
+        if failing is not None:
+            with failing():  # A's new style needs B moved one row on: the copy fails, A keeps its style
+                a.update(replace(GREEDY, styles=("jazz", "metal"), weights=(1.0, 1.0)))
+                with pytest.raises(torch.OutOfMemoryError):
+                    a.next_chunk().result(timeout=60)
+        take(a, "a")
+        take(b, "b")
+        with failing() if failing is not None else contextlib.nullcontext():  # B cannot be packed: it stays put
+            a.close()
+            engine.lm_worker.call(lambda: None).result(timeout=10)  # the close has run on the LM thread
+        take(b, "b")
+        take(b, "b")
+        if failing is not None:
+            with failing(), pytest.raises(torch.OutOfMemoryError):  # packing B to make room fails: no session
+                engine.open_session(GREEDY, seed=3)
+            assert engine.sessions_open == 1 and engine.rows_in_use == 2
+        take(b, "b")
+    finally:
+        a.close()
+        b.close()
+    return frames
+
+
+def test_a_relayout_whose_copy_fails_leaves_every_stream_decoding_as_before(engine, monkeypatch):
+    """Out of memory in the KV copy of a relayout (here at its fourth gather, after some rows were gathered):
+    every stream decodes exactly the greedy tokens of a run without the failed operations."""
+    decoder = engine.scheduler.decoder
+    relayout = decoder.relayout
+    failures = []
+    armed = threading.Event()
+
+    def failing_relayout(sources: list[int]) -> None:
+        if not armed.is_set():
+            return relayout(sources)
+        try:
+            with FailingGather(nth=4):
+                relayout(sources)
+        except torch.OutOfMemoryError:
+            failures.append(sources)
+            raise
+
+    @contextlib.contextmanager
+    def failing():
+        armed.set()
+        try:
+            yield
+        finally:
+            armed.clear()
+
+    monkeypatch.setattr(decoder, "relayout", failing_relayout)
+    reference = _relayout_scenario(engine, None)
+    injected = _relayout_scenario(engine, failing)
+    assert len(failures) == 3
+    for name in ("a", "b"):
+        assert len(injected[name]) == len(reference[name])
+        for index, (ours, theirs) in enumerate(zip(injected[name], reference[name], strict=True)):
+            assert torch.equal(ours, theirs), f"session {name}, chunk {index}"
+    assert wait_until(lambda: engine.rows_in_use == 0 and engine.sessions_open == 0, 5)

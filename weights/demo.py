@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import shutil
+import typing as tp
 from pathlib import Path
 
 from weights import DEMO_DIR
@@ -88,9 +89,13 @@ TINY_HTDEMUCS = {"sources": ["drums", "bass", "other", "vocals"], "channels": 4,
                  "t_heads": 2, "dconv_comp": 2, "segment": 4}
 
 
-def lm_config(dim: int, layers: int, heads: int, kind: str = "mono") -> dict:
-    """The LM part of a MusicGen training config, as the release checkpoints carry it in 'xp.cfg'."""
+def lm_config(dim: int, layers: int, heads: int, kind: str = "mono",
+              transformer: tp.Optional[dict] = None) -> dict:
+    """The LM part of a MusicGen training config, as the release checkpoints carry it in 'xp.cfg'; `transformer`
+    overrides options of its `transformer_lm` section (e.g. a `layer_scale` the step decoder does not implement,
+    for the fallback tests)."""
     cfg = _mono_lm_config(dim, layers, heads)
+    cfg["transformer_lm"].update(transformer or {})
     if kind.endswith("melody"):  # as musicgen-melody: chroma prepended, text by cross-attention
         cfg["conditioners"]["self_wav"] = {"model": "chroma_stem", "chroma_stem": dict(CHROMA_STEM)}
         cfg["fuser"]["prepend"] = ["self_wav"]
@@ -184,9 +189,10 @@ def mbd_config(num_steps: int = 1000) -> dict:
 
 
 def build(out_dir: Path, lm_dim: int = 32, lm_layers: int = 2, lm_heads: int = 2, n_bands: int = 4,
-          seed: int = 0, kind: str = "mono") -> Path:
+          seed: int = 0, kind: str = "mono", transformer: tp.Optional[dict] = None) -> Path:
     """Writes state_dict.bin, compression_state_dict.bin and the tiny T5's hub cache; for mono-channel kinds a MBD
-    file (MultiBand Diffusion decodes one 32 kHz channel); for melody kinds htdemucs in the torch hub cache."""
+    file (MultiBand Diffusion decodes one 32 kHz channel); for melody kinds htdemucs in the torch hub cache.
+    `transformer` overrides transformer_lm options of the LM's config (see lm_config)."""
     from engine.hub import configure_offline_caches
 
     if kind not in KINDS:
@@ -225,7 +231,7 @@ def build(out_dir: Path, lm_dim: int = 32, lm_layers: int = 2, lm_heads: int = 2
 
         save_separator(HTDemucs(**TINY_HTDEMUCS), separator_path())
         building = providing_separator(load_separator())
-    cfg = OmegaConf.create(lm_config(lm_dim, lm_layers, lm_heads, kind))
+    cfg = OmegaConf.create(lm_config(lm_dim, lm_layers, lm_heads, kind, transformer))
     with building:
         lm = builders.get_lm_model(cfg)
     torch.save({"xp.cfg": OmegaConf.to_yaml(cfg), "best_state": lm.state_dict(), "version": "1.3.0",

@@ -1,0 +1,26 @@
+"""Prompt lengths are counted by the text conditioner's tokenizer alone: the counts its tokenize() gives, with no
+tensor built or moved to the model's device (on a GPU that copy waits for all queued work, and the count runs on
+the event loop and Cog's thread)."""
+
+import pytest
+import torch
+
+from engine.conditions import count_tokens
+
+TEXTS = ["", "jazz", "lo-fi hip hop beat with warm piano", "jazz " * 600, "ünïcode ✓ 80s, 120 bpm!"]
+
+
+def test_token_counts_equal_the_conditioners_and_move_nothing_to_a_device(engine, monkeypatch):
+    lm = engine.model.musicgen.lm
+    conditioner = lm.condition_provider.conditioners["description"]
+    expected = [int(conditioner.tokenize([text])["input_ids"].shape[-1]) for text in TEXTS]
+    assert expected[3] == 601
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"a tensor was moved while counting tokens: .to{args}{kwargs}")
+
+    monkeypatch.setattr(torch.Tensor, "to", refuse)
+    assert [count_tokens(lm, text) for text in TEXTS] == expected
+    with pytest.raises(ValueError, match="601 text tokens; the text encoder takes at most 512"):
+        engine.check_prompt(TEXTS[3])
+    engine.check_prompt(TEXTS[2])
