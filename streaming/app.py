@@ -3,6 +3,7 @@ the door."""
 
 import logging
 import typing as tp
+from concurrent.futures import Executor
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,7 +43,8 @@ class ConnectionCount:
         self.active -= 1
 
 
-def build_app(engine, config: ServerConfig) -> Starlette:
+def build_app(engine, config: ServerConfig, blocking: Executor) -> Starlette:
+    """The app; `blocking` runs the transports' blocking engine calls (its owner shuts it down)."""
     connections = ConnectionCount(config.max_connections)
     notice = NOISE_NOTICE if engine.is_demo else None
 
@@ -70,12 +72,13 @@ def build_app(engine, config: ServerConfig) -> Starlette:
             connections.release()
 
     async def jam(websocket: WebSocket) -> None:
-        await serve(websocket, lambda: JamConnection(websocket, engine, config, notice))
+        await serve(websocket, lambda: JamConnection(websocket, engine, config, blocking, notice))
 
     async def lyria(websocket: WebSocket) -> None:
-        await serve(websocket, lambda: LyriaConnection(websocket, engine, config), extra_header="x-goog-api-key",
+        await serve(websocket, lambda: LyriaConnection(websocket, engine, config, blocking),
+                    extra_header="x-goog-api-key",
                     extra_query="key")
 
     routes = [Route("/health", health), WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
-              *webrtc_routes(engine, config, notice), *page_routes()]
+              *webrtc_routes(engine, config, blocking, notice), *page_routes()]
     return Starlette(routes=routes)

@@ -26,6 +26,9 @@ class ServerConfig:
     ping_interval: float = 20.0  # WebSocket keep-alive: a client that misses a pong for ping_timeout is dropped
     ping_timeout: float = 20.0
     webrtc_connect_timeout: float = 30.0  # a WebRTC offer not connected by then is dropped (slot freed)
+    # threads for blocking engine calls (opening and restarting sessions, melody analysis): a pool of their own,
+    # so that the event loop's default executor, which encodes every 20 ms Opus frame, never waits behind them
+    blocking_threads: int = 4
 
     @classmethod
     def from_env(cls, environ: tp.Mapping[str, str] = os.environ) -> "ServerConfig":
@@ -39,6 +42,9 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 0")
             return value
 
+        blocking_threads = number("JAM_BLOCKING_THREADS", "4", int)
+        if blocking_threads < 1:
+            raise ValueError("JAM_BLOCKING_THREADS must be at least 1")
         certfile, keyfile = environ.get("JAM_SSL_CERTFILE") or None, environ.get("JAM_SSL_KEYFILE") or None
         if bool(certfile) != bool(keyfile):
             raise ValueError("set both JAM_SSL_CERTFILE and JAM_SSL_KEYFILE to serve TLS")
@@ -48,4 +54,5 @@ class ServerConfig:
                    max_connections=number("JAM_MAX_CONNECTIONS", "64", int),
                    idle_seconds=number("JAM_IDLE_SECONDS", "30"), ping_interval=number("JAM_PING_INTERVAL", "20"),
                    ping_timeout=number("JAM_PING_TIMEOUT", "20"),
-                   webrtc_connect_timeout=number("JAM_WEBRTC_CONNECT_SECONDS", "30"))
+                   webrtc_connect_timeout=number("JAM_WEBRTC_CONNECT_SECONDS", "30"),
+                   blocking_threads=blocking_threads)

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import uvicorn
 
@@ -23,13 +24,14 @@ WS_MAX_BYTES = 1024 * 1024  # larger frames are closed by the server (1009); sma
 
 
 class RunningServer:
-    """A uvicorn server on its own thread and event loop."""
+    """A uvicorn server on its own thread and event loop, with its pool for blocking engine calls."""
 
     def __init__(self, engine, config: ServerConfig) -> None:
         self.config = config
+        self.blocking = ThreadPoolExecutor(config.blocking_threads, thread_name_prefix="jam-blocking")
         self.server = uvicorn.Server(uvicorn.Config(
-            build_app(engine, config), host=config.host, port=config.port, log_level="warning", lifespan="off",
-            ws_max_size=WS_MAX_BYTES, ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile,
+            build_app(engine, config, self.blocking), host=config.host, port=config.port, log_level="warning",
+            lifespan="off", ws_max_size=WS_MAX_BYTES, ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile,
             ws_ping_interval=config.ping_interval or None, ws_ping_timeout=config.ping_timeout or None))
         self.thread = threading.Thread(target=self.server.run, name="jam-sidecar", daemon=True)
 
@@ -51,6 +53,7 @@ class RunningServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.blocking.shutdown(wait=False, cancel_futures=True)  # a call still running ends with its engine job
 
 
 def main() -> None:
