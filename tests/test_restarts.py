@@ -1,8 +1,8 @@
 """A restart (after a generation failure, or Lyria's RESET_CONTEXT) keeps the session's slot and everything the
 client set: real clients (WebSocket, aiortc) against a running server on 127.0.0.1.
 
-Failures are injected as in test_liveness: the first decode step of a stream styled with this test's own marker
-word fails. "The engine is slow" is injected by delaying, for the marker's styles only, the engine calls a
+Failures are injected by conftest's `marker`: the first decode step of a stream styled with this test's own
+word fails once. "The engine is slow" is injected by delaying, for the marker's styles only, the engine calls a
 restart might make (opening a session, creating a stream), so that what clients send meanwhile, and a second
 client that wants a slot meanwhile, reliably arrive inside the restart window.
 """
@@ -23,36 +23,16 @@ from streaming import lyria_protocol as lp
 from streaming.config import ServerConfig
 from streaming.server import RunningServer
 from tests.test_families_engine import melody_file
-from tests.webrtc_client import JamClient, event, loopback_only
+from tests.webrtc_client import JamClient, event
 
 DELAY = 1.0  # how long the injected slow engine call takes: the restart window is at least this long
-PLAIN = {"type": "start", "params": {"styles": "dub", "pace": "asap", "max_decode_frames": 10}}
 
 
 def start(styles: str) -> dict:
     return {"type": "start", "params": {"styles": styles, "pace": "asap", "max_decode_frames": 10}}
 
 
-@pytest.fixture
-def word(request) -> str:
-    """A style word of this test's own (a session of an earlier test, still closing, never carries it)."""
-    return f"word{abs(hash(request.node.name)) % 10**6}"
-
-
-@pytest.fixture
-def marker(monkeypatch, word) -> str:
-    """`word`, and the first decode step of a stream styled with it fails once."""
-    real = Stream.guided_logits
-    state = {"failed": False}
-
-    def guided(self, logits):
-        if not state["failed"] and any(word in text for text in self.conditioning.texts):
-            state["failed"] = True
-            raise RuntimeError("injected transient failure")
-        return real(self, logits)
-
-    monkeypatch.setattr(Stream, "guided_logits", guided)
-    return word
+PLAIN = start("dub")
 
 
 def slow_opening(monkeypatch, engine, word: str) -> None:
@@ -272,11 +252,6 @@ def test_lyria_reset_context_on_a_full_server_keeps_its_slot(engine, server, wor
     assert after["serverContent"]["audioChunks"][0]["mimeType"] == lp.MIME_TYPE
     assert len(created) >= 2, "RESET_CONTEXT made no fresh stream"
     assert watch.fewest == 2, "RESET_CONTEXT gave its slot back"
-
-
-@pytest.fixture
-def loopback(monkeypatch):
-    loopback_only(monkeypatch)
 
 
 def test_a_webrtc_restart_on_a_full_server_keeps_its_slot(engine, server, marker, monkeypatch, loopback):
