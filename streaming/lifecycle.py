@@ -67,7 +67,7 @@ class LiveSession:
         """Opens a session, taking a slot. Raises what Engine.open_session raises (CapacityError, ValueError,
         EngineUnavailable), and SessionClosed when the connection ended meanwhile; a caller cancelled while the
         engine opens it leaves the session to be closed as soon as it is open."""
-        opening = asyncio.ensure_future(self.run(self.engine.open_session, settings, seed))
+        opening = asyncio.get_running_loop().run_in_executor(self.blocking, self.engine.open_session, settings, seed)
         try:
             session = await asyncio.shield(opening)
         except asyncio.CancelledError:

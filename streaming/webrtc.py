@@ -189,6 +189,7 @@ class Peer:
                     self.live.end()
                     return
                 self.seed = random_seed()
+                self.requested = 0  # the restarted stream counts its chunks from 0: so do updates sent meanwhile
                 try:
                     await self.live.restart(self.seed)
                 except SessionClosed:
