@@ -35,6 +35,7 @@ class Connection:
 
     @property
     def session(self) -> tp.Optional[JamSession]:
+        """The live session, if one is open (it stays the same object through restarts)."""
         return self.live.session
 
     async def send(self, *messages: tp.Union[str, bytes]) -> None:

@@ -29,6 +29,7 @@ class Tasks:
         self._tasks: set[asyncio.Task] = set()
 
     def spawn(self, coroutine: tp.Coroutine, name: tp.Optional[str] = None) -> asyncio.Task:
+        """Runs `coroutine` beside the reader loop, held here until it ends."""
         task = asyncio.get_running_loop().create_task(coroutine, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -96,6 +97,7 @@ class LiveSession:
         return self.failures <= MAX_RESTARTS
 
     def chunk_arrived(self) -> None:
+        """A chunk came through: the failures in a row start again from zero."""
         self.failures = 0
 
     def detach(self) -> tp.Optional[JamSession]:

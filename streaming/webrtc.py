@@ -70,6 +70,7 @@ class Peer:
 
     @property
     def closed(self) -> bool:
+        """The peer ended (close() ran or runs): nothing new may start on it."""
         return self.live.closed
 
     async def start_session(self) -> None:

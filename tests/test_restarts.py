@@ -152,13 +152,18 @@ def test_a_failed_session_restarts_on_its_slot_with_the_changes_made_meanwhile(e
         cooler = JamSettings(styles=settings.styles, weights=(1.0,), chunk_seconds=0.4,
                              params=SamplingParams(temperature=0.5, top_k=9, guidance=3.0))
         assert session.update(cooler) == 0  # a failed session goes on by a restart: its chunk 0
-        held = engine.sessions_open
+        assert engine.sessions_open == 1
         session.restart(seed=2)
-        assert engine.sessions_open == held
+        assert engine.sessions_open == 1  # the same slot
+        assert engine.rows_in_use == cooler.conditioning.rows  # one stream's rows: the new one alone
         chunks = [session.next_chunk().result(timeout=30) for _ in range(2)]
+        session.next_chunk()  # in the making while a client resets (Lyria's RESET_CONTEXT): abandoned
+        session.restart(seed=3)
+        assert engine.rows_in_use == cooler.conditioning.rows  # the live stream it replaced gave its rows back
+        chunks.append(session.next_chunk().result(timeout=30))
     finally:
         session.close()
-    assert [c.index for c in chunks] == [0, 1]
+    assert [c.index for c in chunks] == [0, 1, 0]
     assert chunks[0].settings.params.top_k == 9 and chunks[0].audio.isfinite().all()
 
 
