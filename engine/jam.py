@@ -13,7 +13,7 @@ import threading
 import time
 import typing as tp
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +37,9 @@ class JamSettings:
     weights: tuple[float, ...]
     params: SamplingParams = SamplingParams(temperature=1.1, top_k=40, guidance=3.0)
     chunk_seconds: float = 2.0
+    # what the caller made these settings from (e.g. Lyria's prompts and config), handed back on every chunk
+    # generated with them; the engine never reads it, and it takes no part in comparisons
+    source: tp.Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.styles or any(not s.strip() for s in self.styles):
@@ -130,18 +133,34 @@ class JamSession:
             prefix = engine.codec_worker.call(lambda: engine.melody_prefix_now(*melody), priority=URGENT).result()
         if prompt is not None:  # the prompt is context, not output: the codec skips it
             tokens = engine.codec_worker.call(lambda: session._skip(engine.encode_now(*prompt))).result()
-
-        def start() -> None:
-            stream = engine.new_stream(settings.conditioning, settings.params, seed, prompt=tokens, melody=prefix)
-            if tokens is not None:
-                stream.emitted_frames = session._prompt_frames = tokens.shape[-1]
-            stream.on_frames = session._on_frames
-            stream.on_failed = session._on_failed
-            engine.scheduler.add_stream(stream)
-            session.stream = stream
-
-        engine.lm_worker.call(start).result()
+        engine.lm_worker.call(lambda: session._start(seed, tokens, prefix)).result()
         return session
+
+    def restart(self, seed: int) -> None:
+        """Goes on with a fresh context (a new stream on `seed`) on the slot this session holds, so that a
+        restart never competes for a slot: built from the latest settings and melody, those not yet applied
+        included; chunks count from 0 again. For a failed session (its failure is cleared) and for a client's
+        reset alike. Blocks until the engine has swapped the stream; SessionClosed if the session closed."""
+        with self._lock:
+            if self._closed:
+                raise SessionClosed("session is closed")
+            due = {kind: value for _, kind, value in self._changes}  # the latest change of each kind
+            self._changes = []
+            self._requested = 0
+
+        def swap() -> Future:
+            if self._closed:  # closed meanwhile: its shutdown already ran or runs next, with the old stream
+                raise SessionClosed("session is closed")
+            melody = due["melody"] if "melody" in due else self.stream.melody
+            self.settings = due.get("settings", self.settings)
+            self._shutdown()
+            self._abandon_pending()
+            self._planned_samples = 0
+            self._start(seed, None, melody)
+            # after the old stream's decodes (same priority, queued before): the new stream's audio starts afresh
+            return self.engine.codec_worker.call(self._reset_audio, priority=URGENT)
+
+        self.engine.lm_worker.call(swap).result().result()
 
     # -- any thread ---------------------------------------------------------------------------------------------
     def next_chunk(self, deadline: tp.Optional[float] = None) -> "Future[Chunk]":
@@ -180,7 +199,8 @@ class JamSession:
     def _queue(self, kind: str, value: tp.Any) -> int:
         """Holds a change for the next chunk not yet asked for; returns that chunk's index."""
         with self._lock:
-            first = self._requested
+            # a failed session goes on only by a restart, whose chunks count from 0: a change waits for that one
+            first = 0 if self.failure is not None else self._requested
             self._changes.append((first, kind, value))
         return first
 
@@ -194,6 +214,17 @@ class JamSession:
         self._on_close()
 
     # -- LM thread ----------------------------------------------------------------------------------------------
+    def _start(self, seed: int, tokens: tp.Optional[torch.Tensor], prefix: tp.Optional[torch.Tensor]) -> None:
+        stream = self.engine.new_stream(self.settings.conditioning, self.settings.params, seed, prompt=tokens,
+                                        melody=prefix)
+        self._prompt_frames = 0
+        if tokens is not None:
+            stream.emitted_frames = self._prompt_frames = tokens.shape[-1]
+        stream.on_frames = self._on_frames
+        stream.on_failed = self._on_failed
+        self.engine.scheduler.add_stream(stream)
+        self.stream = stream
+
     def _request(self, future: Future, index: int, requested: float, deadline: tp.Optional[float]) -> None:
         if self._closed or self.stream is None:
             raise SessionClosed("session is closed")
@@ -246,6 +277,14 @@ class JamSession:
             request.future.set_exception(SessionClosed("session closed"))
 
     # -- codec thread -------------------------------------------------------------------------------------------
+    def _reset_audio(self) -> None:
+        """A restarted stream: no left context from the old one, and the old stream's failure is history (a
+        failing decode of it ran before this)."""
+        self._codec = StreamingCodecDecoder(self.engine.model.musicgen.compression_model)
+        self._audio = torch.zeros(self.channels, 0)
+        self._audio_start = 0
+        self.failure = None
+
     def _skip(self, tokens: torch.Tensor) -> torch.Tensor:
         self._codec.skip(tokens)
         return tokens

@@ -3,6 +3,7 @@ the door."""
 
 import logging
 import typing as tp
+from concurrent.futures import Executor
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -43,7 +44,9 @@ class ConnectionCount:
         self.active -= 1
 
 
-def build_app(engine, config: ServerConfig, drain: tp.Optional[Drain] = None) -> Starlette:
+def build_app(engine, config: ServerConfig, blocking: Executor, drain: tp.Optional[Drain] = None) -> Starlette:
+    """The app; `blocking` runs the transports' blocking engine calls (its owner shuts it down), `drain` is the
+    replica's drain (its owner may start it from outside a request, as SIGTERM does)."""
     connections = ConnectionCount(config.max_connections)
     drain = drain or Drain(engine, config.drain_seconds)
     notice = NOISE_NOTICE if engine.is_demo else None
@@ -93,13 +96,14 @@ def build_app(engine, config: ServerConfig, drain: tp.Optional[Drain] = None) ->
             connections.release()
 
     async def jam(websocket: WebSocket) -> None:
-        await serve(websocket, lambda: JamConnection(websocket, engine, config, notice))
+        await serve(websocket, lambda: JamConnection(websocket, engine, config, blocking, notice))
 
     async def lyria(websocket: WebSocket) -> None:
-        await serve(websocket, lambda: LyriaConnection(websocket, engine, config), extra_header="x-goog-api-key",
+        await serve(websocket, lambda: LyriaConnection(websocket, engine, config, blocking),
+                    extra_header="x-goog-api-key",
                     extra_query="key")
 
     routes = [Route("/health", health), Route("/ready", ready), Route("/admin/drain", start_drain, methods=["POST"]),
               WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
-              *webrtc_routes(engine, config, notice, drain), *page_routes()]
+              *webrtc_routes(engine, config, blocking, notice, drain), *page_routes()]
     return Starlette(routes=routes)

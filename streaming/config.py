@@ -28,6 +28,9 @@ class ServerConfig:
     webrtc_connect_timeout: float = 30.0  # a WebRTC offer not connected by then is dropped (slot freed)
     agent_port: tp.Optional[int] = None  # HAProxy agent-check port (streaming.capacity); None: off
     drain_seconds: float = 300.0  # how long live sessions may go on once the replica drains (then 1001)
+    # threads for blocking engine calls (opening and restarting sessions, melody analysis): a pool of their own,
+    # so that the event loop's default executor, which encodes every 20 ms Opus frame, never waits behind them
+    blocking_threads: int = 4
 
     @classmethod
     def from_env(cls, environ: tp.Mapping[str, str] = os.environ) -> "ServerConfig":
@@ -41,6 +44,9 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 0")
             return value
 
+        blocking_threads = number("JAM_BLOCKING_THREADS", "4", int)
+        if blocking_threads < 1:
+            raise ValueError("JAM_BLOCKING_THREADS must be at least 1")
         certfile, keyfile = environ.get("JAM_SSL_CERTFILE") or None, environ.get("JAM_SSL_KEYFILE") or None
         if bool(certfile) != bool(keyfile):
             raise ValueError("set both JAM_SSL_CERTFILE and JAM_SSL_KEYFILE to serve TLS")
@@ -52,4 +58,4 @@ class ServerConfig:
                    ping_timeout=number("JAM_PING_TIMEOUT", "20"),
                    webrtc_connect_timeout=number("JAM_WEBRTC_CONNECT_SECONDS", "30"),
                    agent_port=number("JAM_AGENT_PORT", "", int) if environ.get("JAM_AGENT_PORT") else None,
-                   drain_seconds=number("JAM_DRAIN_SECONDS", "300"))
+                   drain_seconds=number("JAM_DRAIN_SECONDS", "300"), blocking_threads=blocking_threads)

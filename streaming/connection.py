@@ -1,14 +1,17 @@
 """The I/O shell shared by the WebSocket transports: a reader loop with an idle timeout, serialised sends, and
-the one session a connection owns, freed however the connection ends."""
+the one live session a connection owns (streaming.lifecycle), freed however the connection ends."""
 
 import asyncio
 import logging
 import time
 import typing as tp
+from concurrent.futures import Executor
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from engine.jam import JamSession, JamSettings, SessionClosed
 from streaming.config import ServerConfig
+from streaming.lifecycle import LiveSession, Tasks
 from streaming.pump import ChunkPump, Pacer
 
 logger = logging.getLogger(__name__)
@@ -21,16 +24,20 @@ class Connection:
     """Subclasses parse frames with their protocol module and act on the result; this class owns the socket,
     the session and its pump."""
 
-    def __init__(self, websocket: WebSocket, engine, config: ServerConfig) -> None:
+    def __init__(self, websocket: WebSocket, engine, config: ServerConfig, blocking: Executor) -> None:
         self.ws = websocket
         self.engine = engine
         self.config = config
-        self.session = None
+        self.live = LiveSession(engine, blocking)
+        self.tasks = Tasks()
         self.pump: tp.Optional[ChunkPump] = None
-        self.closed = False
         self._send_lock = asyncio.Lock()
         self._idle_since = time.monotonic()
-        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def session(self) -> tp.Optional[JamSession]:
+        """The live session, if one is open (it stays the same object through restarts)."""
+        return self.live.session
 
     async def send(self, *messages: tp.Union[str, bytes]) -> None:
         async with self._send_lock:  # messages of one call stay adjacent (a binary chunk and its chunk_meta)
@@ -52,9 +59,8 @@ class Connection:
         except WebSocketDisconnect:
             return
         finally:
-            self.closed = True
-            for task in list(self._tasks):
-                task.cancel()
+            self.live.closed = True
+            await self.tasks.close()  # a restart under way, the pump, a failure report: none outlives the socket
             await self.end_session()
 
     async def _receive(self) -> tp.Optional[dict]:
@@ -74,15 +80,9 @@ class Connection:
         except Exception:  # already closed by the client
             logger.debug("close after the client left")
 
-    def spawn(self, coroutine: tp.Coroutine) -> None:
-        """Runs work that must not block the reader loop; cancelled when the connection ends."""
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def on_drain(self, seconds_left: float) -> None:
         """The replica drains: a client with a session hears once, in its protocol's words, how long it has."""
-        if self.session is not None and not self.closed:
+        if self.session is not None and not self.live.closed:
             await self.send(self.drain_notice(seconds_left))
 
     async def drain_close(self, reason: str) -> None:
@@ -108,27 +108,36 @@ class Connection:
     async def on_generation_error(self, exc: Exception) -> None:
         raise NotImplementedError
 
-    async def start_session(self, settings, seed: int, pacer: Pacer) -> None:
-        """Opens a session on the engine (off the event loop: it waits for the engine thread) and pumps it.
-        Raises what Engine.open_session raises (CapacityError, ValueError, EngineUnavailable)."""
-        loop = asyncio.get_running_loop()
-        session = await loop.run_in_executor(None, self.engine.open_session, settings, seed)
-        if self.closed:  # the client left while the engine was opening it
-            session.close()
-            return
-        self.session = session
-        self.pump = ChunkPump(session, pacer, self.send_chunk, self._generation_failed)
+    async def start_session(self, settings: JamSettings, seed: int, pacer: Pacer) -> None:
+        """Opens a session on the engine (taking a slot) and pumps it. Raises what LiveSession.open raises
+        (CapacityError, ValueError, EngineUnavailable, SessionClosed)."""
+        session = await self.live.open(settings, seed)
+        self.pump = ChunkPump(session, pacer, self.send_chunk, self._generation_failed, self.tasks)
         self.pump.start()
 
+    async def restart_session(self, seed: int, play: bool) -> None:
+        """A fresh context on the slot the session holds (LiveSession.restart), pumped by a new pump on the same
+        pacer (the listener's clock goes on); `play` False leaves it paused. Updates and melodies that arrive
+        meanwhile go to the session, which applies them to the restarted stream. Raises SessionClosed when the
+        session ended meanwhile, EngineUnavailable or RuntimeError when the engine could not restart it."""
+        pump = self.pump
+        if pump is None:
+            raise SessionClosed("no session to restart")
+        await pump.stop()
+        await self.live.restart(seed)
+        self.pump = ChunkPump(self.live.session, pump.pacer, self.send_chunk, self._generation_failed, self.tasks)
+        if play:
+            self.pump.start()
+
     async def _generation_failed(self, exc: Exception) -> None:
-        if not self.closed:
+        if not self.live.closed:
             await self.on_generation_error(exc)
 
     async def end_session(self) -> None:
         """Ends the current session. The connection lets go of it before the first await, so a session started
         meanwhile (a client's PLAY racing a failure report) is never the one closed here."""
-        pump, session = self.pump, self.session
-        self.pump = self.session = None
+        pump, session = self.pump, self.live.detach()
+        self.pump = None
         if session is not None:
             self._idle_since = time.monotonic()
         if pump is not None:

@@ -1,17 +1,19 @@
 """/ws/jam over WebSocket: JSON control messages in; base64 WAV chunks (or binary WAV + chunk_meta) out."""
 
-import asyncio
 import logging
 import typing as tp
+from concurrent.futures import Executor
 
 from engine.audio import AudioInputError, decode_slice
 from engine.batch import random_seed
 from engine.core import CapacityError
+from engine.jam import JamSettings, SessionClosed
 from engine.melody import WINDOW_SECONDS
 from engine.worker import EngineUnavailable
 from streaming import jam_protocol as jp
+from streaming.config import ServerConfig
 from streaming.connection import Connection
-from streaming.pump import MAX_RESTARTS, Pacer
+from streaming.pump import Pacer
 
 logger = logging.getLogger(__name__)
 
@@ -19,13 +21,13 @@ CLOSE_TRY_AGAIN = 1013
 
 
 class JamConnection(Connection):
-    def __init__(self, websocket, engine, config, noise_notice: tp.Optional[str]) -> None:
-        super().__init__(websocket, engine, config)
+    def __init__(self, websocket, engine, config: ServerConfig, blocking: Executor,
+                 noise_notice: tp.Optional[str]) -> None:
+        super().__init__(websocket, engine, config, blocking)
         self.noise_notice = noise_notice
         self.protocol = jp.JamProtocol(check_settings=engine.check_settings)
         self.pacer = Pacer("asap")
         self.binary = False
-        self.failures = 0
 
     async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
         try:
@@ -36,6 +38,8 @@ class JamConnection(Connection):
         return await self.handle(command)
 
     async def handle(self, command: jp.Command) -> bool:
+        """Acts on one command. Between `start` and the session's end the protocol is started and a session
+        exists, through restarts too: an update or a melody always has a session to go to."""
         if isinstance(command, jp.Ping):
             await self.send(jp.pong_event())
         elif isinstance(command, jp.Start):
@@ -57,8 +61,8 @@ class JamConnection(Connection):
     def drain_notice(self, seconds_left: float) -> str:
         return jp.status_event("draining", draining=True, seconds_left=round(seconds_left))
 
-    async def open(self, settings, pace: str, seed: tp.Optional[int], restart: bool = False) -> bool:
-        """Starts (or restarts) the session; False when the connection must end (over the limit)."""
+    async def open(self, settings: JamSettings, pace: str, seed: tp.Optional[int]) -> bool:
+        """Starts the session; False when the connection must end (over the limit)."""
         seed = random_seed() if seed is None else seed
         self.pacer = Pacer(pace)
         try:
@@ -71,23 +75,24 @@ class JamConnection(Connection):
             self.protocol.session_ended()
             await self.send(jp.error_event(f"could not start a session: {exc}"))
             return True
-        if not restart:
-            await self.send(jp.started_event())
-        await self.send(jp.status_event("restarted" if restart else "playing", seed=seed, pace=pace,
-                                        model=self.engine.describe()))
+        await self.send(jp.started_event())
+        await self.send(jp.status_event("playing", seed=seed, pace=pace, model=self.engine.describe()))
         return True
 
     async def set_melody(self, data: tp.Optional[bytes]) -> None:
-        """Decodes the melody (at most one 30 s window of it) and hands it to the session, off the event loop."""
+        """Decodes the melody (at most one 30 s window of it) and hands it to the session, on the blocking
+        pool (the analysis waits for the codec thread)."""
+        session = self.session
+
         def follow() -> int:
             melody = None
             if data is not None:
                 piece = decode_slice(data, max_seconds=WINDOW_SECONDS)
                 melody = (piece.wav, piece.sample_rate)
-            return self.session.set_melody(melody)
+            return session.set_melody(melody)
 
         try:
-            first = await asyncio.get_running_loop().run_in_executor(None, follow)
+            first = await self.live.run(follow)
         except (AudioInputError, ValueError) as exc:
             await self.send(jp.error_event(f"melody: {exc}"))
             return
@@ -95,21 +100,37 @@ class JamConnection(Connection):
 
     async def send_chunk(self, chunk) -> None:
         await self.send(*jp.chunk_events(chunk, self.binary, self.noise_notice))
-        self.failures = 0
+        self.live.chunk_arrived()
 
     async def on_generation_error(self, exc: Exception) -> None:
-        """Says what failed, then goes on with a fresh session on the same settings (new context, new seed),
-        unless the failures repeat without a chunk in between."""
-        self.failures += 1
-        await self.end_session()
-        restarting = self.failures <= MAX_RESTARTS
+        """Says what failed, then goes on with a fresh context (new seed) on the same slot, from the settings
+        and melody in force, those sent meanwhile included; unless the failures repeat without a chunk in
+        between, and then the session ends (`stopped`) and a new `start` may come."""
+        restarting = self.live.failed()
         try:
             await self.send(jp.error_event(f"generation failed: {exc}", restarting=restarting))
             if restarting:
-                settings, pace = jp.settings_from(self.protocol.params)
-                await self.open(settings, pace, seed=None, restart=True)
+                seed = random_seed()
+                try:
+                    await self.restart_session(seed, play=False)
+                except SessionClosed:  # the client stopped or left meanwhile
+                    return
+                except (EngineUnavailable, RuntimeError) as again:
+                    await self.give_up(f"could not restart the session: {again}")
+                    return
+                await self.send(jp.status_event("restarted", seed=seed, pace=self.pacer.pace,
+                                                model=self.engine.describe()))
+                if self.pump is not None:  # not stopped while the status went out
+                    self.pump.start()
                 return
-            self.protocol.session_ended()
-            await self.send(jp.stopped_event())
+            await self.give_up()
         except Exception as send_failure:  # the client is gone too
             logger.debug("could not report a generation failure: %s", send_failure)
+
+    async def give_up(self, reason: tp.Optional[str] = None) -> None:
+        """Ends the session for good: the protocol first (no update may reach a session being closed)."""
+        self.protocol.session_ended()
+        await self.end_session()
+        if reason is not None:
+            await self.send(jp.error_event(reason))
+        await self.send(jp.stopped_event())

@@ -65,6 +65,15 @@ class UpdateSession:
 
 
 @dataclass(frozen=True)
+class RestartSession:
+    """Go on with a fresh context on the same session (and slot), from its latest settings; `play` False keeps
+    it paused."""
+
+    seed: tp.Optional[int]
+    play: bool
+
+
+@dataclass(frozen=True)
 class PauseSession:
     """Stop sending; keep the session and the chunk in the making, so that PLAY resumes where it paused."""
 
@@ -76,10 +85,10 @@ class ResumeSession:
 
 @dataclass(frozen=True)
 class EndSession:
-    """Drop the session and its context (STOP, RESET_CONTEXT, a failure)."""
+    """Drop the session and its context (STOP, a failure)."""
 
 
-Action = tp.Union[Send, StartSession, UpdateSession, PauseSession, ResumeSession, EndSession]
+Action = tp.Union[Send, StartSession, UpdateSession, RestartSession, PauseSession, ResumeSession, EndSession]
 SettingsCheck = tp.Callable[[JamSettings], None]
 
 
@@ -147,7 +156,8 @@ class LyriaProtocol:
             self._resampler = StreamingResampler(chunk.sample_rate, OUTPUT_RATE, OUTPUT_CHANNELS)
         new = int(round(chunk.seconds * chunk.sample_rate))
         pcm = self._resampler.process(chunk.audio[:, :new], chunk.audio[:, new:])
-        return audio_chunk_message(pcm16_bytes(pcm), self.prompts, self.config)
+        prompts, config = chunk.settings.source  # what this chunk was generated with, not what is current now
+        return audio_chunk_message(pcm16_bytes(pcm), prompts, config)
 
     # -- state changes ------------------------------------------------------------------------------------------
     def _start(self) -> list[Action]:
@@ -171,13 +181,15 @@ class LyriaProtocol:
         if control == "PAUSE":
             self.playing = False
             return [PauseSession()] if self.has_session else []
-        ended = [EndSession()] if self.has_session else []
-        self.has_session = False
         if control == "STOP":  # resets the context, keeps prompts and config
-            self.playing = False
+            ended = [EndSession()] if self.has_session else []
+            self.has_session = self.playing = False
             return ended
-        # RESET_CONTEXT: resets without stopping
-        return ended + (self._start() if self.playing and self.prompts is not None else [])
+        # RESET_CONTEXT: resets without stopping, on the session's own slot
+        if self.has_session:
+            self._resampler = None  # a fresh stream: no left context from the old one
+            return [RestartSession(self.config.seed, play=self.playing)]
+        return self._start() if self.playing and self.prompts is not None else []
 
     def _setup(self, body: tp.Any) -> Send:
         if self._set_up:
@@ -252,7 +264,8 @@ class LyriaProtocol:
 def _settings(prompts: Prompts, config: GenerationConfig) -> JamSettings:
     cues = config.cues()
     texts = tuple(", ".join([t, *cues]) for t in prompts.texts)
-    return JamSettings(styles=texts, weights=prompts.weights, params=config.sampling(), chunk_seconds=CHUNK_SECONDS)
+    return JamSettings(styles=texts, weights=prompts.weights, params=config.sampling(), chunk_seconds=CHUNK_SECONDS,
+                       source=(prompts, config))
 
 
 def audio_chunk_message(pcm: bytes, prompts: Prompts, config: GenerationConfig) -> str:

@@ -2,11 +2,14 @@
 
 import logging
 import typing as tp
+from concurrent.futures import Executor
 
 from engine.batch import random_seed
 from engine.core import CapacityError
+from engine.jam import SessionClosed
 from engine.worker import EngineUnavailable
 from streaming import lyria_protocol as lp
+from streaming.config import ServerConfig
 from streaming.connection import Connection
 from streaming.pump import Pacer
 
@@ -16,8 +19,8 @@ AHEAD_CHUNKS = 2  # Lyria clients buffer a little ahead of the listener
 
 
 class LyriaConnection(Connection):
-    def __init__(self, websocket, engine, config) -> None:
-        super().__init__(websocket, engine, config)
+    def __init__(self, websocket, engine, config: ServerConfig, blocking: Executor) -> None:
+        super().__init__(websocket, engine, config, blocking)
         self.protocol = lp.LyriaProtocol(check_settings=engine.check_settings)
 
     async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
@@ -40,6 +43,14 @@ class LyriaConnection(Connection):
                 raise lp.LyriaFatal(f"concurrency_limit_reached (limit {exc.limit})", code=lp.CLOSE_TRY_AGAIN) from None
             except (EngineUnavailable, ValueError, RuntimeError) as exc:
                 raise lp.LyriaFatal(f"could not start generation: {exc}", code=1011) from None
+        elif isinstance(action, lp.RestartSession):
+            seed = random_seed() if action.seed is None else action.seed
+            try:
+                await self.restart_session(seed, play=action.play)
+            except SessionClosed:  # a generation failure ended it meanwhile, and said so
+                return
+            except (EngineUnavailable, RuntimeError) as exc:
+                await self.on_generation_error(exc)
         elif isinstance(action, lp.UpdateSession):
             self.session.update(action.settings)
         elif isinstance(action, lp.PauseSession):

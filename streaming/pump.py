@@ -10,9 +10,9 @@ import logging
 import time
 import typing as tp
 
-logger = logging.getLogger(__name__)
+from streaming.lifecycle import Tasks
 
-MAX_RESTARTS = 3  # generation failures in a row (no chunk in between) after which a transport stops restarting
+logger = logging.getLogger(__name__)
 
 
 class Pacer:
@@ -50,15 +50,17 @@ class ChunkPump:
 
     Stopping keeps the chunk in the making (the engine finishes it anyway) so that a resumed pump plays it next:
     pausing never skips audio. A generation failure ends the pump and goes to `on_error`, which runs as its own
-    task, so it may stop this pump and start another.
+    task, so it may stop this pump and start another. Both tasks belong to the connection's `tasks`, which holds
+    them while they run and ends them with the connection.
     """
 
     def __init__(self, session, pacer: Pacer, send_chunk: tp.Callable[[tp.Any], tp.Awaitable[None]],
-                 on_error: tp.Callable[[Exception], tp.Awaitable[None]]) -> None:
+                 on_error: tp.Callable[[Exception], tp.Awaitable[None]], tasks: Tasks) -> None:
         self.session = session
         self.pacer = pacer
         self.send_chunk = send_chunk
         self.on_error = on_error
+        self.tasks = tasks
         self._inflight: tp.Optional[asyncio.Future] = None
         self._task: tp.Optional[asyncio.Task] = None
 
@@ -68,7 +70,7 @@ class ChunkPump:
 
     def start(self) -> None:
         if not self.running:
-            self._task = asyncio.create_task(self._run())
+            self._task = self.tasks.spawn(self._run(), name="chunk-pump")
 
     async def stop(self) -> None:
         if self._task is not None and self._task is not asyncio.current_task():
@@ -95,7 +97,7 @@ class ChunkPump:
             except Exception as exc:  # generation failed: the connection decides what comes next
                 self._inflight = None
                 logger.warning("jam session failed: %s: %s", type(exc).__name__, exc)
-                asyncio.get_running_loop().create_task(self.on_error(exc))
+                self.tasks.spawn(self.on_error(exc), name="generation-error")
                 return
             self._inflight = None
             self._request(self.pacer.deadline(after_seconds=chunk.seconds))

@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 import typing as tp
+from concurrent.futures import ThreadPoolExecutor
 
 import uvicorn
 
@@ -27,7 +28,8 @@ WS_MAX_BYTES = 1024 * 1024  # larger frames are closed by the server (1009); sma
 
 
 class RunningServer:
-    """A uvicorn server (and the agent-check port, when configured) on its own thread and event loop."""
+    """A uvicorn server (and the agent-check port, when configured) on its own thread and event loop, with its
+    pool for blocking engine calls."""
 
     def __init__(self, engine, config: ServerConfig) -> None:
         self.config = config
@@ -35,8 +37,10 @@ class RunningServer:
         self.drain = Drain(engine, config.drain_seconds)
         self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
         self.agent: tp.Optional[asyncio.AbstractServer] = None
+        self.blocking = ThreadPoolExecutor(config.blocking_threads, thread_name_prefix="jam-blocking")
         self.server = uvicorn.Server(uvicorn.Config(
-            build_app(engine, config, self.drain), host=config.host, port=config.port, log_level="warning",
+            build_app(engine, config, self.blocking, self.drain), host=config.host, port=config.port,
+            log_level="warning",
             lifespan="off", ws_max_size=WS_MAX_BYTES, ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile,
             ws_ping_interval=config.ping_interval or None, ws_ping_timeout=config.ping_timeout or None))
         self.thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="jam-sidecar", daemon=True)
@@ -70,6 +74,7 @@ class RunningServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.blocking.shutdown(wait=False, cancel_futures=True)  # a call still running ends with its engine job
 
     def drain_then_stop(self) -> None:
         """From any thread (a SIGTERM handler): drain, then stop serving once the drain is done."""

@@ -4,13 +4,15 @@
 channel for controls) or trickles an ICE candidate to one; `POST /webrtc/input` steers a peer by id. A peer takes
 one of the engine's session slots (shared with /ws/jam and Lyria) at the offer and gives it back exactly once,
 however it ends: the client stops or closes, ICE/DTLS fails, it never connects within the timeout, or the server
-shuts down. A generation failure is told on the data channel and the session restarts with a fresh context.
+shuts down. A generation failure is told on the data channel and the session restarts with a fresh context, on
+the slot it holds.
 """
 
 import asyncio
 import logging
 import time
 import typing as tp
+from concurrent.futures import Executor
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcdatachannel import RTCDataChannel
@@ -22,13 +24,13 @@ from starlette.routing import Route
 from engine.audio import OPUS_APPLICATION, OPUS_SAMPLE_RATE, OpusEncoder, StreamingResampler, pcm16_array
 from engine.batch import random_seed
 from engine.core import CapacityError
-from engine.jam import JamSession, SessionClosed
+from engine.jam import SessionClosed
 from streaming import jam_protocol as jp
 from streaming import webrtc_protocol as wp
 from streaming.auth import authorized
 from streaming.capacity import Drain
 from streaming.config import ServerConfig
-from streaming.pump import MAX_RESTARTS
+from streaming.lifecycle import LiveSession, Tasks
 from streaming.webrtc_track import CHANNELS, JamTrack
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ TRICKLE_WAIT_SECONDS = 10.0  # a candidate that races its offer waits this long 
 class Peer:
     """One WebRTC client: its peer connection, jam session, track, controls and the tasks that feed them."""
 
-    def __init__(self, webrtc_id: str, offer: wp.Offer, engine, notice: tp.Optional[str],
+    def __init__(self, webrtc_id: str, offer: wp.Offer, engine, blocking: Executor, notice: tp.Optional[str],
                  on_closed: tp.Callable[["Peer"], None]) -> None:
         self.webrtc_id = webrtc_id
         self.offer = offer
@@ -54,7 +56,7 @@ class Peer:
         self.on_closed = on_closed
         self.track = JamTrack(OpusEncoder(), self._underrun, self._recovered)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: no STUN lookups
-        self.session: tp.Optional[JamSession] = None
+        self.live = LiveSession(engine, blocking)
         self.resampler: tp.Optional[StreamingResampler] = None
         self.channel: tp.Optional[RTCDataChannel] = None
         self.pending: tp.Optional[jp.Update] = None  # applied right before the next chunk request
@@ -65,27 +67,18 @@ class Peer:
         self.connected = asyncio.Event()
         self.ended = asyncio.Event()
         self.end_reason = "closed"
-        self.closed = False
-        self.failures = 0  # generation failures since the last chunk came through
-        self._tasks: list[asyncio.Task] = []
+        self.tasks = Tasks()
+
+    @property
+    def closed(self) -> bool:
+        """The peer ended (close() ran or runs): nothing new may start on it."""
+        return self.live.closed
 
     async def start_session(self) -> None:
         """Opens the jam session (taking an engine slot: CapacityError when none is free); generation of the
         first chunk starts at once, while ICE connects."""
-        await self._open()
-        self._tasks.append(asyncio.create_task(self._pump(), name=f"webrtc-pump-{self.webrtc_id}"))
-
-    async def _open(self) -> None:
-        opening = asyncio.get_running_loop().run_in_executor(None, self.engine.open_session, self.settings, self.seed)
-        try:
-            self.session = await asyncio.shield(opening)
-        except asyncio.CancelledError:  # the offer was abandoned: close the session whenever it opens
-            opening.add_done_callback(lambda done: done.cancelled() or done.exception() or done.result().close())
-            raise
-        if self.closed:  # the peer ended while the engine was opening it
-            self.session.close()
-            raise SessionClosed("the peer closed")
-        self.resampler = StreamingResampler(self.session.sample_rate, OPUS_SAMPLE_RATE, CHANNELS)
+        await self.live.open(self.settings, self.seed)
+        self.tasks.spawn(self._pump(), name=f"webrtc-pump-{self.webrtc_id}")
 
     async def answer(self, connect_timeout: float) -> str:
         """Answers the offer (the server's candidates are inside the SDP) and starts the connect timer."""
@@ -97,7 +90,7 @@ class Peer:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.offer.sdp, type="offer"))
         self.described.set()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        self._tasks.append(asyncio.create_task(self._watch(connect_timeout), name=f"webrtc-{self.webrtc_id}"))
+        self.tasks.spawn(self._watch(connect_timeout), name=f"webrtc-{self.webrtc_id}")
         return self.pc.localDescription.sdp
 
     async def add_candidate(self, candidate: tp.Optional[dict]) -> None:
@@ -160,7 +153,9 @@ class Peer:
         except jp.ProtocolError as exc:
             self.send(wp.error(str(exc)))
             return
-        if isinstance(command, jp.Ping):
+        if isinstance(command, wp.Handshake):
+            self.send(wp.received(message))
+        elif isinstance(command, jp.Ping):
             self.send(wp.log("pong"))
         elif isinstance(command, jp.Update):
             self.send(wp.log(self.steer(command)))
@@ -179,8 +174,8 @@ class Peer:
     # -- tasks --------------------------------------------------------------------------------------------------
     async def _pump(self) -> None:
         """Keeps about one chunk buffered ahead of the listener; every future it awaits resolves or is cancelled.
-        A generation failure is told, and a fresh session (same settings, new context) takes over; after
-        MAX_RESTARTS failures in a row the track plays silence."""
+        A generation failure is told, and the session goes on with a fresh context (new seed) on its slot;
+        after MAX_RESTARTS failures in a row the session ends and the track plays silence."""
         while True:
             try:
                 await self._play()
@@ -188,35 +183,41 @@ class Peer:
             except SessionClosed:
                 return
             except Exception as exc:  # generation failed: this peer is told; others play on
-                self.failures += 1
                 logger.warning("webrtc %s: generation failed: %s", self.webrtc_id, exc)
-                restarting = self.failures <= MAX_RESTARTS
+                restarting = self.live.failed()
                 self.send(wp.error(f"generation failed: {exc}; " + (
                     "restarting with a fresh context" if restarting else "the track plays silence")))
-                self.session.close()
                 if not restarting:
+                    self.live.end()
                     return
                 self.seed = random_seed()
+                self.requested = 0  # the restarted stream counts its chunks from 0: so do updates sent meanwhile
                 try:
-                    await self._open()
-                except Exception as again:  # no slot or no engine: silence, and say why
+                    await self.live.restart(self.seed)
+                except SessionClosed:
+                    return
+                except Exception as again:  # no engine: silence, and say why
                     self.send(wp.error(f"could not restart the session: {again}; the track plays silence"))
+                    self.live.end()
                     return
 
     async def _play(self) -> None:
+        """Pumps the session as it is now; a restarted one starts afresh (chunks from 0, no left context)."""
         loop = asyncio.get_running_loop()
+        session = self.live.session
+        self.resampler = StreamingResampler(session.sample_rate, OPUS_SAMPLE_RATE, CHANNELS)
         while True:
             await self.track.wait_for_room()
             if self.pending is not None:
-                self.session.update(self.pending.settings)
+                session.update(self.pending.settings)
                 self.settings, self.pending = self.pending.settings, None
             self.requested += 1
             self.scheduled_seconds += self.settings.chunk_seconds
             deadline = time.monotonic() + self.track.buffered_seconds  # the listener runs dry then
-            chunk = await asyncio.wrap_future(self.session.next_chunk(deadline=deadline))
+            chunk = await asyncio.wrap_future(session.next_chunk(deadline=deadline))
             pcm = await loop.run_in_executor(None, self._to_pcm, chunk)
             self.track.push(pcm, low_water_seconds=AHEAD_CHUNKS * chunk.seconds)
-            self.failures = 0  # a chunk came through: failures count again from zero
+            self.live.chunk_arrived()
             self.send(wp.chunk_log(chunk, self.track.buffered_seconds, self.track.underruns, self.notice))
 
     def _to_pcm(self, chunk):
@@ -251,20 +252,15 @@ class Peer:
         """Frees everything the peer holds, once: tasks, session, track, connection, then its slot."""
         if self.closed:
             return
-        self.closed = True
+        self.live.closed = True
         self.described.set()  # a trickle request waiting for the offer wakes and finds the peer gone
         first = f"{self.track.first_frame_at - self.offered_at:.2f} s" if self.track.first_frame_at else "never"
         logger.info("webrtc %s ended: %s (%d underruns, %.3f s encode CPU for %d frames, first audio after %s)",
                     self.webrtc_id, reason, self.track.underruns, self.track.encode_cpu_seconds, self.track.frames,
                     first)
         try:
-            if self.session is not None:
-                self.session.close()  # the pending chunk future resolves with SessionClosed
-            current = asyncio.current_task()
-            for task in self._tasks:
-                if task is not current:
-                    task.cancel()
-            await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
+            self.live.end()  # the pending chunk future resolves with SessionClosed
+            await self.tasks.close()
             self.track.stop()
             deadline = time.monotonic() + FLUSH_SECONDS
             while self.channel is not None and self.channel.readyState == "open" and \
@@ -279,9 +275,10 @@ class Peer:
             self.on_closed(self)
 
 
-def webrtc_routes(engine, config: ServerConfig, notice: tp.Optional[str], drain: Drain) -> list[Route]:
+def webrtc_routes(engine, config: ServerConfig, blocking: Executor, notice: tp.Optional[str],
+                  drain: Drain) -> list[Route]:
     """`POST /webrtc/offer` and `POST /webrtc/input`; sessions come from the engine's slots, shared with the
-    WebSocket transports, and every peer hears the drain."""
+    WebSocket transports; `blocking` runs their blocking engine calls; every peer hears the drain."""
     peers: dict[str, Peer] = {}
 
     def release(peer: Peer) -> None:
@@ -301,7 +298,7 @@ def webrtc_routes(engine, config: ServerConfig, notice: tp.Optional[str], drain:
             return JSONResponse(await trickle(command))
         if command.webrtc_id in peers:
             return JSONResponse(wp.failed("connection_already_exists"))
-        peer = Peer(command.webrtc_id, command, engine, notice, release)
+        peer = Peer(command.webrtc_id, command, engine, blocking, notice, release)
         peers[command.webrtc_id] = peer  # before any await: a second offer with this id is refused
         drain.join(peer)
         phase = "session_unavailable"

@@ -4,7 +4,9 @@
 `POST /webrtc/input` body into an `Input`; `Controls` reads the `"text"` data channel. Every jam parameter is
 validated by `jam_protocol` (one rule set for every transport). Requests that cannot be served raise `RequestFailed`,
 which the I/O shell answers as FastRTC does: HTTP 200 `{"status": "failed", "meta": {"error": ...}}`. Data-channel
-replies have FastRTC's shape `{"type": "log" | "warning" | "error", "data": ...}`.
+replies have FastRTC's shape `{"type": "log" | "warning" | "error", "data": ...}`. FastRTC's own browser client
+(`frontend/shared/webrtc_utils.ts`) sends the plain text `handshake` as the channel opens; it is answered as
+FastRTC's server answers it, never as an error.
 """
 
 import typing as tp
@@ -17,6 +19,7 @@ from streaming.wire import WireError, load_object
 OFFER_PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "max_decode_frames", "seed")
 MAX_ID_LENGTH = 128
 MAX_BODY_BYTES = 256 * 1024  # an SDP offer with many candidates stays far below this
+HANDSHAKE = "handshake"  # what FastRTC's client sends on the data channel when it opens (not JSON)
 
 
 class RequestFailed(Exception):
@@ -44,6 +47,11 @@ class Offer:
 class Candidate:
     webrtc_id: str
     candidate: tp.Optional[dict]  # None (or an empty candidate string): the client's end of candidates
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """FastRTC's client announcing its open data channel."""
 
 
 @dataclass(frozen=True)
@@ -152,8 +160,11 @@ class Controls:
         _check_names(params, OFFER_PARAMS)  # a seed gets jam_protocol's own word: set at the start only
         return self.jam.receive_text(jp.encode({"type": "update", **params}))
 
-    def receive_text(self, text: str) -> tp.Union[jp.Update, jp.Ping, jp.Stop]:
-        """One data-channel message: `{"type": "update", ...params}`, `{"type": "ping"}` or `{"type": "stop"}`."""
+    def receive_text(self, text: str) -> tp.Union[jp.Update, jp.Ping, jp.Stop, Handshake]:
+        """One data-channel message: `{"type": "update", ...params}`, `{"type": "ping"}`, `{"type": "stop"}`, or
+        FastRTC's `handshake`."""
+        if text == HANDSHAKE:
+            return Handshake()
         try:
             message = load_object(text)
         except WireError as exc:
@@ -184,6 +195,12 @@ def warning(text: str) -> str:
 
 def error(text: str) -> str:
     return jp.encode({"type": "error", "data": text})
+
+
+def received(message: str) -> str:
+    """FastRTC's server acknowledgement of a data-channel message (`webrtc_connection_mixin.py`: it answers every
+    message with `create_message("log", data=f"Server received: {message}")`)."""
+    return log(f"Server received: {message}")
 
 
 def update_acknowledgement(update: jp.Update, chunk_index: int, heard_in_seconds: float) -> dict:

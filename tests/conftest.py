@@ -69,3 +69,35 @@ def file_server(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path
     server.shutdown()
+
+
+@pytest.fixture
+def word(request) -> str:
+    """A style word of this test's own (a session of an earlier test, still closing, never carries it)."""
+    return f"word{abs(hash(request.node.name)) % 10**6}"
+
+
+@pytest.fixture
+def marker(monkeypatch, word) -> str:
+    """`word`, and the first decode step of a stream styled with it fails once (a transient failure)."""
+    from engine.streams import Stream
+
+    real = Stream.guided_logits
+    state = {"failed": False}
+
+    def guided(self, logits):
+        if not state["failed"] and any(word in text for text in self.conditioning.texts):
+            state["failed"] = True
+            raise RuntimeError("injected transient failure")
+        return real(self, logits)
+
+    monkeypatch.setattr(Stream, "guided_logits", guided)
+    return word
+
+
+@pytest.fixture
+def loopback(monkeypatch):
+    """WebRTC on 127.0.0.1 (tests.webrtc_client.loopback_only) for one test."""
+    from tests.webrtc_client import loopback_only
+
+    loopback_only(monkeypatch)

@@ -121,8 +121,13 @@ def test_playback_state_machine():
     assert isinstance(steer[-1], lp.UpdateSession) and steer[-1].settings.styles == ("techno",)
     assert protocol.receive_text(json.dumps({"playbackControl": "PAUSE"})) == [lp.PauseSession()]
     assert protocol.receive_text(json.dumps({"playbackControl": "PLAY"})) == [lp.ResumeSession()]
-    reset = protocol.receive_text(json.dumps({"playbackControl": "RESET_CONTEXT"}))
-    assert [type(a) for a in reset] == [lp.EndSession, lp.StartSession]  # a new context, still playing
+    # a new context on the same session (and slot), still playing; paused, it stays paused
+    assert protocol.receive_text(json.dumps({"playbackControl": "RESET_CONTEXT"})) == \
+        [lp.RestartSession(seed=9, play=True)]
+    assert protocol.receive_text(json.dumps({"playbackControl": "PAUSE"})) == [lp.PauseSession()]
+    assert protocol.receive_text(json.dumps({"playbackControl": "RESET_CONTEXT"})) == \
+        [lp.RestartSession(seed=9, play=False)]
+    assert protocol.receive_text(json.dumps({"playbackControl": "PLAY"})) == [lp.ResumeSession()]
     assert protocol.receive_text(json.dumps({"playbackControl": "STOP"})) == [lp.EndSession()]
     assert protocol.receive_text(json.dumps({"playbackControl": "STOP"})) == []
     assert protocol.prompts.texts == ("techno",)  # STOP keeps prompts and config
@@ -173,7 +178,7 @@ def test_chunks_are_packed_as_48k_stereo_pcm_seamlessly():
     import numpy as np
     import torch
 
-    from engine.jam import Chunk, JamSettings
+    from engine.jam import Chunk
 
     protocol = ready()
     protocol.receive_text(prompts(("a", 1.0)))
@@ -185,7 +190,7 @@ def test_chunks_are_packed_as_48k_stereo_pcm_seamlessly():
         start = int(i * seconds * rate)
         chunk = Chunk(index=i, audio=tone[:, start: start + int((seconds + overlap) * rate)], sample_rate=rate,
                       seconds=seconds, overlap_seconds=overlap, generation_seconds=0.1,
-                      frames=torch.zeros(4, 25, dtype=torch.long), settings=JamSettings(("a",), (1.0,)))
+                      frames=torch.zeros(4, 25, dtype=torch.long), settings=protocol.settings())
         message = json.loads(protocol.chunk_message(chunk))["serverContent"]["audioChunks"][0]
         assert message["mimeType"] == "audio/l16;rate=48000;channels=2"
         pcm.append(np.frombuffer(base64.b64decode(message["data"]), "<i2").reshape(-1, 2))

@@ -154,3 +154,32 @@ def test_stream_is_continuous_at_48k_and_pause_keeps_position(plain_server):
     jumps = np.abs(np.diff(joined))
     boundary = len(first) - 1
     assert jumps[boundary] <= 4 * np.percentile(jumps, 99.9) + 1e-3
+
+
+def test_each_chunk_carries_the_prompts_it_was_generated_with(plain_server):
+    """The chunk in the making when new prompts arrive was generated with the old ones, and says so."""
+    def prompts(message) -> list[str]:
+        metadata = message["serverContent"]["audioChunks"][0]["sourceMetadata"]
+        return [p["text"] for p in metadata["clientContent"]["weightedPrompts"]]
+
+    with connect(f"ws://127.0.0.1:{plain_server.port}{lp.PATH}", max_size=None) as ws:
+        def audio() -> dict:
+            while True:
+                message = json.loads(ws.recv(timeout=60))
+                if "serverContent" in message:
+                    return message
+
+        ws.send(json.dumps({"setup": {"model": "models/x"}}))
+        ws.recv(timeout=5)
+        ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": "drone", "weight": 1}]}}))
+        ws.send(json.dumps({"musicGenerationConfig": {"seed": 3, "temperature": 0.9}}))
+        ws.send(json.dumps({"playbackControl": "PLAY"}))
+        first = audio()  # the next chunk was asked for before this one was sent: it is in the making now
+        ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": "piano", "weight": 1}]}}))
+        ws.send(json.dumps({"musicGenerationConfig": {"seed": 3, "temperature": 0.5}}))
+        in_the_making, after = audio(), audio()
+    assert prompts(first) == prompts(in_the_making) == ["drone"]
+    assert prompts(after) == ["piano"]
+    config = [m["serverContent"]["audioChunks"][0]["sourceMetadata"]["musicGenerationConfig"]["temperature"]
+              for m in (first, in_the_making, after)]
+    assert config == [0.9, 0.9, 0.5]

@@ -101,6 +101,22 @@ def test_plays_real_time_opus_and_steers_over_the_data_channel(server, engine):
     assert wait_until(lambda: engine.rows_in_use == 0, 2)
 
 
+def test_fastrtc_clients_handshake_is_answered_as_fastrtc_answers_it(server):
+    """FastRTC's server answers every data-channel message with {"type": "log", "data": "Server received: ..."}
+    (backend/fastrtc/webrtc_connection_mixin.py), the handshake included; never an error."""
+    async def scenario():
+        client = JamClient(base(server), handshake=True)
+        await client.connect(PARAMS)
+        seen: list[dict] = []
+        await client.message(lambda m: seen.append(m) or event("chunk")(m))  # until the music plays
+        await client.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert {"type": "log", "data": "Server received: handshake"} in seen
+    assert [m for m in seen if m["type"] != "log"] == []
+
+
 def test_generation_falling_behind_carries_silence_and_warns(server, engine):
     """The engine thread stalls (a real job occupies it) longer than the buffer lasts: the track goes on with
     silence, the client is warned, and the music resumes on the same connection."""

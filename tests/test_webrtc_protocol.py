@@ -138,3 +138,8 @@ def test_input_hook_body():
     assert wp.parse_input(body(webrtc_id="abc", params={"topk": 3})) == wp.Input("abc", {"topk": 3})
     with pytest.raises(wp.RequestFailed):
         wp.parse_input(body(topk=3))
+
+
+def test_fastrtcs_handshake_is_a_command_with_fastrtcs_answer():
+    assert wp.Controls().receive_text("handshake") == wp.Handshake()
+    assert json.loads(wp.received("handshake")) == {"type": "log", "data": "Server received: handshake"}

@@ -19,12 +19,16 @@ def loopback_only(monkeypatch) -> None:
 
 
 class JamClient:
-    def __init__(self, base_url: str, webrtc_id: tp.Optional[str] = None) -> None:
+    def __init__(self, base_url: str, webrtc_id: tp.Optional[str] = None, handshake: bool = False) -> None:
+        """`handshake`: send what FastRTC's browser client sends when the channel opens (frontend/shared/
+        webrtc_utils.ts: `data_channel.onopen = () => data_channel.send("handshake")`)."""
         self.base_url = base_url
         self.webrtc_id = webrtc_id or uuid.uuid4().hex[:12]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pc.addTransceiver("audio", direction="recvonly")
         self.channel = self.pc.createDataChannel("text")
+        if handshake:
+            self.channel.on("open", lambda: self.channel.send("handshake"))
         self.messages: asyncio.Queue = asyncio.Queue()
         self.channel.on("message", lambda text: self.messages.put_nowait(json.loads(text)))
         self.track_future: asyncio.Future = asyncio.get_running_loop().create_future()
