@@ -340,3 +340,31 @@ def test_server_shutdown_ends_peers_and_their_sessions(engine, caplog):
     assert not running.thread.is_alive() and took < 5, took
     assert any("ended: server shutting down" in record.getMessage() for record in caplog.records)
     assert wait_until(lambda: engine.rows_in_use == 0, 2)
+
+
+def test_a_drain_warns_the_peer_and_ends_it_at_the_deadline(demo_dir):
+    """FastRTC's `warning` on the data channel says how long the session has; at the deadline the peer ends."""
+    from engine.config import EngineConfig
+    from engine.core import Engine
+
+    engine = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=2))  # drained for good
+    running = start_server(engine, drain_seconds=3)
+
+    async def scenario():
+        client = JamClient(base(running))
+        await client.connect(PARAMS)
+        await client.message(event("chunk"))
+        started = time.monotonic()
+        async with httpx.AsyncClient() as http:
+            assert (await http.post(f"{base(running)}/admin/drain")).json()["draining"] is True
+        warning = await client.message(lambda m: m["type"] == "warning" and "draining" in m["data"])
+        assert "within 3 s" in warning["data"]
+        assert await asyncio.to_thread(wait_until, lambda: engine.sessions_open == 0, 10)
+        await client.close()
+        return time.monotonic() - started
+
+    try:
+        assert 2.5 < asyncio.run(scenario()) < 10
+    finally:
+        running.stop()
+        engine.close()
