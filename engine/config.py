@@ -35,6 +35,10 @@ class EngineConfig:
     window_seconds: float = MAX_WINDOW_SECONDS
     keep_seconds: float = MAX_WINDOW_SECONDS - EXTEND_STRIDE_SECONDS  # context kept when the window rolls
     prefill_slice_steps: int = 64  # a long prefill runs in slices of this many steps between other streams' steps
+    # MultiBand Diffusion decodes in windows of this many seconds, crossfaded over the overlap (engine.mbd): a
+    # window's U-Net pass is the longest piece of codec work, so this bounds it (see README, "Job bound")
+    mbd_window_seconds: float = 2.0
+    mbd_overlap_seconds: float = 0.2
     # the decode step: "auto" (chosen by the device: engine.static_step.choose_step_mode), "off" (eager forward),
     # "static" (capturable step; CUDA graphs on CUDA) or "compile" (the same through torch.compile)
     compile_step: str = AUTO
@@ -52,6 +56,8 @@ class EngineConfig:
                               f"got {self.compile_step!r}")
         if self.prefill_slice_steps < 1:
             raise ConfigError("prefill_slice_steps must be >= 1")
+        if not 0 <= self.mbd_overlap_seconds < self.mbd_window_seconds:
+            raise ConfigError("mbd_overlap_seconds must be >= 0 and shorter than mbd_window_seconds")
 
     @property
     def rows(self) -> int:

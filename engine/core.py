@@ -136,9 +136,7 @@ class Engine:
         support always do."""
         self._require_healthy()
         prepared = batch.prepare(request, self)
-        # a melody beyond one 30 s window: audiocraft recomputes its chroma for each window (windowed extension)
-        long_melody = prepared.mode == "melody" and prepared.total_seconds > WINDOW_SECONDS
-        if reference or not self.step_decoder_supported or long_melody:
+        if reference or not self.step_decoder_supported:
             return batch.start_reference(self, prepared)
         return batch.start_streamed(self, prepared)
 
@@ -177,13 +175,14 @@ class Engine:
         return new_stream(self.model.musicgen.lm, conditioning, params, seed, self.window_frames,
                           self.keep_frames, prompt, target_frames, melody)
 
-    def melody_prefix_now(self, wav: torch.Tensor, sample_rate: int,
-                          duration_seconds: float = WINDOW_SECONDS) -> torch.Tensor:
-        """A melody's chroma prefix (codec thread only: it runs the stem separator, not the LM)."""
+    def melody_prefix_now(self, wav: torch.Tensor, sample_rate: int, duration_seconds: float = WINDOW_SECONDS,
+                          offset_seconds: float = 0.0) -> torch.Tensor:
+        """A melody's chroma prefix for the window that starts `offset_seconds` into an output of
+        `duration_seconds` (codec thread only: it runs the stem separator, not the LM)."""
         if not self.model.supports_melody:
             raise ValueError("this model cannot follow a melody (it has no chroma conditioner); use a melody "
                              "checkpoint")
-        return melody_condition(self.model.musicgen.lm, wav, sample_rate, duration_seconds)
+        return melody_condition(self.model.musicgen.lm, wav, sample_rate, duration_seconds, offset_seconds)
 
     def encode_now(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """Audio [C, T] -> tokens [K, frames] with the model's codec (codec thread only)."""

@@ -58,6 +58,9 @@ class Worker:
         self.stall_seconds = stall_seconds
         self.threads = threads
         self.guard_trips = 0  # failures that escaped every narrower handler (logged; the thread went on)
+        # the longest job or background piece since the last reset_longest(): (seconds, what it was), so the job
+        # bound (engine.config.JOB_BOUND_SECONDS) can be checked on a running engine
+        self.longest_job: tuple[float, str] = (0.0, "")
         # (priority, arrival, job): urgent work first, then in arrival order; None closes
         self._jobs: queue.PriorityQueue = queue.PriorityQueue()
         self._arrivals = itertools.count()
@@ -99,6 +102,11 @@ class Worker:
             self._jobs.put((_CLOSE, next(self._arrivals), None))
         self._thread.join(timeout=timeout)
 
+    def reset_longest(self) -> tuple[float, str]:
+        """Returns the longest job so far and starts counting again."""
+        longest, self.longest_job = self.longest_job, (0.0, "")
+        return longest
+
     def on_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
@@ -127,11 +135,15 @@ class Worker:
             job = False
         if job is None:
             return True
-        self._busy_since = time.monotonic()
+        self._busy_since = started = time.monotonic()
         if job:
             resolve(*job)
         else:
             self.background.run_once()
+        elapsed = time.monotonic() - started
+        if elapsed > self.longest_job[0]:
+            work = job[1] if job else self.background.run_once
+            self.longest_job = (elapsed, getattr(work, "__qualname__", repr(work)))
         return False
 
     def _drain(self) -> None:
