@@ -29,7 +29,7 @@ from engine.mbd import SlicedDiffusion
 from engine.melody import WINDOW_SECONDS
 from engine.model import EXTEND_STRIDE_SECONDS, MAX_WINDOW_SECONDS
 from engine.streams import Conditioning, SamplingParams, Stream, window_offsets
-from engine.worker import BACKGROUND
+from engine.worker import BACKGROUND, run_in_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -258,22 +258,28 @@ def start_streamed(engine, prepared: PreparedBatch) -> BatchJob:
         if done:
             engine.scheduler.remove_stream(stream)
 
-    def melody_window(index: int) -> torch.Tensor:
-        """The chroma prefix of window `index` (codec thread): the melody looped from that window's offset when
-        the output spans several windows, as audiocraft recomputes it per window."""
-        return engine.melody_prefix_now(prepared.audio_slice, prepared.audio_rate, prepared.total_seconds,
-                                        offsets[index] / model.frame_rate)
+    def melody_window(index: int) -> Future:
+        """The chroma prefix of window `index`, computed in pieces on the codec thread: the melody looped from that
+        window's offset when the output spans several windows, as audiocraft recomputes it per window."""
+        pieces = engine.melody_prefix_pieces(prepared.audio_slice, prepared.audio_rate, prepared.total_seconds,
+                                             offsets[index] / model.frame_rate)
+        return run_in_pieces(engine.codec_worker, pieces, abandoned=job.future.done)
 
     def analyse_window(stream: Stream, index: int) -> None:
-        """One window's chroma, one bounded codec job; handed to the stream, which waits for it at the end of the
-        window before."""
-        if job.future.done():
-            return
-        prefix = melody_window(index)
-        engine.lm_worker.call(lambda: stream.window_prefixes.append(prefix)).add_done_callback(job.fail_from)
-        if index + 1 < len(offsets):
-            engine.codec_worker.call(lambda: analyse_window(stream, index + 1),
-                                     priority=BACKGROUND).add_done_callback(job.fail_from)
+        """Window `index`'s chroma, handed to the stream (which waits for it at the end of the window before),
+        then the next window's."""
+        def analysed(done: Future) -> None:
+            if done.cancelled():  # the prediction ended meanwhile
+                return
+            if done.exception() is not None:
+                job.fail(done.exception())
+                return
+            engine.lm_worker.call(lambda: stream.window_prefixes.append(done.result())).add_done_callback(
+                job.fail_from)
+            if index + 1 < len(offsets):
+                analyse_window(stream, index + 1)
+
+        melody_window(index).add_done_callback(analysed)
 
     def add_stream(prompt: tp.Optional[torch.Tensor], melody: tp.Optional[torch.Tensor]) -> None:
         if job.cancelled.is_set():
@@ -288,8 +294,7 @@ def start_streamed(engine, prepared: PreparedBatch) -> BatchJob:
         engine.scheduler.add_stream(stream)
         state["stream"] = stream
         if windowed_melody:
-            engine.codec_worker.call(lambda: analyse_window(stream, 1),
-                                     priority=BACKGROUND).add_done_callback(job.fail_from)
+            analyse_window(stream, 1)
 
     def cancel_on_engine() -> None:
         if "stream" in state:
@@ -306,13 +311,13 @@ def start_streamed(engine, prepared: PreparedBatch) -> BatchJob:
         engine.lm_worker.call(lambda: add_stream(None, None)).add_done_callback(job.fail_from)
         return job
     if melody_mode:
-        analysed = engine.codec_worker.call(lambda: melody_window(0))
+        analysed = melody_window(0)
     else:
         analysed = engine.codec_worker.call(lambda: engine.encode_now(prepared.audio_slice, prepared.audio_rate))
 
     def add_after_analysis(done: Future) -> None:
-        if done.exception() is not None:
-            job.fail(done.exception())
+        if done.cancelled() or done.exception() is not None:
+            job.fail(GenerationCancelled() if done.cancelled() else done.exception())
             return
         prompt, melody = (None, done.result()) if melody_mode else (done.result(), None)
         engine.lm_worker.call(lambda: add_stream(prompt, melody)).add_done_callback(job.fail_from)

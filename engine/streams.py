@@ -132,6 +132,9 @@ class Stream:
         end = self.frames.complete_frames
         if self.target_frames is not None:
             end = min(end, self.target_frames - self.frame_offset)
+        # after a roll-over the kept prompt's last frames count as incomplete until the next steps: nothing new,
+        # and nothing handed out twice
+        end = max(start, end)
         chunk = self.frames.codes[0, :, start:end].clone()
         self.emitted_frames = self.frame_offset + end
         return chunk

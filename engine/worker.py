@@ -48,6 +48,34 @@ def resolve(future: Future, fn: tp.Callable[[], T]) -> None:
         future.set_result(result)
 
 
+def run_in_pieces(worker: "Worker", pieces: tp.Generator[None, None, T], priority: int = BACKGROUND,
+                  abandoned: tp.Callable[[], bool] = lambda: False) -> "Future[T]":
+    """Runs a generator on `worker` one `next()` per job, so that work queued meanwhile (a live session's decode)
+    goes between its pieces; the future carries the generator's return value or its error. Once `abandoned()`
+    is true the remaining pieces are dropped and the future is cancelled."""
+    future: Future[T] = Future()
+
+    def piece() -> None:
+        if abandoned():
+            future.cancel()
+            return
+        try:
+            next(pieces)
+        except StopIteration as finished:
+            future.set_result(finished.value)
+        except BaseException as exc:  # the caller gets every failure
+            future.set_exception(exc)
+        else:
+            worker.call(piece, priority).add_done_callback(lost)
+
+    def lost(queued: Future) -> None:  # the worker refused or dropped a piece (closed, unhealthy)
+        if queued.exception() is not None and not future.done():
+            future.set_exception(queued.exception())
+
+    worker.call(piece, priority).add_done_callback(lost)
+    return future
+
+
 class Worker:
     def __init__(self, name: str, background: tp.Optional[Background] = None, stall_seconds: float = 120.0,
                  threads: tp.Optional[int] = None) -> None:
