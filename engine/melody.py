@@ -110,23 +110,29 @@ def looped_window(wav: torch.Tensor, sample_rate: int, offset_seconds: float) ->
 
 
 class _FixedShift:
-    """Stands in for the `random` module inside demucs.apply, whose only use of it is `random.randint` for the
-    time shift of each separation: every separation draws what a Random seeded with _SHIFT_SEED draws first (the
-    shift `random.seed(0)` gave before), from a Random of its own, so no process-wide RNG is read or reseeded and
-    threads never disturb each other. demucs draws one shift per model per separation, and htdemucs is a bag of
-    one model, so each separation needs exactly that one draw."""
+    """Stands in for the `random` module inside the demucs modules that draw from it when separating: apply_model's
+    time shift (`randint`) and the transformer's positional shift (`randrange`, always 0 for htdemucs, whose
+    `sin_random_shift` is 0, but a draw from the process-wide RNG all the same). Each draw is what a Random seeded
+    with _SHIFT_SEED draws first (for the time shift, what `random.seed(0)` gave before), from a Random of its own,
+    so no process-wide RNG is read or reseeded and threads never disturb each other. demucs draws one time shift
+    per model per separation, and htdemucs is a bag of one model, so that one draw is all a separation needs."""
 
     @staticmethod
     def randint(low: int, high: int) -> int:
         return random.Random(_SHIFT_SEED).randint(low, high)
+
+    @staticmethod
+    def randrange(stop: int) -> int:
+        return random.Random(_SHIFT_SEED).randrange(stop)
 
 
 def fix_separation_shift() -> None:
     """Makes demucs' separation reproducible without touching process-wide RNG state (idempotent; called when a
     separator is loaded, before any melody is analysed)."""
     import demucs.apply
+    import demucs.transformer
 
-    demucs.apply.random = _FixedShift()
+    demucs.apply.random = demucs.transformer.random = _FixedShift()
 
 
 Piece = tp.Generator[None, None, torch.Tensor]
