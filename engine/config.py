@@ -17,6 +17,16 @@ MAX_PROMPT_TOKENS = 512  # T5 tokens per prompt or style (t5-base's trained leng
 MAX_PROMPT_CHARS = 4000  # a cheap bound checked before tokenizing (512 tokens of English fit well within it)
 MAX_INPUT_AUDIO_SECONDS = 2 * 3600  # longer input_audio files are refused before anything is decoded
 PREDICTION_ROWS = 2  # one conditional + one unconditional row
+# The job bound. No job on the LM or codec thread runs a whole prediction: the LM thread's longest job is one
+# decode step of the streams that want frames, with at most one prefill slice (`prefill_slice_steps`) or one
+# melody prefix forward per stream; the codec thread's longest is one of an EnCodec decode of at most
+# DECODE_EVERY_FRAMES + 29 frames, one MultiBand Diffusion piece on a `mbd_window_seconds` window (a U-Net pass of
+# one band, or one band filter of its equaliser), or one segment of the stem separator (htdemucs' 7.8 s training
+# segment) of a melody's chroma. With the demo checkpoints on this project's 2-vCPU machines, busy with other work,
+# the longest such job measured 0.1-0.2 s on the LM thread and 0.3-1.4 s (a separator segment) on the codec
+# thread; tests/test_job_bound.py fails when a job of a 30 s MBD and a 40 s melody prediction beside a live session
+# lasts longer than this. A real checkpoint's steps are longer by its size; the structure of the bound is the same.
+JOB_BOUND_SECONDS = 2.0
 
 
 class ConfigError(ValueError):
