@@ -195,9 +195,14 @@ def test_cancel_stops_a_running_generation_and_engine_serves_next(engine):
 
 
 @pytest.mark.slow
-def test_duration_beyond_the_window_uses_windowed_extension(engine):
-    result = run(engine, prompt="long jam", duration=35, seed=9)
-    assert result.wav.shape[-1] == 35 * 32000
+def test_duration_beyond_the_window_is_audiocraft_s_windowed_extension(engine):
+    """Past 30 s: windows every 18 s, each keeping the last 12 s as prompt and ending (its delayed codebooks
+    padded) where audiocraft ends it; greedy tokens equal audiocraft's generate, no frame twice at a roll-over."""
+    from tests.test_families_engine import audiocraft_tokens
+
+    result = run(engine, prompt="organ", duration=32, seed=1, temperature=0.0)
+    assert result.wav.shape[-1] == 32 * 32000 and result.tokens.shape[-1] == 32 * 50
+    assert torch.equal(result.tokens, audiocraft_tokens(engine, "organ", 32))
 
 
 @pytest.mark.parametrize("extremes", [
