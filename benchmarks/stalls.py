@@ -122,6 +122,8 @@ def melody_uri(seconds: float = 20.0, rate: int = 32000) -> str:
 
 
 def heavy_through_cog(work: Path) -> dict:
+    """The heavy predictions as a user sends them (Cog's server, predict.py, the sidecar in the same process), each
+    measured against the session's chunk gaps and the sidecar's /health: what issue 15's targets are stated in."""
     from websockets.sync.client import connect
 
     from tests.cog_server import CogServer

@@ -336,15 +336,16 @@ class _Decoding:
         self.job = job
         self.prepared = prepared
         self.started = started
-        model = engine.model
-        self.codec = StreamingCodecDecoder(model.musicgen.compression_model)
+        model, config = engine.model, engine.config
         self.pieces: list[torch.Tensor] = []
+        self.codec: tp.Optional[StreamingCodecDecoder] = None
         self.diffusion: tp.Optional[SlicedDiffusion] = None
         if prepared.request.multi_band_diffusion:
-            config = engine.config
             self.diffusion = SlicedDiffusion(model.mbd, prepared.seed,
                                              window_frames=int(config.mbd_window_seconds * model.frame_rate),
                                              overlap_frames=int(config.mbd_overlap_seconds * model.frame_rate))
+        else:
+            self.codec = StreamingCodecDecoder(model.musicgen.compression_model)
         self._tokens: tp.Optional[torch.Tensor] = None
         self._queued = False  # a diffusion piece is queued on the codec thread
 
@@ -362,6 +363,7 @@ class _Decoding:
             self._finish(torch.cat(self.pieces, dim=-1))
 
     def _advance(self) -> None:
+        """Keeps one diffusion piece queued while one can run; the result once the last one ran."""
         if self.diffusion.done:
             self._finish(self.diffusion.audio())
         elif self.diffusion.ready() and not self._queued:

@@ -30,10 +30,12 @@ def _subsampled(schedule, model, initial: torch.Tensor, condition: torch.Tensor,
                 generator: torch.Generator) -> Piece:
     """audiocraft's NoiseSchedule.generate_subsampled with its default step list, one U-Net pass per piece, its
     noise drawn from `generator` (same shapes, same order as `torch.randn_like`)."""
+    from audiocraft.modules.diffusion_schedule import betas_from_alpha_bar
+
     step_list = list(range(1000))[::-50] + [0]
     alpha_bar = schedule.get_alpha_bar(step=schedule.num_steps - 1)
     alpha_bars_subsampled = (1 - schedule.betas).cumprod(dim=0)[list(reversed(step_list))].cpu()
-    betas_subsampled = _betas_from_alpha_bar(alpha_bars_subsampled)
+    betas_subsampled = betas_from_alpha_bar(alpha_bars_subsampled)
     current = initial * schedule.noise_scale
     previous = current
     for idx, step in enumerate(step_list[:-1]):
@@ -57,12 +59,6 @@ def _subsampled(schedule, model, initial: torch.Tensor, condition: torch.Tensor,
         if step == 0:
             previous *= schedule.rescale
     return schedule.sample_processor.return_sample(previous)
-
-
-def _betas_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
-    from audiocraft.modules.diffusion_schedule import betas_from_alpha_bar
-
-    return betas_from_alpha_bar(alpha_bar)
 
 
 def _lowpass(bank, x: torch.Tensor, index: int) -> torch.Tensor:
