@@ -159,6 +159,11 @@ def heavy_through_cog(work: Path) -> dict:
     def gaps(start: float, end: float) -> list[float]:
         return [b - a for a, b in zip(chunks, chunks[1:], strict=False) if a >= start and b <= end]
 
+    def worst_at(start: float, end: float) -> float:
+        """Seconds into the prediction at which its worst gap began (where in the work the stall is)."""
+        pairs = [(b - a, a) for a, b in zip(chunks, chunks[1:], strict=False) if a >= start and b <= end]
+        return max(pairs)[1] - start
+
     threads = [threading.Thread(target=jam), threading.Thread(target=poll_health)]
     result: dict = {}
     try:
@@ -179,6 +184,7 @@ def heavy_through_cog(work: Path) -> dict:
                             "median_gap": statistics.median(during), "worst_gap": max(during),
                             "worst_over_median": max(during) / statistics.median(during),
                             "worst_over_median_alone": max(during) / alone,
+                            "worst_gap_began_after": worst_at(started, ended),
                             "health_200_throughout": all(code == 200 for code in health[polled:])}
             logging.info("%s: %s", name, result[name])
     finally:
