@@ -3,17 +3,19 @@
 `prepare` validates a request and decodes the part of its audio that is used, on the caller's thread. `start`
 then runs it on the engine: as a finite stream on the step decoder (the fast path: its steps interleave with live
 sessions, its tokens are decoded on the codec thread while they come; a melody becomes a chroma prefix there
-first), or through audiocraft's own `generate` (the reference path: models the step decoder does not support,
-melodies beyond one 30 s window, and comparisons). Both end in `_trim`. The
-caller normalises and encodes the result (engine.audio).
+first, one per window past 30 s), or through audiocraft's own `generate` (the reference path: models the step
+decoder does not support, and comparisons). Both end in `_trim`; no piece of either path's work on the codec
+thread, MultiBand Diffusion included, is longer than the job bound (README, "Job bound"). The caller normalises
+and encodes the result (engine.audio).
 """
 
+import contextlib
 import logging
 import os
 import threading
 import time
 import typing as tp
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +25,11 @@ import torch
 from engine import audio
 from engine.codec_stream import StreamingCodecDecoder
 from engine.config import MAX_INPUT_AUDIO_SECONDS
-from engine.melody import fixed_separation_shift
+from engine.mbd import SlicedDiffusion
+from engine.melody import WINDOW_SECONDS
 from engine.model import EXTEND_STRIDE_SECONDS, MAX_WINDOW_SECONDS
-from engine.streams import Conditioning, SamplingParams, Stream
-from engine.worker import BACKGROUND
+from engine.streams import Conditioning, SamplingParams, Stream, window_offsets
+from engine.worker import BACKGROUND, run_in_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +128,12 @@ class BatchJob:
         self._on_cancel()
 
     def fail(self, exc: BaseException) -> None:
-        if not self.future.done():
+        with contextlib.suppress(InvalidStateError):  # already resolved, maybe by another thread just now
             self.future.set_exception(exc)
+
+    def succeed(self, result: "BatchResult") -> None:
+        with contextlib.suppress(InvalidStateError):  # cancelled or failed meanwhile: the caller has its answer
+            self.future.set_result(result)
 
     def fail_from(self, done: Future) -> None:
         """A done-callback: passes on the failure of a job this prediction depends on."""
@@ -189,20 +196,24 @@ def prepare(request: BatchRequest, engine) -> PreparedBatch:
         raise RequestError("input_audio with continuation=false asks the model to follow its melody, but the "
                            "loaded model cannot follow a melody (it has no chroma conditioner); use a melody "
                            "checkpoint or set continuation=true")
-    wav, rate = _input_slice(request)
+    frames = int(request.duration * model.frame_rate)
+    last_window = window_offsets(frames, engine.window_frames, engine.keep_frames)[-1] / model.frame_rate
+    wav, rate = _input_slice(request, melody_seconds=last_window + WINDOW_SECONDS)
     return PreparedBatch(request=request, seed=seed, audio_slice=wav, audio_rate=rate)
 
 
-def _input_slice(request: BatchRequest) -> tuple[torch.Tensor, int]:
-    """The continuation_start..end slice, decoded alone: a continuation may use less than the model's window,
-    a melody no more than the output's length."""
+def _input_slice(request: BatchRequest, melody_seconds: float) -> tuple[torch.Tensor, int]:
+    """The continuation_start..end slice, decoded alone: a continuation shorter than the model's window; a melody
+    as much as audiocraft's chroma conditioner reads of it, `melody_seconds`: its first 30 s for an output of one
+    window (the conditioner analyses the whole melody and keeps 30 s of chroma), up to the end of the last
+    window's 30 s beyond (windowed extension loops the whole melody from each window's offset)."""
     start = request.continuation_start or 0
     end = None if request.continuation_end in (None, -1) else request.continuation_end
     if start < 0:
         raise RequestError("continuation_start must be >= 0")
     if end is not None and end <= start:
         raise RequestError(f"continuation_end ({end}) must be greater than continuation_start ({start})")
-    cap = MAX_WINDOW_SECONDS if request.continuation else float(request.duration)
+    cap = MAX_WINDOW_SECONDS if request.continuation else melody_seconds
     try:
         piece = audio.decode_slice(request.input_audio, start, end, max_seconds=cap,
                                    max_file_seconds=MAX_INPUT_AUDIO_SECONDS)
@@ -220,30 +231,17 @@ def _input_slice(request: BatchRequest) -> tuple[torch.Tensor, int]:
 
 # -- the fast path: a finite stream on the step decoder ---------------------------------------------------------
 def start_streamed(engine, prepared: PreparedBatch) -> BatchJob:
-    """The prediction becomes a finite stream stepped beside live sessions; the codec thread decodes its tokens
-    in pieces while they come (MultiBand Diffusion, which needs them all, runs there at the end)."""
+    """The prediction becomes a finite stream stepped beside live sessions (past one window, in windows as
+    audiocraft's windowed extension makes them); the codec thread decodes its tokens in pieces while they come."""
     job = BatchJob(prepared)
     request = prepared.request
-    started = time.perf_counter()
-    total_frames = int(prepared.total_seconds * engine.model.frame_rate)
-    codec = StreamingCodecDecoder(engine.model.musicgen.compression_model)
-    pieces: list[torch.Tensor] = []  # codec thread: decoded audio
-    tokens: list[torch.Tensor] = []  # LM thread: every frame, for MBD and the result
+    model = engine.model
+    total_frames = int(prepared.total_seconds * model.frame_rate)
+    output = _Decoding(engine, job, prepared, time.perf_counter())
+    tokens: list[torch.Tensor] = []  # LM thread: every frame, for the result
     undecoded: list[torch.Tensor] = []  # LM thread: frames not yet sent to the codec thread
     state: dict[str, Stream] = {}
-
-    def decode(frames: torch.Tensor, last: bool) -> None:
-        if not request.multi_band_diffusion:
-            pieces.append(codec.push(frames))
-            if last:
-                pieces.append(codec.flush())
-
-    def finish(all_tokens: torch.Tensor) -> BatchResult:
-        if request.multi_band_diffusion:
-            wav = engine.model.mbd.tokens_to_wav(all_tokens[None])[0]
-        else:
-            wav = torch.cat(pieces, dim=-1)
-        return _trim(wav, prepared, engine.model.sample_rate, started, all_tokens)
+    offsets = window_offsets(total_frames, engine.window_frames, engine.keep_frames)
 
     def on_frames(stream: Stream) -> None:
         frames = stream.take_frames()
@@ -254,12 +252,34 @@ def start_streamed(engine, prepared: PreparedBatch) -> BatchJob:
         if done or sum(f.shape[-1] for f in undecoded) >= DECODE_EVERY_FRAMES:
             piece = torch.cat(undecoded, dim=-1)
             undecoded.clear()
-            engine.codec_worker.call(lambda: decode(piece, done), priority=BACKGROUND).add_done_callback(job.fail_from)
+            all_tokens = torch.cat(tokens, dim=-1) if done else None
+            engine.codec_worker.call(lambda: output.push(piece, all_tokens),
+                                     priority=BACKGROUND).add_done_callback(job.fail_from)
         if done:
             engine.scheduler.remove_stream(stream)
-            all_tokens = torch.cat(tokens, dim=-1)
-            finished = engine.codec_worker.call(lambda: finish(all_tokens), priority=BACKGROUND)
-            finished.add_done_callback(lambda f: _copy_outcome(f, job.future))
+
+    def melody_window(index: int) -> Future:
+        """The chroma prefix of window `index`, computed in pieces on the codec thread: the melody looped from that
+        window's offset when the output spans several windows, as audiocraft recomputes it per window."""
+        pieces = engine.melody_prefix_pieces(prepared.audio_slice, prepared.audio_rate, prepared.total_seconds,
+                                             offsets[index] / model.frame_rate)
+        return run_in_pieces(engine.codec_worker, pieces, abandoned=job.future.done)
+
+    def analyse_window(stream: Stream, index: int) -> None:
+        """Window `index`'s chroma, handed to the stream (which waits for it at the end of the window before),
+        then the next window's."""
+        def analysed(done: Future) -> None:
+            if done.cancelled():  # the prediction ended meanwhile
+                return
+            if done.exception() is not None:
+                job.fail(done.exception())
+                return
+            engine.lm_worker.call(lambda: stream.window_prefixes.append(done.result())).add_done_callback(
+                job.fail_from)
+            if index + 1 < len(offsets):
+                analyse_window(stream, index + 1)
+
+        melody_window(index).add_done_callback(analysed)
 
     def add_stream(prompt: tp.Optional[torch.Tensor], melody: tp.Optional[torch.Tensor]) -> None:
         if job.cancelled.is_set():
@@ -268,8 +288,13 @@ def start_streamed(engine, prepared: PreparedBatch) -> BatchJob:
                                    prompt=prompt, target_frames=total_frames, melody=melody)
         stream.on_frames = on_frames
         stream.on_failed = lambda _, error: job.fail(RuntimeError(f"generation failed: {error}"))
+        windowed_melody = melody is not None and len(offsets) > 1
+        if windowed_melody:
+            stream.window_prefixes = [melody]
         engine.scheduler.add_stream(stream)
         state["stream"] = stream
+        if windowed_melody:
+            analyse_window(stream, 1)
 
     def cancel_on_engine() -> None:
         if "stream" in state:
@@ -286,14 +311,13 @@ def start_streamed(engine, prepared: PreparedBatch) -> BatchJob:
         engine.lm_worker.call(lambda: add_stream(None, None)).add_done_callback(job.fail_from)
         return job
     if melody_mode:
-        analysed = engine.codec_worker.call(lambda: engine.melody_prefix_now(
-            prepared.audio_slice, prepared.audio_rate, prepared.total_seconds))
+        analysed = melody_window(0)
     else:
         analysed = engine.codec_worker.call(lambda: engine.encode_now(prepared.audio_slice, prepared.audio_rate))
 
     def add_after_analysis(done: Future) -> None:
-        if done.exception() is not None:
-            job.fail(done.exception())
+        if done.cancelled() or done.exception() is not None:
+            job.fail(GenerationCancelled() if done.cancelled() else done.exception())
             return
         prompt, melody = (None, done.result()) if melody_mode else (done.result(), None)
         engine.lm_worker.call(lambda: add_stream(prompt, melody)).add_done_callback(job.fail_from)
@@ -302,10 +326,67 @@ def start_streamed(engine, prepared: PreparedBatch) -> BatchJob:
     return job
 
 
+class _Decoding:
+    """The codec-thread side of a prediction: its tokens arrive in pieces, its audio is EnCodec's streaming decode
+    of them or, with multi_band_diffusion, MultiBand Diffusion in bounded pieces (engine.mbd), each piece a job of
+    its own at BACKGROUND priority so that live sessions' decodes go first."""
+
+    def __init__(self, engine, job: BatchJob, prepared: PreparedBatch, started: float) -> None:
+        self.engine = engine
+        self.job = job
+        self.prepared = prepared
+        self.started = started
+        model, config = engine.model, engine.config
+        self.pieces: list[torch.Tensor] = []
+        self.codec: tp.Optional[StreamingCodecDecoder] = None
+        self.diffusion: tp.Optional[SlicedDiffusion] = None
+        if prepared.request.multi_band_diffusion:
+            self.diffusion = SlicedDiffusion(model.mbd, prepared.seed,
+                                             window_frames=int(config.mbd_window_seconds * model.frame_rate),
+                                             overlap_frames=int(config.mbd_overlap_seconds * model.frame_rate))
+        else:
+            self.codec = StreamingCodecDecoder(model.musicgen.compression_model)
+        self._tokens: tp.Optional[torch.Tensor] = None
+        self._queued = False  # a diffusion piece is queued on the codec thread
+
+    def push(self, frames: torch.Tensor, all_tokens: tp.Optional[torch.Tensor]) -> None:
+        """Frames [K, n] that follow the last ones; `all_tokens` [K, total] with the last piece (codec thread)."""
+        if all_tokens is not None:
+            self._tokens = all_tokens
+        if self.diffusion is not None:
+            self.diffusion.push(frames, last=all_tokens is not None)
+            self._advance()
+            return
+        self.pieces.append(self.codec.push(frames))
+        if all_tokens is not None:
+            self.pieces.append(self.codec.flush())
+            self._finish(torch.cat(self.pieces, dim=-1))
+
+    def _advance(self) -> None:
+        """Keeps one diffusion piece queued while one can run; the result once the last one ran."""
+        if self.diffusion.done:
+            self._finish(self.diffusion.audio())
+        elif self.diffusion.ready() and not self._queued:
+            self._queued = True
+            self.engine.codec_worker.call(self._piece, priority=BACKGROUND).add_done_callback(self.job.fail_from)
+
+    def _piece(self) -> None:
+        self._queued = False
+        if self.job.future.done():  # cancelled or failed: the rest of the work is dropped
+            return
+        self.diffusion.run_once()
+        self._advance()
+
+    def _finish(self, wav: torch.Tensor) -> None:
+        self.job.succeed(_trim(wav, self.prepared, self.engine.model.sample_rate, self.started, self._tokens))
+
+
 # -- the reference path: audiocraft's own generate ---------------------------------------------------------------
 def start_reference(engine, prepared: PreparedBatch) -> BatchJob:
-    """audiocraft's MusicGen API on the LM thread; its progress callback lets live streams step in between."""
+    """audiocraft's MusicGen API on the LM thread; its progress callback lets live streams step in between. MBD
+    then decodes its tokens as on the fast path (engine.mbd), so both paths differ in the LM alone."""
     job = BatchJob(prepared)
+    started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
         if job.cancelled.is_set():
@@ -313,15 +394,28 @@ def start_reference(engine, prepared: PreparedBatch) -> BatchJob:
         job.progress = (done, total)
         engine.scheduler.yield_to_streams()
 
-    future = engine.lm_worker.call(lambda: _generate_reference(engine.model, prepared, progress))
-    future.add_done_callback(lambda f: _copy_outcome(f, job.future))
+    def generated(done: Future) -> None:
+        if done.exception() is not None:
+            job.fail(done.exception())
+            return
+        wav, tokens = done.result()
+        if not prepared.request.multi_band_diffusion:
+            job.succeed(_trim(wav, prepared, engine.model.sample_rate, started, tokens))
+            return
+        output = _Decoding(engine, job, prepared, started)
+        engine.codec_worker.call(lambda: output.push(tokens, tokens),
+                                 priority=BACKGROUND).add_done_callback(job.fail_from)
+
+    engine.lm_worker.call(lambda: _generate_reference(engine.model, prepared, progress)).add_done_callback(generated)
     return job
 
 
-def _generate_reference(model, prepared: PreparedBatch, progress: tp.Callable[[int, int], None]) -> BatchResult:
+def _generate_reference(model, prepared: PreparedBatch,
+                        progress: tp.Callable[[int, int], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(audio [C, samples], tokens [K, frames]) from audiocraft's generate, seeded through torch's global RNG
+    (audiocraft samples from it; the LM thread alone uses it)."""
     request = prepared.request
     musicgen = model.musicgen
-    started = time.perf_counter()
     torch.manual_seed(prepared.seed)
     musicgen.set_generation_params(
         use_sampling=request.temperature > 0, top_k=request.top_k, top_p=request.top_p,
@@ -335,12 +429,9 @@ def _generate_reference(model, prepared: PreparedBatch, progress: tp.Callable[[i
         wav, tokens = musicgen.generate_continuation(prepared.audio_slice[None], prepared.audio_rate, descriptions,
                                                      progress=True, return_tokens=True)
     else:
-        with fixed_separation_shift():  # as engine.melody does: the same melody always gives the same chroma
-            wav, tokens = musicgen.generate_with_chroma(descriptions, prepared.audio_slice[None],
-                                                        prepared.audio_rate, progress=True, return_tokens=True)
-    if request.multi_band_diffusion:
-        wav = model.mbd.tokens_to_wav(tokens)
-    return _trim(wav[0], prepared, model.sample_rate, started, tokens[0])
+        wav, tokens = musicgen.generate_with_chroma(descriptions, prepared.audio_slice[None], prepared.audio_rate,
+                                                    progress=True, return_tokens=True)
+    return wav[0], tokens[0]
 
 
 def _trim(wav: torch.Tensor, prepared: PreparedBatch, sample_rate: int, started: float,
@@ -351,12 +442,3 @@ def _trim(wav: torch.Tensor, prepared: PreparedBatch, sample_rate: int, started:
                        generation_seconds=time.perf_counter() - started, tokens=tokens.cpu())
 
 
-def _copy_outcome(source: Future, target: Future) -> None:
-    if target.done():
-        return
-    if source.cancelled():
-        target.cancel()
-    elif source.exception() is not None:
-        target.set_exception(source.exception())
-    else:
-        target.set_result(source.result())

@@ -17,6 +17,16 @@ MAX_PROMPT_TOKENS = 512  # T5 tokens per prompt or style (t5-base's trained leng
 MAX_PROMPT_CHARS = 4000  # a cheap bound checked before tokenizing (512 tokens of English fit well within it)
 MAX_INPUT_AUDIO_SECONDS = 2 * 3600  # longer input_audio files are refused before anything is decoded
 PREDICTION_ROWS = 2  # one conditional + one unconditional row
+# The job bound. No job on the LM or codec thread runs a whole prediction: the LM thread's longest job is one
+# decode step of the streams that want frames, with at most one prefill slice (`prefill_slice_steps`) or one
+# melody prefix forward per stream; the codec thread's longest is one of an EnCodec decode of at most
+# DECODE_EVERY_FRAMES + 29 frames, one MultiBand Diffusion piece on a `mbd_window_seconds` window (a U-Net pass of
+# one band, or one band filter of its equaliser), or one segment of the stem separator (htdemucs' 7.8 s training
+# segment) of a melody's chroma. With the demo checkpoints on this project's 2-vCPU machines, busy with other work,
+# the longest such job measured 0.1-0.2 s on the LM thread and 0.3-1.4 s (a separator segment) on the codec
+# thread; tests/test_job_bound.py fails when a job of a 30 s MBD and a 40 s melody prediction beside a live session
+# lasts longer than this. A real checkpoint's steps are longer by its size; the structure of the bound is the same.
+JOB_BOUND_SECONDS = 2.0
 
 
 class ConfigError(ValueError):
@@ -35,6 +45,10 @@ class EngineConfig:
     window_seconds: float = MAX_WINDOW_SECONDS
     keep_seconds: float = MAX_WINDOW_SECONDS - EXTEND_STRIDE_SECONDS  # context kept when the window rolls
     prefill_slice_steps: int = 64  # a long prefill runs in slices of this many steps between other streams' steps
+    # MultiBand Diffusion decodes in windows of this many seconds, crossfaded over the overlap (engine.mbd): a
+    # window's U-Net pass is the longest piece of codec work, so this bounds it (see README, "Job bound")
+    mbd_window_seconds: float = 2.0
+    mbd_overlap_seconds: float = 0.2
     # the decode step: "auto" (chosen by the device: engine.static_step.choose_step_mode), "off" (eager forward),
     # "static" (capturable step; CUDA graphs on CUDA) or "compile" (the same through torch.compile)
     compile_step: str = AUTO
@@ -52,6 +66,8 @@ class EngineConfig:
                               f"got {self.compile_step!r}")
         if self.prefill_slice_steps < 1:
             raise ConfigError("prefill_slice_steps must be >= 1")
+        if not 0 <= self.mbd_overlap_seconds < self.mbd_window_seconds:
+            raise ConfigError("mbd_overlap_seconds must be >= 0 and shorter than mbd_window_seconds")
 
     @property
     def rows(self) -> int:

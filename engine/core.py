@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from engine import batch, conditions
+from engine import batch, conditions, melody
 from engine.config import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, EngineConfig
 from engine.jam import JamSession, JamSettings
-from engine.melody import WINDOW_SECONDS, melody_condition, prefix_steps
+from engine.melody import WINDOW_SECONDS, melody_pieces, prefix_steps
 from engine.model import LoadedModel, load_model
 from engine.precision import choose_weight_format
 from engine.scheduler import Scheduler
@@ -145,9 +145,7 @@ class Engine:
         support always do."""
         self._require_healthy()
         prepared = batch.prepare(request, self)
-        # a melody beyond one 30 s window: audiocraft recomputes its chroma for each window (windowed extension)
-        long_melody = prepared.mode == "melody" and prepared.total_seconds > WINDOW_SECONDS
-        if reference or self.streaming_unavailable is not None or long_melody:
+        if reference or self.streaming_unavailable is not None:
             return batch.start_reference(self, prepared)
         return batch.start_streamed(self, prepared)
 
@@ -189,13 +187,15 @@ class Engine:
         return new_stream(self.model.musicgen.lm, conditioning, params, seed, self.window_frames,
                           self.keep_frames, prompt, target_frames, melody)
 
-    def melody_prefix_now(self, wav: torch.Tensor, sample_rate: int,
-                          duration_seconds: float = WINDOW_SECONDS) -> torch.Tensor:
-        """A melody's chroma prefix (codec thread only: it runs the stem separator, not the LM)."""
+    def melody_prefix_pieces(self, wav: torch.Tensor, sample_rate: int, duration_seconds: float = WINDOW_SECONDS,
+                             offset_seconds: float = 0.0) -> melody.Piece:
+        """The chroma prefix of the window that starts `offset_seconds` into an output of `duration_seconds`, as
+        bounded pieces to run on the codec thread (engine.worker.run_in_pieces): the stem separator must not
+        hold that thread for a whole window. Raises ValueError on models without melody conditioning."""
         if not self.model.supports_melody:
             raise ValueError("this model cannot follow a melody (it has no chroma conditioner); use a melody "
                              "checkpoint")
-        return melody_condition(self.model.musicgen.lm, wav, sample_rate, duration_seconds)
+        return melody_pieces(self.model.musicgen.lm, wav, sample_rate, duration_seconds, offset_seconds)
 
     def encode_now(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """Audio [C, T] -> tokens [K, frames] with the model's codec (codec thread only)."""

@@ -20,7 +20,7 @@ import torch
 from engine.codec_stream import StreamingCodecDecoder
 from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
 from engine.streams import Conditioning, SamplingParams, Stream, normalized_weights
-from engine.worker import URGENT
+from engine.worker import URGENT, run_in_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class JamSession:
         session = cls(engine, settings, seed, on_close)
         tokens = prefix = None
         if melody is not None:
-            prefix = engine.codec_worker.call(lambda: engine.melody_prefix_now(*melody), priority=URGENT).result()
+            prefix = run_in_pieces(engine.codec_worker, engine.melody_prefix_pieces(*melody), URGENT).result()
         if prompt is not None:  # the prompt is context, not output: the codec skips it
             tokens = engine.codec_worker.call(lambda: session._skip(engine.encode_now(*prompt))).result()
         engine.lm_worker.call(lambda: session._start(seed, tokens, prefix)).result()
@@ -190,8 +190,8 @@ class JamSession:
         is kept (re-prefilled after the new chroma prefix). Blocks while the melody is analysed."""
         prefix = None
         if melody is not None:
-            prefix = self.engine.codec_worker.call(lambda: self.engine.melody_prefix_now(*melody),
-                                                   priority=URGENT).result()
+            prefix = run_in_pieces(self.engine.codec_worker, self.engine.melody_prefix_pieces(*melody),
+                                   URGENT).result()
         elif not self.engine.model.supports_melody:
             raise ValueError("this model cannot follow a melody (it has no chroma conditioner)")
         return self._queue("melody", prefix)

@@ -200,10 +200,10 @@ class Scheduler:
             for offset, text in enumerate(texts):
                 self.decoder.set_condition(stream.rows.start + offset, *self._condition(text))
             stream.conditions_dirty = False
+        if stream.pending_prefill == 0 and stream.frames.step + 1 > self.decoder.capacity(stream.rows):
+            stream.roll_window()  # before a new prefix: its re-prefill is then the rolled window's
         if self.decoder.uses_prefix and stream.prefix_dirty:
             self._apply_prefix(stream)
-        if stream.pending_prefill == 0 and stream.frames.step + 1 > self.decoder.capacity(stream.rows):
-            stream.roll_window()
 
     def _apply_prefix(self, stream: Stream) -> None:
         """Melody models prepend a chroma to every row: the stream's melody on its styled rows, the null one on

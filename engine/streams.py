@@ -88,6 +88,7 @@ class Stream:
     frames: DelayedFrames
     keep_frames: int  # frames of context kept by a re-prefill
     target_frames: tp.Optional[int] = None  # finite streams (batch predictions) stop here
+    window_frames: tp.Optional[int] = None  # a finite stream's window: each one ends as audiocraft's does
     rows: slice = field(default_factory=lambda: slice(0, 0))
     pending_prefill: int = 0  # sequence steps to feed (in slices of parallel forwards) before stepping
     prefilled: int = 0  # of those, steps already fed
@@ -102,9 +103,14 @@ class Stream:
     on_failed: tp.Optional[tp.Callable[["Stream", BaseException], None]] = None  # engine thread, once
     error: tp.Optional[BaseException] = None  # set when this stream failed and was dropped
     deadline: tp.Optional[float] = None  # monotonic time by which the wanted frames are needed (live sessions)
+    # a melody prediction beyond one window: the chroma prefix of each window, appended (on the LM thread) as the
+    # codec thread analyses them; the stream waits at the end of a window until the next one's prefix is here
+    window_prefixes: tp.Optional[list[torch.Tensor]] = None
 
     def wants_steps(self) -> bool:
         limit = self.target_frames if self.target_frames is not None else self.wanted_frames
+        if self.window_prefixes is not None and len(self.window_prefixes) <= self.rollovers + 1:
+            limit = min(limit, self.frame_offset + self.frames.end)
         return self.absolute_complete < limit
 
     @property
@@ -126,6 +132,9 @@ class Stream:
         end = self.frames.complete_frames
         if self.target_frames is not None:
             end = min(end, self.target_frames - self.frame_offset)
+        # after a roll-over the kept prompt's last frames count as incomplete until the next steps: nothing new,
+        # and nothing handed out twice
+        end = max(start, end)
         chunk = self.frames.codes[0, :, start:end].clone()
         self.emitted_frames = self.frame_offset + end
         return chunk
@@ -137,16 +146,36 @@ class Stream:
         return uncond + self.params.guidance * (weights * (cond - uncond)).sum(dim=0)
 
     def roll_window(self) -> None:
-        """Keeps the last `keep_frames` complete frames as a prompt, to be re-prefilled in one forward."""
+        """Keeps the last `keep_frames` complete frames as a prompt, to be re-prefilled in one forward. A finite
+        stream's next window ends where audiocraft's windowed extension ends it (the window's length or the
+        target), and a windowed melody moves on to the next window's prefix."""
         dropped = max(0, self.frames.complete_frames - self.keep_frames)
         assert self.emitted_frames >= self.frame_offset + dropped, "rolling past frames not yet consumed"
         self.frames.keep_last(self.keep_frames)
         self.frame_offset += dropped
         if self.target_frames is not None:
-            self.frames.end = self.target_frames - self.frame_offset
+            self.frames.end = _window_end(self.target_frames - self.frame_offset, self.window_frames)
         self.pending_prefill = self.frames.step
         self.prefilled = 0
         self.rollovers += 1
+        if self.window_prefixes is not None:
+            self.melody = self.window_prefixes[self.rollovers]
+            self.prefix_dirty = True
+
+
+def _window_end(remaining: int, window_frames: tp.Optional[int]) -> int:
+    """Where a finite stream's current window stops: audiocraft generates each window as a sequence of
+    min(remaining, window) frames, its delayed codebooks padded at that end."""
+    return remaining if window_frames is None else min(remaining, window_frames)
+
+
+def window_offsets(total_frames: int, window_frames: int, keep_frames: int) -> list[int]:
+    """The first frame of each window of a finite stream, as audiocraft's windowed extension (MusicGen.
+    _generate_tokens) places them: one window when it fits, else windows every `window - keep` frames until one
+    reaches the end."""
+    stride = window_frames - keep_frames
+    extra = max(0, total_frames - window_frames)
+    return [k * stride for k in range(1 + -(-extra // stride))]
 
 
 def new_stream(lm, conditioning: Conditioning, params: SamplingParams, seed: int, window_frames: int,
@@ -160,8 +189,9 @@ def new_stream(lm, conditioning: Conditioning, params: SamplingParams, seed: int
                            device=next(lm.parameters()).device)
     empty = torch.zeros(1, len(delays), 0, dtype=torch.long, device=frames.codes.device)
     steps = frames.load_prompt(empty if prompt is None else prompt[None])
-    frames.end = target_frames
+    frames.end = None if target_frames is None else _window_end(target_frames, window_frames)
     generator = torch.Generator(device=frames.codes.device)
     generator.manual_seed(seed)
     return Stream(conditioning=conditioning, params=params, generator=generator, frames=frames,
-                  keep_frames=keep_frames, target_frames=target_frames, pending_prefill=steps, melody=melody)
+                  keep_frames=keep_frames, target_frames=target_frames, window_frames=window_frames,
+                  pending_prefill=steps, melody=melody)

@@ -48,6 +48,34 @@ def resolve(future: Future, fn: tp.Callable[[], T]) -> None:
         future.set_result(result)
 
 
+def run_in_pieces(worker: "Worker", pieces: tp.Generator[None, None, T], priority: int = BACKGROUND,
+                  abandoned: tp.Callable[[], bool] = lambda: False) -> "Future[T]":
+    """Runs a generator on `worker` one `next()` per job, so that work queued meanwhile (a live session's decode)
+    goes between its pieces; the future carries the generator's return value or its error. Once `abandoned()`
+    is true the remaining pieces are dropped and the future is cancelled."""
+    future: Future[T] = Future()
+
+    def piece() -> None:
+        if abandoned():
+            future.cancel()
+            return
+        try:
+            next(pieces)
+        except StopIteration as finished:
+            future.set_result(finished.value)
+        except BaseException as exc:  # the caller gets every failure
+            future.set_exception(exc)
+        else:
+            worker.call(piece, priority).add_done_callback(lost)
+
+    def lost(queued: Future) -> None:  # the worker refused or dropped a piece (closed, unhealthy)
+        if queued.exception() is not None and not future.done():
+            future.set_exception(queued.exception())
+
+    worker.call(piece, priority).add_done_callback(lost)
+    return future
+
+
 class Worker:
     def __init__(self, name: str, background: tp.Optional[Background] = None, stall_seconds: float = 120.0,
                  threads: tp.Optional[int] = None) -> None:
@@ -58,6 +86,9 @@ class Worker:
         self.stall_seconds = stall_seconds
         self.threads = threads
         self.guard_trips = 0  # failures that escaped every narrower handler (logged; the thread went on)
+        # the longest job or background piece since the last reset_longest(): (seconds, what it was), so the job
+        # bound (engine.config.JOB_BOUND_SECONDS) can be checked on a running engine
+        self.longest_job: tuple[float, str] = (0.0, "")
         # (priority, arrival, job): urgent work first, then in arrival order; None closes
         self._jobs: queue.PriorityQueue = queue.PriorityQueue()
         self._arrivals = itertools.count()
@@ -99,6 +130,11 @@ class Worker:
             self._jobs.put((_CLOSE, next(self._arrivals), None))
         self._thread.join(timeout=timeout)
 
+    def reset_longest(self) -> tuple[float, str]:
+        """Returns the longest job so far and starts counting again."""
+        longest, self.longest_job = self.longest_job, (0.0, "")
+        return longest
+
     def on_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
@@ -127,11 +163,15 @@ class Worker:
             job = False
         if job is None:
             return True
-        self._busy_since = time.monotonic()
+        self._busy_since = started = time.monotonic()
         if job:
             resolve(*job)
         else:
             self.background.run_once()
+        elapsed = time.monotonic() - started
+        if elapsed > self.longest_job[0]:
+            work = job[1] if job else self.background.run_once
+            self.longest_job = (elapsed, getattr(work, "__qualname__", repr(work)))
         return False
 
     def _drain(self) -> None:

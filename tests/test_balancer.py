@@ -1,5 +1,6 @@
 """Replicas behind Debian's HAProxy with the project's own deploy/haproxy.cfg: new jams land by free slots, a full
-fleet answers with the protocol's own error, a drained or killed replica gets no new session, and predictions
+fleet answers with the protocol's own error, a drained replica gets no new session and exits when its jams end, a
+killed one gets none either, and predictions
 queue for a free replica instead of meeting Cog's 409."""
 
 import json
@@ -129,7 +130,8 @@ def test_sessions_land_by_free_slots_and_avoid_drained_and_dead_replicas(fleet):
 
     kept, _ = start_session(lb_port)
     drained = counts().index(1)
-    assert requests.post(sidecars[drained].url("/admin/drain"), timeout=5).json()["draining"] is True
+    sidecars[drained].process.send_signal(signal.SIGTERM)  # a rolling update: drain, then exit
+    assert wait_until(lambda: requests.get(sidecars[drained].url("/ready"), timeout=5).status_code == 503, 5)
     time.sleep(2 * AGENT_INTER)
     others = [i for i in range(3) if i != drained]
     landed = [start_session(lb_port) for _ in range(2)]
@@ -153,9 +155,11 @@ def test_sessions_land_by_free_slots_and_avoid_drained_and_dead_replicas(fleet):
     assert counts()[drained] == 1
     kinds = [json.loads(kept.recv(timeout=30))["type"] for _ in range(3)]
     assert "chunk" in kinds, f"the jam on the drained replica plays on: {kinds}"
+    assert sidecars[drained].process.poll() is None, "a draining replica stays up while its jam plays"
     for ws, _ in landed:
         ws.close()
     kept.close()
+    assert sidecars[drained].process.wait(timeout=20) == 0, "the drained replica exits when its last jam ends"
 
 
 def test_two_predictions_at_once_both_succeed_through_the_balancer(venv_env, demo_dir, tmp_path):

@@ -87,7 +87,6 @@ def _reference_conditions(model, text: str, wav):
         melodies = [convert_audio(wav, SR, musicgen.sample_rate, musicgen.audio_channels)]
     attributes, _ = musicgen._prepare_tokens_and_attributes([text], None, melody_wavs=melodies)
     null = ClassifierFreeGuidanceDropout(p=1.0)(attributes)
-    random.seed(0)  # demucs' time shift, as melody_condition fixes it
     return lm.condition_provider(lm.condition_provider.tokenize(attributes + null))
 
 
@@ -156,7 +155,6 @@ def test_greedy_tokens_equal_audiocraft_generate(family, kind, with_melody):
     musicgen.set_generation_params(use_sampling=False, top_k=1, duration=frames / musicgen.frame_rate, cfg_coef=3.0)
     with torch.no_grad():
         if with_melody:
-            random.seed(0)
             _, reference = musicgen.generate_with_chroma(["lo-fi beat"], [wav], SR, return_tokens=True)
         else:
             _, reference = musicgen.generate(["lo-fi beat"], return_tokens=True)
@@ -174,6 +172,52 @@ def test_melody_steers_seeded_tokens(family):
     first = tokens(MELODY)
     assert torch.equal(first, tokens(MELODY.clone()))
     assert not torch.equal(first, tokens(_melody((330.0, 392.0, 262.0, 349.0))))
+
+
+def test_melody_pieces_are_audiocraft_s_conditioner_and_reseed_no_process_wide_rng(family):
+    """The chroma prefix, computed in pieces (one separator segment each), is audiocraft's ChromaStemConditioner
+    output to the bit; demucs' time shift is fixed without touching python's `random`: a thread drawing from it
+    meanwhile gets exactly the sequence its own seed gives, and every analysis of a melody is the same."""
+    import threading
+
+    from audiocraft.data.audio_utils import convert_audio
+    from audiocraft.modules.conditioners import WavCondition
+
+    from engine.melody import melody_pieces
+
+    lm = family("melody").musicgen.lm
+    conditioner = lm.condition_provider.conditioners["self_wav"]
+    wav = _melody((330.0, 392.0, 262.0, 349.0), seconds=9.0)
+    pieces, steps = melody_pieces(lm, wav, SR), 0
+    with pytest.raises(StopIteration) as finished:
+        while True:
+            next(pieces)
+            steps += 1
+    mono = convert_audio(wav, SR, conditioner.sample_rate, 1)[None]
+    with torch.no_grad():
+        expected = conditioner(conditioner.tokenize(WavCondition(mono, torch.tensor([mono.shape[-1]]),
+                                                                 sample_rate=[conditioner.sample_rate],
+                                                                 path=[None])))[0][0]
+    assert torch.equal(finished.value.value, expected) and steps >= 3  # resampling, segments, chroma
+
+    drawn: list[float] = []
+    stop = threading.Event()
+
+    def draw() -> None:
+        random.seed(11)
+        while not stop.is_set():
+            drawn.append(random.random())
+
+    drawer = threading.Thread(target=draw)
+    drawer.start()
+    try:
+        prefixes = [melody_condition(lm, wav, SR) for _ in range(3)]
+    finally:
+        stop.set()
+        drawer.join()
+    own = random.Random(11)
+    assert drawn == [own.random() for _ in drawn] and len(drawn) > 100
+    assert all(torch.equal(prefix, prefixes[0]) for prefix in prefixes)
 
 
 def test_long_generations_loop_the_melody_per_window():

@@ -1,11 +1,14 @@
 """Melody and stereo checkpoints through the engine's public API: predictions on the fast path, jam sessions."""
 
 import math
+import typing as tp
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
+from engine import audio
 from engine.batch import BatchRequest, RequestError
 from engine.config import EngineConfig
 from engine.jam import JamSettings
@@ -46,13 +49,47 @@ def melody_file(path, freqs=(440.0, 660.0, 550.0), seconds=3.0):
     return path
 
 
-def test_a_melody_prediction_runs_on_the_fast_path_and_equals_audiocraft(family_engine, tmp_path):
+def audiocraft_tokens(engine, prompt: str, seconds: float, melody: tp.Optional[Path] = None) -> torch.Tensor:
+    """Greedy tokens [K, frames] from audiocraft's own MusicGen API on the engine's model (on the LM thread, which
+    owns it), given the whole melody file: what the Replicate predictor hands audiocraft."""
+    musicgen = engine.model.musicgen
+
+    def generate() -> torch.Tensor:
+        musicgen.set_generation_params(use_sampling=False, top_k=250, duration=seconds, cfg_coef=3.0,
+                                       extend_stride=18)
+        if melody is None:
+            return musicgen.generate([prompt], return_tokens=True)[1][0]
+        wav, rate = audio.decode(melody)
+        return musicgen.generate_with_chroma([prompt], wav[None], rate, return_tokens=True)[1][0]
+
+    return engine.lm_worker.call(generate).result()
+
+
+def test_a_melody_prediction_follows_the_whole_slice_as_audiocraft_does(family_engine, tmp_path):
+    """audiocraft's chroma conditioner analyses the whole melody (its first 30 s), however short the output: a 2 s
+    output of a 6 s melody follows the chroma of all 6 s, not of its first 2 s looped. audiocraft is given the
+    whole file here, so a path that cut the melody to the duration would differ."""
     engine = family_engine("melody")
-    request = BatchRequest(prompt="piano", input_audio=melody_file(tmp_path / "m.wav"), duration=2, seed=1,
-                           temperature=0.0)
+    path = melody_file(tmp_path / "m.wav", freqs=(440.0, 660.0, 550.0), seconds=6.0)  # a new note every 2 s
+    request = BatchRequest(prompt="piano", input_audio=path, duration=2, seed=1, temperature=0.0)
     ours = engine.generate(request).wait().tokens
-    reference = engine.generate(request, reference=True).wait().tokens
-    assert torch.equal(ours, reference)
+    assert torch.equal(ours, audiocraft_tokens(engine, "piano", 2, melody=path))
+    assert torch.equal(ours, engine.generate(request, reference=True).wait().tokens)
+
+
+@pytest.mark.slow
+def test_a_40_s_melody_runs_on_the_step_decoder_as_audiocraft_s_windowed_extension(family_engine, tmp_path):
+    """Past 30 s a melody prediction is a finite stream in windows (18 s stride, the last 12 s kept as prompt,
+    each window's chroma the melody looped from its offset): greedy tokens equal audiocraft's generate_with_chroma,
+    and no job on the LM thread ran the whole generation."""
+    engine = family_engine("melody")
+    path = melody_file(tmp_path / "m.wav", freqs=(440.0, 660.0, 550.0, 330.0), seconds=11.0)
+    engine.lm_worker.reset_longest()
+    ours = engine.generate(BatchRequest(prompt="organ", input_audio=path, duration=40, seed=2,
+                                        temperature=0.0)).wait().tokens
+    assert engine.lm_worker.reset_longest()[1] == "Scheduler.run_once"  # steps, never one generate call
+    assert ours.shape[-1] == 40 * 50
+    assert torch.equal(ours, audiocraft_tokens(engine, "organ", 40, melody=path))
 
 
 def test_melody_steers_and_text_alone_works_on_a_melody_model(family_engine, tmp_path):
