@@ -158,12 +158,15 @@ def test_drain_tells_live_clients_refuses_new_ones_and_closes_at_the_deadline(ro
         running.stop()
 
 
-def test_sigterm_drains_then_the_standalone_sidecar_exits(venv_env, demo_dir):
+def test_sigterm_drains_then_the_standalone_sidecar_exits(venv_env, demo_dir, tmp_path):
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "streaming.server"], cwd=ROOT, stderr=subprocess.PIPE,
+    log = tmp_path / "sidecar.log"
+    process = subprocess.Popen([sys.executable, "-m", "streaming.server"], cwd=ROOT, stdout=log.open("wb"),
+                               stderr=subprocess.STDOUT,
                                env=dict(venv_env, JAM_HOST="127.0.0.1", JAM_PORT=str(port), JAM_DRAIN_SECONDS="30"))
     try:
-        assert wait_until(lambda: _ready(port), 120), "sidecar did not start"
+        assert wait_until(lambda: _ready(port) or process.poll() is not None, 120), "sidecar did not start"
+        assert process.poll() is None, "the sidecar exited (its port taken?)"
         ws = connect(f"ws://127.0.0.1:{port}/ws/jam")
         ws.send(json.dumps(START))
         assert json.loads(ws.recv(timeout=60))["type"] == "started"
@@ -175,6 +178,9 @@ def test_sigterm_drains_then_the_standalone_sidecar_exits(venv_env, demo_dir):
         ws.send(json.dumps({"type": "stop"}))
         ws.close()
         assert process.wait(timeout=20) == 0, "the last session ended: the replica exits"
+    except BaseException:
+        print(log.read_text()[-4000:])
+        raise
     finally:
         if process.poll() is None:
             process.kill()
