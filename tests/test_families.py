@@ -4,6 +4,7 @@ built once per session by weights/demo.py through audiocraft's builders."""
 
 import math
 import random
+import time
 
 import pytest
 import torch
@@ -203,10 +204,12 @@ def test_melody_pieces_are_audiocraft_s_conditioner_and_reseed_no_process_wide_r
     drawn: list[float] = []
     stop = threading.Event()
 
-    def draw() -> None:
+    def draw() -> None:  # another thread's own sequence, drawn while the separator runs (bounded: a list)
         random.seed(11)
-        while not stop.is_set():
+        while not stop.is_set() and len(drawn) < 100_000:
             drawn.append(random.random())
+            if len(drawn) % 100 == 0:
+                time.sleep(0.001)
 
     drawer = threading.Thread(target=draw)
     drawer.start()
