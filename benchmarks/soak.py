@@ -191,7 +191,9 @@ class Soak:
                 thread.start()
             for thread in threads:
                 thread.join()
-            wait_until(lambda: self.health()["sessions"] == 0, 30)
+            # a closed session gives its slot back at once and its rows when the engine thread has removed its
+            # stream: both must be back within 30 s, or they leaked
+            wait_until(lambda: (lambda h: h["sessions"] == 0 and h["model"]["rows_in_use"] == 0)(self.health()), 30)
             health = self.health()
             gaps = [g for name_gaps in self.gaps.values() for g in name_gaps]
             return {"worker_rss_mb_start": rss_start, "worker_rss_mb_end": _rss_mb(worker),

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import typing as tp
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -77,6 +78,14 @@ def _accepts(port: int) -> bool:
         return False
 
 
+def stop_all(haproxy: tp.Optional[subprocess.Popen], replicas: list) -> None:
+    if haproxy is not None:
+        haproxy.terminate()
+        haproxy.wait()
+    for replica in replicas:
+        replica.stop()
+
+
 def start_session(lb_port: int):
     ws = connect(f"ws://127.0.0.1:{lb_port}/ws/jam", open_timeout=10)
     ws.send(json.dumps(START))
@@ -94,11 +103,7 @@ def fleet(venv_env, demo_dir, tmp_path):
         time.sleep(3 * AGENT_INTER)  # the first health and agent checks
         yield sidecars, lb_port
     finally:
-        if haproxy is not None:
-            haproxy.terminate()
-            haproxy.wait()
-        for sidecar in sidecars:
-            sidecar.stop()
+        stop_all(haproxy, sidecars)
 
 
 def _healthy(url: str) -> bool:
@@ -180,9 +185,5 @@ def test_two_predictions_at_once_both_succeed_through_the_balancer(venv_env, dem
             results = list(pool.map(predict, (1, 2)))
         assert [result["status"] for result in results] == ["succeeded", "succeeded"], results
     finally:
-        if haproxy is not None:
-            haproxy.terminate()
-            haproxy.wait()
-        for server in servers:
-            server.stop()
+        stop_all(haproxy, servers)
 
