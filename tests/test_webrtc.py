@@ -204,6 +204,7 @@ def test_connection_already_exists(server):
     async def scenario():
         first = JamClient(base(server), webrtc_id="same-id")
         await first.connect(PARAMS)
+        await first.message(event("chunk"))  # connected, so its close reaches the server (DTLS close_notify)
         second = JamClient(base(server), webrtc_id="same-id")
         assert await second.offer(PARAMS) == {"status": "failed", "meta": {"error": "connection_already_exists"}}
         assert sessions(server) == 1
