@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from engine import batch, conditions, melody
+from engine import batch, conditions
 from engine.config import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, EngineConfig
 from engine.jam import JamSession, JamSettings
-from engine.melody import WINDOW_SECONDS, melody_pieces, prefix_steps
+from engine.melody import WINDOW_SECONDS, Piece, melody_pieces, prefix_steps
 from engine.model import LoadedModel, load_model
 from engine.precision import choose_weight_format
 from engine.scheduler import Scheduler
@@ -188,7 +188,7 @@ class Engine:
                           self.keep_frames, prompt, target_frames, melody)
 
     def melody_prefix_pieces(self, wav: torch.Tensor, sample_rate: int, duration_seconds: float = WINDOW_SECONDS,
-                             offset_seconds: float = 0.0) -> melody.Piece:
+                             offset_seconds: float = 0.0) -> Piece:
         """The chroma prefix of the window that starts `offset_seconds` into an output of `duration_seconds`, as
         bounded pieces to run on the codec thread (engine.worker.run_in_pieces): the stem separator must not
         hold that thread for a whole window. Raises ValueError on models without melody conditioning."""

@@ -48,7 +48,7 @@ def make_image_python(prefix: Path) -> Path:
     base = Path(sys.base_prefix)
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     (prefix / "bin").mkdir(parents=True)
-    shutil.copy2(Path(sys.base_prefix) / "bin" / version, prefix / "bin" / version)
+    shutil.copy2(base / "bin" / version, prefix / "bin" / version)
     for alias in ("python3", "python"):
         (prefix / "bin" / alias).symlink_to(version)
     shutil.copytree(base / "lib" / version, prefix / "lib" / version, symlinks=True,
@@ -101,10 +101,10 @@ def replay_build(work: Path) -> tuple[Path, dict]:
     tmp.mkdir()
     requirements = tmp / "requirements.txt"
     requirements.write_text("\n".join(cog_rules.generated_requirements(config)) + "\n")
-    steps = cog_rules.image_python_steps(config, str(requirements))
+    steps = cog_rules.image_python_steps(config, str(requirements), pip_cache=str(work / "pip-cache"))
     cog_lines = 2  # the requirements and the SDK: Cog's own lines, with its CFLAGS; build.run has none
     for index, command in enumerate(steps):
-        run_step(command.replace("/root/.cache/pip", str(work / "pip-cache")), env, tmp, cflags=index < cog_lines)
+        run_step(command, env, tmp, cflags=index < cog_lines)
     return python, env
 
 

@@ -44,11 +44,10 @@ class ConnectionCount:
         self.active -= 1
 
 
-def build_app(engine, config: ServerConfig, blocking: Executor, drain: tp.Optional[Drain] = None) -> Starlette:
+def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain) -> Starlette:
     """The app; `blocking` runs the transports' blocking engine calls (its owner shuts it down), `drain` is the
     replica's drain (its owner may start it from outside a request, as SIGTERM does)."""
     connections = ConnectionCount(config.max_connections)
-    drain = drain or Drain(engine, config.drain_seconds)
     notice = NOISE_NOTICE if engine.is_demo else None
 
     async def health(request: Request) -> JSONResponse:

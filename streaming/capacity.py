@@ -71,7 +71,7 @@ class Drain:
     engine refuses new sessions), tells every live client once how long it has, lets sessions play until they end or
     `seconds` pass, then closes what is left (1001, with the reason) and sets `done`. Runs on the sidecar's loop."""
 
-    def __init__(self, engine=None, seconds: float = 300.0) -> None:
+    def __init__(self, engine, seconds: float) -> None:
         self.engine = engine
         self.seconds = seconds
         self.active = False
@@ -96,13 +96,10 @@ class Drain:
             return
         self.active = True
         self.deadline = time.monotonic() + self.seconds
-        if self.engine is not None:
-            self.engine.stop_admitting("this replica is draining: start the session on another one")
-        logger.info("draining: no new sessions; %d open sessions have %.0f s", self._sessions(), self.seconds)
+        self.engine.stop_admitting("this replica is draining: start the session on another one")
+        logger.info("draining: no new sessions; %d open sessions have %.0f s", self.engine.sessions_open,
+                    self.seconds)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="drain")
-
-    def _sessions(self) -> int:
-        return self.engine.sessions_open if self.engine is not None else 0
 
     async def _run(self) -> None:
         try:
@@ -111,7 +108,7 @@ class Drain:
                     await member.on_drain(self.seconds)
                 except Exception as exc:  # that client is gone; the others still hear it
                     logger.debug("drain notice not delivered: %s", exc)
-            while self._sessions() > 0 and time.monotonic() < self.deadline:
+            while self.engine.sessions_open > 0 and time.monotonic() < self.deadline:
                 await asyncio.sleep(0.2)
             if self._members:
                 logger.info("drain time is up: closing %d connections", len(self._members))

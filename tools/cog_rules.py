@@ -161,13 +161,14 @@ def generated_requirements(config: dict, root: Path = ROOT) -> list[str]:
     return sorted(set(index_urls)) + lines
 
 
-def image_python_steps(config: dict, requirements_path: str) -> list[str]:
+def image_python_steps(config: dict, requirements_path: str, pip_cache: str = "/root/.cache/pip") -> list[str]:
     """The image's Python install commands in the generator's order (the CUDA >= 13 image's Python is uv-managed
     and externally managed, so every Cog line carries --break-system-packages): the requirements, the SDK, then
-    build.run verbatim. `requirements_path` is where the generated requirements file lies."""
+    build.run verbatim. `requirements_path` is where the generated requirements file lies, `pip_cache` pip's cache
+    (Cog's cache mount in the image)."""
     sdk = (config.get("build") or {}).get("sdk_version")
     cog = f"cog=={sdk}" if sdk else "cog"
-    steps = [f"uv run pip install --break-system-packages --cache-dir /root/.cache/pip -r {requirements_path}",
+    steps = [f"uv run pip install --break-system-packages --cache-dir {pip_cache} -r {requirements_path}",
              f"uv pip install --break-system-packages --no-cache {cog}"]
     for item in (config.get("build") or {}).get("run") or []:
         command = (item["command"] if isinstance(item, dict) else item).strip()
