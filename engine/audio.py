@@ -186,6 +186,59 @@ def write_output(wav: torch.Tensor, sample_rate: int, strategy: str, fmt: str, o
     return encode_file(normalize(wav, sample_rate, strategy), sample_rate, out_path, fmt)
 
 
+LOUDNESS_MODES = ("none", "auto", "lufs", "rms")
+
+
+def resample(wav: torch.Tensor, from_rate: int, to_rate: int, channels: tp.Optional[int] = None) -> torch.Tensor:
+    """One whole piece of audio [C, n] at another rate (and channel count: mono <-> stereo), band-limited."""
+    import julius
+
+    if channels is not None and wav.shape[0] != channels:
+        wav = wav.mean(0, keepdim=True).expand(channels, -1)
+    wav = wav.float().contiguous()
+    return julius.resample_frac(wav, from_rate, to_rate) if from_rate != to_rate else wav
+
+
+def _lufs(wav: torch.Tensor, sample_rate: int) -> float:
+    import pyloudnorm
+
+    return float(pyloudnorm.Meter(sample_rate).integrated_loudness(wav.double().numpy().T))
+
+
+def match_loudness(reference: torch.Tensor, target: torch.Tensor, sample_rate: int, mode: str,
+                   headroom_db: float) -> tuple[torch.Tensor, dict]:
+    """`target` [C, n] at `reference`'s loudness, then its peaks limited to -headroom_db dBFS (magenta-retry's
+    rule). `mode`: "lufs" (ITU-R BS.1770 integrated loudness, pyloudnorm), "rms", "auto" (LUFS, or RMS where
+    LUFS is undefined: audio under 0.4 s or silent), "none" (unchanged). Returns the audio and what was done."""
+    if mode not in LOUDNESS_MODES:
+        raise ValueError(f"loudness_mode must be one of {', '.join(LOUDNESS_MODES)}, got {mode!r}")
+    stats: dict = {"method": mode, "applied_gain_db": 0.0}
+    if mode == "none" or target.numel() == 0:
+        return target, stats
+    gain_db = None
+    if mode in ("auto", "lufs"):
+        try:
+            ref_lufs, target_lufs = _lufs(reference, sample_rate), _lufs(target, sample_rate)
+        except ValueError:  # shorter than one 400 ms gating block
+            ref_lufs = target_lufs = -math.inf
+        if math.isfinite(ref_lufs) and math.isfinite(target_lufs):
+            gain_db = ref_lufs - target_lufs
+            stats.update(method="lufs", ref_lufs=ref_lufs, tgt_lufs_before=target_lufs)
+    if gain_db is None:
+        ref_rms, target_rms = float(reference.pow(2).mean().sqrt()), float(target.pow(2).mean().sqrt())
+        if target_rms <= 1e-12:
+            return target, stats
+        gain_db = 20 * math.log10(max(ref_rms, 1e-12) / target_rms)
+        stats.update(method="rms", ref_rms=ref_rms, tgt_rms_before=target_rms)
+    out = target.float() * 10 ** (gain_db / 20)
+    limit = 10 ** (-headroom_db / 20)
+    peak = float(out.abs().max())
+    stats.update(applied_gain_db=gain_db, post_peak_limited=peak > limit)
+    if peak > limit:
+        out = out * (limit / peak)
+    return out, stats
+
+
 class StreamingResampler:
     """Resamples a chunked stream without seams: each chunk is filtered with the tail of the previous one as left
     context and a little of the next (the jam chunks' overlap) as right context, then cut to its own span."""
@@ -197,12 +250,7 @@ class StreamingResampler:
         self._produced = 0  # output samples emitted so far
 
     def _convert(self, wav: torch.Tensor) -> torch.Tensor:
-        import julius
-
-        if wav.shape[0] != self.channels:  # mono <-> stereo
-            wav = wav.mean(0, keepdim=True).expand(self.channels, -1)
-        return julius.resample_frac(wav.contiguous(), self.from_rate, self.to_rate) \
-            if self.from_rate != self.to_rate else wav
+        return resample(wav, self.from_rate, self.to_rate, self.channels)
 
     def process(self, wav: torch.Tensor, lookahead: torch.Tensor) -> torch.Tensor:
         """`wav` [C, n] is the new audio; `lookahead` is audio that follows it (context only, not emitted)."""

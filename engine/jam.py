@@ -141,6 +141,15 @@ class JamSession:
         restart never competes for a slot: built from the latest settings and melody, those not yet applied
         included; chunks count from 0 again. For a failed session (its failure is cleared) and for a client's
         reset alike. Blocks until the engine has swapped the stream; SessionClosed if the session closed."""
+        self._restart(seed, None)
+
+    def restart_from(self, seed: int, prompt: tuple[torch.Tensor, int]) -> None:
+        """`restart`, but the fresh stream continues the audio `prompt` (wav [C, T], rate) as its context, as `open`
+        with a prompt does: a bar session's reseed, whose new context ends on a bar line. Blocks likewise."""
+        tokens = self.engine.codec_worker.call(lambda: self.engine.encode_now(*prompt), priority=URGENT).result()
+        self._restart(seed, tokens)
+
+    def _restart(self, seed: int, tokens: tp.Optional[torch.Tensor]) -> None:
         with self._lock:
             if self._closed:
                 raise SessionClosed("session is closed")
@@ -156,9 +165,10 @@ class JamSession:
             self._shutdown()
             self._abandon_pending()
             self._planned_samples = 0
-            self._start(seed, None, melody)
+            self._start(seed, tokens, melody)
             # after the old stream's decodes (same priority, queued before): the new stream's audio starts afresh
-            return self.engine.codec_worker.call(self._reset_audio, priority=URGENT)
+            # (after the prompt's tokens, which are its decode's left context)
+            return self.engine.codec_worker.call(lambda: self._reset_audio(tokens), priority=URGENT)
 
         self.engine.lm_worker.call(swap).result().result()
 
@@ -277,10 +287,12 @@ class JamSession:
             request.future.set_exception(SessionClosed("session closed"))
 
     # -- codec thread -------------------------------------------------------------------------------------------
-    def _reset_audio(self) -> None:
-        """A restarted stream: no left context from the old one, and the old stream's failure is history (a
-        failing decode of it ran before this)."""
+    def _reset_audio(self, prompt: tp.Optional[torch.Tensor] = None) -> None:
+        """A restarted stream: no left context from the old one (only its own prompt's, if any), and the old
+        stream's failure is history (a failing decode of it ran before this)."""
         self._codec = StreamingCodecDecoder(self.engine.model.musicgen.compression_model)
+        if prompt is not None:
+            self._codec.skip(prompt)
         self._audio = torch.zeros(self.channels, 0)
         self._audio_start = 0
         self.failure = None

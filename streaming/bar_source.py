@@ -1,0 +1,208 @@
+"""A bar-mode chunk source: chunks of whole bars at the client's tempo and rate, cut sample-exact from one
+continuous stream that continues the client's loop.
+
+The source wraps one engine `JamSession` opened with the loop's bar-aligned context as its prompt, so the
+model's first generated sample is the bar line after the loop's end. The session's chunks (model rate) go through
+one `StreamingResampler` into a `Spool` at the target rate, from which bar chunk k is cut at
+`BarClock.chunk_bounds(k)`; the leftover past a boundary stays for the next chunk. A reseed (new loop) or a
+splice starts a new model stream at a chunk boundary: the spool seams there (crossfaded) and a new resampler
+runs from it, so the output timeline never moves.
+
+It has `JamSession`'s interface (`next_chunk(deadline) -> Future`, `update`, `restart(seed)`, `close`), plus
+`reseed` and `reseed_splice`. Chunks are produced one at a time, in order, on the source's own thread, which
+waits on the engine's futures (they always resolve: a closed session fails them with SessionClosed).
+"""
+
+import logging
+import threading
+import typing as tp
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import torch
+
+from engine.audio import StreamingResampler, match_loudness, resample
+from engine.batch import random_seed
+from engine.jam import JamSettings, SessionClosed
+from engine.streams import SamplingParams
+from streaming.bars import BarClock, Spool, exact_bpm, loop_context, loop_slice, spliced_context, style_blend
+
+logger = logging.getLogger(__name__)
+
+MODEL_CHUNK_SECONDS = 2.0  # what the source asks the engine for at a time; bar chunks are cut across them
+OUTPUT_CHANNELS = 2  # magenta-retry's chunks are always stereo
+SEAM_CROSSFADE_SECONDS = 0.01
+
+
+@dataclass(frozen=True)
+class BarParams:
+    """A bar session's parameters (validated by the protocol that parsed them)."""
+
+    bpm: float
+    beats_per_bar: int
+    bars_per_chunk: int
+    target_sr: int
+    loudness_mode: str = "none"
+    headroom_db: float = 1.0
+    styles: tuple[str, ...] = ()
+    style_weights: tuple[float, ...] = ()
+    loop_weight: float = 1.0
+    guidance_weight: float = 1.1
+    temperature: float = 1.1
+    topk: int = 40
+
+    @property
+    def clock(self) -> BarClock:
+        return BarClock(self.target_sr, exact_bpm(self.bpm), self.beats_per_bar)
+
+    def settings(self) -> JamSettings:
+        """The engine settings: styles blended with the loop's weight (streaming.bars.style_blend)."""
+        styles, weights, guidance = style_blend(self.styles, self.style_weights, self.loop_weight,
+                                                self.guidance_weight)
+        return JamSettings(styles=styles, weights=weights, chunk_seconds=MODEL_CHUNK_SECONDS,
+                           params=SamplingParams(temperature=self.temperature, top_k=self.topk, guidance=guidance))
+
+
+@dataclass(frozen=True)
+class BarChunk:
+    index: int
+    audio: torch.Tensor  # [2, samples] at sample_rate: exactly bars_per_chunk bars of the bar clock
+    sample_rate: int
+    seconds: float
+    params: BarParams  # in force when the chunk was cut
+    loudness: dict  # what loudness matching did
+
+
+def context_window(engine) -> tuple[int, int]:
+    """The context length at the model rate (whole codec frames of the context MusicGen keeps when its window
+    rolls, engine.config.keep_seconds) and the codec hop."""
+    model = engine.model
+    hop = int(round(model.sample_rate / model.frame_rate))
+    return int(engine.config.keep_seconds * model.frame_rate) * hop, hop
+
+
+class BarSource:
+    def __init__(self, engine, params: BarParams, loop: tuple[torch.Tensor, int], seed: int) -> None:
+        """Opens the engine session (blocking, taking a slot: CapacityError when none is free)."""
+        self.engine = engine
+        self.params = params
+        self.model_rate = engine.model.sample_rate
+        self.window, _ = context_window(engine)
+        self._lock = threading.Lock()
+        self._requested = 0
+        self._closed = False
+        self._splice: tp.Optional[tuple[float, tp.Optional[torch.Tensor]]] = None
+        self._set_loop(loop)
+        self.spool = Spool(OUTPUT_CHANNELS, history=round(self.window * params.target_sr / self.model_rate),
+                           crossfade=round(SEAM_CROSSFADE_SECONDS * params.target_sr))
+        self._resampler = StreamingResampler(self.model_rate, params.target_sr, OUTPUT_CHANNELS)
+        self.session = engine.open_session(params.settings(), seed, prompt=(self._context(), self.model_rate))
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="bar-source")
+
+    @property
+    def sample_rate(self) -> int:
+        return self.params.target_sr
+
+    def _set_loop(self, loop: tuple[torch.Tensor, int]) -> None:
+        wav, rate = loop
+        self._loop_model = resample(wav, rate, self.model_rate, self.engine.model.channels)
+        self._loop_out = resample(wav, rate, self.params.target_sr, OUTPUT_CHANNELS)  # the loudness reference
+
+    def _model_clock(self) -> BarClock:
+        return replace(self.params.clock, sample_rate=self.model_rate)
+
+    def _context(self) -> torch.Tensor:
+        return loop_context(self._loop_model, self._model_clock(), self.window)[0]
+
+    # -- JamSession's interface -------------------------------------------------------------------------------
+    def next_chunk(self, deadline: tp.Optional[float] = None) -> "Future[BarChunk]":
+        with self._lock:
+            index = self._requested
+            self._requested += 1
+        return self._submit(lambda: self._produce(index, deadline))
+
+    def update(self, params: BarParams) -> int:
+        """New styles, weights or sampling parameters from the next model chunk on (the context is kept); returns
+        the index of the first bar chunk that is all made with them."""
+        settings = params.settings()
+        self.session.update(settings)
+        with self._lock:
+            self.params = replace(self.params, styles=params.styles, style_weights=params.style_weights,
+                                  loop_weight=params.loop_weight, guidance_weight=params.guidance_weight,
+                                  temperature=params.temperature, topk=params.topk)
+            return self._requested + 1
+
+    def restart(self, seed: int) -> "Future[None]":
+        """After a generation failure: a fresh stream on the same slot continuing the loop again, from the next
+        chunk boundary (bar chunk indices go on; the timeline does not move)."""
+        return self._submit(lambda: self._reseed(seed, None))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.session.close()  # fails a model chunk in flight, so the source's thread ends its work
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    # -- bar mode's own --------------------------------------------------------------------------------------
+    def reseed(self, loop: tuple[torch.Tensor, int], seed: int) -> "Future[None]":
+        """A new loop as the context from the next chunk boundary on (after the chunk in the making, if any)."""
+        return self._submit(lambda: self._reseed(seed, loop))
+
+    def reseed_splice(self, anchor_bars: float, combined: tp.Optional[tuple[torch.Tensor, int]] = None) -> None:
+        """Right after the next chunk: the context becomes the stream's own recent audio with its last
+        `anchor_bars` bars replaced by those of `combined` (the client's current mix; default: the loop)."""
+        anchor = None if combined is None else resample(combined[0], combined[1], self.model_rate,
+                                                        self.engine.model.channels)
+        with self._lock:
+            self._splice = (anchor_bars, anchor)
+
+    # -- the source's thread ---------------------------------------------------------------------------------
+    def _submit(self, work: tp.Callable[[], tp.Any]) -> Future:
+        with self._lock:
+            closed = self._closed
+        if not closed:
+            try:
+                return self._thread.submit(work)
+            except RuntimeError:  # shut down meanwhile
+                pass
+        future: Future = Future()
+        future.set_exception(SessionClosed("session is closed"))
+        return future
+
+    def _produce(self, index: int, deadline: tp.Optional[float]) -> BarChunk:
+        params = self.params
+        start, end = params.clock.chunk_bounds(index, params.bars_per_chunk)
+        while self.spool.end < end:
+            chunk = self.session.next_chunk(deadline=deadline).result()
+            samples = int(round(chunk.seconds * chunk.sample_rate))
+            self.spool.append(self._resampler.process(chunk.audio[:, :samples], chunk.audio[:, samples:]))
+        audio = self.spool.cut(start, end)
+        loudness: dict = {"method": "none", "applied_gain_db": 0.0}
+        if params.loudness_mode != "none":
+            audio, loudness = match_loudness(loop_slice(self._loop_out, start, end - start), audio,
+                                             params.target_sr, params.loudness_mode, params.headroom_db)
+        with self._lock:
+            splice, self._splice = self._splice, None
+        if splice is not None:
+            self._install_splice(*splice)
+        return BarChunk(index=index, audio=audio, sample_rate=params.target_sr,
+                        seconds=(end - start) / params.target_sr, params=params, loudness=loudness)
+
+    def _reseed(self, seed: int, loop: tp.Optional[tuple[torch.Tensor, int]]) -> None:
+        if loop is not None:
+            self._set_loop(loop)
+        self._restart_on(seed, self._context())
+
+    def _install_splice(self, anchor_bars: float, anchor: tp.Optional[torch.Tensor]) -> None:
+        recent = resample(self.spool.recent(), self.params.target_sr, self.model_rate, self.engine.model.channels)
+        context = spliced_context(recent, self._loop_model if anchor is None else anchor, self._model_clock(),
+                                  anchor_bars, self.window)
+        self._restart_on(random_seed(), context)
+
+    def _restart_on(self, seed: int, context: torch.Tensor) -> None:
+        """A new model stream continuing `context` from the spool's last cut (a chunk boundary, a bar line)."""
+        self.session.restart_from(seed, (context, self.model_rate))
+        self.spool.seam()
+        self._resampler = StreamingResampler(self.model_rate, self.params.target_sr, OUTPUT_CHANNELS)
