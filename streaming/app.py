@@ -13,9 +13,11 @@ from starlette.websockets import WebSocket
 
 from streaming import lyria_protocol as lp
 from streaming.auth import authorized
+from streaming.bar_http import generate_routes
 from streaming.capacity import Drain, snapshot
 from streaming.config import ServerConfig
 from streaming.jam_ws import JamConnection
+from streaming.jobs import JobTable
 from streaming.lyria_ws import LyriaConnection
 from streaming.page import page_routes
 from streaming.webrtc import webrtc_routes
@@ -49,6 +51,7 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain) ->
     replica's drain (its owner may start it from outside a request, as SIGTERM does)."""
     connections = ConnectionCount(config.max_connections)
     notice = NOISE_NOTICE if engine.is_demo else None
+    jobs = JobTable(engine)  # predictions submitted over HTTP and polled for (/generate + /progress)
 
     async def health(request: Request) -> JSONResponse:
         state = engine.health()
@@ -104,5 +107,8 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain) ->
 
     routes = [Route("/health", health), Route("/ready", ready), Route("/admin/drain", start_drain, methods=["POST"]),
               WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
-              *webrtc_routes(engine, config, blocking, notice, drain), *page_routes()]
-    return Starlette(routes=routes)
+              *webrtc_routes(engine, config, blocking, notice, drain),
+              *generate_routes(engine, jobs, notice, config.token), *page_routes()]
+    app = Starlette(routes=routes)
+    app.state.jobs = jobs  # its owner closes it with the server (RunningServer.stop)
+    return app

@@ -19,7 +19,7 @@ import torch
 
 from engine import audio
 from engine.batch import BatchRequest
-from streaming.bar_protocol import chunk_metadata
+from streaming.bar_protocol import bar_params, chunk_metadata
 from streaming.bar_source import OUTPUT_CHANNELS, BarChunk, BarParams, context_window
 from streaming.bars import loop_context, loop_slice, style_blend
 from streaming.jam_protocol import ProtocolError
@@ -30,7 +30,7 @@ PROGRESS_GENERATING = 0.9  # the prediction's share of the progress; resampling,
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    params: BarParams  # bars_per_chunk is the request's `bars`
+    values: dict  # the form's values (streaming.bar_protocol.form_values), checked by bar_params
     intro_bars_to_drop: int
     loop: bytes
     request_id: str
@@ -63,7 +63,7 @@ def generate_work(engine, request: GenerateRequest, notice: tp.Optional[str] = N
 
     def work(ctx) -> dict:
         wav, rate = decode_loop(request.loop)
-        params = request.params
+        params = bar_params(request.values, rate, bars_key="bars")  # bars_per_chunk is the request's `bars`
         model_rate = engine.model.sample_rate
         window, _ = context_window(engine)
         loop_model = audio.resample(wav, rate, model_rate, engine.model.channels)
