@@ -95,7 +95,7 @@ def generate_work(engine, request: GenerateRequest, notice: tp.Optional[str] = N
                                                  params.headroom_db)
         ctx.stage("encode", 0.98)
         chunk = BarChunk(index=0, audio=out, sample_rate=params.target_sr, seconds=samples / params.target_sr,
-                         params=params, loudness=loudness)
+                         params=params, loudness=loudness, frames=result.tokens, settings=params.settings())
         return generate_response(chunk, request, text, notice)
 
     return work

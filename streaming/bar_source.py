@@ -71,6 +71,8 @@ class BarChunk:
     seconds: float
     params: BarParams  # in force when the chunk was cut
     loudness: dict  # what loudness matching did
+    frames: torch.Tensor  # [K, n] the model's tokens that completed while it was made (for the recording)
+    settings: JamSettings  # the engine settings in force (for the recording's timeline)
 
 
 def context_window(engine) -> tuple[int, int]:
@@ -174,8 +176,10 @@ class BarSource:
     def _produce(self, index: int, deadline: tp.Optional[float]) -> BarChunk:
         params = self.params
         start, end = params.clock.chunk_bounds(index, params.bars_per_chunk)
+        frames = []
         while self.spool.end < end:
             chunk = self.session.next_chunk(deadline=deadline).result()
+            frames.append(chunk.frames.cpu())
             samples = int(round(chunk.seconds * chunk.sample_rate))
             self.spool.append(self._resampler.process(chunk.audio[:, :samples], chunk.audio[:, samples:]))
         audio = self.spool.cut(start, end)
@@ -188,7 +192,9 @@ class BarSource:
         if splice is not None:
             self._install_splice(*splice)
         return BarChunk(index=index, audio=audio, sample_rate=params.target_sr,
-                        seconds=(end - start) / params.target_sr, params=params, loudness=loudness)
+                        seconds=(end - start) / params.target_sr, params=params, loudness=loudness,
+                        frames=torch.cat(frames, dim=-1) if frames else torch.zeros(0, 0, dtype=torch.long),
+                        settings=params.settings())
 
     def _reseed(self, seed: int, loop: tp.Optional[tuple[torch.Tensor, int]]) -> None:
         if loop is not None:
