@@ -29,11 +29,15 @@ def test_chunks_stay_exact_through_reseed_and_splice(engine):
         assert source.session._prompt_frames == window // hop  # the loop's context is the model's prompt
         total = frames = 0
         for k in range(12):
-            if k == 4:
+            stream = source.session.stream
+            if k == 4:  # a new context now: a new model stream before chunk 4
                 source.reseed(loop(2.0, 32000), seed=2).result(timeout=60)
+                assert source.session.stream is not stream
             if k == 8:
                 source.reseed_splice(1.0, loop(1.0, 22050))
             chunk = source.next_chunk().result(timeout=60)
+            if k == 8:  # the splice installs right after the next chunk
+                assert source.session.stream is not stream
             total += chunk.audio.shape[-1]
             assert chunk.index == k and chunk.sample_rate == 48000 and chunk.audio.shape[0] == 2
             assert total == p.clock.at(k + 1)  # [round(k*S), round((k+1)*S)) of one stream, whatever happened
