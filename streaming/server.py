@@ -19,12 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 import uvicorn
 
 from streaming.app import build_app
+from streaming.bar_protocol import MAX_AUDIO_MESSAGE_BYTES
 from streaming.capacity import Drain, serve_agent, snapshot
 from streaming.config import ServerConfig
 
 logger = logging.getLogger(__name__)
 
-WS_MAX_BYTES = 1024 * 1024  # larger frames are closed by the server (1009); smaller oversized ones get an error
+# larger frames are closed by the server (1009); smaller oversized ones get an error from their protocol (64 KiB for
+# most messages; bar mode's messages that carry a loop may be up to streaming.bar_protocol.MAX_AUDIO_MESSAGE_BYTES)
+WS_MAX_BYTES = MAX_AUDIO_MESSAGE_BYTES + 64 * 1024
 
 
 class RunningServer:
