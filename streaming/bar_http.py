@@ -8,22 +8,30 @@ import asyncio
 import logging
 import typing as tp
 import uuid
+from concurrent.futures import Executor
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from engine.batch import random_seed
+from engine.core import CapacityError
+from engine.jam import SessionClosed
+from engine.worker import EngineUnavailable
 from streaming import bar_protocol as bp
 from streaming.auth import authorized
-from streaming.bar_generate import GenerateRequest, generate_work
+from streaming.bar_generate import GenerateRequest, decode_loop, generate_work
+from streaming.bar_jam import open_jam
 from streaming.jam_protocol import ProtocolError
 from streaming.jobs import COMPLETED, FAILED, FINISHED, JobTable, TableFull
+from streaming.sessions import SessionError
 
 logger = logging.getLogger(__name__)
 
 MAX_FORM_BYTES = bp.MAX_AUDIO_MESSAGE_BYTES + 64 * 1024  # one audio file and the text fields
 WORK_SECONDS_PER_BAR_SECOND = 1.0  # the job table's estimate of work, in seconds of audio
+NEXT_TIMEOUT_SECONDS = 30.0  # /jam/next waits this long for a chunk, then 408 (app.py's JamWorker default)
 
 
 class HttpError(Exception):
@@ -126,3 +134,140 @@ def progress_body(status) -> dict:
     if status.position is not None:
         body["queue_position"] = status.position
     return body
+
+
+def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
+               token: tp.Optional[str]) -> list[Route]:
+    """magenta-retry's `/jam/*`: a bar session driven by HTTP pulls. It is held between requests for the
+    registry's resume time (each request starts it again), so a client that stops calling frees its slot."""
+
+    def check(request: Request) -> None:
+        if not authorized(request.headers, request.query_params, token):
+            raise HttpError(401, "missing or wrong token")
+
+    def find(session_id: tp.Any):
+        try:
+            return registry.find(session_id, "bar")
+        except SessionError:
+            raise HttpError(404, "Session not found") from None
+
+    def routed(handler: tp.Callable[[Request], tp.Awaitable[dict]]) -> tp.Callable:
+        async def endpoint(request: Request) -> JSONResponse:
+            try:
+                check(request)
+                return JSONResponse(await handler(request))
+            except HttpError as exc:
+                return error_response(exc)
+            except ProtocolError as exc:
+                return error_response(HttpError(400, str(exc)))
+            except (SessionClosed, EngineUnavailable, RuntimeError) as exc:
+                return error_response(HttpError(409 if isinstance(exc, SessionClosed) else 503, str(exc)))
+        return endpoint
+
+    async def decode(data: bytes) -> tuple:
+        return await asyncio.get_running_loop().run_in_executor(blocking, decode_loop, data)
+
+    async def start(request: Request) -> dict:
+        fields, data = await read_form(request, "loop_audio")
+        if data is None:
+            raise HttpError(400, "loop_audio: a file is required")
+        if "bpm" not in fields:
+            raise HttpError(400, "bpm: field required")
+        values = bp.form_values(fields, bp.JAM_START_DEFAULTS)
+        try:
+            jam = await open_jam(engine, registry, blocking, data, values, None, owner=None)
+        except CapacityError as exc:
+            raise HttpError(429, "concurrency_limit_reached: all session slots are in use; try again later",
+                            limit=exc.limit) from None
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        if not registry.hold(jam):
+            registry.end(jam)
+            raise HttpError(503, "this server does not hold sessions between requests now (JAM_RESUME_SECONDS=0 "
+                                 "or draining): use the WebSocket")
+        return {"session_id": jam.session_id}
+
+    async def next_chunk(request: Request) -> dict:
+        jam = find(request.query_params.get("session_id"))
+        bar = jam.session
+        if not bar.running:
+            raise HttpError(404, "Session not found")
+        if jam.owner is not None:
+            raise HttpError(409, "this session is played by a WebSocket: its chunks go there")
+        jam.owner = request  # not held while waiting: the wait can be longer than the hold
+        try:
+            chunk = await bar.next(NEXT_TIMEOUT_SECONDS)
+        finally:
+            jam.owner = None
+            registry.hold(jam)
+        if chunk is None:
+            raise HttpError(408 if bar.running else 404, "Chunk not ready within timeout" if bar.running else
+                            bar.failure or "Session not found")
+        jam.sent(chunk)
+        return {"chunk": bp.chunk_body(chunk, notice)}
+
+    async def consume(request: Request) -> dict:
+        fields, _ = await read_form(request, None)
+        jam = touched(fields.get("session_id"))
+        index = int(bp.number(bp.form_values(fields, {"chunk_index": -1}), "chunk_index"))
+        jam.session.consume(index)
+        return {"consumed": index}
+
+    def touched(session_id: tp.Any):
+        jam = find(session_id)
+        if jam.owner is None:
+            registry.hold(jam)
+        return jam
+
+    async def stop(request: Request) -> dict:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HttpError(400, "send JSON {\"session_id\": \"...\"}") from None
+        jam = find(body.get("session_id") if isinstance(body, dict) else None)
+        registry.end(jam)
+        return {"stopped": True}
+
+    async def update(request: Request) -> dict:
+        fields, _ = await read_form(request, None)
+        jam = touched(fields.get("session_id"))
+        source = jam.session.source
+        changes = {k: v for k, v in bp.form_values(fields, dict.fromkeys(bp.STEERING)).items() if v is not None}
+        if not changes.get("styles"):  # app.py: an empty styles field keeps the styles
+            changes.pop("styles", None)
+            changes.pop("style_weights", None)
+        if changes:
+            try:
+                source.update(bp.updated(source.params, changes))
+            except ValueError as exc:
+                raise HttpError(400, str(exc)) from None
+        return {"ok": True}
+
+    async def reseed(request: Request) -> dict:
+        fields, data = await read_form(request, "loop_audio")
+        jam = touched(fields.get("session_id"))
+        loop = None if data is None else await decode(data)
+        try:
+            await asyncio.wrap_future(jam.session.source.reseed(loop, seed=random_seed()))
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        return {"ok": True}
+
+    async def reseed_splice(request: Request) -> dict:
+        fields, data = await read_form(request, "combined_audio")
+        jam = touched(fields.get("session_id"))
+        anchor = float(bp.number(bp.form_values(fields, {"anchor_bars": 2.0}), "anchor_bars"))
+        combined = None if data is None else await decode(data)
+        jam.session.source.reseed_splice(anchor, combined)
+        return {"ok": True, "anchor_bars": anchor}
+
+    async def status(request: Request) -> dict:
+        jam = touched(request.query_params.get("session_id"))
+        return bp.status_body(jam.session)
+
+    return [Route("/jam/start", routed(start), methods=["POST"]), Route("/jam/next", routed(next_chunk)),
+            Route("/jam/consume", routed(consume), methods=["POST"]),
+            Route("/jam/stop", routed(stop), methods=["POST"]), Route("/jam/update", routed(update), methods=["POST"]),
+            Route("/jam/reseed", routed(reseed), methods=["POST"]),
+            Route("/jam/reseed_splice", routed(reseed_splice), methods=["POST"]),
+            Route("/jam/status", routed(status))]

@@ -297,3 +297,16 @@ def started_event(session_id: str) -> str:
 
 def status_event(**fields: tp.Any) -> str:
     return encode({"type": "status", **fields})
+
+
+def status_body(bar) -> dict:
+    """`/jam/status` of a running bar session (streaming.bar_jam.BarJam): its indexes and timeline."""
+    params = bar.source.params
+    seconds_per_bar = params.clock.seconds_per_bar
+    return {"running": bar.running, "last_generated_index": bar.generated - 1,
+            "last_delivered_index": bar.delivered - 1, "last_consumed_index": bar.consumed,
+            "buffer_ahead": bar.buffer_ahead, "queued_chunks": len(bar.outbox), "bpm": params.bpm,
+            "beats_per_bar": params.beats_per_bar, "bars_per_chunk": params.bars_per_chunk,
+            "seconds_per_bar": seconds_per_bar, "chunk_duration_seconds": params.bars_per_chunk * seconds_per_bar,
+            "target_sample_rate": params.target_sr, "last_chunk_started_at": bar.last_chunk_started_at,
+            "last_chunk_completed_at": bar.last_chunk_completed_at, "error": bar.failure}

@@ -91,7 +91,8 @@ class BarSource:
         self.model_rate = engine.model.sample_rate
         self.window, _ = context_window(engine)
         self._lock = threading.Lock()
-        self._requested = 0
+        self._requested = 0  # chunks asked for
+        self._produced = 0  # chunks made (the source's thread): the next chunk's index
         self._closed = False
         self._splice: tp.Optional[tuple[float, tp.Optional[torch.Tensor]]] = None
         self._set_loop(loop)
@@ -118,10 +119,10 @@ class BarSource:
 
     # -- JamSession's interface -------------------------------------------------------------------------------
     def next_chunk(self, deadline: tp.Optional[float] = None) -> "Future[BarChunk]":
+        """The next chunk (they come in order; one that failed leaves no gap: the next one takes its index)."""
         with self._lock:
-            index = self._requested
             self._requested += 1
-        return self._submit(lambda: self._produce(index, deadline))
+        return self._submit(lambda: self._produce(deadline))
 
     def update(self, params: BarParams) -> int:
         """New styles, weights or sampling parameters from the next model chunk on (the context is kept); returns
@@ -148,9 +149,10 @@ class BarSource:
         self._thread.shutdown(wait=False, cancel_futures=True)
 
     # -- bar mode's own --------------------------------------------------------------------------------------
-    def reseed(self, loop: tuple[torch.Tensor, int], seed: int) -> "Future[None]":
-        """A new loop as the context from the next chunk boundary on (after the chunk in the making, if any)."""
-        return self._submit(lambda: self._reseed(seed, loop))
+    def reseed(self, loop: tp.Optional[tuple[torch.Tensor, int]], seed: int) -> "Future[None]":
+        """A new loop as the context from the next chunk boundary on (after the chunk in the making, if any);
+        None: the stream's own recent audio becomes the loop (magenta-retry's reseed without a file)."""
+        return self._submit(lambda: self._reseed(seed, loop or self._recent_loop()))
 
     def reseed_splice(self, anchor_bars: float, combined: tp.Optional[tuple[torch.Tensor, int]] = None) -> None:
         """Right after the next chunk: the context becomes the stream's own recent audio with its last
@@ -173,8 +175,8 @@ class BarSource:
         future.set_exception(SessionClosed("session is closed"))
         return future
 
-    def _produce(self, index: int, deadline: tp.Optional[float]) -> BarChunk:
-        params = self.params
+    def _produce(self, deadline: tp.Optional[float]) -> BarChunk:
+        params, index = self.params, self._produced
         start, end = params.clock.chunk_bounds(index, params.bars_per_chunk)
         frames = []
         while self.spool.end < end:
@@ -187,6 +189,7 @@ class BarSource:
         if params.loudness_mode != "none":
             audio, loudness = match_loudness(loop_slice(self._loop_out, start, end - start), audio,
                                              params.target_sr, params.loudness_mode, params.headroom_db)
+        self._produced += 1
         with self._lock:
             splice, self._splice = self._splice, None
         if splice is not None:
@@ -200,6 +203,12 @@ class BarSource:
         if loop is not None:
             self._set_loop(loop)
         self._restart_on(seed, self._context())
+
+    def _recent_loop(self) -> tuple[torch.Tensor, int]:
+        recent = self.spool.recent()
+        if recent.shape[-1] == 0:
+            raise ValueError("No internal stream to reseed from yet: send a loop")
+        return recent, self.params.target_sr
 
     def _install_splice(self, anchor_bars: float, anchor: tp.Optional[torch.Tensor]) -> None:
         recent = resample(self.spool.recent(), self.params.target_sr, self.model_rate, self.engine.model.channels)

@@ -1,0 +1,198 @@
+"""/ws/jam `mode: "bar"`: the socket shell of a bar session (streaming.bar_jam), on the session registry.
+
+A `/ws/jam` connection whose first `start` asks for `mode: "bar"` is handed to `BarSocket`, which reads the rest of
+its frames. The session belongs to the registry, not to the socket: a socket that drops (no `stop`, no close
+1000) leaves it held for the registry's resume time, and `start` with its `session_id` on a new socket (or the
+HTTP routes) goes on with it from the first chunk not yet delivered.
+"""
+
+import asyncio
+import logging
+import typing as tp
+
+from starlette.websockets import WebSocketDisconnect
+
+from engine.batch import random_seed
+from engine.core import CapacityError
+from engine.jam import SessionClosed
+from engine.worker import EngineUnavailable
+from streaming import bar_protocol as bp
+from streaming.bar_generate import decode_loop
+from streaming.bar_jam import BarJam, open_jam
+from streaming.jam_protocol import ProtocolError, error_event, pong_event, stopped_event
+from streaming.sessions import SessionError
+
+logger = logging.getLogger(__name__)
+
+CLOSE_NORMAL = 1000
+CLOSE_TRY_AGAIN = 1013
+NEXT_WAIT_SECONDS = 60.0  # how long the delivery waits for a chunk before looking again (magenta-retry's pump)
+
+
+def wants_bar(frame: tp.Union[str, bytes]) -> tp.Optional[dict]:
+    """The first message of a bar-mode socket, parsed (None for anything else, which the rt protocol reads)."""
+    if not isinstance(frame, str) or '"bar"' not in frame:
+        return None
+    try:
+        message = bp.load(frame)
+    except ProtocolError:
+        return None
+    return message if bp.is_bar_start(message) else None
+
+
+class BarSocket:
+    """One socket's bar mode. `connection` is the /ws/jam connection it came on (its socket, send lock, engine,
+    registry and blocking pool)."""
+
+    def __init__(self, connection, notice: tp.Optional[str]) -> None:
+        self.connection = connection
+        self.ws = connection.ws
+        self.registry = connection.registry
+        self.notice = notice
+        self.jam = None
+        self.binary = False
+        self.ended = False  # stop, or a close 1000: nothing to hold
+        self._delivery: tp.Optional[asyncio.Task] = None
+
+    @property
+    def bar(self) -> tp.Optional[BarJam]:
+        return None if self.jam is None else self.jam.session
+
+    async def send(self, *messages: tp.Union[str, bytes]) -> None:
+        await self.connection.send(*messages)
+
+    async def run(self, first: dict) -> None:
+        """Handles the start, then every frame until the socket ends; the session is held or ended then."""
+        try:
+            if await self.handle_message(first):
+                await self._read()
+        except WebSocketDisconnect as exc:
+            self.ended = self.ended or exc.code == CLOSE_NORMAL
+        finally:
+            await self._stop_delivery()
+            if self.jam is not None:
+                jam, self.jam = self.jam, None
+                if self.ended or not self.registry.hold(jam):
+                    self.registry.end(jam)
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                self.ended = self.ended or message.get("code") == CLOSE_NORMAL
+                return
+            if message.get("bytes") is not None:
+                await self.send(error_event("binary frames are not accepted from clients: send JSON text messages"))
+                continue
+            try:
+                parsed = bp.load(message.get("text") or "")
+            except ProtocolError as exc:
+                await self.send(error_event(str(exc)))
+                continue
+            if not await self.handle_message(parsed):
+                return
+
+    async def handle_message(self, message: dict) -> bool:
+        """Acts on one message; False ends the connection. Bad input gets an error and changes nothing."""
+        try:
+            return await self.handle(bp.command(message))
+        except ProtocolError as exc:
+            await self.send(error_event(str(exc)))
+        except (SessionClosed, EngineUnavailable, RuntimeError) as exc:  # the session ended or failed meanwhile
+            logger.info("bar session: %s failed: %s", message.get("type"), exc)
+            await self.send(error_event(f"{message.get('type')} failed: {exc}"))
+        return True
+
+    async def handle(self, command: bp.Command) -> bool:
+        if isinstance(command, bp.Ping):
+            await self.send(pong_event())
+            return True
+        if isinstance(command, bp.Start):
+            return await self.start(command)
+        if self.jam is None:
+            raise ProtocolError("No session_id yet: send start first")
+        if getattr(command, "session_id", None) not in (None, self.jam.session_id):
+            raise ProtocolError("Session not found: this socket plays session " + self.jam.session_id)
+        source = self.bar.source
+        if isinstance(command, bp.Stop):
+            self.ended = True
+            await self._stop_delivery()
+            jam, self.jam = self.jam, None
+            self.registry.end(jam)
+            await self.send(stopped_event())
+            await self.connection.close(CLOSE_NORMAL, "stopped")
+            return False
+        if isinstance(command, bp.Consume):
+            self.bar.consume(command.chunk_index)
+        elif isinstance(command, bp.Update):
+            params = bp.updated(source.params, command.changes)
+            try:
+                first = source.update(params)
+            except ValueError as exc:
+                raise ProtocolError(str(exc)) from None
+            await self.send(bp.status_event(ok=True, updated=sorted(command.changes), applies_from_chunk=first))
+        elif isinstance(command, bp.Reseed):
+            loop = await self._decode(command.loop)
+            await asyncio.wrap_future(source.reseed(loop, seed=random_seed()))
+            await self.send(bp.status_event(reseeded=True))
+        elif isinstance(command, bp.ReseedSplice):
+            combined = None if command.combined is None else await self._decode(command.combined)
+            source.reseed_splice(command.anchor_bars, combined)
+            await self.send(bp.status_event(splice=command.anchor_bars))
+        return True
+
+    async def start(self, command: bp.Start) -> bool:
+        if self.jam is not None:
+            raise ProtocolError("start was already received on this connection; send update to change parameters")
+        self.binary = command.binary_audio
+        if command.session_id is not None:
+            try:
+                self.jam = self.registry.attach(command.session_id, "bar", owner=self)
+            except SessionError as exc:
+                raise ProtocolError(f"Session not found: {exc}") from None
+        else:
+            connection = self.connection
+            try:
+                self.jam = await open_jam(connection.engine, self.registry, connection.live.blocking, command.loop,
+                                          command.raw_params, command.seed, owner=self)
+            except CapacityError as exc:
+                await self.send(error_event("concurrency_limit_reached", limit=exc.limit))
+                await connection.close(CLOSE_TRY_AGAIN, "concurrency limit reached")
+                return False
+            except (EngineUnavailable, ValueError, RuntimeError) as exc:
+                if isinstance(exc, ProtocolError):
+                    raise
+                raise ProtocolError(f"could not start a session: {exc}") from None
+        await self.send(bp.started_event(self.jam.session_id))
+        self._delivery = asyncio.get_running_loop().create_task(self._deliver(), name="bar-delivery")
+        return True
+
+    async def _deliver(self) -> None:
+        """Sends each chunk as it comes, in order; a send that fails gives the chunk back for the next socket."""
+        bar, jam = self.bar, self.jam
+        while True:
+            chunk = await bar.next(NEXT_WAIT_SECONDS)
+            if chunk is None:
+                if bar.running:
+                    continue
+                if self.jam is jam:  # it ended on the server's side: a new start may come
+                    self.jam = None
+                    self.registry.end(jam)
+                await self.send(error_event(bar.failure or "the session ended"), stopped_event())
+                return
+            try:
+                await self.send(*bp.chunk_events(chunk, self.binary, self.notice))
+            except BaseException:
+                bar.undeliver(chunk)
+                raise
+            jam.sent(chunk)
+
+    async def _stop_delivery(self) -> None:
+        task, self._delivery = self._delivery, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _decode(self, data: bytes) -> tuple:
+        return await asyncio.get_running_loop().run_in_executor(self.connection.live.blocking, decode_loop, data)
+
