@@ -207,8 +207,9 @@ def test_http_jam_as_docs_api_http_shows(server, monkeypatch):
         now = status(server, sid)
         assert now["last_generated_index"] == 3 and now["last_delivered_index"] == 2 and now["buffer_ahead"] == 1
         assert now["running"] and now["bpm"] == 120 and now["bars_per_chunk"] == 2 and now["seconds_per_bar"] == 0.5
-        assert requests.post(http(server, "/jam/update"), data={"session_id": sid, "styles": "techno",
-                                                                "temperature": "0.8"}, timeout=10).json() == {"ok": True}
+        updated = requests.post(http(server, "/jam/update"), data={"session_id": sid, "styles": "techno",
+                                                                   "temperature": "0.8"}, timeout=10)
+        assert updated.json() == {"ok": True}
         assert requests.post(http(server, "/jam/update"), data={"session_id": sid, "topk": "0"},
                              timeout=10).status_code == 400
         assert requests.post(http(server, "/jam/reseed"), data={"session_id": sid},
