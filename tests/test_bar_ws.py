@@ -167,7 +167,7 @@ def test_bad_bar_messages_get_errors_and_the_session_goes_on(server):
         assert "loop_audio_b64 required" in receive(ws)["error"]
         ws.send(json.dumps({"type": "start", "mode": "bar", "session_id": "nobody"}))
         assert "Session not found" in receive(ws)["error"]
-        ws.send(json.dumps(start_message(120, 32000, bpm=5)))
+        ws.send(json.dumps(start_message(5, 32000)))
         assert "bpm" in receive(ws)["error"]
         bad_loop = start_message()
         bad_loop["loop_audio_b64"] = base64.b64encode(b"not audio").decode()
