@@ -38,8 +38,9 @@ class RunningServer:
         self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
         self.agent: tp.Optional[asyncio.AbstractServer] = None
         self.blocking = ThreadPoolExecutor(config.blocking_threads, thread_name_prefix="jam-blocking")
+        self.app = build_app(engine, config, self.blocking, self.drain)
         self.server = uvicorn.Server(uvicorn.Config(
-            build_app(engine, config, self.blocking, self.drain), host=config.host, port=config.port,
+            self.app, host=config.host, port=config.port,
             log_level="warning",
             lifespan="off", ws_max_size=WS_MAX_BYTES, ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile,
             ws_ping_interval=config.ping_interval or None, ws_ping_timeout=config.ping_timeout or None))
@@ -53,6 +54,7 @@ class RunningServer:
         try:
             await self.server.serve()
         finally:
+            self.app.state.registry.close()  # held sessions give their slots back
             if self.agent is not None:
                 self.agent.close()
 
