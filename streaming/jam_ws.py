@@ -136,6 +136,8 @@ class JamConnection(Connection):
         except (AudioInputError, ValueError) as exc:
             await self.send(jp.error_event(f"melody: {exc}"))
             return
+        if self.jam is not None:
+            self.jam.recording.note("melody", following=data is not None, chunk=first)
         await self.send(jp.status_event("melody", following=data is not None, applies_from_chunk=first))
 
     async def send_chunk(self, chunk) -> None:
