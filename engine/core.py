@@ -3,6 +3,7 @@
     engine = Engine.load(source, config=EngineConfig.from_env())
     job = engine.generate(BatchRequest(...))            # progress, cancel(), wait() -> BatchResult
     session = engine.open_session(settings, seed)       # next_chunk() -> Future[Chunk], update(), close()
+    rendering = engine.render(tokens, mbd=False)        # next_piece() -> Future[audio | None]
     engine.health(), engine.describe(), engine.close()
 
 Inside, two worker threads touch the model: the LM thread (jobs, and between them batched decode steps of every
@@ -24,6 +25,7 @@ from engine.jam import JamSession, JamSettings
 from engine.melody import WINDOW_SECONDS, Piece, melody_pieces, prefix_steps
 from engine.model import LoadedModel, load_model
 from engine.precision import choose_weight_format
+from engine.render import Rendering
 from engine.scheduler import Scheduler
 from engine.static_step import choose_step_mode
 from engine.streams import Conditioning, SamplingParams, Stream, new_stream
@@ -179,6 +181,12 @@ class Engine:
         except BaseException:
             release()
             raise
+
+    def render(self, tokens: torch.Tensor, mbd: bool = False, seed: int = 0) -> Rendering:
+        """Tokens [K, n] generated earlier (a recording) decoded afresh, one bounded piece at a time on the codec
+        thread behind live sessions' work; `mbd` decodes with MultiBand Diffusion (ValueError where the checkpoint
+        has none), its noise from `seed`."""
+        return Rendering(self, tokens, mbd, seed)
 
     # -- for the engine's own modules --------------------------------------------------------------------------
     def new_stream(self, conditioning: Conditioning, params: SamplingParams, seed: int,

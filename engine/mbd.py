@@ -186,3 +186,11 @@ class SlicedDiffusion:
         """The decoded audio [C, samples] (once `done`)."""
         assert self.done, "MBD decode not finished"
         return torch.cat(self._audio + ([self._tail] if self._tail is not None else []), dim=-1)
+
+    def take_final(self) -> torch.Tensor:
+        """The audio made final since the last call (a finished window, less the overlap still to be crossfaded;
+        everything once `done`), for callers that pass the audio on as it comes; use it or `audio()`, not both."""
+        parts, self._audio = self._audio, []
+        if self.done and self._tail is not None:
+            parts, self._tail = parts + [self._tail], None
+        return torch.cat(parts, dim=-1) if parts else torch.zeros(self.mbd.codec_model.channels, 0)

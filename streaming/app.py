@@ -13,13 +13,15 @@ from starlette.websockets import WebSocket
 
 from streaming import lyria_protocol as lp
 from streaming.auth import authorized
-from streaming.bar_http import generate_routes
+from streaming.bar_http import generate_routes, jam_routes
 from streaming.capacity import Drain, snapshot
 from streaming.config import ServerConfig
 from streaming.jam_ws import JamConnection
 from streaming.jobs import JobTable
 from streaming.lyria_ws import LyriaConnection
 from streaming.page import page_routes
+from streaming.recording_http import recording_routes
+from streaming.sessions import SessionRegistry
 from streaming.webrtc import webrtc_routes
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain) ->
     connections = ConnectionCount(config.max_connections)
     notice = NOISE_NOTICE if engine.is_demo else None
     jobs = JobTable(engine)  # predictions submitted over HTTP and polled for (/generate + /progress)
+    registry = SessionRegistry.from_config(config)
+    drain.join(registry)  # while draining no dropped session is held; at its end the held ones close
 
     async def health(request: Request) -> JSONResponse:
         state = engine.health()
@@ -98,17 +102,21 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain) ->
             connections.release()
 
     async def jam(websocket: WebSocket) -> None:
-        await serve(websocket, lambda: JamConnection(websocket, engine, config, blocking, notice))
+        await serve(websocket, lambda: JamConnection(websocket, engine, config, blocking, registry, notice))
 
     async def lyria(websocket: WebSocket) -> None:
-        await serve(websocket, lambda: LyriaConnection(websocket, engine, config, blocking),
+        await serve(websocket, lambda: LyriaConnection(websocket, engine, config, blocking, registry),
                     extra_header="x-goog-api-key",
                     extra_query="key")
 
     routes = [Route("/health", health), Route("/ready", ready), Route("/admin/drain", start_drain, methods=["POST"]),
               WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
-              *webrtc_routes(engine, config, blocking, notice, drain),
-              *generate_routes(engine, jobs, notice, config.token), *page_routes()]
+              *webrtc_routes(engine, config, blocking, notice, drain), *page_routes(),
+              *recording_routes(engine, registry, config.token),
+              *generate_routes(engine, jobs, notice, config.token),
+              *jam_routes(engine, registry, blocking, notice, config.token)]
+
     app = Starlette(routes=routes)
+    app.state.registry = registry  # its owner closes it when the server stops (held sessions keep slots)
     app.state.jobs = jobs  # its owner closes it with the server (RunningServer.stop)
     return app

@@ -31,6 +31,11 @@ class ServerConfig:
     # threads for blocking engine calls (opening and restarting sessions, melody analysis): a pool of their own,
     # so that the event loop's default executor, which encodes every 20 ms Opus frame, never waits behind them
     blocking_threads: int = 4
+    resume_seconds: float = 30.0  # a session whose connection dropped is held this long for a new one (0: off)
+    replica_id: str = ""  # prefixed to session ids ("<replica>.<random>") so a balancer can route by id
+    recording_minutes: float = 60.0  # a session's recording stops growing past this (streaming.recording)
+    recording_keep_seconds: float = 600.0  # how long an ended session's recording can still be downloaded
+    max_recordings: int = 64  # ended recordings kept at most (the oldest dropped first)
 
     @classmethod
     def from_env(cls, environ: tp.Mapping[str, str] = os.environ) -> "ServerConfig":
@@ -47,6 +52,9 @@ class ServerConfig:
         blocking_threads = number("JAM_BLOCKING_THREADS", "4", int)
         if blocking_threads < 1:
             raise ValueError("JAM_BLOCKING_THREADS must be at least 1")
+        replica_id = environ.get("JAM_REPLICA_ID", "")
+        if not all(c.isalnum() or c in "-_" for c in replica_id):
+            raise ValueError(f"JAM_REPLICA_ID may hold letters, digits, - and _ only, got {replica_id!r}")
         certfile, keyfile = environ.get("JAM_SSL_CERTFILE") or None, environ.get("JAM_SSL_KEYFILE") or None
         if bool(certfile) != bool(keyfile):
             raise ValueError("set both JAM_SSL_CERTFILE and JAM_SSL_KEYFILE to serve TLS")
@@ -58,4 +66,8 @@ class ServerConfig:
                    ping_timeout=number("JAM_PING_TIMEOUT", "20"),
                    webrtc_connect_timeout=number("JAM_WEBRTC_CONNECT_SECONDS", "30"),
                    agent_port=number("JAM_AGENT_PORT", "", int) if environ.get("JAM_AGENT_PORT") else None,
-                   drain_seconds=number("JAM_DRAIN_SECONDS", "300"), blocking_threads=blocking_threads)
+                   drain_seconds=number("JAM_DRAIN_SECONDS", "300"), blocking_threads=blocking_threads,
+                   resume_seconds=number("JAM_RESUME_SECONDS", "30"), replica_id=replica_id,
+                   recording_minutes=number("JAM_RECORDING_MINUTES", "60"),
+                   recording_keep_seconds=number("JAM_RECORDING_KEEP_SECONDS", "600"),
+                   max_recordings=number("JAM_RECORDINGS", "64", int))

@@ -14,7 +14,7 @@ from engine import audio
 from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
 from engine.jam import Chunk, JamSettings
 from engine.streams import MAX_GUIDANCE, MAX_TEMPERATURE, SamplingParams
-from streaming.wire import WireError, bounded_number, load_object
+from streaming.wire import MAX_EXACT_INTEGER, WireError, bounded_number, load_object
 
 PROTOCOL_FRAME_RATE = 25.0
 MAX_MELODY_MESSAGE_BYTES = 1000 * 1024  # a melody message carries an audio file; others stay under 64 KiB
@@ -64,7 +64,22 @@ class Ping:
     pass
 
 
-Command = tp.Union[Start, Update, Stop, Ping, Melody]
+@dataclass(frozen=True)
+class Attach:
+    """Play a session held since its connection dropped (streaming.sessions), from chunk `from_chunk` (None: the
+    first one the old connection did not finish sending)."""
+
+    session_id: str
+    from_chunk: tp.Optional[int]
+    binary_audio: bool
+
+
+@dataclass(frozen=True)
+class RecordingRequest:
+    pass
+
+
+Command = tp.Union[Start, Update, Stop, Ping, Melody, Attach, RecordingRequest]
 
 
 def _number(params: dict, name: str, kind: type, low: float, high: float) -> float:
@@ -163,7 +178,16 @@ class JamProtocol:
                 raise ProtocolError("stop before start: nothing is playing")
             self.state = "stopped"
             return Stop()
-        raise ProtocolError(f"unknown message type {kind!r}: expected start, update, melody, stop or ping")
+        if kind == "recording":
+            if self.state != "started":
+                raise ProtocolError("recording before start: start or attach a session first")
+            return RecordingRequest()
+        raise ProtocolError(f"unknown message type {kind!r}: expected start, update, melody, recording, stop or "
+                            "ping")
+
+    def attached(self, held: "JamProtocol") -> None:
+        """The shell attached a held session: its protocol state (the parameters in force) goes on here."""
+        self.state, self.params = "started", dict(held.params)
 
     def _melody(self, message: dict) -> Melody:
         if self.state != "started":
@@ -187,6 +211,11 @@ class JamProtocol:
         binary = message.get("binary_audio", False)
         if not isinstance(binary, bool):
             raise ProtocolError("binary_audio must be true or false")
+        if "session_id" in message:  # attach to a held session: its parameters stay those in force
+            from_chunk = message.get("from_chunk")
+            if from_chunk is not None:
+                from_chunk = int(_number(message, "from_chunk", int, 0, MAX_EXACT_INTEGER))
+            return Attach(session_id=message["session_id"], from_chunk=from_chunk, binary_audio=binary)
         params = message.get("params", {})
         if not isinstance(params, dict):
             raise ProtocolError("params must be a JSON object")
@@ -226,8 +255,15 @@ def encode(message: dict) -> str:
     return json.dumps(message, separators=(",", ":"))
 
 
-def started_event() -> str:
-    return encode({"type": "started", "mode": "rt"})
+def started_event(session_id: str, **fields) -> str:
+    return encode({"type": "started", "mode": "rt", "session_id": session_id, **fields})
+
+
+def recording_event(session_id: str) -> str:
+    """Where the session's recording and its metadata are (streaming.recording_http)."""
+    return encode({"type": "recording", "session_id": session_id, "url": f"/sessions/{session_id}/recording",
+                   "metadata_url": f"/sessions/{session_id}",
+                   "formats": ["wav", "flac", "mp3"]})
 
 
 def pong_event() -> str:

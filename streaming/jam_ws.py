@@ -11,9 +11,11 @@ from engine.jam import JamSettings, SessionClosed
 from engine.melody import WINDOW_SECONDS
 from engine.worker import EngineUnavailable
 from streaming import jam_protocol as jp
+from streaming.bar_ws import BarSocket, wants_bar
 from streaming.config import ServerConfig
 from streaming.connection import Connection
 from streaming.pump import Pacer
+from streaming.sessions import SessionError
 
 logger = logging.getLogger(__name__)
 
@@ -21,15 +23,23 @@ CLOSE_TRY_AGAIN = 1013
 
 
 class JamConnection(Connection):
-    def __init__(self, websocket, engine, config: ServerConfig, blocking: Executor,
+    kind = "rt"
+    resumable = True
+
+    def __init__(self, websocket, engine, config: ServerConfig, blocking: Executor, registry,
                  noise_notice: tp.Optional[str]) -> None:
-        super().__init__(websocket, engine, config, blocking)
+        super().__init__(websocket, engine, config, blocking, registry)
         self.noise_notice = noise_notice
         self.protocol = jp.JamProtocol(check_settings=engine.check_settings)
         self.pacer = Pacer("asap")
         self.binary = False
 
     async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
+        bar_start = wants_bar(frame) if self.protocol.state == "idle" and self.jam is None else None
+        if bar_start is not None:  # bar mode (streaming.bar_ws) reads the rest of this socket's frames
+            await BarSocket(self, self.noise_notice).run(bar_start)
+            self.ended = True  # the bar session is the registry's: held or ended by BarSocket
+            return False
         try:
             command = self.parse(frame)
         except jp.ProtocolError as exc:
@@ -45,6 +55,11 @@ class JamConnection(Connection):
         elif isinstance(command, jp.Start):
             self.binary = command.binary_audio
             return await self.open(command.settings, command.pace, command.seed)
+        elif isinstance(command, jp.Attach):
+            self.binary = command.binary_audio
+            await self.attach(command)
+        elif isinstance(command, jp.RecordingRequest):
+            await self.send(jp.recording_event(self.jam.session_id))
         elif isinstance(command, jp.Update):
             first = self.session.update(command.settings)
             self.pacer.pace = command.pace
@@ -52,6 +67,7 @@ class JamConnection(Connection):
         elif isinstance(command, jp.Melody):
             await self.set_melody(command.audio)
         elif isinstance(command, jp.Stop):
+            self.ended = True
             await self.end_session()
             await self.send(jp.stopped_event())
             await self.close(1000, "stopped")
@@ -75,9 +91,39 @@ class JamConnection(Connection):
             self.protocol.session_ended()
             await self.send(jp.error_event(f"could not start a session: {exc}"))
             return True
-        await self.send(jp.started_event())
+        self.jam.state = self.protocol
+        await self.send(jp.started_event(self.jam.session_id))
         await self.send(jp.status_event("playing", seed=seed, pace=pace, model=self.engine.describe()))
         return True
+
+    async def attach(self, command: jp.Attach) -> None:
+        """Plays a held session on this socket: the chunks its client lacks first (same indexes, the overlap
+        going on), then the stream where it paused. The listener's clock starts afresh, at the held pace."""
+        try:
+            jam = self.attach_session(command.session_id, Pacer(self.pacer.pace))
+        except SessionError as exc:
+            await self.send(jp.error_event(str(exc), session_id=command.session_id))
+            return
+        held = jam.state
+        pace = held.params.get("pace", "asap")
+        try:
+            replay = jam.replay_from(command.from_chunk)
+        except SessionError as exc:  # the session stays held for a try with another from_chunk
+            self.jam, self.pump = None, None
+            self.live.detach()
+            if not self.registry.hold(jam):
+                self.registry.end(jam)
+            await self.send(jp.error_event(str(exc), session_id=jam.session_id))
+            return
+        self.protocol.attached(held)
+        jam.state = self.protocol
+        self.pacer = self.pump.pacer
+        self.pacer.pace = pace
+        first = replay[0].index if replay else jam.sent_until
+        await self.send(jp.started_event(jam.session_id, resumed=True, from_chunk=first))
+        await self.send(jp.status_event("resumed", from_chunk=first, pace=pace, model=self.engine.describe()))
+        await self.send_replayed(replay)
+        self.pump.start()
 
     async def set_melody(self, data: tp.Optional[bytes]) -> None:
         """Decodes the melody (at most one 30 s window of it) and hands it to the session, on the blocking
@@ -96,6 +142,8 @@ class JamConnection(Connection):
         except (AudioInputError, ValueError) as exc:
             await self.send(jp.error_event(f"melody: {exc}"))
             return
+        if self.jam is not None:
+            self.jam.recording.note("melody", following=data is not None, chunk=first)
         await self.send(jp.status_event("melody", following=data is not None, applies_from_chunk=first))
 
     async def send_chunk(self, chunk) -> None:
@@ -130,6 +178,7 @@ class JamConnection(Connection):
     async def give_up(self, reason: tp.Optional[str] = None) -> None:
         """Ends the session for good: the protocol first (no update may reach a session being closed)."""
         self.protocol.session_ended()
+        self.ended = True
         await self.end_session()
         if reason is not None:
             await self.send(jp.error_event(reason))

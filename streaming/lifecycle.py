@@ -100,6 +100,11 @@ class LiveSession:
         """A chunk came through: the failures in a row start again from zero."""
         self.failures = 0
 
+    def adopt(self, session: JamSession) -> None:
+        """Plays a session another connection opened (a resume): the failures in a row start from zero."""
+        self.session = session
+        self.failures = 0
+
     def detach(self) -> tp.Optional[JamSession]:
         """Lets go of the session (the caller closes it), so that one opened later is never the one closed."""
         session, self.session = self.session, None

@@ -100,9 +100,12 @@ def warning(text: str) -> str:
 class LyriaProtocol:
     """One connection: setup first (once), then prompts, config and playback in any order.
 
-    `check_settings` is the engine's validation of what only the model can judge (prompt length in tokens)."""
+    `check_settings` is the engine's validation of what only the model can judge (prompt length in tokens);
+    `session_id` is the id this connection's sessions are recorded under, told in `setupComplete.sessionId` (a
+    field Google's SDK ignores)."""
 
     check_settings: SettingsCheck = lambda settings: None
+    session_id: str = ""
     prompts: tp.Optional[Prompts] = None
     config: GenerationConfig = field(default_factory=GenerationConfig)
     playing: bool = False  # the client wants audio (PLAY until PAUSE or STOP)
@@ -197,7 +200,7 @@ class LyriaProtocol:
         if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
             raise LyriaFatal("setup.model must name a model, e.g. models/lyria-realtime-exp")
         self._set_up = True
-        return Send((json.dumps({"setupComplete": {}}),))
+        return Send((json.dumps({"setupComplete": {"sessionId": self.session_id} if self.session_id else {}}),))
 
     def _client_content(self, body: tp.Any) -> list[Action]:
         body = normalize_keys(body)

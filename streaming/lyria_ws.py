@@ -19,9 +19,15 @@ AHEAD_CHUNKS = 2  # Lyria clients buffer a little ahead of the listener
 
 
 class LyriaConnection(Connection):
-    def __init__(self, websocket, engine, config: ServerConfig, blocking: Executor) -> None:
-        super().__init__(websocket, engine, config, blocking)
-        self.protocol = lp.LyriaProtocol(check_settings=engine.check_settings)
+    """Lyria has no resumption for music: a dropped connection ends its session. Each session of the connection
+    (a STOP then PLAY opens a new one) is recorded under the one id `setupComplete` told."""
+
+    kind = "lyria"
+
+    def __init__(self, websocket, engine, config: ServerConfig, blocking: Executor, registry) -> None:
+        super().__init__(websocket, engine, config, blocking, registry)
+        self.reserved_id = registry.new_id()
+        self.protocol = lp.LyriaProtocol(check_settings=engine.check_settings, session_id=self.reserved_id)
 
     async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
         try:

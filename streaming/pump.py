@@ -48,21 +48,32 @@ class Pacer:
 class ChunkPump:
     """Requests a session's chunks one after another, paces them and hands them to `send_chunk`.
 
-    Stopping keeps the chunk in the making (the engine finishes it anyway) so that a resumed pump plays it next:
-    pausing never skips audio. A generation failure ends the pump and goes to `on_error`, which runs as its own
-    task, so it may stop this pump and start another. Both tasks belong to the connection's `tasks`, which holds
-    them while they run and ends them with the connection.
+    Stopping keeps the chunk in the making (the engine finishes it anyway) and a chunk taken but not yet sent, so
+    that a resumed pump plays them next: pausing never skips audio. `on_chunk` hears of each chunk once, as it
+    comes from the engine (before pacing). A generation failure ends the pump and goes to `on_error`, which runs
+    as its own task, so it may stop this pump and start another. Both tasks belong to the connection's `tasks`,
+    which holds them while they run and ends them with the connection; `rebind` hands a stopped pump, with its
+    chunk in the making, to the next connection of a resumed session.
     """
 
     def __init__(self, session, pacer: Pacer, send_chunk: tp.Callable[[tp.Any], tp.Awaitable[None]],
-                 on_error: tp.Callable[[Exception], tp.Awaitable[None]], tasks: Tasks) -> None:
+                 on_error: tp.Callable[[Exception], tp.Awaitable[None]], tasks: Tasks,
+                 on_chunk: tp.Callable[[tp.Any], None] = lambda chunk: None) -> None:
         self.session = session
+        self.on_chunk = on_chunk
+        self.rebind(pacer, send_chunk, on_error, tasks)
+        self._inflight: tp.Optional[asyncio.Future] = None
+        self._task: tp.Optional[asyncio.Task] = None
+
+    def rebind(self, pacer: Pacer, send_chunk: tp.Callable[[tp.Any], tp.Awaitable[None]],
+               on_error: tp.Callable[[Exception], tp.Awaitable[None]], tasks: Tasks) -> None:
+        """Points a stopped pump at another connection (a resumed session). A chunk taken but not sent is
+        dropped here: the new connection replays what its client lacks (streaming.sessions)."""
         self.pacer = pacer
         self.send_chunk = send_chunk
         self.on_error = on_error
         self.tasks = tasks
-        self._inflight: tp.Optional[asyncio.Future] = None
-        self._task: tp.Optional[asyncio.Task] = None
+        self._ready: tp.Optional[tp.Any] = None  # a chunk taken from the engine, not yet sent
 
     @property
     def running(self) -> bool:
@@ -88,23 +99,28 @@ class ChunkPump:
 
     async def _run(self) -> None:
         while True:
-            if self._inflight is None:
-                self._request(self.pacer.deadline())
-            try:
-                chunk = await asyncio.shield(self._inflight)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # generation failed: the connection decides what comes next
+            if self._ready is None:
+                if self._inflight is None:
+                    self._request(self.pacer.deadline())
+                try:
+                    chunk = await asyncio.shield(self._inflight)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # generation failed: the connection decides what comes next
+                    self._inflight = None
+                    logger.warning("jam session failed: %s: %s", type(exc).__name__, exc)
+                    self.tasks.spawn(self.on_error(exc), name="generation-error")
+                    return
                 self._inflight = None
-                logger.warning("jam session failed: %s: %s", type(exc).__name__, exc)
-                self.tasks.spawn(self.on_error(exc), name="generation-error")
-                return
-            self._inflight = None
-            self._request(self.pacer.deadline(after_seconds=chunk.seconds))
+                self._ready = chunk
+                self.on_chunk(chunk)
+                self._request(self.pacer.deadline(after_seconds=chunk.seconds))
+            chunk = self._ready
             await self.pacer.before_send(chunk.seconds)
             try:
                 await self.send_chunk(chunk)
-            except Exception as exc:  # the client is gone: its reader loop frees the session
+            except Exception as exc:  # the client is gone: its reader loop frees (or holds) the session
                 logger.info("could not send a chunk (%s); the connection is closing", type(exc).__name__)
                 return
+            self._ready = None
             self.pacer.sent(chunk.seconds)

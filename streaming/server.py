@@ -57,6 +57,7 @@ class RunningServer:
         try:
             await self.server.serve()
         finally:
+            self.app.state.registry.close()  # held sessions give their slots back
             if self.agent is not None:
                 self.agent.close()
 

@@ -38,7 +38,7 @@ class Sidecar:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streaming.server"], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
             env=dict(env, JAM_HOST="127.0.0.1", JAM_PORT=str(self.port), JAM_AGENT_PORT=str(self.agent_port),
-                     JAM_MAX_SESSIONS="2"))
+                     JAM_MAX_SESSIONS="2", JAM_REPLICA_ID=f"replica{index + 1}"))
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -165,6 +165,34 @@ def test_sessions_land_by_free_slots_and_avoid_drained_and_dead_replicas(fleet):
         ws.close()
     kept.close()
     assert sidecars[drained].process.wait(timeout=20) == 0, "the drained replica exits when its last jam ends"
+
+
+def test_requests_naming_a_session_reach_the_replica_that_holds_it(fleet):
+    """A session dropped without a closing handshake is resumed through the balancer (the id in the URL), and its
+    metadata and recording are read through it: every request lands on the replica holding the session, whatever
+    leastconn would pick."""
+    sidecars, lb_port = fleet
+    ws, started = start_session(lb_port)
+    session_id = started["session_id"]
+    owner = int(session_id.split(".")[0].removeprefix("replica")) - 1
+    assert sidecars[owner].sessions() == 1
+    others = [start_session(lb_port)[0] for _ in range(2)]  # leastconn now prefers the other replicas
+    while json.loads(ws.recv(timeout=30))["type"] != "chunk":
+        pass
+    ws.socket.shutdown(socket.SHUT_RDWR)  # dropped: no closing handshake, the session is held
+    ws.socket.close()
+    for _ in range(3):
+        metadata = requests.get(f"http://127.0.0.1:{lb_port}/sessions/{session_id}", timeout=10)
+        assert metadata.status_code == 200 and metadata.json()["session_id"] == session_id
+    with connect(f"ws://127.0.0.1:{lb_port}/ws/jam?session_id={session_id}", open_timeout=10) as resumed:
+        resumed.send(json.dumps({"type": "start", "session_id": session_id}))
+        answer = json.loads(resumed.recv(timeout=30))
+        assert answer["type"] == "started" and answer["resumed"] is True, answer
+        resumed.send(json.dumps({"type": "stop"}))
+    recording = requests.get(f"http://127.0.0.1:{lb_port}/sessions/{session_id}/recording", timeout=60)
+    assert recording.status_code == 200 and recording.content[:4] == b"RIFF"
+    for other in others:
+        other.close()
 
 
 def test_two_predictions_at_once_both_succeed_through_the_balancer(venv_env, demo_dir, tmp_path):

@@ -28,12 +28,13 @@ def test_the_deployment_drains_before_it_is_killed():
     deployment = next(doc for doc in documents() if doc["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "jam"}
     assert ports["jam"] == int(env["JAM_PORT"]) and ports["agent"] == int(env["JAM_AGENT_PORT"])
     assert env["JAM_HOST"] == "0.0.0.0"
+    assert env["JAM_REPLICA_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}  # session ids name their pod
     assert pod["terminationGracePeriodSeconds"] > float(env["JAM_DRAIN_SECONDS"]), "SIGKILL would cut live jams"
     pre_stop = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
     assert f"127.0.0.1:{ports['jam']}/admin/drain?wait=true" in pre_stop and "method='POST'" in pre_stop

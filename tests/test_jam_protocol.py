@@ -120,7 +120,7 @@ def test_ping_stop_and_events():
     protocol, _ = started()
     assert isinstance(protocol.receive_text('{"type":"ping"}'), jp.Ping)
     assert isinstance(protocol.receive_text('{"type":"stop"}'), jp.Stop)
-    assert json.loads(jp.started_event()) == {"type": "started", "mode": "rt"}
+    assert json.loads(jp.started_event("r.abc")) == {"type": "started", "mode": "rt", "session_id": "r.abc"}
     assert json.loads(jp.pong_event()) == {"type": "pong"}
     assert json.loads(jp.stopped_event()) == {"type": "stopped"}
     assert json.loads(jp.error_event("concurrency_limit_reached", limit=2)) == \

@@ -19,6 +19,7 @@ from streaming.jam_ws import JamConnection
 from streaming.lifecycle import Tasks
 from streaming.pump import ChunkPump, Pacer
 from streaming.server import RunningServer
+from streaming.sessions import SessionRegistry
 from tests.test_restarts import start
 from tests.webrtc_client import JamClient
 
@@ -98,7 +99,8 @@ def test_a_restart_under_way_ends_with_the_connection(engine, marker, monkeypatc
 
     async def scenario():
         ws = FakeSocket()
-        connection = JamConnection(ws, engine, ServerConfig(), pool, None)
+        config = ServerConfig(resume_seconds=0)  # the slot comes back with the connection, not after a window
+        connection = JamConnection(ws, engine, config, pool, SessionRegistry.from_config(config), None)
         running = asyncio.create_task(connection.run())
         ws.inbox.put_nowait({"type": "websocket.receive", "text": json.dumps(start(f"{marker} dub"))})
         await asyncio.wait_for(asyncio.to_thread(entered.wait, 30), 35)

@@ -210,3 +210,9 @@ def test_audio_chunk_message_format():
     assert chunk["mimeType"] == "audio/l16;rate=48000;channels=2"
     assert chunk["sourceMetadata"]["clientContent"]["weightedPrompts"] == [{"text": "a", "weight": 1.0}]
     assert chunk["sourceMetadata"]["musicGenerationConfig"]["seed"] == 3
+
+
+def test_setup_complete_tells_the_session_id_the_recording_is_under():
+    protocol = lp.LyriaProtocol(session_id="r1.abc")
+    actions = protocol.receive_text(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
+    assert actions == [lp.Send((json.dumps({"setupComplete": {"sessionId": "r1.abc"}}),))]

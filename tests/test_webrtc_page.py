@@ -4,6 +4,7 @@ import shutil
 
 import httpx
 import pytest
+import soundfile as sf
 
 from streaming.config import ServerConfig
 from streaming.server import RunningServer
@@ -92,3 +93,13 @@ def test_page_falls_back_to_ws_jam_when_webrtc_fails(server, page):
     page.wait_for_function("document.getElementById('ack').textContent.includes('heard from')", timeout=20_000)
     page.click("#stop")
     assert wait_until(lambda: sessions(server) == 0, 5)
+    assert_recording_downloads(server, page)
+
+
+def assert_recording_downloads(server, page) -> None:
+    """The "Download recording" link the page shows for its session gives the jam as a WAV file."""
+    assert page.is_visible("#download")
+    with page.expect_download() as download:
+        page.click("#download")
+    samples, rate = sf.read(download.value.path())
+    assert rate == 32000 and len(samples) > rate  # at least the two chunks the test waited for

@@ -178,6 +178,7 @@ function onWebRTCMessage(message) {
     log(data, "error");
     setText("ack", data, "bad");
   } else if (data && data.event === "started") {
+    offerRecording(data.session_id);
     log(`started: seed ${data.seed}, Opus ${data.audio.bitrate / 1000} kbps ${data.audio.channels} ch ` +
       `(${data.audio.application} mode)`);
     if (data.notice) showNotice(data.notice);
@@ -216,6 +217,9 @@ function playWebSocket() {
       await schedule(ctx, out, message);
     } else if (message.type === "status" && message.status === "updated") {
       showAck(message);
+    } else if (message.type === "started") {
+      offerRecording(message.session_id);
+      log(JSON.stringify(message));
     } else if (message.type === "error") {
       log(message.error, "error");
       setText("ack", message.error, "bad");
@@ -249,6 +253,14 @@ async function schedule(ctx, out, message) {
   showChunk(meta.chunk_index, meta.real_time_factor, run.nextTime - ctx.currentTime);
   showLate();
   if (meta.notice) showNotice(meta.notice);
+}
+
+// The whole jam, decoded afresh from its tokens on the server (kept a while after the session ends).
+function offerRecording(sessionId) {
+  if (!sessionId) return;
+  const link = $("download");
+  link.href = withToken(`/sessions/${encodeURIComponent(sessionId)}/recording?format=wav`);
+  link.hidden = false;
 }
 
 // -- controls -----------------------------------------------------------------------------------------------------
