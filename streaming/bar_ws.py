@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_NORMAL = 1000
 CLOSE_TRY_AGAIN = 1013
+SEND_FINISH_SECONDS = 5.0  # a chunk being written when the delivery stops may finish this long
 NEXT_WAIT_SECONDS = 60.0  # how long the delivery waits for a chunk before looking again (magenta-retry's pump)
 
 
@@ -53,6 +54,8 @@ class BarSocket:
         self.binary = False
         self.ended = False  # stop, or a close 1000: nothing to hold
         self._delivery: tp.Optional[asyncio.Task] = None
+        self._sending = False  # the delivery is writing a chunk
+        self._stopping = False
 
     @property
     def bar(self) -> tp.Optional[BarJam]:
@@ -170,7 +173,7 @@ class BarSocket:
     async def _deliver(self) -> None:
         """Sends each chunk as it comes, in order; a send that fails gives the chunk back for the next socket."""
         bar, jam = self.bar, self.jam
-        while True:
+        while not self._stopping:
             chunk = await bar.next(NEXT_WAIT_SECONDS)
             if chunk is None:
                 if bar.running:
@@ -180,18 +183,28 @@ class BarSocket:
                     self.registry.end(jam)
                 await self.send(error_event(bar.failure or "the session ended"), stopped_event())
                 return
+            self._sending = True
             try:
                 await self.send(*bp.chunk_events(chunk, self.binary, self.notice))
             except BaseException:
                 bar.undeliver(chunk)
                 raise
+            finally:
+                self._sending = False
             jam.sent(chunk)
 
     async def _stop_delivery(self) -> None:
+        """Ends the delivery between sends: a send cancelled midway leaves the socket unusable (starlette marks it
+        disconnected), so one under way may finish first (for SEND_FINISH_SECONDS at most)."""
         task, self._delivery = self._delivery, None
         if task is not None and task is not asyncio.current_task():
+            self._stopping = True
+            if self._sending:
+                await asyncio.wait([task], timeout=SEND_FINISH_SECONDS)
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            for outcome in await asyncio.gather(task, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    logger.info("bar delivery ended: %s: %s", type(outcome).__name__, outcome)
 
     async def _decode(self, data: bytes) -> tuple:
         return await asyncio.get_running_loop().run_in_executor(self.connection.live.blocking, decode_loop, data)

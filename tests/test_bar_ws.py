@@ -239,7 +239,10 @@ def test_a_socket_attaches_to_a_session_started_over_http(server):
     with connect(ws_url(server), max_size=None) as ws:
         ws.send(json.dumps({"type": "start", "mode": "bar", "session_id": sid}))
         assert receive(ws)["session_id"] == sid
-        chunk = next_of(ws, "chunk")
+        try:
+            chunk = next_of(ws, "chunk")
+        except TimeoutError:
+            pytest.fail(f"no chunk after attaching: {status(server, sid)}")
         assert chunk["index"] == 1
         check_chunk(chunk, 44100, 173)
         ws.send(json.dumps({"type": "stop"}))
