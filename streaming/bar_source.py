@@ -93,6 +93,7 @@ class BarSource:
         self._lock = threading.Lock()
         self._requested = 0  # chunks asked for
         self._produced = 0  # chunks made (the source's thread): the next chunk's index
+        self._codebooks = 0  # of the model's tokens (known from its first chunk, which every source asks for)
         self._closed = False
         self._splice: tp.Optional[tuple[float, tp.Optional[torch.Tensor]]] = None
         self._set_loop(loop)
@@ -182,6 +183,7 @@ class BarSource:
         while self.spool.end < end:
             chunk = self.session.next_chunk(deadline=deadline).result()
             frames.append(chunk.frames.cpu())
+            self._codebooks = chunk.frames.shape[0]
             samples = int(round(chunk.seconds * chunk.sample_rate))
             self.spool.append(self._resampler.process(chunk.audio[:, :samples], chunk.audio[:, samples:]))
         audio = self.spool.cut(start, end)
@@ -196,7 +198,8 @@ class BarSource:
             self._install_splice(*splice)
         return BarChunk(index=index, audio=audio, sample_rate=params.target_sr,
                         seconds=(end - start) / params.target_sr, params=params, loudness=loudness,
-                        frames=torch.cat(frames, dim=-1) if frames else torch.zeros(0, 0, dtype=torch.long),
+                        frames=torch.cat(frames, dim=-1) if frames else torch.zeros(self._codebooks, 0,
+                                                                                    dtype=torch.long),
                         settings=params.settings())
 
     def _reseed(self, seed: int, loop: tp.Optional[tuple[torch.Tensor, int]]) -> None:

@@ -88,7 +88,7 @@ class Recording:
         segment = self.segments[-1]
         segment.tokens.append(frames.detach().to("cpu", torch.int16))
         segment.frames += frames.shape[-1]
-        segment.samples += int(round(chunk.seconds * chunk.sample_rate))
+        segment.samples += int(round(chunk.seconds * self.sample_rate))  # bar chunks come at their own rate
         self.chunks += 1
 
     def restarted(self, seed: int) -> None:

@@ -273,3 +273,19 @@ def status(server, sid):
     answer = requests.get(http(server, "/jam/status"), params={"session_id": sid}, timeout=10)
     assert answer.status_code == 200, answer.text
     return answer.json()
+
+
+def test_a_bar_session_is_recorded(server):
+    """The recording (streaming.recording) keeps a bar session's model tokens; its length is the bars sent."""
+    with connect(ws_url(server), max_size=None) as ws:
+        ws.send(json.dumps(start_message(120, 48000)))
+        sid = receive(ws)["session_id"]
+        seconds = sum(check_chunk(next_of(ws, "chunk"), 48000, 120).shape[0] / 48000 for _ in range(3))
+        ws.send(json.dumps({"type": "stop"}))
+        next_of(ws, "stopped")
+    meta = requests.get(http(server, f"/sessions/{sid}"), timeout=10).json()
+    assert meta["kind"] == "bar" and meta["chunks"] >= 3 and not meta["live"]
+    assert seconds - 0.01 <= meta["seconds"] <= seconds + 0.6  # and the chunk made ahead, if any
+    audio = requests.get(http(server, f"/sessions/{sid}/recording"), params={"format": "wav"}, timeout=60)
+    samples, rate = sf.read(io.BytesIO(audio.content), always_2d=True)
+    assert rate == 32000 and abs(samples.shape[0] / rate - meta["seconds"]) < 0.01
