@@ -25,6 +25,7 @@ from streaming.sessions import SessionError
 logger = logging.getLogger(__name__)
 
 CLOSE_NORMAL = 1000
+CLOSE_IDLE = 1008
 CLOSE_TRY_AGAIN = 1013
 SEND_FINISH_SECONDS = 5.0  # a chunk being written when the delivery stops may finish this long
 NEXT_WAIT_SECONDS = 60.0  # how long the delivery waits for a chunk before looking again (magenta-retry's pump)
@@ -79,8 +80,14 @@ class BarSocket:
                     self.registry.end(jam)
 
     async def _read(self) -> None:
+        idle = self.connection.config.idle_seconds
         while True:
-            message = await self.ws.receive()
+            try:  # as every /ws/jam socket: one that has no session for `idle_seconds` is closed
+                message = await (self.ws.receive() if self.jam is not None else
+                                 asyncio.wait_for(self.ws.receive(), timeout=idle))
+            except TimeoutError:
+                await self.connection.close(CLOSE_IDLE, f"idle: no session started within {idle:g} s")
+                return
             if message["type"] == "websocket.disconnect":
                 self.ended = self.ended or message.get("code") == CLOSE_NORMAL
                 return

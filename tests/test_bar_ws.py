@@ -289,3 +289,18 @@ def test_a_bar_session_is_recorded(server):
     audio = requests.get(http(server, f"/sessions/{sid}/recording"), params={"format": "wav"}, timeout=60)
     samples, rate = sf.read(io.BytesIO(audio.content), always_2d=True)
     assert rate == 32000 and abs(samples.shape[0] / rate - meta["seconds"]) < 0.01
+
+
+def test_a_bar_socket_without_a_session_idles_out(engine):
+    from websockets.exceptions import ConnectionClosed
+
+    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, idle_seconds=1.0)).start()
+    try:
+        with connect(ws_url(running), max_size=None) as ws:
+            ws.send(json.dumps({"type": "start", "mode": "bar", "params": {}}))
+            assert "loop_audio_b64 required" in receive(ws)["error"]
+            with pytest.raises(ConnectionClosed) as closed:
+                receive(ws, timeout=10)
+            assert closed.value.rcvd.code == 1008
+    finally:
+        running.stop()
