@@ -136,6 +136,22 @@ def test_binary_chunks_update_ping_reseed_splice(server):
         assert any(m["type"] == "status" and m.get("ok") for m in seen)
         assert any(m["type"] == "error" and "bpm" in m["error"] for m in seen)
         assert indexes == list(range(1, 9))
+        ws.send(json.dumps({"type": "consume", "session_id": sid, "chunk_index": 7}))
+        assert wait_until(lambda: status(server, sid)["last_consumed_index"] == 7, timeout=10)
+        ws.send(json.dumps({"type": "stop"}))
+        next_of(ws, "stopped")
+
+
+def test_a_30_s_48_khz_stereo_loop_fits_in_one_message(server):
+    message = start_message(120, 48000)
+    message["loop_audio_b64"] = base64.b64encode(loop_file(30.0, 48000)).decode()
+    assert len(json.dumps(message)) > 7_500_000
+    with connect(ws_url(server), max_size=None) as ws:
+        ws.send(json.dumps(message))
+        assert receive(ws)["type"] == "started"
+        check_chunk(next_of(ws, "chunk"), 48000, 120)
+        ws.send(json.dumps({"type": "reseed", "session_id": "x" * 8, "loop_audio_b64": message["loop_audio_b64"]}))
+        assert "Session not found" in next_of(ws, "error")["error"]
         ws.send(json.dumps({"type": "stop"}))
         next_of(ws, "stopped")
 
