@@ -48,12 +48,12 @@ class ConnectionCount:
         self.active -= 1
 
 
-def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain) -> Starlette:
-    """The app; `blocking` runs the transports' blocking engine calls (its owner shuts it down), `drain` is the
-    replica's drain (its owner may start it from outside a request, as SIGTERM does)."""
+def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jobs: JobTable) -> tp.Any:
+    """The ASGI app; `blocking` runs the transports' blocking engine calls (its owner shuts it down), `drain` is
+    the replica's drain (its owner may start it from outside a request, as SIGTERM does), `jobs` the table of
+    prediction jobs the DAW clients submit (its owner closes it)."""
     connections = ConnectionCount(config.max_connections)
     notice = NOISE_NOTICE if engine.is_demo else None
-    jobs = JobTable(engine)  # predictions submitted over HTTP and polled for (/generate + /progress)
     registry = SessionRegistry.from_config(config)
     drain.join(registry)  # while draining no dropped session is held; at its end the held ones close
 
@@ -118,5 +118,4 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain) ->
 
     app = Starlette(routes=routes)
     app.state.registry = registry  # its owner closes it when the server stops (held sessions keep slots)
-    app.state.jobs = jobs  # its owner closes it with the server (RunningServer.stop)
     return app

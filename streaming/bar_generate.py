@@ -66,7 +66,7 @@ def generate_work(engine, request: GenerateRequest, notice: tp.Optional[str] = N
         params = bar_params(request.values, rate, bars_key="bars")  # bars_per_chunk is the request's `bars`
         model_rate = engine.model.sample_rate
         window, _ = context_window(engine)
-        loop_model = audio.resample(wav, rate, model_rate, engine.model.channels)
+        loop_model = audio.resample(audio.to_channels(wav, engine.model.channels), rate, model_rate)
         model_clock = replace(params.clock, sample_rate=model_rate)
         context, _ = loop_context(loop_model, model_clock, window)
         bars = request.intro_bars_to_drop + params.bars_per_chunk
@@ -81,7 +81,7 @@ def generate_work(engine, request: GenerateRequest, notice: tp.Optional[str] = N
                                   span=(0.0, PROGRESS_GENERATING))
         ctx.stage("postprocess", PROGRESS_GENERATING)
         new = result.wav[:, window:]
-        out = audio.resample(new, model_rate, params.target_sr, OUTPUT_CHANNELS)
+        out = audio.resample(audio.to_channels(new, OUTPUT_CHANNELS), model_rate, params.target_sr)
         clock = params.clock
         start, samples = clock.at(request.intro_bars_to_drop), clock.at(params.bars_per_chunk)
         out = out[:, start:start + samples]
@@ -90,7 +90,8 @@ def generate_work(engine, request: GenerateRequest, notice: tp.Optional[str] = N
         ctx.stage("loudness", 0.95)
         loudness: dict = {"method": "none", "applied_gain_db": 0.0}
         if params.loudness_mode != "none":
-            reference = loop_slice(audio.resample(wav, rate, params.target_sr, OUTPUT_CHANNELS), 0, samples)
+            reference = loop_slice(audio.resample(audio.to_channels(wav, OUTPUT_CHANNELS), rate, params.target_sr), 0,
+                                   samples)
             out, loudness = audio.match_loudness(reference, out, params.target_sr, params.loudness_mode,
                                                  params.headroom_db)
         ctx.stage("encode", 0.98)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from engine.audio import StreamingResampler, match_loudness, resample
+from engine.audio import StreamingResampler, match_loudness, resample, to_channels
 from engine.batch import random_seed
 from engine.jam import JamSettings, SessionClosed
 from engine.streams import SamplingParams
@@ -109,8 +109,8 @@ class BarSource:
 
     def _set_loop(self, loop: tuple[torch.Tensor, int]) -> None:
         wav, rate = loop
-        self._loop_model = resample(wav, rate, self.model_rate, self.engine.model.channels)
-        self._loop_out = resample(wav, rate, self.params.target_sr, OUTPUT_CHANNELS)  # the loudness reference
+        self._loop_model = resample(to_channels(wav, self.engine.model.channels), rate, self.model_rate)
+        self._loop_out = resample(to_channels(wav, OUTPUT_CHANNELS), rate, self.params.target_sr)  # loudness reference
 
     def _model_clock(self) -> BarClock:
         return replace(self.params.clock, sample_rate=self.model_rate)
@@ -158,8 +158,8 @@ class BarSource:
     def reseed_splice(self, anchor_bars: float, combined: tp.Optional[tuple[torch.Tensor, int]] = None) -> None:
         """Right after the next chunk: the context becomes the stream's own recent audio with its last
         `anchor_bars` bars replaced by those of `combined` (the client's current mix; default: the loop)."""
-        anchor = None if combined is None else resample(combined[0], combined[1], self.model_rate,
-                                                        self.engine.model.channels)
+        anchor = None if combined is None else resample(to_channels(combined[0], self.engine.model.channels),
+                                                        combined[1], self.model_rate)
         with self._lock:
             self._splice = (anchor_bars, anchor)
 
@@ -214,7 +214,8 @@ class BarSource:
         return recent, self.params.target_sr
 
     def _install_splice(self, anchor_bars: float, anchor: tp.Optional[torch.Tensor]) -> None:
-        recent = resample(self.spool.recent(), self.params.target_sr, self.model_rate, self.engine.model.channels)
+        recent = resample(to_channels(self.spool.recent(), self.engine.model.channels), self.params.target_sr,
+                          self.model_rate)
         context = spliced_context(recent, self._loop_model if anchor is None else anchor, self._model_clock(),
                                   anchor_bars, self.window)
         self._restart_on(random_seed(), context)

@@ -22,6 +22,7 @@ from streaming.app import build_app
 from streaming.bar_protocol import MAX_AUDIO_MESSAGE_BYTES
 from streaming.capacity import Drain, serve_agent, snapshot
 from streaming.config import ServerConfig
+from streaming.jobs import JobTable
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ class RunningServer:
         self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
         self.agent: tp.Optional[asyncio.AbstractServer] = None
         self.blocking = ThreadPoolExecutor(config.blocking_threads, thread_name_prefix="jam-blocking")
-        self.app = build_app(engine, config, self.blocking, self.drain)
+        self.jobs = JobTable(engine)
+        self.app = build_app(engine, config, self.blocking, self.drain, self.jobs)
         self.server = uvicorn.Server(uvicorn.Config(
             self.app, host=config.host, port=config.port,
             log_level="warning",
@@ -79,8 +81,8 @@ class RunningServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
-        self.app.state.jobs.close()  # unfinished jobs are cancelled; their futures resolve
         self.blocking.shutdown(wait=False, cancel_futures=True)  # a call still running ends with its engine job
+        self.jobs.close()  # cancels the DAW clients' jobs still queued or running
 
     def drain_then_stop(self) -> None:
         """From any thread (a SIGTERM handler): drain, then stop serving once the drain is done."""
