@@ -126,3 +126,15 @@ def test_generate_of_a_file_that_is_not_audio_fails_with_progress_error(server):
     assert answer.status_code == 400 and "loop_audio" in answer.json()["detail"]
     progress = requests.get(base(server) + "progress", params={"request_id": request_id}, timeout=10).json()
     assert progress["stage"] == "error" and progress["percent"] == 100
+
+
+def test_generate_inside_cog(cog):
+    """The Darius tab pointed at the Cog container's sidecar port: the same /generate, on Cog's own worker."""
+    url = cog.jam_url.replace("ws://", "http://").replace("/ws/jam", "/")
+    request_id = uuid.uuid4().hex
+    answer = requests.post(url + "generate", data=darius_fields(request_id, 120.0, 2),
+                           files={"loop_audio": ("gary_output.wav", loop_wav(), "audio/wav")}, timeout=180)
+    assert answer.status_code == 200, answer.text
+    samples, rate = sf.read(io.BytesIO(base64.b64decode(answer.json()["audio_base64"])), always_2d=True)
+    assert rate == 44100 and samples.shape[0] == round(2 * 60 * 4 / 120 * 44100)
+    assert requests.get(url + "progress", params={"request_id": request_id}, timeout=10).json()["stage"] == "done"
