@@ -89,8 +89,13 @@ def generate_routes(engine, jobs: JobTable, notice: tp.Optional[str], token: tp.
                 checked = bp.bar_params(values, loop_rate=48000, bars_key="bars")  # the loop's rate comes later
             except ProtocolError as exc:
                 raise HttpError(400, str(exc), request_id=request_id) from None
-            job = GenerateRequest(values=values, intro_bars_to_drop=drop, loop=data, request_id=request_id)
             seconds = (drop + checked.bars_per_chunk) * checked.clock.seconds_per_bar
+            if seconds > bp.MAX_CHUNK_SECONDS:
+                raise HttpError(400, f"intro_bars_to_drop: {drop} + {checked.bars_per_chunk} bars at "
+                                     f"{checked.bpm:g} bpm are {seconds:.0f} s; at most "
+                                     f"{bp.MAX_CHUNK_SECONDS:.0f} s can be generated at once",
+                                request_id=request_id)
+            job = GenerateRequest(values=values, intro_bars_to_drop=drop, loop=data, request_id=request_id)
             work = generate_work(engine, job, notice)
             try:
                 jobs.submit(work, work_seconds=seconds * WORK_SECONDS_PER_BAR_SECOND, input_bytes=len(data),

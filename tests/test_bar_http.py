@@ -111,6 +111,7 @@ def test_progress_of_an_unknown_id_is_pending(server):
     ({"bpm": "120", "topk": "lots"}, True, 400, "topk"),
     ({"bpm": "120", "loudness_mode": "loud"}, True, 400, "loudness_mode"),
     ({"bpm": "120"}, False, 400, "loop_audio"),
+    ({"bpm": "30", "bars": "8", "intro_bars_to_drop": "16"}, True, 400, "intro_bars_to_drop"),
 ])
 def test_generate_refuses_bad_input_naming_the_field(server, fields, files, status, word):
     upload = {"loop_audio": ("loop.wav", loop_wav(seconds=1.0), "audio/wav")} if files else \

@@ -320,3 +320,16 @@ def test_a_bar_socket_without_a_session_idles_out(engine):
             assert closed.value.rcvd.code == 1008
     finally:
         running.stop()
+
+
+def test_an_http_session_nobody_polls_frees_its_slot(engine):
+    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, resume_seconds=1.0)).start()
+    try:
+        started = requests.post(http(running, "/jam/start"), data={"bpm": "120"},
+                                files={"loop_audio": ("loop.wav", loop_file(), "audio/wav")}, timeout=60)
+        sid = started.json()["session_id"]
+        assert engine.sessions_open == 1
+        assert wait_until(lambda: engine.sessions_open == 0, timeout=10)  # held 1 s after its last request
+        assert requests.get(http(running, "/jam/next"), params={"session_id": sid}, timeout=10).status_code == 404
+    finally:
+        running.stop()
