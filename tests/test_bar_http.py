@@ -139,3 +139,17 @@ def test_generate_inside_cog(cog):
     samples, rate = sf.read(io.BytesIO(base64.b64decode(answer.json()["audio_base64"])), always_2d=True)
     assert rate == 44100 and samples.shape[0] == round(2 * 60 * 4 / 120 * 44100)
     assert requests.get(url + "progress", params={"request_id": request_id}, timeout=10).json()["stage"] == "done"
+
+
+def test_jam_token_guards_the_bar_routes(engine):
+    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, token="s3cret")).start()
+    try:
+        url = f"http://127.0.0.1:{running.port}/"
+        for method, path in [("post", "generate"), ("get", "progress"), ("post", "jam/start"), ("get", "jam/next"),
+                             ("get", "jam/status"), ("post", "jam/consume")]:
+            assert getattr(requests, method)(url + path, timeout=10).status_code == 401, path
+        allowed = requests.get(url + "progress", params={"request_id": "x"}, timeout=10,
+                               headers={"Authorization": "Bearer s3cret"})
+        assert allowed.json() == {"percent": 0, "stage": "pending"}
+    finally:
+        running.stop()
