@@ -18,17 +18,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.precision import WEIGHT_FORMATS, activation_dtype
+from engine.precision import WEIGHT_FORMATS, activation_dtype, onednn_prepacks_bf16
 
 
 class UnsupportedModel(ValueError):
     """The LM uses a feature this decoder does not implement; audiocraft's own generate still works."""
-
-
-def _packs_bf16(weight: torch.Tensor) -> bool:
-    """oneDNN can hold bf16 weights prepacked for its matmul (AMX / AVX512-BF16 kernels) on this CPU."""
-    return weight.device.type == "cpu" and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and \
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class Linear:
@@ -53,7 +47,7 @@ class Linear:
         else:
             self.weight = weight.to(getattr(torch, weight_format))
             self.scales = None
-            if weight_format == "bfloat16" and _packs_bf16(self.weight):
+            if weight_format == "bfloat16" and self.weight.device.type == "cpu" and onednn_prepacks_bf16():
                 self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), 2)
                 self.packed = True
 
