@@ -13,6 +13,7 @@ import logging
 import time
 import typing as tp
 from concurrent.futures import Executor
+from dataclasses import replace
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcdatachannel import RTCDataChannel
@@ -30,12 +31,15 @@ from streaming import webrtc_protocol as wp
 from streaming.auth import authorized
 from streaming.capacity import Drain
 from streaming.config import ServerConfig
+from streaming.lead import Lead
 from streaming.lifecycle import LiveSession, Tasks
 from streaming.webrtc_track import CHANNELS, JamTrack
 
 logger = logging.getLogger(__name__)
 
-AHEAD_CHUNKS = 1.0  # request the next chunk when the buffer is down to this many chunks
+# generated in decode units of 16 MusicGen frames (50 Hz), whatever chunk length the client's params name; the next
+# unit is asked for when the track holds the stream's lead (streaming.lead), and the track drains 20 ms at a time
+UNIT_SECONDS = 0.32
 FLUSH_SECONDS = 0.5  # how long a closing peer waits for its last data-channel messages to leave
 PC_CLOSE_SECONDS = 2.0  # at server shutdown aiortc's own close task may be cancelled and never finish
 TRICKLE_WAIT_SECONDS = 10.0  # a candidate that races its offer waits this long for the offer to be applied
@@ -51,7 +55,8 @@ class Peer:
         self.engine = engine
         self.notice = notice
         self.controls = offer.controls
-        self.settings = offer.settings
+        self.settings = replace(offer.settings, chunk_seconds=UNIT_SECONDS)
+        self.lead = Lead()
         self.seed = offer.seed if offer.seed is not None else random_seed()
         self.on_closed = on_closed
         self.track = JamTrack(OpusEncoder(), self._underrun, self._recovered)
@@ -59,9 +64,7 @@ class Peer:
         self.live = LiveSession(engine, blocking)
         self.resampler: tp.Optional[StreamingResampler] = None
         self.channel: tp.Optional[RTCDataChannel] = None
-        self.pending: tp.Optional[jp.Update] = None  # applied right before the next chunk request
-        self.requested = 0  # chunks requested so far = the index of the next request
-        self.scheduled_seconds = 0.0  # audio requested so far (where the next chunk starts on the track)
+        self.pushed_until = 0.0  # the stream's timeline up to which audio went into the track
         self.offered_at = time.monotonic()
         self.described = asyncio.Event()  # the offer is applied: trickled candidates can be added
         self.connected = asyncio.Event()
@@ -111,11 +114,18 @@ class Peer:
         parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
         await self.pc.addIceCandidate(parsed)
 
-    def steer(self, update: jp.Update) -> dict:
-        """Queues new settings for the next chunk request and says from which chunk they are heard."""
-        self.pending = update
-        heard_in = self.scheduled_seconds - self.track.played_seconds
-        return wp.update_acknowledgement(update, self.requested, heard_in)
+    async def steer(self, update: jp.Update) -> dict:
+        """Applies new settings from the next decode step; says where they start and when they are heard (after
+        the audio in the track and the part of the unit in the making before them). Raises SessionClosed, or
+        RuntimeError when the engine refused them."""
+        session = self.live.session
+        if session is None:
+            raise SessionClosed("the session ended")
+        settings = replace(update.settings, chunk_seconds=UNIT_SECONDS)
+        placement = await asyncio.wrap_future(session.update(settings))
+        self.settings = settings
+        heard_in = self.track.buffered_seconds + max(0.0, placement.stream_seconds - self.pushed_until)
+        return wp.update_acknowledgement(update, placement, heard_in)
 
     def send(self, message: str) -> None:
         """Best effort: before the channel opens or after it closed there is nobody to tell."""
@@ -158,11 +168,17 @@ class Peer:
         elif isinstance(command, jp.Ping):
             self.send(wp.log("pong"))
         elif isinstance(command, jp.Update):
-            self.send(wp.log(self.steer(command)))
+            self.tasks.spawn(self._acknowledge(self.steer(command)), name=f"webrtc-update-{self.webrtc_id}")
         elif isinstance(command, jp.Stop):
             self.send(wp.log("stopped"))
             self.end_reason = "stopped by the client"
             self.ended.set()
+
+    async def _acknowledge(self, steering: tp.Awaitable[dict]) -> None:
+        try:
+            self.send(wp.log(await steering))
+        except RuntimeError as exc:  # SessionClosed too
+            self.send(wp.error(f"update: {exc}"))
 
     def _underrun(self, count: int) -> None:
         self.send(wp.warning(f"generation is behind real time: playing silence until the next chunk "
@@ -191,7 +207,6 @@ class Peer:
                     self.live.end()
                     return
                 self.seed = random_seed()
-                self.requested = 0  # the restarted stream counts its chunks from 0: so do updates sent meanwhile
                 try:
                     await self.live.restart(self.seed)
                 except SessionClosed:
@@ -208,15 +223,13 @@ class Peer:
         self.resampler = StreamingResampler(session.sample_rate, OPUS_SAMPLE_RATE, CHANNELS)
         while True:
             await self.track.wait_for_room()
-            if self.pending is not None:
-                session.update(self.pending.settings)
-                self.settings, self.pending = self.pending.settings, None
-            self.requested += 1
-            self.scheduled_seconds += self.settings.chunk_seconds
-            deadline = time.monotonic() + self.track.buffered_seconds  # the listener runs dry then
+            requested = time.monotonic()
+            deadline = requested + self.track.buffered_seconds  # the listener runs dry then
             chunk = await asyncio.wrap_future(session.next_chunk(deadline=deadline))
             pcm = await loop.run_in_executor(None, self._to_pcm, chunk)
-            self.track.push(pcm, low_water_seconds=AHEAD_CHUNKS * chunk.seconds)
+            self.lead.record(time.monotonic() - requested)
+            self.pushed_until = chunk.start_seconds + chunk.seconds
+            self.track.push(pcm, low_water_seconds=self.lead.seconds)
             self.live.chunk_arrived()
             self.send(wp.chunk_log(chunk, self.track.buffered_seconds, self.track.underruns, self.notice))
 
@@ -343,7 +356,10 @@ def webrtc_routes(engine, config: ServerConfig, blocking: Executor, notice: tp.O
             update = peer.controls.update(command.params)
         except jp.ProtocolError as exc:
             return JSONResponse(wp.failed("invalid_params", detail=str(exc)))
-        acknowledgement = peer.steer(update)
+        try:
+            acknowledgement = await peer.steer(update)
+        except RuntimeError as exc:  # SessionClosed too
+            return JSONResponse(wp.failed("update_failed", detail=str(exc)))
         peer.send(wp.log(acknowledgement))
         return JSONResponse(wp.success(data=acknowledgement))
 

@@ -13,6 +13,7 @@ import typing as tp
 from dataclasses import dataclass
 
 from engine.jam import Chunk, JamSettings
+from engine.steering import Placement
 from streaming import jam_protocol as jp
 from streaming.wire import WireError, load_object
 
@@ -203,13 +204,12 @@ def received(message: str) -> str:
     return log(f"Server received: {message}")
 
 
-def update_acknowledgement(update: jp.Update, chunk_index: int, heard_in_seconds: float) -> dict:
-    """What changed, the values now in force, and when it is heard: from chunk `chunk_index`, about
-    `heard_in_seconds` after this message (the audio already buffered or being generated plays first)."""
+def update_acknowledgement(update: jp.Update, placement: Placement, heard_in_seconds: float) -> dict:
+    """What changed, the values now in force, and where they start (jam_protocol.placement_fields): about
+    `heard_in_seconds` after this message, once the audio already in the track has played."""
     fields = jp.describe_update(update)
     fields.pop("pace")
-    return {"event": "updated", **fields, "applies_from_chunk": chunk_index,
-            "heard_in_seconds": round(max(0.0, heard_in_seconds), 2)}
+    return {"event": "updated", **fields, **jp.placement_fields(placement, heard_in_seconds)}
 
 
 def chunk_log(chunk: Chunk, buffer_seconds: float, underruns: int, notice: tp.Optional[str]) -> str:
