@@ -113,7 +113,7 @@ def settings_from(params: dict) -> tuple[JamSettings, str]:
     topk = _number(params, "topk", int, 1, 2048)
     guidance = _number(params, "guidance_weight", float, 0.0, MAX_GUIDANCE)
     frames = _number(params, "max_decode_frames", int, 1, MAX_DECODE_FRAMES)
-    ramp = _number(params, "style_ramp_seconds", float, 0.0, MAX_RAMP_SECONDS)
+    ramp = _number({"style_ramp_seconds": 0.0, **params}, "style_ramp_seconds", float, 0.0, MAX_RAMP_SECONDS)
     if params["pace"] not in PACES:
         raise ProtocolError(f"pace must be one of {', '.join(PACES)}, got {params['pace']!r}")
     sampling = SamplingParams(temperature=temperature, top_k=topk, guidance=guidance)
