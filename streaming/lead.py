@@ -3,10 +3,12 @@
 Every chunk's generation time (request to audio in hand: queueing behind other sessions' steps, the steps, the
 codec) is measured per stream. The next chunk is requested when the listener has `seconds` of audio left:
 
-    lead = max(FLOOR_SECONDS, HEADROOM * p95(last WINDOW generation times) + MARGIN_SECONDS)
+    lead = max(FLOOR_SECONDS, HEADROOM * slowest(last WINDOW generation times) + MARGIN_SECONDS)
 
-so a chunk normally arrives MARGIN + 25 % of its generation time before the listener needs it, the lead follows
-the stream's recent worst case up within one chunk (a slower chunk raises it at once) and down over WINDOW chunks,
+(the slowest of the last 32 is their 100th percentile: the rare slow chunk, a window roll-over's re-prefill every
+few seconds of audio, is exactly the one that would run a listener dry). So a chunk normally arrives MARGIN plus
+25 % of its generation time before the listener needs it, the lead follows the stream's recent worst case up at
+once (a slower chunk raises it for the next request) and down over WINDOW chunks,
 and it never falls under the floor that covers event-loop and network jitter. Every change a client sends waits
 behind at most this lead plus the chunk in the making; nothing else is generated ahead. Before the first
 measurement there is nothing to wait for: the first chunk is asked for at once.
@@ -18,8 +20,8 @@ from collections import deque
 FLOOR_SECONDS = 0.15
 MARGIN_SECONDS = 0.05
 HEADROOM = 1.25
-WINDOW = 20
-PERCENTILE = 0.95
+WINDOW = 32
+PERCENTILE = 1.0
 
 
 class Lead:
