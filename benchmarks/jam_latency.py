@@ -164,13 +164,14 @@ def webrtc_long_play(base: str, seconds: float) -> dict:
 
 # -- Lyria ----------------------------------------------------------------------------------------------------
 async def lyria_play(port: int, cert: Path, chunks: int, update_after: float | None = None) -> dict:
-    """Plays every chunk in order as it arrives (a chunk that comes late starts when it comes: an underrun)."""
+    """Plays every chunk in order as it arrives (a chunk that comes late starts when it comes: an underrun, kept
+    as (chunk index, seconds late))."""
     from google import genai
     from google.genai import types
 
     client = genai.Client(api_key="bench", http_options={"base_url": f"https://127.0.0.1:{port}",
                                                          "api_version": "v1alpha"})
-    parts, starts, next_time, underruns, sent = [], [], 0.0, 0, []
+    parts, starts, next_time, underruns, sent = [], [], 0.0, [], []
     tasks = []
     async with client.aio.live.music.connect(model="models/lyria-realtime-exp") as session:
         async def steer(at: float) -> None:
@@ -187,7 +188,8 @@ async def lyria_play(port: int, cert: Path, chunks: int, update_after: float | N
             now = time.monotonic()
             pcm = np.frombuffer(message.server_content.audio_chunks[0].data, dtype="<i2").reshape(-1, 2)
             if next_time < now:
-                underruns += bool(parts)
+                if parts:
+                    underruns.append((len(parts), round(now - next_time, 3)))
                 next_time = now
             starts.append(next_time)
             parts.append(pcm)

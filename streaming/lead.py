@@ -1,7 +1,7 @@
 """How far ahead of a realtime listener a stream is generated: just in time, by a lead sized from its own timings.
 
-Every chunk's generation time (request to audio in hand: queueing behind other sessions' steps, the steps, the
-codec) is measured per stream. The next chunk is requested when the listener has `seconds` of audio left:
+Every chunk's generation time (from its request until it is out: queueing behind other sessions' steps, the
+steps, the codec, encoding and the write) is measured per stream. The next chunk is requested when the listener has `seconds` of audio left:
 
     lead = max(FLOOR_SECONDS, HEADROOM * slowest(last WINDOW generation times) + MARGIN_SECONDS)
 
@@ -17,8 +17,8 @@ measurement there is nothing to wait for: the first chunk is asked for at once.
 import math
 from collections import deque
 
-FLOOR_SECONDS = 0.15
-MARGIN_SECONDS = 0.05
+FLOOR_SECONDS = 0.2
+MARGIN_SECONDS = 0.1
 HEADROOM = 1.25
 WINDOW = 32
 PERCENTILE = 1.0

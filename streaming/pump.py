@@ -47,12 +47,6 @@ class Pacer:
                 await asyncio.sleep(wait)
         self._requested_at = time.monotonic()
 
-    def received(self) -> None:
-        """The chunk asked for is here: its generation time feeds the lead."""
-        if self._requested_at is not None:
-            self.lead.record(time.monotonic() - self._requested_at)
-            self._requested_at = None
-
     async def before_send(self, chunk_seconds: float) -> None:
         """Holds a chunk that would put the listener more than the lead and this chunk ahead (a stream that was
         generated further ahead, e.g. before its pace changed to realtime)."""
@@ -64,7 +58,11 @@ class Pacer:
             await asyncio.sleep(ahead - allowed)
 
     def sent(self, seconds: float, chunk: tp.Any = None) -> None:
+        """A chunk went out: the time since it was asked for (generation, encoding, the write) feeds the lead."""
         now = time.monotonic()
+        if self._requested_at is not None:
+            self.lead.record(now - self._requested_at)
+            self._requested_at = None
         if self.started is None:
             self.started = now
         elif self.just_in_time and now > self.started + self.sent_seconds:
@@ -149,7 +147,6 @@ class ChunkPump:
                 self.tasks.spawn(self.on_error(exc), name="generation-error")
                 return
             self._inflight = None
-            self.pacer.received()
             if not self.pacer.just_in_time:  # asap: the next chunk is made while this one is sent
                 self._request(self.pacer.deadline(after_seconds=chunk.seconds))
             await self.pacer.before_send(chunk.seconds)

@@ -42,10 +42,10 @@ def test_the_lead_is_the_recent_high_percentile_plus_a_margin_with_a_floor():
         lead.record(0.01)
     assert lead.seconds == lead_rule.FLOOR_SECONDS
     lead.record(0.4)  # one slow chunk counts in full
-    assert lead.seconds == pytest.approx(1.25 * 0.4 + 0.05)
+    assert lead.seconds == pytest.approx(1.25 * 0.4 + 0.1)
     for _ in range(lead_rule.WINDOW):
         lead.record(0.2)
-    assert lead.seconds == pytest.approx(1.25 * 0.2 + 0.05)  # the slow one has left the window
+    assert lead.seconds == pytest.approx(1.25 * 0.2 + 0.1)  # the slow one has left the window
 
 
 def test_a_realtime_stream_is_asked_for_each_chunk_just_in_time_and_never_runs_dry():
