@@ -1,7 +1,8 @@
 """How far ahead of a realtime listener a stream is generated: just in time, by a lead sized from its own timings.
 
 Every chunk's generation time (from its request until it is out: queueing behind other sessions' steps, the
-steps, the codec, encoding and the write) is measured per stream. The next chunk is requested when the listener has `seconds` of audio left:
+steps, the codec, encoding and the write) is measured per stream. The next chunk is requested when the listener
+has `seconds` of audio left:
 
     lead = max(FLOOR_SECONDS, HEADROOM * slowest(last WINDOW generation times) + MARGIN_SECONDS)
 

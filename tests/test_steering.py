@@ -112,3 +112,39 @@ def test_a_placement_past_the_chunk_in_the_making_counts_later_chunks_at_the_new
               next_samples=2000)
     assert (p.chunk, p.offset_seconds) == (4, 1000 / 32000)
     assert place(31000, 32000, 52, 30000, 3, 4000, 2000).chunk == 3
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    from streaming.config import ServerConfig
+    from streaming.server import RunningServer
+
+    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
+    yield running
+    running.stop()
+
+
+def test_ws_jam_acknowledges_where_an_update_starts_and_when_it_is_heard(server):
+    """Realtime pace, 0.48 s chunks: the update starts in the chunk the acknowledgement names, at its offset (that
+    chunk lists it under `changes`), and is heard within a second; a bad ramp is refused by name."""
+    import json
+
+    from websockets.sync.client import connect
+
+    from tests.test_restarts import is_status, messages_until
+
+    start = {"type": "start", "params": {"styles": "jazz", "pace": "realtime", "max_decode_frames": 12, "seed": 3}}
+    with connect(f"ws://127.0.0.1:{server.port}/ws/jam", max_size=None) as ws:
+        ws.send(json.dumps(start))
+        messages_until(ws, lambda m: m["type"] == "chunk" and m["metadata"]["chunk_index"] == 2)
+        ws.send(json.dumps({"type": "update", "style_ramp_seconds": -1}))
+        assert "style_ramp_seconds" in messages_until(ws, lambda m: m["type"] == "error")[-1]["error"]
+        ws.send(json.dumps({"type": "update", "styles": "metal", "style_ramp_seconds": 0.2}))
+        ack = messages_until(ws, is_status("updated"))[-1]
+        assert ack["params"]["style_ramp_seconds"] == 0.2 and ack["ramp_seconds"] == 0.2
+        assert 0 < ack["heard_in_seconds"] < 1.0 and 0 <= ack["offset_seconds"] < 0.48
+        chunk = messages_until(ws, lambda m: m["type"] == "chunk" and
+                               m["metadata"]["chunk_index"] == ack["applies_from_chunk"])[-1]["metadata"]
+    assert chunk["styles"] == "jazz"
+    assert chunk["changes"] == [{"offset_seconds": ack["offset_seconds"], "styles": "metal", "style_weights": "1",
+                                 "temperature": 1.1, "topk": 40, "guidance_weight": 3.0}]
