@@ -246,8 +246,11 @@ class JamSession:
         keep = kept_rows(texts, weights)
         self._shrink = None
         if len(keep) < len(texts):
-            self.engine.scheduler.set_conditioning(
-                stream, Conditioning([texts[i] for i in keep], [weights[i] for i in keep]), sources=keep)
+            try:
+                self.engine.scheduler.set_conditioning(
+                    stream, Conditioning([texts[i] for i in keep], [weights[i] for i in keep]), sources=keep)
+            except Exception:  # a failed copy (out of memory) changes nothing: the zero-weight rows play on
+                logger.exception("could not give back the rows a style glide left")
 
     def _request(self, future: Future, index: int, requested: float, deadline: tp.Optional[float]) -> None:
         if self._closed or self.stream is None:
