@@ -17,7 +17,8 @@ from engine.steering import Placement
 from streaming import jam_protocol as jp
 from streaming.wire import WireError, load_object
 
-OFFER_PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "max_decode_frames", "seed")
+OFFER_PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "max_decode_frames", "seed",
+                "style_ramp_seconds")
 MAX_ID_LENGTH = 128
 MAX_BODY_BYTES = 256 * 1024  # an SDP offer with many candidates stays far below this
 HANDSHAKE = "handshake"  # what FastRTC's client sends on the data channel when it opens (not JSON)

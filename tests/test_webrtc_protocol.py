@@ -108,8 +108,10 @@ def test_data_channel_update_merges_with_the_offer_params_and_is_acknowledged():
     assert ack["event"] == "updated" and ack["changed"] == ["style_weights", "styles", "temperature"]
     assert ack["applies_from_chunk"] == 7 and ack["heard_in_seconds"] == 3.456 and ack["offset_seconds"] == 0.12
     assert ack["params"]["styles"] == "metal" and "pace" not in ack
+    glide = controls.receive_text(json.dumps({"type": "update", "styles": "dub", "style_ramp_seconds": 2}))
+    assert glide.settings.ramp_seconds == 2.0 and glide.settings.styles == ("dub",)
     nested = controls.receive_text(json.dumps({"type": "update", "params": {"topk": 5}}))
-    assert nested.settings.params.top_k == 5 and nested.settings.styles == ("metal",)
+    assert nested.settings.params.top_k == 5 and nested.settings.styles == ("dub",)
 
 
 @pytest.mark.parametrize(("message", "error"), [
