@@ -116,14 +116,11 @@ class Peer:
 
     async def steer(self, update: jp.Update) -> dict:
         """Applies new settings from the next decode step; says where they start and when they are heard (after
-        the audio in the track and the part of the unit in the making before them). Raises SessionClosed, or
-        RuntimeError when the engine refused them."""
+        the track's audio and the unit's before them). Raises SessionClosed, or RuntimeError when refused."""
         session = self.live.session
         if session is None:
             raise SessionClosed("the session ended")
-        settings = replace(update.settings, chunk_seconds=UNIT_SECONDS)
-        placement = await asyncio.wrap_future(session.update(settings))
-        self.settings = settings
+        placement = await asyncio.wrap_future(session.update(replace(update.settings, chunk_seconds=UNIT_SECONDS)))
         heard_in = self.track.buffered_seconds + max(0.0, placement.stream_seconds - self.pushed_until)
         return wp.update_acknowledgement(update, placement, heard_in)
 
