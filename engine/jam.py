@@ -209,7 +209,7 @@ class JamSession:
             ramp = self._steer(value)
         else:
             self.settings = value
-        frame = self.stream.absolute_complete - self._prompt_frames
+        frame = max(0, self.stream.absolute_complete - self._prompt_frames)  # a prompt: its frames complete first
         sample = max(0, frame - self._codec.lookahead_frames) * self.hop  # the first sample it can reach
         if kind == "settings" and live:
             self._timeline.append((sample, value))
