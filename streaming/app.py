@@ -20,7 +20,7 @@ from streaming.lyria_ws import LyriaConnection
 from streaming.page import page_routes
 from streaming.recording_http import recording_routes
 from streaming.sessions import SessionRegistry
-from streaming.webrtc import webrtc_routes
+from streaming.webrtc_http import webrtc_routes
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain) ->
 
     routes = [Route("/health", health), Route("/ready", ready), Route("/admin/drain", start_drain, methods=["POST"]),
               WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
-              *webrtc_routes(engine, config, blocking, notice, drain), *page_routes(),
+              *webrtc_routes(engine, config, blocking, notice, drain, registry), *page_routes(),
               *recording_routes(engine, registry, config.token)]
 
     app = Starlette(routes=routes)
