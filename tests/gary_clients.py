@@ -129,6 +129,7 @@ class Gary4LiveClient:
         self.sio = socketio.Client(reconnection=False)
         for name in self.LISTENS:
             self.sio.on(name, lambda data=None, name=name: self.events.put((name, data)))
+        self.sio.on("disconnect", lambda *reason: self.events.put(("disconnect", reason)))
         self.sio.connect(base, transports=["websocket"], auth=auth, wait_timeout=10)
 
     def emit(self, event: str, data: dict) -> None:
@@ -160,6 +161,8 @@ class Gary4LiveClient:
                 break
             if name in names:
                 return name, data, before
+            if name == "disconnect":
+                raise ConnectionError(f"the server closed the socket ({data}) before any of {sorted(names)}")
             before.append((name, data))
         raise TimeoutError(f"none of {sorted(names)} within {timeout} s; got {[n for n, _ in before]}")
 
