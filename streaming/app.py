@@ -116,4 +116,4 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
               WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
               *webrtc_routes(engine, config, blocking, notice, drain), *gary_routes(gary, engine, config),
               *page_routes()]
-    return with_socketio(socketio_server(gary, config), Starlette(routes=routes))
+    return with_socketio(socketio_server(gary, config, connections), Starlette(routes=routes))

@@ -24,6 +24,7 @@ from streaming.auth import authorized
 from streaming.config import ServerConfig
 from streaming.gary_service import GaryService
 
+UPLOADS_AT_ONCE = 4  # requests whose bodies are read and decoded at once (each may hold a few times 96 MiB)
 UNAUTHORIZED = "unauthorized: send JAM_TOKEN as a Bearer token or ?token= (gary4juce sends none: unset JAM_TOKEN)"
 
 
@@ -49,6 +50,7 @@ def failure(error: gp.GaryError) -> JSONResponse:
 
 
 def gary_routes(service: GaryService, engine, config: ServerConfig) -> list[Route]:
+    uploads = asyncio.Semaphore(UPLOADS_AT_ONCE)
     def allowed(request: Request) -> bool:
         return authorized(request.headers, request.query_params, config.token)
 
@@ -66,8 +68,9 @@ def gary_routes(service: GaryService, engine, config: ServerConfig) -> list[Rout
 
     def submitter(kind: str):
         async def submit(request: Request) -> JSONResponse:
-            body = await read_json(request)
-            return JSONResponse(await asyncio.to_thread(service.submit, kind, body))
+            async with uploads:
+                body = await read_json(request)
+                return JSONResponse(await asyncio.to_thread(service.submit, kind, body))
         return submit
 
     async def poll(request: Request) -> JSONResponse:

@@ -41,7 +41,9 @@ def _credentials(environ: dict, auth: tp.Any) -> tuple[dict, dict]:
     return headers, query
 
 
-def socketio_server(service: GaryService, config: ServerConfig) -> socketio.AsyncServer:
+def socketio_server(service: GaryService, config: ServerConfig, connections: tp.Any) -> socketio.AsyncServer:
+    """`connections` is the sidecar's open-socket cap (streaming.app.ConnectionCount): a Socket.IO client takes one
+    place in it, as a WebSocket does."""
     sio = socketio.AsyncServer(async_mode="asgi", transports=["websocket"], cors_allowed_origins="*",
                                max_http_buffer_size=gp.MAX_BODY_BYTES + SOCKETIO_OVERHEAD_BYTES)
     followers: dict[str, set[asyncio.Task]] = {}
@@ -51,11 +53,16 @@ def socketio_server(service: GaryService, config: ServerConfig) -> socketio.Asyn
         headers, query = _credentials(environ, auth)
         if not authorized(headers, query, config.token):
             raise socketio.exceptions.ConnectionRefusedError("unauthorized: send JAM_TOKEN as auth.token")
+        if not connections.try_acquire():
+            raise socketio.exceptions.ConnectionRefusedError(f"too many connections (limit {connections.limit})")
         followers[sid] = set()
 
     @sio.event
     async def disconnect(sid: str, *reason: tp.Any) -> None:
-        for task in followers.pop(sid, set()):
+        if sid not in followers:  # refused at connect: it holds no place
+            return
+        connections.release()
+        for task in followers.pop(sid):
             task.cancel()
         cancelled = service.jobs.cancel_owner(sid)
         if cancelled:

@@ -136,3 +136,18 @@ def test_jam_token_is_required_to_connect(engine):
         Gary4LiveClient(base, auth={"token": "s3cret"}).close()
     finally:
         running.stop()
+
+
+def test_socketio_clients_count_against_the_connection_cap(engine):
+    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, max_connections=1)).start()
+    base = f"http://127.0.0.1:{running.port}"
+    try:
+        first = Gary4LiveClient(base)
+        assert requests.get(base + "/health", timeout=5).json()["connections"] == 1
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            Gary4LiveClient(base)
+        first.close()
+        assert wait_until(lambda: requests.get(base + "/health", timeout=5).json()["connections"] == 0, 5, 0.05)
+        Gary4LiveClient(base).close()
+    finally:
+        running.stop()
