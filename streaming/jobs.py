@@ -29,6 +29,10 @@ after it was submitted is cancelled with an error. When a bound is reached, fini
 first; if that is not enough, `submit` raises TableFull (answer "busy, try again"), and a result bigger than the
 byte bound fails its job. A reaper thread enforces the times even when no client calls, so every entry goes
 however its client behaves. `status` of a reaped or unknown id is None.
+
+Every method is thread-safe and returns at once (a short lock), so an event loop may call them directly. A
+future ends with the work's own exception, JobCancelled (cancelled, timed out, table closed) or JobFailed (its
+result did not fit). States, JobStatus and the errors live in streaming.job_state; import them from here.
 """
 
 import contextlib
