@@ -11,7 +11,6 @@ with JAM_PORT=8000); it sends no token, so these routes are open only while JAM_
 """
 
 import asyncio
-import json
 import typing as tp
 
 from starlette.requests import ClientDisconnect, Request
@@ -23,6 +22,7 @@ from streaming import model_info
 from streaming.auth import authorized
 from streaming.config import ServerConfig
 from streaming.gary_service import GaryService
+from streaming.wire import WireError, load_object
 
 UPLOADS_AT_ONCE = 4  # requests whose bodies are read and decoded at once (each may hold a few times 96 MiB)
 UNAUTHORIZED = "unauthorized: send JAM_TOKEN as a Bearer token or ?token= (gary4juce sends none: unset JAM_TOKEN)"
@@ -40,9 +40,9 @@ async def read_json(request: Request, max_bytes: int = gp.MAX_BODY_BYTES) -> tp.
             raise gp.GaryError(f"request body is over the {max_bytes}-byte limit", 413)
         pieces.append(piece)
     try:
-        return await asyncio.to_thread(json.loads, b"".join(pieces))
-    except ValueError as exc:
-        raise gp.GaryError(f"the body is not valid JSON: {str(exc)[:120]}") from None
+        return await asyncio.to_thread(lambda: load_object(b"".join(pieces).decode("utf-8", "replace"), max_bytes))
+    except WireError as exc:
+        raise gp.GaryError(f"the body: {exc}") from None
 
 
 def failure(error: gp.GaryError) -> JSONResponse:

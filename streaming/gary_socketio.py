@@ -24,7 +24,7 @@ from streaming import gary_protocol as gp
 from streaming.auth import authorized
 from streaming.config import ServerConfig
 from streaming.gary_service import GaryService
-from streaming.jobs import COMPLETED, FINISHED
+from streaming.jobs import COMPLETED, FINISHED, QUEUED
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def socketio_server(service: GaryService, config: ServerConfig, connections: tp.
             status = service.jobs.status(job_id)
             if status is None or status.state in FINISHED:
                 break
-            if status.state == "queued" or status.stage == "waiting for the engine":
+            if status.state == QUEUED or status.stage == "waiting for the engine":
                 update = ("queue_status", gp.queue_status(status, service.jobs.counts()["queued"]))
             else:
                 update = ("progress_update", {"progress": gp.percent(status)})
