@@ -54,7 +54,7 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
     prediction jobs the DAW clients submit (its owner closes it)."""
     connections = ConnectionCount(config.max_connections)
     notice = NOISE_NOTICE if engine.is_demo else None
-    gary = GaryService(engine, jobs)
+    gary = GaryService(engine, jobs, draining=lambda: drain.active)
 
     async def health(request: Request) -> JSONResponse:
         """Liveness. `status` is "ready" while the engine works (a value the gary plugins and the Darius tab

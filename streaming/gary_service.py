@@ -27,8 +27,10 @@ CROPPED = "cropped:"  # store key prefix of the audio a gary4live session was cr
 
 
 class GaryService:
-    def __init__(self, engine, jobs: JobTable, store: tp.Optional[gp.InputStore] = None) -> None:
-        self.engine, self.jobs = engine, jobs
+    def __init__(self, engine, jobs: JobTable, draining: tp.Callable[[], bool] = lambda: False,
+                 store: tp.Optional[gp.InputStore] = None) -> None:
+        """`draining` says when the replica drains: new jobs are refused then (the queued ones still run)."""
+        self.engine, self.jobs, self.draining = engine, jobs, draining
         self.store = store or gp.InputStore()
         self._lock = threading.Lock()  # the store and the seeds
         self._seeds: dict[str, int] = {}  # session id -> seed, for polls; pruned with the job table
@@ -37,6 +39,8 @@ class GaryService:
     # -- requests ------------------------------------------------------------------------------------------------
     def submit(self, kind: str, body: tp.Any, owner: tp.Optional[str] = None) -> dict:
         """process / continue / retry -> `{"success": true, "session_id", "seed"}` once queued."""
+        if self.draining():
+            raise gp.GaryError("this replica is draining: send the request to another one", 503)
         if kind == gp.RETRY:
             previous = gp.session_id(body)
             with self._lock:

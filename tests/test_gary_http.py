@@ -190,3 +190,21 @@ def test_jam_token_applies_to_the_gary_routes(engine):
         assert requests.get(base + "/health", timeout=5).ok  # liveness stays open, as before
     finally:
         running.stop()
+
+
+def test_a_draining_replica_refuses_new_jobs(demo_dir):
+    """On an engine of its own: a drain closes the engine's admission for good."""
+    from engine.config import EngineConfig
+    from engine.core import Engine
+
+    own = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=1))
+    running = RunningServer(own, ServerConfig(host="127.0.0.1", port=0, drain_seconds=1)).start()
+    try:
+        juce = JuceClient(f"http://127.0.0.1:{running.port}")
+        assert requests.post(juce.base + "/admin/drain", timeout=10).ok
+        refused = requests.post(juce.base + "/api/juce/process_audio", timeout=10, json={
+            "model_name": "demo", "prompt_duration": 2, "audio_data": wav_b64(recording(4.0), RATE)})
+        assert refused.status_code == 503 and "draining" in refused.json()["error"]
+    finally:
+        running.stop()
+        own.close()
