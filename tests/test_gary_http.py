@@ -68,6 +68,7 @@ def test_health_satisfies_both_gary_tabs_and_keeps_our_fields(juce):
     assert body["model"]["lm_dim"] == 32
 
 
+@pytest.mark.slow  # four 30 s generations: ~25 s here
 def test_the_plugin_sequence_process_continue_retry(juce, engine):
     assert juce.model_paths() == ["demo"]
     source = recording()
