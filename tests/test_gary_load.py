@@ -77,7 +77,7 @@ def test_a_live_jam_keeps_its_chunks_while_gary_jobs_run(server):
     t = np.arange(8 * 32000) / 32000
     clip = wav_b64(0.3 * np.sin(2 * np.pi * 220 * t), 32000)
     began = time.monotonic()
-    ids = [juce.process_audio(clip, "demo", 2, seed=s)["session_id"] for s in (1, 2)]
+    ids = [juce.process_audio(clip, "demo", 2, seed=s)["session_id"] for s in (1, 2, 3)]
     for job_id in ids:
         assert decode_b64(juce.poll_until_done(job_id)[0])[0].shape == (30 * 32000, 1)
     ended = time.monotonic()
@@ -85,6 +85,6 @@ def test_a_live_jam_keeps_its_chunks_while_gary_jobs_run(server):
     player.join(timeout=60)
     during = [at for at, _ in arrivals if began <= at <= ended]
     gaps = np.diff([began, *during, ended])
-    # chunks are 2 s, paced in real time: they kept coming the whole time, none more than a chunk late
-    assert len(during) >= (ended - began) / 2.0 - 2 and gaps.max() < 4.0, (len(during), ended - began, gaps.max())
+    # chunks are 2 s, paced in real time: they kept coming the whole time, none more than a second late
+    assert len(during) >= (ended - began) / 2.0 - 1.5 and gaps.max() < 3.0, (len(during), ended - began, gaps)
 
