@@ -76,7 +76,11 @@ def socketio_server(service: GaryService, config: ServerConfig, connections: tp.
     async def follow(sid: str, kind: str, job_id: str) -> None:
         """Relays a job's queue place and progress to its client, then its result or error."""
         shown: tp.Any = None
-        future = asyncio.wrap_future(service.jobs.future(job_id))
+        pending = service.jobs.future(job_id)
+        if pending is None:  # forgotten already (a cleanup_session_request raced it)
+            await error(sid, f"session {job_id[:40]!r} was cleaned up before it finished")
+            return
+        future = asyncio.wrap_future(pending)
         while True:
             status = service.jobs.status(job_id)
             if status is None or status.state in FINISHED:
