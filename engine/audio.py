@@ -131,12 +131,22 @@ def normalize(wav: torch.Tensor, sample_rate: int, strategy: str) -> torch.Tenso
     return wav.clamp(-1.0, 1.0)
 
 
-def wav_bytes(wav: torch.Tensor, sample_rate: int) -> bytes:
-    """A complete 16-bit PCM WAV file; `wav` is float [channels, samples] in [-1, 1]."""
+def wav_bytes(wav: torch.Tensor, sample_rate: int, subtype: str = "PCM_16") -> bytes:
+    """A complete WAV file (16-bit PCM, or "FLOAT" where samples must pass through unchanged); `wav` is float
+    [channels, samples] in [-1, 1]."""
     buffer = io.BytesIO()
     sf.write(buffer, wav.detach().cpu().float().clamp(-1, 1).numpy().T, sample_rate, format="WAV",
-             subtype="PCM_16")
+             subtype=subtype)
     return buffer.getvalue()
+
+
+def resample(wav: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
+    """Float [channels, samples] at `from_rate` -> `to_rate` (julius' windowed sinc, as audiocraft resamples)."""
+    import julius
+
+    if from_rate == to_rate:
+        return wav
+    return julius.resample_frac(wav.float().contiguous(), from_rate, to_rate)
 
 
 def pcm16_array(wav: torch.Tensor) -> np.ndarray:
@@ -197,12 +207,9 @@ class StreamingResampler:
         self._produced = 0  # output samples emitted so far
 
     def _convert(self, wav: torch.Tensor) -> torch.Tensor:
-        import julius
-
         if wav.shape[0] != self.channels:  # mono <-> stereo
             wav = wav.mean(0, keepdim=True).expand(self.channels, -1)
-        return julius.resample_frac(wav.contiguous(), self.from_rate, self.to_rate) \
-            if self.from_rate != self.to_rate else wav
+        return resample(wav, self.from_rate, self.to_rate)
 
     def process(self, wav: torch.Tensor, lookahead: torch.Tensor) -> torch.Tensor:
         """`wav` [C, n] is the new audio; `lookahead` is audio that follows it (context only, not emitted)."""
