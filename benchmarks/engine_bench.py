@@ -176,7 +176,7 @@ def suite_stream(chunks_per_phase: int) -> dict:
             "rollover_chunk_over_median": max(rolled) / statistics.median(times[1:])}
 
 
-def suite_sessions(seconds: float, counts: tuple[int, ...] = (1, 2, 4, 8)) -> dict:
+def suite_sessions(seconds: float, counts: tuple[int, ...] = (1, 2, 4, 8), all_formats: bool = True) -> dict:
     from engine.jam import JamSettings
 
     model = build_model(SMALL)
@@ -185,7 +185,7 @@ def suite_sessions(seconds: float, counts: tuple[int, ...] = (1, 2, 4, 8)) -> di
 
     default = choose_weight_format("auto", "cpu")[0]
     result["default_format"] = default
-    for dtype in dict.fromkeys((default, "int8", "float32")):
+    for dtype in dict.fromkeys((default, "int8", "float32") if all_formats else (default,)):
         engine = engine_for(model, dtype, sessions=max(counts))
         per_dtype = {}
         for count in counts:
@@ -201,7 +201,7 @@ def suite_sessions(seconds: float, counts: tuple[int, ...] = (1, 2, 4, 8)) -> di
             for session in sessions:
                 session.close()
             per_dtype[count] = {"wall_seconds": wall, "audio_seconds_per_wall_second": count * seconds / wall}
-        base = per_dtype[1]["audio_seconds_per_wall_second"]
+        base = per_dtype[min(counts)]["audio_seconds_per_wall_second"]
         for count in counts:
             per_dtype[count]["speedup_vs_one_session"] = per_dtype[count]["audio_seconds_per_wall_second"] / base
         result[dtype] = per_dtype
@@ -243,6 +243,8 @@ def main() -> None:
     parser.add_argument("--suite", default="batch,stream,sessions,memory")
     parser.add_argument("--seconds", type=int, default=10, help="audio seconds for the batch suite")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--counts", default="1,2,4,8", help="concurrent sessions for the sessions suite")
+    parser.add_argument("--default-format-only", action="store_true", help="sessions suite: the default format")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -254,7 +256,8 @@ def main() -> None:
                "command": "python -m benchmarks.engine_bench --suite " + args.suite}
     print(json.dumps(results, indent=1), flush=True)
     suites = {"batch": lambda: suite_batch(args.seconds, bandwidth), "stream": lambda: suite_stream(5),
-              "sessions": lambda: suite_sessions(1.0), "memory": lambda: suite_memory(3.0)}
+              "sessions": lambda: suite_sessions(1.0, tuple(int(c) for c in args.counts.split(",")),
+                                                 not args.default_format_only), "memory": lambda: suite_memory(3.0)}
     for name in args.suite.split(","):
         started = time.perf_counter()
         results[name] = suites[name]()

@@ -13,62 +13,18 @@ import tarfile
 import tempfile
 import typing as tp
 import urllib.request
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from weights import default_checkpoint
+from engine.paths import default_checkpoint
+from engine.safe_load import CheckpointError, safe_load
+from engine.separator import load_separator, needs_separator, providing_separator
 
 logger = logging.getLogger(__name__)
 
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
 MBD_FILE = "mbd_musicgen_32khz.th"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message says what to change."""
-
-
-def _safe_globals() -> list:
-    """What a training config pickled as an OmegaConf object needs; nothing callable beyond these containers."""
-    from omegaconf.base import ContainerMetadata, Metadata
-    from omegaconf.dictconfig import DictConfig
-    from omegaconf.listconfig import ListConfig
-    from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
-
-    return [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, BooleanNode, FloatNode, IntegerNode,
-            StringNode, tp.Any, dict, list, int, float, str, bool, defaultdict]
-
-
-def safe_load(path: Path, extra_globals: tp.Sequence = ()) -> dict:
-    """torch.load with weights_only=True and the allow-list above (plus `extra_globals`, classes a caller rebuilds
-    itself, e.g. the demucs model class a separator package names); anything else is refused."""
-    try:
-        with torch.serialization.safe_globals(_safe_globals() + list(extra_globals)):
-            pkg = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError with a long hint; keep the essential part
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        unsafe = _unsafe_globals(path, extra_globals)
-        detail = f" It references code that is not allowed: {', '.join(unsafe)}." if unsafe else ""
-        raise CheckpointError(
-            f"Refusing to load {path}: it is not a plain tensor/config checkpoint.{detail} ({first_line})"
-        ) from None
-    if not isinstance(pkg, dict):
-        raise CheckpointError(f"{path} holds a {type(pkg).__name__}, expected a dict of weights and config")
-    return pkg
-
-
-def _unsafe_globals(path: Path, extra_globals: tp.Sequence = ()) -> list[str]:
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _safe_globals() + list(extra_globals)
-               if hasattr(g, "__qualname__")}
-    try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:
-        return []
-    return [name for name in found if name not in allowed and name != "typing.Any"]
 
 
 def _config(pkg: dict, path: Path):
@@ -146,8 +102,6 @@ def _extract(archive: Path) -> Path:
 def load_lm(path: Path, device: str):
     """Builds the LM from its config and loads weights; both release and fine-tuner layouts."""
     from audiocraft.models import builders
-
-    from engine.melody import load_separator, needs_separator, providing_separator
 
     pkg = safe_load(path)
     cfg = _config(pkg, path)

@@ -22,10 +22,6 @@ class StreamingCodecDecoder:
         self._decoded_until = 0  # absolute frame index up to which audio was emitted
         self._first_kept = 0  # absolute frame index of self._tokens[:, 0]
 
-    @property
-    def emitted_frames(self) -> int:
-        return self._decoded_until
-
     def skip(self, frames: torch.Tensor) -> None:
         """Takes frames [K, n] as context only (an audio prompt the listener already has): no audio for them."""
         assert self._tokens is None, "skip only before the first push"

@@ -214,12 +214,6 @@ class Engine:
         codes, _ = musicgen.compression_model.encode(wav[None].to(self.model.device))
         return codes[0]
 
-    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens [K, frames] -> audio [C, samples], one offline decode on the codec thread (the yardstick of
-        streaming decode)."""
-        codec = self.model.musicgen.compression_model
-        return self.codec_worker.call(lambda: codec.decode(tokens[None].to(self.model.device), None)[0].cpu()).result()
-
     def _require_healthy(self) -> None:
         health = self.health()
         if not health.ok:

@@ -18,17 +18,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.precision import WEIGHT_FORMATS, activation_dtype
+from engine.precision import WEIGHT_FORMATS, activation_dtype, onednn_prepacks_bf16
 
 
 class UnsupportedModel(ValueError):
     """The LM uses a feature this decoder does not implement; audiocraft's own generate still works."""
-
-
-def _packs_bf16(weight: torch.Tensor) -> bool:
-    """oneDNN can hold bf16 weights prepacked for its matmul (AMX / AVX512-BF16 kernels) on this CPU."""
-    return weight.device.type == "cpu" and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and \
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class Linear:
@@ -53,7 +47,7 @@ class Linear:
         else:
             self.weight = weight.to(getattr(torch, weight_format))
             self.scales = None
-            if weight_format == "bfloat16" and _packs_bf16(self.weight):
+            if weight_format == "bfloat16" and self.weight.device.type == "cpu" and onednn_prepacks_bf16():
                 self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), 2)
                 self.packed = True
 
@@ -321,6 +315,38 @@ class StepDecoder:
         phase = positions.float().unsqueeze(-1) / (self.max_period ** (adim / (half - 1)))
         return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
 
+    def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Tokens [R, K, S] at cache positions [R, S] -> the first layer's input [R, S, D]: the sum of the K
+        codebook embeddings plus the sinusoidal position."""
+        x = sum(F.embedding(tokens[:, k], self.embeddings[k]) for k in range(self.num_codebooks))
+        return x + (self.positional_scale * self._positional(positions)).to(self.dtype)
+
+    def layer(self, index: int, x: torch.Tensor, self_attend: tp.Callable[..., torch.Tensor],
+              cross_attend: tp.Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Transformer layer `index` on x [R, S, D] (pre-norm self-attention, cross-attention, feed-forward): the
+        model's math, written once for the eager forward and the capturable step (engine.static_step), which
+        differ only in how they keep and read the caches. `self_attend(q, k, v)` (each [R, H, S, Dh]) stores k
+        and v and returns the attention over the row's cache; `cross_attend(q)` the attention over its
+        condition."""
+        layer = self.layers[index]
+        n_rows, steps, _ = x.shape
+        h = F.layer_norm(x, (self.dim,), *layer.norm1[:2], eps=layer.norm1[2])
+        qkv = layer.qkv(h).view(n_rows, steps, 3, self.num_heads, self.head_dim)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [R, H, S, Dh]
+        x = x + layer.out(self_attend(q, k, v).transpose(1, 2).reshape(n_rows, steps, self.dim))
+        if layer.cross_q is not None:
+            h = F.layer_norm(x, (self.dim,), *layer.norm_cross[:2], eps=layer.norm_cross[2])
+            q = layer.cross_q(h).view(n_rows, steps, self.num_heads, self.head_dim).transpose(1, 2)
+            x = x + layer.cross_out(cross_attend(q).transpose(1, 2).reshape(n_rows, steps, self.dim))
+        h = F.layer_norm(x, (self.dim,), *layer.norm2[:2], eps=layer.norm2[2])
+        return x + layer.ff2(layer.activation(layer.ff1(h)))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's output [R, S, D] -> logits [R, S, K * card]: the output norm, then all K heads."""
+        if self.out_norm is not None:
+            x = F.layer_norm(x, (self.dim,), *self.out_norm[:2], eps=self.out_norm[2])
+        return self.heads(x)
+
     def forward(self, rows: slice, tokens: torch.Tensor) -> torch.Tensor:
         """Appends `tokens` [R, K, S] to rows `rows` (contiguous slots) and returns logits [R, K, S, card].
 
@@ -331,13 +357,9 @@ class StepDecoder:
         if self.uses_prefix and bool((self.prefix_lengths[rows] == 0).any()):
             raise ValueError("this model prepends a melody: set_prefix on every row before decoding "
                              "(engine.melody.melody_condition(lm, None, ...) without a melody)")
-        start_lengths = self.lengths[rows]
-        x = sum(F.embedding(tokens[:, k], self.embeddings[k]) for k in range(n_codebooks))
-        positions = start_lengths.view(-1, 1) + torch.arange(steps, device=tokens.device).view(1, -1)
-        x = self._transform(rows, x + (self.positional_scale * self._positional(positions)).to(self.dtype))
-        if self.out_norm is not None:
-            x = F.layer_norm(x, (self.dim,), *self.out_norm[:2], eps=self.out_norm[2])
-        logits = self.heads(x)
+        positions = self.lengths[rows].view(-1, 1) + torch.arange(steps, device=tokens.device).view(1, -1)
+        x = self._transform(rows, self.embed(tokens, positions))
+        logits = self.head(x)
         return logits.view(n_rows, steps, n_codebooks, self.card).transpose(1, 2).float()
 
     def _transform(self, rows: slice, x: torch.Tensor) -> torch.Tensor:
@@ -363,25 +385,19 @@ class StepDecoder:
                           < cross_lengths.view(-1, 1, 1, 1))
         row_index = torch.arange(rows.start, rows.start + n_rows, device=x.device).view(-1, 1)
 
-        for index, layer in enumerate(self.layers):
-            h = F.layer_norm(x, (self.dim,), *layer.norm1[:2], eps=layer.norm1[2])
-            qkv = layer.qkv(h).view(n_rows, steps, 3, self.num_heads, self.head_dim)
-            q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [R, H, S, Dh]
-            self.keys[index][row_index, :, positions] = k.transpose(1, 2)
-            self.values[index][row_index, :, positions] = v.transpose(1, 2)
-            keys = self.keys[index, rows, :, :total]
-            values = self.values[index, rows, :, :total]
-            attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=self_mask)
-            x = x + layer.out(attended.transpose(1, 2).reshape(n_rows, steps, self.dim))
-            if layer.cross_q is not None:
-                h = F.layer_norm(x, (self.dim,), *layer.norm_cross[:2], eps=layer.norm_cross[2])
-                q = layer.cross_q(h).view(n_rows, steps, self.num_heads, self.head_dim).transpose(1, 2)
-                attended = F.scaled_dot_product_attention(
-                    q, self.cross_keys[index, rows, :, :cross_total], self.cross_values[index, rows, :, :cross_total],
-                    attn_mask=cross_mask)
-                x = x + layer.cross_out(attended.transpose(1, 2).reshape(n_rows, steps, self.dim))
-            h = F.layer_norm(x, (self.dim,), *layer.norm2[:2], eps=layer.norm2[2])
-            x = x + layer.ff2(layer.activation(layer.ff1(h)))
+        for index in range(len(self.layers)):
+            def self_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int = index) -> torch.Tensor:
+                self.keys[index][row_index, :, positions] = k.transpose(1, 2)
+                self.values[index][row_index, :, positions] = v.transpose(1, 2)
+                return F.scaled_dot_product_attention(q, self.keys[index, rows, :, :total],
+                                                      self.values[index, rows, :, :total], attn_mask=self_mask)
+
+            def cross_attend(q: torch.Tensor, index: int = index) -> torch.Tensor:
+                return F.scaled_dot_product_attention(q, self.cross_keys[index, rows, :, :cross_total],
+                                                      self.cross_values[index, rows, :, :cross_total],
+                                                      attn_mask=cross_mask)
+
+            x = self.layer(index, x, self_attend, cross_attend)
         self.lengths[rows] = start_lengths + steps
         self.advance_host(rows, steps)
         return x

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from weights import WEIGHTS_DIR
+from engine.paths import WEIGHTS_DIR
 
 
 def configure_offline_caches(checkpoint_dir: Path) -> None:

@@ -3,8 +3,9 @@
 A session is a stream the LM thread steps only while a chunk is wanted; the chunk's tokens then go to the codec
 thread, which decodes them while the LM thread goes on with other work. Each chunk carries `overlap_seconds` of
 audio past its end that is identical to the start of the next chunk, so a client that crossfades over the overlap
-(as the seed's browser client does) plays a seamless stream. Updates apply at a chunk boundary the caller is told
-of; the context is kept, so the music turns rather than restarts.
+(as the seed's browser client does) plays a seamless stream. Updates and melodies apply from the next decode step
+of the chunk in the making (engine.steering says where that lands in the audio, and why it is reproducible); the
+context is kept, so the music turns rather than restarts.
 """
 
 import logging
@@ -13,13 +14,14 @@ import threading
 import time
 import typing as tp
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from engine.codec_stream import StreamingCodecDecoder
-from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
-from engine.streams import Conditioning, SamplingParams, Stream, normalized_weights
+from engine.settings import JamSettings
+from engine.steering import Placement, Ramp, kept_rows, place, union_blend
+from engine.streams import Conditioning, Stream
 from engine.worker import URGENT, run_in_pieces
 
 logger = logging.getLogger(__name__)
@@ -27,37 +29,6 @@ logger = logging.getLogger(__name__)
 
 class SessionClosed(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class JamSettings:
-    """Everything a client can steer. Validated on construction, so a bad update never reaches the stream."""
-
-    styles: tuple[str, ...]
-    weights: tuple[float, ...]
-    params: SamplingParams = SamplingParams(temperature=1.1, top_k=40, guidance=3.0)
-    chunk_seconds: float = 2.0
-    # what the caller made these settings from (e.g. Lyria's prompts and config), handed back on every chunk
-    # generated with them; the engine never reads it, and it takes no part in comparisons
-    source: tp.Any = field(default=None, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.styles or any(not s.strip() for s in self.styles):
-            raise ValueError("styles must name at least one non-empty style")
-        if len(self.styles) > MAX_STYLES:
-            raise ValueError(f"{len(self.styles)} styles given; at most {MAX_STYLES} can be blended")
-        if any(len(s) > MAX_PROMPT_CHARS for s in self.styles):
-            raise ValueError(f"a style is longer than {MAX_PROMPT_CHARS} characters")
-        if len(self.weights) != len(self.styles):
-            raise ValueError(f"{len(self.weights)} style weights for {len(self.styles)} styles")
-        normalized_weights(self.weights)
-        self.params.validate()
-        if not 0 < self.chunk_seconds <= 10:
-            raise ValueError("chunk length must be within (0, 10] seconds")
-
-    @property
-    def conditioning(self) -> Conditioning:
-        return Conditioning(list(self.styles), normalized_weights(self.weights))
 
 
 @dataclass(frozen=True)
@@ -69,7 +40,10 @@ class Chunk:
     overlap_seconds: float
     generation_seconds: float  # from the request to the chunk being ready
     frames: torch.Tensor  # [K, n] tokens that completed while this chunk was produced
-    settings: JamSettings
+    settings: JamSettings  # in force at the chunk's first sample
+    # settings that start inside the chunk: (seconds from its first sample, settings), in order
+    changes: tuple[tuple[float, JamSettings], ...] = ()
+    start_seconds: float = 0.0  # the chunk's first sample on the stream's timeline (a restart starts it again)
 
     @property
     def real_time_factor(self) -> float:
@@ -83,7 +57,6 @@ class _Request:
     index: int
     requested: float
     samples: int  # new samples in this chunk (the overlap comes on top)
-    settings: JamSettings
 
 
 def _pass_failure(target: Future, source: Future) -> None:
@@ -108,14 +81,16 @@ class JamSession:
         self._lock = threading.Lock()
         self._closed = False
         self._requested = 0  # chunks asked for so far (caller threads, under the lock)
-        # changes waiting for their chunk, under the lock: (first chunk index, "settings" | "melody", value)
-        self._changes: list[tuple[int, str, tp.Any]] = []
         self.failure: tp.Optional[BaseException] = None
         # LM thread
         self.stream: tp.Optional[Stream] = None
         self._pending: tp.Optional[_Request] = None
+        self._next_index = 0  # the index of the next chunk request the LM thread takes up
         self._planned_samples = 0  # audio samples given to earlier chunks (their new part)
         self._prompt_frames = 0
+        # settings by the stream sample they start at, from the one in force at the next chunk's start on
+        self._timeline: list[tuple[int, JamSettings]] = [(0, settings)]
+        self._shrink: tp.Optional[list[str]] = None  # a glide under way: the styles it ends on
         # codec thread
         self._codec = StreamingCodecDecoder(model.musicgen.compression_model)
         self._audio = torch.zeros(model.channels, 0)  # decoded audio from sample `_audio_start` on
@@ -138,9 +113,10 @@ class JamSession:
 
     def restart(self, seed: int) -> None:
         """Goes on with a fresh context (a new stream on `seed`) on the slot this session holds, so that a
-        restart never competes for a slot: built from the latest settings and melody, those not yet applied
-        included; chunks count from 0 again. For a failed session (its failure is cleared) and for a client's
-        reset alike. Blocks until the engine has swapped the stream; SessionClosed if the session closed."""
+        restart never competes for a slot: built from the latest settings and melody (changes are applied in the
+        order they came, on the LM thread, so those sent before the restart are in them); chunks count from 0
+        again. For a failed session (its failure is cleared) and for a client's reset alike. Blocks until the
+        engine has swapped the stream; SessionClosed if the session closed."""
         self._restart(seed, None)
 
     def restart_from(self, seed: int, prompt: tuple[torch.Tensor, int]) -> None:
@@ -153,18 +129,15 @@ class JamSession:
         with self._lock:
             if self._closed:
                 raise SessionClosed("session is closed")
-            due = {kind: value for _, kind, value in self._changes}  # the latest change of each kind
-            self._changes = []
             self._requested = 0
 
         def swap() -> Future:
             if self._closed:  # closed meanwhile: its shutdown already ran or runs next, with the old stream
                 raise SessionClosed("session is closed")
-            melody = due["melody"] if "melody" in due else self.stream.melody
-            self.settings = due.get("settings", self.settings)
+            melody = self.stream.melody
             self._shutdown()
             self._abandon_pending()
-            self._planned_samples = 0
+            self._planned_samples = self._next_index = 0
             self._start(seed, tokens, melody)
             # after the old stream's decodes (same priority, queued before): the new stream's audio starts afresh
             # (after the prompt's tokens, which are its decode's left context)
@@ -189,30 +162,24 @@ class JamSession:
         job.add_done_callback(lambda done: _pass_failure(future, done))
         return future
 
-    def update(self, settings: JamSettings) -> int:
-        """Queues new settings; returns the index of the first chunk generated with them (the next one not yet
-        asked for: a chunk already in the making keeps the settings it started with)."""
+    def update(self, settings: JamSettings) -> "Future[Placement]":
+        """Applies new settings from the stream's next decode step: the chunk in the making changes inside it.
+        The future gives where (engine.steering.Placement); it fails with SessionClosed, or RuntimeError when
+        the decoder has no rows for more styles (the settings in force then stay). Validates on the caller's
+        thread first (ValueError)."""
         self.engine.check_settings(settings)
-        return self._queue("settings", settings)
+        return self.engine.lm_worker.call(lambda: self._apply("settings", settings))
 
-    def set_melody(self, melody: tp.Optional[tuple[torch.Tensor, int]]) -> int:
-        """Follows a new melody (wav [C, T], sample rate), or none, from the returned chunk index on; the context
-        is kept (re-prefilled after the new chroma prefix). Blocks while the melody is analysed."""
+    def set_melody(self, melody: tp.Optional[tuple[torch.Tensor, int]]) -> Placement:
+        """Follows a new melody (wav [C, T], sample rate), or none, from the next decode step on; the context
+        is kept (re-prefilled after the new chroma prefix). Blocks while the melody is analysed and applied."""
         prefix = None
         if melody is not None:
             prefix = run_in_pieces(self.engine.codec_worker, self.engine.melody_prefix_pieces(*melody),
                                    URGENT).result()
         elif not self.engine.model.supports_melody:
             raise ValueError("this model cannot follow a melody (it has no chroma conditioner)")
-        return self._queue("melody", prefix)
-
-    def _queue(self, kind: str, value: tp.Any) -> int:
-        """Holds a change for the next chunk not yet asked for; returns that chunk's index."""
-        with self._lock:
-            # a failed session goes on only by a restart, whose chunks count from 0: a change waits for that one
-            first = 0 if self.failure is not None else self._requested
-            self._changes.append((first, kind, value))
-        return first
+        return self.engine.lm_worker.call(lambda: self._apply("melody", prefix)).result()
 
     def close(self) -> None:
         """Frees the session's rows and its slot; safe to call twice and from any thread."""
@@ -234,6 +201,66 @@ class JamSession:
         stream.on_failed = self._on_failed
         self.engine.scheduler.add_stream(stream)
         self.stream = stream
+        self._timeline = [(0, self.settings)]
+        self._shrink = None
+
+    def _apply(self, kind: str, value: tp.Any) -> Placement:
+        """A change, between two decode steps: it applies from the next one. A failed session goes on only by a
+        restart, which takes the settings (and melody) in force: the change is then heard from its chunk 0."""
+        if self._closed or self.stream is None:
+            raise SessionClosed("session is closed")
+        live = self.stream.error is None  # still stepping (a failed decode restarts it, from these settings too)
+        ramp = 0.0
+        if kind == "melody" and live:
+            self.engine.scheduler.set_melody(self.stream, value)
+        elif kind == "melody":
+            self.stream.melody = value
+        elif live:
+            ramp = self._steer(value)
+        else:
+            self.settings = value
+        frame = max(0, self.stream.absolute_complete - self._prompt_frames)  # a prompt: its frames complete first
+        sample = max(0, frame - self._codec.lookahead_frames) * self.hop  # the first sample it can reach
+        if kind == "settings" and live:
+            self._timeline.append((sample, value))
+        if not live or self.failure is not None:
+            return Placement(chunk=0, offset_seconds=0.0, stream_seconds=0.0, frame=0)
+        pending = self._pending
+        current = int(round(self.settings.chunk_seconds * self.sample_rate))
+        return place(sample, self.sample_rate, frame, self._planned_samples,
+                     pending.index if pending else self._next_index, pending.samples if pending else current,
+                     current, ramp)
+
+    def _steer(self, update: JamSettings) -> float:
+        """New settings on the live stream from its next step; returns the glide's length (0: instant)."""
+        scheduler, stream = self.engine.scheduler, self.stream
+        if (update.styles, update.weights) != (self.settings.styles, self.settings.weights):
+            target = update.conditioning
+            texts, start, end = union_blend(stream.conditioning.texts, stream.ramp.weights if stream.ramp
+                                            else stream.conditioning.weights, target.texts, target.weights)
+            steps = int(round(update.ramp_seconds * self.engine.model.frame_rate))
+            if steps > 0 and len(texts) <= self.engine.config.max_styles:
+                scheduler.set_conditioning(stream, Conditioning(texts, end))
+                stream.ramp = Ramp(start, end, steps)
+                self._shrink = texts
+            else:
+                stream.ramp, self._shrink = None, None
+                scheduler.set_conditioning(stream, target)
+        stream.params = update.params
+        self.settings = update
+        return update.ramp_seconds if stream.ramp else 0.0
+
+    def _end_glide(self, stream: Stream) -> None:
+        """A finished glide gives back the rows of the styles it left (each kept row keeps its context)."""
+        texts, weights = stream.conditioning.texts, stream.conditioning.weights
+        keep = kept_rows(texts, weights)
+        self._shrink = None
+        if len(keep) < len(texts):
+            try:
+                self.engine.scheduler.set_conditioning(
+                    stream, Conditioning([texts[i] for i in keep], [weights[i] for i in keep]), sources=keep)
+            except Exception:  # a failed copy (out of memory) changes nothing: the zero-weight rows play on
+                logger.exception("could not give back the rows a style glide left")
 
     def _request(self, future: Future, index: int, requested: float, deadline: tp.Optional[float]) -> None:
         if self._closed or self.stream is None:
@@ -242,25 +269,17 @@ class JamSession:
             raise self.stream.error
         if self._pending is not None:
             raise RuntimeError("a chunk is already being generated for this session")
-        with self._lock:  # the latest change of each kind that is due by this chunk
-            due = {kind: value for first, kind, value in self._changes if first <= index}
-            self._changes = [change for change in self._changes if change[0] > index]
-        if "melody" in due:
-            self.engine.scheduler.set_melody(self.stream, due["melody"])
-        if "settings" in due:
-            update = due["settings"]
-            if update.styles != self.settings.styles or update.weights != self.settings.weights:
-                self.engine.scheduler.set_conditioning(self.stream, update.conditioning)
-            self.stream.params = update.params
-            self.settings = update
         samples = int(round(self.settings.chunk_seconds * self.sample_rate))
-        self._pending = _Request(future, index, requested, samples, self.settings)
+        self._pending = _Request(future, index, requested, samples)
+        self._next_index = index + 1
         needed = self._planned_samples + samples + self._overlap
         self.stream.wanted_frames = self._prompt_frames + math.ceil(needed / self.hop) + self._codec.lookahead_frames
         self.stream.deadline = deadline
         self._on_frames(self.stream)
 
     def _on_frames(self, stream: Stream) -> None:
+        if self._shrink is not None and stream.ramp is None:
+            self._end_glide(stream)
         if self._pending is None or stream.wants_steps():
             return
         request, self._pending = self._pending, None
@@ -268,8 +287,18 @@ class JamSession:
         start = self._planned_samples
         self._planned_samples += request.samples
         stream.deadline = None
-        job = self.engine.codec_worker.call(lambda: self._decode(request, frames, start), priority=URGENT)
+        settings, changes = self._settings_within(start, start + request.samples)
+        job = self.engine.codec_worker.call(lambda: self._decode(request, frames, start, settings, changes),
+                                            priority=URGENT)
         job.add_done_callback(lambda done: self._decoded(request, done))
+
+    def _settings_within(self, start: int, end: int) -> tuple[JamSettings, tuple[tuple[float, JamSettings], ...]]:
+        """The settings in force at sample `start` and those that begin in [start, end); forgets what is past."""
+        before = [entry for entry in self._timeline if entry[0] <= start]
+        inside = tuple(((entry[0] - start) / self.sample_rate, entry[1]) for entry in self._timeline
+                       if start < entry[0] < end)
+        self._timeline = [before[-1]] + [entry for entry in self._timeline if entry[0] > start]
+        return before[-1][1], inside
 
     def _on_failed(self, stream: Stream, error: BaseException) -> None:
         self.failure = error
@@ -301,7 +330,8 @@ class JamSession:
         self._codec.skip(tokens)
         return tokens
 
-    def _decode(self, request: _Request, frames: torch.Tensor, start: int) -> Chunk:
+    def _decode(self, request: _Request, frames: torch.Tensor, start: int, settings: JamSettings,
+                changes: tuple[tuple[float, JamSettings], ...]) -> Chunk:
         self._audio = torch.cat([self._audio, self._codec.push(frames)], dim=-1)
         offset = start - self._audio_start
         audio = self._audio[:, offset: offset + request.samples + self._overlap].clone()
@@ -313,7 +343,7 @@ class JamSession:
         return Chunk(index=request.index, audio=audio, sample_rate=self.sample_rate,
                      seconds=request.samples / self.sample_rate, overlap_seconds=self._overlap / self.sample_rate,
                      generation_seconds=time.perf_counter() - request.requested, frames=frames,
-                     settings=request.settings)
+                     settings=settings, changes=changes, start_seconds=start / self.sample_rate)
 
     def _decoded(self, request: _Request, done: Future) -> None:
         if done.exception() is not None:  # the audio stream has a hole now: this session cannot go on

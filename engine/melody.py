@@ -1,95 +1,18 @@
-"""Melody conditioning for musicgen-melody checkpoints: the stem separator from local files, the chroma prefix.
+"""Melody conditioning for musicgen-melody checkpoints: the chroma prefix.
 
 musicgen-melody prepends to the audio tokens a chroma of the melody's vocals + other stems (separated by demucs'
-htdemucs), projected to the LM's width: a prefix of P embedding steps (see StepDecoder.set_prefix). audiocraft's
-ChromaStemConditioner gets htdemucs by name through demucs' loader, which downloads from a URL and unpickles a class
-with its arguments. Here the separator is read from the checkpoint's torch hub cache with the allow-listed
-weights-only `torch.load` used for every checkpoint, rebuilt from its plain kwargs and state dict, and handed to the
-conditioner while audiocraft's builder constructs it (`providing_separator`).
+htdemucs, engine.separator), projected to the LM's width: a prefix of P embedding steps (see
+StepDecoder.set_prefix).
 """
 
-import contextlib
-import inspect
 import math
-import random
 import typing as tp
-from fractions import Fraction
-from pathlib import Path
 
 import torch
 
-from engine.checkpoint import CheckpointError, safe_load
+from engine.separator import FixedShift
 
-# The one model of demucs' "htdemucs" bag (demucs/remote/htdemucs.yaml), as torch hub names its cached download.
-HTDEMUCS_FILE = "955717e8-8726e21a.th"
-HTDEMUCS_URL = "https://dl.fbaipublicfiles.com/demucs/hybrid_transformer/" + HTDEMUCS_FILE
 WINDOW_SECONDS = 30.0  # the chroma covers a 30 s training window, as MusicGen's windowed extension gives it
-# demucs separates with a random time shift (python's `random`); a fixed one makes a melody's prefix reproducible.
-_SHIFT_SEED = 0
-
-
-def separator_path() -> Path:
-    """Where the separator is read from: the torch hub cache of TORCH_HOME (see engine.hub)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / HTDEMUCS_FILE
-
-
-def needs_separator(cfg) -> bool:
-    """Whether an LM config has a chroma conditioner, which audiocraft builds around htdemucs."""
-    conditioners = cfg.get("conditioners") or {}
-    return any(isinstance(c, tp.Mapping) and c.get("model") == "chroma_stem" for c in conditioners.values())
-
-
-def load_separator(path: tp.Optional[Path] = None):
-    """htdemucs as demucs' pretrained "htdemucs" gives it (a bag of one model), from demucs' package layout
-    {'klass', 'args', 'kwargs', 'state'} read without executing pickled code."""
-    from demucs.apply import BagOfModels
-    from demucs.htdemucs import HTDemucs
-
-    fix_separation_shift()
-    path = path or separator_path()
-    if not path.is_file():
-        raise CheckpointError(f"This melody checkpoint needs the htdemucs stem separator at {path}; fetch it with "
-                              "`python -m weights.fetch --model melody` (or copy that file there)")
-    pkg = safe_load(path, extra_globals=[HTDemucs, Fraction])
-    if pkg.get("klass") is not HTDemucs:
-        raise CheckpointError(f"{path} is not an htdemucs package (klass={pkg.get('klass')!r})")
-    accepted = inspect.signature(HTDemucs).parameters
-    kwargs = {key: value for key, value in dict(pkg["kwargs"]).items() if key in accepted}
-    model = HTDemucs(*pkg.get("args", ()), **kwargs)
-    try:
-        model.load_state_dict(pkg["state"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: the separator's weights do not fit its kwargs: {exc}") from None
-    return BagOfModels([model]).eval()
-
-
-def save_separator(model, path: Path) -> None:
-    """Writes an HTDemucs in demucs' package layout (what `load_separator` and demucs itself read)."""
-    args, kwargs = model._init_args_kwargs
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"klass": type(model), "args": tuple(args), "kwargs": dict(kwargs), "state": model.state_dict(),
-                "training_args": {}}, path)
-
-
-@contextlib.contextmanager
-def providing_separator(separator) -> tp.Iterator[None]:
-    """While audiocraft builds an LM, its ChromaStemConditioner gets `separator` instead of a hub download."""
-    from demucs import pretrained
-
-    original = pretrained.get_model
-
-    def get_model(name: str, repo=None):
-        if name != "htdemucs" or repo is not None:
-            raise CheckpointError(f"unexpected demucs model request {name!r}: only htdemucs is provided locally")
-        return separator
-
-    pretrained.get_model = get_model
-    try:
-        yield
-    finally:
-        pretrained.get_model = original
-
-
 def prefix_steps(lm) -> int:
     """How many cache positions a row's prefix takes (0 without melody conditioning): size a StepDecoder's
     `max_steps` as prefix_steps + window steps. musicgen-melody: 235 chroma frames for its 30 s window."""
@@ -107,32 +30,6 @@ def looped_window(wav: torch.Tensor, sample_rate: int, offset_seconds: float) ->
     start = int(offset_seconds * sample_rate)
     positions = torch.arange(start, start + int(WINDOW_SECONDS * sample_rate), device=wav.device)
     return wav[..., positions % wav.shape[-1]]
-
-
-class _FixedShift:
-    """Stands in for the `random` module inside the demucs modules that draw from it when separating: apply_model's
-    time shift (`randint`) and the transformer's positional shift (`randrange`, always 0 for htdemucs, whose
-    `sin_random_shift` is 0, but a draw from the process-wide RNG all the same). Each draw is what a Random seeded
-    with _SHIFT_SEED draws first (for the time shift, what `random.seed(0)` gave before), from a Random of its own,
-    so no process-wide RNG is read or reseeded and threads never disturb each other. demucs draws one time shift
-    per model per separation, and htdemucs is a bag of one model, so that one draw is all a separation needs."""
-
-    @staticmethod
-    def randint(low: int, high: int) -> int:
-        return random.Random(_SHIFT_SEED).randint(low, high)
-
-    @staticmethod
-    def randrange(stop: int) -> int:
-        return random.Random(_SHIFT_SEED).randrange(stop)
-
-
-def fix_separation_shift() -> None:
-    """Makes demucs' separation reproducible without touching process-wide RNG state (idempotent; called when a
-    separator is loaded, before any melody is analysed)."""
-    import demucs.apply
-    import demucs.transformer
-
-    demucs.apply.random = demucs.transformer.random = _FixedShift()
 
 
 Piece = tp.Generator[None, None, torch.Tensor]
@@ -224,7 +121,7 @@ def _separate(bag, mix: torch.Tensor, autocast) -> Piece:
         length = mix.shape[-1]
         max_shift = int(0.5 * model.samplerate)
         padded = tensor_chunk(mix).padded(length + 2 * max_shift)
-        offset = _FixedShift.randint(0, max_shift)
+        offset = FixedShift.randint(0, max_shift)
         shifted = yield from _split(model, TensorChunk(padded, offset, length + max_shift - offset), autocast)
         out = 0.0 + shifted[..., max_shift - offset:]
         out /= 1  # demucs averages over its one shift

@@ -47,7 +47,11 @@ class LoadedModel:
         return (self.files.directory / "demo.json").is_file()
 
     def describe(self) -> dict:
-        return {"checkpoint": str(self.files.lm), "device": self.device, "sample_rate": self.sample_rate,
+        """`lm_dim` and `lm_layers` say which MusicGen size this is (small 1024 x 24, medium 1536 x 48, large
+        2048 x 48), for clients that list checkpoints by size."""
+        lm = self.musicgen.lm
+        return {"checkpoint": str(self.files.lm), "lm_dim": int(lm.dim), "lm_layers": len(lm.transformer.layers),
+                "device": self.device, "sample_rate": self.sample_rate,
                 "frame_rate": self.frame_rate, "channels": self.channels, "melody": self.supports_melody,
                 "mbd": self.mbd is not None, "demo_noise": self.is_demo}
 

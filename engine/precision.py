@@ -40,6 +40,13 @@ def choose_weight_format(requested: str, device: str, flags: tp.Optional[set[str
     return "float32", "CPU without native bfloat16 (no avx512_bf16 or amx_bf16): bfloat16 would be emulated"
 
 
+def onednn_prepacks_bf16() -> bool:
+    """Whether oneDNN can hold bf16 weights prepacked for its matmul on this CPU. Not a second bf16 detector: the
+    format is chosen above (native bf16 or not); this is how bf16 weights, once chosen or forced, are stored
+    (oneDNN prepacks them on any AVX512 CPU, emulating where bf16 is not native)."""
+    return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def activation_dtype(weight_format: str) -> torch.dtype:
     """The dtype of activations and the KV cache for a weight format (int8 weights run with bf16 activations)."""
     return {"float32": torch.float32, "float16": torch.float16}.get(weight_format, torch.bfloat16)

@@ -94,14 +94,18 @@ class Scheduler:
             logger.exception("could not pack the decoder rows after removing a stream; the others stay put")
             self.streams = remaining
 
-    def set_conditioning(self, stream: Stream, conditioning) -> None:
-        """Swaps a stream's styles from its next step on, keeping its context: existing rows keep their caches,
-        added styles start from a copy of the first style's context. Raises (and changes nothing) when there are
-        no rows for it or the cache copy fails."""
+    def set_conditioning(self, stream: Stream, conditioning, sources: tp.Optional[list[int]] = None) -> None:
+        """Swaps a stream's styles from its next step on, keeping its context: style row i continues the cache of
+        the stream's style row `sources[i]` (by default the one in the same place, and added styles the first
+        one's), the unconditional row stays. Raises (and changes nothing) when there are no rows for it or the
+        cache copy fails."""
         grow = conditioning.rows - stream.conditioning.rows
         if grow > self.rows_free:
             raise RuntimeError(f"no decoder rows left for {conditioning.rows - 1} styles")
-        self._relayout(self.streams, {id(stream): conditioning.rows})
+        if sources is None:
+            styled = stream.conditioning.rows - 1
+            sources = [i if i < styled else 0 for i in range(conditioning.rows - 1)]
+        self._relayout(self.streams, {id(stream): sources})
         stream.conditioning = conditioning
         stream.conditions_dirty = True
 
@@ -118,25 +122,25 @@ class Scheduler:
             except Exception:
                 logger.exception("a stream's failure callback raised")
 
-    def _relayout(self, streams: list[Stream], row_counts: tp.Optional[dict[int, int]] = None) -> None:
-        """Packs `streams` onto rows 0.. in order, each with its number of rows (`row_counts` by id(stream) for
-        one whose styles change, else its conditioning's), and makes them the scheduler's streams. Nothing moves
-        (caches, rows, the stream list) unless the decoder's copy succeeded: a copy can run out of memory on a
-        GPU, and the other streams must go on from the caches they point at."""
+    def _relayout(self, streams: list[Stream], style_sources: tp.Optional[dict[int, list[int]]] = None) -> None:
+        """Packs `streams` onto rows 0.. in order and makes them the scheduler's streams. A stream whose styles
+        change has in `style_sources` (by id) the style row of its own that each new style row continues; the
+        others keep their rows' contents. Nothing moves (caches, rows, the stream list) unless the decoder's copy
+        succeeded: a copy can run out of memory on a GPU, and the other streams must go on from the caches they
+        point at."""
         known = {id(s) for s in self.streams}
         sources: list[int] = []
         layout: list[slice] = []
         for stream in streams:
             start = len(sources)
-            count = (row_counts or {}).get(id(stream), stream.conditioning.rows)
+            old = stream.rows
             if id(stream) not in known:  # a new stream: its conditions, prefix and prefill fill its rows
-                sources.extend(range(start, start + count))
-            else:  # a new style row starts from the first style's context, the unconditional row stays last
-                old = stream.rows
-                styled = list(range(old.start, old.stop - 1))
-                sources.extend(styled[i] if i < len(styled) else styled[0] for i in range(count - 1))
+                sources.extend(range(start, start + stream.conditioning.rows))
+            else:  # style rows from the named ones, the unconditional row stays last
+                picked = (style_sources or {}).get(id(stream), range(old.stop - 1 - old.start))
+                sources.extend(old.start + i for i in picked)
                 sources.append(old.stop - 1)
-            layout.append(slice(start, start + count))
+            layout.append(slice(start, len(sources)))
         self.decoder.relayout(sources)
         for stream, rows in zip(streams, layout, strict=True):
             stream.rows = rows
@@ -253,6 +257,7 @@ class Scheduler:
     def _accept(stream: Stream, logits: torch.Tensor) -> None:
         tokens = sample(stream.guided_logits(logits), stream.params, stream.generator)
         stream.frames.accept(tokens.view(1, -1))
+        stream.stepped()
 
 
 def _contiguous_runs(streams: list[Stream]) -> list[list[Stream]]:

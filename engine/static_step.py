@@ -41,33 +41,24 @@ def step_function(decoder: StepDecoder, keys: list[torch.Tensor], values: list[t
     """
     n_rows, n_codebooks = tokens.shape
     positions = lengths.clone()
-    x = sum(F.embedding(tokens[:, k], decoder.embeddings[k]) for k in range(n_codebooks)).unsqueeze(1)
-    x = x + (decoder.positional_scale * decoder._positional(positions.view(-1, 1))).to(decoder.dtype)
+    x = decoder.embed(tokens.unsqueeze(-1), positions.view(-1, 1))
     window = torch.arange(keys[0].shape[2], device=tokens.device).view(1, 1, 1, -1)
     self_mask = _additive(window <= positions.view(-1, 1, 1, 1), decoder.dtype)
     cross_window = torch.arange(cross_keys.shape[3], device=tokens.device).view(1, 1, 1, -1)
     cross_mask = _additive(cross_window < cross_lengths.view(-1, 1, 1, 1), decoder.dtype)
     row_index = torch.arange(n_rows, device=tokens.device)
-    heads, head_dim, dim = decoder.num_heads, decoder.head_dim, decoder.dim
-    for index, layer in enumerate(decoder.layers):
-        h = F.layer_norm(x, (dim,), *layer.norm1[:2], eps=layer.norm1[2])
-        qkv = layer.qkv(h).view(n_rows, 3, heads, head_dim)
-        keys[index][row_index, :, positions] = qkv[:, 1]
-        values[index][row_index, :, positions] = qkv[:, 2]
-        attended = F.scaled_dot_product_attention(qkv[:, 0].unsqueeze(2), keys[index], values[index],
-                                                  attn_mask=self_mask)
-        x = x + layer.out(attended.reshape(n_rows, 1, dim))
-        if layer.cross_q is not None:
-            h = F.layer_norm(x, (dim,), *layer.norm_cross[:2], eps=layer.norm_cross[2])
-            q = layer.cross_q(h).view(n_rows, heads, 1, head_dim)
-            attended = F.scaled_dot_product_attention(q, cross_keys[index], cross_values[index], attn_mask=cross_mask)
-            x = x + layer.cross_out(attended.reshape(n_rows, 1, dim))
-        h = F.layer_norm(x, (dim,), *layer.norm2[:2], eps=layer.norm2[2])
-        x = x + layer.ff2(layer.activation(layer.ff1(h)))
-    if decoder.out_norm is not None:
-        x = F.layer_norm(x, (dim,), *decoder.out_norm[:2], eps=decoder.out_norm[2])
+    for index in range(len(decoder.layers)):
+        def self_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int = index) -> torch.Tensor:
+            keys[index][row_index, :, positions] = k[:, :, 0]
+            values[index][row_index, :, positions] = v[:, :, 0]
+            return F.scaled_dot_product_attention(q, keys[index], values[index], attn_mask=self_mask)
+
+        def cross_attend(q: torch.Tensor, index: int = index) -> torch.Tensor:
+            return F.scaled_dot_product_attention(q, cross_keys[index], cross_values[index], attn_mask=cross_mask)
+
+        x = decoder.layer(index, x, self_attend, cross_attend)
     lengths.add_(1)
-    return decoder.heads(x).view(n_rows, n_codebooks, decoder.card).float()
+    return decoder.head(x).view(n_rows, n_codebooks, decoder.card).float()
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

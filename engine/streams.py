@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.pattern import DelayedFrames
+from engine.steering import Ramp
 
 GREEDY_BELOW = 1e-4  # temperatures below this decode greedily (0 is audiocraft's greedy decoding)
 MAX_TEMPERATURE = 10.0
@@ -106,6 +107,7 @@ class Stream:
     # a melody prediction beyond one window: the chroma prefix of each window, appended (on the LM thread) as the
     # codec thread analyses them; the stream waits at the end of a window until the next one's prefix is here
     window_prefixes: tp.Optional[list[torch.Tensor]] = None
+    ramp: tp.Optional[Ramp] = None  # a glide of the style weights under way (engine.steering), one step at a time
 
     def wants_steps(self) -> bool:
         limit = self.target_frames if self.target_frames is not None else self.wanted_frames
@@ -142,8 +144,17 @@ class Stream:
     def guided_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [rows, K, card] -> [K, card] by weighted classifier-free guidance."""
         cond, uncond = logits[:-1], logits[-1]
-        weights = torch.tensor(self.conditioning.weights, dtype=logits.dtype, device=logits.device).view(-1, 1, 1)
+        weights = self.ramp.weights if self.ramp is not None else self.conditioning.weights
+        weights = torch.tensor(weights, dtype=logits.dtype, device=logits.device).view(-1, 1, 1)
         return uncond + self.params.guidance * (weights * (cond - uncond)).sum(dim=0)
+
+    def stepped(self) -> None:
+        """One decode step was sampled: a glide moves on, and ends on its target weights."""
+        if self.ramp is not None:
+            self.ramp.done += 1
+            if self.ramp.finished:
+                self.conditioning = Conditioning(self.conditioning.texts, list(self.ramp.end))
+                self.ramp = None
 
     def roll_window(self) -> None:
         """Keeps the last `keep_frames` complete frames as a prompt, to be re-prefilled in one forward. A finite

@@ -85,7 +85,6 @@ class Worker:
         self.background = background
         self.stall_seconds = stall_seconds
         self.threads = threads
-        self.guard_trips = 0  # failures that escaped every narrower handler (logged; the thread went on)
         # the longest job or background piece since the last reset_longest(): (seconds, what it was), so the job
         # bound (engine.config.JOB_BOUND_SECONDS) can be checked on a running engine
         self.longest_job: tuple[float, str] = (0.0, "")
@@ -135,9 +134,6 @@ class Worker:
         longest, self.longest_job = self.longest_job, (0.0, "")
         return longest
 
-    def on_thread(self) -> bool:
-        return threading.current_thread() is self._thread
-
     # -- the thread ---------------------------------------------------------------------------------------------
     def _run(self) -> None:
         torch.set_grad_enabled(False)
@@ -147,8 +143,7 @@ class Worker:
             try:
                 if self._serve_one():
                     break
-            except BaseException:  # the guard: log, count, keep serving
-                self.guard_trips += 1
+            except BaseException:  # the guard: log and keep serving
                 logger.exception("%s thread: unexpected failure (the thread goes on)", self.name)
             finally:
                 self._busy_since = None

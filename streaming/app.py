@@ -1,5 +1,5 @@
-"""The sidecar's ASGI app: routes (/ws/jam, Lyria, WebRTC, the jam page, health), the connection cap, auth at
-the door."""
+"""The sidecar's ASGI app: routes (/ws/jam, Lyria, WebRTC, the jam page, health, the gary plugins' HTTP API and
+Socket.IO events, the model routes), the connection cap, auth at the door."""
 
 import logging
 import typing as tp
@@ -16,13 +16,16 @@ from streaming.auth import authorized
 from streaming.bar_http import generate_routes, jam_routes
 from streaming.capacity import Drain, snapshot
 from streaming.config import ServerConfig
+from streaming.gary_http import gary_routes
+from streaming.gary_service import GaryService
+from streaming.gary_socketio import socketio_server, with_socketio
 from streaming.jam_ws import JamConnection
 from streaming.jobs import JobTable
 from streaming.lyria_ws import LyriaConnection
 from streaming.page import page_routes
 from streaming.recording_http import recording_routes
 from streaming.sessions import SessionRegistry
-from streaming.webrtc import webrtc_routes
+from streaming.webrtc_http import webrtc_routes
 
 logger = logging.getLogger(__name__)
 
@@ -48,18 +51,23 @@ class ConnectionCount:
         self.active -= 1
 
 
-def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jobs: JobTable) -> tp.Any:
+def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jobs: JobTable,
+              registry: SessionRegistry) -> tp.Any:
     """The ASGI app; `blocking` runs the transports' blocking engine calls (its owner shuts it down), `drain` is
     the replica's drain (its owner may start it from outside a request, as SIGTERM does), `jobs` the table of
-    prediction jobs the DAW clients submit (its owner closes it)."""
+    prediction jobs the DAW clients submit, `registry` the live sessions by id (their owner closes both)."""
     connections = ConnectionCount(config.max_connections)
     notice = NOISE_NOTICE if engine.is_demo else None
-    registry = SessionRegistry.from_config(config)
     drain.join(registry)  # while draining no dropped session is held; at its end the held ones close
+    gary = GaryService(engine, jobs, draining=lambda: drain.active)
 
     async def health(request: Request) -> JSONResponse:
+        """Liveness. `status` is "ready" while the engine works (a value the gary plugins and the Darius tab
+        accept; the engine is loaded before the sidecar serves, so it is never "initializing"), else
+        "unhealthy" with the problem and a 503; `ok` and `warmed` as the Darius tab reads them."""
         state = engine.health()
-        body = {"status": "ok" if state.ok else "unhealthy", "sessions": engine.sessions_open,
+        body = {"ok": state.ok, "status": "ready" if state.ok else "unhealthy", "warmed": state.ok,
+                "sessions": engine.sessions_open,
                 "max_sessions": engine.config.max_sessions, "connections": connections.active,
                 "max_connections": connections.limit, "model": engine.describe()}
         if not state.ok:
@@ -111,11 +119,8 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
 
     routes = [Route("/health", health), Route("/ready", ready), Route("/admin/drain", start_drain, methods=["POST"]),
               WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
-              *webrtc_routes(engine, config, blocking, notice, drain), *page_routes(),
-              *recording_routes(engine, registry, config.token),
+              *webrtc_routes(engine, config, blocking, notice, drain, registry), *gary_routes(gary, engine, config),
+              *recording_routes(engine, registry, config.token), *page_routes(),
               *generate_routes(engine, jobs, notice, config.token),
               *jam_routes(engine, registry, blocking, notice, config.token)]
-
-    app = Starlette(routes=routes)
-    app.state.registry = registry  # its owner closes it when the server stops (held sessions keep slots)
-    return app
+    return with_socketio(socketio_server(gary, config, connections), Starlette(routes=routes))

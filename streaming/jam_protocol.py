@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from engine import audio
 from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
 from engine.jam import Chunk, JamSettings
+from engine.settings import MAX_RAMP_SECONDS
+from engine.steering import Placement
 from engine.streams import MAX_GUIDANCE, MAX_TEMPERATURE, SamplingParams
 from streaming.wire import MAX_EXACT_INTEGER, WireError, bounded_number, load_object
 
@@ -21,8 +23,9 @@ MAX_MELODY_MESSAGE_BYTES = 1000 * 1024  # a melody message carries an audio file
 MAX_DECODE_FRAMES = 50
 PACES = ("realtime", "asap")
 DEFAULTS = {"styles": "warmup", "temperature": 1.1, "topk": 40, "guidance_weight": 3.0, "pace": "asap",
-            "max_decode_frames": MAX_DECODE_FRAMES}
-PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "pace", "max_decode_frames", "seed")
+            "max_decode_frames": MAX_DECODE_FRAMES, "style_ramp_seconds": 0.0}
+PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "pace", "max_decode_frames", "seed",
+          "style_ramp_seconds")
 MAX_SEED = 2**32 - 1
 SettingsCheck = tp.Callable[[JamSettings], None]  # the engine's own check (e.g. prompt length in tokens)
 
@@ -125,11 +128,12 @@ def settings_from(params: dict) -> tuple[JamSettings, str]:
     topk = _number(params, "topk", int, 1, 2048)
     guidance = _number(params, "guidance_weight", float, 0.0, MAX_GUIDANCE)
     frames = _number(params, "max_decode_frames", int, 1, MAX_DECODE_FRAMES)
+    ramp = _number({"style_ramp_seconds": 0.0, **params}, "style_ramp_seconds", float, 0.0, MAX_RAMP_SECONDS)
     if params["pace"] not in PACES:
         raise ProtocolError(f"pace must be one of {', '.join(PACES)}, got {params['pace']!r}")
     sampling = SamplingParams(temperature=temperature, top_k=topk, guidance=guidance)
     return JamSettings(styles=styles, weights=weights, params=sampling,
-                       chunk_seconds=frames / PROTOCOL_FRAME_RATE), params["pace"]
+                       chunk_seconds=frames / PROTOCOL_FRAME_RATE, ramp_seconds=ramp), params["pace"]
 
 
 class JamProtocol:
@@ -282,9 +286,15 @@ def status_event(status: str, **fields) -> str:
     return encode({"type": "status", "status": status, **fields})
 
 
+def _settings_fields(settings: JamSettings) -> dict:
+    return {"styles": ", ".join(settings.styles), "style_weights": ",".join(f"{w:g}" for w in settings.weights),
+            "temperature": settings.params.temperature, "topk": settings.params.top_k,
+            "guidance_weight": settings.params.guidance}
+
+
 def chunk_metadata(chunk: Chunk, noise_notice: tp.Optional[str] = None) -> dict:
-    """What was really sent: frames at the protocol's 25 per second, the overlap, and what made the chunk."""
-    settings = chunk.settings
+    """What was really sent: frames at the protocol's 25 per second, the overlap, and what made the chunk (the
+    settings at its start; `changes` lists those that start inside it, with their offset in seconds)."""
     metadata = {
         "sample_rate": chunk.sample_rate,
         "channels": int(chunk.audio.shape[0]),
@@ -295,12 +305,11 @@ def chunk_metadata(chunk: Chunk, noise_notice: tp.Optional[str] = None) -> dict:
         "chunk_index": chunk.index,
         "generation_seconds": round(chunk.generation_seconds, 4),
         "real_time_factor": round(chunk.real_time_factor, 4),
-        "styles": ", ".join(settings.styles),
-        "style_weights": ",".join(f"{w:g}" for w in settings.weights),
-        "temperature": settings.params.temperature,
-        "topk": settings.params.top_k,
-        "guidance_weight": settings.params.guidance,
+        **_settings_fields(chunk.settings),
     }
+    if chunk.changes:
+        metadata["changes"] = [{"offset_seconds": round(offset, 4), **_settings_fields(settings)}
+                               for offset, settings in chunk.changes]
     if noise_notice:
         metadata["notice"] = noise_notice
     return metadata
@@ -322,5 +331,15 @@ def describe_update(update: Update) -> dict:
                        "style_weights": ",".join(f"{w:g}" for w in update.settings.weights),
                        "temperature": update.settings.params.temperature, "topk": update.settings.params.top_k,
                        "guidance_weight": update.settings.params.guidance,
-                       "max_decode_frames": int(round(update.settings.chunk_seconds * PROTOCOL_FRAME_RATE))}}
+                       "max_decode_frames": int(round(update.settings.chunk_seconds * PROTOCOL_FRAME_RATE)),
+                       "style_ramp_seconds": update.settings.ramp_seconds}}
+
+
+def placement_fields(placement: Placement, heard_in_seconds: float) -> dict:
+    """Where an update starts in the audio the client receives: chunk `applies_from_chunk`, `offset_seconds`
+    after that chunk's first sample (the first sample it can reach: engine.steering), heard about
+    `heard_in_seconds` after this message by a listener playing without gaps; a glide of the styles over
+    `style_ramp_seconds` starts there (0: instant, also when the blend of old and new styles has too many)."""
+    return {"applies_from_chunk": placement.chunk, "offset_seconds": round(placement.offset_seconds, 4),
+            "heard_in_seconds": round(max(0.0, heard_in_seconds), 3), "ramp_seconds": placement.ramp_seconds}
 

@@ -1,5 +1,6 @@
 """/ws/jam over WebSocket: JSON control messages in; base64 WAV chunks (or binary WAV + chunk_meta) out."""
 
+import asyncio
 import logging
 import typing as tp
 from concurrent.futures import Executor
@@ -9,6 +10,7 @@ from engine.batch import random_seed
 from engine.core import CapacityError
 from engine.jam import JamSettings, SessionClosed
 from engine.melody import WINDOW_SECONDS
+from engine.steering import Placement
 from engine.worker import EngineUnavailable
 from streaming import jam_protocol as jp
 from streaming.bar_ws import BarSocket, wants_bar
@@ -61,9 +63,14 @@ class JamConnection(Connection):
         elif isinstance(command, jp.RecordingRequest):
             await self.send(jp.recording_event(self.jam.session_id))
         elif isinstance(command, jp.Update):
-            first = self.session.update(command.settings)
+            try:
+                placement = await asyncio.wrap_future(self.session.update(command.settings))
+            except (SessionClosed, RuntimeError) as exc:
+                await self.send(jp.error_event(f"update: {exc}"))
+                return True
             self.pacer.pace = command.pace
-            await self.send(jp.status_event("updated", applies_from_chunk=first, **jp.describe_update(command)))
+            await self.send(jp.status_event("updated", **jp.placement_fields(placement, self.pacer.heard_in(placement)),
+                                            **jp.describe_update(command)))
         elif isinstance(command, jp.Melody):
             await self.set_melody(command.audio)
         elif isinstance(command, jp.Stop):
@@ -130,7 +137,7 @@ class JamConnection(Connection):
         pool (the analysis waits for the codec thread)."""
         session = self.session
 
-        def follow() -> int:
+        def follow() -> Placement:
             melody = None
             if data is not None:
                 piece = decode_slice(data, max_seconds=WINDOW_SECONDS)
@@ -143,8 +150,10 @@ class JamConnection(Connection):
             await self.send(jp.error_event(f"melody: {exc}"))
             return
         if self.jam is not None:
-            self.jam.recording.note("melody", following=data is not None, chunk=first)
-        await self.send(jp.status_event("melody", following=data is not None, applies_from_chunk=first))
+            self.jam.recording.note("melody", following=data is not None, chunk=first.chunk,
+                                    offset_seconds=round(first.offset_seconds, 4))
+        await self.send(jp.status_event("melody", following=data is not None,
+                                        **jp.placement_fields(first, self.pacer.heard_in(first))))
 
     async def send_chunk(self, chunk) -> None:
         await self.send(*jp.chunk_events(chunk, self.binary, self.noise_notice))

@@ -29,6 +29,10 @@ after it was submitted is cancelled with an error. When a bound is reached, fini
 first; if that is not enough, `submit` raises TableFull (answer "busy, try again"), and a result bigger than the
 byte bound fails its job. A reaper thread enforces the times even when no client calls, so every entry goes
 however its client behaves. `status` of a reaped or unknown id is None.
+
+Every method is thread-safe and returns at once (a short lock), so an event loop may call them directly. A
+future ends with the work's own exception, JobCancelled (cancelled, timed out, table closed) or JobFailed (its
+result did not fit). States, JobStatus and the errors live in streaming.job_state; import them from here.
 """
 
 import contextlib
@@ -39,11 +43,26 @@ import threading
 import time
 import typing as tp
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
 
 from engine.batch import BatchRequest, BatchResult, GenerationCancelled
 from engine.config import PREDICTION_ROWS
+from streaming.job_state import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    Entry,
+    JobCancelled,
+    JobFailed,
+    JobStatus,
+    TableFull,
+    result_size,
+)
 
+__all__ = ["CANCELLED", "COMPLETED", "FAILED", "FINISHED", "QUEUED", "RUNNING", "JobCancelled", "JobContext",
+           "JobFailed", "JobStatus", "JobTable", "TableFull", "result_size"]
 logger = logging.getLogger(__name__)
 
 MAX_ENTRIES = 64
@@ -56,61 +75,10 @@ DEFAULT_SECONDS_PER_WORK_SECOND = 1.0
 REAP_INTERVAL_SECONDS = 1.0
 ENGINE_POLL_SECONDS = 0.1
 
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
-FINISHED = (COMPLETED, FAILED, CANCELLED)
-
-
-class TableFull(RuntimeError):
-    """No room for another job now; the message says which bound and that a retry later may succeed."""
-
-
-class JobFailed(RuntimeError):
-    """A job that failed in the table itself (its result did not fit); a work's own exception is passed as is."""
-
-
-class JobCancelled(Exception):
-    """The job was cancelled (by its client, its owner leaving, its time running out, or the table closing)."""
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """A snapshot of one entry, for any transport to render."""
-
-    job_id: str
-    owner: tp.Optional[str]
-    state: str  # queued | running | completed | failed | cancelled
-    stage: str  # "queued", "waiting for the engine", "generating", the work's own stages, then the state
-    progress: float  # 0..1, never decreasing; 1.0 once completed
-    position: tp.Optional[int]  # queued: jobs that start before this one (0 = next); else None
-    estimated_seconds: tp.Optional[float]  # until this job finishes; None once finished
-    error: tp.Optional[str]
-    result: tp.Any  # the work's return value once completed, else None
-    submitted: float  # time.monotonic() values
-    finished: tp.Optional[float]
-
-    @property
-    def finished_ok(self) -> bool:
-        return self.state == COMPLETED
-
-
-def result_size(value: tp.Any) -> int:
-    """Bytes a result holds, roughly: what the byte bound counts."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return len(value)
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(result_size(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(result_size(v) for v in value)
-    nbytes = getattr(value, "nbytes", None)
-    return int(nbytes) if isinstance(nbytes, int) else 0
-
-
 class JobContext:
     """What a job's work sees: its id, its cancel flag, progress and stages, and the engine's prediction API."""
 
-    def __init__(self, table: "JobTable", entry: "_Entry") -> None:
+    def __init__(self, table: "JobTable", entry: "Entry") -> None:
         self._table, self._entry = table, entry
         self.job_id = entry.job_id
         self.cancelled = entry.cancelled
@@ -148,27 +116,6 @@ class JobContext:
                 self._entry.engine_job = None
 
 
-class _Entry:
-    def __init__(self, job_id: str, owner: tp.Optional[str], work: tp.Callable[[JobContext], tp.Any],
-                 work_seconds: float, input_bytes: int, now: float) -> None:
-        self.job_id, self.owner, self.work = job_id, owner, work
-        self.work_seconds, self.input_bytes = max(work_seconds, 1e-3), input_bytes
-        self.state, self.stage, self.progress = QUEUED, QUEUED, 0.0
-        self.error: tp.Optional[str] = None
-        self.result: tp.Any = None
-        self.result_bytes = 0
-        self.submitted, self.started, self.finished = now, None, None
-        self.cancelled = threading.Event()
-        self.cancel_reason = "cancelled"
-        self.future: Future = Future()
-        self.lock = threading.Lock()
-        self.engine_job = None  # the engine's BatchJob while one runs
-
-    @property
-    def held_bytes(self) -> int:
-        return self.input_bytes + self.result_bytes
-
-
 class JobTable:
     def __init__(self, engine, workers: int = 1, max_entries: int = MAX_ENTRIES, max_pending: int = MAX_PENDING,
                  max_bytes: int = MAX_BYTES, keep_seconds: float = KEEP_SECONDS,
@@ -179,8 +126,8 @@ class JobTable:
         self.workers = workers
         self._clock = clock
         self._lock = threading.Condition()
-        self._entries: dict[str, _Entry] = {}  # in submission order
-        self._queue: list[_Entry] = []
+        self._entries: dict[str, Entry] = {}  # in submission order
+        self._queue: list[Entry] = []
         self._seconds_per_work: tp.Optional[float] = None  # measured: an exponential average over finished jobs
         self._closed = threading.Event()
         self._counter = itertools.count()
@@ -214,7 +161,7 @@ class JobTable:
                 raise TableFull(f"server busy: jobs hold {self._held_bytes_locked() // 2**20} MiB (the limit is "
                                 f"{self.max_bytes // 2**20} MiB); try again when one has finished")
             job_id = job_id or f"{secrets.token_urlsafe(12)}{next(self._counter)}"
-            entry = _Entry(job_id, owner, work, work_seconds, input_bytes, self._clock())
+            entry = Entry(job_id, owner, work, work_seconds, input_bytes, self._clock())
             self._entries[job_id] = entry
             self._queue.append(entry)
             self._lock.notify_all()
@@ -277,7 +224,7 @@ class JobTable:
             thread.join(timeout=5)
 
     # -- inside ------------------------------------------------------------------------------------------------
-    def _snapshot_locked(self, entry: _Entry) -> JobStatus:
+    def _snapshot_locked(self, entry: Entry) -> JobStatus:
         position = self._queue.index(entry) if entry.state == QUEUED and entry in self._queue else None
         return JobStatus(job_id=entry.job_id, owner=entry.owner, state=entry.state, stage=entry.stage,
                          progress=entry.progress, position=position,
@@ -285,14 +232,14 @@ class JobTable:
                          error=entry.error, result=entry.result if entry.state == COMPLETED else None,
                          submitted=entry.submitted, finished=entry.finished)
 
-    def _rate_locked(self, running: tp.Optional[_Entry] = None) -> float:
+    def _rate_locked(self, running: tp.Optional[Entry] = None) -> float:
         """Wall seconds per work second: the running job's own rate once it has made progress, else measured."""
         if running is not None and running.started is not None and running.progress > 0.05:
             elapsed = self._clock() - running.started
             return elapsed / (running.progress * running.work_seconds)
         return self._seconds_per_work or DEFAULT_SECONDS_PER_WORK_SECOND
 
-    def _estimate_locked(self, entry: _Entry) -> float:
+    def _estimate_locked(self, entry: Entry) -> float:
         running = [e for e in self._entries.values() if e.state == RUNNING]
         if entry.state == RUNNING:
             return max(0.0, (1 - entry.progress) * entry.work_seconds * self._rate_locked(entry))
@@ -324,7 +271,7 @@ class JobTable:
                   and now - entry.submitted > self.max_job_seconds):
                 self._cancel_locked(entry, f"timed out: not finished within {self.max_job_seconds:.0f} s")
 
-    def _cancel_locked(self, entry: _Entry, reason: str) -> None:
+    def _cancel_locked(self, entry: Entry, reason: str) -> None:
         entry.cancel_reason = reason
         entry.cancelled.set()
         if entry.state == QUEUED:
@@ -337,7 +284,7 @@ class JobTable:
             if engine_job is not None:
                 engine_job.cancel()  # the worker then finishes the entry as cancelled
 
-    def _finish_locked(self, entry: _Entry, state: str, result: tp.Any = None, error: tp.Optional[str] = None,
+    def _finish_locked(self, entry: Entry, state: str, result: tp.Any = None, error: tp.Optional[str] = None,
                        exc: tp.Optional[BaseException] = None) -> None:
         if entry.state in FINISHED:
             return
@@ -357,7 +304,7 @@ class JobTable:
                 entry.future.set_exception(exc if exc is not None else fallback)
         self._lock.notify_all()
 
-    def _update(self, entry: _Entry, stage: tp.Optional[str] = None, progress: tp.Optional[float] = None) -> None:
+    def _update(self, entry: Entry, stage: tp.Optional[str] = None, progress: tp.Optional[float] = None) -> None:
         with self._lock:
             if entry.state != RUNNING:
                 return
@@ -366,7 +313,7 @@ class JobTable:
             if progress is not None:
                 entry.progress = max(entry.progress, min(float(progress), 0.999))
 
-    def _wait_for_engine(self, entry: _Entry) -> None:
+    def _wait_for_engine(self, entry: Entry) -> None:
         """Waits while the engine's prediction rows are taken (by a prediction outside this table)."""
         engine = self.engine
         announced = False
@@ -377,7 +324,7 @@ class JobTable:
             if entry.cancelled.wait(ENGINE_POLL_SECONDS):
                 raise JobCancelled(entry.cancel_reason)
 
-    def _next_locked(self) -> tp.Optional[_Entry]:
+    def _next_locked(self) -> tp.Optional[Entry]:
         while not self._queue and not self._closed.is_set():
             self._lock.wait()
         if self._closed.is_set():
@@ -412,7 +359,7 @@ class JobTable:
                     else:
                         self._store_locked(entry, result)
 
-    def _store_locked(self, entry: _Entry, result: tp.Any) -> None:
+    def _store_locked(self, entry: Entry, result: tp.Any) -> None:
         size = result_size(result)
         entry.input_bytes = 0  # the input is spent; the result takes its place
         self._make_room_locked(extra_entries=0, extra_bytes=size)

@@ -35,7 +35,7 @@ PATH = "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateM
 OUTPUT_RATE = 48000
 OUTPUT_CHANNELS = 2
 MIME_TYPE = f"audio/l16;rate={OUTPUT_RATE};channels={OUTPUT_CHANNELS}"
-CHUNK_SECONDS = 2.0
+CHUNK_SECONDS = 1.0  # a client that plays all it receives hears a change within the lead plus one chunk
 CLOSE_TRY_AGAIN = 1013  # every session slot is taken
 
 PLAYBACK = ("PLAY", "PAUSE", "STOP", "RESET_CONTEXT")

@@ -1,4 +1,11 @@
-"""Lyria RealTime (BidiGenerateMusic) over WebSocket: the protocol module decides, this shell carries it out."""
+"""Lyria RealTime (BidiGenerateMusic) over WebSocket: the protocol module decides, this shell carries it out.
+
+How far ahead it generates: just in time (streaming.lead). A chunk is asked for when the listener has the stream's
+lead left (its recent slowest generation time plus margins, at least 0.2 s; about 0.3 s for the demo checkpoint) and
+sent the moment it is ready, and a change of prompts or config applies from the next decode step of the chunk in
+the making. A client that plays everything it receives, in order, therefore hears a change at most the lead plus
+one chunk (lyria_protocol.CHUNK_SECONDS) after sending it, and on average half a chunk plus the lead.
+"""
 
 import logging
 import typing as tp
@@ -14,8 +21,6 @@ from streaming.connection import Connection
 from streaming.pump import Pacer
 
 logger = logging.getLogger(__name__)
-
-AHEAD_CHUNKS = 2  # Lyria clients buffer a little ahead of the listener
 
 
 class LyriaConnection(Connection):
@@ -44,7 +49,7 @@ class LyriaConnection(Connection):
         elif isinstance(action, lp.StartSession):
             seed = random_seed() if action.seed is None else action.seed
             try:
-                await self.start_session(action.settings, seed, Pacer("realtime", ahead_chunks=AHEAD_CHUNKS))
+                await self.start_session(action.settings, seed, Pacer("realtime"))
             except CapacityError as exc:
                 raise lp.LyriaFatal(f"concurrency_limit_reached (limit {exc.limit})", code=lp.CLOSE_TRY_AGAIN) from None
             except (EngineUnavailable, ValueError, RuntimeError) as exc:
@@ -58,7 +63,7 @@ class LyriaConnection(Connection):
             except (EngineUnavailable, RuntimeError) as exc:
                 await self.on_generation_error(exc)
         elif isinstance(action, lp.UpdateSession):
-            self.session.update(action.settings)
+            self.session.update(action.settings).add_done_callback(_log_refused)
         elif isinstance(action, lp.PauseSession):
             await self.pump.stop()
         elif isinstance(action, lp.ResumeSession):
@@ -79,3 +84,10 @@ class LyriaConnection(Connection):
                 await self.execute(action)
         except Exception as failure:  # the client is gone too
             logger.debug("could not report a generation failure: %s", failure)
+
+
+def _log_refused(done) -> None:
+    """Lyria has no acknowledgement to carry it: a change the engine refused (no rows for more prompts) is logged,
+    and the prompts in force play on."""
+    if done.exception() is not None:
+        logger.warning("a Lyria update was not applied: %s", done.exception())

@@ -1,8 +1,9 @@
 """Pacing and pumping: how a session's chunks travel from the engine to a client at the right speed.
 
-The pump keeps the next chunk in the making while the current one is paced and sent, so generation overlaps
-sending; a slow reader stalls the pump at its send, which stalls generation: per connection at most one chunk
-waits in memory beside the one being written (plus the transport's 64 KiB write buffer).
+At pace asap the pump keeps the next chunk in the making while the current one is sent, so generation overlaps
+sending; at pace realtime it asks for each chunk just in time (Pacer). A slow reader stalls the pump at its send,
+which stalls generation: per connection at most one chunk waits in memory beside the one being written (plus the
+transport's 64 KiB write buffer).
 """
 
 import asyncio
@@ -10,33 +11,78 @@ import logging
 import time
 import typing as tp
 
+from engine.steering import Placement
+from streaming.lead import Lead
 from streaming.lifecycle import Tasks
 
 logger = logging.getLogger(__name__)
 
 
 class Pacer:
-    """Keeps a realtime stream at most `ahead_chunks` chunks ahead of the listener's clock (which starts at the
-    first send); "asap" sends as fast as chunks are generated."""
+    """Paces a stream for its listener, whose clock starts at the first send and who plays chunks back to back.
 
-    def __init__(self, pace: str, ahead_chunks: float = 1.0) -> None:
+    "realtime" is generated just in time: the next chunk is asked for when the listener has `lead.seconds` of
+    audio left (streaming.lead states the rule), and sent as soon as it is ready. "asap" asks for the next chunk as
+    soon as one arrives and sends as fast as chunks are generated. A chunk that arrives after the listener ran dry
+    counts as an underrun, and the listener's clock slips by the gap (as a client that waits for it does)."""
+
+    def __init__(self, pace: str) -> None:
         self.pace = pace
-        self.ahead_chunks = ahead_chunks
+        self.lead = Lead()
         self.started: tp.Optional[float] = None
         self.sent_seconds = 0.0
+        self.underruns = 0
+        self._requested_at: tp.Optional[float] = None
+        self._last: tp.Optional[tuple[int, float, float]] = None  # last chunk sent: index, listener time, start
+
+    @property
+    def just_in_time(self) -> bool:
+        return self.pace == "realtime"
+
+    async def before_request(self) -> None:
+        """Waits until the next chunk is due to be asked for, then starts timing it."""
+        if self.just_in_time and self.started is not None:
+            wait = self.started + self.sent_seconds - self.lead.seconds - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        self._requested_at = time.monotonic()
 
     async def before_send(self, chunk_seconds: float) -> None:
+        """Holds a chunk that would put the listener more than the lead and this chunk ahead (a stream that was
+        generated further ahead, e.g. before its pace changed to realtime)."""
         if self.pace != "realtime" or self.started is None:
             return
         ahead = self.sent_seconds - (time.monotonic() - self.started)
-        allowed = self.ahead_chunks * chunk_seconds
+        allowed = self.lead.seconds + chunk_seconds
         if ahead > allowed:
             await asyncio.sleep(ahead - allowed)
 
-    def sent(self, seconds: float) -> None:
+    def sent(self, seconds: float, chunk: tp.Any = None) -> None:
+        """A chunk went out: the time since it was asked for (generation, encoding, the write) feeds the lead."""
+        now = time.monotonic()
+        if self._requested_at is not None:
+            self.lead.record(now - self._requested_at)
+            self._requested_at = None
         if self.started is None:
-            self.started = time.monotonic()
+            self.started = now
+        elif self.just_in_time and now > self.started + self.sent_seconds:
+            self.underruns += 1
+            logger.info("realtime listener ran dry for %.3f s (underrun %d)", now - self.started - self.sent_seconds,
+                        self.underruns)
+            self.started = now - self.sent_seconds
+        if chunk is not None:
+            self._last = (chunk.index, self.started + self.sent_seconds, chunk.start_seconds)
         self.sent_seconds += seconds
+
+    def heard_in(self, placement: Placement) -> float:
+        """Seconds from now until the listener hears where `placement` starts, if it plays without gaps."""
+        now = time.monotonic()
+        if self.started is None:
+            return placement.stream_seconds + self.lead.seconds
+        if self._last is None or placement.chunk < self._last[0]:  # nothing of this stream sent yet (a restart)
+            return max(0.0, self.started + self.sent_seconds + placement.stream_seconds - now)
+        _, at, start = self._last
+        return max(0.0, at + placement.stream_seconds - start - now)
 
     def deadline(self, after_seconds: float = 0.0) -> tp.Optional[float]:
         """When a realtime listener runs out of audio if nothing beyond `after_seconds` more arrives."""
@@ -101,6 +147,7 @@ class ChunkPump:
         while True:
             if self._ready is None:
                 if self._inflight is None:
+                    await self.pacer.before_request()
                     self._request(self.pacer.deadline())
                 try:
                     chunk = await asyncio.shield(self._inflight)
@@ -114,7 +161,8 @@ class ChunkPump:
                 self._inflight = None
                 self._ready = chunk
                 self.on_chunk(chunk)
-                self._request(self.pacer.deadline(after_seconds=chunk.seconds))
+                if not self.pacer.just_in_time:  # asap: the next chunk is made while this one is sent
+                    self._request(self.pacer.deadline(after_seconds=chunk.seconds))
             chunk = self._ready
             await self.pacer.before_send(chunk.seconds)
             try:
@@ -123,4 +171,4 @@ class ChunkPump:
                 logger.info("could not send a chunk (%s); the connection is closing", type(exc).__name__)
                 return
             self._ready = None
-            self.pacer.sent(chunk.seconds)
+            self.pacer.sent(chunk.seconds, chunk)

@@ -40,7 +40,7 @@ def describe_settings(settings) -> dict:
     return {"styles": list(settings.styles), "style_weights": list(settings.weights),
             "temperature": settings.params.temperature, "top_k": settings.params.top_k,
             "top_p": settings.params.top_p, "guidance_weight": settings.params.guidance,
-            "chunk_seconds": settings.chunk_seconds}
+            "chunk_seconds": settings.chunk_seconds, "style_ramp_seconds": settings.ramp_seconds}
 
 
 class Recording:
@@ -78,9 +78,11 @@ class Recording:
 
     def add(self, chunk) -> None:
         """A chunk the session generated (engine.jam.Chunk): its tokens and, when they changed, its settings."""
-        if chunk.settings != self._settings:
-            self._settings = chunk.settings
-            self.note("settings", chunk=chunk.index, **describe_settings(chunk.settings))
+        for offset, settings in ((0.0, chunk.settings), *chunk.changes):  # the settings at its start, then within
+            if settings != self._settings:
+                self._settings = settings
+                self.note("settings", chunk=chunk.index, offset_seconds=round(offset, 4),
+                          **describe_settings(settings))
         frames = chunk.frames
         if self.frames + frames.shape[-1] > self.max_frames:
             self.truncated = True

@@ -19,16 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 import uvicorn
 
 from streaming.app import build_app
-from streaming.bar_protocol import MAX_AUDIO_MESSAGE_BYTES
 from streaming.capacity import Drain, serve_agent, snapshot
 from streaming.config import ServerConfig
+from streaming.gary_protocol import MAX_BODY_BYTES
 from streaming.jobs import JobTable
+from streaming.sessions import SessionRegistry
 
 logger = logging.getLogger(__name__)
 
-# larger frames are closed by the server (1009); smaller oversized ones get an error from their protocol (64 KiB for
-# most messages; bar mode's messages that carry a loop may be up to streaming.bar_protocol.MAX_AUDIO_MESSAGE_BYTES)
-WS_MAX_BYTES = MAX_AUDIO_MESSAGE_BYTES + 64 * 1024
+# larger frames are closed by the server (1009); each protocol refuses its oversized messages with an error below
+# this. gary4live's Socket.IO events carry whole audio files (streaming.gary_protocol.MAX_BODY_BYTES).
+WS_MAX_BYTES = MAX_BODY_BYTES + 1024 * 1024
 
 
 class RunningServer:
@@ -43,10 +44,10 @@ class RunningServer:
         self.agent: tp.Optional[asyncio.AbstractServer] = None
         self.blocking = ThreadPoolExecutor(config.blocking_threads, thread_name_prefix="jam-blocking")
         self.jobs = JobTable(engine)
-        self.app = build_app(engine, config, self.blocking, self.drain, self.jobs)
+        self.registry = SessionRegistry.from_config(config)
         self.server = uvicorn.Server(uvicorn.Config(
-            self.app, host=config.host, port=config.port,
-            log_level="warning",
+            build_app(engine, config, self.blocking, self.drain, self.jobs, self.registry), host=config.host,
+            port=config.port,            log_level="warning",
             lifespan="off", ws_max_size=WS_MAX_BYTES, ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile,
             ws_ping_interval=config.ping_interval or None, ws_ping_timeout=config.ping_timeout or None))
         self.thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="jam-sidecar", daemon=True)
@@ -59,7 +60,7 @@ class RunningServer:
         try:
             await self.server.serve()
         finally:
-            self.app.state.registry.close()  # held sessions give their slots back
+            self.registry.close()  # held sessions give their slots back
             if self.agent is not None:
                 self.agent.close()
 

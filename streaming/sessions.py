@@ -110,6 +110,9 @@ class SessionRegistry:
         self._jams[session_id] = jam
         return jam
 
+    def get(self, session_id: tp.Any) -> tp.Optional[Jam]:
+        return self._jams.get(session_id) if isinstance(session_id, str) else None
+
     def attach(self, session_id: tp.Any, kind: str, owner: object) -> Jam:
         """Hands a held session to `owner`. SessionError when the id is unknown, expired, of another kind of
         session, or played by another connection."""

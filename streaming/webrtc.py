@@ -13,45 +13,65 @@ import logging
 import time
 import typing as tp
 from concurrent.futures import Executor
+from dataclasses import dataclass, replace
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from engine.audio import OPUS_APPLICATION, OPUS_SAMPLE_RATE, OpusEncoder, StreamingResampler, pcm16_array
 from engine.batch import random_seed
-from engine.core import CapacityError
-from engine.jam import SessionClosed
+from engine.jam import JamSession, JamSettings, SessionClosed
 from streaming import jam_protocol as jp
 from streaming import webrtc_protocol as wp
-from streaming.auth import authorized
-from streaming.capacity import Drain
-from streaming.config import ServerConfig
+from streaming.lead import Lead
 from streaming.lifecycle import LiveSession, Tasks
+from streaming.sessions import Jam, SessionRegistry
 from streaming.webrtc_track import CHANNELS, JamTrack
 
 logger = logging.getLogger(__name__)
 
-AHEAD_CHUNKS = 1.0  # request the next chunk when the buffer is down to this many chunks
+# generated in decode units of 16 MusicGen frames (50 Hz), whatever chunk length the client's params name; the next
+# unit is asked for when the track holds the stream's lead (streaming.lead), and the track drains 20 ms at a time
+UNIT_SECONDS = 0.32
 FLUSH_SECONDS = 0.5  # how long a closing peer waits for its last data-channel messages to leave
 PC_CLOSE_SECONDS = 2.0  # at server shutdown aiortc's own close task may be cancelled and never finish
 TRICKLE_WAIT_SECONDS = 10.0  # a candidate that races its offer waits this long for the offer to be applied
+FAILED = "connection failed"
+# A resuming offer takes a session over from the peer playing it: a network that vanished is noticed by ICE consent
+# checks only after about 30 s, so the old peer may still look alive when its client comes back.
+REPLACED = "connection replaced by a new offer"
+
+
+@dataclass(frozen=True)
+class HeldPeer:
+    """What a resumed peer takes over from the one that dropped (streaming.sessions holds it as `Jam.state`)."""
+
+    controls: wp.Controls
+    settings: JamSettings
+    seed: int
+    inflight: tp.Optional[asyncio.Future]  # the unit in the making when the connection dropped
 
 
 class Peer:
-    """One WebRTC client: its peer connection, jam session, track, controls and the tasks that feed them."""
+    """One WebRTC client: its peer connection, jam session, track, controls and the tasks that feed them.
+
+    Its session is registered by id (streaming.sessions, kind "webrtc"): a peer whose connection fails or closes
+    without the client's `stop` leaves the session held, and an offer with `params.session_id` plays it on a new
+    peer, from the unit in the making on (the track's buffered audio went with the old connection)."""
 
     def __init__(self, webrtc_id: str, offer: wp.Offer, engine, blocking: Executor, notice: tp.Optional[str],
-                 on_closed: tp.Callable[["Peer"], None]) -> None:
+                 on_closed: tp.Callable[["Peer"], None], registry: SessionRegistry) -> None:
         self.webrtc_id = webrtc_id
         self.offer = offer
         self.engine = engine
         self.notice = notice
+        self.registry = registry
+        self.jam: tp.Optional[Jam] = None
+        self.inflight: tp.Optional[asyncio.Future] = None
         self.controls = offer.controls
-        self.settings = offer.settings
+        self.settings = replace(offer.settings, chunk_seconds=UNIT_SECONDS) if offer.settings else None
+        self.lead = Lead()
         self.seed = offer.seed if offer.seed is not None else random_seed()
         self.on_closed = on_closed
         self.track = JamTrack(OpusEncoder(), self._underrun, self._recovered)
@@ -59,9 +79,7 @@ class Peer:
         self.live = LiveSession(engine, blocking)
         self.resampler: tp.Optional[StreamingResampler] = None
         self.channel: tp.Optional[RTCDataChannel] = None
-        self.pending: tp.Optional[jp.Update] = None  # applied right before the next chunk request
-        self.requested = 0  # chunks requested so far = the index of the next request
-        self.scheduled_seconds = 0.0  # audio requested so far (where the next chunk starts on the track)
+        self.pushed_until = 0.0  # the stream's timeline up to which audio went into the track
         self.offered_at = time.monotonic()
         self.described = asyncio.Event()  # the offer is applied: trickled candidates can be added
         self.connected = asyncio.Event()
@@ -74,10 +92,25 @@ class Peer:
         """The peer ended (close() ran or runs): nothing new may start on it."""
         return self.live.closed
 
+    @property
+    def resumed(self) -> bool:
+        return self.offer.session_id is not None
+
     async def start_session(self) -> None:
-        """Opens the jam session (taking an engine slot: CapacityError when none is free); generation of the
-        first chunk starts at once, while ICE connects."""
-        await self.live.open(self.settings, self.seed)
+        """Opens the jam session (taking an engine slot: CapacityError when none is free), or takes over the held
+        one the offer names (SessionError); generation starts at once, while ICE connects."""
+        if self.resumed:
+            playing = self.registry.get(self.offer.session_id)
+            if playing is not None and isinstance(playing.owner, Peer):
+                await playing.owner.close(REPLACED)  # held by that close, attached just below
+            self.jam = self.registry.attach(self.offer.session_id, "webrtc", owner=self)
+            held: HeldPeer = self.jam.state
+            self.controls, self.settings, self.seed, self.inflight = (held.controls, held.settings, held.seed,
+                                                                      held.inflight)
+            self.live.adopt(self.jam.session)
+        else:
+            session = await self.live.open(self.settings, self.seed)
+            self.jam = self.registry.open("webrtc", session, self.seed, self.engine.describe(), owner=self)
         self.tasks.spawn(self._pump(), name=f"webrtc-pump-{self.webrtc_id}")
 
     async def answer(self, connect_timeout: float) -> str:
@@ -111,11 +144,15 @@ class Peer:
         parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
         await self.pc.addIceCandidate(parsed)
 
-    def steer(self, update: jp.Update) -> dict:
-        """Queues new settings for the next chunk request and says from which chunk they are heard."""
-        self.pending = update
-        heard_in = self.scheduled_seconds - self.track.played_seconds
-        return wp.update_acknowledgement(update, self.requested, heard_in)
+    async def steer(self, update: jp.Update) -> dict:
+        """Applies new settings from the next decode step; says where they start and when they are heard (after
+        the track's audio and the unit's before them). Raises SessionClosed, or RuntimeError when refused."""
+        session = self.live.session
+        if session is None:
+            raise SessionClosed("the session ended")
+        placement = await asyncio.wrap_future(session.update(replace(update.settings, chunk_seconds=UNIT_SECONDS)))
+        heard_in = self.track.buffered_seconds + max(0.0, placement.stream_seconds - self.pushed_until)
+        return wp.update_acknowledgement(update, placement, heard_in)
 
     def send(self, message: str) -> None:
         """Best effort: before the channel opens or after it closed there is nobody to tell."""
@@ -139,6 +176,7 @@ class Peer:
         self.channel = channel
         channel.on("message", self._message)
         self.send(wp.log({"event": "started", "webrtc_id": self.webrtc_id, "seed": self.seed,
+                          "session_id": self.jam.session_id if self.jam else None, "resumed": self.resumed,
                           "model": self.engine.describe(), "notice": self.notice,
                           "audio": {"codec": "opus", "sample_rate": OPUS_SAMPLE_RATE, "channels": CHANNELS,
                                     "frame_ms": 20, "bitrate": self.track.encoder.bitrate,
@@ -158,11 +196,17 @@ class Peer:
         elif isinstance(command, jp.Ping):
             self.send(wp.log("pong"))
         elif isinstance(command, jp.Update):
-            self.send(wp.log(self.steer(command)))
+            self.tasks.spawn(self._acknowledge(self.steer(command)), name=f"webrtc-update-{self.webrtc_id}")
         elif isinstance(command, jp.Stop):
             self.send(wp.log("stopped"))
             self.end_reason = "stopped by the client"
             self.ended.set()
+
+    async def _acknowledge(self, steering: tp.Awaitable[dict]) -> None:
+        try:
+            self.send(wp.log(await steering))
+        except RuntimeError as exc:  # SessionClosed too
+            self.send(wp.error(f"update: {exc}"))
 
     def _underrun(self, count: int) -> None:
         self.send(wp.warning(f"generation is behind real time: playing silence until the next chunk "
@@ -188,18 +232,18 @@ class Peer:
                 self.send(wp.error(f"generation failed: {exc}; " + (
                     "restarting with a fresh context" if restarting else "the track plays silence")))
                 if not restarting:
-                    self.live.end()
+                    self._end_session()
                     return
                 self.seed = random_seed()
-                self.requested = 0  # the restarted stream counts its chunks from 0: so do updates sent meanwhile
                 try:
                     await self.live.restart(self.seed)
                 except SessionClosed:
                     return
                 except Exception as again:  # no engine: silence, and say why
                     self.send(wp.error(f"could not restart the session: {again}; the track plays silence"))
-                    self.live.end()
+                    self._end_session()
                     return
+                self.jam.restarted(self.seed)
 
     async def _play(self) -> None:
         """Pumps the session as it is now; a restarted one starts afresh (chunks from 0, no left context)."""
@@ -207,16 +251,22 @@ class Peer:
         session = self.live.session
         self.resampler = StreamingResampler(session.sample_rate, OPUS_SAMPLE_RATE, CHANNELS)
         while True:
-            await self.track.wait_for_room()
-            if self.pending is not None:
-                session.update(self.pending.settings)
-                self.settings, self.pending = self.pending.settings, None
-            self.requested += 1
-            self.scheduled_seconds += self.settings.chunk_seconds
-            deadline = time.monotonic() + self.track.buffered_seconds  # the listener runs dry then
-            chunk = await asyncio.wrap_future(session.next_chunk(deadline=deadline))
+            requested = time.monotonic()
+            if self.inflight is None:
+                await self.track.wait_for_room()
+                requested = time.monotonic()
+                deadline = requested + self.track.buffered_seconds  # the listener runs dry then
+                self.inflight = asyncio.wrap_future(session.next_chunk(deadline=deadline))
+                # read here, or by the next peer of a held session; nobody else would read a failure
+                self.inflight.add_done_callback(lambda f: f.cancelled() or f.exception())
+            # shielded: a peer that closes leaves the unit in the making to its session (held, or closed)
+            chunk = await asyncio.shield(self.inflight)
+            self.inflight = None
+            self.jam.generated(chunk)
             pcm = await loop.run_in_executor(None, self._to_pcm, chunk)
-            self.track.push(pcm, low_water_seconds=AHEAD_CHUNKS * chunk.seconds)
+            self.lead.record(time.monotonic() - requested)
+            self.pushed_until = chunk.start_seconds + chunk.seconds
+            self.track.push(pcm, low_water_seconds=self.lead.seconds)
             self.live.chunk_arrived()
             self.send(wp.chunk_log(chunk, self.track.buffered_seconds, self.track.underruns, self.notice))
 
@@ -259,8 +309,8 @@ class Peer:
                     self.webrtc_id, reason, self.track.underruns, self.track.encode_cpu_seconds, self.track.frames,
                     first)
         try:
-            self.live.end()  # the pending chunk future resolves with SessionClosed
-            await self.tasks.close()
+            await self.tasks.close()  # the pump first: the unit in the making is shielded from it
+            self._hold_or_end(reason)
             self.track.stop()
             deadline = time.monotonic() + FLUSH_SECONDS
             while self.channel is not None and self.channel.readyState == "open" and \
@@ -274,77 +324,25 @@ class Peer:
         finally:
             self.on_closed(self)
 
+    def _hold_or_end(self, reason: str) -> None:
+        """A connection that failed (the network went: ICE consent checks notice it) or was replaced by a resuming
+        offer leaves its session held for a new offer (streaming.sessions), as does a resumed peer that never
+        connected; one the client stopped or closed (DTLS close, as a normal WebSocket close), drained, never
+        connected or shut down ends it, freeing the slot (the pending unit resolves with SessionClosed)."""
+        jam, session = self.jam, self.live.detach()
+        dropped = reason in (FAILED, REPLACED) and (self.connected.is_set() or self.resumed)
+        never_connected_resume = self.resumed and not self.connected.is_set()
+        if jam is not None and session is not None and (dropped or never_connected_resume):
+            jam.state = HeldPeer(self.controls, self.settings, self.seed, self.inflight)
+            if self.registry.hold(jam):
+                return
+        self._end_session(session)
 
-def webrtc_routes(engine, config: ServerConfig, blocking: Executor, notice: tp.Optional[str],
-                  drain: Drain) -> list[Route]:
-    """`POST /webrtc/offer` and `POST /webrtc/input`; sessions come from the engine's slots, shared with the
-    WebSocket transports; `blocking` runs their blocking engine calls; every peer hears the drain."""
-    peers: dict[str, Peer] = {}
-
-    def release(peer: Peer) -> None:
-        drain.leave(peer)
-        if peers.get(peer.webrtc_id) is peer:
-            del peers[peer.webrtc_id]
-
-    async def offer(request: Request) -> JSONResponse:
-        if not authorized(request.headers, request.query_params, config.token):
-            return JSONResponse(wp.failed("unauthorized", detail="missing or wrong token: send JAM_TOKEN as "
-                                                                 "?token= or an Authorization: Bearer header"))
-        try:
-            command = wp.parse_signal(await request.body())
-        except wp.RequestFailed as exc:
-            return JSONResponse(exc.body())
-        if isinstance(command, wp.Candidate):
-            return JSONResponse(await trickle(command))
-        if command.webrtc_id in peers:
-            return JSONResponse(wp.failed("connection_already_exists"))
-        peer = Peer(command.webrtc_id, command, engine, blocking, notice, release)
-        peers[command.webrtc_id] = peer  # before any await: a second offer with this id is refused
-        drain.join(peer)
-        phase = "session_unavailable"
-        try:
-            await peer.start_session()
-            phase = "invalid_request"
-            sdp = await peer.answer(config.webrtc_connect_timeout)
-        except BaseException as exc:  # a failed or cancelled offer still gives its slot back
-            await peer.close(f"offer failed: {exc!r}")
-            if not isinstance(exc, Exception):
-                raise
-            if isinstance(exc, CapacityError):
-                return JSONResponse(wp.failed("concurrency_limit_reached", limit=exc.limit))
-            detail = str(exc) if phase == "session_unavailable" else f"the offer cannot be answered: {exc}"
-            return JSONResponse(wp.failed(phase, detail=detail))
-        logger.info("webrtc %s: answered (seed %d)", command.webrtc_id, peer.seed)
-        return JSONResponse(wp.answer(sdp))
-
-    async def trickle(command: wp.Candidate) -> dict:
-        peer = peers.get(command.webrtc_id)
-        if peer is None:
-            return wp.failed("unknown_connection")
-        try:
-            await peer.add_candidate(command.candidate)
-        except LookupError:
-            return wp.failed("unknown_connection")
-        except (ValueError, TimeoutError) as exc:
-            return wp.failed("invalid_candidate", detail=str(exc) or "the offer was never applied")
-        return wp.success()
-
-    async def steer(request: Request) -> JSONResponse:
-        if not authorized(request.headers, request.query_params, config.token):
-            return JSONResponse(wp.failed("unauthorized", detail="missing or wrong token"))
-        try:
-            command = wp.parse_input(await request.body())
-        except wp.RequestFailed as exc:
-            return JSONResponse(exc.body())
-        peer = peers.get(command.webrtc_id)
-        if peer is None:
-            return JSONResponse(wp.failed("unknown_connection"))
-        try:
-            update = peer.controls.update(command.params)
-        except jp.ProtocolError as exc:
-            return JSONResponse(wp.failed("invalid_params", detail=str(exc)))
-        acknowledgement = peer.steer(update)
-        peer.send(wp.log(acknowledgement))
-        return JSONResponse(wp.success(data=acknowledgement))
-
-    return [Route("/webrtc/offer", offer, methods=["POST"]), Route("/webrtc/input", steer, methods=["POST"])]
+    def _end_session(self, session: tp.Optional[JamSession] = None) -> None:
+        """Ends the session for good (its slot freed, its recording complete)."""
+        session = self.live.detach() or session
+        jam, self.jam = self.jam, None
+        if jam is not None:
+            self.registry.end(jam)
+        elif session is not None:
+            session.close()

@@ -13,10 +13,12 @@ import typing as tp
 from dataclasses import dataclass
 
 from engine.jam import Chunk, JamSettings
+from engine.steering import Placement
 from streaming import jam_protocol as jp
 from streaming.wire import WireError, load_object
 
-OFFER_PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "max_decode_frames", "seed")
+OFFER_PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "max_decode_frames", "seed",
+                "style_ramp_seconds")
 MAX_ID_LENGTH = 128
 MAX_BODY_BYTES = 256 * 1024  # an SDP offer with many candidates stays far below this
 HANDSHAKE = "handshake"  # what FastRTC's client sends on the data channel when it opens (not JSON)
@@ -38,9 +40,10 @@ class RequestFailed(Exception):
 class Offer:
     webrtc_id: str
     sdp: str
-    settings: JamSettings
+    settings: tp.Optional[JamSettings]  # None when resuming: the held session's own
     seed: tp.Optional[int]  # None: a random seed
-    controls: "Controls"
+    controls: tp.Optional["Controls"]
+    session_id: tp.Optional[str] = None  # a held session to play on this peer (streaming.sessions)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,12 @@ def parse_signal(body: bytes) -> tp.Union[Offer, Candidate]:
     params = message.get("params", {})
     if not isinstance(params, dict):
         raise RequestFailed("invalid_params", detail="params must be a JSON object")
+    if "session_id" in params:
+        if set(params) != {"session_id"} or not isinstance(params["session_id"], str):
+            raise RequestFailed("invalid_params", detail="a resuming offer holds only params.session_id (a "
+                                                         "string): the session keeps its parameters; send updates "
+                                                         "once connected")
+        return Offer(webrtc_id, sdp, None, None, None, session_id=params["session_id"])
     controls = Controls()
     try:
         settings, seed = controls.start(params)
@@ -203,13 +212,12 @@ def received(message: str) -> str:
     return log(f"Server received: {message}")
 
 
-def update_acknowledgement(update: jp.Update, chunk_index: int, heard_in_seconds: float) -> dict:
-    """What changed, the values now in force, and when it is heard: from chunk `chunk_index`, about
-    `heard_in_seconds` after this message (the audio already buffered or being generated plays first)."""
+def update_acknowledgement(update: jp.Update, placement: Placement, heard_in_seconds: float) -> dict:
+    """What changed, the values now in force, and where they start (jam_protocol.placement_fields): about
+    `heard_in_seconds` after this message, once the audio already in the track has played."""
     fields = jp.describe_update(update)
     fields.pop("pace")
-    return {"event": "updated", **fields, "applies_from_chunk": chunk_index,
-            "heard_in_seconds": round(max(0.0, heard_in_seconds), 2)}
+    return {"event": "updated", **fields, **jp.placement_fields(placement, heard_in_seconds)}
 
 
 def chunk_log(chunk: Chunk, buffer_seconds: float, underruns: int, notice: tp.Optional[str]) -> str:

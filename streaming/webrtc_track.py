@@ -62,10 +62,6 @@ class JamTrack(MediaStreamTrack):
     def played_seconds(self) -> float:
         return self._pts / OPUS_SAMPLE_RATE if self._start is not None else 0.0
 
-    @property
-    def starved(self) -> bool:
-        return self._starved_since is not None
-
     def push(self, pcm: np.ndarray, low_water_seconds: float) -> None:
         """Appends int16 [samples, 2] audio; the producer asks for more once the buffer is down to the mark."""
         self._pcm = np.concatenate([self._pcm, pcm]) if self._pcm.size else pcm

@@ -18,6 +18,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from engine.audio import ffmpeg_executable
 
 
+def offline_decode(engine, tokens: torch.Tensor) -> torch.Tensor:
+    """Tokens [K, frames] -> audio [C, samples] in one offline codec decode on the codec thread: the yardstick of
+    the engine's streaming decode (the engine itself never decodes a whole stream at once)."""
+    codec, device = engine.model.musicgen.compression_model, engine.model.device
+    return engine.codec_worker.call(lambda: codec.decode(tokens[None].to(device), None)[0].cpu()).result()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

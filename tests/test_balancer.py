@@ -176,11 +176,15 @@ def test_requests_naming_a_session_reach_the_replica_that_holds_it(fleet):
     session_id = started["session_id"]
     owner = int(session_id.split(".")[0].removeprefix("replica")) - 1
     assert sidecars[owner].sessions() == 1
-    others = [start_session(lb_port)[0] for _ in range(2)]  # leastconn now prefers the other replicas
     while json.loads(ws.recv(timeout=30))["type"] != "chunk":
         pass
     ws.socket.shutdown(socket.SHUT_RDWR)  # dropped: no closing handshake, the session is held
     ws.socket.close()
+    others = []
+    while sidecars[owner].sessions() < 2 and len(others) < 6:  # fill the owner: its agent weight falls to 1%
+        others.append(start_session(lb_port)[0])
+    assert sidecars[owner].sessions() == 2
+    time.sleep(2 * AGENT_INTER)  # from now on leastconn sends new requests to the other replicas
     for _ in range(3):
         metadata = requests.get(f"http://127.0.0.1:{lb_port}/sessions/{session_id}", timeout=10)
         assert metadata.status_code == 200 and metadata.json()["session_id"] == session_id

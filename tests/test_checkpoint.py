@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from engine.checkpoint import CheckpointError, resolve, safe_load
+from engine.checkpoint import resolve
+from engine.safe_load import CheckpointError, safe_load
 from tests.conftest import ROOT
 
 

@@ -38,7 +38,7 @@ def test_jam_inside_cog_while_a_prediction_runs(cog):
 
 def test_sidecar_health_reports_the_shared_model(cog):
     health = requests.get(cog.jam_url.replace("ws://", "http://").replace("/ws/jam", "/health"), timeout=5).json()
-    assert health["status"] == "ok" and health["max_sessions"] == 2
+    assert health["status"] == "ready" and health["ok"] is True and health["max_sessions"] == 2
     assert health["model"]["demo_noise"] is True
 
 

@@ -251,8 +251,8 @@ def test_melody_needs_its_separator_file(family, tmp_path):
     """The separator is part of the checkpoint: missing, the load fails naming the file and the fix."""
     import shutil
 
-    from engine.checkpoint import CheckpointError
     from engine.model import load_model
+    from engine.safe_load import CheckpointError
 
     source = family("melody").files.directory
     copy = tmp_path / "melody"
@@ -277,8 +277,8 @@ def test_a_separator_with_pickled_code_is_refused(tmp_path):
     """htdemucs is read like every checkpoint: its class may be named, nothing may be called."""
     from demucs.htdemucs import HTDemucs
 
-    from engine.checkpoint import CheckpointError
-    from engine.melody import load_separator
+    from engine.safe_load import CheckpointError
+    from engine.separator import load_separator
     from weights.demo import TINY_HTDEMUCS
 
     model = HTDemucs(**TINY_HTDEMUCS)

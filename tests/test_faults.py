@@ -55,10 +55,10 @@ def faulty_engine(demo_dir):
             raise RuntimeError("injected step failure")
         return real_guided(self, logits)
 
-    def decode(self, request, frames, start):
-        if any(FAIL_DECODE in style for style in request.settings.styles):
+    def decode(self, request, frames, start, settings, changes):
+        if any(FAIL_DECODE in style for style in settings.styles):
             raise RuntimeError("injected decode failure")
-        return real_decode(self, request, frames, start)
+        return real_decode(self, request, frames, start, settings, changes)
 
     patch.setattr(conditions, "text_condition", condition)
     patch.setattr(Scheduler, "_forward", forward)

@@ -13,7 +13,7 @@ from engine.batch import BatchRequest
 from engine.jam import JamSettings
 from engine.scheduler import Scheduler
 from engine.streams import SamplingParams, Stream
-from tests.helpers import sine_wav
+from tests.helpers import offline_decode, sine_wav
 
 SETTINGS = JamSettings(styles=("jazz", "hiphop"), weights=(1.0, 0.8),
                        params=SamplingParams(temperature=1.1, top_k=40, guidance=1.1), chunk_seconds=1.0)
@@ -64,7 +64,7 @@ def test_stream_equals_offline_decode_of_its_tokens(engine):
     chunks = session_chunks(engine, 6, seed=2)
     streamed = stitch(chunks)
     tokens = torch.cat([c.frames for c in chunks], dim=-1)
-    offline = engine.decode_tokens(tokens)
+    offline = offline_decode(engine, tokens)
     assert snr_db(offline[:, : streamed.shape[-1]], streamed) >= 30
     # SNR over 6 s hides clicks (decoding each chunk without context still scores 46 dB); the worst sample does not
     assert (streamed - offline[:, : streamed.shape[-1]]).abs().max() <= 1e-3 * offline.abs().max()
@@ -85,24 +85,32 @@ def test_same_seed_same_music(engine):
     assert torch.equal(tokens[0], tokens[1])
 
 
-def test_update_applies_from_the_chunk_it_names(engine):
+def test_update_applies_from_the_next_step_of_the_chunk_in_the_making(engine):
+    """An update between chunks starts in the next chunk, just past the frames already made for the codec's
+    lookahead; one sent while a chunk is in the making starts inside that chunk, which lists it in `changes`."""
     session = engine.open_session(SETTINGS, seed=4)
+    metal = with_params(SETTINGS, styles=("metal",), weights=(1.0,), temperature=0.7, top_k=5)
     try:
         first = session.next_chunk().result(timeout=60)
-        assert session.update(with_params(SETTINGS, styles=("metal",), weights=(1.0,), temperature=0.7,
-                                          top_k=5)) == 1
+        between = session.update(metal).result(timeout=60)
         second = session.next_chunk().result(timeout=60)
-        in_flight = session.next_chunk()  # already asked for: keeps the settings it started with
-        assert session.update(with_params(second.settings, styles=("metal", "ambient", "funk"),
-                                          weights=(1, 1, 1))) == 3
+        in_flight = session.next_chunk()
+        inside = session.update(with_params(metal, styles=("metal", "ambient", "funk"), weights=(1, 1, 1)))
+        inside = inside.result(timeout=60)
         third = in_flight.result(timeout=60)
         fourth = session.next_chunk().result(timeout=60)
     finally:
         session.close()
-    assert first.settings.styles == ("jazz", "hiphop")
-    assert second.settings.styles == ("metal",) and second.settings.params.top_k == 5
-    assert third.settings.styles == ("metal",)
-    assert fourth.settings.styles == ("metal", "ambient", "funk")
+    assert between.chunk == 1 and between.offset_seconds < 0.1
+    assert first.settings.styles == ("jazz", "hiphop") and not first.changes
+    assert second.settings.styles == ("jazz", "hiphop")  # its first samples were made before the update
+    assert [(round(o, 4), c.styles) for o, c in second.changes] == [(round(between.offset_seconds, 4), ("metal",))]
+    assert second.changes[0][1].params.top_k == 5
+    assert inside.chunk in (2, 3)  # in the chunk in the making unless that one was already complete
+    chunks = {2: third, 3: fourth}
+    assert chunks[inside.chunk].changes[-1][1].styles == ("metal", "ambient", "funk")
+    assert fourth.settings.styles == ("metal", "ambient", "funk") or fourth.changes
+    assert inside.stream_seconds == pytest.approx(chunks[inside.chunk].start_seconds + inside.offset_seconds)
 
 
 def _context_cache(engine, session) -> torch.Tensor:
@@ -129,7 +137,7 @@ def test_update_keeps_the_context(engine):
             session.next_chunk().result(timeout=60)
             context = _context_cache(engine, session)
             if switch is not None:
-                session.update(switch)
+                session.update(switch).result(timeout=60)
             frames = session.next_chunk().result(timeout=60).frames
             assert torch.equal(_context_cache(engine, session)[..., : context.shape[-2], :], context)
             return frames

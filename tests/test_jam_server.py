@@ -19,7 +19,7 @@ from websockets.sync.client import connect
 from streaming import jam_protocol as jp
 from streaming.config import ServerConfig
 from streaming.server import RunningServer
-from tests.helpers import wait_until
+from tests.helpers import offline_decode, wait_until
 
 START = {"type": "start", "mode": "rt", "binary_audio": False,
          "params": {"styles": "jazz, hiphop", "style_weights": "1.0,0.8", "temperature": 1.1, "topk": 40,
@@ -138,7 +138,7 @@ def test_seed_browser_overlap_add_is_seamless(server, engine):
         tokens = torch.cat([session.next_chunk().result(timeout=60).frames for _ in range(5)], dim=-1)
     finally:
         session.close()
-    offline = engine.decode_tokens(tokens)[0].double().numpy()
+    offline = offline_decode(engine, tokens)[0].double().numpy()
 
     def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
         return 10 * np.log10(np.mean(reference ** 2) / max(np.mean((test - reference) ** 2), 1e-20))

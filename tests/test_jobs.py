@@ -194,3 +194,26 @@ def test_caller_ids_are_unique(table):
         table.submit(lambda ctx: 1, work_seconds=1, job_id="req-1")
     with pytest.raises(ValueError, match="characters"):
         table.submit(lambda ctx: 1, work_seconds=1, job_id="x" * 200)
+
+
+def test_a_job_waits_while_the_engine_has_no_rows_for_it(table, engine):
+    """Full jams (every style row) plus a prediction from outside the table (a Cog one) take every row: the
+    table's job waits, saying so, and runs once the rows come back."""
+    from engine.jam import JamSettings
+
+    styles = JamSettings(styles=("a", "b", "c", "d"), weights=(1.0,) * 4, chunk_seconds=0.4)
+    sessions = [engine.open_session(styles, seed=i) for i in range(engine.config.max_sessions)]
+    outside = engine.generate(BatchRequest(prompt="drone", duration=200, seed=1))
+    try:
+        assert wait_until(lambda: engine.rows_in_use == engine.config.rows, 30, 0.05)
+        job_id = table.submit(lambda ctx: ctx.generate(BatchRequest(prompt="x", duration=1, seed=2)).seed,
+                              work_seconds=1)
+        assert wait_until(lambda: table.status(job_id).stage == "waiting for the engine", 10, 0.05)
+        threading.Event().wait(0.5)
+        assert table.status(job_id).state == RUNNING and table.status(job_id).progress == 0
+        outside.cancel()
+        assert table.future(job_id).result(timeout=30) == 2
+    finally:
+        outside.cancel()
+        for session in sessions:
+            session.close()

@@ -101,7 +101,7 @@ def test_google_genai_sdk_session(tls_server, monkeypatch):
     seen = asyncio.run(jam())
     for chunk in seen["chunks"]:
         assert chunk.mime_type == "audio/l16;rate=48000;channels=2"
-        assert pcm(chunk).shape == (96000, 2)  # 2 s at 48 kHz, stereo
+        assert pcm(chunk).shape == (48000, 2)  # 1 s at 48 kHz, stereo
     assert seen["chunks"][0].source_metadata.music_generation_config.seed == 7
     assert seen["prompts"][-1] == ["piano", "strings"]
 

@@ -70,7 +70,7 @@ def test_the_recording_is_the_jam_the_client_heard(server):
     assert meta["seconds"] == pytest.approx(len(heard) / 32000)
     changes = [entry for entry in meta["timeline"] if entry["event"] == "settings"]
     assert [entry["styles"] for entry in changes] == [["jazz", "hiphop"], ["ambient drone"]]
-    assert changes[1]["temperature"] == 0.8 and changes[1]["chunk"] >= 4
+    assert changes[1]["temperature"] == 0.8 and changes[1]["chunk"] >= 3  # from the step the update reached
     response = download(server, session_id)
     assert response.headers["content-type"] == "audio/wav"
     wav, rate = sf.read(io.BytesIO(response.content), dtype="float32")

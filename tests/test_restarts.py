@@ -151,7 +151,7 @@ def test_a_failed_session_restarts_on_its_slot_with_the_changes_made_meanwhile(e
             session.next_chunk().result(timeout=30)
         cooler = JamSettings(styles=settings.styles, weights=(1.0,), chunk_seconds=0.4,
                              params=SamplingParams(temperature=0.5, top_k=9, guidance=3.0))
-        assert session.update(cooler) == 0  # a failed session goes on by a restart: its chunk 0
+        assert session.update(cooler).result(timeout=30).chunk == 0  # a failed session goes on by a restart
         assert engine.sessions_open == 1
         session.restart(seed=2)
         assert engine.sessions_open == 1  # the same slot

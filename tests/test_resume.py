@@ -60,7 +60,7 @@ def test_a_dropped_session_resumes_where_its_client_stopped_listening(server, en
     before = chunks_by_index(first, 3)
     time.sleep(1.2)  # chunk 3 (0.8 s) goes out to a client that no longer reads: only the replay has it
     drop(first)
-    assert wait_until(lambda: server.app.state.registry.held == 1, 5), "the session was not held"
+    assert wait_until(lambda: server.registry.held == 1, 5), "the session was not held"
     assert sessions(server) == 1  # its slot stays taken while held
     with connect(url(server)) as second:
         second.send(json.dumps({"type": "start", "session_id": session_id, "from_chunk": 3}))
@@ -85,7 +85,7 @@ def test_without_from_chunk_the_first_chunk_not_sent_comes_next(server):
     session_id = start(first, seed=3)["session_id"]
     got = chunks_by_index(first, 2)
     drop(first)
-    assert wait_until(lambda: server.app.state.registry.held == 1, 5)
+    assert wait_until(lambda: server.registry.held == 1, 5)
     with connect(url(server)) as second:
         second.send(json.dumps({"type": "start", "session_id": session_id}))
         resumed = receive_json(second)
@@ -105,7 +105,7 @@ def test_wrong_busy_and_expired_ids_are_refused_with_the_reason(server, engine):
         error = receive_json(ws)
         assert error["type"] == "error" and "another connection" in error["error"]
         drop(playing)
-        assert wait_until(lambda: server.app.state.registry.held == 1, 5)
+        assert wait_until(lambda: server.registry.held == 1, 5)
         ws.send(json.dumps({"type": "start", "session_id": session_id, "from_chunk": 10_000}))
         error = receive_json(ws)
         assert error["type"] == "error" and "ahead of the session" in error["error"]
@@ -122,13 +122,13 @@ def test_a_normal_close_ends_the_session_at_once(server):
         start(ws, seed=1)
         next_of(ws, "chunk")
     assert wait_until(lambda: sessions(server) == 0, 1.0, interval=0.05)
-    assert server.app.state.registry.held == 0
+    assert server.registry.held == 0
 
 
 def test_the_killed_seed_client_is_held_for_the_window_then_freed(server, tmp_path):
     """The seed's own Python client, killed mid-jam: its session waits for a resume, then its slot is freed."""
     assert len(run_seed_client(url(server), tmp_path, chunks=1)) == 1  # killed after its first chunk
-    assert wait_until(lambda: server.app.state.registry.held == 1, 5)
+    assert wait_until(lambda: server.registry.held == 1, 5)
     killed = time.monotonic()
     assert sessions(server) == 1
     assert wait_until(lambda: sessions(server) == 0, RESUME_SECONDS + 3)

@@ -75,7 +75,7 @@ def test_every_protocol_tells_the_client_why_no_session_starts(unsupported_engin
     base = f"http://127.0.0.1:{server.port}"
     try:
         health = requests.get(f"{base}/health", timeout=5).json()
-        assert health["status"] == "ok" and health["model"]["streaming"] is False
+        assert health["status"] == "ready" and health["ok"] is True and health["model"]["streaming"] is False
         assert REFUSED in health["model"]["streaming_unavailable"]
 
         with connect(f"ws://127.0.0.1:{server.port}/ws/jam") as ws:

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from engine.steering import Placement
 from streaming import jam_protocol as jp
 from streaming import webrtc_protocol as wp
 
@@ -102,12 +103,15 @@ def test_data_channel_update_merges_with_the_offer_params_and_is_acknowledged():
     assert isinstance(update, jp.Update)
     assert update.settings.styles == ("metal",) and update.settings.weights == (1.0,)  # new styles: equal weights
     assert update.settings.params.top_k == 20 and update.settings.params.temperature == 0.8
-    ack = wp.update_acknowledgement(update, chunk_index=7, heard_in_seconds=3.456)
+    placement = Placement(chunk=7, offset_seconds=0.12, stream_seconds=2.36, frame=118, ramp_seconds=0.0)
+    ack = wp.update_acknowledgement(update, placement, heard_in_seconds=3.4564)
     assert ack["event"] == "updated" and ack["changed"] == ["style_weights", "styles", "temperature"]
-    assert ack["applies_from_chunk"] == 7 and ack["heard_in_seconds"] == 3.46
+    assert ack["applies_from_chunk"] == 7 and ack["heard_in_seconds"] == 3.456 and ack["offset_seconds"] == 0.12
     assert ack["params"]["styles"] == "metal" and "pace" not in ack
+    glide = controls.receive_text(json.dumps({"type": "update", "styles": "dub", "style_ramp_seconds": 2}))
+    assert glide.settings.ramp_seconds == 2.0 and glide.settings.styles == ("dub",)
     nested = controls.receive_text(json.dumps({"type": "update", "params": {"topk": 5}}))
-    assert nested.settings.params.top_k == 5 and nested.settings.styles == ("metal",)
+    assert nested.settings.params.top_k == 5 and nested.settings.styles == ("dub",)
 
 
 @pytest.mark.parametrize(("message", "error"), [

@@ -5,16 +5,6 @@ and, optionally, ``hub/`` (a Hugging Face hub cache with the text encoder) and `
 for demucs), so that loading never needs a network.
 """
 
-from pathlib import Path
+from engine.paths import DEFAULT_POINTER, DEMO_DIR, WEIGHTS_DIR, default_checkpoint
 
-WEIGHTS_DIR = Path(__file__).resolve().parent
-DEMO_DIR = WEIGHTS_DIR / "demo"
-# Written by `python -m weights.fetch`: the name of the checkpoint directory loaded by default.
-DEFAULT_POINTER = WEIGHTS_DIR / "DEFAULT"
-
-
-def default_checkpoint() -> Path:
-    """The checkpoint the predictor loads when no override is given: a fetched one if any, else the demo."""
-    if DEFAULT_POINTER.is_file():
-        return WEIGHTS_DIR / DEFAULT_POINTER.read_text().strip()
-    return DEMO_DIR
+__all__ = ["DEFAULT_POINTER", "DEMO_DIR", "WEIGHTS_DIR", "default_checkpoint"]

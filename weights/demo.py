@@ -227,7 +227,7 @@ def build(out_dir: Path, lm_dim: int = 32, lm_layers: int = 2, lm_heads: int = 2
     if melody:
         from demucs.htdemucs import HTDemucs
 
-        from engine.melody import load_separator, providing_separator, save_separator, separator_path
+        from engine.separator import load_separator, providing_separator, save_separator, separator_path
 
         save_separator(HTDemucs(**TINY_HTDEMUCS), separator_path())
         building = providing_separator(load_separator())

@@ -100,7 +100,7 @@ def fetch(model: str, with_mbd: bool) -> None:
         if family.melody:
             import torch
 
-            from engine.melody import HTDEMUCS_FILE, HTDEMUCS_URL
+            from engine.separator import HTDEMUCS_FILE, HTDEMUCS_URL
 
             checkpoints = WEIGHTS_DIR / "torch" / "hub" / "checkpoints"
             checkpoints.mkdir(parents=True, exist_ok=True)

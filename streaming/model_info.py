@@ -1,0 +1,92 @@
+"""What this container serves, told the way the DAW plugins ask: the one loaded checkpoint, its name and its
+MusicGen size (gary4juce's `/api/models`), and the model routes gary4juce's Darius tab reads before it generates
+(magenta-retry's `/model/config`, `/model/assets/status`, `/model/checkpoints`, `/model/select`).
+
+Pure functions of `Engine.describe()`: one checkpoint is loaded per container and nothing here can load another,
+so a request for a different one is refused with a message naming the loaded one.
+"""
+
+import typing as tp
+from pathlib import PurePath
+
+# MusicGen's released sizes by LM width: small 1024, medium (and melody) 1536, large 2048
+SIZES = (("small", 1024), ("medium", 1536), ("large", 2048))
+
+
+def checkpoint_name(description: dict) -> str:
+    """The loaded checkpoint's name: its directory for audiocraft's release layout (`.../NAME/state_dict.bin`),
+    else the fine-tuner's file name without its suffix."""
+    path = PurePath(description["checkpoint"])
+    return path.parent.name if path.name == "state_dict.bin" else path.stem
+
+
+def size_of(description: dict) -> str:
+    """small / medium / large: the smallest released size at least as wide as the loaded LM."""
+    dim = int(description.get("lm_dim", 0))
+    for name, width in SIZES:
+        if dim <= width:
+            return name
+    return SIZES[-1][0]
+
+
+def models_listing(description: dict) -> dict:
+    """gary4juce's `/api/models` body: the loaded checkpoint under its size, the other sizes empty."""
+    name = checkpoint_name(description)
+    models: dict[str, list] = {size: [] for size, _ in SIZES}
+    models[size_of(description)].append({"type": "single", "name": name, "path": name})
+    return {"success": True, "models": models}
+
+
+def unknown_model_error(requested: str, description: dict) -> tp.Optional[str]:
+    """None when `requested` names the loaded checkpoint (its name, or a hub-style `owner/NAME`), else the error
+    the plugin shows."""
+    name = checkpoint_name(description)
+    if requested == name or requested.rsplit("/", 1)[-1] == name:
+        return None
+    return (f"model_name {requested[:80]!r} is not served here: this server has one checkpoint, {name!r} "
+            f"({size_of(description)}); pick it in the model list")
+
+
+def model_config(description: dict, sessions_open: int, healthy: bool) -> dict:
+    """`GET /model/config` as magenta-retry answers it, for the loaded checkpoint (no fine-tune steps or
+    steering assets exist for MusicGen checkpoints; the model is loaded and its start-up warm-up done once the
+    sidecar serves)."""
+    return {"size": size_of(description), "repo": checkpoint_name(description), "revision": None,
+            "selected_step": None, "assets_repo": None, "loaded": True, "active_jam": sessions_open > 0,
+            "local_checkpoint_dir": None, "mean_loaded": False, "centroids_loaded": False, "centroid_count": None,
+            "warmup_done": healthy}
+
+
+def assets_status() -> dict:
+    """`GET /model/assets/status`: MusicGen has no steering assets (mean embedding, centroids)."""
+    return {"repo_id": None, "mean_loaded": False, "centroids_loaded": False, "centroid_count": None,
+            "embedding_dim": None}
+
+
+def checkpoints(repo_id: tp.Optional[str], revision: tp.Optional[str]) -> dict:
+    """`GET /model/checkpoints`: no numbered training steps can be selected here."""
+    return {"repo": repo_id, "revision": revision or "main", "steps": [], "latest": None}
+
+
+def select(body: tp.Any, description: dict, healthy: bool) -> dict:
+    """`POST /model/select`: accepted (nothing to do) when it asks for what is loaded: its size, no repo or the
+    loaded checkpoint's name, and step "none"/"latest"/absent; refused with a message otherwise."""
+    if not isinstance(body, dict):
+        return {"ok": False, "error": "the body must be a JSON object"}
+    name, size = checkpoint_name(description), size_of(description)
+    dry_run = bool(body.get("dry_run", False))
+    wrong = []
+    if body.get("size") not in (None, "", size):
+        wrong.append(f"size {str(body['size'])[:20]!r}")
+    repo = body.get("repo_id")
+    if repo not in (None, "") and (not isinstance(repo, str) or repo.rsplit("/", 1)[-1] != name):
+        wrong.append(f"repo_id {str(repo)[:80]!r}")
+    step = body.get("step")
+    if step not in (None, "", "none", "latest"):
+        wrong.append(f"step {str(step)[:20]!r}")
+    if wrong:
+        return {"ok": False, "dry_run": dry_run, "warmup_done": healthy,
+                "error": f"cannot switch to {', '.join(wrong)}: this container serves one checkpoint, {name!r} "
+                         f"({size}), and cannot load another"}
+    return {"ok": True, "dry_run": dry_run, "size": size, "repo": name, "step": None,
+            "warmup_done": healthy}

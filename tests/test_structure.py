@@ -1,0 +1,48 @@
+"""The structure README's architecture section promises, checked on the source: no import circle among the
+project's packages, and the engine does not depend on `weights/` (which builds on the engine)."""
+
+import ast
+import collections
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("engine", "streaming", "weights")
+
+
+def imports() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (at the top or inside functions)."""
+    graph: dict[str, set[str]] = collections.defaultdict(set)
+    for package in PACKAGES:
+        for path in (ROOT / package).glob("*.py"):
+            module = package if path.stem == "__init__" else f"{package}.{path.stem}"
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                    [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+                graph[module].update(name for name in names if name.split(".")[0] in PACKAGES)
+    return graph
+
+
+def test_no_import_circle():
+    graph = imports()
+    visiting, done, circles = [], set(), []
+
+    def visit(module: str) -> None:
+        visiting.append(module)
+        for target in sorted(graph.get(module, ())):
+            if target in visiting:
+                circles.append(visiting[visiting.index(target):] + [target])
+            elif target not in done:
+                visit(target)
+        visiting.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module)
+    assert circles == [], circles
+
+
+def test_the_engine_does_not_depend_on_weights():
+    graph = imports()
+    assert {module for module, targets in graph.items() if module.startswith("engine")
+            for target in targets if target.split(".")[0] == "weights"} == set()
