@@ -243,7 +243,7 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
             changes.pop("style_weights", None)
         if changes:
             try:
-                source.update(bp.updated(source.params, changes))
+                await asyncio.wrap_future(source.update(bp.updated(source.params, changes)))
             except ValueError as exc:
                 raise HttpError(400, str(exc)) from None
         return {"ok": True}

@@ -112,18 +112,23 @@ class BarJam:
                     if failures > MAX_RESTARTS:
                         self.failure = f"generation failed: {exc}"
                         return
-                    await asyncio.wrap_future(self.source.restart(random_seed()))
+                    try:
+                        await asyncio.wrap_future(self.source.restart(random_seed()))
+                    except SessionClosed:
+                        return
+                    except Exception as again:  # the engine cannot restart it (unavailable)
+                        self.failure = f"could not restart the session: {again}"
+                        return
                     continue
                 failures = 0
                 self.outbox[chunk.index] = chunk
                 self.generated = chunk.index + 1
-                self.on_chunk(chunk)
+                try:
+                    self.on_chunk(chunk)
+                except Exception:  # the recording's trouble is not the music's
+                    logger.exception("bar session: a chunk could not be recorded")
                 self.last_chunk_completed_at = time.time()
                 self._wake()
-        except SessionClosed:
-            return
-        except Exception as exc:  # the restart itself failed (the engine is unavailable)
-            self.failure = f"could not restart the session: {exc}"
         finally:
             self.running = False
             self._wake()

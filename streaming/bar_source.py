@@ -73,6 +73,7 @@ class BarChunk:
     loudness: dict  # what loudness matching did
     frames: torch.Tensor  # [K, n] the model's tokens that completed while it was made (for the recording)
     settings: JamSettings  # the engine settings in force (for the recording's timeline)
+    changes: tuple = ()  # settings that start inside the chunk, as engine.jam.Chunk has them (none are tracked)
 
 
 def context_window(engine) -> tuple[int, int]:
@@ -93,6 +94,7 @@ class BarSource:
         self._lock = threading.Lock()
         self._requested = 0  # chunks asked for
         self._produced = 0  # chunks made (the source's thread): the next chunk's index
+        self._stream_start = 0  # the output sample where the model stream in use began (a chunk boundary)
         self._codebooks = 0  # of the model's tokens (known from its first chunk, which every source asks for)
         self._closed = False
         self._splice: tp.Optional[tuple[float, tp.Optional[torch.Tensor]]] = None
@@ -125,16 +127,28 @@ class BarSource:
             self._requested += 1
         return self._submit(lambda: self._produce(deadline))
 
-    def update(self, params: BarParams) -> int:
-        """New styles, weights or sampling parameters from the next model chunk on (the context is kept); returns
-        the index of the first bar chunk that is all made with them."""
-        settings = params.settings()
-        self.session.update(settings)
-        with self._lock:
-            self.params = replace(self.params, styles=params.styles, style_weights=params.style_weights,
-                                  loop_weight=params.loop_weight, guidance_weight=params.guidance_weight,
-                                  temperature=params.temperature, topk=params.topk)
-            return self._requested + 1
+    def update(self, params: BarParams) -> "Future[int]":
+        """New styles, weights or sampling parameters from the stream's next decode step (the context is kept).
+        Raises ValueError for settings the engine cannot take; the future gives the index of the bar chunk where
+        they start (the engine's placement on the stream, mapped onto the bar timeline), or fails when the engine
+        could not apply them (the parameters in force then stay)."""
+        placed = self.session.update(params.settings())
+        answer: Future = Future()
+
+        def applied(done: Future) -> None:
+            if done.exception() is not None:
+                answer.set_exception(done.exception())
+                return
+            with self._lock:
+                self.params = replace(self.params, styles=params.styles, style_weights=params.style_weights,
+                                      loop_weight=params.loop_weight, guidance_weight=params.guidance_weight,
+                                      temperature=params.temperature, topk=params.topk)
+                start = self._stream_start + round(done.result().stream_seconds * self.params.target_sr)
+            clock = self.params.clock
+            answer.set_result(int(start / (clock.samples_per_bar * self.params.bars_per_chunk)))
+
+        placed.add_done_callback(applied)
+        return answer
 
     def restart(self, seed: int) -> "Future[None]":
         """After a generation failure: a fresh stream on the same slot continuing the loop again, from the next
@@ -224,4 +238,6 @@ class BarSource:
         """A new model stream continuing `context` from the spool's last cut (a chunk boundary, a bar line)."""
         self.session.restart_from(seed, (context, self.model_rate))
         self.spool.seam()
+        with self._lock:
+            self._stream_start = self.spool.cut_at
         self._resampler = StreamingResampler(self.model_rate, self.params.target_sr, OUTPUT_CHANNELS)

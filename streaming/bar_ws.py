@@ -137,7 +137,7 @@ class BarSocket:
         elif isinstance(command, bp.Update):
             params = bp.updated(source.params, command.changes)
             try:
-                first = source.update(params)
+                first = await asyncio.wrap_future(source.update(params))
             except ValueError as exc:
                 raise ProtocolError(str(exc)) from None
             await self.send(bp.status_event(ok=True, updated=sorted(command.changes), applies_from_chunk=first))

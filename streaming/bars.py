@@ -109,6 +109,11 @@ class Spool:
         self._fade_out: tp.Optional[torch.Tensor] = None  # the old stream past a seam, waiting for the new one
 
     @property
+    def cut_at(self) -> int:
+        """Absolute index where the next chunk begins."""
+        return self._cut
+
+    @property
     def end(self) -> int:
         """Absolute index one past the last sample appended."""
         return self._start + self._audio.shape[-1]
