@@ -13,6 +13,7 @@ from engine import audio
 from streaming.config import ServerConfig
 from streaming.server import RunningServer
 from tests.gary_clients import JuceClient, PluginGaveUp, decode_b64, wav_b64
+from tests.helpers import offline_decode
 
 RATE = 44100
 PROMPT = 4
@@ -56,7 +57,7 @@ def redecoded(engine, piece: np.ndarray, rate: int) -> np.ndarray:
     """`piece` [samples, channels] as the codec re-decodes it, back at `rate`: what an output starts with."""
     wav = torch.from_numpy(piece.T.copy()).float()
     tokens = engine.codec_worker.call(lambda: engine.encode_now(wav, rate)).result()
-    decoded = audio.resample(engine.decode_tokens(tokens), engine.model.sample_rate, rate)
+    decoded = audio.resample(offline_decode(engine, tokens), engine.model.sample_rate, rate)
     return decoded.numpy().T
 
 
