@@ -17,6 +17,8 @@ from streaming.lifecycle import Tasks
 
 logger = logging.getLogger(__name__)
 
+SEND_WAIT_SECONDS = 5.0  # how long stopping a pump waits for a send under way (a slow reader's socket)
+
 
 class Pacer:
     """Paces a stream for its listener, whose clock starts at the first send and who plays chunks back to back.
@@ -99,7 +101,9 @@ class ChunkPump:
     comes from the engine (before pacing). A generation failure ends the pump and goes to `on_error`, which runs
     as its own task, so it may stop this pump and start another. Both tasks belong to the connection's `tasks`,
     which holds them while they run and ends them with the connection; `rebind` hands a stopped pump, with its
-    chunk in the making, to the next connection of a resumed session.
+    chunk in the making, to the next connection of a resumed session. A send under way is let finish before the
+    pump stops (for at most SEND_WAIT_SECONDS): starlette marks a socket whose send was cancelled midway as closed,
+    and the connection could send nothing more (a Lyria PAUSE would end the stream).
     """
 
     def __init__(self, session, pacer: Pacer, send_chunk: tp.Callable[[tp.Any], tp.Awaitable[None]],
@@ -110,6 +114,8 @@ class ChunkPump:
         self.rebind(pacer, send_chunk, on_error, tasks)
         self._inflight: tp.Optional[asyncio.Future] = None
         self._task: tp.Optional[asyncio.Task] = None
+        self._sending: tp.Optional[asyncio.Future] = None  # resolved when the send under way is over
+        self._stopping = False
 
     def rebind(self, pacer: Pacer, send_chunk: tp.Callable[[tp.Any], tp.Awaitable[None]],
                on_error: tp.Callable[[Exception], tp.Awaitable[None]], tasks: Tasks) -> None:
@@ -127,13 +133,18 @@ class ChunkPump:
 
     def start(self) -> None:
         if not self.running:
+            self._stopping = False
             self._task = self.tasks.spawn(self._run(), name="chunk-pump")
 
     async def stop(self) -> None:
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            self._stopping = True  # no new send starts
+            if self._sending is not None:
+                await asyncio.wait([self._sending], timeout=SEND_WAIT_SECONDS)
+            task.cancel()
             try:
-                await self._task
+                await task
             except (asyncio.CancelledError, Exception):
                 pass
         self._task = None
@@ -165,10 +176,16 @@ class ChunkPump:
                     self._request(self.pacer.deadline(after_seconds=chunk.seconds))
             chunk = self._ready
             await self.pacer.before_send(chunk.seconds)
+            if self._stopping:  # parked until stop() cancels: the chunk stays ready for a restarted pump
+                await asyncio.get_running_loop().create_future()
+            self._sending = asyncio.get_running_loop().create_future()
             try:
                 await self.send_chunk(chunk)
             except Exception as exc:  # the client is gone: its reader loop frees (or holds) the session
                 logger.info("could not send a chunk (%s); the connection is closing", type(exc).__name__)
                 return
+            finally:
+                self._sending.set_result(None)
+                self._sending = None
             self._ready = None
             self.pacer.sent(chunk.seconds, chunk)

@@ -260,7 +260,13 @@ class Peer:
                 # read here, or by the next peer of a held session; nobody else would read a failure
                 self.inflight.add_done_callback(lambda f: f.cancelled() or f.exception())
             # shielded: a peer that closes leaves the unit in the making to its session (held, or closed)
-            chunk = await asyncio.shield(self.inflight)
+            try:
+                chunk = await asyncio.shield(self.inflight)
+            except asyncio.CancelledError:  # the peer closes: the unit stays in flight for the session
+                raise
+            except Exception:  # generation failed: the restart asks afresh
+                self.inflight = None
+                raise
             self.inflight = None
             self.jam.generated(chunk)
             pcm = await loop.run_in_executor(None, self._to_pcm, chunk)

@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+import types
 import weakref
 
 from websockets.sync.client import connect
@@ -57,6 +58,51 @@ def test_a_failure_report_is_held_while_it_runs_and_ends_with_the_connection():
         await tasks.close()
         assert report.cancelled()
         assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    asyncio.run(scenario())
+
+
+class CountingSession:
+    """Chunks 0, 1, 2, ... at once, each a plain object with an index."""
+
+    def __init__(self) -> None:
+        self.index = 0
+
+    def next_chunk(self, deadline=None) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_result(types.SimpleNamespace(index=self.index, seconds=0.1, start_seconds=self.index * 0.1))
+        self.index += 1
+        return future
+
+
+def test_stopping_lets_the_send_under_way_finish_and_skips_nothing():
+    """A pump stopped while a chunk is being written lets the write end (a send cancelled midway leaves starlette's
+    socket marked closed), starts no new one, and a restarted pump goes on with the next chunk."""
+    async def scenario():
+        tasks, release, writing, sent = Tasks(), asyncio.Event(), asyncio.Event(), []
+
+        async def send_chunk(chunk) -> None:
+            writing.set()
+            await release.wait()  # a slow write
+            sent.append(chunk.index)
+
+        async def on_error(exc: Exception) -> None:
+            raise AssertionError(exc)
+
+        pump = ChunkPump(CountingSession(), Pacer("asap"), send_chunk, on_error, tasks)
+        pump.start()
+        await asyncio.wait_for(writing.wait(), 5)
+        stopping = asyncio.get_running_loop().create_task(pump.stop())
+        await asyncio.sleep(0.05)
+        assert not stopping.done(), "stop() did not wait for the write under way"
+        release.set()
+        await asyncio.wait_for(stopping, 5)
+        assert sent == [0], "the write was cut, or a new one started while stopping"
+        pump.start()
+        await asyncio.sleep(0.05)
+        await pump.stop()
+        assert sent[:3] == [0, 1, 2], sent  # nothing skipped, nothing repeated
+        await tasks.close()
 
     asyncio.run(scenario())
 
