@@ -171,13 +171,17 @@ def test_a_five_minute_recording_downloads_beside_live_sessions_without_stalling
         listener.start()
     time.sleep(3)
     started = time.monotonic()
-    wav, rate = sf.read(io.BytesIO(download(server, session_id).content), dtype="float32")
+    files = {"wav": download(server, session_id).content}
     took = time.monotonic() - started
-    flac, _ = sf.read(io.BytesIO(download(server, session_id, format="flac").content), dtype="float32")
-    mp3 = decode_slice(download(server, session_id, format="mp3").content).wav[0].numpy()
+    for fmt in ("flac", "mp3"):
+        files[fmt] = download(server, session_id, format=fmt).content
     stop.set()
     for listener in listeners:
         listener.join(60)
+    # decoded only now: the server runs in this process, and decoding 5 minutes here would hold its event loop
+    wav, rate = sf.read(io.BytesIO(files["wav"]), dtype="float32")
+    flac, _ = sf.read(io.BytesIO(files["flac"]), dtype="float32")
+    mp3 = decode_slice(files["mp3"]).wav[0].numpy()
     assert len(wav) == len(heard) == 300 * rate
     snr = snr_db(heard, wav)
     print(f"5-minute recording: SNR {snr:.1f} dB vs the stitched chunks; wav decode took {took:.1f} s")
