@@ -8,11 +8,19 @@ import typing as tp
 
 from cog import BaseRunner, CancelationException, Input, Path, current_scope
 
-from engine.audio import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS, write_output
-from engine.batch import MAX_DURATION_SECONDS, BatchRequest, RequestError
-from engine.config import MAX_PROMPT_CHARS, EngineConfig
-from engine.core import Engine
-from engine.streams import MAX_GUIDANCE, MAX_TEMPERATURE
+from engine.api import (
+    MAX_DURATION_SECONDS,
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_TEMPERATURE,
+    NORMALIZATION_STRATEGIES,
+    OUTPUT_FORMATS,
+    BatchRequest,
+    Engine,
+    EngineConfig,
+    RequestError,
+)
+from streaming.audio import write_output
 from streaming.config import ServerConfig
 from weights.demo import ensure_default_checkpoint
 

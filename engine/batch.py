@@ -6,7 +6,7 @@ sessions, its tokens are decoded on the codec thread while they come; a melody b
 first, one per window past 30 s), or through audiocraft's own `generate` (the reference path: models the step
 decoder does not support, and comparisons). Both end in `_trim`; no piece of either path's work on the codec
 thread, MultiBand Diffusion included, is longer than the job bound (README, "Job bound"). The caller normalises
-and encodes the result (engine.audio).
+and encodes the result (streaming/audio.py).
 """
 
 import contextlib

@@ -1,4 +1,5 @@
-"""Generate one file from the command line, with the same engine and semantics as the Cog predictor.
+"""Generate one file from the command line, with the same engine and semantics as the Cog predictor (a transport
+like predict.py, kept here so that `python -m engine.cli` stays the one command to try the engine).
 
     python -m engine.cli --prompt "lo-fi hip hop beat" --duration 4 --out demo.wav
 """
@@ -7,10 +8,16 @@ import argparse
 import logging
 from pathlib import Path
 
-from engine.audio import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS, write_output
-from engine.batch import MAX_DURATION_SECONDS, BatchRequest, RequestError
-from engine.config import EngineConfig
-from engine.core import Engine
+from engine.api import (
+    MAX_DURATION_SECONDS,
+    NORMALIZATION_STRATEGIES,
+    OUTPUT_FORMATS,
+    BatchRequest,
+    Engine,
+    EngineConfig,
+    RequestError,
+)
+from streaming.audio import write_output  # a transport, like predict.py: it writes the file
 
 logger = logging.getLogger("musicgen")
 

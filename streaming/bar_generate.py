@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from engine import audio
-from engine.batch import BatchRequest
+from engine.api import BatchRequest
+from streaming import audio
 from streaming.bar_protocol import bar_params, chunk_metadata
 from streaming.bar_source import OUTPUT_CHANNELS, BarChunk, BarParams, context_window
 from streaming.bars import loop_context, loop_slice, style_blend

@@ -15,10 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from engine.batch import random_seed
-from engine.core import CapacityError
-from engine.jam import SessionClosed
-from engine.worker import EngineUnavailable
+from engine.api import CapacityError, EngineUnavailable, SessionClosed, random_seed
 from streaming import bar_protocol as bp
 from streaming.auth import authorized
 from streaming.bar_generate import GenerateRequest, decode_loop, generate_work

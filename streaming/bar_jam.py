@@ -14,8 +14,7 @@ import time
 import typing as tp
 from concurrent.futures import Executor
 
-from engine.batch import random_seed
-from engine.jam import SessionClosed
+from engine.api import SessionClosed, random_seed
 from streaming.bar_generate import decode_loop
 from streaming.bar_protocol import bar_params
 from streaming.bar_source import BarChunk, BarSource

@@ -13,9 +13,8 @@ import math
 import typing as tp
 from dataclasses import dataclass, replace
 
-from engine import audio
-from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
-from engine.streams import MAX_GUIDANCE, MAX_TEMPERATURE
+from engine.api import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STYLES, MAX_TEMPERATURE
+from streaming import audio
 from streaming.bar_source import BarChunk, BarParams
 from streaming.jam_protocol import ProtocolError, encode
 from streaming.wire import WireError, bounded_number, load_object

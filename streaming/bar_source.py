@@ -21,10 +21,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from engine.audio import StreamingResampler, match_loudness, resample, to_channels
-from engine.batch import random_seed
-from engine.jam import JamSettings, SessionClosed
-from engine.streams import SamplingParams
+from engine.api import JamSettings, SamplingParams, SessionClosed, random_seed
+from streaming.audio import StreamingResampler, match_loudness, resample, to_channels
 from streaming.bars import BarClock, Spool, exact_bpm, loop_context, loop_slice, spliced_context, style_blend
 
 logger = logging.getLogger(__name__)

@@ -12,10 +12,7 @@ import typing as tp
 
 from starlette.websockets import WebSocketDisconnect
 
-from engine.batch import random_seed
-from engine.core import CapacityError
-from engine.jam import SessionClosed
-from engine.worker import EngineUnavailable
+from engine.api import CapacityError, EngineUnavailable, SessionClosed, random_seed
 from streaming import bar_protocol as bp
 from streaming.bar_generate import decode_loop
 from streaming.bar_jam import BarJam, open_jam

@@ -10,7 +10,7 @@ from concurrent.futures import Executor
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from engine.jam import JamSession, JamSettings, SessionClosed
+from engine.api import JamSession, JamSettings, SessionClosed
 from streaming.config import ServerConfig
 from streaming.lifecycle import LiveSession, Tasks
 from streaming.pump import ChunkPump, Pacer

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from engine import audio
+from streaming import audio
 from streaming.jobs import COMPLETED, FAILED, QUEUED, RUNNING, JobStatus
 from streaming.wire import WireError, bounded_number
 

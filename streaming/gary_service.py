@@ -15,10 +15,9 @@ import threading
 import typing as tp
 from pathlib import Path
 
-from engine import audio
-from engine.batch import BatchRequest
+from engine.api import BatchRequest
+from streaming import audio, model_info
 from streaming import gary_protocol as gp
-from streaming import model_info
 from streaming.jobs import JobContext, JobTable, TableFull
 
 logger = logging.getLogger(__name__)

@@ -10,12 +10,18 @@ import math
 import typing as tp
 from dataclasses import dataclass
 
-from engine import audio
-from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
-from engine.jam import Chunk, JamSettings
-from engine.settings import MAX_RAMP_SECONDS
-from engine.steering import Placement
-from engine.streams import MAX_GUIDANCE, MAX_TEMPERATURE, SamplingParams
+from engine.api import (
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_RAMP_SECONDS,
+    MAX_STYLES,
+    MAX_TEMPERATURE,
+    Chunk,
+    JamSettings,
+    Placement,
+    SamplingParams,
+)
+from streaming import audio
 from streaming.wire import MAX_EXACT_INTEGER, WireError, bounded_number, load_object
 
 PROTOCOL_FRAME_RATE = 25.0

@@ -5,13 +5,17 @@ import logging
 import typing as tp
 from concurrent.futures import Executor
 
-from engine.audio import AudioInputError, decode_slice
-from engine.batch import random_seed
-from engine.core import CapacityError
-from engine.jam import JamSettings, SessionClosed
-from engine.melody import WINDOW_SECONDS
-from engine.steering import Placement
-from engine.worker import EngineUnavailable
+from engine.api import (
+    WINDOW_SECONDS,
+    AudioInputError,
+    CapacityError,
+    EngineUnavailable,
+    JamSettings,
+    Placement,
+    SessionClosed,
+    decode_slice,
+    random_seed,
+)
 from streaming import jam_protocol as jp
 from streaming.bar_ws import BarSocket, wants_bar
 from streaming.config import ServerConfig

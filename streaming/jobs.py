@@ -44,8 +44,7 @@ import time
 import typing as tp
 from concurrent.futures import Future, InvalidStateError
 
-from engine.batch import BatchRequest, BatchResult, GenerationCancelled
-from engine.config import PREDICTION_ROWS
+from engine.api import PREDICTION_ROWS, BatchRequest, BatchResult, GenerationCancelled
 from streaming.job_state import (
     CANCELLED,
     COMPLETED,

@@ -14,7 +14,7 @@ import logging
 import typing as tp
 from concurrent.futures import Executor
 
-from engine.jam import JamSession, JamSettings, SessionClosed
+from engine.api import JamSession, JamSettings, SessionClosed
 
 logger = logging.getLogger(__name__)
 

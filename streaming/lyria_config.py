@@ -5,7 +5,7 @@ import re
 import typing as tp
 from dataclasses import dataclass
 
-from engine.streams import SamplingParams
+from engine.api import SamplingParams
 from streaming.wire import WireError, bounded_number
 
 CLOSE_INVALID = 1007  # invalid payload: the reason names the field

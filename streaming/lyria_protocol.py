@@ -14,9 +14,8 @@ import json
 import typing as tp
 from dataclasses import dataclass, field
 
-from engine.audio import StreamingResampler, pcm16_bytes
-from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
-from engine.jam import Chunk, JamSettings
+from engine.api import MAX_PROMPT_CHARS, MAX_STYLES, Chunk, JamSettings
+from streaming.audio import StreamingResampler, pcm16_bytes
 from streaming.lyria_config import (
     CLOSE_INVALID,
     GenerationConfig,

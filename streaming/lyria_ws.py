@@ -11,10 +11,7 @@ import logging
 import typing as tp
 from concurrent.futures import Executor
 
-from engine.batch import random_seed
-from engine.core import CapacityError
-from engine.jam import SessionClosed
-from engine.worker import EngineUnavailable
+from engine.api import CapacityError, EngineUnavailable, SessionClosed, random_seed
 from streaming import lyria_protocol as lp
 from streaming.config import ServerConfig
 from streaming.connection import Connection

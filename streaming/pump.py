@@ -11,7 +11,7 @@ import logging
 import time
 import typing as tp
 
-from engine.steering import Placement
+from engine.api import Placement
 from streaming.lead import Lead
 from streaming.lifecycle import Tasks
 

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from engine.audio import ffmpeg_executable, pcm16_bytes
+from streaming.audio import ffmpeg_executable, pcm16_bytes
 from streaming.auth import authorized
 from streaming.recording import Recording
 from streaming.sessions import SessionRegistry

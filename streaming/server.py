@@ -96,8 +96,7 @@ class RunningServer:
 
 
 def main() -> None:
-    from engine.config import EngineConfig
-    from engine.core import Engine
+    from engine.api import Engine, EngineConfig
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=os.environ.get("COG_WEIGHTS"), help="checkpoint (default: weights/)")

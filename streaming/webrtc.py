@@ -19,11 +19,10 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 
-from engine.audio import OPUS_APPLICATION, OPUS_SAMPLE_RATE, OpusEncoder, StreamingResampler, pcm16_array
-from engine.batch import random_seed
-from engine.jam import JamSession, JamSettings, SessionClosed
+from engine.api import JamSession, JamSettings, SessionClosed, random_seed
 from streaming import jam_protocol as jp
 from streaming import webrtc_protocol as wp
+from streaming.audio import OPUS_APPLICATION, OPUS_SAMPLE_RATE, OpusEncoder, StreamingResampler, pcm16_array
 from streaming.lead import Lead
 from streaming.lifecycle import LiveSession, Tasks
 from streaming.sessions import Jam, SessionRegistry

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from engine.core import CapacityError
+from engine.api import CapacityError
 from streaming import jam_protocol as jp
 from streaming import webrtc_protocol as wp
 from streaming.auth import authorized

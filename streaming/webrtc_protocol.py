@@ -12,8 +12,7 @@ FastRTC's server answers it, never as an error.
 import typing as tp
 from dataclasses import dataclass
 
-from engine.jam import Chunk, JamSettings
-from engine.steering import Placement
+from engine.api import Chunk, JamSettings, Placement
 from streaming import jam_protocol as jp
 from streaming.wire import WireError, load_object
 

@@ -2,7 +2,7 @@
 
 The track returns pre-encoded `av.Packet`s (aiortc's path for encoded media) rather than `av.AudioFrame`s, because
 aiortc's own Opus encoder is fixed to libopus's "voip" mode at 96 kbps; ours is the music mode at a stated bitrate
-(`engine.audio.OpusEncoder`). Playback never waits on generation: when the buffer runs dry the track carries
+(`streaming.audio.OpusEncoder`). Playback never waits on generation: when the buffer runs dry the track carries
 silence and tells its owner, so the connection neither stalls nor tears down.
 """
 
@@ -16,7 +16,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from engine.audio import OPUS_FRAME_SAMPLES, OPUS_SAMPLE_RATE, OpusEncoder
+from streaming.audio import OPUS_FRAME_SAMPLES, OPUS_SAMPLE_RATE, OpusEncoder
 
 logger = logging.getLogger(__name__)
 

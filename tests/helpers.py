@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.audio import ffmpeg_executable
+from streaming.audio import ffmpeg_executable
 
 
 def offline_decode(engine, tokens: torch.Tensor) -> torch.Tensor:

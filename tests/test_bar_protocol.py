@@ -10,7 +10,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from engine import audio
+from streaming import audio
 from streaming import bar_protocol as bp
 from streaming.bar_source import BarParams
 from streaming.bars import BarClock, Spool, exact_bpm, loop_context, loop_slice, spliced_context, style_blend

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
-from engine import audio
 from engine.batch import BatchRequest, RequestError
+from streaming import audio
 from tests.helpers import convert, offline_decode, sine_wav
 from tests.test_jam_engine import snr_db
 

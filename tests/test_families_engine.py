@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import audio
 from engine.batch import BatchRequest, RequestError
 from engine.config import EngineConfig
 from engine.jam import JamSettings
 from engine.streams import SamplingParams
+from streaming import audio
 from tests.helpers import sine_wav
 
 SETTINGS = JamSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.4)

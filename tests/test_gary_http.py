@@ -9,7 +9,7 @@ import pytest
 import requests
 import torch
 
-from engine import audio
+from streaming import audio
 from streaming.config import ServerConfig
 from streaming.server import RunningServer
 from tests.gary_clients import JuceClient, PluginGaveUp, decode_b64, wav_b64

@@ -1,5 +1,6 @@
 """The structure README's architecture section promises, checked on the source: no import circle among the
-project's packages, and the engine does not depend on `weights/` (which builds on the engine)."""
+project's packages, the engine does not depend on `weights/` (which builds on the engine), and the transports
+(predict.py, streaming/) reach the engine through its facade, engine/api.py, only."""
 
 import ast
 import collections
@@ -12,13 +13,15 @@ PACKAGES = ("engine", "streaming", "weights")
 def imports() -> dict[str, set[str]]:
     """Module -> the project modules it imports (at the top or inside functions)."""
     graph: dict[str, set[str]] = collections.defaultdict(set)
+    sources = [(ROOT / "predict.py", "predict")]
     for package in PACKAGES:
-        for path in (ROOT / package).glob("*.py"):
-            module = package if path.stem == "__init__" else f"{package}.{path.stem}"
-            for node in ast.walk(ast.parse(path.read_text())):
-                names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
-                    [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
-                graph[module].update(name for name in names if name.split(".")[0] in PACKAGES)
+        sources += [(path, package if path.stem == "__init__" else f"{package}.{path.stem}")
+                    for path in (ROOT / package).glob("*.py")]
+    for path, module in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            graph[module].update(name for name in names if name.split(".")[0] in PACKAGES)
     return graph
 
 
@@ -46,3 +49,12 @@ def test_the_engine_does_not_depend_on_weights():
     graph = imports()
     assert {module for module, targets in graph.items() if module.startswith("engine")
             for target in targets if target.split(".")[0] == "weights"} == set()
+
+
+def test_transports_reach_the_engine_through_its_facade_only():
+    graph = imports()
+    transports = [module for module in graph if module == "predict" or module.startswith("streaming")]
+    reaching_in = {module: sorted(target for target in graph[module]
+                                  if target.startswith("engine") and target != "engine.api")
+                   for module in transports}
+    assert {module: targets for module, targets in reaching_in.items() if targets} == {}
