@@ -11,6 +11,7 @@ step. Live sessions with a deadline come first: when one is at risk, predictions
 import logging
 import time
 import typing as tp
+from collections import OrderedDict
 
 import torch
 
@@ -51,7 +52,8 @@ class Scheduler:
         self.prefill_slice_steps = prefill_slice_steps
         self.streams: list[Stream] = []
         self.failed_streams = 0
-        self._condition_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # text -> its T5 condition, least recently used first: a jam that returns to a style finds it here
+        self._condition_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._step_seconds = 0.05  # running estimate of one step, for deadline decisions
         self._skipped = 0
         self._null_prefix: tp.Optional[torch.Tensor] = None
@@ -223,11 +225,14 @@ class Scheduler:
             stream.pending_prefill, stream.prefilled = stream.frames.step, 0
 
     def _condition(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if text not in self._condition_cache:
-            if len(self._condition_cache) >= CONDITION_CACHE_SIZE:
-                self._condition_cache.clear()
-            self._condition_cache[text] = conditions.text_condition(self.lm, text)
-        return self._condition_cache[text]
+        cache = self._condition_cache
+        if text in cache:
+            cache.move_to_end(text)
+        else:
+            if len(cache) >= CONDITION_CACHE_SIZE:
+                cache.popitem(last=False)  # the least recently used
+            cache[text] = conditions.text_condition(self.lm, text)
+        return cache[text]
 
     def _prefill_slice(self, stream: Stream) -> tp.Optional[torch.Tensor]:
         """Feeds the next slice of a pending prefill; returns the last logits once the prefill is complete."""
