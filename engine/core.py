@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from engine import batch, conditions
+from engine import batch, conditions, prediction
 from engine.config import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, EngineConfig
 from engine.jam import JamSession, JamSettings
 from engine.melody import WINDOW_SECONDS, Piece, melody_pieces, prefix_steps
@@ -148,8 +148,8 @@ class Engine:
         self._require_healthy()
         prepared = batch.prepare(request, self)
         if reference or self.streaming_unavailable is not None:
-            return batch.start_reference(self, prepared)
-        return batch.start_streamed(self, prepared)
+            return prediction.start_reference(self, prepared)
+        return prediction.Prediction(self, prepared).start()
 
     # -- live sessions -----------------------------------------------------------------------------------------
     def open_session(self, settings: JamSettings, seed: int, prompt: tp.Optional[tuple[torch.Tensor, int]] = None,

@@ -10,10 +10,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.batch import DECODE_EVERY_FRAMES, BatchRequest
+from engine.batch import BatchRequest
 from engine.codec_stream import StreamingCodecDecoder
 from engine.decoder import StepDecoder
 from engine.jam import JamSettings
+from engine.prediction import DECODE_EVERY_FRAMES
 from engine.streams import SamplingParams
 from tests.helpers import FailingGather, sine_wav, wait_until
 
