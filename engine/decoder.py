@@ -18,51 +18,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.precision import WEIGHT_FORMATS, activation_dtype, onednn_prepacks_bf16
+from engine.precision import WEIGHT_FORMATS, Linear, activation_dtype
 
 
 class UnsupportedModel(ValueError):
     """The LM uses a feature this decoder does not implement; audiocraft's own generate still works."""
-
-
-class Linear:
-    """A bias-free projection in one of the weight formats.
-
-    int8 stores each output channel as int8 with one bf16 scale and multiplies with bf16 activations
-    (torch._weight_int8pack_mm): a decode step is bound by reading weights, and int8 reads a quarter of fp32's
-    bytes. The accuracy cost is measured by the benchmarks (logit error, token agreement). bfloat16 on a CPU is
-    stored prepacked in oneDNN's layout: a plain bf16 F.linear repacks its weight at every call, which made small
-    decode matmuls 1.5-2x slower than the prepacked kernel (same results to the bit; benchmarks/engine_bench).
-    """
-
-    def __init__(self, weight: torch.Tensor, weight_format: str) -> None:
-        weight = weight.detach()
-        self.out_features, self.in_features = weight.shape
-        self.format = weight_format
-        self.packed = False
-        if weight_format == "int8":
-            scales = weight.float().abs().amax(dim=1).clamp(min=1e-8) / 127.0
-            self.weight = (weight.float() / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
-            self.scales = scales.to(torch.bfloat16)
-        else:
-            self.weight = weight.to(getattr(torch, weight_format))
-            self.scales = None
-            if weight_format == "bfloat16" and self.weight.device.type == "cpu" and onednn_prepacks_bf16():
-                self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), 2)
-                self.packed = True
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
-        if self.scales is None:
-            return F.linear(x, self.weight)
-        flat = x.reshape(-1, self.in_features)
-        return torch._weight_int8pack_mm(flat, self.weight, self.scales).view(*x.shape[:-1], self.out_features)
-
-    @property
-    def nbytes(self) -> int:
-        extra = self.scales.numel() * self.scales.element_size() if self.scales is not None else 0
-        return self.weight.numel() * self.weight.element_size() + extra
 
 
 @dataclass(frozen=True)

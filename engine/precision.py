@@ -1,4 +1,4 @@
-"""Which weight format the decoder uses on this device, and why.
+"""Which weight format the decoder uses on this device and why, and how a weight is held in each (`Linear`).
 
 A decode step reads every weight once, so the format decides the speed: on a GPU half precision (audiocraft runs
 the LM in fp16 there too); on a CPU bfloat16 only where the CPU computes it natively (AVX512-BF16 or AMX), since
@@ -9,6 +9,7 @@ import typing as tp
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 AUTO = "auto"
 WEIGHT_FORMATS = ("float32", "bfloat16", "float16", "int8")
@@ -50,3 +51,43 @@ def onednn_prepacks_bf16() -> bool:
 def activation_dtype(weight_format: str) -> torch.dtype:
     """The dtype of activations and the KV cache for a weight format (int8 weights run with bf16 activations)."""
     return {"float32": torch.float32, "float16": torch.float16}.get(weight_format, torch.bfloat16)
+
+
+class Linear:
+    """A bias-free projection in one of the weight formats.
+
+    int8 stores each output channel as int8 with one bf16 scale and multiplies with bf16 activations
+    (torch._weight_int8pack_mm): a decode step is bound by reading weights, and int8 reads a quarter of fp32's
+    bytes. The accuracy cost is measured by the benchmarks (logit error, token agreement). bfloat16 on a CPU is
+    stored prepacked in oneDNN's layout: a plain bf16 F.linear repacks its weight at every call, which made small
+    decode matmuls 1.5-2x slower than the prepacked kernel (same results to the bit; benchmarks/engine_bench).
+    """
+
+    def __init__(self, weight: torch.Tensor, weight_format: str) -> None:
+        weight = weight.detach()
+        self.out_features, self.in_features = weight.shape
+        self.format = weight_format
+        self.packed = False
+        if weight_format == "int8":
+            scales = weight.float().abs().amax(dim=1).clamp(min=1e-8) / 127.0
+            self.weight = (weight.float() / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
+            self.scales = scales.to(torch.bfloat16)
+        else:
+            self.weight = weight.to(getattr(torch, weight_format))
+            self.scales = None
+            if weight_format == "bfloat16" and self.weight.device.type == "cpu" and onednn_prepacks_bf16():
+                self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight.contiguous(), 2)
+                self.packed = True
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
+        if self.scales is None:
+            return F.linear(x, self.weight)
+        flat = x.reshape(-1, self.in_features)
+        return torch._weight_int8pack_mm(flat, self.weight, self.scales).view(*x.shape[:-1], self.out_features)
+
+    @property
+    def nbytes(self) -> int:
+        extra = self.scales.numel() * self.scales.element_size() if self.scales is not None else 0
+        return self.weight.numel() * self.weight.element_size() + extra
