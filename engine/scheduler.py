@@ -51,7 +51,6 @@ class Scheduler:
             self.capturable = CapturableStep(self.decoder, step_mode == "compile")
         self.prefill_slice_steps = prefill_slice_steps
         self.streams: list[Stream] = []
-        self.failed_streams = 0
         # text -> its T5 condition, least recently used first: a jam that returns to a style finds it here
         self._condition_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._step_seconds = 0.05  # running estimate of one step, for deadline decisions
@@ -114,7 +113,6 @@ class Scheduler:
     def fail(self, stream: Stream, phase: str, exc: BaseException) -> None:
         """Drops one stream and tells its consumer; never raises."""
         logger.warning("stream failed during %s: %s: %s", phase, type(exc).__name__, exc)
-        self.failed_streams += 1
         self.remove_stream(stream)
         stream.error = StreamFailed(f"{phase} failed: {type(exc).__name__}: {exc}")
         if stream.on_failed is not None:
