@@ -5,6 +5,7 @@ build the server's messages. Frame units are the protocol's: 25 frames per secon
 """
 
 import base64
+import enum
 import json
 import math
 import typing as tp
@@ -34,6 +35,15 @@ PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "
           "style_ramp_seconds")
 MAX_SEED = 2**32 - 1
 SettingsCheck = tp.Callable[[JamSettings], None]  # the engine's own check (e.g. prompt length in tokens)
+
+
+class State(enum.Enum):
+    """A connection's protocol state: IDLE -> STARTED (start, or an attach) -> STOPPED (stop); back to IDLE when the
+    session ends on the server's side without a stop (generation failed for good)."""
+
+    IDLE = "idle"
+    STARTED = "started"
+    STOPPED = "stopped"
 
 
 class ProtocolError(ValueError):
@@ -148,13 +158,13 @@ class JamProtocol:
     only the model can judge; it runs before any state changes."""
 
     def __init__(self, check_settings: SettingsCheck = lambda settings: None) -> None:
-        self.state = "idle"
+        self.state = State.IDLE
         self.params: dict = {}
         self.check_settings = check_settings
 
     def session_ended(self) -> None:
         """The session ended on the server's side: a new start may come."""
-        self.state = "idle"
+        self.state = State.IDLE
 
     def _validated(self, params: dict) -> tuple[JamSettings, str]:
         settings, pace = settings_from(params)
@@ -184,12 +194,12 @@ class JamProtocol:
         if kind == "update":
             return self._update(message)
         if kind == "stop":
-            if self.state != "started":
+            if self.state is not State.STARTED:
                 raise ProtocolError("stop before start: nothing is playing")
-            self.state = "stopped"
+            self.state = State.STOPPED
             return Stop()
         if kind == "recording":
-            if self.state != "started":
+            if self.state is not State.STARTED:
                 raise ProtocolError("recording before start: start or attach a session first")
             return RecordingRequest()
         raise ProtocolError(f"unknown message type {kind!r}: expected start, update, melody, recording, stop or "
@@ -197,10 +207,10 @@ class JamProtocol:
 
     def attached(self, held: "JamProtocol") -> None:
         """The shell attached a held session: its protocol state (the parameters in force) goes on here."""
-        self.state, self.params = "started", dict(held.params)
+        self.state, self.params = State.STARTED, dict(held.params)
 
     def _melody(self, message: dict) -> Melody:
-        if self.state != "started":
+        if self.state is not State.STARTED:
             raise ProtocolError("melody before start: send start first")
         encoded = message.get("audio_base64")
         if encoded is None:
@@ -213,7 +223,7 @@ class JamProtocol:
             raise ProtocolError("audio_base64 is not valid base64") from None
 
     def _start(self, message: dict) -> Start:
-        if self.state != "idle":
+        if self.state is not State.IDLE:
             raise ProtocolError("start was already received on this connection; send update to change parameters")
         mode = message.get("mode", "rt")
         if mode != "rt":
@@ -236,11 +246,11 @@ class JamProtocol:
         settings, pace = self._validated(merged)
         seed = None if params.get("seed") in (None, -1) else int(_number(params, "seed", int, 0, MAX_SEED))
         self.params = {k: v for k, v in merged.items() if k != "seed"}
-        self.state = "started"
+        self.state = State.STARTED
         return Start(settings=settings, pace=pace, binary_audio=binary, seed=seed)
 
     def _update(self, message: dict) -> Update:
-        if self.state != "started":
+        if self.state is not State.STARTED:
             raise ProtocolError("update before start: send start first")
         changes = {k: v for k, v in message.items() if k != "type"}
         if isinstance(message.get("params"), dict):  # accept the start message's nesting too
