@@ -141,13 +141,13 @@ def test_a_batched_forward_failing_for_one_stream_is_retried_stream_by_stream(fa
 
 
 def test_a_failing_prediction_codec_fails_the_prediction_alone(faulty_engine, monkeypatch):
-    import engine.batch
+    import engine.prediction
 
-    class BrokenCodec(engine.batch.StreamingCodecDecoder):
+    class BrokenCodec(engine.prediction.StreamingCodecDecoder):
         def push(self, frames):
             raise RuntimeError("injected codec failure")
 
-    monkeypatch.setattr(engine.batch, "StreamingCodecDecoder", BrokenCodec)
+    monkeypatch.setattr(engine.prediction, "StreamingCodecDecoder", BrokenCodec)
     witness = faulty_engine.open_session(settings_for("dub"), seed=1)
     try:
         with pytest.raises(RuntimeError, match="injected codec failure"):
