@@ -62,6 +62,12 @@ class Jam:
         self.sent_until = 0
         self.recording.restarted(seed)
 
+    def disarm(self) -> None:
+        """Stops the hold's clock (the session is attached, held afresh, or ended)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
     def replay_from(self, from_chunk: tp.Optional[int]) -> list:
         """The kept chunks a client resuming at `from_chunk` (None: the first one not completely sent) lacks;
         SessionError when they are not all here."""
@@ -74,6 +80,11 @@ class Jam:
             raise SessionError(f"chunk {start} is no longer kept: the server keeps the last {REPLAY_CHUNKS} chunks "
                                f"(from {oldest} on)")
         return [chunk for chunk in self.replay if chunk.index >= start]
+
+
+def _check_id(session_id: tp.Any) -> None:
+    if not isinstance(session_id, str) or not session_id:
+        raise SessionError("session_id must be the id the server gave in `started`")
 
 
 class SessionRegistry:
@@ -116,8 +127,7 @@ class SessionRegistry:
     def attach(self, session_id: tp.Any, kind: str, owner: object) -> Jam:
         """Hands a held session to `owner`. SessionError when the id is unknown, expired, of another kind of
         session, or played by another connection."""
-        if not isinstance(session_id, str) or not session_id:
-            raise SessionError("session_id must be the id the server gave in `started`")
+        _check_id(session_id)
         jam = self._jams.get(session_id)
         if jam is None:
             recording = self.recordings.get(session_id)
@@ -129,9 +139,7 @@ class SessionRegistry:
             raise SessionError(f"session {session_id} is a {jam.kind} session; it cannot be attached as {kind}")
         if jam.owner is not None:
             raise SessionError(f"session {session_id} is being played by another connection: close that one first")
-        if jam._expiry is not None:
-            jam._expiry.cancel()
-            jam._expiry = None
+        jam.disarm()
         jam.owner = owner
         logger.info("session %s attached", session_id)
         return jam
@@ -139,8 +147,7 @@ class SessionRegistry:
     def find(self, session_id: tp.Any, kind: str) -> Jam:
         """A live session of `kind` by id, whoever plays it (HTTP routes that act on a session without owning a
         connection: bar mode's /jam/*); SessionError as `attach` says."""
-        if not isinstance(session_id, str) or not session_id:
-            raise SessionError("session_id must be the id the server gave in `started`")
+        _check_id(session_id)
         jam = self._jams.get(session_id)
         if jam is None or jam.kind != kind:
             raise SessionError(f"no {kind} session {session_id} on this server")
@@ -152,8 +159,7 @@ class SessionRegistry:
         if not self.holding or jam.session_id not in self._jams:
             return False
         jam.owner = None
-        if jam._expiry is not None:  # held again (an HTTP-driven session at each request): the time starts again
-            jam._expiry.cancel()
+        jam.disarm()  # held again (an HTTP-driven session at each request): the time starts again
         jam._expiry = asyncio.get_running_loop().call_later(self.resume_seconds, self._expire, jam)
         logger.info("session %s held for %g s", jam.session_id, self.resume_seconds)
         return True
@@ -162,9 +168,7 @@ class SessionRegistry:
         """Ends a session for good: its slot is freed and its recording is complete."""
         if self._jams.pop(jam.session_id, None) is None:
             return
-        if jam._expiry is not None:
-            jam._expiry.cancel()
-            jam._expiry = None
+        jam.disarm()
         jam.session.close()
         self.recordings.ended(jam.recording)
 
