@@ -20,6 +20,7 @@ import os
 import platform
 import statistics
 import time
+import typing as tp
 from pathlib import Path
 
 import torch
@@ -33,22 +34,25 @@ SMALL = {"dim": 1024, "layers": 24, "heads": 16}  # musicgen-small's LM
 MEDIUM_TINY = {"dim": 512, "layers": 8, "heads": 8}
 
 
-def build_model(dims: dict, seed: int = 0):
-    """A LoadedModel with random LM weights of the given size, the demo's codec and tiny T5 (local files)."""
+def build_model(dims: dict, seed: int = 0, device: str = "cpu"):
+    """A LoadedModel with random LM weights of the given size, the demo's codec and tiny T5 (local files), built on
+    `device` in the dtype a loaded checkpoint gets there (engine.checkpoint.prepare_lm_config)."""
     configure_offline_caches(DEMO_DIR)
     from audiocraft.models import MusicGen, builders
     from omegaconf import OmegaConf
 
-    from engine.checkpoint import load_codec, resolve
+    from engine.checkpoint import load_codec, prepare_lm_config, resolve
     from engine.model import MAX_WINDOW_SECONDS, LoadedModel
     from weights.demo import lm_config
 
     torch.manual_seed(seed)
-    lm = builders.get_lm_model(OmegaConf.create(lm_config(dims["dim"], dims["layers"], dims["heads"]))).eval()
+    cfg = OmegaConf.create(lm_config(dims["dim"], dims["layers"], dims["heads"]))
+    prepare_lm_config(cfg, device)
+    lm = builders.get_lm_model(cfg).eval()
     files = resolve(DEMO_DIR)
-    codec = load_codec(files.codec, "cpu")
+    codec = load_codec(files.codec, device)
     return LoadedModel(musicgen=MusicGen("bench", codec, lm, max_duration=MAX_WINDOW_SECONDS), mbd=None,
-                       files=files, device="cpu")
+                       files=files, device=device)
 
 
 def engine_for(model, weight_format: str, sessions: int = 1):
@@ -177,8 +181,6 @@ def suite_stream(chunks_per_phase: int) -> dict:
 
 
 def suite_sessions(seconds: float, counts: tuple[int, ...] = (1, 2, 4, 8), all_formats: bool = True) -> dict:
-    from engine.jam import JamSettings
-
     model = build_model(SMALL)
     result = {"model": "musicgen-small dims, random weights", "chunk_seconds": seconds}
     from engine.precision import choose_weight_format
@@ -187,26 +189,45 @@ def suite_sessions(seconds: float, counts: tuple[int, ...] = (1, 2, 4, 8), all_f
     result["default_format"] = default
     for dtype in dict.fromkeys((default, "int8", "float32") if all_formats else (default,)):
         engine = engine_for(model, dtype, sessions=max(counts))
-        per_dtype = {}
-        for count in counts:
-            settings = JamSettings(styles=("jam",), weights=(1.0,), chunk_seconds=seconds)
-            sessions = [engine.open_session(settings, seed=i) for i in range(count)]
-            for session in sessions:  # warm: first prefill out of the measurement
-                session.next_chunk().result()
+        result[dtype] = aggregate_realtime(engine, counts, seconds)
+        engine.close()
+    return result
+
+
+def aggregate_realtime(engine, counts: tuple[int, ...], seconds: float,
+                       on_count: tp.Callable[[int, dict], None] = lambda count, figures: None) -> dict:
+    """For each count, that many live sessions of one style at once: the first chunk (prefill included; each
+    session's time from the opening of all to its own first chunk), then one more chunk of each, timed together:
+    aggregate audio seconds per wall second. `on_count` sees each count's figures as soon as they are measured."""
+    from engine.jam import JamSettings
+
+    figures = {}
+    for count in counts:
+        settings = JamSettings(styles=("jam",), weights=(1.0,), chunk_seconds=seconds)
+        opened = time.perf_counter()
+        sessions = [engine.open_session(settings, seed=i) for i in range(count)]
+        try:
+            firsts = [session.next_chunk() for session in sessions]  # warm: first prefill out of the measurement
+            first_chunk = []
+            for future in firsts:
+                future.result()
+                first_chunk.append(time.perf_counter() - opened)
             started = time.perf_counter()
             futures = [session.next_chunk() for session in sessions]
             for future in futures:
                 future.result()
             wall = time.perf_counter() - started
+        finally:
             for session in sessions:
                 session.close()
-            per_dtype[count] = {"wall_seconds": wall, "audio_seconds_per_wall_second": count * seconds / wall}
-        base = per_dtype[min(counts)]["audio_seconds_per_wall_second"]
-        for count in counts:
-            per_dtype[count]["speedup_vs_one_session"] = per_dtype[count]["audio_seconds_per_wall_second"] / base
-        result[dtype] = per_dtype
-        engine.close()
-    return result
+        figures[count] = {"wall_seconds": wall, "audio_seconds_per_wall_second": count * seconds / wall,
+                          "first_chunk_seconds_median": statistics.median(first_chunk),
+                          "first_chunk_seconds_max": max(first_chunk)}
+        on_count(count, figures[count])
+    base = figures[min(counts)]["audio_seconds_per_wall_second"]
+    for count in counts:
+        figures[count]["speedup_vs_one_session"] = figures[count]["audio_seconds_per_wall_second"] / base
+    return figures
 
 
 def suite_memory(minutes: float) -> dict:

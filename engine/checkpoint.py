@@ -99,6 +99,20 @@ def _extract(archive: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else out
 
 
+def lm_dtype(device: str) -> str:
+    """The dtype the LM is built in: float32 on a CPU, float16 elsewhere, as audiocraft's loaders build it (and its
+    generate then runs under float16 autocast). On CUDA the weights are thus stored once, in half precision: the
+    step decoder's half-precision copy of each weight is the same tensor (`.to` of an equal dtype is a no-op)."""
+    return "float32" if str(device).startswith("cpu") else "float16"
+
+
+def prepare_lm_config(cfg, device: str) -> None:
+    """Sets the device and dtype the LM is built with (engine.checkpoint.lm_dtype); the benchmarks' random models
+    are built through this too."""
+    cfg.device = device
+    cfg.dtype = lm_dtype(device)
+
+
 def load_lm(path: Path, device: str):
     """Builds the LM from its config and loads weights; both release and fine-tuner layouts."""
     from audiocraft.models import builders
@@ -110,8 +124,7 @@ def load_lm(path: Path, device: str):
         raise CheckpointError(f"{path} has neither 'best_state' nor 'model' weights")
     if "model" in state and isinstance(state["model"], dict):  # solver states nest the LM weights once more
         state = state["model"]
-    cfg.device = device
-    cfg.dtype = "float32" if device == "cpu" else "float16"
+    prepare_lm_config(cfg, device)
     for key in ("merge_text_conditions_p", "drop_desc_p"):
         if cfg.get("conditioners") and cfg.conditioners.get("args") and key in cfg.conditioners.args:
             del cfg.conditioners.args[key]
