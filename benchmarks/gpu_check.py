@@ -459,7 +459,7 @@ def _summary(data: dict) -> dict:
     for name, section in data["sections"].items():
         line = {"ok": section.get("ok"), "error": section.get("error"), "skipped": section.get("skipped")}
         if name == "cuda_tests":
-            line.update({k: section.get(k) for k in ("passed", "failed", "errors", "skipped")})
+            line.update({f"tests_{k}": section.get(k) for k in ("passed", "failed", "errors", "skipped")})
         if "prediction" in section:
             line["steps_per_second"] = section["prediction"].get("steps_per_second")
             line["engine_start_seconds"] = section["prediction"].get("engine_start_seconds")

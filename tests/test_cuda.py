@@ -1,0 +1,139 @@
+"""What only a GPU can show: CUDA graph replay equals the eager step, the step reads nothing back to the host,
+the engine makes audio on CUDA with half-precision weights and KV cache stored once, and the codec thread's own
+CUDA stream gives the default stream's results. Skipped without CUDA; benchmarks/gpu_check.py runs this file on
+a lent GPU (README, "The GPU check")."""
+
+import contextlib
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module")
+def cuda_engine(demo_dir):
+    from engine.config import EngineConfig
+    from engine.core import Engine
+
+    engine = Engine.load(demo_dir, device="cuda", config=EngineConfig(max_sessions=2))
+    yield engine
+    engine.close()
+
+
+@contextlib.contextmanager
+def sync_is_an_error():
+    """Any host read of a device value (a device sync) raises inside this block."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def _greedy(engine, seconds: int = 1):
+    from engine.batch import BatchRequest
+
+    return engine.generate(BatchRequest(prompt="lo-fi beat", duration=seconds, seed=3, temperature=0.0)).wait()
+
+
+def test_graph_replay_gives_the_eager_step(cuda_engine):
+    """The decoder's step replayed from a CUDA graph equals its eager forward, logits and caches (float32 weights,
+    so the bound is tight); across row ranges, lengths and windows (tests/test_static_step.py's comparison)."""
+    from engine.static_step import CapturableStep
+    from tests.test_static_step import _compare, _decoder
+
+    lm = cuda_engine.model.musicgen.lm
+    with torch.no_grad():
+        step = CapturableStep(_decoder(lm, lm, "cuda"), compiled=False, graphs=True, min_window=16)
+        _compare(lm, lm, step, "cuda")
+
+
+def test_graph_replayed_predictions_equal_eager_ones(demo_dir):
+    """Through the whole engine: a greedy prediction decoded by graph replay equals the eager forward's tokens."""
+    from engine.config import EngineConfig
+    from engine.core import Engine
+    from engine.model import load_model
+
+    model = load_model(demo_dir, device="cuda")
+    tokens = {}
+    for mode in ("static", "off"):
+        engine = Engine(model, EngineConfig(max_sessions=1, weight_format="float32", compile_step=mode))
+        try:
+            assert engine.describe()["step_mode"] == mode
+            tokens[mode] = _greedy(engine).tokens
+        finally:
+            engine.close()
+    assert torch.equal(tokens["static"], tokens["off"])
+
+
+def test_the_step_reads_nothing_back_to_the_host(cuda_engine):
+    """Once captured, a step (graph replay) and the capturable step run eagerly make no device sync."""
+    from engine.static_step import CapturableStep
+    from tests.test_static_step import _decoder
+
+    lm = cuda_engine.model.musicgen.lm
+    with torch.no_grad():
+        for graphs in (True, False):
+            decoder = _decoder(lm, lm, "cuda")
+            step = CapturableStep(decoder, compiled=False, graphs=graphs)
+            tokens = torch.zeros(2, lm.num_codebooks, dtype=torch.long, device="cuda")
+            decoder.forward(slice(0, 2), torch.zeros(2, lm.num_codebooks, 3, dtype=torch.long, device="cuda"))
+            step(slice(0, 2), tokens)  # captures (graphs) or warms up
+            with sync_is_an_error():
+                for _ in range(3):
+                    logits = step(slice(0, 2), tokens)
+            assert torch.isfinite(logits).all()
+
+
+def test_the_engine_makes_audio_on_cuda(cuda_engine):
+    from engine.jam import JamSettings
+
+    description = cuda_engine.describe()
+    assert description["device"] == "cuda" and description["weight_format"] == "float16"
+    result = _greedy(cuda_engine, seconds=2)
+    assert result.wav.shape[-1] == 2 * result.sample_rate and torch.isfinite(result.wav).all()
+    assert result.wav.abs().max() > 0
+    session = cuda_engine.open_session(JamSettings(styles=("jam",), weights=(1.0,), chunk_seconds=1.0), seed=1)
+    try:
+        chunks = [session.next_chunk().result(timeout=120) for _ in range(2)]
+    finally:
+        session.close()
+    for chunk in chunks:
+        assert chunk.audio.device.type == "cpu" and torch.isfinite(chunk.audio).all()
+        assert chunk.audio.shape[-1] >= chunk.sample_rate
+
+
+def test_half_precision_weights_and_cache_are_stored_once(cuda_engine):
+    """The LM is built in float16 on CUDA (as audiocraft's loader builds it) and the step decoder's weights are the
+    LM's own tensors, not copies; the KV cache is float16. The conditioners and the codec stay in float32, which
+    is what audiocraft runs them in there (its T5 under a float32 autocast, the codec outside any autocast)."""
+    lm = cuda_engine.model.musicgen.lm
+    decoder = cuda_engine.scheduler.decoder
+    transformer_dtypes = {p.dtype for p in lm.transformer.parameters()} | {p.dtype for p in lm.emb.parameters()}
+    assert transformer_dtypes == {torch.float16}
+    assert decoder.keys.dtype == decoder.values.dtype == torch.float16
+    first = lm.transformer.layers[0]
+    assert decoder.layers[0].qkv.weight.data_ptr() == first.self_attn.in_proj_weight.data_ptr()
+    assert decoder.layers[0].ff1.weight.data_ptr() == first.linear1.weight.data_ptr()
+    assert decoder.embeddings[0].data_ptr() == lm.emb[0].weight.data_ptr()
+    codec = cuda_engine.model.musicgen.compression_model
+    assert {p.dtype for p in codec.parameters()} == {torch.float32}
+    t5 = lm.condition_provider.conditioners["description"]
+    assert {p.dtype for p in t5.parameters()} == {torch.float32}
+
+
+def test_the_codec_stream_gives_the_default_streams_audio(cuda_engine):
+    """The codec thread runs its CUDA work on its own stream (so it overlaps LM steps); with the hand-off events,
+    its audio equals what the default stream gives for the same tokens."""
+    worker = cuda_engine.codec_worker
+    assert worker.stream is not None and worker.stream != torch.cuda.default_stream()
+    first = _greedy(cuda_engine)
+    own, worker.stream = worker.stream, None
+    try:
+        second = _greedy(cuda_engine)
+    finally:
+        worker.stream = own
+    assert torch.equal(first.tokens, second.tokens)
+    assert torch.allclose(first.wav, second.wav, atol=1e-6)
