@@ -64,7 +64,10 @@ class Engine:
                                    prefill_slice_steps=config.prefill_slice_steps, step_mode=self.step_mode)
         self.lm_worker = Worker("engine", background=self.scheduler)
         # On a CPU the codec thread takes one core at most, leaving the LM thread its cores; a GPU runs both.
-        self.codec_worker = Worker("codec", threads=1 if model.device == "cpu" else None)
+        # On CUDA it has its own stream, so codec and MBD kernels overlap LM steps (engine.worker._on_stream).
+        self.codec_worker = Worker("codec", threads=1 if model.device == "cpu" else None,
+                                   stream=torch.cuda.Stream(device=model.device) if model.device.startswith("cuda")
+                                   else None)
         # None when the step decoder runs this LM; else why not (predictions then use audiocraft's generate)
         self.streaming_unavailable: tp.Optional[str] = self.scheduler.unsupported
         self._sessions = 0

@@ -2,10 +2,13 @@
 
 The engine has two: the LM thread (jobs plus, between jobs, batched decode steps of all live streams) and the
 codec thread (audio encode, streaming decode, MultiBand Diffusion), so a long decode never holds up a decode step.
+On CUDA the codec thread also has its own CUDA stream, so its kernels overlap the LM's steps instead of queueing
+behind them on the default stream (see `Worker.call` for the hand-offs).
 Every future handed out resolves: with the job's result or error, or with `EngineUnavailable` when the worker is
 closed or unhealthy.
 """
 
+import functools
 import itertools
 import logging
 import queue
@@ -76,12 +79,43 @@ def run_in_pieces(worker: "Worker", pieces: tp.Generator[None, None, T], priorit
     return future
 
 
+def _on_stream(worker: "Worker", fn: tp.Callable[[], T]) -> tp.Callable[[], T]:
+    """`fn` run on the worker's own CUDA stream, with events at both hand-offs:
+    - in: an event recorded now on the caller's current stream, which the worker's stream waits for, so the job
+      sees every tensor the caller queued work on before handing it over (an LM step's tokens);
+    - out: the worker's stream is synchronized before the result is handed back (this thread waits, no other), and
+      CUDA tensors in it are marked as used on the caller's stream, so their memory is not reused by the worker's
+      stream while the caller's kernels still read them (a melody's chroma prefix, a prompt's tokens).
+    Where the worker's stream was set to None meanwhile, `fn` runs on the thread's current stream as before."""
+    ready = torch.cuda.Event()
+    ready.record()
+    caller = torch.cuda.current_stream()
+
+    @functools.wraps(fn)
+    def run() -> T:
+        stream = worker.stream
+        if stream is None:
+            return fn()
+        stream.wait_event(ready)
+        with torch.cuda.stream(stream):
+            result = fn()
+        stream.synchronize()
+        for tensor in result if isinstance(result, (tuple, list)) else (result,):
+            if isinstance(tensor, torch.Tensor) and tensor.is_cuda:
+                tensor.record_stream(caller)
+        return result
+
+    return run
+
+
 class Worker:
     def __init__(self, name: str, background: tp.Optional[Background] = None, stall_seconds: float = 120.0,
-                 threads: tp.Optional[int] = None) -> None:
+                 threads: tp.Optional[int] = None, stream: tp.Optional["torch.cuda.Stream"] = None) -> None:
         """`threads` sets this thread's intra-op threads (torch's setting is per thread), so that a helper thread
-        does not crowd the cores the LM thread needs."""
+        does not crowd the cores the LM thread needs. `stream`: a CUDA stream this worker's jobs run on (None: the
+        thread's current stream, the default one)."""
         self.name = name
+        self.stream = stream
         self.background = background
         self.stall_seconds = stall_seconds
         self.threads = threads
@@ -101,6 +135,8 @@ class Worker:
     def call(self, fn: tp.Callable[[], T], priority: int = NORMAL) -> "Future[T]":
         """Runs `fn` on this worker's thread; the future carries its result or exception."""
         future: Future[T] = Future()
+        if self.stream is not None:
+            fn = _on_stream(self, fn)
         with self._lock:
             problem = self.problem
             if problem is None:

@@ -48,3 +48,17 @@ def test_the_engine_states_its_choice(demo_dir):
         assert torch.isfinite(result.wav).all()
     finally:
         engine.close()
+
+
+def test_the_lm_is_built_in_half_precision_off_the_cpu():
+    """As audiocraft's loader: float16 on CUDA (weights stored once there: the decoder's float16 weights are the LM's
+    own tensors, tests/test_cuda.py checks), float32 on the CPU (whose decoder picks its own format)."""
+    from omegaconf import OmegaConf
+
+    from engine.checkpoint import lm_dtype, prepare_lm_config
+
+    assert lm_dtype("cpu") == "float32" and lm_dtype("cuda") == lm_dtype("cuda:1") == "float16"
+    cfg = OmegaConf.create({"device": "cpu", "dtype": "float32"})
+    prepare_lm_config(cfg, "cuda:0")
+    assert (cfg.device, cfg.dtype) == ("cuda:0", "float16")
+    assert choose_weight_format("auto", "cuda")[0] == lm_dtype("cuda")  # the decoder's copy is then no copy
