@@ -57,6 +57,7 @@ def run_in_pieces(worker: "Worker", pieces: tp.Generator[None, None, T], priorit
     goes between its pieces; the future carries the generator's return value or its error. Once `abandoned()`
     is true the remaining pieces are dropped and the future is cancelled."""
     future: Future[T] = Future()
+    caller = torch.cuda.current_stream() if worker.stream is not None else None
 
     def piece() -> None:
         if abandoned():
@@ -64,8 +65,8 @@ def run_in_pieces(worker: "Worker", pieces: tp.Generator[None, None, T], priorit
             return
         try:
             next(pieces)
-        except StopIteration as finished:
-            future.set_result(finished.value)
+        except StopIteration as finished:  # handed over complete, as a job's result (_on_stream)
+            future.set_result(_handed_over(worker.stream, caller, finished.value))
         except BaseException as exc:  # the caller gets every failure
             future.set_exception(exc)
         else:
@@ -99,13 +100,21 @@ def _on_stream(worker: "Worker", fn: tp.Callable[[], T]) -> tp.Callable[[], T]:
         stream.wait_event(ready)
         with torch.cuda.stream(stream):
             result = fn()
-        stream.synchronize()
-        for tensor in result if isinstance(result, (tuple, list)) else (result,):
-            if isinstance(tensor, torch.Tensor) and tensor.is_cuda:
-                tensor.record_stream(caller)
-        return result
+        return _handed_over(stream, caller, result)
 
     return run
+
+
+def _handed_over(stream: tp.Optional["torch.cuda.Stream"], caller: tp.Optional["torch.cuda.Stream"], result: T) -> T:
+    """`result` of work queued on `stream`, made safe to hand to a thread on `caller`: complete, and its CUDA
+    tensors (the result, or those of a tuple/list) kept from reuse by `stream` while `caller` still reads them."""
+    if stream is None:
+        return result
+    stream.synchronize()
+    for tensor in result if isinstance(result, (tuple, list)) else (result,):
+        if isinstance(tensor, torch.Tensor) and tensor.is_cuda and caller is not None:
+            tensor.record_stream(caller)
+    return result
 
 
 class Worker:
