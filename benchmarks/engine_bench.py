@@ -41,7 +41,7 @@ def build_model(dims: dict, seed: int = 0, device: str = "cpu"):
     from audiocraft.models import MusicGen, builders
     from omegaconf import OmegaConf
 
-    from engine.checkpoint import load_codec, prepare_lm_config, resolve
+    from engine.checkpoint import load_codec, prepare_lm_config, resolve, store_in_compute_dtype
     from engine.model import MAX_WINDOW_SECONDS, LoadedModel
     from weights.demo import lm_config
 
@@ -49,6 +49,7 @@ def build_model(dims: dict, seed: int = 0, device: str = "cpu"):
     cfg = OmegaConf.create(lm_config(dims["dim"], dims["layers"], dims["heads"]))
     prepare_lm_config(cfg, device)
     lm = builders.get_lm_model(cfg).eval()
+    store_in_compute_dtype(lm, device)
     files = resolve(DEMO_DIR)
     codec = load_codec(files.codec, device)
     return LoadedModel(musicgen=MusicGen("bench", codec, lm, max_duration=MAX_WINDOW_SECONDS), mbd=None,

@@ -16,6 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from engine.paths import default_checkpoint
 from engine.safe_load import CheckpointError, safe_load
 from engine.separator import load_separator, needs_separator, providing_separator
@@ -113,6 +115,20 @@ def prepare_lm_config(cfg, device: str) -> None:
     cfg.dtype = lm_dtype(device)
 
 
+def store_in_compute_dtype(lm, device: str) -> None:
+    """Off the CPU, the LM's token embeddings, output norm and heads in the dtype its transformer was built in.
+    audiocraft builds only the transformer in float16 and keeps these in float32 (running them under float16
+    autocast, which casts the heads' weights at every call); the step decoder then had to keep a float16 copy
+    beside the float32 originals. Stored once in float16, the decoder's embeddings are the LM's own tensors, and
+    audiocraft's own generate computes what its autocast computed. On the CPU nothing changes."""
+    dtype = getattr(torch, lm_dtype(device))
+    if dtype == torch.float32:
+        return
+    for module in (lm.emb, lm.out_norm, lm.linears):
+        if module is not None:
+            module.to(dtype)
+
+
 def load_lm(path: Path, device: str):
     """Builds the LM from its config and loads weights; both release and fine-tuner layouts."""
     from audiocraft.models import builders
@@ -141,6 +157,7 @@ def load_lm(path: Path, device: str):
         lm.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: the weights do not fit the model its config describes: {exc}") from None
+    store_in_compute_dtype(lm, device)
     lm.eval()
     lm.cfg = cfg
     return lm

@@ -95,6 +95,10 @@ def test_the_engine_makes_audio_on_cuda(cuda_engine):
     result = _greedy(cuda_engine, seconds=2)
     assert result.wav.shape[-1] == 2 * result.sample_rate and torch.isfinite(result.wav).all()
     assert result.wav.abs().max() > 0
+    from engine.batch import BatchRequest
+
+    stock = cuda_engine.generate(BatchRequest(prompt="lo-fi beat", duration=1, seed=3), reference=True).wait()
+    assert torch.isfinite(stock.wav).all()  # audiocraft's own generate on the float16 LM, under its autocast
     session = cuda_engine.open_session(JamSettings(styles=("jam",), weights=(1.0,), chunk_seconds=1.0), seed=1)
     try:
         chunks = [session.next_chunk().result(timeout=120) for _ in range(2)]
@@ -106,13 +110,14 @@ def test_the_engine_makes_audio_on_cuda(cuda_engine):
 
 
 def test_half_precision_weights_and_cache_are_stored_once(cuda_engine):
-    """The LM is built in float16 on CUDA (as audiocraft's loader builds it) and the step decoder's weights are the
-    LM's own tensors, not copies; the KV cache is float16. The conditioners and the codec stay in float32, which
+    """The LM is stored in float16 on CUDA (its transformer built so by audiocraft's loader, its embeddings, norm and
+    heads converted by engine.checkpoint) and the step decoder's weights are the LM's own tensors, not copies; the
+    KV cache is float16. The conditioners and the codec stay in float32, which
     is what audiocraft runs them in there (its T5 under a float32 autocast, the codec outside any autocast)."""
     lm = cuda_engine.model.musicgen.lm
     decoder = cuda_engine.scheduler.decoder
-    transformer_dtypes = {p.dtype for p in lm.transformer.parameters()} | {p.dtype for p in lm.emb.parameters()}
-    assert transformer_dtypes == {torch.float16}
+    lm_dtypes = {p.dtype for module in (lm.transformer, lm.emb, lm.out_norm, lm.linears) for p in module.parameters()}
+    assert lm_dtypes == {torch.float16}
     assert decoder.keys.dtype == decoder.values.dtype == torch.float16
     first = lm.transformer.layers[0]
     assert decoder.layers[0].qkv.weight.data_ptr() == first.self_attn.in_proj_weight.data_ptr()

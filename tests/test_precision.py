@@ -62,3 +62,38 @@ def test_the_lm_is_built_in_half_precision_off_the_cpu():
     prepare_lm_config(cfg, "cuda:0")
     assert (cfg.device, cfg.dtype) == ("cuda:0", "float16")
     assert choose_weight_format("auto", "cuda")[0] == lm_dtype("cuda")  # the decoder's copy is then no copy
+
+
+def test_a_half_precision_lm_is_shared_with_the_decoder_not_copied(demo_dir):
+    """The CPU stand-in of the CUDA layout (tests/test_cuda.py checks the real one): an LM stored in float16 as
+    engine.checkpoint stores it off the CPU gives a float16 decoder its own tensors, and the same logits as float32
+    within half precision's error."""
+    import copy
+
+    from engine.checkpoint import store_in_compute_dtype
+    from engine.conditions import text_condition
+    from engine.decoder import StepDecoder
+    from engine.model import load_model
+
+    lm32 = load_model(demo_dir, device="cpu").musicgen.lm
+    lm16 = copy.deepcopy(lm32)
+    lm16.transformer.half()  # as audiocraft's builder makes it with dtype float16
+    store_in_compute_dtype(lm16, "cuda")
+    assert {p.dtype for m in (lm16.transformer, lm16.emb, lm16.out_norm, lm16.linears) for p in m.parameters()} == {
+        torch.float16}
+    assert {p.dtype for p in lm16.condition_provider.parameters()} == {torch.float32}  # as audiocraft keeps it
+    logits = {}
+    for name, lm, weight_format in (("16", lm16, "float16"), ("32", lm32, "float32")):
+        decoder = StepDecoder(lm, max_rows=2, max_steps=32, weight_format=weight_format)
+        for row, text in enumerate(("drums", None)):
+            decoder.set_condition(row, *text_condition(lm32, text))
+        tokens = torch.randint(0, lm.card, (2, lm.num_codebooks, 8), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            logits[name] = decoder.forward(slice(0, 2), tokens)
+        if name == "16":
+            first = lm.transformer.layers[0]
+            assert decoder.embeddings[0].data_ptr() == lm.emb[0].weight.data_ptr()
+            assert decoder.layers[0].qkv.weight.data_ptr() == first.self_attn.in_proj_weight.data_ptr()
+            assert decoder.keys.dtype == torch.float16
+    error = (logits["16"] - logits["32"]).norm() / logits["32"].norm()
+    assert error < 1e-2
