@@ -169,6 +169,27 @@ def _nvidia_smi() -> tp.Optional[str]:
         return f"nvidia-smi: {exc}"
 
 
+def ceilings(figures: dict, device: str) -> None:
+    """Memory bandwidth now (read + write of a device-to-device copy on CUDA, a read on the CPU): a decode step
+    reads every weight once, so bandwidth / weight bytes bounds steps/s (each model's `bandwidth_bound`)."""
+    if device != "cuda":
+        from benchmarks.engine_bench import measure_bandwidth_bytes_per_second
+
+        figures["bandwidth_gb_per_s"] = measure_bandwidth_bytes_per_second(megabytes=256, repeats=3) / 1e9
+        return
+    source = torch.randn(2**29 // 2, device="cuda", dtype=torch.float16)  # 0.5 GiB, random (not zeros)
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        target.copy_(source)
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    figures["bandwidth_gb_per_s"] = 2 * source.numel() * source.element_size() / best / 1e9
+
+
 def demo(figures: dict) -> None:
     """The demo checkpoint: a carried one if it loads with this machine's packages (its T5 was saved by our
     transformers pin), else built here by weights/demo.py."""
@@ -316,7 +337,8 @@ def model_section(figures: dict, name: str, dims: dict, device: str, plan: Plan,
         part("stock_audiocraft", lambda: _stock(model, plan), needs=30)
     part("concurrent_predictions", lambda: _concurrent(model, device, plan), needs=30)
     figures["memory_peak"] = _memory(device)
-    figures["targets"] = _against_targets(name, figures)
+    figures["targets"] = _against_targets(name, figures,
+                                          report.data["sections"].get("ceilings", {}).get("bandwidth_gb_per_s"))
 
 
 def _reset_peak(device: str) -> None:
@@ -448,14 +470,16 @@ def _step(lm, device: str, plan: Plan) -> dict:
     return result
 
 
-def _against_targets(name: str, figures: dict) -> dict:
+def _against_targets(name: str, figures: dict, bandwidth: tp.Optional[float]) -> dict:
+    rate = figures.get("prediction", {}).get("steps_per_second")
+    weight_bytes = figures.get("prediction", {}).get("describe", {}).get("decoder_weight_bytes")
+    bound = {"bandwidth_bound_steps_per_second": bandwidth * 1e9 / weight_bytes} if bandwidth and weight_bytes else {}
     target = TARGETS.get(name)
     if target is None:
-        return {}
-    rate = figures.get("prediction", {}).get("steps_per_second")
+        return bound
     by_count = figures.get("sessions", {}).get("by_count", {})
     realtime = [count for count, values in by_count.items() if values.get("real_time")]
-    return {"steps_per_second": rate, "steps_per_second_target": target["steps_per_second"],
+    return {**bound, "steps_per_second": rate, "steps_per_second_target": target["steps_per_second"],
             "steps_per_second_met": rate is not None and rate >= target["steps_per_second"],
             "most_realtime_sessions_measured": max(realtime, default=0),
             "realtime_sessions_target": target["realtime_sessions"]}
@@ -468,6 +492,7 @@ def run(args: argparse.Namespace) -> dict:
     report.data.update({"command": " ".join(sys.argv), "tiny": args.tiny, "device": device})
     torch.set_grad_enabled(False)
     report.section("environment", lambda f: environment(f, device))
+    report.section("ceilings", lambda f: ceilings(f, device))
     report.section("demo", demo)
     if not args.skip_tests:
         report.section("cuda_tests", lambda f: cuda_tests(f, timeout=max(30.0, min(args.tests_seconds,

@@ -17,6 +17,7 @@ exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 started=$(date +%s)
 echo "gpu_check.sh: $(date -u +%FT%TZ) on $(hostname); $("$PY" -V 2>&1)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | head -3
+[ -d .gpu-wheels ] || echo "gpu_check.sh: no .gpu-wheels/ here: run scripts/fetch_gpu_wheels.sh and carry .gpu-wheels"
 # install only the wheels whose distribution the machine does not have already
 missing=$("$PY" - .gpu-wheels/*.whl <<'PY'
 import importlib.metadata, re, sys
