@@ -312,7 +312,9 @@ def model_section(figures: dict, name: str, dims: dict, device: str, plan: Plan,
     _sync(device)
     lm = model.musicgen.lm
     figures["model"] = {"dims": dims, "params": sum(p.numel() for p in lm.parameters()),
-                        "lm_dtype": str(next(lm.parameters()).dtype), "build_seconds": time.perf_counter() - started,
+                        "dtypes": {part: sorted({str(p.dtype) for p in getattr(lm, part).parameters()})
+                                   for part in ("transformer", "emb", "linears", "condition_provider")},
+                        "build_seconds": time.perf_counter() - started,
                         "note": "random weights (noise); the demo's tiny codec and T5"}
     figures["memory_after_build"] = _memory(device)
 
@@ -404,8 +406,10 @@ def _sessions(model, device: str, plan: Plan, figures: dict, report: Report, res
     _reset_peak(device)
     started = time.perf_counter()
     engine = _engine(model, sessions=max(plan.counts))
+    decoder = getattr(engine.scheduler, "decoder", None)
     result: dict = {"engine_start_seconds": time.perf_counter() - started, "chunk_seconds": plan.chunk_seconds,
-                    "decoder_rows": engine.config.rows, "by_count": {}}
+                    "decoder_rows": engine.config.rows, "by_count": {},
+                    "kv_cache_gib": getattr(decoder, "cache_bytes", 0) / 2**30, "memory_at_start": _memory(device)}
     figures["sessions"] = result
     try:
         def measured(count: int, values: dict) -> None:
@@ -533,6 +537,10 @@ def _summary(data: dict) -> dict:
     out: dict = {"out": "see the JSON file", "elapsed_seconds": data.get("elapsed_seconds")}
     for name, section in data["sections"].items():
         line = {"ok": section.get("ok"), "error": section.get("error"), "skipped": section.get("skipped")}
+        if name == "ceilings":
+            line["bandwidth_gb_per_s"] = section.get("bandwidth_gb_per_s")
+        if name == "environment":
+            line.update({k: section.get(k) for k in ("torch", "gpu", "driver")})
         if name == "cuda_tests":
             line.update({k: section.get(k) for k in ("passed", "failed", "errors", "skipped_tests")})
         if "prediction" in section:
@@ -542,6 +550,10 @@ def _summary(data: dict) -> dict:
             line["aggregate_rtf"] = {c: v.get("audio_seconds_per_wall_second") for c, v in by_count.items()}
             line["first_chunk_s"] = {c: v.get("first_chunk_seconds_max") for c, v in by_count.items()}
             line["peak"] = section.get("memory_peak")
+            line["targets"] = section.get("targets")
+            for part in ("sessions", "step", "stock_audiocraft", "concurrent_predictions"):
+                if isinstance(section.get(part), dict) and "error" in section[part]:
+                    line[f"{part}_error"] = section[part]["error"][:300]
         out[name] = {k: v for k, v in line.items() if v is not None}
     return out
 
