@@ -8,6 +8,7 @@ Every future handed out resolves: with the job's result or error, or with `Engin
 closed or unhealthy.
 """
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -135,6 +136,7 @@ class Worker:
         self._jobs: queue.PriorityQueue = queue.PriorityQueue()
         self._arrivals = itertools.count()
         self._lock = threading.Lock()
+        self._running = threading.Lock()  # held while a job runs (see paused)
         self._closed = False
         self._busy_since: tp.Optional[float] = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -174,6 +176,15 @@ class Worker:
             self._jobs.put((_CLOSE, next(self._arrivals), None))
         self._thread.join(timeout=timeout)
 
+    @contextlib.contextmanager
+    def paused(self) -> tp.Iterator[None]:
+        """No job of this worker runs inside the block (one already running finishes first). For work another
+        thread must do with the GPU to itself: capturing a CUDA graph in the global capture mode fails when another
+        thread allocates or synchronizes meanwhile, as the codec thread does. Never call it on this worker's own
+        thread."""
+        with self._running:
+            yield
+
     def reset_longest(self) -> tuple[float, str]:
         """Returns the longest job so far and starts counting again."""
         longest, self.longest_job = self.longest_job, (0.0, "")
@@ -203,11 +214,12 @@ class Worker:
             job = False
         if job is None:
             return True
-        self._busy_since = started = time.monotonic()
-        if job:
-            resolve(*job)
-        else:
-            self.background.run_once()
+        with self._running:  # held by paused() meanwhile: the job waits, and is not counted busy while it does
+            self._busy_since = started = time.monotonic()
+            if job:
+                resolve(*job)
+            else:
+                self.background.run_once()
         elapsed = time.monotonic() - started
         if elapsed > self.longest_job[0]:
             work = job[1] if job else self.background.run_once
