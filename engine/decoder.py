@@ -129,10 +129,11 @@ class StepDecoder:
         self.cross_values = torch.zeros_like(self.cross_keys)
         self.cross_lengths = torch.ones(max_rows, dtype=torch.long, device=self.device)
         self.prefix_lengths = torch.zeros(max_rows, dtype=torch.long, device=self.device)
-        # Host copies of `lengths` and `prefix_lengths`, kept in step by every method that changes them: the
-        # capturable step (engine.static_step) and `capacity` check bounds without reading the device.
+        # Host copies of `lengths`, `prefix_lengths` and `cross_lengths`, kept in step by every method that changes
+        # them: no forward reads a length back from the device to size its attention or check its bounds.
         self.host_lengths = [0] * max_rows
         self.host_prefix_lengths = [0] * max_rows
+        self.host_cross_lengths = [1] * max_rows
         # Models that prepend a condition (melody) expect a prefix on every row, the null one when there is none:
         # set it on a stream's rows before their first forward (rows keep their previous occupant's prefix).
         self.uses_prefix = len(lm.fuser.fuse2cond["prepend"]) > 0
@@ -190,6 +191,7 @@ class StepDecoder:
             self.cross_keys[index, row, :, :steps] = kv[:, 0].transpose(0, 1)
             self.cross_values[index, row, :, :steps] = kv[:, 1].transpose(0, 1)
         self.cross_lengths[row] = steps
+        self.host_cross_lengths[row] = steps
 
     def set_prefix(self, rows: slice, prefix: torch.Tensor) -> None:
         """Places prefix embeddings [R, P, D] (or one [P, D] for all rows) before the audio tokens of `rows`.
@@ -251,8 +253,8 @@ class StepDecoder:
             return
         targets = torch.tensor([t for t, _ in moves], dtype=torch.long, device=self.device)
         index = torch.tensor([s for _, s in moves], dtype=torch.long, device=self.device)
-        steps = int(self.lengths[index].max())
-        cross_steps = int(self.cross_lengths[index].max())
+        steps = max(self.host_lengths[s] for _, s in moves)
+        cross_steps = max(self.host_cross_lengths[s] for _, s in moves)
         caches = [(self.keys, steps), (self.values, steps), (self.cross_keys, cross_steps),
                   (self.cross_values, cross_steps)]
         gathered = [cache[:, index, :, :length] for cache, length in caches]
@@ -262,7 +264,7 @@ class StepDecoder:
             cache[:, targets, :, :length] = rows
         for counter, rows in zip(counters, gathered_counters, strict=True):
             counter[targets] = rows
-        for mirror in (self.host_lengths, self.host_prefix_lengths):
+        for mirror in (self.host_lengths, self.host_prefix_lengths, self.host_cross_lengths):
             moved = [mirror[source] for _, source in moves]
             for (target, _), value in zip(moves, moved, strict=True):
                 mirror[target] = value
@@ -307,42 +309,47 @@ class StepDecoder:
             x = F.layer_norm(x, (self.dim,), *self.out_norm[:2], eps=self.out_norm[2])
         return self.heads(x)
 
-    def forward(self, rows: slice, tokens: torch.Tensor) -> torch.Tensor:
-        """Appends `tokens` [R, K, S] to rows `rows` (contiguous slots) and returns logits [R, K, S, card].
+    def forward(self, rows: slice, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Appends `tokens` [R, K, S] to rows `rows` (contiguous slots) and returns logits [R, K, S, card], or
+        only the last position's ([R, K, 1, card]) with `last_only`: a prefill needs no others, and the output
+        heads are a large part of a step.
 
         Each row continues from its own cache length; S > 1 is a parallel prefill (causal within the call).
         """
         n_rows, n_codebooks, steps = tokens.shape
         assert n_codebooks == self.num_codebooks
-        if self.uses_prefix and bool((self.prefix_lengths[rows] == 0).any()):
+        if self.uses_prefix and min(self.host_prefix_lengths[rows]) == 0:
             raise ValueError("this model prepends a melody: set_prefix on every row before decoding "
                              "(engine.melody.melody_condition(lm, None, ...) without a melody)")
         positions = self.lengths[rows].view(-1, 1) + torch.arange(steps, device=tokens.device).view(1, -1)
         x = self._transform(rows, self.embed(tokens, positions))
+        if last_only:
+            x, steps = x[:, -1:], 1
         logits = self.head(x)
         return logits.view(n_rows, steps, n_codebooks, self.card).transpose(1, 2).float()
 
     def _transform(self, rows: slice, x: torch.Tensor) -> torch.Tensor:
-        """Runs the transformer layers on inputs x [R, S, D] (embeddings + positions) after each row's cache."""
+        """Runs the transformer layers on inputs x [R, S, D] (embeddings + positions) after each row's cache.
+        Sized from the host copies of the lengths: nothing is read back from the device."""
         n_rows, steps, _ = x.shape
-        start_lengths = self.lengths[rows]
-        if int(start_lengths.max()) + steps > self.max_steps:
+        host_lengths = self.host_lengths[rows]
+        if max(host_lengths) + steps > self.max_steps:
             raise ValueError("KV cache full: re-prefill a shorter context before continuing")
+        start_lengths = self.lengths[rows]
         positions = start_lengths.view(-1, 1) + torch.arange(steps, device=x.device).view(1, -1)
-        total = int(start_lengths.max()) + steps
+        total = max(host_lengths) + steps
         # Masks only where rows differ: query s of row r sees keys 0 .. start_r + s. A single step of rows at one
         # length needs none (and the unmasked attention kernel is the fast one).
-        same_length = bool((start_lengths == start_lengths[0]).all())
         self_mask = None
-        if steps > 1 or not same_length:
+        if steps > 1 or min(host_lengths) != total - steps:
             key_index = torch.arange(total, device=x.device).view(1, 1, 1, total)
             self_mask = key_index <= positions.view(n_rows, 1, steps, 1)
-        cross_lengths = self.cross_lengths[rows]
-        cross_total = int(cross_lengths.max())
+        host_cross = self.host_cross_lengths[rows]
+        cross_total = max(host_cross)
         cross_mask = None
-        if not bool((cross_lengths == cross_total).all()):
+        if min(host_cross) != cross_total:
             cross_mask = (torch.arange(cross_total, device=x.device).view(1, 1, 1, -1)
-                          < cross_lengths.view(-1, 1, 1, 1))
+                          < self.cross_lengths[rows].view(-1, 1, 1, 1))
         row_index = torch.arange(rows.start, rows.start + n_rows, device=x.device).view(-1, 1)
 
         for index in range(len(self.layers)):

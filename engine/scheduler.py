@@ -17,8 +17,9 @@ import torch
 
 from engine import conditions, melody
 from engine.decoder import StepDecoder, UnsupportedModel
+from engine.sampling import StepInputs, guided_sample
 from engine.static_step import CapturableStep
-from engine.streams import Stream, sample
+from engine.streams import Stream
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class Scheduler:
         self._step_seconds = 0.05  # running estimate of one step, for deadline decisions
         self._skipped = 0
         self._null_prefix: tp.Optional[torch.Tensor] = None
+        # each run of the last step: its device inputs for guidance and sampling (see _sample)
+        self._step_inputs: dict[tuple, tuple[StepInputs, list[int], list[Stream]]] = {}
 
     @property
     def rows_free(self) -> int:
@@ -168,16 +171,16 @@ class Scheduler:
 
     def _step(self, active: list[Stream]) -> None:
         ready = [s for s in active if self._attempt(s, "conditioning", lambda s=s: self._prepare(s))[0]]
-        logits: dict[int, torch.Tensor] = {}
+        groups: list[tuple[list[Stream], torch.Tensor]] = []  # streams and the logits of their rows
         prefilling = [s for s in ready if s.pending_prefill]
         stepping = [s for s in ready if not s.pending_prefill]
         for stream in prefilling:
             ok, out = self._attempt(stream, "prefill", lambda s=stream: self._prefill_slice(s))
             if ok and out is not None:
-                logits[id(stream)] = out
+                groups.append(([stream], out))
         for run in _contiguous_runs(stepping):
             try:
-                logits.update(self._forward(run))
+                groups.append((run, self._forward(run)))
             except Exception as exc:  # find the culprit: each stream of the run alone
                 if len(run) == 1:
                     self.fail(run[0], "decode step", exc)
@@ -185,13 +188,42 @@ class Scheduler:
                 for stream in run:
                     ok, out = self._attempt(stream, "decode step", lambda s=stream: self._forward([s]))
                     if ok:
-                        logits.update(out)
-        for stream in ready:
-            if id(stream) not in logits or stream.error is not None:
-                continue
-            ok, _ = self._attempt(stream, "sampling", lambda s=stream: self._accept(s, logits[id(s)]))
-            if ok and stream.on_frames is not None:
-                self._attempt(stream, "delivering frames", lambda s=stream: s.on_frames(s))
+                        groups.append(([stream], out))
+        inputs, self._step_inputs = self._step_inputs, {}
+        for streams, logits in groups:
+            try:
+                tokens = self._sample(streams, logits, inputs)
+            except Exception as exc:  # each stream alone, on its own rows' logits
+                if len(streams) == 1:
+                    self.fail(streams[0], "sampling", exc)
+                    continue
+                base = streams[0].rows.start
+                tokens = []
+                for stream in streams:
+                    own = logits[stream.rows.start - base: stream.rows.stop - base]
+                    ok, out = self._attempt(stream, "sampling", lambda s=stream, o=own: self._sample([s], o, {}))
+                    tokens.append(out[0] if ok else None)
+            for stream, stream_tokens in zip(streams, tokens, strict=True):
+                if stream_tokens is None or stream.error is not None:
+                    continue
+                ok, _ = self._attempt(stream, "sampling", lambda s=stream, t=stream_tokens: s.accept_tokens(t))
+                if ok and stream.on_frames is not None:
+                    self._attempt(stream, "delivering frames", lambda s=stream: s.on_frames(s))
+
+    def _sample(self, streams: list[Stream], logits: torch.Tensor, previous: dict) -> torch.Tensor:
+        """Tokens [S, K] of one step for streams on consecutive rows, from the logits of those rows. The device
+        inputs are rebuilt only when the streams, their settings or their draw counts differ from the previous
+        step's (the counts advance on the device in step with each stream's host count)."""
+        base = streams[0].rows.start
+        key = tuple((id(s), s.row_settings(s.rows.start - base)) for s in streams)
+        draws = [s.draws for s in streams]
+        cached = previous.get(key)
+        if cached is None or cached[1] != draws:
+            cached = (StepInputs([settings for _, settings in key], draws, logits.device), draws, streams)
+        tokens = guided_sample(logits, cached[0])
+        # the streams are held with their entry, so that no new stream can reuse an id of the key
+        self._step_inputs[key] = (cached[0], [d + 1 for d in draws], streams)
+        return tokens
 
     def set_melody(self, stream: Stream, prefix: tp.Optional[torch.Tensor]) -> None:
         """A new melody (or none) from the stream's next step on; its context is re-prefilled after the prefix."""
@@ -239,28 +271,20 @@ class Scheduler:
         if start == 0:
             self.decoder.reset(stream.rows)
         steps = stream.frames.sequence_values(start, end).expand(stream.conditioning.rows, -1, -1)
-        out = self.decoder.forward(stream.rows, steps)[:, :, -1]
+        out = self.decoder.forward(stream.rows, steps, last_only=True)[:, :, -1]
         stream.prefilled = end
         if end < stream.pending_prefill:
             return None
         stream.pending_prefill = stream.prefilled = 0
         return out
 
-    def _forward(self, run: list[Stream]) -> dict[int, torch.Tensor]:
-        inputs = [s.frames.sequence_values(s.frames.step - 1, s.frames.step).expand(s.conditioning.rows, -1, -1)
-                  for s in run]
+    def _forward(self, run: list[Stream]) -> torch.Tensor:
+        """Logits [R, K, card] of one step for streams on the consecutive rows R."""
+        inputs = [s.frames.next_input().expand(s.conditioning.rows, -1) for s in run]
         rows = slice(run[0].rows.start, run[-1].rows.stop)
         if self.capturable is not None:
-            out = self.capturable(rows, torch.cat(inputs)[:, :, 0])
-        else:
-            out = self.decoder.forward(rows, torch.cat(inputs))[:, :, -1]
-        return {id(s): out[s.rows.start - rows.start: s.rows.stop - rows.start] for s in run}
-
-    @staticmethod
-    def _accept(stream: Stream, logits: torch.Tensor) -> None:
-        tokens = sample(stream.guided_logits(logits), stream.params, stream.generator)
-        stream.frames.accept(tokens.view(1, -1))
-        stream.stepped()
+            return self.capturable(rows, torch.cat(inputs))
+        return self.decoder.forward(rows, torch.cat(inputs).unsqueeze(-1), last_only=True)[:, :, -1]
 
 
 def _contiguous_runs(streams: list[Stream]) -> list[list[Stream]]:

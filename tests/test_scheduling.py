@@ -23,9 +23,9 @@ def test_a_long_prefill_is_sliced_between_session_steps(engine, monkeypatch, tmp
     calls: list[tuple[int, str]] = []
     forward = StepDecoder.forward
 
-    def recording(self, rows, tokens):
+    def recording(self, rows, tokens, **options):
         calls.append((tokens.shape[-1], threading.current_thread().name))
-        return forward(self, rows, tokens)
+        return forward(self, rows, tokens, **options)
 
     monkeypatch.setattr(StepDecoder, "forward", recording)
     # 5 s chunks: the session wants steps nearly all the time (it pauses only between two chunk requests)
