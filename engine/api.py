@@ -15,9 +15,10 @@ from engine.batch import (
                           RequestError,
                           random_seed,
 )
+from engine.chunk import Chunk, SessionClosed
 from engine.config import MAX_PROMPT_CHARS, MAX_STYLES, PREDICTION_ROWS, EngineConfig
 from engine.core import CapacityError, Engine, Health
-from engine.jam import Chunk, JamSession, SessionClosed
+from engine.jam import JamSession
 from engine.melody import WINDOW_SECONDS
 from engine.settings import MAX_RAMP_SECONDS, JamSettings
 from engine.steering import Placement

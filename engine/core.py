@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from engine import batch, conditions, prediction
+from engine.admission import PredictionSlots
 from engine.config import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, EngineConfig
 from engine.jam import JamSession, JamSettings
 from engine.melody import WINDOW_SECONDS, Piece, melody_pieces, prefix_steps
@@ -61,7 +62,9 @@ class Engine:
         max_steps = self.window_frames + max(delays) + 1 + prefix_steps(lm)  # melody models: the chroma prefix
         self.scheduler = Scheduler(lm, max_rows=config.rows, max_steps=max_steps,
                                    weight_format=self.weight_format,
-                                   prefill_slice_steps=config.prefill_slice_steps, step_mode=self.step_mode)
+                                   prefill_slice_steps=config.prefill_slice_steps, step_mode=self.step_mode,
+                                   prediction_pad=config.prediction_pad)
+        self.predictions = PredictionSlots(config.max_predictions)
         self.lm_worker = Worker("engine", background=self.scheduler)
         # On a CPU the codec thread takes one core at most, leaving the LM thread its cores; a GPU runs both.
         self.codec_worker = Worker("codec", threads=1 if model.device == "cpu" else None)
@@ -149,7 +152,7 @@ class Engine:
         prepared = batch.prepare(request, self)
         if reference or self.streaming_unavailable is not None:
             return prediction.start_reference(self, prepared)
-        return prediction.Prediction(self, prepared).start()
+        return self.predictions.admit(prediction.Prediction(self, prepared))
 
     # -- live sessions -----------------------------------------------------------------------------------------
     def open_session(self, settings: JamSettings, seed: int, prompt: tp.Optional[tuple[torch.Tensor, int]] = None,

@@ -12,6 +12,7 @@ Rows are slots; callers own the mapping from sessions to slots (see engine.sched
 is whatever the LM has: 4 for mono checkpoints, 8 interleaved left/right codebooks for stereo ones.
 """
 
+import functools
 import typing as tp
 from dataclasses import dataclass
 
@@ -19,10 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.precision import WEIGHT_FORMATS, Linear, activation_dtype
-
-
-class UnsupportedModel(ValueError):
-    """The LM uses a feature this decoder does not implement; audiocraft's own generate still works."""
+from engine.supported import check_supported
 
 
 @dataclass(frozen=True)
@@ -42,34 +40,6 @@ class _Layer:
 
 def _norm(module, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
     return module.weight.detach().to(dtype), module.bias.detach().to(dtype), module.eps
-
-
-def check_supported(lm) -> None:
-    """Raises UnsupportedModel naming every feature of `lm` (all layers) this decoder does not implement."""
-    transformer = lm.transformer
-    problems = []
-    if transformer.positional_embedding != "sin":
-        problems.append(f"positional_embedding={transformer.positional_embedding}")
-    fuse = lm.fuser.fuse2cond
-    if len(fuse["sum"]) or len(fuse["input_interpolate"]):
-        problems.append("sum/input_interpolate condition fusing")
-    text_prepends = [name for name in fuse["prepend"] if name in lm.condition_provider.text_conditions]
-    if text_prepends:
-        problems.append(f"prepended text conditions {text_prepends}")
-    if lm.fuser.cross_attention_pos_emb:
-        problems.append("cross_attention_pos_emb")
-    for layer in transformer.layers:
-        attn = layer.self_attn
-        if not layer.norm_first:
-            problems.append("post-norm layers")
-        if not isinstance(layer.layer_scale_1, torch.nn.Identity):
-            problems.append("layer_scale")
-        if attn.rope is not None or attn.past_context is not None or attn.kv_repeat != 1 or attn.qk_layer_norm:
-            problems.append("rope/past_context/kv_repeat/qk_layer_norm attention")
-        if not attn.custom or attn.in_proj_bias is not None or layer.linear1.bias is not None:
-            problems.append("biased or non-custom attention/feed-forward")
-    if problems:
-        raise UnsupportedModel("step decoder does not support: " + ", ".join(sorted(set(problems))))
 
 
 class StepDecoder:
@@ -214,7 +184,7 @@ class StepDecoder:
         self.lengths[rows] = 0
         self.host_lengths[rows] = [0] * n_rows
         positions = torch.arange(steps, device=self.device).view(1, -1).expand(n_rows, -1)
-        self._transform(rows, prefix + (self.positional_scale * self._positional(positions)).to(self.dtype))
+        self._transform([rows], prefix + (self.positional_scale * self._positional(positions)).to(self.dtype))
         self.prefix_lengths[rows] = steps
         self.host_prefix_lengths[rows] = [steps] * n_rows
 
@@ -316,55 +286,92 @@ class StepDecoder:
 
         Each row continues from its own cache length; S > 1 is a parallel prefill (causal within the call).
         """
+        return self._forward([rows], tokens, last_only, pad_to=0)
+
+    def step_streams(self, groups: list[slice], tokens: torch.Tensor, pad_to: int) -> torch.Tensor:
+        """One step of several streams on any rows: tokens [R, K] for the rows of `groups` in order -> logits
+        [R, K, card]. The weight matmuls run over all of them at once, on `pad_to` rows (zeros past R), and the
+        attention of each group over its own rows as if it ran alone: a matmul may round differently with
+        another number of rows, so with a fixed `pad_to` no stream's bytes depend on how many share the step."""
+        return self._forward(groups, tokens.unsqueeze(-1), last_only=True, pad_to=pad_to)[:, :, 0]
+
+    def _forward(self, groups: list[slice], tokens: torch.Tensor, last_only: bool, pad_to: int) -> torch.Tensor:
         n_rows, n_codebooks, steps = tokens.shape
         assert n_codebooks == self.num_codebooks
-        if self.uses_prefix and min(self.host_prefix_lengths[rows]) == 0:
+        if self.uses_prefix and min(min(self.host_prefix_lengths[rows]) for rows in groups) == 0:
             raise ValueError("this model prepends a melody: set_prefix on every row before decoding "
                              "(engine.melody.melody_condition(lm, None, ...) without a melody)")
-        positions = self.lengths[rows].view(-1, 1) + torch.arange(steps, device=tokens.device).view(1, -1)
-        x = self._transform(rows, self.embed(tokens, positions))
+        lengths = torch.cat([self.lengths[rows] for rows in groups]) if len(groups) > 1 else self.lengths[groups[0]]
+        positions = lengths.view(-1, 1) + torch.arange(steps, device=tokens.device).view(1, -1)
+        x = self._transform(groups, self.embed(tokens, positions), pad_to)
         if last_only:
             x, steps = x[:, -1:], 1
-        logits = self.head(x)
+        if pad_to > n_rows:
+            x = torch.cat([x, x.new_zeros(pad_to - n_rows, *x.shape[1:])])
+        logits = self.head(x)[:n_rows]
         return logits.view(n_rows, steps, n_codebooks, self.card).transpose(1, 2).float()
 
-    def _transform(self, rows: slice, x: torch.Tensor) -> torch.Tensor:
-        """Runs the transformer layers on inputs x [R, S, D] (embeddings + positions) after each row's cache.
-        Sized from the host copies of the lengths: nothing is read back from the device."""
-        n_rows, steps, _ = x.shape
+    def _attention(self, rows: slice, steps: int, device: torch.device) -> tuple:
+        """A group's cache positions for `steps` new tokens and its attention sizes and masks, from the host copies
+        of the lengths (nothing is read back from the device)."""
         host_lengths = self.host_lengths[rows]
         if max(host_lengths) + steps > self.max_steps:
             raise ValueError("KV cache full: re-prefill a shorter context before continuing")
-        start_lengths = self.lengths[rows]
-        positions = start_lengths.view(-1, 1) + torch.arange(steps, device=x.device).view(1, -1)
+        n_rows = rows.stop - rows.start
+        positions = self.lengths[rows].view(-1, 1) + torch.arange(steps, device=device).view(1, -1)
         total = max(host_lengths) + steps
         # Masks only where rows differ: query s of row r sees keys 0 .. start_r + s. A single step of rows at one
         # length needs none (and the unmasked attention kernel is the fast one).
         self_mask = None
         if steps > 1 or min(host_lengths) != total - steps:
-            key_index = torch.arange(total, device=x.device).view(1, 1, 1, total)
+            key_index = torch.arange(total, device=device).view(1, 1, 1, total)
             self_mask = key_index <= positions.view(n_rows, 1, steps, 1)
         host_cross = self.host_cross_lengths[rows]
         cross_total = max(host_cross)
         cross_mask = None
         if min(host_cross) != cross_total:
-            cross_mask = (torch.arange(cross_total, device=x.device).view(1, 1, 1, -1)
+            cross_mask = (torch.arange(cross_total, device=device).view(1, 1, 1, -1)
                           < self.cross_lengths[rows].view(-1, 1, 1, 1))
-        row_index = torch.arange(rows.start, rows.start + n_rows, device=x.device).view(-1, 1)
+        row_index = torch.arange(rows.start, rows.stop, device=device).view(-1, 1)
+        return positions, total, self_mask, cross_total, cross_mask, row_index
+
+    def _transform(self, groups: list[slice], x: torch.Tensor, pad_to: int = 0) -> torch.Tensor:
+        """Runs the transformer layers on inputs x [R, S, D] (embeddings + positions) after each row's cache, the
+        rows being those of `groups` in order; padded with zero rows up to `pad_to` for the weight matmuls."""
+        n_rows, steps, _ = x.shape
+        plans = [(rows, *self._attention(rows, steps, x.device)) for rows in groups]
+        bounds = []
+        for rows, *_ in plans:
+            start = bounds[-1][1] if bounds else 0
+            bounds.append((start, start + rows.stop - rows.start))
+        padding = max(0, pad_to - n_rows)
+        if padding:
+            x = torch.cat([x, x.new_zeros(padding, steps, self.dim)])
+
+        def per_group(attend: tp.Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+            outs = [attend(plan, *(t[start:stop] for t in inputs))
+                    for plan, (start, stop) in zip(plans, bounds, strict=True)]
+            if padding:  # the padding rows attend to nothing
+                outs.append(inputs[0].new_zeros(padding, *inputs[0].shape[1:]))
+            return torch.cat(outs) if len(outs) > 1 else outs[0]
 
         for index in range(len(self.layers)):
-            def self_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int = index) -> torch.Tensor:
+            def self_attend(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int = index):
+                rows, positions, total, self_mask, _, _, row_index = plan
                 self.keys[index][row_index, :, positions] = k.transpose(1, 2)
                 self.values[index][row_index, :, positions] = v.transpose(1, 2)
                 return F.scaled_dot_product_attention(q, self.keys[index, rows, :, :total],
                                                       self.values[index, rows, :, :total], attn_mask=self_mask)
 
-            def cross_attend(q: torch.Tensor, index: int = index) -> torch.Tensor:
+            def cross_attend(plan, q: torch.Tensor, index: int = index) -> torch.Tensor:
+                rows, _, _, _, cross_total, cross_mask, _ = plan
                 return F.scaled_dot_product_attention(q, self.cross_keys[index, rows, :, :cross_total],
                                                       self.cross_values[index, rows, :, :cross_total],
                                                       attn_mask=cross_mask)
 
-            x = self.layer(index, x, self_attend, cross_attend)
-        self.lengths[rows] = start_lengths + steps
-        self.advance_host(rows, steps)
-        return x
+            x = self.layer(index, x, functools.partial(per_group, self_attend),
+                           functools.partial(per_group, cross_attend))
+        for rows, positions, *_ in plans:
+            self.lengths[rows] = positions[:, -1] + 1
+            self.advance_host(rows, steps)
+        return x[:n_rows]

@@ -16,10 +16,11 @@ from collections import OrderedDict
 import torch
 
 from engine import conditions, melody
-from engine.decoder import StepDecoder, UnsupportedModel
+from engine.decoder import StepDecoder
 from engine.sampling import StepInputs, guided_sample
 from engine.static_step import CapturableStep
 from engine.streams import Stream
+from engine.supported import UnsupportedModel
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class StreamFailed(RuntimeError):
 
 class Scheduler:
     def __init__(self, lm, max_rows: int, max_steps: int, weight_format: str = "float32",
-                 prefill_slice_steps: int = 64, step_mode: str = "off") -> None:
+                 prefill_slice_steps: int = 64, step_mode: str = "off", prediction_pad: int = 0) -> None:
         """`step_mode` (see engine.static_step.choose_step_mode): "off" decodes with the eager forward, "static"
         and "compile" with the capturable step, eagerly or compiled (on CUDA, replayed from CUDA graphs).
 
@@ -51,6 +52,7 @@ class Scheduler:
         if self.decoder is not None and step_mode != "off":
             self.capturable = CapturableStep(self.decoder, step_mode == "compile")
         self.prefill_slice_steps = prefill_slice_steps
+        self.prediction_pad = prediction_pad  # the predictions' shared forward's row count (EngineConfig)
         self.streams: list[Stream] = []
         # text -> its T5 condition, least recently used first: a jam that returns to a style finds it here
         self._condition_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -178,7 +180,7 @@ class Scheduler:
             ok, out = self._attempt(stream, "prefill", lambda s=stream: self._prefill_slice(s))
             if ok and out is not None:
                 groups.append(([stream], out))
-        for run in _contiguous_runs(stepping):
+        for run in _runs(stepping):
             try:
                 groups.append((run, self._forward(run)))
             except Exception as exc:  # find the culprit: each stream of the run alone
@@ -197,10 +199,9 @@ class Scheduler:
                 if len(streams) == 1:
                     self.fail(streams[0], "sampling", exc)
                     continue
-                base = streams[0].rows.start
                 tokens = []
-                for stream in streams:
-                    own = logits[stream.rows.start - base: stream.rows.stop - base]
+                for stream, first in zip(streams, _first_rows(streams), strict=True):
+                    own = logits[first: first + stream.conditioning.rows]
                     ok, out = self._attempt(stream, "sampling", lambda s=stream, o=own: self._sample([s], o, {}))
                     tokens.append(out[0] if ok else None)
             for stream, stream_tokens in zip(streams, tokens, strict=True):
@@ -214,8 +215,7 @@ class Scheduler:
         """Tokens [S, K] of one step for streams on consecutive rows, from the logits of those rows. The device
         inputs are rebuilt only when the streams, their settings or their draw counts differ from the previous
         step's (the counts advance on the device in step with each stream's host count)."""
-        base = streams[0].rows.start
-        key = tuple((id(s), s.row_settings(s.rows.start - base)) for s in streams)
+        key = tuple((id(s), s.row_settings(first)) for s, first in zip(streams, _first_rows(streams), strict=True))
         draws = [s.draws for s in streams]
         cached = previous.get(key)
         if cached is None or cached[1] != draws:
@@ -279,23 +279,35 @@ class Scheduler:
         return out
 
     def _forward(self, run: list[Stream]) -> torch.Tensor:
-        """Logits [R, K, card] of one step for streams on the consecutive rows R."""
-        inputs = [s.frames.next_input().expand(s.conditioning.rows, -1) for s in run]
+        """Logits [R, K, card] of one step for the rows of `run`'s streams, in order: sessions on consecutive
+        rows share one forward; predictions share theirs among themselves, padded to a fixed row count, so that
+        none of them depends on the others (see StepDecoder.step_streams, EngineConfig.prediction_pad)."""
+        inputs = torch.cat([s.frames.next_input().expand(s.conditioning.rows, -1) for s in run])
+        if run[0].target_frames is not None:
+            return self.decoder.step_streams([s.rows for s in run], inputs, pad_to=self.prediction_pad)
         rows = slice(run[0].rows.start, run[-1].rows.stop)
         if self.capturable is not None:
-            return self.capturable(rows, torch.cat(inputs))
-        return self.decoder.forward(rows, torch.cat(inputs).unsqueeze(-1), last_only=True)[:, :, -1]
+            return self.capturable(rows, inputs)
+        return self.decoder.forward(rows, inputs.unsqueeze(-1), last_only=True)[:, :, -1]
 
 
-def _contiguous_runs(streams: list[Stream]) -> list[list[Stream]]:
-    """Groups live streams on adjacent rows into one forward. A finite stream (a prediction) always runs alone:
-    a batched matmul may round differently from a single one, and a seeded prediction must give the same bytes
-    whatever sessions run beside it."""
+def _first_rows(streams: list[Stream]) -> list[int]:
+    """Where each stream's rows start in the logits of a forward over `streams` (their rows in order)."""
+    firsts, row = [], 0
+    for stream in streams:
+        firsts.append(row)
+        row += stream.conditioning.rows
+    return firsts
+
+
+def _runs(streams: list[Stream]) -> list[list[Stream]]:
+    """The forwards of one step: live streams on adjacent rows share one, and every prediction shares one with
+    the other predictions (their bytes do not depend on it: StepDecoder.step_streams pads to a fixed row count)."""
     runs: list[list[Stream]] = []
-    for stream in sorted(streams, key=lambda s: s.rows.start):
-        shareable = stream.target_frames is None and runs and runs[-1][-1].target_frames is None
-        if shareable and runs[-1][-1].rows.stop == stream.rows.start:
+    predictions = [s for s in streams if s.target_frames is not None]
+    for stream in sorted((s for s in streams if s.target_frames is None), key=lambda s: s.rows.start):
+        if runs and runs[-1][-1].rows.stop == stream.rows.start:
             runs[-1].append(stream)
         else:
             runs.append([stream])
-    return runs
+    return runs + ([predictions] if predictions else [])

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from engine.jam import Chunk, JamSettings
+from engine.api import Chunk, JamSettings
 from engine.streams import SamplingParams
 from streaming import jam_protocol as jp
 from streaming.wire import MAX_MESSAGE_BYTES
