@@ -14,32 +14,13 @@ is whatever the LM has: 4 for mono checkpoints, 8 interleaved left/right codeboo
 
 import functools
 import typing as tp
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from engine.precision import WEIGHT_FORMATS, Linear, activation_dtype
+from engine.precision import WEIGHT_FORMATS
 from engine.supported import check_supported
-
-
-@dataclass(frozen=True)
-class _Layer:
-    norm1: tuple[torch.Tensor, torch.Tensor, float]
-    qkv: Linear  # [3D, D]
-    out: Linear  # [D, D]
-    norm_cross: tp.Optional[tuple[torch.Tensor, torch.Tensor, float]]
-    cross_q: tp.Optional[Linear]
-    cross_kv: tp.Optional[torch.Tensor]  # [2D, D], used once per condition change
-    cross_out: tp.Optional[Linear]
-    norm2: tuple[torch.Tensor, torch.Tensor, float]
-    ff1: Linear
-    ff2: Linear
-    activation: tp.Callable[[torch.Tensor], torch.Tensor]
-
-
-def _norm(module, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
-    return module.weight.detach().to(dtype), module.bias.detach().to(dtype), module.eps
+from engine.transformer import Transformer
 
 
 class StepDecoder:
@@ -50,46 +31,20 @@ class StepDecoder:
         check_supported(lm)
         if weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight format must be one of {', '.join(WEIGHT_FORMATS)}")
-        dtype = activation_dtype(weight_format)
-        self.dtype = dtype
+        self.transformer = transformer = Transformer(lm, weight_format)
+        self.dtype = dtype = transformer.dtype
         self.weight_format = weight_format
         self.device = next(lm.parameters()).device
         self.num_codebooks = lm.num_codebooks
         self.card = lm.card
         self.dim = lm.dim
-        self.num_heads = lm.transformer.layers[0].self_attn.num_heads
-        self.head_dim = self.dim // self.num_heads
+        self.num_heads = transformer.num_heads
+        self.head_dim = transformer.head_dim
         self.max_rows = max_rows
         self.max_steps = max_steps
         self.max_condition_steps = max_condition_steps
-        self.max_period = lm.transformer.max_period
-        self.positional_scale = lm.transformer.positional_scale
         self.special_token_id = lm.special_token_id
-
-        def w(t: torch.Tensor) -> torch.Tensor:
-            return t.detach().to(dtype)
-
-        def lin(t: torch.Tensor) -> Linear:
-            return Linear(t, weight_format)
-
-        self.embeddings = [w(emb.weight) for emb in lm.emb]
-        self.layers: list[_Layer] = []
-        for layer in lm.transformer.layers:
-            cross = layer.cross_attention
-            self.layers.append(_Layer(
-                norm1=_norm(layer.norm1, dtype), qkv=lin(layer.self_attn.in_proj_weight),
-                out=lin(layer.self_attn.out_proj.weight),
-                norm_cross=_norm(layer.norm_cross, dtype) if cross is not None else None,
-                cross_q=lin(cross.in_proj_weight[: self.dim]) if cross is not None else None,
-                cross_kv=w(cross.in_proj_weight[self.dim:]) if cross is not None else None,
-                cross_out=lin(cross.out_proj.weight) if cross is not None else None,
-                norm2=_norm(layer.norm2, dtype), ff1=lin(layer.linear1.weight), ff2=lin(layer.linear2.weight),
-                activation=layer.activation))
-        self.out_norm = _norm(lm.out_norm, dtype) if lm.out_norm is not None else None
-        self.heads = lin(torch.cat([linear.weight for linear in lm.linears]))  # all K output heads: [K*card, D]
-
-        n_layers = len(self.layers)
-        shape = (n_layers, max_rows, self.num_heads, max_steps, self.head_dim)
+        shape = (len(transformer.layers), max_rows, self.num_heads, max_steps, self.head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=self.device)
         self.values = torch.zeros(shape, dtype=dtype, device=self.device)
         self.lengths = torch.zeros(max_rows, dtype=torch.long, device=self.device)
@@ -109,7 +64,7 @@ class StepDecoder:
         self.uses_prefix = len(lm.fuser.fuse2cond["prepend"]) > 0
 
     def _cross_cache(self, steps: int) -> torch.Tensor:
-        shape = (len(self.layers), self.max_rows, self.num_heads, steps, self.head_dim)
+        shape = (len(self.transformer.layers), self.max_rows, self.num_heads, steps, self.head_dim)
         return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     def _ensure_condition_capacity(self, steps: int) -> None:
@@ -126,12 +81,7 @@ class StepDecoder:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of weights one decode step reads (embeddings are gathered, not read whole)."""
-        linears = [self.heads]
-        for layer in self.layers:
-            linears += [layer.qkv, layer.out, layer.ff1, layer.ff2]
-            linears += [t for t in (layer.cross_q, layer.cross_out) if t is not None]
-        return sum(linear.nbytes for linear in linears)
+        return self.transformer.weight_bytes
 
     @property
     def cache_bytes(self) -> int:
@@ -154,7 +104,7 @@ class StepDecoder:
         self._ensure_condition_capacity(kept.shape[0])
         kept = kept.to(self.dtype)
         steps = kept.shape[0]
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(self.transformer.layers):
             if layer.cross_kv is None:
                 continue
             kv = F.linear(kept, layer.cross_kv).view(steps, 2, self.num_heads, self.head_dim)
@@ -184,7 +134,7 @@ class StepDecoder:
         self.lengths[rows] = 0
         self.host_lengths[rows] = [0] * n_rows
         positions = torch.arange(steps, device=self.device).view(1, -1).expand(n_rows, -1)
-        self._transform([rows], prefix + (self.positional_scale * self._positional(positions)).to(self.dtype))
+        self._transform([rows], prefix + self.transformer.positions(positions))
         self.prefix_lengths[rows] = steps
         self.host_prefix_lengths[rows] = [steps] * n_rows
 
@@ -240,45 +190,6 @@ class StepDecoder:
                 mirror[target] = value
 
     # -- forward ----------------------------------------------------------------------------------------------
-    def _positional(self, positions: torch.Tensor) -> torch.Tensor:
-        """audiocraft's sinusoidal embedding (computed in float32 as its LM does, then cast)."""
-        half = self.dim // 2
-        adim = torch.arange(half, device=positions.device, dtype=torch.float32).view(1, 1, -1)
-        phase = positions.float().unsqueeze(-1) / (self.max_period ** (adim / (half - 1)))
-        return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
-
-    def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Tokens [R, K, S] at cache positions [R, S] -> the first layer's input [R, S, D]: the sum of the K
-        codebook embeddings plus the sinusoidal position."""
-        x = sum(F.embedding(tokens[:, k], self.embeddings[k]) for k in range(self.num_codebooks))
-        return x + (self.positional_scale * self._positional(positions)).to(self.dtype)
-
-    def layer(self, index: int, x: torch.Tensor, self_attend: tp.Callable[..., torch.Tensor],
-              cross_attend: tp.Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Transformer layer `index` on x [R, S, D] (pre-norm self-attention, cross-attention, feed-forward): the
-        model's math, written once for the eager forward and the capturable step (engine.static_step), which
-        differ only in how they keep and read the caches. `self_attend(q, k, v)` (each [R, H, S, Dh]) stores k
-        and v and returns the attention over the row's cache; `cross_attend(q)` the attention over its
-        condition."""
-        layer = self.layers[index]
-        n_rows, steps, _ = x.shape
-        h = F.layer_norm(x, (self.dim,), *layer.norm1[:2], eps=layer.norm1[2])
-        qkv = layer.qkv(h).view(n_rows, steps, 3, self.num_heads, self.head_dim)
-        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [R, H, S, Dh]
-        x = x + layer.out(self_attend(q, k, v).transpose(1, 2).reshape(n_rows, steps, self.dim))
-        if layer.cross_q is not None:
-            h = F.layer_norm(x, (self.dim,), *layer.norm_cross[:2], eps=layer.norm_cross[2])
-            q = layer.cross_q(h).view(n_rows, steps, self.num_heads, self.head_dim).transpose(1, 2)
-            x = x + layer.cross_out(cross_attend(q).transpose(1, 2).reshape(n_rows, steps, self.dim))
-        h = F.layer_norm(x, (self.dim,), *layer.norm2[:2], eps=layer.norm2[2])
-        return x + layer.ff2(layer.activation(layer.ff1(h)))
-
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """The last layer's output [R, S, D] -> logits [R, S, K * card]: the output norm, then all K heads."""
-        if self.out_norm is not None:
-            x = F.layer_norm(x, (self.dim,), *self.out_norm[:2], eps=self.out_norm[2])
-        return self.heads(x)
-
     def forward(self, rows: slice, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """Appends `tokens` [R, K, S] to rows `rows` (contiguous slots) and returns logits [R, K, S, card], or
         only the last position's ([R, K, 1, card]) with `last_only`: a prefill needs no others, and the output
@@ -303,12 +214,12 @@ class StepDecoder:
                              "(engine.melody.melody_condition(lm, None, ...) without a melody)")
         lengths = torch.cat([self.lengths[rows] for rows in groups]) if len(groups) > 1 else self.lengths[groups[0]]
         positions = lengths.view(-1, 1) + torch.arange(steps, device=tokens.device).view(1, -1)
-        x = self._transform(groups, self.embed(tokens, positions), pad_to)
+        x = self._transform(groups, self.transformer.embed(tokens, positions), pad_to)
         if last_only:
             x, steps = x[:, -1:], 1
         if pad_to > n_rows:
             x = torch.cat([x, x.new_zeros(pad_to - n_rows, *x.shape[1:])])
-        logits = self.head(x)[:n_rows]
+        logits = self.transformer.head(x)[:n_rows]
         return logits.view(n_rows, steps, n_codebooks, self.card).transpose(1, 2).float()
 
     def _attention(self, rows: slice, steps: int, device: torch.device) -> tuple:
@@ -355,7 +266,7 @@ class StepDecoder:
                 outs.append(inputs[0].new_zeros(padding, *inputs[0].shape[1:]))
             return torch.cat(outs) if len(outs) > 1 else outs[0]
 
-        for index in range(len(self.layers)):
+        for index in range(len(self.transformer.layers)):
             def self_attend(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int = index):
                 rows, positions, total, self_mask, _, _, row_index = plan
                 self.keys[index][row_index, :, positions] = k.transpose(1, 2)
@@ -369,7 +280,7 @@ class StepDecoder:
                                                       self.cross_values[index, rows, :, :cross_total],
                                                       attn_mask=cross_mask)
 
-            x = self.layer(index, x, functools.partial(per_group, self_attend),
+            x = self.transformer.layer(index, x, functools.partial(per_group, self_attend),
                            functools.partial(per_group, cross_attend))
         for rows, positions, *_ in plans:
             self.lengths[rows] = positions[:, -1] + 1
