@@ -1,11 +1,13 @@
 """Streams over decoder rows: the LM thread's background work, one batched decode step at a time.
 
 Every change to scheduler state (streams added, updated, removed, demand raised) arrives as a job on the LM
-worker, so the state needs no locks. Between jobs, the streams that want frames advance together: streams on
-adjacent decoder rows share one forward per step, and a long prefill (an audio prompt, a window roll-over) runs in
-slices between other streams' steps. A failure belongs to the stream that caused it: conditioning, prefill,
-forward, sampling and the consumer's callback are each guarded per stream, and the others advance in the same
-step. Live sessions with a deadline come first: when one is at risk, predictions skip a few steps.
+worker, so the state needs no locks. Between jobs, the streams that want frames advance together: live streams share
+one forward per step, predictions another, and a long prefill (an audio prompt, a window roll-over) runs in slices
+between other streams' steps. A stream keeps its decoder rows from start to end: opening and closing a stream, and
+restyling one that has room beside it, move no cache (StepDecoder attends per block of adjacent rows). A failure
+belongs to the stream that caused it: conditioning, prefill, forward, sampling and the consumer's callback are each
+guarded per stream, and the others advance in the same step. Live sessions with a deadline come first: when one is
+at risk, predictions skip a few steps.
 """
 
 import logging
@@ -81,39 +83,60 @@ class Scheduler:
 
     # -- stream management (LM thread) ---------------------------------------------------------------------------
     def add_stream(self, stream: Stream) -> None:
-        """Raises (and changes nothing) when there are no rows for it or the cache copy making room fails."""
+        """Places a stream on the first free block of rows it fits, moving no cache; only when the free rows are
+        scattered are the others packed first. Raises (and changes nothing) when there are no rows for it or
+        that packing copy fails."""
         if self.decoder is None:
             raise RuntimeError(f"this model cannot run streams: {self.unsupported}")
-        if stream.conditioning.rows > self.rows_free:
-            raise RuntimeError(f"no decoder rows left ({self.rows_free} free, {stream.conditioning.rows} needed)")
-        self._relayout(self.streams + [stream])
+        needed = stream.conditioning.rows
+        if needed > self.rows_free:
+            raise RuntimeError(f"no decoder rows left ({self.rows_free} free, {needed} needed)")
+        start = self._free_block(needed)
+        if start is None:
+            self._relayout(self.streams + [stream])
+            return
+        stream.rows = slice(start, start + needed)
+        self.streams = self.streams + [stream]
 
     def remove_stream(self, stream: Stream) -> None:
-        """Frees a stream's rows; never raises. When the copy that packs the others fails (out of memory), they
-        stay on their rows and the next relayout packs them."""
-        if all(s is not stream for s in self.streams):
-            return
-        remaining = [s for s in self.streams if s is not stream]
-        try:
-            self._relayout(remaining)
-        except Exception:
-            logger.exception("could not pack the decoder rows after removing a stream; the others stay put")
-            self.streams = remaining
+        """Frees a stream's rows, moving nothing; never raises."""
+        self.streams = [s for s in self.streams if s is not stream]
 
     def set_conditioning(self, stream: Stream, conditioning, sources: tp.Optional[list[int]] = None) -> None:
         """Swaps a stream's styles from its next step on, keeping its context: style row i continues the cache of
         the stream's style row `sources[i]` (by default the one in the same place, and added styles the first
-        one's), the unconditional row stays. Raises (and changes nothing) when there are no rows for it or the
-        cache copy fails."""
-        grow = conditioning.rows - stream.conditioning.rows
-        if grow > self.rows_free:
-            raise RuntimeError(f"no decoder rows left for {conditioning.rows - 1} styles")
+        one's), the unconditional row stays. The stream keeps its place when the rows it needs there are free,
+        else moves to a free block (only its own rows are copied), else the others are packed. Raises (and
+        changes nothing) when there are no rows for it or the cache copy fails."""
+        rows = conditioning.rows
+        if rows - stream.conditioning.rows > self.rows_free:
+            raise RuntimeError(f"no decoder rows left for {rows - 1} styles")
         if sources is None:
             styled = stream.conditioning.rows - 1
-            sources = [i if i < styled else 0 for i in range(conditioning.rows - 1)]
-        self._relayout(self.streams, {id(stream): sources})
+            sources = [i if i < styled else 0 for i in range(rows - 1)]
+        old = stream.rows
+        start = old.start if self._is_free(old.start, rows, stream) else self._free_block(rows, stream)
+        if start is None:
+            self._relayout(self.streams, {id(stream): sources})
+        else:
+            mapping = list(range(self.max_rows))  # every other row stays where it is
+            for target, source in enumerate([old.start + i for i in sources] + [old.stop - 1], start=start):
+                mapping[target] = source
+            self.decoder.relayout(mapping)  # copies only the rows that change; all or nothing
+            stream.rows = slice(start, start + rows)
         stream.conditioning = conditioning
         stream.conditions_dirty = True
+
+    def _is_free(self, start: int, count: int, ignoring: tp.Optional[Stream] = None) -> bool:
+        """Whether rows start .. start + count - 1 exist and no stream but `ignoring` holds one."""
+        if start + count > self.max_rows:
+            return False
+        return all(s is ignoring or s.rows.stop <= start or s.rows.start >= start + count for s in self.streams)
+
+    def _free_block(self, count: int, ignoring: tp.Optional[Stream] = None) -> tp.Optional[int]:
+        """The first row of the lowest block of `count` free rows, or None when the free rows are scattered."""
+        return next((start for start in range(self.max_rows - count + 1) if self._is_free(start, count, ignoring)),
+                    None)
 
     def fail(self, stream: Stream, phase: str, exc: BaseException) -> None:
         """Drops one stream and tells its consumer; never raises."""
@@ -128,7 +151,8 @@ class Scheduler:
                 logger.exception("a stream's failure callback raised")
 
     def _relayout(self, streams: list[Stream], style_sources: tp.Optional[dict[int, list[int]]] = None) -> None:
-        """Packs `streams` onto rows 0.. in order and makes them the scheduler's streams. A stream whose styles
+        """Packs `streams` onto rows 0.. in order and makes them the scheduler's streams (when scattered free rows
+        hold no block that fits). A stream whose styles
         change has in `style_sources` (by id) the style row of its own that each new style row continues; the
         others keep their rows' contents. Nothing moves (caches, rows, the stream list) unless the decoder's copy
         succeeded: a copy can run out of memory on a GPU, and the other streams must go on from the caches they
@@ -180,7 +204,7 @@ class Scheduler:
             ok, out = self._attempt(stream, "prefill", lambda s=stream: self._prefill_slice(s))
             if ok and out is not None:
                 groups.append(([stream], out))
-        for run in _runs(stepping):
+        for run in _runs(stepping, contiguous=self.capturable is not None):
             try:
                 groups.append((run, self._forward(run)))
             except Exception as exc:  # find the culprit: each stream of the run alone
@@ -279,16 +303,27 @@ class Scheduler:
         return out
 
     def _forward(self, run: list[Stream]) -> torch.Tensor:
-        """Logits [R, K, card] of one step for the rows of `run`'s streams, in order: sessions on consecutive
-        rows share one forward; predictions share theirs among themselves, padded to a fixed row count, so that
-        none of them depends on the others (see StepDecoder.step_streams, EngineConfig.prediction_pad)."""
+        """Logits [R, K, card] of one step for the rows of `run`'s streams, in order. Live streams share one
+        forward (attending in blocks of adjacent rows; the capturable step takes one block per call); predictions
+        share theirs among themselves, padded to a fixed row count, so that none of them depends on the others
+        (see StepDecoder.step_streams, EngineConfig.prediction_pad)."""
         inputs = torch.cat([s.frames.next_input().expand(s.conditioning.rows, -1) for s in run])
         if run[0].target_frames is not None:
             return self.decoder.step_streams([s.rows for s in run], inputs, pad_to=self.prediction_pad)
-        rows = slice(run[0].rows.start, run[-1].rows.stop)
         if self.capturable is not None:
-            return self.capturable(rows, inputs)
-        return self.decoder.forward(rows, inputs.unsqueeze(-1), last_only=True)[:, :, -1]
+            return self.capturable(slice(run[0].rows.start, run[-1].rows.stop), inputs)
+        return self.decoder.step_streams(_blocks(run), inputs, pad_to=0)
+
+
+def _blocks(streams: list[Stream]) -> list[slice]:
+    """The rows of streams sorted by row, adjacent ones merged: one attention call each."""
+    blocks: list[slice] = []
+    for stream in streams:
+        if blocks and blocks[-1].stop == stream.rows.start:
+            blocks[-1] = slice(blocks[-1].start, stream.rows.stop)
+        else:
+            blocks.append(stream.rows)
+    return blocks
 
 
 def _first_rows(streams: list[Stream]) -> list[int]:
@@ -300,13 +335,14 @@ def _first_rows(streams: list[Stream]) -> list[int]:
     return firsts
 
 
-def _runs(streams: list[Stream]) -> list[list[Stream]]:
-    """The forwards of one step: live streams on adjacent rows share one, and every prediction shares one with
-    the other predictions (their bytes do not depend on it: StepDecoder.step_streams pads to a fixed row count)."""
-    runs: list[list[Stream]] = []
+def _runs(streams: list[Stream], contiguous: bool) -> list[list[Stream]]:
+    """The forwards of one step: the live streams' (with `contiguous`, one per block of adjacent rows), and one
+    for all predictions (their bytes do not depend on it: StepDecoder.step_streams pads to a fixed row count)."""
+    live = sorted((s for s in streams if s.target_frames is None), key=lambda s: s.rows.start)
     predictions = [s for s in streams if s.target_frames is not None]
-    for stream in sorted((s for s in streams if s.target_frames is None), key=lambda s: s.rows.start):
-        if runs and runs[-1][-1].rows.stop == stream.rows.start:
+    runs: list[list[Stream]] = []
+    for stream in live:
+        if runs and (not contiguous or runs[-1][-1].rows.stop == stream.rows.start):
             runs[-1].append(stream)
         else:
             runs.append([stream])
