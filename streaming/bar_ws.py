@@ -160,8 +160,8 @@ class BarSocket:
         else:
             connection = self.connection
             try:
-                self.jam = await open_jam(connection.engine, self.registry, connection.live.blocking, command.loop,
-                                          command.raw_params, command.seed, owner=self)
+                self.jam = await open_jam(connection.engine, self.registry, connection.supervisor.blocking,
+                                          command.loop, command.raw_params, command.seed, owner=self)
             except CapacityError as exc:
                 await self.send(error_event("concurrency_limit_reached", limit=exc.limit))
                 await connection.close(CLOSE_TRY_AGAIN, "concurrency limit reached")
@@ -211,5 +211,5 @@ class BarSocket:
                     logger.info("bar delivery ended: %s: %s", type(outcome).__name__, outcome)
 
     async def _decode(self, data: bytes) -> tuple:
-        return await asyncio.get_running_loop().run_in_executor(self.connection.live.blocking, decode_loop, data)
+        return await asyncio.get_running_loop().run_in_executor(self.connection.supervisor.blocking, decode_loop, data)
 

@@ -22,6 +22,7 @@ from streaming.config import ServerConfig
 from streaming.connection import Connection
 from streaming.pump import Pacer
 from streaming.sessions import SessionError
+from streaming.supervisor import Recovery
 
 logger = logging.getLogger(__name__)
 
@@ -93,13 +94,12 @@ class JamConnection(Connection):
         seed = random_seed() if seed is None else seed
         self.pacer = Pacer(pace)
         try:
-            await self.start_session(settings, seed, self.pacer)
+            await self.supervisor.start(settings, seed, self.pacer)
         except CapacityError as exc:
             await self.send(jp.error_event("concurrency_limit_reached", limit=exc.limit))
             await self.close(CLOSE_TRY_AGAIN, "concurrency limit reached")
             return False
-        except (EngineUnavailable, ValueError, RuntimeError) as exc:
-            self.protocol.session_ended()
+        except (EngineUnavailable, ValueError, RuntimeError) as exc:  # the protocol heard (session_lost)
             await self.send(jp.error_event(f"could not start a session: {exc}"))
             return True
         self.jam.state = self.protocol
@@ -111,7 +111,7 @@ class JamConnection(Connection):
         """Plays a held session on this socket: the chunks its client lacks first (same indexes, the overlap
         going on), then the stream where it paused. The listener's clock starts afresh, at the held pace."""
         try:
-            jam = self.attach_session(command.session_id, Pacer(self.pacer.pace))
+            jam = self.supervisor.attach(command.session_id, Pacer(self.pacer.pace))
         except SessionError as exc:
             await self.send(jp.error_event(str(exc), session_id=command.session_id))
             return
@@ -120,10 +120,7 @@ class JamConnection(Connection):
         try:
             replay = jam.replay_from(command.from_chunk)
         except SessionError as exc:  # the session stays held for a try with another from_chunk
-            self.jam, self.pump = None, None
-            self.live.detach()
-            if not self.registry.hold(jam):
-                self.registry.end(jam)
+            await self.supervisor.finish(keep=True)
             await self.send(jp.error_event(str(exc), session_id=jam.session_id))
             return
         self.protocol.attached(held)
@@ -134,7 +131,7 @@ class JamConnection(Connection):
         await self.send(jp.started_event(jam.session_id, resumed=True, from_chunk=first))
         await self.send(jp.status_event("resumed", from_chunk=first, pace=pace, model=self.engine.describe()))
         await self.send_replayed(replay)
-        self.pump.start()
+        self.supervisor.play()
 
     async def set_melody(self, data: tp.Optional[bytes]) -> None:
         """Decodes the melody (at most one 30 s window of it) and hands it to the session, on the blocking
@@ -149,7 +146,7 @@ class JamConnection(Connection):
             return session.set_melody(melody)
 
         try:
-            first = await self.live.run(follow)
+            first = await self.supervisor.run(follow)
         except (AudioInputError, ValueError) as exc:
             await self.send(jp.error_event(f"melody: {exc}"))
             return
@@ -161,38 +158,27 @@ class JamConnection(Connection):
 
     async def send_chunk(self, chunk) -> None:
         await self.send(*jp.chunk_events(chunk, self.binary, self.noise_notice))
-        self.live.chunk_arrived()
+
+    def session_lost(self) -> None:
+        self.protocol.session_ended()
 
     async def on_generation_error(self, exc: Exception) -> None:
         """Says what failed, then goes on with a fresh context (new seed) on the same slot, from the settings
         and melody in force, those sent meanwhile included; unless the failures repeat without a chunk in
-        between, and then the session ends (`stopped`) and a new `start` may come."""
-        restarting = self.live.failed()
-        try:
+        between, and then the session ends (`stopped`) and a new `start` may come (streaming.supervisor)."""
+
+        async def tell(restarting: bool) -> None:
             await self.send(jp.error_event(f"generation failed: {exc}", restarting=restarting))
-            if restarting:
-                seed = random_seed()
-                try:
-                    await self.restart_session(seed, play=False)
-                except SessionClosed:  # the client stopped or left meanwhile
-                    return
-                except (EngineUnavailable, RuntimeError) as again:
-                    await self.give_up(f"could not restart the session: {again}")
-                    return
-                await self.send(jp.status_event("restarted", seed=seed, pace=self.pacer.pace,
+
+        try:
+            outcome = await self.supervisor.recover(tell)
+            if outcome.recovery is Recovery.RESTARTED:
+                await self.send(jp.status_event("restarted", seed=outcome.seed, pace=self.pacer.pace,
                                                 model=self.engine.describe()))
-                if self.pump is not None:  # not stopped while the status went out
-                    self.pump.start()
-                return
-            await self.give_up()
+                self.supervisor.play()  # unless stopped while the status went out
+            elif outcome.recovery is Recovery.GAVE_UP:
+                if outcome.reason is not None:
+                    await self.send(jp.error_event(outcome.reason))
+                await self.send(jp.stopped_event())
         except Exception as send_failure:  # the client is gone too
             logger.debug("could not report a generation failure: %s", send_failure)
-
-    async def give_up(self, reason: tp.Optional[str] = None) -> None:
-        """Ends the session for good: the protocol first (no update may reach a session being closed)."""
-        self.protocol.session_ended()
-        self.ended = True
-        await self.end_session()
-        if reason is not None:
-            await self.send(jp.error_event(reason))
-        await self.send(jp.stopped_event())
