@@ -177,7 +177,7 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
             raise HttpError(400, "bpm: field required")
         values = bp.form_values(fields, bp.JAM_START_DEFAULTS)
         try:
-            jam = await open_jam(engine, registry, blocking, data, values, None, owner=None)
+            jam = await open_jam(engine, registry, blocking, data, values, None)
         except CapacityError as exc:
             raise HttpError(429, "concurrency_limit_reached: all session slots are in use; try again later",
                             limit=exc.limit) from None

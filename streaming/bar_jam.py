@@ -134,23 +134,32 @@ class BarJam:
             self._wake()
 
 
-async def open_jam(engine, registry, blocking: Executor, loop: bytes, raw: dict, seed: tp.Optional[int],
-                   owner: tp.Optional[object]):
-    """Decodes the loop, opens a bar source on an engine slot (both on the blocking pool) and registers it as a
-    `bar` session (streaming.sessions) whose session is a BarJam. Raises ProtocolError (bad loop or parameters),
-    CapacityError (no free slot), ValueError or EngineUnavailable; a caller cancelled meanwhile leaves the source
-    to be closed as soon as it is open."""
+async def open_bar(engine, blocking: Executor, loop: bytes, raw: dict, seed: int) -> BarJam:
+    """Decodes the loop and opens a bar source on an engine slot (both on the blocking pool). Raises
+    ProtocolError (bad loop or parameters), CapacityError (no free slot), ValueError or EngineUnavailable; a
+    caller cancelled meanwhile leaves the source to be closed as soon as it is open."""
     running = asyncio.get_running_loop()
     wav, rate = await running.run_in_executor(blocking, decode_loop, loop)
     params = bar_params(raw, rate)
-    seed = random_seed() if seed is None else seed
     opening = running.run_in_executor(blocking, BarSource, engine, params, (wav, rate), seed)
     try:
         source = await asyncio.shield(opening)
     except asyncio.CancelledError:
         opening.add_done_callback(lambda done: done.cancelled() or done.exception() or done.result().close())
         raise
-    bar = BarJam(source)
-    jam = registry.open("bar", bar, seed, engine.describe(), owner=owner)
-    bar.on_chunk = jam.generated
+    return BarJam(source)
+
+
+def recorded(jam) -> None:
+    """A registered bar session records each chunk it generates."""
+    jam.session.on_chunk = jam.generated
+
+
+async def open_jam(engine, registry, blocking: Executor, loop: bytes, raw: dict, seed: tp.Optional[int]):
+    """A bar session opened (`open_bar`) and registered as a `bar` session held by no connection (the HTTP
+    routes' sessions, streaming.sessions); raises what `open_bar` raises."""
+    seed = random_seed() if seed is None else seed
+    jam = registry.open("bar", await open_bar(engine, blocking, loop, raw, seed), seed, engine.describe(),
+                        owner=None)
+    recorded(jam)
     return jam

@@ -9,6 +9,7 @@ ordinary 64 KiB limit.
 """
 
 import base64
+import enum
 import math
 import typing as tp
 from dataclasses import dataclass, replace
@@ -169,6 +170,48 @@ class Ping:
 
 
 Command = tp.Union[Start, Consume, Reseed, ReseedSplice, Update, Stop, Ping]
+
+
+class State(enum.Enum):
+    """A bar-mode socket's state, its transitions all in `SocketProtocol`: IDLE -> STARTED (a session started or
+    attached) -> STOPPED (stop); back to IDLE when the session ends on the server's side (a start refused, a
+    generation that failed for good), so that a new start may come."""
+
+    IDLE = "idle"
+    STARTED = "started"
+    STOPPED = "stopped"
+
+
+class SocketProtocol:
+    """Which commands a bar-mode socket may act on now, and the one session it plays (`session_id`)."""
+
+    def __init__(self) -> None:
+        self.state = State.IDLE
+        self.session_id: tp.Optional[str] = None
+
+    def receive(self, command: Command) -> Command:
+        """The command, if it may be acted on now; ProtocolError (magenta-retry's words) if not."""
+        if isinstance(command, Ping):
+            return command
+        if isinstance(command, Start):
+            if self.state is not State.IDLE:
+                raise ProtocolError("start was already received on this connection; send update to change "
+                                    "parameters")
+            return command
+        if self.state is not State.STARTED:
+            raise ProtocolError("No session_id yet: send start first")
+        if getattr(command, "session_id", None) not in (None, self.session_id):
+            raise ProtocolError(f"Session not found: this socket plays session {self.session_id}")
+        if isinstance(command, Stop):
+            self.state = State.STOPPED
+        return command
+
+    def started(self, session_id: str) -> None:
+        self.state, self.session_id = State.STARTED, session_id
+
+    def session_ended(self) -> None:
+        """The session ended on the server's side: a new start may come."""
+        self.state, self.session_id = State.IDLE, None
 
 
 def is_bar_start(message: dict) -> bool:

@@ -127,12 +127,21 @@ class Supervisor:
     # -- start, attach ------------------------------------------------------------------------------------------
     async def start(self, settings: JamSettings, seed: int, pacer: tp.Optional[Pacer] = None,
                     session_id: tp.Optional[str] = None) -> Jam:
-        """Opens a session (taking a slot), registers it (under `session_id`, one from `registry.new_id`, or a new
-        id) and, when pumped, starts its pump on `pacer`. Raises what Engine.open_session raises (CapacityError,
-        ValueError, EngineUnavailable), and SessionClosed when the connection ended meanwhile; a caller cancelled
-        while the engine opens it leaves the session to be closed as soon as it is open."""
+        """Opens a session on the engine (taking a slot), registers it (under `session_id`, one from
+        `registry.new_id`, or a new id) and, when pumped, starts its pump on `pacer`. Raises what
+        Engine.open_session raises (CapacityError, ValueError, EngineUnavailable), and SessionClosed when the
+        connection ended meanwhile."""
+        running = asyncio.get_running_loop()
+        return await self.open_with(lambda: running.run_in_executor(self.blocking, self.engine.open_session,
+                                                                    settings, seed), seed, pacer, session_id)
+
+    async def open_with(self, opener: tp.Callable[[], tp.Awaitable[tp.Any]], seed: int,
+                        pacer: tp.Optional[Pacer] = None, session_id: tp.Optional[str] = None) -> Jam:
+        """`start` with a session `opener` makes (a bar session: its loop decoded, then a source on a slot).
+        A caller cancelled while it opens leaves the session to be closed as soon as it is open; one that could
+        not open tells the protocol (`on_lost`)."""
         self._move(Phase.OPENING)
-        opening = asyncio.get_running_loop().run_in_executor(self.blocking, self.engine.open_session, settings, seed)
+        opening = asyncio.ensure_future(opener())
         try:
             session = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -143,7 +152,7 @@ class Supervisor:
             self.phase = Phase.IDLE
             self.on_lost()
             raise
-        if self.closed or self.phase is not Phase.OPENING:
+        if self.closed or self.phase is not Phase.OPENING:  # the connection ended, or the client stopped
             session.close()
             self.phase = Phase.IDLE
             raise SessionClosed("the connection ended while the session was opening")
