@@ -37,10 +37,6 @@ UNIT_SECONDS = 0.32
 FLUSH_SECONDS = 0.5  # how long a closing peer waits for its last data-channel messages to leave
 PC_CLOSE_SECONDS = 2.0  # at server shutdown aiortc's own close task may be cancelled and never finish
 TRICKLE_WAIT_SECONDS = 10.0  # a candidate that races its offer waits this long for the offer to be applied
-FAILED = "connection failed"
-# A resuming offer takes a session over from the peer playing it: a network that vanished is noticed by ICE consent
-# checks only after about 30 s, so the old peer may still look alive when its client comes back.
-REPLACED = "connection replaced by a new offer"
 
 
 @dataclass(frozen=True)
@@ -82,7 +78,8 @@ class Peer:
         self.pushed_until = 0.0  # the stream's timeline up to which audio went into the track
         self.offered_at = time.monotonic()
         self.described = asyncio.Event()  # the offer is applied: trickled candidates can be added
-        self.connected = asyncio.Event()
+        self.state = wp.PeerState.NEW
+        self.connected = asyncio.Event()  # set at CONNECTED
         self.ended = asyncio.Event()
         self.end_reason = "closed"
 
@@ -105,7 +102,7 @@ class Peer:
         if self.resumed:
             playing = self.registry.get(self.offer.session_id)
             if playing is not None and isinstance(playing.owner, Peer):
-                await playing.owner.close(REPLACED)  # held by that close, attached just below
+                await playing.owner.close(wp.REPLACED)  # held by that close, attached just below
             held: HeldPeer = self.supervisor.attach(self.offer.session_id).state
             self.controls, self.settings, self.seed, self.inflight = (held.controls, held.settings, held.seed,
                                                                       held.inflight)
@@ -161,12 +158,13 @@ class Peer:
 
     # -- events -------------------------------------------------------------------------------------------------
     def _state_changed(self) -> None:
-        state = self.pc.connectionState
-        logger.info("webrtc %s: connection %s", self.webrtc_id, state)
-        if state == "connected":
+        before, reported = self.state, self.pc.connectionState
+        logger.info("webrtc %s: connection %s", self.webrtc_id, reported)
+        self.state = wp.peer_state(before, reported)
+        if self.state is wp.PeerState.CONNECTED:
             self.connected.set()
-        elif state in ("failed", "closed") and not self.ended.is_set():
-            self.end_reason = f"connection {state}"
+        elif self.state is wp.PeerState.ENDED and before is not wp.PeerState.ENDED:
+            self.end_reason = f"connection {reported}"
             self.ended.set()
 
     def _channel_opened(self, channel: RTCDataChannel) -> None:
@@ -199,7 +197,7 @@ class Peer:
             self.tasks.spawn(self._acknowledge(self.steer(command)), name=f"webrtc-update-{self.webrtc_id}")
         elif isinstance(command, jp.Stop):
             self.send(wp.log("stopped"))
-            self.end_reason = "stopped by the client"
+            self.state, self.end_reason = wp.PeerState.ENDED, "stopped by the client"
             self.ended.set()
 
     async def _acknowledge(self, steering: tp.Awaitable[dict]) -> None:
@@ -304,6 +302,7 @@ class Peer:
         if self.closed:
             return
         self.supervisor.closed = True
+        self.state = wp.PeerState.ENDED
         self.described.set()  # a trickle request waiting for the offer wakes and finds the peer gone
         first = f"{self.track.first_frame_at - self.offered_at:.2f} s" if self.track.first_frame_at else "never"
         logger.info("webrtc %s ended: %s (%d underruns, %.3f s encode CPU for %d frames, first audio after %s)",
@@ -326,13 +325,9 @@ class Peer:
             self.on_closed(self)
 
     def _held(self, reason: str) -> bool:
-        """A connection that failed (the network went: ICE consent checks notice it) or was replaced by a resuming
-        offer leaves its session held for a new offer (streaming.sessions), as does a resumed peer that never
-        connected; one the client stopped or closed (DTLS close, as a normal WebSocket close), drained, never
-        connected or shut down ends it, freeing the slot (the pending unit resolves with SessionClosed)."""
-        dropped = reason in (FAILED, REPLACED) and (self.connected.is_set() or self.resumed)
-        never_connected_resume = self.resumed and not self.connected.is_set()
-        if self.jam is not None and (dropped or never_connected_resume):
-            self.jam.state = HeldPeer(self.controls, self.settings, self.seed, self.inflight)
-            return True
-        return False
+        """Whether the session is held for a new offer (webrtc_protocol.keeps_session says when), with what that
+        offer's peer takes over; otherwise it ends, freeing the slot (the pending unit resolves SessionClosed)."""
+        if self.jam is None or not wp.keeps_session(reason, self.connected.is_set(), self.resumed):
+            return False
+        self.jam.state = HeldPeer(self.controls, self.settings, self.seed, self.inflight)
+        return True

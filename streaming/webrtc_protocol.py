@@ -9,6 +9,7 @@ replies have FastRTC's shape `{"type": "log" | "warning" | "error", "data": ...}
 FastRTC's server answers it, never as an error.
 """
 
+import enum
 import typing as tp
 from dataclasses import dataclass
 
@@ -21,6 +22,40 @@ OFFER_PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weig
 MAX_ID_LENGTH = 128
 MAX_BODY_BYTES = 256 * 1024  # an SDP offer with many candidates stays far below this
 HANDSHAKE = "handshake"  # what FastRTC's client sends on the data channel when it opens (not JSON)
+FAILED = "connection failed"
+# A resuming offer takes a session over from the peer playing it: a network that vanished is noticed by ICE consent
+# checks only after about 30 s, so the old peer may still look alive when its client comes back.
+REPLACED = "connection replaced by a new offer"
+
+
+class PeerState(enum.Enum):
+    """A peer's connection: NEW (answered; ICE and DTLS connecting) -> CONNECTED -> ENDED, or NEW -> ENDED (it
+    never connected, or was stopped or replaced first). Its transitions are `peer_state`'s and `ended`'s."""
+
+    NEW = "new"
+    CONNECTED = "connected"
+    ENDED = "ended"
+
+
+def peer_state(state: PeerState, connection_state: str) -> PeerState:
+    """The state after aiortc reports `connection_state` (an RTCPeerConnection.connectionState)."""
+    if state is PeerState.ENDED:
+        return state
+    if connection_state == "connected":
+        return PeerState.CONNECTED
+    if connection_state in ("failed", "closed"):
+        return PeerState.ENDED
+    return state
+
+
+def keeps_session(reason: str, connected: bool, resumed: bool) -> bool:
+    """Whether a peer that ends for `reason` leaves its session held for a new offer (streaming.sessions): one
+    whose connection failed (the network went: ICE consent checks notice it) or was replaced by a resuming
+    offer, after it had connected or when it was itself a resume, and a resumed peer that never connected. One
+    the client stopped or closed (DTLS close, as a normal WebSocket close), drained, that never connected or
+    that the server shut down ends it."""
+    dropped = reason in (FAILED, REPLACED) and (connected or resumed)
+    return dropped or (resumed and not connected)
 
 
 class RequestFailed(Exception):
