@@ -15,10 +15,12 @@ import typing as tp
 from starlette.websockets import WebSocketDisconnect
 
 from engine.api import CapacityError, EngineUnavailable, SessionClosed, random_seed
+from streaming import bar_events as be
 from streaming import bar_protocol as bp
 from streaming.bar_generate import decode_loop
 from streaming.bar_jam import BarJam, open_bar, recorded
-from streaming.jam_protocol import ProtocolError, error_event, pong_event, stopped_event
+from streaming.jam_events import error_event, pong_event, stopped_event
+from streaming.jam_protocol import ProtocolError
 from streaming.sessions import Jam, SessionError
 from streaming.supervisor import Supervisor
 
@@ -138,15 +140,15 @@ class BarSocket:
                 first = await asyncio.wrap_future(source.update(params))
             except ValueError as exc:
                 raise ProtocolError(str(exc)) from None
-            await self.send(bp.status_event(ok=True, updated=sorted(command.changes), applies_from_chunk=first))
+            await self.send(be.status_event(ok=True, updated=sorted(command.changes), applies_from_chunk=first))
         elif isinstance(command, bp.Reseed):
             loop = await self._decode(command.loop)
             await asyncio.wrap_future(source.reseed(loop, seed=random_seed()))
-            await self.send(bp.status_event(reseeded=True))
+            await self.send(be.status_event(reseeded=True))
         elif isinstance(command, bp.ReseedSplice):
             combined = None if command.combined is None else await self._decode(command.combined)
             source.reseed_splice(command.anchor_bars, combined)
-            await self.send(bp.status_event(splice=command.anchor_bars))
+            await self.send(be.status_event(splice=command.anchor_bars))
         return True
 
     async def start(self, command: bp.Start) -> bool:
@@ -171,7 +173,7 @@ class BarSocket:
                     raise
                 raise ProtocolError(f"could not start a session: {exc}") from None
         self.protocol.started(self.jam.session_id)
-        await self.send(bp.started_event(self.jam.session_id))
+        await self.send(be.started_event(self.jam.session_id))
         self._delivery = asyncio.get_running_loop().create_task(self._deliver(), name="bar-delivery")
         return True
 
@@ -189,7 +191,7 @@ class BarSocket:
                 return
             self._sending = True
             try:
-                await self.send(*bp.chunk_events(chunk, self.binary, self.notice))
+                await self.send(*be.chunk_events(chunk, self.binary, self.notice))
             except BaseException:
                 bar.undeliver(chunk)
                 raise

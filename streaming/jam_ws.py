@@ -16,6 +16,7 @@ from engine.api import (
     decode_slice,
     random_seed,
 )
+from streaming import jam_events as je
 from streaming import jam_protocol as jp
 from streaming.bar_ws import BarSocket, wants_bar
 from streaming.config import ServerConfig
@@ -50,7 +51,7 @@ class JamConnection(Connection):
         try:
             command = self.parse(frame)
         except jp.ProtocolError as exc:
-            await self.send(jp.error_event(str(exc)))
+            await self.send(je.error_event(str(exc)))
             return True
         return await self.handle(command)
 
@@ -58,7 +59,7 @@ class JamConnection(Connection):
         """Acts on one command. Between `start` and the session's end the protocol is started and a session
         exists, through restarts too: an update or a melody always has a session to go to."""
         if isinstance(command, jp.Ping):
-            await self.send(jp.pong_event())
+            await self.send(je.pong_event())
         elif isinstance(command, jp.Start):
             self.binary = command.binary_audio
             return await self.open(command.settings, command.pace, command.seed)
@@ -66,28 +67,28 @@ class JamConnection(Connection):
             self.binary = command.binary_audio
             await self.attach(command)
         elif isinstance(command, jp.RecordingRequest):
-            await self.send(jp.recording_event(self.jam.session_id))
+            await self.send(je.recording_event(self.jam.session_id))
         elif isinstance(command, jp.Update):
             try:
                 placement = await asyncio.wrap_future(self.session.update(command.settings))
             except (SessionClosed, RuntimeError) as exc:
-                await self.send(jp.error_event(f"update: {exc}"))
+                await self.send(je.error_event(f"update: {exc}"))
                 return True
             self.pacer.pace = command.pace
-            await self.send(jp.status_event("updated", **jp.placement_fields(placement, self.pacer.heard_in(placement)),
-                                            **jp.describe_update(command)))
+            await self.send(je.status_event("updated", **je.placement_fields(placement, self.pacer.heard_in(placement)),
+                                            **je.describe_update(command)))
         elif isinstance(command, jp.Melody):
             await self.set_melody(command.audio)
         elif isinstance(command, jp.Stop):
             self.ended = True
             await self.end_session()
-            await self.send(jp.stopped_event())
+            await self.send(je.stopped_event())
             await self.close(1000, "stopped")
             return False
         return True
 
     def drain_notice(self, seconds_left: float) -> str:
-        return jp.status_event("draining", draining=True, seconds_left=round(seconds_left))
+        return je.status_event("draining", draining=True, seconds_left=round(seconds_left))
 
     async def open(self, settings: JamSettings, pace: str, seed: tp.Optional[int]) -> bool:
         """Starts the session; False when the connection must end (over the limit)."""
@@ -96,15 +97,15 @@ class JamConnection(Connection):
         try:
             await self.supervisor.start(settings, seed, self.pacer)
         except CapacityError as exc:
-            await self.send(jp.error_event("concurrency_limit_reached", limit=exc.limit))
+            await self.send(je.error_event("concurrency_limit_reached", limit=exc.limit))
             await self.close(CLOSE_TRY_AGAIN, "concurrency limit reached")
             return False
         except (EngineUnavailable, ValueError, RuntimeError) as exc:  # the protocol heard (session_lost)
-            await self.send(jp.error_event(f"could not start a session: {exc}"))
+            await self.send(je.error_event(f"could not start a session: {exc}"))
             return True
         self.jam.state = self.protocol
-        await self.send(jp.started_event(self.jam.session_id))
-        await self.send(jp.status_event("playing", seed=seed, pace=pace, model=self.engine.describe()))
+        await self.send(je.started_event(self.jam.session_id))
+        await self.send(je.status_event("playing", seed=seed, pace=pace, model=self.engine.describe()))
         return True
 
     async def attach(self, command: jp.Attach) -> None:
@@ -113,7 +114,7 @@ class JamConnection(Connection):
         try:
             jam = self.supervisor.attach(command.session_id, Pacer(self.pacer.pace))
         except SessionError as exc:
-            await self.send(jp.error_event(str(exc), session_id=command.session_id))
+            await self.send(je.error_event(str(exc), session_id=command.session_id))
             return
         held = jam.state
         pace = held.params.get("pace", "asap")
@@ -121,15 +122,15 @@ class JamConnection(Connection):
             replay = jam.replay_from(command.from_chunk)
         except SessionError as exc:  # the session stays held for a try with another from_chunk
             await self.supervisor.finish(keep=True)
-            await self.send(jp.error_event(str(exc), session_id=jam.session_id))
+            await self.send(je.error_event(str(exc), session_id=jam.session_id))
             return
         self.protocol.attached(held)
         jam.state = self.protocol
         self.pacer = self.pump.pacer
         self.pacer.pace = pace
         first = replay[0].index if replay else jam.sent_until
-        await self.send(jp.started_event(jam.session_id, resumed=True, from_chunk=first))
-        await self.send(jp.status_event("resumed", from_chunk=first, pace=pace, model=self.engine.describe()))
+        await self.send(je.started_event(jam.session_id, resumed=True, from_chunk=first))
+        await self.send(je.status_event("resumed", from_chunk=first, pace=pace, model=self.engine.describe()))
         await self.send_replayed(replay)
         self.supervisor.play()
 
@@ -148,16 +149,16 @@ class JamConnection(Connection):
         try:
             first = await self.supervisor.run(follow)
         except (AudioInputError, ValueError) as exc:
-            await self.send(jp.error_event(f"melody: {exc}"))
+            await self.send(je.error_event(f"melody: {exc}"))
             return
         if self.jam is not None:
             self.jam.recording.note("melody", following=data is not None, chunk=first.chunk,
                                     offset_seconds=round(first.offset_seconds, 4))
-        await self.send(jp.status_event("melody", following=data is not None,
-                                        **jp.placement_fields(first, self.pacer.heard_in(first))))
+        await self.send(je.status_event("melody", following=data is not None,
+                                        **je.placement_fields(first, self.pacer.heard_in(first))))
 
     async def send_chunk(self, chunk) -> None:
-        await self.send(*jp.chunk_events(chunk, self.binary, self.noise_notice))
+        await self.send(*je.chunk_events(chunk, self.binary, self.noise_notice))
 
     def session_lost(self) -> None:
         self.protocol.session_ended()
@@ -168,17 +169,17 @@ class JamConnection(Connection):
         between, and then the session ends (`stopped`) and a new `start` may come (streaming.supervisor)."""
 
         async def tell(restarting: bool) -> None:
-            await self.send(jp.error_event(f"generation failed: {exc}", restarting=restarting))
+            await self.send(je.error_event(f"generation failed: {exc}", restarting=restarting))
 
         try:
             outcome = await self.supervisor.recover(tell)
             if outcome.recovery is Recovery.RESTARTED:
-                await self.send(jp.status_event("restarted", seed=outcome.seed, pace=self.pacer.pace,
+                await self.send(je.status_event("restarted", seed=outcome.seed, pace=self.pacer.pace,
                                                 model=self.engine.describe()))
                 self.supervisor.play()  # unless stopped while the status went out
             elif outcome.recovery is Recovery.GAVE_UP:
                 if outcome.reason is not None:
-                    await self.send(jp.error_event(outcome.reason))
-                await self.send(jp.stopped_event())
+                    await self.send(je.error_event(outcome.reason))
+                await self.send(je.stopped_event())
         except Exception as send_failure:  # the client is gone too
             logger.debug("could not report a generation failure: %s", send_failure)

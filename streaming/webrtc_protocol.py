@@ -14,6 +14,7 @@ import typing as tp
 from dataclasses import dataclass
 
 from engine.api import Chunk, JamSettings, Placement
+from streaming import jam_events as je
 from streaming import jam_protocol as jp
 from streaming.wire import WireError, load_object
 
@@ -195,13 +196,13 @@ class Controls:
 
     def start(self, params: dict) -> tuple[JamSettings, tp.Optional[int]]:
         _check_names(params, OFFER_PARAMS)
-        command = self.jam.receive_text(jp.encode({"type": "start", "params": params}))
+        command = self.jam.receive_text(je.encode({"type": "start", "params": params}))
         return command.settings, command.seed
 
     def update(self, params: dict) -> jp.Update:
         """Validated new settings; raises ProtocolError naming the field and then nothing has changed."""
         _check_names(params, OFFER_PARAMS)  # a seed gets jam_protocol's own word: set at the start only
-        return self.jam.receive_text(jp.encode({"type": "update", **params}))
+        return self.jam.receive_text(je.encode({"type": "update", **params}))
 
     def receive_text(self, text: str) -> tp.Union[jp.Update, jp.Ping, jp.Stop, Handshake]:
         """One data-channel message: `{"type": "update", ...params}`, `{"type": "ping"}`, `{"type": "stop"}`, or
@@ -229,15 +230,15 @@ class Controls:
 
 # -- data-channel messages out ----------------------------------------------------------------------------------
 def log(data: tp.Any) -> str:
-    return jp.encode({"type": "log", "data": data})
+    return je.encode({"type": "log", "data": data})
 
 
 def warning(text: str) -> str:
-    return jp.encode({"type": "warning", "data": text})
+    return je.encode({"type": "warning", "data": text})
 
 
 def error(text: str) -> str:
-    return jp.encode({"type": "error", "data": text})
+    return je.encode({"type": "error", "data": text})
 
 
 def received(message: str) -> str:
@@ -249,9 +250,9 @@ def received(message: str) -> str:
 def update_acknowledgement(update: jp.Update, placement: Placement, heard_in_seconds: float) -> dict:
     """What changed, the values now in force, and where they start (jam_protocol.placement_fields): about
     `heard_in_seconds` after this message, once the audio already in the track has played."""
-    fields = jp.describe_update(update)
+    fields = je.describe_update(update)
     fields.pop("pace")
-    return {"event": "updated", **fields, **jp.placement_fields(placement, heard_in_seconds)}
+    return {"event": "updated", **fields, **je.placement_fields(placement, heard_in_seconds)}
 
 
 def chunk_log(chunk: Chunk, buffer_seconds: float, underruns: int, notice: tp.Optional[str]) -> str:
