@@ -248,7 +248,7 @@ def received(message: str) -> str:
 
 
 def update_acknowledgement(update: jp.Update, placement: Placement, heard_in_seconds: float) -> dict:
-    """What changed, the values now in force, and where they start (jam_protocol.placement_fields): about
+    """What changed, the values now in force, and where they start (jam_events.placement_fields): about
     `heard_in_seconds` after this message, once the audio already in the track has played."""
     fields = je.describe_update(update)
     fields.pop("pace")
