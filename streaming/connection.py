@@ -44,7 +44,7 @@ class Connection:
         self.supervisor = Supervisor(engine, blocking, registry, self.kind, owner=self, tasks=self.tasks,
                                      on_lost=self.session_lost)
         self.supervisor.pumped(self.send_chunk, self.on_generation_error)
-        self.ended = False  # the client ended its session (stop) or the server gave it up: nothing to hold
+        self.ended = False  # the client ended its session (stop, a close 1000) or the drain did: nothing to hold
         self._send_lock = asyncio.Lock()
         self._idle_since = time.monotonic()
 
