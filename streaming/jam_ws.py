@@ -43,7 +43,7 @@ class JamConnection(Connection):
         self.binary = False
 
     async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
-        bar_start = wants_bar(frame) if self.protocol.state is jp.State.IDLE and self.jam is None else None
+        bar_start = wants_bar(frame) if self.protocol.state is jp.State.IDLE else None
         if bar_start is not None:  # bar mode (streaming.bar_ws) reads the rest of this socket's frames
             await BarSocket(self, self.noise_notice).run(bar_start)
             self.ended = True  # the bar session is the registry's: held or ended by BarSocket

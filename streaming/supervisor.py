@@ -6,7 +6,9 @@ failure on that same slot (a restart must never compete with other clients for a
 lose), holds it for a resume when the connection drops, attaches a held one, and ends it, freeing the slot
 exactly once. Its phase (`Phase`, with every transition in `TRANSITIONS`) is the shells' one answer to "is a
 session playing": a shell keeps no flag of its own. For transports that pump with a `ChunkPump`, the supervisor
-owns the pump too: it stops it before a restart, a hold or an end, and makes the restarted session's.
+owns the pump too: it stops it before a restart, a hold or an end, and makes the restarted session's. While the
+replica drains the registry holds nothing (`SessionRegistry.holding`), so a connection that drops then ends its
+session, and the drain's end closes those held before.
 
 Blocking engine calls (opening, restarting, melody analysis) run on the server's pool for them
 (`ServerConfig.blocking_threads`), never on the event loop's default executor, which encodes a WebRTC peer's Opus
