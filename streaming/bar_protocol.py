@@ -1,5 +1,5 @@
 """Bar mode's wire formats (magenta-retry's `/ws/jam` `mode: "bar"` and its HTTP API), pure: messages and forms
-in, commands and parameters out; the server's events and answers built here. No sockets, no model.
+in, commands and parameters out (the server's events and answers: streaming.bar_events). No sockets, no model.
 
 Field names, defaults and answers are magenta-retry's `app.py` (github betweentwomidnights/magenta-rt): the
 WebSocket's `start` params (`headroom_db`, `target_sr`) and the HTTP forms (`loudness_headroom_db`,
@@ -9,14 +9,15 @@ ordinary 64 KiB limit.
 """
 
 import base64
+import enum
 import math
 import typing as tp
 from dataclasses import dataclass, replace
 
 from engine.api import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STYLES, MAX_TEMPERATURE
 from streaming import audio
-from streaming.bar_source import BarChunk, BarParams
-from streaming.jam_protocol import ProtocolError, encode
+from streaming.bar_source import BarParams
+from streaming.jam_protocol import ProtocolError
 from streaming.wire import WireError, bounded_number, load_object
 
 MAX_AUDIO_MESSAGE_BYTES = 20 * 2**20  # a 30 s 48 kHz stereo 16-bit loop is ~7.7 MB in base64; float WAV twice that
@@ -171,6 +172,48 @@ class Ping:
 Command = tp.Union[Start, Consume, Reseed, ReseedSplice, Update, Stop, Ping]
 
 
+class State(enum.Enum):
+    """A bar-mode socket's state, its transitions all in `SocketProtocol`: IDLE -> STARTED (a session started or
+    attached) -> STOPPED (stop); back to IDLE when the session ends on the server's side (a start refused, a
+    generation that failed for good), so that a new start may come."""
+
+    IDLE = "idle"
+    STARTED = "started"
+    STOPPED = "stopped"
+
+
+class SocketProtocol:
+    """Which commands a bar-mode socket may act on now, and the one session it plays (`session_id`)."""
+
+    def __init__(self) -> None:
+        self.state = State.IDLE
+        self.session_id: tp.Optional[str] = None
+
+    def receive(self, command: Command) -> Command:
+        """The command, if it may be acted on now; ProtocolError (magenta-retry's words) if not."""
+        if isinstance(command, Ping):
+            return command
+        if isinstance(command, Start):
+            if self.state is not State.IDLE:
+                raise ProtocolError("start was already received on this connection; send update to change "
+                                    "parameters")
+            return command
+        if self.state is not State.STARTED:
+            raise ProtocolError("No session_id yet: send start first")
+        if getattr(command, "session_id", None) not in (None, self.session_id):
+            raise ProtocolError(f"Session not found: this socket plays session {self.session_id}")
+        if isinstance(command, Stop):
+            self.state = State.STOPPED
+        return command
+
+    def started(self, session_id: str) -> None:
+        self.state, self.session_id = State.STARTED, session_id
+
+    def session_ended(self) -> None:
+        """The session ended on the server's side: a new start may come."""
+        self.state, self.session_id = State.IDLE, None
+
+
 def is_bar_start(message: dict) -> bool:
     return message.get("type") == "start" and message.get("mode") == "bar"
 
@@ -258,54 +301,3 @@ def form_values(form: tp.Mapping[str, tp.Any], defaults: dict) -> dict:
         elif name not in NUMBERS:
             values[name] = value
     return values
-
-
-# -- server events ---------------------------------------------------------------------------------------------
-def chunk_metadata(chunk: BarChunk, notice: tp.Optional[str] = None) -> dict:
-    """magenta-retry's chunk metadata, stating what was sent."""
-    params = chunk.params
-    clock = params.clock
-    metadata = {"bpm": float(params.bpm), "bars": params.bars_per_chunk, "beats_per_bar": params.beats_per_bar,
-                "sample_rate": chunk.sample_rate, "channels": int(chunk.audio.shape[0]),
-                "total_samples": int(chunk.audio.shape[-1]), "seconds_per_bar": clock.seconds_per_bar,
-                "loop_duration_seconds": params.bars_per_chunk * clock.seconds_per_bar,
-                "guidance_weight": params.guidance_weight, "temperature": params.temperature, "topk": params.topk,
-                "loudness": chunk.loudness}
-    if notice:
-        metadata["notice"] = notice
-    return metadata
-
-
-def chunk_body(chunk: BarChunk, notice: tp.Optional[str] = None) -> dict:
-    """The chunk as magenta-retry's `/jam/next` and the socket's `chunk` carry it."""
-    wav = audio.wav_bytes(chunk.audio, chunk.sample_rate)
-    return {"index": chunk.index, "audio_base64": base64.b64encode(wav).decode(),
-            "metadata": chunk_metadata(chunk, notice)}
-
-
-def chunk_events(chunk: BarChunk, binary: bool, notice: tp.Optional[str] = None) -> list[tp.Union[str, bytes]]:
-    if binary:
-        return [audio.wav_bytes(chunk.audio, chunk.sample_rate),
-                encode({"type": "chunk_meta", "index": chunk.index, "metadata": chunk_metadata(chunk, notice)})]
-    return [encode({"type": "chunk", **chunk_body(chunk, notice)})]
-
-
-def started_event(session_id: str) -> str:
-    return encode({"type": "started", "session_id": session_id, "mode": "bar"})
-
-
-def status_event(**fields: tp.Any) -> str:
-    return encode({"type": "status", **fields})
-
-
-def status_body(bar) -> dict:
-    """`/jam/status` of a running bar session (streaming.bar_jam.BarJam): its indexes and timeline."""
-    params = bar.source.params
-    seconds_per_bar = params.clock.seconds_per_bar
-    return {"running": bar.running, "last_generated_index": bar.generated - 1,
-            "last_delivered_index": bar.delivered - 1, "last_consumed_index": bar.consumed,
-            "buffer_ahead": bar.buffer_ahead, "queued_chunks": len(bar.outbox), "bpm": params.bpm,
-            "beats_per_bar": params.beats_per_bar, "bars_per_chunk": params.bars_per_chunk,
-            "seconds_per_bar": seconds_per_bar, "chunk_duration_seconds": params.bars_per_chunk * seconds_per_bar,
-            "target_sample_rate": params.target_sr, "last_chunk_started_at": bar.last_chunk_started_at,
-            "last_chunk_completed_at": bar.last_chunk_completed_at, "error": bar.failure}

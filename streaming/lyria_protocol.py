@@ -10,6 +10,7 @@ added to every prompt.
 """
 
 import base64
+import enum
 import json
 import typing as tp
 from dataclasses import dataclass, field
@@ -38,6 +39,22 @@ CHUNK_SECONDS = 1.0  # a client that plays all it receives hears a change within
 CLOSE_TRY_AGAIN = 1013  # every session slot is taken
 
 PLAYBACK = ("PLAY", "PAUSE", "STOP", "RESET_CONTEXT")
+
+
+class State(enum.Enum):
+    """A connection's playback state; whether a session exists is `SESSION_STATES`. Transitions, all here:
+    SETUP -> STOPPED (setup); STOPPED -> WAITING (PLAY before prompts) or PLAYING (PLAY, or prompts while
+    WAITING: a session starts); PLAYING <-> PAUSED (PAUSE, PLAY); PLAYING or PAUSED -> STOPPED (STOP, or a
+    generation failure: the session ends); RESET_CONTEXT keeps the state (a fresh context on the same session)."""
+
+    SETUP = "setup"  # nothing but setup may come
+    STOPPED = "stopped"  # no session, no audio wanted
+    WAITING = "waiting"  # PLAY came before prompts: a session starts when they arrive
+    PLAYING = "playing"
+    PAUSED = "paused"  # the session and its position are kept
+
+
+SESSION_STATES = frozenset({State.PLAYING, State.PAUSED})
 
 
 # -- actions for the connection ---------------------------------------------------------------------------------
@@ -107,11 +124,18 @@ class LyriaProtocol:
     session_id: str = ""
     prompts: tp.Optional[Prompts] = None
     config: GenerationConfig = field(default_factory=GenerationConfig)
-    playing: bool = False  # the client wants audio (PLAY until PAUSE or STOP)
-    has_session: bool = False
+    state: State = State.SETUP
     _warned: set = field(default_factory=set)
-    _set_up: bool = False
     _resampler: tp.Optional[StreamingResampler] = None
+
+    @property
+    def playing(self) -> bool:
+        """The client wants audio (PLAY until PAUSE or STOP)."""
+        return self.state in (State.WAITING, State.PLAYING)
+
+    @property
+    def has_session(self) -> bool:
+        return self.state in SESSION_STATES
 
     def receive_bytes(self, data: bytes) -> list[Action]:
         return self.receive_text(data.decode("utf-8", errors="replace"))
@@ -128,7 +152,7 @@ class LyriaProtocol:
         kind = snake(key)
         if kind == "setup":
             return [self._setup(body)]
-        if not self._set_up:
+        if self.state is State.SETUP:
             raise LyriaFatal(f"{key} before setup: the first message must be setup")
         if kind == "client_content":
             return self._client_content(body)
@@ -147,8 +171,7 @@ class LyriaProtocol:
 
     def session_failed(self, error: str) -> list[Action]:
         """Generation failed: the session is gone and playback stops; PLAY starts a fresh one."""
-        self.playing = False
-        self.has_session = False
+        self.state = State.STOPPED
         return [EndSession(), Send((warning(f"generation failed: {error}; send PLAY to start again"),))]
 
     def chunk_message(self, chunk: Chunk) -> str:
@@ -163,7 +186,7 @@ class LyriaProtocol:
 
     # -- state changes ------------------------------------------------------------------------------------------
     def _start(self) -> list[Action]:
-        self.has_session = True
+        self.state = State.PLAYING
         self._resampler = None  # a new session is a new stream: no left context from the old one
         return [StartSession(self.settings(), self.config.seed)]
 
@@ -176,16 +199,22 @@ class LyriaProtocol:
 
     def _playback(self, control: str) -> list[Action]:
         if control == "PLAY":
-            self.playing = True
+            if self.has_session:
+                self.state = State.PLAYING
+                return [ResumeSession()]
             if self.prompts is None:
+                self.state = State.WAITING
                 return [Send((warning("PLAY before weightedPrompts: playback starts when prompts arrive"),))]
-            return [ResumeSession()] if self.has_session else self._start()
+            return self._start()
         if control == "PAUSE":
-            self.playing = False
-            return [PauseSession()] if self.has_session else []
+            if self.has_session:
+                self.state = State.PAUSED
+                return [PauseSession()]
+            self.state = State.STOPPED
+            return []
         if control == "STOP":  # resets the context, keeps prompts and config
             ended = [EndSession()] if self.has_session else []
-            self.has_session = self.playing = False
+            self.state = State.STOPPED
             return ended
         # RESET_CONTEXT: resets without stopping, on the session's own slot
         if self.has_session:
@@ -194,11 +223,11 @@ class LyriaProtocol:
         return self._start() if self.playing and self.prompts is not None else []
 
     def _setup(self, body: tp.Any) -> Send:
-        if self._set_up:
+        if self.state is not State.SETUP:
             raise LyriaFatal("setup was already received; it must be sent once, first")
         if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
             raise LyriaFatal("setup.model must name a model, e.g. models/lyria-realtime-exp")
-        self._set_up = True
+        self.state = State.STOPPED
         return Send((json.dumps({"setupComplete": {"sessionId": self.session_id} if self.session_id else {}}),))
 
     def _client_content(self, body: tp.Any) -> list[Action]:
