@@ -224,6 +224,7 @@ def _g(bound: float) -> str:
 
 
 def _bounds(info: tp.Optional[FieldInfo]) -> tp.Optional[str]:
+    """"within [0, 10]", or one end alone with the kind ("a number >= 0")."""
     low = high = None
     low_open = False
     for c in _constraints(info):
@@ -235,10 +236,11 @@ def _bounds(info: tp.Optional[FieldInfo]) -> tp.Optional[str]:
             high = c.le
     if low is None and high is None:
         return None
+    kind = "an integer" if _inner(info.annotation) is int else "a number"
     if high is None:
-        return f"{'>' if low_open else '>='} {_g(low)}"
+        return f"{kind} {'>' if low_open else '>='} {_g(low)}"
     if low is None:
-        return f"<= {_g(high)}"
+        return f"{kind} <= {_g(high)}"
     return f"within {'(' if low_open else '['}{_g(low)}, {_g(high)}]"
 
 
@@ -265,8 +267,10 @@ def _sentence(detail: dict, name: str, info: tp.Optional[FieldInfo]) -> str:
         return f"{name} must be a string"
     if kind == "string_too_long":
         return f"{name} is longer than {ctx.get('max_length')} characters"
-    if kind in ("literal_error", "enum"):
+    if kind == "literal_error":
         return f"{name} must be one of {ctx.get('expected')}, got {_shown(value)}"
+    if kind == "enum":
+        return f"{name} {_shown(value)} is not a {_inner(info.annotation).__name__ if info else 'known'} value"
     if kind in ("dict_type", "model_type", "dataclass_type", "model_attributes_type"):
         return f"{name} must be an object"
     if kind in ("list_type", "tuple_type"):
