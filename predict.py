@@ -89,7 +89,7 @@ class Predictor(BaseRunner):
     ) -> Path:
         self._remove_previous_output()
         try:
-            request = BatchRequest.of(
+            request = BatchRequest(
                 prompt=prompt, input_audio=input_audio, duration=duration, continuation=continuation,
                 continuation_start=continuation_start, continuation_end=continuation_end,
                 multi_band_diffusion=multi_band_diffusion, normalization_strategy=normalization_strategy,

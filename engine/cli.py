@@ -47,7 +47,7 @@ def main() -> None:
         parser.error(f"--out must end in one of: {', '.join('.' + f for f in OUTPUT_FORMATS)}")
     engine = Engine.load(args.weights, config=EngineConfig.from_env())
     try:
-        request = BatchRequest.of(
+        request = BatchRequest(
             prompt=args.prompt, input_audio=args.input_audio, duration=args.duration, continuation=args.continuation,
             continuation_start=args.continuation_start, continuation_end=args.continuation_end,
             multi_band_diffusion=args.multi_band_diffusion, normalization_strategy=args.normalization_strategy,

@@ -10,6 +10,7 @@ the words the protocols have always used ("temperature must be within [0, 10], g
 pydantic's own dump.
 """
 
+import functools
 import typing as tp
 from pathlib import Path
 
@@ -88,6 +89,30 @@ class RequestError(ValueError):
 
 
 # -- the engine's models ----------------------------------------------------------------------------------------
+Model = tp.TypeVar("Model", bound=type)
+
+
+def answers_with(error: type[ValueError]) -> tp.Callable[[Model], Model]:
+    """A pydantic dataclass whose construction raises `error`, `describe`d (the field named in one sentence),
+    in place of pydantic's own report: its text may reach a client."""
+
+    def wrap(cls: Model) -> Model:
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self, *args: tp.Any, **kwargs: tp.Any) -> None:
+            try:
+                init(self, *args, **kwargs)
+            except ValidationError as exc:
+                raise error(describe(exc, cls)) from None
+
+        cls.__init__ = __init__
+        return cls
+
+    return wrap
+
+
+@answers_with(ValueError)
 @dataclass(frozen=True, config=STRICT)
 class SamplingParams:
     """How a stream samples; validated on construction, so every one that exists gives finite audio."""
@@ -98,10 +123,12 @@ class SamplingParams:
     guidance: Guidance = 3.0
 
 
+@answers_with(RequestError)
 @dataclass(frozen=True, config=STRICT)
 class BatchRequest:
     """The Replicate inputs as plain values (no Cog types, so the engine does not depend on Cog), validated on
-    construction by the rules predict.py's schema shows; engine.batch.prepare checks what needs the model."""
+    construction by the rules predict.py's schema shows (RequestError names the input); engine.batch.prepare
+    checks what needs the model."""
 
     prompt: tp.Optional[StyleText] = None
     input_audio: tp.Annotated[tp.Optional[Path], Field(strict=False)] = None  # a path, as str or Path
@@ -117,14 +144,6 @@ class BatchRequest:
     classifier_free_guidance: Guidance = 3.0
     output_format: OutputFormat = "wav"
     seed: tp.Optional[Seed] = None
-
-    @classmethod
-    def of(cls, **inputs: tp.Any) -> "BatchRequest":
-        """A request from a caller's inputs; RequestError names the first input that breaks its rule."""
-        try:
-            return cls(**inputs)
-        except ValidationError as exc:
-            raise RequestError(describe(exc, cls)) from None
 
     @property
     def sampling(self) -> SamplingParams:
