@@ -14,7 +14,6 @@ import functools
 import typing as tp
 from pathlib import Path
 
-import annotated_types as at
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
@@ -246,12 +245,12 @@ def _bounds(info: tp.Optional[FieldInfo]) -> tp.Optional[str]:
     """"within [0, 10]", or one end alone with the kind ("a number >= 0")."""
     low = high = None
     low_open = False
-    for c in _constraints(info):
-        if isinstance(c, at.Ge):
+    for c in _constraints(info):  # annotated_types' Ge, Gt and Le, as pydantic keeps them
+        if getattr(c, "ge", None) is not None:
             low = c.ge
-        elif isinstance(c, at.Gt):
+        elif getattr(c, "gt", None) is not None:
             low, low_open = c.gt, True
-        elif isinstance(c, at.Le):
+        elif getattr(c, "le", None) is not None:
             high = c.le
     if low is None and high is None:
         return None
