@@ -25,6 +25,7 @@ MAX_TEMPERATURE = 10.0  # beyond it every token is as likely as any other: noise
 MAX_GUIDANCE = 20.0  # beyond it the guided logits overflow into noise
 MAX_TOP_K = 2048  # the codebooks' size (the Replicate schema's bound; the streaming protocols' too)
 MAX_SEED = 2**32 - 1  # a torch seed; -1 (or none) asks for a random one
+MAX_INT32 = 2**31 - 1  # the seeds of Lyria and of the gary plugins are 32-bit signed integers
 MAX_DURATION_SECONDS = 300  # a batch prediction, by windowed extension beyond 30 s
 MAX_RAMP_SECONDS = 60.0  # a glide of the styles (engine.steering)
 MAX_CHUNK_SECONDS = 10.0  # a jam session's chunk

@@ -71,7 +71,7 @@ class GenerationConfig(LyriaModel):
 
     temperature: rules.number(0.0, 3.0) = 1.1
     top_k: rules.integer(1, 1000) = 40
-    seed: tp.Optional[rules.integer(0, 2**31 - 1)] = None  # None: the server picks one
+    seed: tp.Optional[rules.integer(0, rules.MAX_INT32)] = None  # None: the server picks one
     guidance: rules.number(0.0, 6.0) = 4.0
     bpm: tp.Optional[rules.integer(60, 200)] = None
     density: tp.Optional[rules.number(0.0, 1.0)] = None

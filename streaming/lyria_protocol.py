@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from pydantic.alias_generators import to_snake
 
-from engine.api import MAX_STYLES, Chunk, JamSettings
+from engine.api import Chunk, JamSettings
+from engine.api import params as rules
 from streaming.audio import StreamingResampler, pcm16_bytes
 from streaming.lyria_config import (
     CLOSE_INVALID,
@@ -214,9 +215,11 @@ class LyriaProtocol:
             weights.append(prompt.weight)
         if texts and sum(weights) <= 0:
             raise LyriaFatal("clientContent.weightedPrompts: weights are all zero; give at least one weight > 0")
-        if len(texts) > MAX_STYLES:
-            raise LyriaFatal(f"clientContent.weightedPrompts: {len(texts)} prompts, at most {MAX_STYLES} can be "
-                             "blended")
+        if texts:  # as many as a session blends (engine.params.Styles)
+            try:
+                rules.checked(rules.Styles, tuple(texts), "clientContent.weightedPrompts")
+            except ValueError as exc:
+                raise LyriaFatal(str(exc)) from None
         if not texts:
             messages.append(warning("no usable prompt: the previous prompts stay in force"))
             return [Send(tuple(messages))]
