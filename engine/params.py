@@ -14,7 +14,7 @@ import functools
 import typing as tp
 from pathlib import Path
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
@@ -90,6 +90,7 @@ class RequestError(ValueError):
 
 # -- the engine's models ----------------------------------------------------------------------------------------
 Model = tp.TypeVar("Model", bound=type)
+ModelT = tp.TypeVar("ModelT", bound=BaseModel)
 
 
 def answers_with(error: type[ValueError]) -> tp.Callable[[Model], Model]:
@@ -151,18 +152,35 @@ class BatchRequest:
                               guidance=self.classifier_free_guidance)
 
 
+class ParamError(ValueError):
+    """Fields that break their rules: the text names the first; `unknown` lists the names a model with
+    `extra="forbid"` refused, for the protocol's own wording of that."""
+
+    def __init__(self, text: str, unknown: tp.Sequence[str] = ()) -> None:
+        super().__init__(text)
+        self.unknown = list(unknown)
+
+
+def validate(model: type[ModelT], raw: tp.Any, prefix: str = "", by_alias: bool = False) -> ModelT:
+    """`raw` as `model`; ParamError `describe`s what is wrong (see `describe` for `prefix` and `by_alias`)."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamError(describe(exc, model, prefix, by_alias), unknown_fields(exc)) from None
+
+
 # -- one value checked alone --------------------------------------------------------------------------------------
 _adapters: dict[int, tuple[tp.Any, TypeAdapter]] = {}
 
 
 def checked(kind: tp.Any, value: tp.Any, name: str) -> tp.Any:
-    """`value` validated as `kind` (one of the types above); ValueError `describe`s what is wrong, naming `name`."""
+    """`value` validated as `kind` (one of the types above); ParamError `describe`s what is wrong, naming `name`."""
     if id(kind) not in _adapters:  # the kinds are module constants: one adapter each, kept with its kind
         _adapters[id(kind)] = (kind, TypeAdapter(kind, config=STRICT))
     try:
         return _adapters[id(kind)][1].validate_python(value)
     except ValidationError as exc:
-        raise ValueError(describe(exc, kind, prefix=name)) from None
+        raise ParamError(describe(exc, kind, prefix=name)) from None
 
 
 def limits(kind: tp.Any, cast: tp.Callable[[tp.Any], tp.Any] = lambda bound: bound) -> dict[str, tp.Any]:
@@ -270,39 +288,34 @@ def _shown(value: tp.Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+_INTEGER = "{name} must be an integer, got {shown}"
+_NUMBER = "{name} must be a number, got {shown}"
+_OBJECT = "{name} must be an object"
+_SENTENCES = {  # pydantic's error type -> the sentence a client reads
+    "int_type": _INTEGER, "int_from_float": _INTEGER, "int_parsing": _INTEGER,
+    "float_type": _NUMBER, "float_parsing": _NUMBER, "finite_number": _NUMBER,
+    "bool_type": "{name} must be true or false", "string_type": "{name} must be a string",
+    "string_too_long": "{name} is longer than {max_length} characters",
+    "literal_error": "{name} must be one of {expected}, got {shown}",
+    "dict_type": _OBJECT, "model_type": _OBJECT, "dataclass_type": _OBJECT, "model_attributes_type": _OBJECT,
+    "list_type": "{name} must be a list", "tuple_type": "{name} must be a list",
+    "too_long": "{name}: {actual_length} given; at most {max_length}",
+    "too_short": "{name}: at least {min_length} needed",
+    "missing": "{name} is required", "extra_forbidden": "unknown field {name}",
+}
+_RANGES = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
 def _sentence(detail: dict, name: str, info: tp.Optional[FieldInfo]) -> str:
     kind, value, ctx = detail["type"], detail.get("input"), detail.get("ctx") or {}
     huge = isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_EXACT_INTEGER
     bounds = _bounds(info)
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") or (huge and bounds):
+    if kind in _RANGES or (huge and bounds):
         return f"{name} must be {bounds}, got {_shown(value) if huge else value}"
-    if kind in ("int_type", "int_from_float", "int_parsing"):
-        return f"{name} must be an integer, got {_shown(value)}"
-    if kind in ("float_type", "float_parsing", "finite_number"):
-        return f"{name} must be a number, got {_shown(value)}"
-    if kind == "bool_type":
-        return f"{name} must be true or false"
-    if kind == "string_type":
-        return f"{name} must be a string"
-    if kind == "string_too_long":
-        return f"{name} is longer than {ctx.get('max_length')} characters"
-    if kind == "literal_error":
-        return f"{name} must be one of {ctx.get('expected')}, got {_shown(value)}"
     if kind == "enum":
         return f"{name} {_shown(value)} is not a {_inner(info.annotation).__name__ if info else 'known'} value"
-    if kind in ("dict_type", "model_type", "dataclass_type", "model_attributes_type"):
-        return f"{name} must be an object"
-    if kind in ("list_type", "tuple_type"):
-        return f"{name} must be a list"
-    if kind == "too_long":
-        return f"{name}: {ctx.get('actual_length')} given; at most {ctx.get('max_length')}"
-    if kind == "too_short":
-        return f"{name}: at least {ctx.get('min_length')} needed"
-    if kind == "missing":
-        return f"{name} is required"
-    if kind == "extra_forbidden":
-        return f"unknown field {name}"
     if kind == "value_error":  # a validator's own sentence, which names its field itself
         return str(ctx.get("error", detail["msg"]))
+    if kind in _SENTENCES:
+        return _SENTENCES[kind].format(name=name, shown=_shown(value), **ctx)
     return f"{name}: {detail['msg']}"
-

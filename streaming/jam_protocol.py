@@ -10,7 +10,7 @@ import json
 import typing as tp
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from engine.api import Chunk, JamSettings, Placement, SamplingParams
 from engine.api import params as rules
@@ -141,12 +141,10 @@ def _checked(kind: tp.Any, value: tp.Any, name: str) -> tp.Any:
 def parse_params(params: dict) -> JamParams:
     """A parameter dict as the model; ProtocolError names the first field that breaks its rule."""
     try:
-        return JamParams.model_validate(params)
-    except ValidationError as exc:
-        unknown = rules.unknown_fields(exc)
-        if unknown:
-            raise ProtocolError(f"unknown parameter(s): {', '.join(sorted(unknown))}") from None
-        raise ProtocolError(rules.describe(exc, JamParams)) from None
+        return rules.validate(JamParams, params)
+    except rules.ParamError as exc:
+        unknown = f"unknown parameter(s): {', '.join(sorted(exc.unknown))}"
+        raise ProtocolError(unknown if exc.unknown else str(exc)) from None
 
 
 def settings_from(params: dict) -> tuple[JamSettings, str]:

@@ -12,7 +12,7 @@ import enum
 import typing as tp
 from dataclasses import dataclass
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from engine.api import SamplingParams
@@ -132,12 +132,9 @@ def parse(model: type[LyriaModel], raw: tp.Any, name: str) -> tp.Any:
     if not isinstance(raw, dict):
         raise LyriaFatal(f"{name} must be an object")
     try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        unknown = rules.unknown_fields(exc)
-        if unknown:
-            raise LyriaFatal(f"{name} has unknown field {unknown[0]}") from None
-        raise LyriaFatal(rules.describe(exc, model, prefix=name, by_alias=True)) from None
+        return rules.validate(model, raw, prefix=name, by_alias=True)
+    except rules.ParamError as exc:
+        raise LyriaFatal(f"{name} has unknown field {exc.unknown[0]}" if exc.unknown else str(exc)) from None
 
 
 def parse_config(raw: tp.Any) -> GenerationConfig:
