@@ -10,41 +10,16 @@ import json
 import typing as tp
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict
-
-from engine.api import Chunk, JamSettings, Placement, SamplingParams
+from engine.api import Chunk, JamSettings, Placement
 from engine.api import params as rules
 from streaming import audio
+from streaming.jam_params import DEFAULTS, PROTOCOL_FRAME_RATE, JamParams, parse_params, settings_of
+from streaming.jam_params import settings_from as settings_from  # the parameters alone, for callers without a socket
 from streaming.wire import WireError, load_object
 
-PROTOCOL_FRAME_RATE = 25.0
 MAX_MELODY_MESSAGE_BYTES = 1000 * 1024  # a melody message carries an audio file; others stay under 64 KiB
-MAX_DECODE_FRAMES = 50
-PACES = ("realtime", "asap")
 FROM_CHUNK = rules.integer(0, rules.MAX_EXACT_INTEGER)
 SettingsCheck = tp.Callable[[JamSettings], None]  # the engine's own check (e.g. prompt length in tokens)
-
-
-class JamParams(BaseModel):
-    """A session's parameters as `start` and `update` name them, with the seed's defaults; an unknown name is
-    refused (a typo would otherwise be silently ignored). Styles and weights are the protocol's comma-separated
-    strings, read by `_styles`."""
-
-    model_config = ConfigDict(**rules.STRICT, extra="forbid", frozen=True)
-
-    styles: str = "warmup"
-    style_weights: tp.Optional[str] = None  # None or "": equal weights
-    temperature: rules.Temperature = 1.1
-    topk: rules.integer(1, rules.MAX_TOP_K) = 40  # at least the most likely token
-    guidance_weight: rules.Guidance = 3.0
-    pace: tp.Literal[PACES] = "asap"
-    max_decode_frames: rules.integer(1, MAX_DECODE_FRAMES) = MAX_DECODE_FRAMES
-    seed: tp.Optional[rules.Seed] = None  # None or -1: the server picks one; start only
-    style_ramp_seconds: rules.RampSeconds = 0.0
-
-
-PARAMS = tuple(JamParams.model_fields)
-DEFAULTS = JamParams().model_dump(exclude={"style_weights", "seed"})
 
 
 class State(enum.Enum):
@@ -111,56 +86,6 @@ class RecordingRequest:
 Command = tp.Union[Start, Update, Stop, Ping, Melody, Attach, RecordingRequest]
 
 
-def _styles(params: JamParams) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """The comma-separated styles and weights, checked by the engine's rules (engine.params.Styles)."""
-    styles = tuple(s.strip() for s in params.styles.split(",") if s.strip())
-    if not styles:
-        raise ProtocolError("styles is empty: name at least one style")
-    _checked(rules.Styles, styles, "styles")
-    if not params.style_weights:
-        return styles, tuple(1.0 for _ in styles)
-    try:
-        weights = tuple(float(w) for w in params.style_weights.split(","))
-    except ValueError:
-        raise ProtocolError(f"style_weights must be comma-separated numbers, got {params.style_weights!r}") from None
-    if len(weights) != len(styles):
-        raise ProtocolError(f"style_weights has {len(weights)} values for {len(styles)} styles")
-    _checked(rules.StyleWeights, weights, "style_weights")
-    if sum(weights) <= 0:
-        raise ProtocolError("style_weights are all zero: at least one style needs weight")
-    return styles, weights
-
-
-def _checked(kind: tp.Any, value: tp.Any, name: str) -> tp.Any:
-    try:
-        return rules.checked(kind, value, name)
-    except ValueError as exc:
-        raise ProtocolError(str(exc)) from None
-
-
-def parse_params(params: dict) -> JamParams:
-    """A parameter dict as the model; ProtocolError names the first field that breaks its rule."""
-    try:
-        return rules.validate(JamParams, params)
-    except rules.ParamError as exc:
-        unknown = f"unknown parameter(s): {', '.join(sorted(exc.unknown))}"
-        raise ProtocolError(unknown if exc.unknown else str(exc)) from None
-
-
-def settings_from(params: dict) -> tuple[JamSettings, str]:
-    """Validated session settings and pace from a parameter dict (absent ones take the defaults)."""
-    model = parse_params(params)
-    return settings_of(model), model.pace
-
-
-def settings_of(model: JamParams) -> JamSettings:
-    styles, weights = _styles(model)
-    sampling = SamplingParams(temperature=model.temperature, top_k=model.topk, guidance=model.guidance_weight)
-    return JamSettings(styles=styles, weights=weights, params=sampling,
-                       chunk_seconds=model.max_decode_frames / PROTOCOL_FRAME_RATE,
-                       ramp_seconds=model.style_ramp_seconds)
-
-
 class JamProtocol:
     """One connection's protocol state: idle -> started -> stopped (and back to idle when the session ends
     without a stop, e.g. after generation failed for good). `check_settings` is the engine's validation of what
@@ -176,9 +101,10 @@ class JamProtocol:
         self.state = State.IDLE
 
     def _validated(self, params: dict) -> tuple[JamParams, JamSettings]:
-        model = parse_params(params)
-        settings = settings_of(model)
+        """The parameters by their rules (streaming.jam_params), then by the engine's check."""
         try:
+            model = parse_params(params)
+            settings = settings_of(model)
             self.check_settings(settings)
         except ValueError as exc:
             raise ProtocolError(str(exc)) from None
@@ -244,7 +170,10 @@ class JamProtocol:
         if "session_id" in message:  # attach to a held session: its parameters stay those in force
             from_chunk = message.get("from_chunk")
             if from_chunk is not None:
-                from_chunk = _checked(FROM_CHUNK, from_chunk, "from_chunk")
+                try:
+                    from_chunk = rules.checked(FROM_CHUNK, from_chunk, "from_chunk")
+                except ValueError as exc:
+                    raise ProtocolError(str(exc)) from None
             return Attach(session_id=message["session_id"], from_chunk=from_chunk, binary_audio=binary)
         params = message.get("params", {})
         if not isinstance(params, dict):

@@ -16,6 +16,7 @@ from engine.params import BatchRequest, RequestError, SamplingParams
 from engine.settings import JamSettings
 from streaming import bar_protocol as bp
 from streaming import gary_protocol as gp
+from streaming import jam_params
 from streaming import jam_protocol as jp
 from streaming import lyria_config as lc
 from streaming import lyria_protocol as lp
@@ -162,7 +163,7 @@ def test_lyria_prompts_read_camel_and_snake_case():
 
 
 # -- random JSON: the parsers answer only with the protocol's error -------------------------------------------
-NAMES = st.sampled_from([*jp.PARAMS, "type", "params", "volume", "session_id", "binary_audio", "from_chunk"])
+NAMES = st.sampled_from([*jam_params.PARAMS, "type", "params", "volume", "session_id", "binary_audio", "from_chunk"])
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
                     st.sampled_from(["jazz, rock", "1,0", "realtime", "asap", "1e400", ""]))
