@@ -205,3 +205,25 @@ def test_random_lyria_config_and_prompts_raise_only_lyria_fatal(config, prompts)
             protocol.receive_text(_text(message))
         except lp.LyriaFatal as exc:
             assert exc.reason and "validation error" not in exc.reason
+
+
+BAR_NAMES = st.sampled_from([*bp.WS_DEFAULTS, "seed", "volume"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(params=st.dictionaries(BAR_NAMES, VALUES, max_size=6), changes=st.dictionaries(BAR_NAMES, VALUES, max_size=3))
+def test_random_bar_start_and_update_raise_only_the_protocol_error(params, changes):
+    message = {"type": "start", "mode": "bar", "loop_audio_b64": "UklGRg==", "params": params}
+    try:
+        start = bp.command(bp.load(_text(message)))
+        bp.updated(bp.bar_params(start.raw_params, loop_rate=44100), changes)
+    except jp.ProtocolError as exc:
+        assert str(exc) and "validation error" not in str(exc)
+
+
+def test_a_nested_field_is_named_by_its_path():
+    protocol = lp.LyriaProtocol()
+    protocol.receive_text(json.dumps({"setup": {"model": "m"}}))
+    message = {"clientContent": {"weightedPrompts": [{"text": "a"}, {"text": ["b"], "weight": 1}]}}
+    with pytest.raises(lp.LyriaFatal, match=r"^clientContent\.weightedPrompts\[1\]\.text must be a string"):
+        protocol.receive_text(json.dumps(message))
