@@ -21,8 +21,9 @@ from pydantic.fields import FieldInfo
 from engine.audio import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS
 from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
 
-MAX_TEMPERATURE = 10.0  # beyond it every token is as likely as any other: noise
-MAX_GUIDANCE = 20.0  # beyond it the guided logits overflow into noise
+# the ranges in which every value gives finite audio
+MAX_TEMPERATURE = 10.0
+MAX_GUIDANCE = 20.0
 MAX_TOP_K = 2048  # the codebooks' size (the Replicate schema's bound; the streaming protocols' too)
 MAX_SEED = 2**32 - 1  # a torch seed; -1 (or none) asks for a random one
 MAX_INT32 = 2**31 - 1  # the seeds of Lyria and of the gary plugins are 32-bit signed integers
@@ -84,6 +85,15 @@ NormalizationStrategy = tp.Literal[NORMALIZATION_STRATEGIES]
 OutputFormat = tp.Literal[OUTPUT_FORMATS]
 
 
+class ParamError(ValueError):
+    """Fields that break their rules: the text names the first; `unknown` lists the names a model with
+    `extra="forbid"` refused, for the protocol's own wording of that."""
+
+    def __init__(self, text: str, unknown: tp.Sequence[str] = ()) -> None:
+        super().__init__(text)
+        self.unknown = list(unknown)
+
+
 class RequestError(ValueError):
     """A request the model cannot serve; the message names the input to change."""
 
@@ -113,7 +123,7 @@ def answers_with(error: type[ValueError]) -> tp.Callable[[Model], Model]:
     return wrap
 
 
-@answers_with(ValueError)
+@answers_with(ParamError)
 @dataclass(frozen=True, config=STRICT)
 class SamplingParams:
     """How a stream samples; validated on construction, so every one that exists gives finite audio."""
@@ -150,15 +160,6 @@ class BatchRequest:
     def sampling(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                               guidance=self.classifier_free_guidance)
-
-
-class ParamError(ValueError):
-    """Fields that break their rules: the text names the first; `unknown` lists the names a model with
-    `extra="forbid"` refused, for the protocol's own wording of that."""
-
-    def __init__(self, text: str, unknown: tp.Sequence[str] = ()) -> None:
-        super().__init__(text)
-        self.unknown = list(unknown)
 
 
 def validate(model: type[ModelT], raw: tp.Any, prefix: str = "", by_alias: bool = False) -> ModelT:
