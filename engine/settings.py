@@ -1,5 +1,6 @@
 """What a client can steer in a jam session, validated on construction so a bad update never reaches a stream."""
 
+import math
 import typing as tp
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ class JamSettings:
             raise ValueError(f"{len(self.weights)} style weights for {len(self.styles)} styles")
         if sum(self.weights) <= 0:
             raise ValueError("style weights must not all be zero")
+        if not math.isfinite(sum(self.weights)):  # each is finite, their sum may not be: none could be normalised
+            raise ValueError("style weights are too large: their sum is not a finite number")
         checked(ChunkSeconds, self.chunk_seconds, "chunk_seconds")
         checked(RampSeconds, self.ramp_seconds, "ramp_seconds")
 

@@ -116,6 +116,8 @@ def test_engine_models_are_valid_whenever_they_exist():
     with pytest.raises(ValueError, match="chunk_seconds must be within \\(0, 10\\]"):
         JamSettings(styles=("a",), weights=(1.0,), chunk_seconds=0.0)
     assert JamSettings(styles=["a"], weights=[1]).styles == ("a",)  # lists are read as tuples
+    with pytest.raises(jp.ProtocolError, match="style weights are too large"):  # each finite, not their sum
+        jp.JamProtocol().receive_text(jam_start(styles="a, b", style_weights="1e308,1e308"))
 
 
 def test_cogs_schema_shows_the_bounds_of_the_one_model():
