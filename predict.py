@@ -11,16 +11,15 @@ import typing as tp
 from cog import BaseRunner, CancelationException, Input, Path, concurrent, current_scope
 
 from engine.api import (
-    MAX_DURATION_SECONDS,
-    MAX_GUIDANCE,
     MAX_PROMPT_CHARS,
-    MAX_TEMPERATURE,
+    MAX_TOP_K,
     NORMALIZATION_STRATEGIES,
     OUTPUT_FORMATS,
     BatchRequest,
     Engine,
     EngineConfig,
     RequestError,
+    params,
 )
 from streaming.audio import write_output
 from streaming.config import ServerConfig
@@ -63,49 +62,50 @@ class Predictor(BaseRunner):
                         "generated music will be a continuation of the audio file. Otherwise, the generated music "
                         "will mimic the audio file's melody.",
             default=None),
-        duration: int = Input(description="Duration of the generated audio in seconds.", default=8, ge=1,
-                              le=MAX_DURATION_SECONDS),
+        duration: int = Input(description="Duration of the generated audio in seconds.", default=8,
+                              **params.limits(params.Duration)),
         continuation: bool = Input(
             description="If `True`, generated music will continue `melody`. Otherwise, generated music will mimic "
                         "`audio_input`'s melody.",
             default=False),
         continuation_start: int = Input(description="Start time of the audio file to use for continuation.",
-                                        default=0, ge=0),
+                                        default=0, **params.limits(params.ContinuationStart)),
         continuation_end: tp.Optional[int] = Input(
             description="End time of the audio file to use for continuation. If -1 or None, will default to the "
                         "end of the audio clip.",
-            default=None, ge=-1),
+            default=None, **params.limits(params.ContinuationEnd)),
         multi_band_diffusion: bool = Input(
             description="If `True`, the EnCodec tokens will be decoded with MultiBand Diffusion.", default=False),
         normalization_strategy: str = Input(description="Strategy for normalizing audio.", default="loudness",
                                             choices=list(NORMALIZATION_STRATEGIES)),
-        top_k: int = Input(description="Reduces sampling to the k most likely tokens.", default=250, ge=0, le=2048),
+        top_k: int = Input(description="Reduces sampling to the k most likely tokens.", default=250,
+                          **params.limits(params.TopK), le=MAX_TOP_K),
         top_p: float = Input(
             description="Reduces sampling to tokens with cumulative probability of p. When set to `0` (default), "
                         "top_k sampling is used.",
-            default=0.0, ge=0.0, le=1.0),
+            default=0.0, **params.limits(params.TopP)),
         temperature: float = Input(
             description="Controls the 'conservativeness' of the sampling process. Higher temperature means more "
                         "diversity.",
-            default=1.0, ge=0.0, le=MAX_TEMPERATURE),
+            default=1.0, **params.limits(params.Temperature)),
         classifier_free_guidance: int = Input(
             description="Increases the influence of inputs on the output. Higher values produce lower-varience "
                         "outputs that adhere more closely to inputs.",
-            default=3, ge=0, le=int(MAX_GUIDANCE)),
+            default=3, **params.limits(params.Guidance, int)),
         output_format: str = Input(description="Output format for generated audio.", default="wav",
                                    choices=list(OUTPUT_FORMATS)),
         seed: tp.Optional[int] = Input(
             description="Seed for random number generator. If None or -1, a random seed will be used.",
-            default=None, ge=-1, le=2**32 - 1),
+            default=None, **params.limits(params.Seed)),
     ) -> Path:
-        request = BatchRequest(
-            prompt=prompt, input_audio=input_audio, duration=duration, continuation=continuation,
-            continuation_start=continuation_start, continuation_end=continuation_end,
-            multi_band_diffusion=multi_band_diffusion, normalization_strategy=normalization_strategy,
-            top_k=top_k, top_p=top_p, temperature=temperature, classifier_free_guidance=classifier_free_guidance,
-            output_format=output_format, seed=seed)
         self._remove_old_outputs()
         try:
+            request = BatchRequest(
+                prompt=prompt, input_audio=input_audio, duration=duration, continuation=continuation,
+                continuation_start=continuation_start, continuation_end=continuation_end,
+                multi_band_diffusion=multi_band_diffusion, normalization_strategy=normalization_strategy,
+                top_k=top_k, top_p=top_p, temperature=temperature, classifier_free_guidance=classifier_free_guidance,
+                output_format=output_format, seed=seed)
             job = await asyncio.to_thread(self.engine.generate, request)  # decodes input audio: off the loop
         except RequestError as exc:
             raise ValueError(str(exc)) from None

@@ -1,7 +1,8 @@
-"""What the engine serves at once and the bounds on what callers may ask of it: read here, and only here.
+"""What the engine serves at once (sessions, styles, rows) and the sizes of what it takes in: read here, and only
+here, so the decoder is sized from the same numbers every transport is held to.
 
-Every transport (Cog predictions, /ws/jam, Lyria, WebRTC) gets its limits from this module, so a limit changed
-here is a limit changed everywhere, and the decoder is sized from the same numbers.
+The rules of each parameter (ranges of temperature, guidance, seeds, durations...) are engine/params.py's; it
+reads MAX_STYLES and MAX_PROMPT_CHARS from here.
 """
 
 import os

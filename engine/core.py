@@ -21,15 +21,16 @@ import torch
 
 from engine import batch, conditions, prediction
 from engine.admission import PredictionSlots
-from engine.config import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, EngineConfig
+from engine.config import MAX_PROMPT_TOKENS, EngineConfig
 from engine.jam import JamSession, JamSettings
 from engine.melody import WINDOW_SECONDS, Piece, melody_pieces, prefix_steps
 from engine.model import LoadedModel, load_model
+from engine.params import SamplingParams, StyleText, checked
 from engine.precision import choose_weight_format
 from engine.render import Rendering
 from engine.scheduler import Scheduler
 from engine.static_step import choose_step_mode
-from engine.streams import Conditioning, SamplingParams, Stream, new_stream
+from engine.streams import Conditioning, Stream, new_stream
 from engine.worker import EngineUnavailable, Worker
 
 logger = logging.getLogger(__name__)
@@ -130,8 +131,7 @@ class Engine:
 
     def check_prompt(self, text: str) -> None:
         """Raises ValueError when the text conditioner cannot take `text` whole."""
-        if len(text) > MAX_PROMPT_CHARS:
-            raise ValueError(f"{len(text)} characters; at most {MAX_PROMPT_CHARS} are accepted")
+        checked(StyleText, text, "the text")  # the cheap bound first (engine.params), then the tokens
         tokens = conditions.count_tokens(self.model.musicgen.lm, text)
         if tokens > MAX_PROMPT_TOKENS:
             raise ValueError(f"{tokens} text tokens; the text encoder takes at most {MAX_PROMPT_TOKENS}: shorten it")

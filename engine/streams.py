@@ -13,40 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.params import SamplingParams
 from engine.pattern import DelayedFrames
 from engine.sampling import RowSettings
 from engine.steering import Ramp
-
-MAX_TEMPERATURE = 10.0
-MAX_GUIDANCE = 20.0
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    guidance: float = 3.0
-
-    def validate(self) -> None:
-        """The ranges in which every value gives finite audio (the schema and the protocols state the same)."""
-        if not 0 <= self.temperature <= MAX_TEMPERATURE:
-            raise ValueError(f"temperature must be within [0, {MAX_TEMPERATURE:g}] (0 decodes greedily)")
-        if self.top_k < 0:
-            raise ValueError("top_k must be >= 0")
-        if not 0 <= self.top_p <= 1:
-            raise ValueError("top_p must be within [0, 1]")
-        if not 0 <= self.guidance <= MAX_GUIDANCE:
-            raise ValueError(f"guidance must be within [0, {MAX_GUIDANCE:g}]")
-
-
-def normalized_weights(weights: tp.Sequence[float]) -> list[float]:
-    if any(w < 0 for w in weights):
-        raise ValueError("style weights must be >= 0")
-    total = float(sum(weights))
-    if total <= 0:
-        raise ValueError("style weights must not all be zero")
-    return [w / total for w in weights]
 
 
 @dataclass
@@ -180,7 +150,6 @@ def new_stream(lm, conditioning: Conditioning, params: SamplingParams, seed: int
                target_frames: tp.Optional[int] = None, melody: tp.Optional[torch.Tensor] = None) -> Stream:
     """A stream ready for the scheduler; `prompt` [K, P] are audio tokens to continue from, `melody` a chroma
     prefix (engine.melody) on melody models."""
-    params.validate()
     delays = list(lm.pattern_provider.delays)
     frames = DelayedFrames(1, delays, lm.special_token_id, capacity=window_frames + max(delays) + 2,
                            device=next(lm.parameters()).device)

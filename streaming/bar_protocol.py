@@ -10,27 +10,28 @@ ordinary 64 KiB limit.
 
 import base64
 import enum
-import math
 import typing as tp
 from dataclasses import dataclass, replace
 
-from engine.api import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STYLES, MAX_TEMPERATURE
+from engine.api import params as rules
 from streaming import audio
 from streaming.bar_source import BarParams
 from streaming.jam_protocol import ProtocolError
-from streaming.wire import WireError, bounded_number, load_object
+from streaming.wire import WireError, load_object
 
 MAX_AUDIO_MESSAGE_BYTES = 20 * 2**20  # a 30 s 48 kHz stereo 16-bit loop is ~7.7 MB in base64; float WAV twice that
 MAX_CHUNK_SECONDS = 120.0  # bars_per_chunk bars at the bpm: one chunk is held (and sent) whole
-MAX_SEED = 2**32 - 1
 AUDIO_TYPES = ("start", "reseed", "reseed_splice")
-# name -> (kind, low, high): the bounds every transport applies
-NUMBERS: dict[str, tuple[type, float, float]] = {
-    "bpm": (float, 20, 400), "beats_per_bar": (int, 1, 16), "bars_per_chunk": (int, 1, 64), "bars": (int, 1, 64),
-    "target_sr": (int, 8000, 192000), "headroom_db": (float, 0, 60), "loop_weight": (float, 0, 1000),
-    "guidance_weight": (float, 0, MAX_GUIDANCE), "temperature": (float, 0, MAX_TEMPERATURE), "topk": (int, 1, 2048),
-    "anchor_bars": (float, 0, 64), "intro_bars_to_drop": (int, 0, 64), "chunk_index": (int, -1, 2**53),
-    "seed": (int, -1, MAX_SEED)}
+BARS = rules.integer(1, 64)
+# name -> its type and bounds (engine.params), for the WebSocket's params, the HTTP forms (by the WebSocket's
+# names) and the fields of single messages alike
+NUMBERS: dict[str, tp.Any] = {
+    "bpm": rules.number(20, 400), "beats_per_bar": rules.integer(1, 16), "bars_per_chunk": BARS, "bars": BARS,
+    "target_sr": rules.integer(8000, 192000), "headroom_db": rules.number(0, 60),
+    "loop_weight": rules.number(0, 1000), "guidance_weight": rules.Guidance, "temperature": rules.Temperature,
+    "topk": rules.integer(1, rules.MAX_TOP_K), "anchor_bars": rules.number(0, 64),
+    "intro_bars_to_drop": rules.integer(0, 64), "chunk_index": rules.integer(-1, rules.MAX_EXACT_INTEGER),
+    "seed": rules.Seed}
 STEERING = ("styles", "style_weights", "loop_weight", "guidance_weight", "temperature", "topk")
 WS_DEFAULTS = {"bpm": 120.0, "beats_per_bar": 4, "bars_per_chunk": 8, "target_sr": None, "loudness_mode": "none",
                "headroom_db": 1.0, "loop_weight": 1.0, "styles": "", "style_weights": "", "guidance_weight": 1.1,
@@ -43,10 +44,13 @@ GENERATE_DEFAULTS = {**WS_DEFAULTS, "bars": 8, "styles": "acid house", "loudness
 
 
 def number(raw: dict, name: str) -> tp.Union[int, float]:
-    kind, low, high = NUMBERS[name]
+    return checked(NUMBERS[name], raw[name], name)
+
+
+def checked(kind: tp.Any, value: tp.Any, name: str) -> tp.Any:
     try:
-        return bounded_number(raw[name], name, low, high, integer=kind is int)
-    except WireError as exc:
+        return rules.checked(kind, value, name)
+    except ValueError as exc:
         raise ProtocolError(str(exc)) from None
 
 
@@ -56,16 +60,13 @@ def styles_of(raw: dict) -> tuple[tuple[str, ...], tuple[float, ...]]:
     if not isinstance(text, str) or not isinstance(weights_text, str):
         raise ProtocolError("styles and style_weights must be strings such as \"acid house, techno\" and \"1,0.5\"")
     styles = tuple(s.strip() for s in text.split(",") if s.strip())
-    if len(styles) > MAX_STYLES:
-        raise ProtocolError(f"styles: {len(styles)} given; at most {MAX_STYLES} can be blended")
-    if any(len(s) > MAX_PROMPT_CHARS for s in styles):
-        raise ProtocolError(f"styles: a style is longer than {MAX_PROMPT_CHARS} characters")
+    if styles:
+        checked(rules.Styles, styles, "styles")
     try:
         given = [float(w) for w in weights_text.split(",") if w.strip()]
     except ValueError:
         raise ProtocolError(f"style_weights must be comma-separated numbers, got {weights_text!r:.60}") from None
-    if any(not math.isfinite(w) or w < 0 for w in given):
-        raise ProtocolError("style_weights must be finite and >= 0")
+    checked(rules.StyleWeights, given, "style_weights")
     if len(given) > len(styles):
         raise ProtocolError(f"style_weights has {len(given)} values for {len(styles)} styles")
     return styles, tuple(given + [1.0] * (len(styles) - len(given)))
@@ -292,7 +293,7 @@ def form_values(form: tp.Mapping[str, tp.Any], defaults: dict) -> dict:
         if name not in defaults or not isinstance(value, str):
             continue
         if name in NUMBERS and not (value == "" and defaults[name] is None):
-            kind = NUMBERS[name][0]
+            kind = tp.get_args(NUMBERS[name])[0]  # int or float: a form's text becomes the JSON value it names
             try:
                 values[name] = kind(float(value)) if kind is int and float(value).is_integer() else kind(value)
             except ValueError:

@@ -10,7 +10,8 @@ import typing as tp
 
 from engine.api import Chunk, JamSettings, Placement
 from streaming import audio
-from streaming.jam_protocol import PROTOCOL_FRAME_RATE, Update
+from streaming.jam_params import PROTOCOL_FRAME_RATE
+from streaming.jam_protocol import Update
 
 
 def encode(message: dict) -> str:

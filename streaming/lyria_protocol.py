@@ -15,19 +15,21 @@ import json
 import typing as tp
 from dataclasses import dataclass, field
 
-from engine.api import MAX_PROMPT_CHARS, MAX_STYLES, Chunk, JamSettings
+from pydantic.alias_generators import to_snake
+
+from engine.api import Chunk, JamSettings
+from engine.api import params as rules
 from streaming.audio import StreamingResampler, pcm16_bytes
 from streaming.lyria_config import (
     CLOSE_INVALID,
+    ClientContent,
     GenerationConfig,
     LyriaFatal,
     Prompts,
-    camel,
-    normalize_keys,
+    parse,
     parse_config,
-    snake,
 )
-from streaming.wire import WireError, bounded_number, load_object
+from streaming.wire import WireError, load_object
 
 __all__ = ["CLOSE_INVALID", "GenerationConfig", "LyriaFatal", "Prompts", "LyriaProtocol"]
 
@@ -149,7 +151,7 @@ class LyriaProtocol:
             raise LyriaFatal("each message must be an object with exactly one of setup, clientContent, "
                              "musicGenerationConfig, playbackControl")
         (key, body), = message.items()
-        kind = snake(key)
+        kind = to_snake(key)
         if kind == "setup":
             return [self._setup(body)]
         if self.state is State.SETUP:
@@ -231,34 +233,22 @@ class LyriaProtocol:
         return Send((json.dumps({"setupComplete": {"sessionId": self.session_id} if self.session_id else {}}),))
 
     def _client_content(self, body: tp.Any) -> list[Action]:
-        body = normalize_keys(body)
-        if not isinstance(body, dict) or not isinstance(body.get("weighted_prompts"), list):
-            raise LyriaFatal("clientContent.weightedPrompts must be a list of {text, weight}")
+        content = parse(ClientContent, body, "clientContent")
         texts, weights, messages = [], [], []
-        for index, prompt in enumerate(body["weighted_prompts"]):
-            if not isinstance(prompt, dict):
-                raise LyriaFatal(f"clientContent.weightedPrompts[{index}] must be an object")
-            text, weight = prompt.get("text", ""), prompt.get("weight", 1.0)
-            if not isinstance(text, str):
-                raise LyriaFatal(f"clientContent.weightedPrompts[{index}].text must be a string")
-            if len(text) > MAX_PROMPT_CHARS:
-                raise LyriaFatal(f"clientContent.weightedPrompts[{index}].text is longer than {MAX_PROMPT_CHARS} "
-                                 "characters")
-            try:
-                weight = bounded_number(weight, "weight", 0, 1e9)
-            except WireError:
-                raise LyriaFatal(f"clientContent.weightedPrompts[{index}].weight must be a number >= 0") from None
-            if not text.strip():
-                messages.append(json.dumps({"filteredPrompt": {"text": text, "filteredReason":
+        for prompt in content.weighted_prompts:
+            if not prompt.text.strip():
+                messages.append(json.dumps({"filteredPrompt": {"text": prompt.text, "filteredReason":
                                             "empty prompt: it was removed"}}))
                 continue
-            texts.append(text.strip())
-            weights.append(weight)
+            texts.append(prompt.text.strip())
+            weights.append(prompt.weight)
         if texts and sum(weights) <= 0:
             raise LyriaFatal("clientContent.weightedPrompts: weights are all zero; give at least one weight > 0")
-        if len(texts) > MAX_STYLES:
-            raise LyriaFatal(f"clientContent.weightedPrompts: {len(texts)} prompts, at most {MAX_STYLES} can be "
-                             "blended")
+        if texts:  # as many as a session blends (engine.params.Styles)
+            try:
+                rules.checked(rules.Styles, tuple(texts), "clientContent.weightedPrompts")
+            except ValueError as exc:
+                raise LyriaFatal(str(exc)) from None
         if not texts:
             messages.append(warning("no usable prompt: the previous prompts stay in force"))
             return [Send(tuple(messages))]
@@ -282,7 +272,7 @@ class LyriaProtocol:
         if not fresh:
             return ()
         self._warned.update(self.config.approximated())
-        names = ", ".join(camel(n) for n in fresh)
+        names = ", ".join(fresh)
         return (warning(f"{names}: MusicGen cannot follow these exactly; they are added to the prompts as text "
                         "cues"),)
 

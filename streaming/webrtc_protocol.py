@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from engine.api import Chunk, JamSettings, Placement
 from streaming import jam_events as je
+from streaming import jam_params
 from streaming import jam_protocol as jp
 from streaming.wire import WireError, load_object
 
-OFFER_PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "max_decode_frames", "seed",
-                "style_ramp_seconds")
+OFFER_PARAMS = tuple(name for name in jam_params.PARAMS if name != "pace")  # the track always plays in real time
 MAX_ID_LENGTH = 128
 MAX_BODY_BYTES = 256 * 1024  # an SDP offer with many candidates stays far below this
 HANDSHAKE = "handshake"  # what FastRTC's client sends on the data channel when it opens (not JSON)
