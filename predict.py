@@ -1,30 +1,37 @@
 """Cog predictor with the input schema of the Replicate MusicGen model; all model work lives in the engine."""
 
+import asyncio
+import collections
 import logging
 import os
 import shutil
 import tempfile
 import typing as tp
 
-from cog import BaseRunner, CancelationException, Input, Path, current_scope
+from cog import BaseRunner, CancelationException, Input, Path, concurrent, current_scope
 
 from engine.api import (
-    MAX_DURATION_SECONDS,
-    MAX_GUIDANCE,
     MAX_PROMPT_CHARS,
-    MAX_TEMPERATURE,
+    MAX_TOP_K,
     NORMALIZATION_STRATEGIES,
     OUTPUT_FORMATS,
     BatchRequest,
     Engine,
     EngineConfig,
     RequestError,
+    params,
 )
 from streaming.audio import write_output
 from streaming.config import ServerConfig
 from weights.demo import ensure_default_checkpoint
 
 logger = logging.getLogger("predict")
+
+# The most predictions Cog hands this container at once (it runs COG_MAX_CONCURRENCY of them, which `cog build`
+# sets from this): the engine decodes up to MUSICGEN_MAX_PREDICTIONS (by default COG_MAX_CONCURRENCY) together in
+# shared forwards, and the rest wait for a slot.
+MAX_CONCURRENT_PREDICTIONS = 8
+PROGRESS_POLL_SECONDS = 0.25
 
 
 class Predictor(BaseRunner):
@@ -37,13 +44,16 @@ class Predictor(BaseRunner):
         config = ServerConfig.from_env()
         self.engine = Engine.load(source, config=EngineConfig.from_env())
         self.sidecar = None
-        self.previous_output: tp.Optional[Path] = None
+        # Cog reads a returned file after run() ends: each output directory lives until as many predictions again
+        # as may run at once have started after it, and is removed then
+        self.outputs: collections.deque[Path] = collections.deque()
         if config.port != 0:  # the jam sidecar shares this process and this engine
             from streaming.server import RunningServer
 
             self.sidecar = RunningServer(self.engine, config).start()
 
-    def run(
+    @concurrent(max=MAX_CONCURRENT_PREDICTIONS)
+    async def run(
         self,
         prompt: tp.Optional[str] = Input(description="A description of the music you want to generate.",
                                          default=None, max_length=MAX_PROMPT_CHARS),
@@ -52,63 +62,65 @@ class Predictor(BaseRunner):
                         "generated music will be a continuation of the audio file. Otherwise, the generated music "
                         "will mimic the audio file's melody.",
             default=None),
-        duration: int = Input(description="Duration of the generated audio in seconds.", default=8, ge=1,
-                              le=MAX_DURATION_SECONDS),
+        duration: int = Input(description="Duration of the generated audio in seconds.", default=8,
+                              **params.limits(params.Duration)),
         continuation: bool = Input(
             description="If `True`, generated music will continue `melody`. Otherwise, generated music will mimic "
                         "`audio_input`'s melody.",
             default=False),
         continuation_start: int = Input(description="Start time of the audio file to use for continuation.",
-                                        default=0, ge=0),
+                                        default=0, **params.limits(params.ContinuationStart)),
         continuation_end: tp.Optional[int] = Input(
             description="End time of the audio file to use for continuation. If -1 or None, will default to the "
                         "end of the audio clip.",
-            default=None, ge=-1),
+            default=None, **params.limits(params.ContinuationEnd)),
         multi_band_diffusion: bool = Input(
             description="If `True`, the EnCodec tokens will be decoded with MultiBand Diffusion.", default=False),
         normalization_strategy: str = Input(description="Strategy for normalizing audio.", default="loudness",
                                             choices=list(NORMALIZATION_STRATEGIES)),
-        top_k: int = Input(description="Reduces sampling to the k most likely tokens.", default=250, ge=0, le=2048),
+        top_k: int = Input(description="Reduces sampling to the k most likely tokens.", default=250,
+                          **params.limits(params.TopK), le=MAX_TOP_K),
         top_p: float = Input(
             description="Reduces sampling to tokens with cumulative probability of p. When set to `0` (default), "
                         "top_k sampling is used.",
-            default=0.0, ge=0.0, le=1.0),
+            default=0.0, **params.limits(params.TopP)),
         temperature: float = Input(
             description="Controls the 'conservativeness' of the sampling process. Higher temperature means more "
                         "diversity.",
-            default=1.0, ge=0.0, le=MAX_TEMPERATURE),
+            default=1.0, **params.limits(params.Temperature)),
         classifier_free_guidance: int = Input(
             description="Increases the influence of inputs on the output. Higher values produce lower-varience "
                         "outputs that adhere more closely to inputs.",
-            default=3, ge=0, le=int(MAX_GUIDANCE)),
+            default=3, **params.limits(params.Guidance, int)),
         output_format: str = Input(description="Output format for generated audio.", default="wav",
                                    choices=list(OUTPUT_FORMATS)),
         seed: tp.Optional[int] = Input(
             description="Seed for random number generator. If None or -1, a random seed will be used.",
-            default=None, ge=-1, le=2**32 - 1),
+            default=None, **params.limits(params.Seed)),
     ) -> Path:
-        request = BatchRequest(
-            prompt=prompt, input_audio=input_audio, duration=duration, continuation=continuation,
-            continuation_start=continuation_start, continuation_end=continuation_end,
-            multi_band_diffusion=multi_band_diffusion, normalization_strategy=normalization_strategy,
-            top_k=top_k, top_p=top_p, temperature=temperature, classifier_free_guidance=classifier_free_guidance,
-            output_format=output_format, seed=seed)
-        self._remove_previous_output()
+        self._remove_old_outputs()
         try:
-            job = self.engine.generate(request)
+            request = BatchRequest(
+                prompt=prompt, input_audio=input_audio, duration=duration, continuation=continuation,
+                continuation_start=continuation_start, continuation_end=continuation_end,
+                multi_band_diffusion=multi_band_diffusion, normalization_strategy=normalization_strategy,
+                top_k=top_k, top_p=top_p, temperature=temperature, classifier_free_guidance=classifier_free_guidance,
+                output_format=output_format, seed=seed)
+            job = await asyncio.to_thread(self.engine.generate, request)  # decodes input audio: off the loop
         except RequestError as exc:
             raise ValueError(str(exc)) from None
         logger.info("Using seed %d (%s generation, %d s)", job.prepared.seed, job.prepared.mode, duration)
         if self.engine.is_demo:
             logger.warning("The demo checkpoint has random weights: this output is noise, not music.")
         try:
-            result = job.wait(on_progress=lambda done, total: logger.info("generated %d / %d steps", done, total))
-        except CancelationException:
+            result = await self._wait(job)
+        except (asyncio.CancelledError, CancelationException):
             job.cancel()
             raise
         out_dir = Path(tempfile.mkdtemp(prefix="musicgen-output-"))
-        self.previous_output = out_dir
-        out = write_output(result.wav, result.sample_rate, normalization_strategy, output_format, out_dir / "output")
+        self.outputs.append(out_dir)
+        out = await asyncio.to_thread(write_output, result.wav, result.sample_rate, normalization_strategy,
+                                      output_format, out_dir / "output")
         scope = current_scope()
         scope.record_metric("audio_seconds", round(result.audio_seconds, 3))
         scope.record_metric("generation_seconds", round(result.generation_seconds, 3))
@@ -119,9 +131,17 @@ class Predictor(BaseRunner):
                     result.generation_seconds, result.real_time_factor)
         return Path(out)
 
-    def _remove_previous_output(self) -> None:
-        """Cog reads a returned file after run() ends, so each prediction's directory lives until the next one
-        starts (predictions run one at a time) and is removed then."""
-        if self.previous_output is not None:
-            shutil.rmtree(self.previous_output, ignore_errors=True)
-            self.previous_output = None
+    @staticmethod
+    async def _wait(job):
+        """The job's result, logging its progress; other predictions run on the loop meanwhile."""
+        reported = None
+        while not job.future.done():
+            await asyncio.sleep(PROGRESS_POLL_SECONDS)
+            if job.progress is not None and job.progress != reported:
+                reported = job.progress
+                logger.info("generated %d / %d steps", *reported)
+        return job.future.result()
+
+    def _remove_old_outputs(self) -> None:
+        while len(self.outputs) > MAX_CONCURRENT_PREDICTIONS:
+            shutil.rmtree(self.outputs.popleft(), ignore_errors=True)

@@ -1,5 +1,5 @@
-"""One batch generation, with the semantics of the Replicate MusicGen model users compare us to: the request,
-its validation, the job a caller waits on, and the result.
+"""One batch generation, with the semantics of the Replicate MusicGen model users compare us to: the checks of
+a request (engine.params.BatchRequest) that need the model, the job a caller waits on, and the result.
 
 `prepare` validates a request and decodes the part of its audio that is used, on the caller's thread;
 engine.prediction then runs it on the engine (the fast path on the step decoder, or audiocraft's own generate).
@@ -14,7 +14,6 @@ import typing as tp
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -22,44 +21,14 @@ from engine import audio
 from engine.config import MAX_INPUT_AUDIO_SECONDS
 from engine.melody import WINDOW_SECONDS
 from engine.model import MAX_WINDOW_SECONDS
-from engine.streams import SamplingParams, window_offsets
+from engine.params import BatchRequest, RequestError
+from engine.streams import window_offsets
 
 logger = logging.getLogger(__name__)
-
-MAX_DURATION_SECONDS = 300
-
-
-class RequestError(ValueError):
-    """A request the model cannot serve; the message names the input to change."""
 
 
 class GenerationCancelled(Exception):
     """The caller cancelled the generation."""
-
-
-@dataclass(frozen=True)
-class BatchRequest:
-    """The Replicate inputs, as plain values (no Cog types), so the engine does not depend on Cog."""
-
-    prompt: tp.Optional[str] = None
-    input_audio: tp.Optional[Path] = None
-    duration: int = 8
-    continuation: bool = False
-    continuation_start: int = 0
-    continuation_end: tp.Optional[int] = None
-    multi_band_diffusion: bool = False
-    normalization_strategy: str = "loudness"
-    top_k: int = 250
-    top_p: float = 0.0
-    temperature: float = 1.0
-    classifier_free_guidance: float = 3.0
-    output_format: str = "wav"
-    seed: tp.Optional[int] = None
-
-    @property
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              guidance=float(self.classifier_free_guidance))
 
 
 @dataclass(frozen=True)
@@ -157,16 +126,6 @@ def prepare(request: BatchRequest, engine) -> PreparedBatch:
     model = engine.model
     if not (request.prompt and request.prompt.strip()) and request.input_audio is None:
         raise RequestError("Give a prompt, an input_audio, or both: there is nothing to condition on")
-    if not 1 <= request.duration <= MAX_DURATION_SECONDS:
-        raise RequestError(f"duration must be between 1 and {MAX_DURATION_SECONDS} seconds")
-    if request.normalization_strategy not in audio.NORMALIZATION_STRATEGIES:
-        raise RequestError(f"normalization_strategy must be one of {', '.join(audio.NORMALIZATION_STRATEGIES)}")
-    if request.output_format not in audio.OUTPUT_FORMATS:
-        raise RequestError(f"output_format must be one of {', '.join(audio.OUTPUT_FORMATS)}")
-    try:
-        request.sampling.validate()
-    except ValueError as exc:
-        raise RequestError(str(exc).replace("guidance", "classifier_free_guidance", 1)) from None
     if request.prompt:
         try:
             engine.check_prompt(request.prompt)
@@ -180,8 +139,6 @@ def prepare(request: BatchRequest, engine) -> PreparedBatch:
                            "weights (mbd_musicgen_32khz.th); fetch them with `python -m weights.fetch --mbd` "
                            "or set multi_band_diffusion=false")
     seed = random_seed() if request.seed is None or request.seed == -1 else request.seed
-    if seed < 0:
-        raise RequestError("seed must be -1 (random) or a non-negative integer")
     if request.input_audio is None:
         return PreparedBatch(request=request, seed=seed, audio_slice=None, audio_rate=model.sample_rate)
     if not request.continuation and not model.supports_melody:
@@ -199,10 +156,8 @@ def _input_slice(request: BatchRequest, melody_seconds: float) -> tuple[torch.Te
     as much as audiocraft's chroma conditioner reads of it, `melody_seconds`: its first 30 s for an output of one
     window (the conditioner analyses the whole melody and keeps 30 s of chroma), up to the end of the last
     window's 30 s beyond (windowed extension loops the whole melody from each window's offset)."""
-    start = request.continuation_start or 0
+    start = request.continuation_start
     end = None if request.continuation_end in (None, -1) else request.continuation_end
-    if start < 0:
-        raise RequestError("continuation_start must be >= 0")
     if end is not None and end <= start:
         raise RequestError(f"continuation_end ({end}) must be greater than continuation_start ({start})")
     cap = MAX_WINDOW_SECONDS if request.continuation else melody_seconds

@@ -46,13 +46,13 @@ def main() -> None:
     if fmt not in OUTPUT_FORMATS:
         parser.error(f"--out must end in one of: {', '.join('.' + f for f in OUTPUT_FORMATS)}")
     engine = Engine.load(args.weights, config=EngineConfig.from_env())
-    request = BatchRequest(
-        prompt=args.prompt, input_audio=args.input_audio, duration=args.duration, continuation=args.continuation,
-        continuation_start=args.continuation_start, continuation_end=args.continuation_end,
-        multi_band_diffusion=args.multi_band_diffusion, normalization_strategy=args.normalization_strategy,
-        top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-        classifier_free_guidance=args.classifier_free_guidance, output_format=fmt, seed=args.seed)
     try:
+        request = BatchRequest(
+            prompt=args.prompt, input_audio=args.input_audio, duration=args.duration, continuation=args.continuation,
+            continuation_start=args.continuation_start, continuation_end=args.continuation_end,
+            multi_band_diffusion=args.multi_band_diffusion, normalization_strategy=args.normalization_strategy,
+            top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+            classifier_free_guidance=args.classifier_free_guidance, output_format=fmt, seed=args.seed)
         job = engine.generate(request)
     except RequestError as exc:
         parser.error(str(exc))

@@ -1,7 +1,8 @@
-"""What the engine serves at once and the bounds on what callers may ask of it: read here, and only here.
+"""What the engine serves at once (sessions, styles, rows) and the sizes of what it takes in: read here, and only
+here, so the decoder is sized from the same numbers every transport is held to.
 
-Every transport (Cog predictions, /ws/jam, Lyria, WebRTC) gets its limits from this module, so a limit changed
-here is a limit changed everywhere, and the decoder is sized from the same numbers.
+The rules of each parameter (ranges of temperature, guidance, seeds, durations...) are engine/params.py's; it
+reads MAX_STYLES and MAX_PROMPT_CHARS from here.
 """
 
 import os
@@ -17,6 +18,7 @@ MAX_PROMPT_TOKENS = 512  # T5 tokens per prompt or style (t5-base's trained leng
 MAX_PROMPT_CHARS = 4000  # a cheap bound checked before tokenizing (512 tokens of English fit well within it)
 MAX_INPUT_AUDIO_SECONDS = 2 * 3600  # longer input_audio files are refused before anything is decoded
 PREDICTION_ROWS = 2  # one conditional + one unconditional row
+PREDICTION_PAD_MULTIPLE = 8  # see EngineConfig.prediction_pad
 # The job bound. No job on the LM or codec thread runs a whole prediction: the LM thread's longest job is one
 # decode step of the streams that want frames, with at most one prefill slice (`prefill_slice_steps`) or one
 # melody prefix forward per stream; the codec thread's longest is one of an EnCodec decode of at most
@@ -36,10 +38,12 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class EngineConfig:
     """Capacity and precision of one engine. The decoder has a row for every session at its most styles plus
-    one prediction, so a full house of jams never blocks a prediction and vice versa."""
+    two for each concurrent prediction, so a full house of jams never blocks a prediction and vice versa."""
 
     max_sessions: int = 4
     max_styles: int = MAX_STYLES
+    # predictions decoded at once (Cog's COG_MAX_CONCURRENCY); more wait in line for a free one
+    max_predictions: int = 1
     # "auto" (chosen by the device: engine.precision), "float32" (exact), "bfloat16", "float16", or "int8"
     weight_format: str = AUTO
     window_seconds: float = MAX_WINDOW_SECONDS
@@ -56,6 +60,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.max_sessions < 0:
             raise ConfigError("JAM_MAX_SESSIONS must be >= 0")
+        if self.max_predictions < 1:
+            raise ConfigError("MUSICGEN_MAX_PREDICTIONS (or COG_MAX_CONCURRENCY) must be >= 1")
         if not 1 <= self.max_styles <= MAX_STYLES:
             raise ConfigError(f"max_styles must be within 1..{MAX_STYLES}")
         if self.weight_format not in (AUTO, *WEIGHT_FORMATS):
@@ -70,8 +76,22 @@ class EngineConfig:
             raise ConfigError("mbd_overlap_seconds must be >= 0 and shorter than mbd_window_seconds")
 
     @property
+    def prediction_rows(self) -> int:
+        return self.max_predictions * PREDICTION_ROWS
+
+    @property
+    def prediction_pad(self) -> int:
+        """The row count of the predictions' shared forward (0: unpadded, when only one runs at a time). A matmul
+        rounds a row by where it falls in the kernel's tiles: measured on this project's CPUs (oneDNN, float32 and
+        bfloat16), a row's result depends on the number of rows and, past the last whole tile of 4, on its
+        place; padded to a multiple of 8, it depends on neither, so no prediction's bytes depend on the others'."""
+        if self.max_predictions == 1:
+            return 0
+        return -(-self.prediction_rows // PREDICTION_PAD_MULTIPLE) * PREDICTION_PAD_MULTIPLE
+
+    @property
     def rows(self) -> int:
-        return self.max_sessions * (self.max_styles + 1) + PREDICTION_ROWS
+        return self.max_sessions * (self.max_styles + 1) + self.prediction_rows
 
     @classmethod
     def from_env(cls, environ: tp.Mapping[str, str] = os.environ) -> "EngineConfig":
@@ -79,5 +99,12 @@ class EngineConfig:
             max_sessions = int(environ.get("JAM_MAX_SESSIONS", "4"))
         except ValueError:
             raise ConfigError(f"JAM_MAX_SESSIONS must be an integer, got {environ['JAM_MAX_SESSIONS']!r}") from None
-        return cls(max_sessions=max_sessions, weight_format=environ.get("MUSICGEN_WEIGHT_FORMAT", AUTO),
+        predictions = environ.get("MUSICGEN_MAX_PREDICTIONS") or environ.get("COG_MAX_CONCURRENCY") or "1"
+        try:
+            max_predictions = int(predictions)
+        except ValueError:
+            raise ConfigError("MUSICGEN_MAX_PREDICTIONS / COG_MAX_CONCURRENCY must be an integer, "
+                              f"got {predictions!r}") from None
+        return cls(max_sessions=max_sessions, max_predictions=max_predictions,
+                   weight_format=environ.get("MUSICGEN_WEIGHT_FORMAT", AUTO),
                    compile_step=environ.get("MUSICGEN_COMPILE_STEP", AUTO))

@@ -20,15 +20,17 @@ from pathlib import Path
 import torch
 
 from engine import batch, conditions, prediction
-from engine.config import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, EngineConfig
+from engine.admission import PredictionSlots
+from engine.config import MAX_PROMPT_TOKENS, EngineConfig
 from engine.jam import JamSession, JamSettings
 from engine.melody import WINDOW_SECONDS, Piece, melody_pieces, prefix_steps
 from engine.model import LoadedModel, load_model
+from engine.params import SamplingParams, StyleText, checked
 from engine.precision import choose_weight_format
 from engine.render import Rendering
 from engine.scheduler import Scheduler
 from engine.static_step import choose_step_mode
-from engine.streams import Conditioning, SamplingParams, Stream, new_stream
+from engine.streams import Conditioning, Stream, new_stream
 from engine.worker import EngineUnavailable, Worker
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,9 @@ class Engine:
         max_steps = self.window_frames + max(delays) + 1 + prefix_steps(lm)  # melody models: the chroma prefix
         self.scheduler = Scheduler(lm, max_rows=config.rows, max_steps=max_steps,
                                    weight_format=self.weight_format,
-                                   prefill_slice_steps=config.prefill_slice_steps, step_mode=self.step_mode)
+                                   prefill_slice_steps=config.prefill_slice_steps, step_mode=self.step_mode,
+                                   prediction_pad=config.prediction_pad)
+        self.predictions = PredictionSlots(config.max_predictions)
         self.lm_worker = Worker("engine", background=self.scheduler)
         # On a CPU the codec thread takes one core at most, leaving the LM thread its cores; a GPU runs both.
         # On CUDA it has its own stream, so codec and MBD kernels overlap LM steps (engine.worker._on_stream).
@@ -130,8 +134,7 @@ class Engine:
 
     def check_prompt(self, text: str) -> None:
         """Raises ValueError when the text conditioner cannot take `text` whole."""
-        if len(text) > MAX_PROMPT_CHARS:
-            raise ValueError(f"{len(text)} characters; at most {MAX_PROMPT_CHARS} are accepted")
+        checked(StyleText, text, "the text")  # the cheap bound first (engine.params), then the tokens
         tokens = conditions.count_tokens(self.model.musicgen.lm, text)
         if tokens > MAX_PROMPT_TOKENS:
             raise ValueError(f"{tokens} text tokens; the text encoder takes at most {MAX_PROMPT_TOKENS}: shorten it")
@@ -152,7 +155,7 @@ class Engine:
         prepared = batch.prepare(request, self)
         if reference or self.streaming_unavailable is not None:
             return prediction.start_reference(self, prepared)
-        return prediction.Prediction(self, prepared).start()
+        return self.predictions.admit(prediction.Prediction(self, prepared))
 
     # -- live sessions -----------------------------------------------------------------------------------------
     def open_session(self, settings: JamSettings, seed: int, prompt: tp.Optional[tuple[torch.Tensor, int]] = None,

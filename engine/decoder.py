@@ -12,64 +12,15 @@ Rows are slots; callers own the mapping from sessions to slots (see engine.sched
 is whatever the LM has: 4 for mono checkpoints, 8 interleaved left/right codebooks for stereo ones.
 """
 
+import functools
 import typing as tp
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from engine.precision import WEIGHT_FORMATS, Linear, activation_dtype
-
-
-class UnsupportedModel(ValueError):
-    """The LM uses a feature this decoder does not implement; audiocraft's own generate still works."""
-
-
-@dataclass(frozen=True)
-class _Layer:
-    norm1: tuple[torch.Tensor, torch.Tensor, float]
-    qkv: Linear  # [3D, D]
-    out: Linear  # [D, D]
-    norm_cross: tp.Optional[tuple[torch.Tensor, torch.Tensor, float]]
-    cross_q: tp.Optional[Linear]
-    cross_kv: tp.Optional[torch.Tensor]  # [2D, D], used once per condition change
-    cross_out: tp.Optional[Linear]
-    norm2: tuple[torch.Tensor, torch.Tensor, float]
-    ff1: Linear
-    ff2: Linear
-    activation: tp.Callable[[torch.Tensor], torch.Tensor]
-
-
-def _norm(module, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
-    return module.weight.detach().to(dtype), module.bias.detach().to(dtype), module.eps
-
-
-def check_supported(lm) -> None:
-    """Raises UnsupportedModel naming every feature of `lm` (all layers) this decoder does not implement."""
-    transformer = lm.transformer
-    problems = []
-    if transformer.positional_embedding != "sin":
-        problems.append(f"positional_embedding={transformer.positional_embedding}")
-    fuse = lm.fuser.fuse2cond
-    if len(fuse["sum"]) or len(fuse["input_interpolate"]):
-        problems.append("sum/input_interpolate condition fusing")
-    text_prepends = [name for name in fuse["prepend"] if name in lm.condition_provider.text_conditions]
-    if text_prepends:
-        problems.append(f"prepended text conditions {text_prepends}")
-    if lm.fuser.cross_attention_pos_emb:
-        problems.append("cross_attention_pos_emb")
-    for layer in transformer.layers:
-        attn = layer.self_attn
-        if not layer.norm_first:
-            problems.append("post-norm layers")
-        if not isinstance(layer.layer_scale_1, torch.nn.Identity):
-            problems.append("layer_scale")
-        if attn.rope is not None or attn.past_context is not None or attn.kv_repeat != 1 or attn.qk_layer_norm:
-            problems.append("rope/past_context/kv_repeat/qk_layer_norm attention")
-        if not attn.custom or attn.in_proj_bias is not None or layer.linear1.bias is not None:
-            problems.append("biased or non-custom attention/feed-forward")
-    if problems:
-        raise UnsupportedModel("step decoder does not support: " + ", ".join(sorted(set(problems))))
+from engine.precision import WEIGHT_FORMATS
+from engine.supported import check_supported
+from engine.transformer import Transformer
 
 
 class StepDecoder:
@@ -80,46 +31,20 @@ class StepDecoder:
         check_supported(lm)
         if weight_format not in WEIGHT_FORMATS:
             raise ValueError(f"weight format must be one of {', '.join(WEIGHT_FORMATS)}")
-        dtype = activation_dtype(weight_format)
-        self.dtype = dtype
+        self.transformer = transformer = Transformer(lm, weight_format)
+        self.dtype = dtype = transformer.dtype
         self.weight_format = weight_format
         self.device = next(lm.parameters()).device
         self.num_codebooks = lm.num_codebooks
         self.card = lm.card
         self.dim = lm.dim
-        self.num_heads = lm.transformer.layers[0].self_attn.num_heads
-        self.head_dim = self.dim // self.num_heads
+        self.num_heads = transformer.num_heads
+        self.head_dim = transformer.head_dim
         self.max_rows = max_rows
         self.max_steps = max_steps
         self.max_condition_steps = max_condition_steps
-        self.max_period = lm.transformer.max_period
-        self.positional_scale = lm.transformer.positional_scale
         self.special_token_id = lm.special_token_id
-
-        def w(t: torch.Tensor) -> torch.Tensor:
-            return t.detach().to(dtype)
-
-        def lin(t: torch.Tensor) -> Linear:
-            return Linear(t, weight_format)
-
-        self.embeddings = [w(emb.weight) for emb in lm.emb]
-        self.layers: list[_Layer] = []
-        for layer in lm.transformer.layers:
-            cross = layer.cross_attention
-            self.layers.append(_Layer(
-                norm1=_norm(layer.norm1, dtype), qkv=lin(layer.self_attn.in_proj_weight),
-                out=lin(layer.self_attn.out_proj.weight),
-                norm_cross=_norm(layer.norm_cross, dtype) if cross is not None else None,
-                cross_q=lin(cross.in_proj_weight[: self.dim]) if cross is not None else None,
-                cross_kv=w(cross.in_proj_weight[self.dim:]) if cross is not None else None,
-                cross_out=lin(cross.out_proj.weight) if cross is not None else None,
-                norm2=_norm(layer.norm2, dtype), ff1=lin(layer.linear1.weight), ff2=lin(layer.linear2.weight),
-                activation=layer.activation))
-        self.out_norm = _norm(lm.out_norm, dtype) if lm.out_norm is not None else None
-        self.heads = lin(torch.cat([linear.weight for linear in lm.linears]))  # all K output heads: [K*card, D]
-
-        n_layers = len(self.layers)
-        shape = (n_layers, max_rows, self.num_heads, max_steps, self.head_dim)
+        shape = (len(transformer.layers), max_rows, self.num_heads, max_steps, self.head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=self.device)
         self.values = torch.zeros(shape, dtype=dtype, device=self.device)
         self.lengths = torch.zeros(max_rows, dtype=torch.long, device=self.device)
@@ -129,16 +54,17 @@ class StepDecoder:
         self.cross_values = torch.zeros_like(self.cross_keys)
         self.cross_lengths = torch.ones(max_rows, dtype=torch.long, device=self.device)
         self.prefix_lengths = torch.zeros(max_rows, dtype=torch.long, device=self.device)
-        # Host copies of `lengths` and `prefix_lengths`, kept in step by every method that changes them: the
-        # capturable step (engine.static_step) and `capacity` check bounds without reading the device.
+        # Host copies of `lengths`, `prefix_lengths` and `cross_lengths`, kept in step by every method that changes
+        # them: no forward reads a length back from the device to size its attention or check its bounds.
         self.host_lengths = [0] * max_rows
         self.host_prefix_lengths = [0] * max_rows
+        self.host_cross_lengths = [1] * max_rows
         # Models that prepend a condition (melody) expect a prefix on every row, the null one when there is none:
         # set it on a stream's rows before their first forward (rows keep their previous occupant's prefix).
         self.uses_prefix = len(lm.fuser.fuse2cond["prepend"]) > 0
 
     def _cross_cache(self, steps: int) -> torch.Tensor:
-        shape = (len(self.layers), self.max_rows, self.num_heads, steps, self.head_dim)
+        shape = (len(self.transformer.layers), self.max_rows, self.num_heads, steps, self.head_dim)
         return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     def _ensure_condition_capacity(self, steps: int) -> None:
@@ -155,12 +81,7 @@ class StepDecoder:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of weights one decode step reads (embeddings are gathered, not read whole)."""
-        linears = [self.heads]
-        for layer in self.layers:
-            linears += [layer.qkv, layer.out, layer.ff1, layer.ff2]
-            linears += [t for t in (layer.cross_q, layer.cross_out) if t is not None]
-        return sum(linear.nbytes for linear in linears)
+        return self.transformer.weight_bytes
 
     @property
     def cache_bytes(self) -> int:
@@ -183,13 +104,14 @@ class StepDecoder:
         self._ensure_condition_capacity(kept.shape[0])
         kept = kept.to(self.dtype)
         steps = kept.shape[0]
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(self.transformer.layers):
             if layer.cross_kv is None:
                 continue
             kv = F.linear(kept, layer.cross_kv).view(steps, 2, self.num_heads, self.head_dim)
             self.cross_keys[index, row, :, :steps] = kv[:, 0].transpose(0, 1)
             self.cross_values[index, row, :, :steps] = kv[:, 1].transpose(0, 1)
         self.cross_lengths[row] = steps
+        self.host_cross_lengths[row] = steps
 
     def set_prefix(self, rows: slice, prefix: torch.Tensor) -> None:
         """Places prefix embeddings [R, P, D] (or one [P, D] for all rows) before the audio tokens of `rows`.
@@ -212,7 +134,7 @@ class StepDecoder:
         self.lengths[rows] = 0
         self.host_lengths[rows] = [0] * n_rows
         positions = torch.arange(steps, device=self.device).view(1, -1).expand(n_rows, -1)
-        self._transform(rows, prefix + (self.positional_scale * self._positional(positions)).to(self.dtype))
+        self._transform([rows], prefix + self.transformer.positions(positions))
         self.prefix_lengths[rows] = steps
         self.host_prefix_lengths[rows] = [steps] * n_rows
 
@@ -251,8 +173,8 @@ class StepDecoder:
             return
         targets = torch.tensor([t for t, _ in moves], dtype=torch.long, device=self.device)
         index = torch.tensor([s for _, s in moves], dtype=torch.long, device=self.device)
-        steps = int(self.lengths[index].max())
-        cross_steps = int(self.cross_lengths[index].max())
+        steps = max(self.host_lengths[s] for _, s in moves)
+        cross_steps = max(self.host_cross_lengths[s] for _, s in moves)
         caches = [(self.keys, steps), (self.values, steps), (self.cross_keys, cross_steps),
                   (self.cross_values, cross_steps)]
         gathered = [cache[:, index, :, :length] for cache, length in caches]
@@ -262,102 +184,105 @@ class StepDecoder:
             cache[:, targets, :, :length] = rows
         for counter, rows in zip(counters, gathered_counters, strict=True):
             counter[targets] = rows
-        for mirror in (self.host_lengths, self.host_prefix_lengths):
+        for mirror in (self.host_lengths, self.host_prefix_lengths, self.host_cross_lengths):
             moved = [mirror[source] for _, source in moves]
             for (target, _), value in zip(moves, moved, strict=True):
                 mirror[target] = value
 
     # -- forward ----------------------------------------------------------------------------------------------
-    def _positional(self, positions: torch.Tensor) -> torch.Tensor:
-        """audiocraft's sinusoidal embedding (computed in float32 as its LM does, then cast)."""
-        half = self.dim // 2
-        adim = torch.arange(half, device=positions.device, dtype=torch.float32).view(1, 1, -1)
-        phase = positions.float().unsqueeze(-1) / (self.max_period ** (adim / (half - 1)))
-        return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
-
-    def embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Tokens [R, K, S] at cache positions [R, S] -> the first layer's input [R, S, D]: the sum of the K
-        codebook embeddings plus the sinusoidal position."""
-        x = sum(F.embedding(tokens[:, k], self.embeddings[k]) for k in range(self.num_codebooks))
-        return x + (self.positional_scale * self._positional(positions)).to(self.dtype)
-
-    def layer(self, index: int, x: torch.Tensor, self_attend: tp.Callable[..., torch.Tensor],
-              cross_attend: tp.Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Transformer layer `index` on x [R, S, D] (pre-norm self-attention, cross-attention, feed-forward): the
-        model's math, written once for the eager forward and the capturable step (engine.static_step), which
-        differ only in how they keep and read the caches. `self_attend(q, k, v)` (each [R, H, S, Dh]) stores k
-        and v and returns the attention over the row's cache; `cross_attend(q)` the attention over its
-        condition."""
-        layer = self.layers[index]
-        n_rows, steps, _ = x.shape
-        h = F.layer_norm(x, (self.dim,), *layer.norm1[:2], eps=layer.norm1[2])
-        qkv = layer.qkv(h).view(n_rows, steps, 3, self.num_heads, self.head_dim)
-        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [R, H, S, Dh]
-        x = x + layer.out(self_attend(q, k, v).transpose(1, 2).reshape(n_rows, steps, self.dim))
-        if layer.cross_q is not None:
-            h = F.layer_norm(x, (self.dim,), *layer.norm_cross[:2], eps=layer.norm_cross[2])
-            q = layer.cross_q(h).view(n_rows, steps, self.num_heads, self.head_dim).transpose(1, 2)
-            x = x + layer.cross_out(cross_attend(q).transpose(1, 2).reshape(n_rows, steps, self.dim))
-        h = F.layer_norm(x, (self.dim,), *layer.norm2[:2], eps=layer.norm2[2])
-        return x + layer.ff2(layer.activation(layer.ff1(h)))
-
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """The last layer's output [R, S, D] -> logits [R, S, K * card]: the output norm, then all K heads."""
-        if self.out_norm is not None:
-            x = F.layer_norm(x, (self.dim,), *self.out_norm[:2], eps=self.out_norm[2])
-        return self.heads(x)
-
-    def forward(self, rows: slice, tokens: torch.Tensor) -> torch.Tensor:
-        """Appends `tokens` [R, K, S] to rows `rows` (contiguous slots) and returns logits [R, K, S, card].
+    def forward(self, rows: slice, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Appends `tokens` [R, K, S] to rows `rows` (contiguous slots) and returns logits [R, K, S, card], or
+        only the last position's ([R, K, 1, card]) with `last_only`: a prefill needs no others, and the output
+        heads are a large part of a step.
 
         Each row continues from its own cache length; S > 1 is a parallel prefill (causal within the call).
         """
+        return self._forward([rows], tokens, last_only, pad_to=0)
+
+    def step_streams(self, groups: list[slice], tokens: torch.Tensor, pad_to: int) -> torch.Tensor:
+        """One step of several streams on any rows: tokens [R, K] for the rows of `groups` in order -> logits
+        [R, K, card]. The weight matmuls run over all of them at once, on `pad_to` rows (zeros past R), and the
+        attention of each group over its own rows as if it ran alone: a matmul may round differently with
+        another number of rows, so with a fixed `pad_to` no stream's bytes depend on how many share the step."""
+        return self._forward(groups, tokens.unsqueeze(-1), last_only=True, pad_to=pad_to)[:, :, 0]
+
+    def _forward(self, groups: list[slice], tokens: torch.Tensor, last_only: bool, pad_to: int) -> torch.Tensor:
         n_rows, n_codebooks, steps = tokens.shape
         assert n_codebooks == self.num_codebooks
-        if self.uses_prefix and bool((self.prefix_lengths[rows] == 0).any()):
+        if self.uses_prefix and min(min(self.host_prefix_lengths[rows]) for rows in groups) == 0:
             raise ValueError("this model prepends a melody: set_prefix on every row before decoding "
                              "(engine.melody.melody_condition(lm, None, ...) without a melody)")
-        positions = self.lengths[rows].view(-1, 1) + torch.arange(steps, device=tokens.device).view(1, -1)
-        x = self._transform(rows, self.embed(tokens, positions))
-        logits = self.head(x)
+        lengths = torch.cat([self.lengths[rows] for rows in groups]) if len(groups) > 1 else self.lengths[groups[0]]
+        positions = lengths.view(-1, 1) + torch.arange(steps, device=tokens.device).view(1, -1)
+        x = self._transform(groups, self.transformer.embed(tokens, positions), pad_to)
+        if last_only:
+            x, steps = x[:, -1:], 1
+        if pad_to > n_rows:
+            x = torch.cat([x, x.new_zeros(pad_to - n_rows, *x.shape[1:])])
+        logits = self.transformer.head(x)[:n_rows]
         return logits.view(n_rows, steps, n_codebooks, self.card).transpose(1, 2).float()
 
-    def _transform(self, rows: slice, x: torch.Tensor) -> torch.Tensor:
-        """Runs the transformer layers on inputs x [R, S, D] (embeddings + positions) after each row's cache."""
-        n_rows, steps, _ = x.shape
-        start_lengths = self.lengths[rows]
-        if int(start_lengths.max()) + steps > self.max_steps:
+    def _attention(self, rows: slice, steps: int, device: torch.device) -> tuple:
+        """A group's cache positions for `steps` new tokens and its attention sizes and masks, from the host copies
+        of the lengths (nothing is read back from the device)."""
+        host_lengths = self.host_lengths[rows]
+        if max(host_lengths) + steps > self.max_steps:
             raise ValueError("KV cache full: re-prefill a shorter context before continuing")
-        positions = start_lengths.view(-1, 1) + torch.arange(steps, device=x.device).view(1, -1)
-        total = int(start_lengths.max()) + steps
+        n_rows = rows.stop - rows.start
+        positions = self.lengths[rows].view(-1, 1) + torch.arange(steps, device=device).view(1, -1)
+        total = max(host_lengths) + steps
         # Masks only where rows differ: query s of row r sees keys 0 .. start_r + s. A single step of rows at one
         # length needs none (and the unmasked attention kernel is the fast one).
-        same_length = bool((start_lengths == start_lengths[0]).all())
         self_mask = None
-        if steps > 1 or not same_length:
-            key_index = torch.arange(total, device=x.device).view(1, 1, 1, total)
+        if steps > 1 or min(host_lengths) != total - steps:
+            key_index = torch.arange(total, device=device).view(1, 1, 1, total)
             self_mask = key_index <= positions.view(n_rows, 1, steps, 1)
-        cross_lengths = self.cross_lengths[rows]
-        cross_total = int(cross_lengths.max())
+        host_cross = self.host_cross_lengths[rows]
+        cross_total = max(host_cross)
         cross_mask = None
-        if not bool((cross_lengths == cross_total).all()):
-            cross_mask = (torch.arange(cross_total, device=x.device).view(1, 1, 1, -1)
-                          < cross_lengths.view(-1, 1, 1, 1))
-        row_index = torch.arange(rows.start, rows.start + n_rows, device=x.device).view(-1, 1)
+        if min(host_cross) != cross_total:
+            cross_mask = (torch.arange(cross_total, device=device).view(1, 1, 1, -1)
+                          < self.cross_lengths[rows].view(-1, 1, 1, 1))
+        row_index = torch.arange(rows.start, rows.stop, device=device).view(-1, 1)
+        return positions, total, self_mask, cross_total, cross_mask, row_index
 
-        for index in range(len(self.layers)):
-            def self_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int = index) -> torch.Tensor:
+    def _transform(self, groups: list[slice], x: torch.Tensor, pad_to: int = 0) -> torch.Tensor:
+        """Runs the transformer layers on inputs x [R, S, D] (embeddings + positions) after each row's cache, the
+        rows being those of `groups` in order; padded with zero rows up to `pad_to` for the weight matmuls."""
+        n_rows, steps, _ = x.shape
+        plans = [(rows, *self._attention(rows, steps, x.device)) for rows in groups]
+        bounds = []
+        for rows, *_ in plans:
+            start = bounds[-1][1] if bounds else 0
+            bounds.append((start, start + rows.stop - rows.start))
+        padding = max(0, pad_to - n_rows)
+        if padding:
+            x = torch.cat([x, x.new_zeros(padding, steps, self.dim)])
+
+        def per_group(attend: tp.Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+            outs = [attend(plan, *(t[start:stop] for t in inputs))
+                    for plan, (start, stop) in zip(plans, bounds, strict=True)]
+            if padding:  # the padding rows attend to nothing
+                outs.append(inputs[0].new_zeros(padding, *inputs[0].shape[1:]))
+            return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+        for index in range(len(self.transformer.layers)):
+            def self_attend(plan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int = index):
+                rows, positions, total, self_mask, _, _, row_index = plan
                 self.keys[index][row_index, :, positions] = k.transpose(1, 2)
                 self.values[index][row_index, :, positions] = v.transpose(1, 2)
                 return F.scaled_dot_product_attention(q, self.keys[index, rows, :, :total],
                                                       self.values[index, rows, :, :total], attn_mask=self_mask)
 
-            def cross_attend(q: torch.Tensor, index: int = index) -> torch.Tensor:
+            def cross_attend(plan, q: torch.Tensor, index: int = index) -> torch.Tensor:
+                rows, _, _, _, cross_total, cross_mask, _ = plan
                 return F.scaled_dot_product_attention(q, self.cross_keys[index, rows, :, :cross_total],
                                                       self.cross_values[index, rows, :, :cross_total],
                                                       attn_mask=cross_mask)
 
-            x = self.layer(index, x, self_attend, cross_attend)
-        self.lengths[rows] = start_lengths + steps
-        self.advance_host(rows, steps)
-        return x
+            x = self.transformer.layer(index, x, functools.partial(per_group, self_attend),
+                           functools.partial(per_group, cross_attend))
+        for rows, positions, *_ in plans:
+            self.lengths[rows] = positions[:, -1] + 1
+            self.advance_host(rows, steps)
+        return x[:n_rows]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.chunk import Chunk, SessionClosed
 from engine.codec_stream import StreamingCodecDecoder
 from engine.settings import JamSettings
 from engine.steering import Placement, Ramp, kept_rows, place, union_blend
@@ -25,30 +26,6 @@ from engine.streams import Conditioning, Stream
 from engine.worker import URGENT, run_in_pieces
 
 logger = logging.getLogger(__name__)
-
-
-class SessionClosed(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class Chunk:
-    index: int
-    audio: torch.Tensor  # [channels, samples]: `seconds` of new audio then `overlap_seconds` shared with the next
-    sample_rate: int
-    seconds: float
-    overlap_seconds: float
-    generation_seconds: float  # from the request to the chunk being ready
-    frames: torch.Tensor  # [K, n] tokens that completed while this chunk was produced
-    settings: JamSettings  # in force at the chunk's first sample
-    # settings that start inside the chunk: (seconds from its first sample, settings), in order
-    changes: tuple[tuple[float, JamSettings], ...] = ()
-    start_seconds: float = 0.0  # the chunk's first sample on the stream's timeline (a restart starts it again)
-
-    @property
-    def real_time_factor(self) -> float:
-        """Wall seconds per second of audio: below 1 is faster than real time."""
-        return self.generation_seconds / self.seconds
 
 
 @dataclass

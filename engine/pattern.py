@@ -1,10 +1,17 @@
 """MusicGen's delayed codebook pattern, incrementally: codebook q of frame t is produced at step t + 1 + delay[q].
 
 audiocraft builds the whole interleaved sequence up front for a known length; an endless stream cannot, so this
-keeps the frames generated so far and derives each step's input and outputs from them.
+keeps the frames generated so far and derives each step's input and outputs from them. The step counter and the
+frame count of a finite sequence live twice: as host integers (for the scheduler's decisions) and as device
+tensors (for the step's input and the update of the codes), kept equal by every method, so a decode step reads
+nothing back from the device.
 """
 
+import typing as tp
+
 import torch
+
+_UNBOUNDED = 1 << 62  # the device-side end of an endless sequence
 
 
 class DelayedFrames:
@@ -12,11 +19,32 @@ class DelayedFrames:
 
     def __init__(self, rows: int, delays: list[int], special_token: int, capacity: int, device="cpu") -> None:
         self.delays = torch.tensor(delays, dtype=torch.long, device=device)
-        self.max_delay = int(self.delays.max())
+        self.max_delay = max(delays)
         self.special_token = special_token
         self.codes = torch.full((rows, len(delays), capacity), -1, dtype=torch.long, device=device)
-        self.step = 0  # index of the next sequence step to predict
-        self.end: int | None = None  # a finite stream's frame count: later frames are never generated
+        self._codebooks = torch.arange(len(delays), device=device)
+        self._step = 0  # index of the next sequence step to predict
+        self._step_t = torch.zeros((), dtype=torch.long, device=device)
+        self._end: tp.Optional[int] = None  # a finite stream's frame count: later frames are never generated
+        self._end_t = torch.full((), _UNBOUNDED, dtype=torch.long, device=device)
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step = value
+        self._step_t.fill_(value)
+
+    @property
+    def end(self) -> tp.Optional[int]:
+        return self._end
+
+    @end.setter
+    def end(self, value: tp.Optional[int]) -> None:
+        self._end = value
+        self._end_t.fill_(_UNBOUNDED if value is None else value)
 
     @property
     def complete_frames(self) -> int:
@@ -33,23 +61,29 @@ class DelayedFrames:
 
     def sequence_values(self, first: int, last: int) -> torch.Tensor:
         """The interleaved sequence for steps [first, last): [rows, K, last - first]."""
-        steps = torch.arange(first, last, device=self.codes.device)
+        return self._values(torch.arange(first, last, device=self.codes.device))
+
+    def next_input(self) -> torch.Tensor:
+        """The input of the step to predict ([rows, K]): the sequence value at `step - 1`, from the device counter."""
+        return self._values((self._step_t - 1).view(1))[:, :, 0]
+
+    def _values(self, steps: torch.Tensor) -> torch.Tensor:
         frame = steps.view(1, -1) - 1 - self.delays.view(-1, 1)  # [K, S]
-        valid = frame >= 0
-        if self.end is not None:  # as audiocraft's pattern, a finite sequence is padded with special tokens
-            valid &= frame < self.end
+        # as audiocraft's pattern, frames before the start and past a finite sequence's end are special tokens
+        valid = (frame >= 0) & (frame < self._end_t)
         gathered = self.codes.gather(2, frame.clamp(min=0).unsqueeze(0).expand(self.codes.shape[0], -1, -1))
         return torch.where(valid.unsqueeze(0), gathered, torch.full_like(gathered, self.special_token))
 
     def accept(self, sampled: torch.Tensor) -> None:
-        """Stores the tokens sampled for step `self.step` ([rows, K]); keeps codes already known (prompts)."""
-        frame = self.step - 1 - self.delays  # [K]
-        for q in range(self.codes.shape[1]):
-            t = int(frame[q])
-            if 0 <= t < (self.codes.shape[2] if self.end is None else min(self.end, self.codes.shape[2])):
-                known = self.codes[:, q, t] >= 0
-                self.codes[:, q, t] = torch.where(known, self.codes[:, q, t], sampled[:, q])
-        self.step += 1
+        """Stores the tokens sampled for step `self.step` ([rows, K]); keeps codes already known (prompts).
+        All K codebooks in one indexed write, at positions computed on the device."""
+        frame = self._step_t - 1 - self.delays  # [K]
+        valid = (frame >= 0) & (frame < self._end_t) & (frame < self.codes.shape[2])
+        index = frame.clamp(0, self.codes.shape[2] - 1)
+        current = self.codes[:, self._codebooks, index]  # [rows, K]
+        self.codes[:, self._codebooks, index] = torch.where(valid & (current < 0), sampled, current)
+        self._step += 1
+        self._step_t.add_(1)
 
     def keep_last(self, frames: int) -> None:
         """Drops all but the last `frames` complete frames (and every incomplete one), keeping them as a prompt."""

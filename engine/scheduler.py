@@ -1,11 +1,13 @@
 """Streams over decoder rows: the LM thread's background work, one batched decode step at a time.
 
 Every change to scheduler state (streams added, updated, removed, demand raised) arrives as a job on the LM
-worker, so the state needs no locks. Between jobs, the streams that want frames advance together: streams on
-adjacent decoder rows share one forward per step, and a long prefill (an audio prompt, a window roll-over) runs in
-slices between other streams' steps. A failure belongs to the stream that caused it: conditioning, prefill,
-forward, sampling and the consumer's callback are each guarded per stream, and the others advance in the same
-step. Live sessions with a deadline come first: when one is at risk, predictions skip a few steps.
+worker, so the state needs no locks. Between jobs, the streams that want frames advance together: live streams share
+one forward per step, predictions another, and a long prefill (an audio prompt, a window roll-over) runs in slices
+between other streams' steps. A stream keeps its decoder rows from start to end: opening and closing a stream, and
+restyling one that has room beside it, move no cache (StepDecoder attends per block of adjacent rows). A failure
+belongs to the stream that caused it: conditioning, prefill, forward, sampling and the consumer's callback are each
+guarded per stream, and the others advance in the same step. Live sessions with a deadline come first: when one is
+at risk, predictions skip a few steps.
 """
 
 import logging
@@ -16,9 +18,11 @@ from collections import OrderedDict
 import torch
 
 from engine import conditions, melody
-from engine.decoder import StepDecoder, UnsupportedModel
+from engine.decoder import StepDecoder
+from engine.sampling import StepInputs, guided_sample
 from engine.static_step import CapturableStep
-from engine.streams import Stream, sample
+from engine.streams import Stream
+from engine.supported import UnsupportedModel
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ class StreamFailed(RuntimeError):
 
 class Scheduler:
     def __init__(self, lm, max_rows: int, max_steps: int, weight_format: str = "float32",
-                 prefill_slice_steps: int = 64, step_mode: str = "off") -> None:
+                 prefill_slice_steps: int = 64, step_mode: str = "off", prediction_pad: int = 0) -> None:
         """`step_mode` (see engine.static_step.choose_step_mode): "off" decodes with the eager forward, "static"
         and "compile" with the capturable step, eagerly or compiled (on CUDA, replayed from CUDA graphs).
 
@@ -50,12 +54,15 @@ class Scheduler:
         if self.decoder is not None and step_mode != "off":
             self.capturable = CapturableStep(self.decoder, step_mode == "compile")
         self.prefill_slice_steps = prefill_slice_steps
+        self.prediction_pad = prediction_pad  # the predictions' shared forward's row count (EngineConfig)
         self.streams: list[Stream] = []
         # text -> its T5 condition, least recently used first: a jam that returns to a style finds it here
         self._condition_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._step_seconds = 0.05  # running estimate of one step, for deadline decisions
         self._skipped = 0
         self._null_prefix: tp.Optional[torch.Tensor] = None
+        # each run of the last step: its device inputs for guidance and sampling (see _sample)
+        self._step_inputs: dict[tuple, tuple[StepInputs, list[int], list[Stream]]] = {}
 
     @property
     def rows_free(self) -> int:
@@ -76,39 +83,60 @@ class Scheduler:
 
     # -- stream management (LM thread) ---------------------------------------------------------------------------
     def add_stream(self, stream: Stream) -> None:
-        """Raises (and changes nothing) when there are no rows for it or the cache copy making room fails."""
+        """Places a stream on the first free block of rows it fits, moving no cache; only when the free rows are
+        scattered are the others packed first. Raises (and changes nothing) when there are no rows for it or
+        that packing copy fails."""
         if self.decoder is None:
             raise RuntimeError(f"this model cannot run streams: {self.unsupported}")
-        if stream.conditioning.rows > self.rows_free:
-            raise RuntimeError(f"no decoder rows left ({self.rows_free} free, {stream.conditioning.rows} needed)")
-        self._relayout(self.streams + [stream])
+        needed = stream.conditioning.rows
+        if needed > self.rows_free:
+            raise RuntimeError(f"no decoder rows left ({self.rows_free} free, {needed} needed)")
+        start = self._free_block(needed)
+        if start is None:
+            self._relayout(self.streams + [stream])
+            return
+        stream.rows = slice(start, start + needed)
+        self.streams = self.streams + [stream]
 
     def remove_stream(self, stream: Stream) -> None:
-        """Frees a stream's rows; never raises. When the copy that packs the others fails (out of memory), they
-        stay on their rows and the next relayout packs them."""
-        if all(s is not stream for s in self.streams):
-            return
-        remaining = [s for s in self.streams if s is not stream]
-        try:
-            self._relayout(remaining)
-        except Exception:
-            logger.exception("could not pack the decoder rows after removing a stream; the others stay put")
-            self.streams = remaining
+        """Frees a stream's rows, moving nothing; never raises."""
+        self.streams = [s for s in self.streams if s is not stream]
 
     def set_conditioning(self, stream: Stream, conditioning, sources: tp.Optional[list[int]] = None) -> None:
         """Swaps a stream's styles from its next step on, keeping its context: style row i continues the cache of
         the stream's style row `sources[i]` (by default the one in the same place, and added styles the first
-        one's), the unconditional row stays. Raises (and changes nothing) when there are no rows for it or the
-        cache copy fails."""
-        grow = conditioning.rows - stream.conditioning.rows
-        if grow > self.rows_free:
-            raise RuntimeError(f"no decoder rows left for {conditioning.rows - 1} styles")
+        one's), the unconditional row stays. The stream keeps its place when the rows it needs there are free,
+        else moves to a free block (only its own rows are copied), else the others are packed. Raises (and
+        changes nothing) when there are no rows for it or the cache copy fails."""
+        rows = conditioning.rows
+        if rows - stream.conditioning.rows > self.rows_free:
+            raise RuntimeError(f"no decoder rows left for {rows - 1} styles")
         if sources is None:
             styled = stream.conditioning.rows - 1
-            sources = [i if i < styled else 0 for i in range(conditioning.rows - 1)]
-        self._relayout(self.streams, {id(stream): sources})
+            sources = [i if i < styled else 0 for i in range(rows - 1)]
+        old = stream.rows
+        start = old.start if self._is_free(old.start, rows, stream) else self._free_block(rows, stream)
+        if start is None:
+            self._relayout(self.streams, {id(stream): sources})
+        else:
+            mapping = list(range(self.max_rows))  # every other row stays where it is
+            for target, source in enumerate([old.start + i for i in sources] + [old.stop - 1], start=start):
+                mapping[target] = source
+            self.decoder.relayout(mapping)  # copies only the rows that change; all or nothing
+            stream.rows = slice(start, start + rows)
         stream.conditioning = conditioning
         stream.conditions_dirty = True
+
+    def _is_free(self, start: int, count: int, ignoring: tp.Optional[Stream] = None) -> bool:
+        """Whether rows start .. start + count - 1 exist and no stream but `ignoring` holds one."""
+        if start + count > self.max_rows:
+            return False
+        return all(s is ignoring or s.rows.stop <= start or s.rows.start >= start + count for s in self.streams)
+
+    def _free_block(self, count: int, ignoring: tp.Optional[Stream] = None) -> tp.Optional[int]:
+        """The first row of the lowest block of `count` free rows, or None when the free rows are scattered."""
+        return next((start for start in range(self.max_rows - count + 1) if self._is_free(start, count, ignoring)),
+                    None)
 
     def fail(self, stream: Stream, phase: str, exc: BaseException) -> None:
         """Drops one stream and tells its consumer; never raises."""
@@ -123,7 +151,8 @@ class Scheduler:
                 logger.exception("a stream's failure callback raised")
 
     def _relayout(self, streams: list[Stream], style_sources: tp.Optional[dict[int, list[int]]] = None) -> None:
-        """Packs `streams` onto rows 0.. in order and makes them the scheduler's streams. A stream whose styles
+        """Packs `streams` onto rows 0.. in order and makes them the scheduler's streams (when scattered free rows
+        hold no block that fits). A stream whose styles
         change has in `style_sources` (by id) the style row of its own that each new style row continues; the
         others keep their rows' contents. Nothing moves (caches, rows, the stream list) unless the decoder's copy
         succeeded: a copy can run out of memory on a GPU, and the other streams must go on from the caches they
@@ -168,16 +197,16 @@ class Scheduler:
 
     def _step(self, active: list[Stream]) -> None:
         ready = [s for s in active if self._attempt(s, "conditioning", lambda s=s: self._prepare(s))[0]]
-        logits: dict[int, torch.Tensor] = {}
+        groups: list[tuple[list[Stream], torch.Tensor]] = []  # streams and the logits of their rows
         prefilling = [s for s in ready if s.pending_prefill]
         stepping = [s for s in ready if not s.pending_prefill]
         for stream in prefilling:
             ok, out = self._attempt(stream, "prefill", lambda s=stream: self._prefill_slice(s))
             if ok and out is not None:
-                logits[id(stream)] = out
-        for run in _contiguous_runs(stepping):
+                groups.append(([stream], out))
+        for run in _runs(stepping, contiguous=self.capturable is not None):
             try:
-                logits.update(self._forward(run))
+                groups.append((run, self._forward(run)))
             except Exception as exc:  # find the culprit: each stream of the run alone
                 if len(run) == 1:
                     self.fail(run[0], "decode step", exc)
@@ -185,13 +214,40 @@ class Scheduler:
                 for stream in run:
                     ok, out = self._attempt(stream, "decode step", lambda s=stream: self._forward([s]))
                     if ok:
-                        logits.update(out)
-        for stream in ready:
-            if id(stream) not in logits or stream.error is not None:
-                continue
-            ok, _ = self._attempt(stream, "sampling", lambda s=stream: self._accept(s, logits[id(s)]))
-            if ok and stream.on_frames is not None:
-                self._attempt(stream, "delivering frames", lambda s=stream: s.on_frames(s))
+                        groups.append(([stream], out))
+        inputs, self._step_inputs = self._step_inputs, {}
+        for streams, logits in groups:
+            try:
+                tokens = self._sample(streams, logits, inputs)
+            except Exception as exc:  # each stream alone, on its own rows' logits
+                if len(streams) == 1:
+                    self.fail(streams[0], "sampling", exc)
+                    continue
+                tokens = []
+                for stream, first in zip(streams, _first_rows(streams), strict=True):
+                    own = logits[first: first + stream.conditioning.rows]
+                    ok, out = self._attempt(stream, "sampling", lambda s=stream, o=own: self._sample([s], o, {}))
+                    tokens.append(out[0] if ok else None)
+            for stream, stream_tokens in zip(streams, tokens, strict=True):
+                if stream_tokens is None or stream.error is not None:
+                    continue
+                ok, _ = self._attempt(stream, "sampling", lambda s=stream, t=stream_tokens: s.accept_tokens(t))
+                if ok and stream.on_frames is not None:
+                    self._attempt(stream, "delivering frames", lambda s=stream: s.on_frames(s))
+
+    def _sample(self, streams: list[Stream], logits: torch.Tensor, previous: dict) -> torch.Tensor:
+        """Tokens [S, K] of one step for streams on consecutive rows, from the logits of those rows. The device
+        inputs are rebuilt only when the streams, their settings or their draw counts differ from the previous
+        step's (the counts advance on the device in step with each stream's host count)."""
+        key = tuple((id(s), s.row_settings(first)) for s, first in zip(streams, _first_rows(streams), strict=True))
+        draws = [s.draws for s in streams]
+        cached = previous.get(key)
+        if cached is None or cached[1] != draws:
+            cached = (StepInputs([settings for _, settings in key], draws, logits.device), draws, streams)
+        tokens = guided_sample(logits, cached[0])
+        # the streams are held with their entry, so that no new stream can reuse an id of the key
+        self._step_inputs[key] = (cached[0], [d + 1 for d in draws], streams)
+        return tokens
 
     def set_melody(self, stream: Stream, prefix: tp.Optional[torch.Tensor]) -> None:
         """A new melody (or none) from the stream's next step on; its context is re-prefilled after the prefix."""
@@ -239,39 +295,55 @@ class Scheduler:
         if start == 0:
             self.decoder.reset(stream.rows)
         steps = stream.frames.sequence_values(start, end).expand(stream.conditioning.rows, -1, -1)
-        out = self.decoder.forward(stream.rows, steps)[:, :, -1]
+        out = self.decoder.forward(stream.rows, steps, last_only=True)[:, :, -1]
         stream.prefilled = end
         if end < stream.pending_prefill:
             return None
         stream.pending_prefill = stream.prefilled = 0
         return out
 
-    def _forward(self, run: list[Stream]) -> dict[int, torch.Tensor]:
-        inputs = [s.frames.sequence_values(s.frames.step - 1, s.frames.step).expand(s.conditioning.rows, -1, -1)
-                  for s in run]
-        rows = slice(run[0].rows.start, run[-1].rows.stop)
+    def _forward(self, run: list[Stream]) -> torch.Tensor:
+        """Logits [R, K, card] of one step for the rows of `run`'s streams, in order. Live streams share one
+        forward (attending in blocks of adjacent rows; the capturable step takes one block per call); predictions
+        share theirs among themselves, padded to a fixed row count, so that none of them depends on the others
+        (see StepDecoder.step_streams, EngineConfig.prediction_pad)."""
+        inputs = torch.cat([s.frames.next_input().expand(s.conditioning.rows, -1) for s in run])
+        if run[0].target_frames is not None:
+            return self.decoder.step_streams([s.rows for s in run], inputs, pad_to=self.prediction_pad)
         if self.capturable is not None:
-            out = self.capturable(rows, torch.cat(inputs)[:, :, 0])
+            return self.capturable(slice(run[0].rows.start, run[-1].rows.stop), inputs)
+        return self.decoder.step_streams(_blocks(run), inputs, pad_to=0)
+
+
+def _blocks(streams: list[Stream]) -> list[slice]:
+    """The rows of streams sorted by row, adjacent ones merged: one attention call each."""
+    blocks: list[slice] = []
+    for stream in streams:
+        if blocks and blocks[-1].stop == stream.rows.start:
+            blocks[-1] = slice(blocks[-1].start, stream.rows.stop)
         else:
-            out = self.decoder.forward(rows, torch.cat(inputs))[:, :, -1]
-        return {id(s): out[s.rows.start - rows.start: s.rows.stop - rows.start] for s in run}
-
-    @staticmethod
-    def _accept(stream: Stream, logits: torch.Tensor) -> None:
-        tokens = sample(stream.guided_logits(logits), stream.params, stream.generator)
-        stream.frames.accept(tokens.view(1, -1))
-        stream.stepped()
+            blocks.append(stream.rows)
+    return blocks
 
 
-def _contiguous_runs(streams: list[Stream]) -> list[list[Stream]]:
-    """Groups live streams on adjacent rows into one forward. A finite stream (a prediction) always runs alone:
-    a batched matmul may round differently from a single one, and a seeded prediction must give the same bytes
-    whatever sessions run beside it."""
+def _first_rows(streams: list[Stream]) -> list[int]:
+    """Where each stream's rows start in the logits of a forward over `streams` (their rows in order)."""
+    firsts, row = [], 0
+    for stream in streams:
+        firsts.append(row)
+        row += stream.conditioning.rows
+    return firsts
+
+
+def _runs(streams: list[Stream], contiguous: bool) -> list[list[Stream]]:
+    """The forwards of one step: the live streams' (with `contiguous`, one per block of adjacent rows), and one
+    for all predictions (their bytes do not depend on it: StepDecoder.step_streams pads to a fixed row count)."""
+    live = sorted((s for s in streams if s.target_frames is None), key=lambda s: s.rows.start)
+    predictions = [s for s in streams if s.target_frames is not None]
     runs: list[list[Stream]] = []
-    for stream in sorted(streams, key=lambda s: s.rows.start):
-        shareable = stream.target_frames is None and runs and runs[-1][-1].target_frames is None
-        if shareable and runs[-1][-1].rows.stop == stream.rows.start:
+    for stream in live:
+        if runs and (not contiguous or runs[-1][-1].rows.stop == stream.rows.start):
             runs[-1].append(stream)
         else:
             runs.append([stream])
-    return runs
+    return runs + ([predictions] if predictions else [])

@@ -1,17 +1,17 @@
 """What a client can steer in a jam session, validated on construction so a bad update never reaches a stream."""
 
+import math
 import typing as tp
 from dataclasses import dataclass, field
 
-from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
-from engine.streams import Conditioning, SamplingParams, normalized_weights
-
-MAX_RAMP_SECONDS = 60.0
+from engine.params import ChunkSeconds, RampSeconds, SamplingParams, Styles, StyleWeights, checked
+from engine.streams import Conditioning
 
 
 @dataclass(frozen=True)
 class JamSettings:
-    """Everything a client can steer. Validated on construction, so a bad update never reaches the stream."""
+    """Everything a client can steer. Validated on construction by the rules of engine.params, so a bad update
+    never reaches the stream (the protocols check the same rules first, to answer in their own words)."""
 
     styles: tuple[str, ...]
     weights: tuple[float, ...]
@@ -23,21 +23,18 @@ class JamSettings:
     source: tp.Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.styles or any(not s.strip() for s in self.styles):
-            raise ValueError("styles must name at least one non-empty style")
-        if len(self.styles) > MAX_STYLES:
-            raise ValueError(f"{len(self.styles)} styles given; at most {MAX_STYLES} can be blended")
-        if any(len(s) > MAX_PROMPT_CHARS for s in self.styles):
-            raise ValueError(f"a style is longer than {MAX_PROMPT_CHARS} characters")
+        object.__setattr__(self, "styles", checked(Styles, self.styles, "styles"))  # a list is kept as a tuple
+        object.__setattr__(self, "weights", checked(StyleWeights, self.weights, "style weights"))
         if len(self.weights) != len(self.styles):
             raise ValueError(f"{len(self.weights)} style weights for {len(self.styles)} styles")
-        normalized_weights(self.weights)
-        self.params.validate()
-        if not 0 < self.chunk_seconds <= 10:
-            raise ValueError("chunk length must be within (0, 10] seconds")
-        if not 0 <= self.ramp_seconds <= MAX_RAMP_SECONDS:
-            raise ValueError(f"style ramp must be within [0, {MAX_RAMP_SECONDS:g}] seconds")
+        if sum(self.weights) <= 0:
+            raise ValueError("style weights must not all be zero")
+        if not math.isfinite(sum(self.weights)):  # each is finite, their sum may not be: none could be normalised
+            raise ValueError("style weights are too large: their sum is not a finite number")
+        checked(ChunkSeconds, self.chunk_seconds, "chunk_seconds")
+        checked(RampSeconds, self.ramp_seconds, "ramp_seconds")
 
     @property
     def conditioning(self) -> Conditioning:
-        return Conditioning(list(self.styles), normalized_weights(self.weights))
+        total = float(sum(self.weights))
+        return Conditioning(list(self.styles), [w / total for w in self.weights])

@@ -41,13 +41,13 @@ def step_function(decoder: StepDecoder, keys: list[torch.Tensor], values: list[t
     """
     n_rows, n_codebooks = tokens.shape
     positions = lengths.clone()
-    x = decoder.embed(tokens.unsqueeze(-1), positions.view(-1, 1))
+    x = decoder.transformer.embed(tokens.unsqueeze(-1), positions.view(-1, 1))
     window = torch.arange(keys[0].shape[2], device=tokens.device).view(1, 1, 1, -1)
     self_mask = _additive(window <= positions.view(-1, 1, 1, 1), decoder.dtype)
     cross_window = torch.arange(cross_keys.shape[3], device=tokens.device).view(1, 1, 1, -1)
     cross_mask = _additive(cross_window < cross_lengths.view(-1, 1, 1, 1), decoder.dtype)
     row_index = torch.arange(n_rows, device=tokens.device)
-    for index in range(len(decoder.layers)):
+    for index in range(len(decoder.transformer.layers)):
         def self_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: int = index) -> torch.Tensor:
             keys[index][row_index, :, positions] = k[:, :, 0]
             values[index][row_index, :, positions] = v[:, :, 0]
@@ -56,9 +56,9 @@ def step_function(decoder: StepDecoder, keys: list[torch.Tensor], values: list[t
         def cross_attend(q: torch.Tensor, index: int = index) -> torch.Tensor:
             return F.scaled_dot_product_attention(q, cross_keys[index], cross_values[index], attn_mask=cross_mask)
 
-        x = decoder.layer(index, x, self_attend, cross_attend)
+        x = decoder.transformer.layer(index, x, self_attend, cross_attend)
     lengths.add_(1)
-    return decoder.head(x).view(n_rows, n_codebooks, decoder.card).float()
+    return decoder.transformer.head(x).view(n_rows, n_codebooks, decoder.card).float()
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

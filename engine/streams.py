@@ -3,8 +3,9 @@
 A stream owns one row per style (conditional) plus one unconditional row. All its rows share the token history;
 their logits combine as weighted classifier-free guidance:
     logits = uncond + guidance * sum_i w_i * (cond_i - uncond),   sum_i w_i = 1
-which is audiocraft's CFG when there is one style. Sampling uses the stream's own torch.Generator, so a seeded
-stream is reproducible whatever else shares the forward.
+which is audiocraft's CFG when there is one style (engine.sampling computes it for all streams of a step at once).
+Sampling draws from a counter keyed by the stream's seed, so a seeded stream is reproducible whatever else shares
+the forward.
 """
 
 import typing as tp
@@ -12,59 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.params import SamplingParams
 from engine.pattern import DelayedFrames
+from engine.sampling import RowSettings
 from engine.steering import Ramp
-
-GREEDY_BELOW = 1e-4  # temperatures below this decode greedily (0 is audiocraft's greedy decoding)
-MAX_TEMPERATURE = 10.0
-MAX_GUIDANCE = 20.0
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    guidance: float = 3.0
-
-    def validate(self) -> None:
-        """The ranges in which every value gives finite audio (the schema and the protocols state the same)."""
-        if not 0 <= self.temperature <= MAX_TEMPERATURE:
-            raise ValueError(f"temperature must be within [0, {MAX_TEMPERATURE:g}] (0 decodes greedily)")
-        if self.top_k < 0:
-            raise ValueError("top_k must be >= 0")
-        if not 0 <= self.top_p <= 1:
-            raise ValueError("top_p must be within [0, 1]")
-        if not 0 <= self.guidance <= MAX_GUIDANCE:
-            raise ValueError(f"guidance must be within [0, {MAX_GUIDANCE:g}]")
-
-
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
-    """logits [K, card] -> tokens [K], with audiocraft's rules: greedy at temperature 0, else top-p, top-k or
-    plain sampling."""
-    if params.temperature < GREEDY_BELOW:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    if params.top_p > 0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        cumulative = sorted_probs.cumsum(dim=-1)
-        sorted_probs = torch.where(cumulative - sorted_probs > params.top_p, 0.0, sorted_probs)
-        choice = torch.multinomial(sorted_probs / sorted_probs.sum(-1, keepdim=True), 1, generator=generator)
-        return order.gather(-1, choice).squeeze(-1)
-    if params.top_k > 0:
-        top, order = probs.topk(min(params.top_k, probs.shape[-1]), dim=-1)
-        choice = torch.multinomial(top / top.sum(-1, keepdim=True), 1, generator=generator)
-        return order.gather(-1, choice).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def normalized_weights(weights: tp.Sequence[float]) -> list[float]:
-    if any(w < 0 for w in weights):
-        raise ValueError("style weights must be >= 0")
-    total = float(sum(weights))
-    if total <= 0:
-        raise ValueError("style weights must not all be zero")
-    return [w / total for w in weights]
 
 
 @dataclass
@@ -85,7 +37,7 @@ class Stream:
 
     conditioning: Conditioning
     params: SamplingParams
-    generator: torch.Generator
+    seed: int  # with `draws`, all the randomness of the stream's sampling (engine.sampling)
     frames: DelayedFrames
     keep_frames: int  # frames of context kept by a re-prefill
     target_frames: tp.Optional[int] = None  # finite streams (batch predictions) stop here
@@ -99,6 +51,7 @@ class Stream:
     emitted_frames: int = 0  # frames handed to the consumer so far (absolute count)
     frame_offset: int = 0  # absolute index of frames.codes[..., 0]
     rollovers: int = 0
+    draws: int = 0  # decode steps sampled so far: the host's copy of the stream's counter in engine.sampling
     wanted_frames: int = 0  # the consumer wants steps until this many absolute frames are complete
     on_frames: tp.Optional[tp.Callable[["Stream"], None]] = None  # engine thread, after each step
     on_failed: tp.Optional[tp.Callable[["Stream", BaseException], None]] = None  # engine thread, once
@@ -141,15 +94,18 @@ class Stream:
         self.emitted_frames = self.frame_offset + end
         return chunk
 
-    def guided_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits [rows, K, card] -> [K, card] by weighted classifier-free guidance."""
-        cond, uncond = logits[:-1], logits[-1]
+    def row_settings(self, first_row: int) -> RowSettings:
+        """What this stream's rows (from `first_row` of a run) contribute to a step's guidance and sampling: the
+        weights of a glide under way, else the conditioning's."""
         weights = self.ramp.weights if self.ramp is not None else self.conditioning.weights
-        weights = torch.tensor(weights, dtype=logits.dtype, device=logits.device).view(-1, 1, 1)
-        return uncond + self.params.guidance * (weights * (cond - uncond)).sum(dim=0)
+        return RowSettings(first_row=first_row, style_weights=tuple(weights), guidance=self.params.guidance,
+                           temperature=self.params.temperature, top_k=self.params.top_k, top_p=self.params.top_p,
+                           seed=self.seed)
 
-    def stepped(self) -> None:
-        """One decode step was sampled: a glide moves on, and ends on its target weights."""
+    def accept_tokens(self, tokens: torch.Tensor) -> None:
+        """Stores one step's sampled tokens [K]; a glide of the weights moves on, and ends on its targets."""
+        self.frames.accept(tokens.view(1, -1))
+        self.draws += 1
         if self.ramp is not None:
             self.ramp.done += 1
             if self.ramp.finished:
@@ -194,15 +150,12 @@ def new_stream(lm, conditioning: Conditioning, params: SamplingParams, seed: int
                target_frames: tp.Optional[int] = None, melody: tp.Optional[torch.Tensor] = None) -> Stream:
     """A stream ready for the scheduler; `prompt` [K, P] are audio tokens to continue from, `melody` a chroma
     prefix (engine.melody) on melody models."""
-    params.validate()
     delays = list(lm.pattern_provider.delays)
     frames = DelayedFrames(1, delays, lm.special_token_id, capacity=window_frames + max(delays) + 2,
                            device=next(lm.parameters()).device)
     empty = torch.zeros(1, len(delays), 0, dtype=torch.long, device=frames.codes.device)
     steps = frames.load_prompt(empty if prompt is None else prompt[None])
     frames.end = None if target_frames is None else _window_end(target_frames, window_frames)
-    generator = torch.Generator(device=frames.codes.device)
-    generator.manual_seed(seed)
-    return Stream(conditioning=conditioning, params=params, generator=generator, frames=frames,
+    return Stream(conditioning=conditioning, params=params, seed=seed, frames=frames,
                   keep_frames=keep_frames, target_frames=target_frames, window_frames=window_frames,
                   pending_prefill=steps, melody=melody)

@@ -19,7 +19,8 @@ import torch
 
 from engine.api import BatchRequest
 from streaming import audio
-from streaming.bar_protocol import bar_params, chunk_metadata
+from streaming.bar_events import chunk_metadata
+from streaming.bar_protocol import bar_params
 from streaming.bar_source import OUTPUT_CHANNELS, BarChunk, BarParams, context_window
 from streaming.bars import loop_context, loop_slice, style_blend
 from streaming.jam_protocol import ProtocolError

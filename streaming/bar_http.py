@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from engine.api import CapacityError, EngineUnavailable, SessionClosed, random_seed
+from streaming import bar_events as be
 from streaming import bar_protocol as bp
 from streaming.auth import authorized
 from streaming.bar_generate import GenerateRequest, decode_loop, generate_work
@@ -177,7 +178,7 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
             raise HttpError(400, "bpm: field required")
         values = bp.form_values(fields, bp.JAM_START_DEFAULTS)
         try:
-            jam = await open_jam(engine, registry, blocking, data, values, None, owner=None)
+            jam = await open_jam(engine, registry, blocking, data, values, None)
         except CapacityError as exc:
             raise HttpError(429, "concurrency_limit_reached: all session slots are in use; try again later",
                             limit=exc.limit) from None
@@ -206,7 +207,7 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
             raise HttpError(408 if bar.running else 404, "Chunk not ready within timeout" if bar.running else
                             bar.failure or "Session not found")
         jam.sent(chunk)
-        return {"chunk": bp.chunk_body(chunk, notice)}
+        return {"chunk": be.chunk_body(chunk, notice)}
 
     async def consume(request: Request) -> dict:
         fields, _ = await read_form(request, None)
@@ -265,7 +266,7 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
 
     async def status(request: Request) -> dict:
         jam = touched(request.query_params.get("session_id"))
-        return bp.status_body(jam.session)
+        return be.status_body(jam.session)
 
     return [Route("/jam/start", routed(start), methods=["POST"]), Route("/jam/next", routed(next_chunk)),
             Route("/jam/consume", routed(consume), methods=["POST"]),

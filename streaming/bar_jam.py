@@ -5,7 +5,8 @@ the next one not yet delivered (`next`, waiting up to a timeout); `consume` ackn
 asked for chunk k only while k <= max(consumed, delivered - 1) + AHEAD_CHUNKS, so the server stays at most one
 chunk ahead of the listener and a listener that stops pulling stops generation. The outbox keeps only chunks not
 yet delivered plus the last delivered one, so its memory is bounded. A generation failure restarts the source
-(the loop again, on its slot) up to MAX_RESTARTS times in a row; then the jam ends (`failure` says why).
+(the loop again, on its slot) up to MAX_RESTARTS times in a row (streaming.supervisor.Failures); then the jam
+ends (`failure` says why).
 """
 
 import asyncio
@@ -18,7 +19,7 @@ from engine.api import SessionClosed, random_seed
 from streaming.bar_generate import decode_loop
 from streaming.bar_protocol import bar_params
 from streaming.bar_source import BarChunk, BarSource
-from streaming.lifecycle import MAX_RESTARTS
+from streaming.supervisor import Failures
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class BarJam:
         return self.generated <= max(self.consumed, self.delivered - 1) + AHEAD_CHUNKS
 
     async def _produce(self) -> None:
-        failures = 0
+        failures = Failures()
         try:
             while self.running:
                 while not self._may_generate():
@@ -106,9 +107,9 @@ class BarJam:
                 except SessionClosed:
                     return
                 except Exception as exc:  # generation failed: the loop again on the same slot, a few times
-                    failures += 1
-                    logger.warning("bar session failed (%d in a row): %s", failures, exc)
-                    if failures > MAX_RESTARTS:
+                    restarting = failures.failed()
+                    logger.warning("bar session failed (%d in a row): %s", failures.count, exc)
+                    if not restarting:
                         self.failure = f"generation failed: {exc}"
                         return
                     try:
@@ -119,7 +120,7 @@ class BarJam:
                         self.failure = f"could not restart the session: {again}"
                         return
                     continue
-                failures = 0
+                failures.reset()
                 self.outbox[chunk.index] = chunk
                 self.generated = chunk.index + 1
                 try:
@@ -133,23 +134,32 @@ class BarJam:
             self._wake()
 
 
-async def open_jam(engine, registry, blocking: Executor, loop: bytes, raw: dict, seed: tp.Optional[int],
-                   owner: tp.Optional[object]):
-    """Decodes the loop, opens a bar source on an engine slot (both on the blocking pool) and registers it as a
-    `bar` session (streaming.sessions) whose session is a BarJam. Raises ProtocolError (bad loop or parameters),
-    CapacityError (no free slot), ValueError or EngineUnavailable; a caller cancelled meanwhile leaves the source
-    to be closed as soon as it is open."""
+async def open_bar(engine, blocking: Executor, loop: bytes, raw: dict, seed: int) -> BarJam:
+    """Decodes the loop and opens a bar source on an engine slot (both on the blocking pool). Raises
+    ProtocolError (bad loop or parameters), CapacityError (no free slot), ValueError or EngineUnavailable; a
+    caller cancelled meanwhile leaves the source to be closed as soon as it is open."""
     running = asyncio.get_running_loop()
     wav, rate = await running.run_in_executor(blocking, decode_loop, loop)
     params = bar_params(raw, rate)
-    seed = random_seed() if seed is None else seed
     opening = running.run_in_executor(blocking, BarSource, engine, params, (wav, rate), seed)
     try:
         source = await asyncio.shield(opening)
     except asyncio.CancelledError:
         opening.add_done_callback(lambda done: done.cancelled() or done.exception() or done.result().close())
         raise
-    bar = BarJam(source)
-    jam = registry.open("bar", bar, seed, engine.describe(), owner=owner)
-    bar.on_chunk = jam.generated
+    return BarJam(source)
+
+
+def recorded(jam) -> None:
+    """A registered bar session records each chunk it generates."""
+    jam.session.on_chunk = jam.generated
+
+
+async def open_jam(engine, registry, blocking: Executor, loop: bytes, raw: dict, seed: tp.Optional[int]):
+    """A bar session opened (`open_bar`) and registered as a `bar` session held by no connection (the HTTP
+    routes' sessions, streaming.sessions); raises what `open_bar` raises."""
+    seed = random_seed() if seed is None else seed
+    jam = registry.open("bar", await open_bar(engine, blocking, loop, raw, seed), seed, engine.describe(),
+                        owner=None)
+    recorded(jam)
     return jam

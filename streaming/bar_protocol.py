@@ -1,5 +1,5 @@
 """Bar mode's wire formats (magenta-retry's `/ws/jam` `mode: "bar"` and its HTTP API), pure: messages and forms
-in, commands and parameters out; the server's events and answers built here. No sockets, no model.
+in, commands and parameters out (the server's events and answers: streaming.bar_events). No sockets, no model.
 
 Field names, defaults and answers are magenta-retry's `app.py` (github betweentwomidnights/magenta-rt): the
 WebSocket's `start` params (`headroom_db`, `target_sr`) and the HTTP forms (`loudness_headroom_db`,
@@ -9,27 +9,29 @@ ordinary 64 KiB limit.
 """
 
 import base64
-import math
+import enum
 import typing as tp
 from dataclasses import dataclass, replace
 
-from engine.api import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STYLES, MAX_TEMPERATURE
+from engine.api import params as rules
 from streaming import audio
-from streaming.bar_source import BarChunk, BarParams
-from streaming.jam_protocol import ProtocolError, encode
-from streaming.wire import WireError, bounded_number, load_object
+from streaming.bar_source import BarParams
+from streaming.jam_protocol import ProtocolError
+from streaming.wire import WireError, load_object
 
 MAX_AUDIO_MESSAGE_BYTES = 20 * 2**20  # a 30 s 48 kHz stereo 16-bit loop is ~7.7 MB in base64; float WAV twice that
 MAX_CHUNK_SECONDS = 120.0  # bars_per_chunk bars at the bpm: one chunk is held (and sent) whole
-MAX_SEED = 2**32 - 1
 AUDIO_TYPES = ("start", "reseed", "reseed_splice")
-# name -> (kind, low, high): the bounds every transport applies
-NUMBERS: dict[str, tuple[type, float, float]] = {
-    "bpm": (float, 20, 400), "beats_per_bar": (int, 1, 16), "bars_per_chunk": (int, 1, 64), "bars": (int, 1, 64),
-    "target_sr": (int, 8000, 192000), "headroom_db": (float, 0, 60), "loop_weight": (float, 0, 1000),
-    "guidance_weight": (float, 0, MAX_GUIDANCE), "temperature": (float, 0, MAX_TEMPERATURE), "topk": (int, 1, 2048),
-    "anchor_bars": (float, 0, 64), "intro_bars_to_drop": (int, 0, 64), "chunk_index": (int, -1, 2**53),
-    "seed": (int, -1, MAX_SEED)}
+BARS = rules.integer(1, 64)
+# name -> its type and bounds (engine.params), for the WebSocket's params, the HTTP forms (by the WebSocket's
+# names) and the fields of single messages alike
+NUMBERS: dict[str, tp.Any] = {
+    "bpm": rules.number(20, 400), "beats_per_bar": rules.integer(1, 16), "bars_per_chunk": BARS, "bars": BARS,
+    "target_sr": rules.integer(8000, 192000), "headroom_db": rules.number(0, 60),
+    "loop_weight": rules.number(0, 1000), "guidance_weight": rules.Guidance, "temperature": rules.Temperature,
+    "topk": rules.integer(1, rules.MAX_TOP_K), "anchor_bars": rules.number(0, 64),
+    "intro_bars_to_drop": rules.integer(0, 64), "chunk_index": rules.integer(-1, rules.MAX_EXACT_INTEGER),
+    "seed": rules.Seed}
 STEERING = ("styles", "style_weights", "loop_weight", "guidance_weight", "temperature", "topk")
 WS_DEFAULTS = {"bpm": 120.0, "beats_per_bar": 4, "bars_per_chunk": 8, "target_sr": None, "loudness_mode": "none",
                "headroom_db": 1.0, "loop_weight": 1.0, "styles": "", "style_weights": "", "guidance_weight": 1.1,
@@ -42,10 +44,13 @@ GENERATE_DEFAULTS = {**WS_DEFAULTS, "bars": 8, "styles": "acid house", "loudness
 
 
 def number(raw: dict, name: str) -> tp.Union[int, float]:
-    kind, low, high = NUMBERS[name]
+    return checked(NUMBERS[name], raw[name], name)
+
+
+def checked(kind: tp.Any, value: tp.Any, name: str) -> tp.Any:
     try:
-        return bounded_number(raw[name], name, low, high, integer=kind is int)
-    except WireError as exc:
+        return rules.checked(kind, value, name)
+    except ValueError as exc:
         raise ProtocolError(str(exc)) from None
 
 
@@ -55,16 +60,13 @@ def styles_of(raw: dict) -> tuple[tuple[str, ...], tuple[float, ...]]:
     if not isinstance(text, str) or not isinstance(weights_text, str):
         raise ProtocolError("styles and style_weights must be strings such as \"acid house, techno\" and \"1,0.5\"")
     styles = tuple(s.strip() for s in text.split(",") if s.strip())
-    if len(styles) > MAX_STYLES:
-        raise ProtocolError(f"styles: {len(styles)} given; at most {MAX_STYLES} can be blended")
-    if any(len(s) > MAX_PROMPT_CHARS for s in styles):
-        raise ProtocolError(f"styles: a style is longer than {MAX_PROMPT_CHARS} characters")
+    if styles:
+        checked(rules.Styles, styles, "styles")
     try:
         given = [float(w) for w in weights_text.split(",") if w.strip()]
     except ValueError:
         raise ProtocolError(f"style_weights must be comma-separated numbers, got {weights_text!r:.60}") from None
-    if any(not math.isfinite(w) or w < 0 for w in given):
-        raise ProtocolError("style_weights must be finite and >= 0")
+    checked(rules.StyleWeights, given, "style_weights")
     if len(given) > len(styles):
         raise ProtocolError(f"style_weights has {len(given)} values for {len(styles)} styles")
     return styles, tuple(given + [1.0] * (len(styles) - len(given)))
@@ -171,6 +173,48 @@ class Ping:
 Command = tp.Union[Start, Consume, Reseed, ReseedSplice, Update, Stop, Ping]
 
 
+class State(enum.Enum):
+    """A bar-mode socket's state, its transitions all in `SocketProtocol`: IDLE -> STARTED (a session started or
+    attached) -> STOPPED (stop); back to IDLE when the session ends on the server's side (a start refused, a
+    generation that failed for good), so that a new start may come."""
+
+    IDLE = "idle"
+    STARTED = "started"
+    STOPPED = "stopped"
+
+
+class SocketProtocol:
+    """Which commands a bar-mode socket may act on now, and the one session it plays (`session_id`)."""
+
+    def __init__(self) -> None:
+        self.state = State.IDLE
+        self.session_id: tp.Optional[str] = None
+
+    def receive(self, command: Command) -> Command:
+        """The command, if it may be acted on now; ProtocolError (magenta-retry's words) if not."""
+        if isinstance(command, Ping):
+            return command
+        if isinstance(command, Start):
+            if self.state is not State.IDLE:
+                raise ProtocolError("start was already received on this connection; send update to change "
+                                    "parameters")
+            return command
+        if self.state is not State.STARTED:
+            raise ProtocolError("No session_id yet: send start first")
+        if getattr(command, "session_id", None) not in (None, self.session_id):
+            raise ProtocolError(f"Session not found: this socket plays session {self.session_id}")
+        if isinstance(command, Stop):
+            self.state = State.STOPPED
+        return command
+
+    def started(self, session_id: str) -> None:
+        self.state, self.session_id = State.STARTED, session_id
+
+    def session_ended(self) -> None:
+        """The session ended on the server's side: a new start may come."""
+        self.state, self.session_id = State.IDLE, None
+
+
 def is_bar_start(message: dict) -> bool:
     return message.get("type") == "start" and message.get("mode") == "bar"
 
@@ -249,7 +293,7 @@ def form_values(form: tp.Mapping[str, tp.Any], defaults: dict) -> dict:
         if name not in defaults or not isinstance(value, str):
             continue
         if name in NUMBERS and not (value == "" and defaults[name] is None):
-            kind = NUMBERS[name][0]
+            kind = tp.get_args(NUMBERS[name])[0]  # int or float: a form's text becomes the JSON value it names
             try:
                 values[name] = kind(float(value)) if kind is int and float(value).is_integer() else kind(value)
             except ValueError:
@@ -258,54 +302,3 @@ def form_values(form: tp.Mapping[str, tp.Any], defaults: dict) -> dict:
         elif name not in NUMBERS:
             values[name] = value
     return values
-
-
-# -- server events ---------------------------------------------------------------------------------------------
-def chunk_metadata(chunk: BarChunk, notice: tp.Optional[str] = None) -> dict:
-    """magenta-retry's chunk metadata, stating what was sent."""
-    params = chunk.params
-    clock = params.clock
-    metadata = {"bpm": float(params.bpm), "bars": params.bars_per_chunk, "beats_per_bar": params.beats_per_bar,
-                "sample_rate": chunk.sample_rate, "channels": int(chunk.audio.shape[0]),
-                "total_samples": int(chunk.audio.shape[-1]), "seconds_per_bar": clock.seconds_per_bar,
-                "loop_duration_seconds": params.bars_per_chunk * clock.seconds_per_bar,
-                "guidance_weight": params.guidance_weight, "temperature": params.temperature, "topk": params.topk,
-                "loudness": chunk.loudness}
-    if notice:
-        metadata["notice"] = notice
-    return metadata
-
-
-def chunk_body(chunk: BarChunk, notice: tp.Optional[str] = None) -> dict:
-    """The chunk as magenta-retry's `/jam/next` and the socket's `chunk` carry it."""
-    wav = audio.wav_bytes(chunk.audio, chunk.sample_rate)
-    return {"index": chunk.index, "audio_base64": base64.b64encode(wav).decode(),
-            "metadata": chunk_metadata(chunk, notice)}
-
-
-def chunk_events(chunk: BarChunk, binary: bool, notice: tp.Optional[str] = None) -> list[tp.Union[str, bytes]]:
-    if binary:
-        return [audio.wav_bytes(chunk.audio, chunk.sample_rate),
-                encode({"type": "chunk_meta", "index": chunk.index, "metadata": chunk_metadata(chunk, notice)})]
-    return [encode({"type": "chunk", **chunk_body(chunk, notice)})]
-
-
-def started_event(session_id: str) -> str:
-    return encode({"type": "started", "session_id": session_id, "mode": "bar"})
-
-
-def status_event(**fields: tp.Any) -> str:
-    return encode({"type": "status", **fields})
-
-
-def status_body(bar) -> dict:
-    """`/jam/status` of a running bar session (streaming.bar_jam.BarJam): its indexes and timeline."""
-    params = bar.source.params
-    seconds_per_bar = params.clock.seconds_per_bar
-    return {"running": bar.running, "last_generated_index": bar.generated - 1,
-            "last_delivered_index": bar.delivered - 1, "last_consumed_index": bar.consumed,
-            "buffer_ahead": bar.buffer_ahead, "queued_chunks": len(bar.outbox), "bpm": params.bpm,
-            "beats_per_bar": params.beats_per_bar, "bars_per_chunk": params.bars_per_chunk,
-            "seconds_per_bar": seconds_per_bar, "chunk_duration_seconds": params.bars_per_chunk * seconds_per_bar,
-            "target_sample_rate": params.target_sr, "last_chunk_started_at": bar.last_chunk_started_at,
-            "last_chunk_completed_at": bar.last_chunk_completed_at, "error": bar.failure}

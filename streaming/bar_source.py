@@ -71,7 +71,7 @@ class BarChunk:
     loudness: dict  # what loudness matching did
     frames: torch.Tensor  # [K, n] the model's tokens that completed while it was made (for the recording)
     settings: JamSettings  # the engine settings in force (for the recording's timeline)
-    changes: tuple = ()  # settings that start inside the chunk, as engine.jam.Chunk has them (none are tracked)
+    changes: tuple = ()  # settings that start inside the chunk, as engine.chunk.Chunk has them (none are tracked)
 
 
 def context_window(engine) -> tuple[int, int]:

@@ -3,7 +3,9 @@
 A `/ws/jam` connection whose first `start` asks for `mode: "bar"` is handed to `BarSocket`, which reads the rest of
 its frames. The session belongs to the registry, not to the socket: a socket that drops (no `stop`, no close
 1000) leaves it held for the registry's resume time, and `start` with its `session_id` on a new socket (or the
-HTTP routes) goes on with it from the first chunk not yet delivered.
+HTTP routes) goes on with it from the first chunk not yet delivered. The socket's supervisor
+(streaming.supervisor) opens, attaches, holds and ends it; `bar_protocol.SocketProtocol` says which commands may
+come now. (A failure restarts the session inside the BarJam, streaming.bar_jam.)
 """
 
 import asyncio
@@ -13,11 +15,14 @@ import typing as tp
 from starlette.websockets import WebSocketDisconnect
 
 from engine.api import CapacityError, EngineUnavailable, SessionClosed, random_seed
+from streaming import bar_events as be
 from streaming import bar_protocol as bp
 from streaming.bar_generate import decode_loop
-from streaming.bar_jam import BarJam, open_jam
-from streaming.jam_protocol import ProtocolError, error_event, pong_event, stopped_event
-from streaming.sessions import SessionError
+from streaming.bar_jam import BarJam, open_bar, recorded
+from streaming.jam_events import error_event, pong_event, stopped_event
+from streaming.jam_protocol import ProtocolError
+from streaming.sessions import Jam, SessionError
+from streaming.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +51,10 @@ class BarSocket:
     def __init__(self, connection, notice: tp.Optional[str]) -> None:
         self.connection = connection
         self.ws = connection.ws
-        self.registry = connection.registry
         self.notice = notice
-        self.jam = None
+        self.protocol = bp.SocketProtocol()
+        self.supervisor = Supervisor(connection.engine, connection.supervisor.blocking, connection.registry, "bar",
+                                     owner=self, tasks=connection.tasks, on_lost=self.protocol.session_ended)
         self.binary = False
         self.ended = False  # stop, or a close 1000: nothing to hold
         self._delivery: tp.Optional[asyncio.Task] = None
@@ -56,8 +62,12 @@ class BarSocket:
         self._stopping = False
 
     @property
+    def jam(self) -> tp.Optional[Jam]:
+        return self.supervisor.jam
+
+    @property
     def bar(self) -> tp.Optional[BarJam]:
-        return None if self.jam is None else self.jam.session
+        return self.supervisor.session
 
     async def send(self, *messages: tp.Union[str, bytes]) -> None:
         await self.connection.send(*messages)
@@ -70,11 +80,9 @@ class BarSocket:
         except WebSocketDisconnect as exc:
             self.ended = self.ended or exc.code == CLOSE_NORMAL
         finally:
+            self.supervisor.closed = True
             await self._stop_delivery()
-            if self.jam is not None:
-                jam, self.jam = self.jam, None
-                if self.ended or not self.registry.hold(jam):
-                    self.registry.end(jam)
+            await self.supervisor.finish(keep=not self.ended)
 
     async def _read(self) -> None:
         idle = self.connection.config.idle_seconds
@@ -102,7 +110,7 @@ class BarSocket:
     async def handle_message(self, message: dict) -> bool:
         """Acts on one message; False ends the connection. Bad input gets an error and changes nothing."""
         try:
-            return await self.handle(bp.command(message))
+            return await self.handle(self.protocol.receive(bp.command(message)))
         except ProtocolError as exc:
             await self.send(error_event(str(exc)))
         except (SessionClosed, EngineUnavailable, RuntimeError) as exc:  # the session ended or failed meanwhile
@@ -116,16 +124,11 @@ class BarSocket:
             return True
         if isinstance(command, bp.Start):
             return await self.start(command)
-        if self.jam is None:
-            raise ProtocolError("No session_id yet: send start first")
-        if getattr(command, "session_id", None) not in (None, self.jam.session_id):
-            raise ProtocolError("Session not found: this socket plays session " + self.jam.session_id)
         source = self.bar.source
         if isinstance(command, bp.Stop):
             self.ended = True
             await self._stop_delivery()
-            jam, self.jam = self.jam, None
-            self.registry.end(jam)
+            await self.supervisor.end()
             await self.send(stopped_event())
             await self.connection.close(CLOSE_NORMAL, "stopped")
             return False
@@ -137,31 +140,30 @@ class BarSocket:
                 first = await asyncio.wrap_future(source.update(params))
             except ValueError as exc:
                 raise ProtocolError(str(exc)) from None
-            await self.send(bp.status_event(ok=True, updated=sorted(command.changes), applies_from_chunk=first))
+            await self.send(be.status_event(ok=True, updated=sorted(command.changes), applies_from_chunk=first))
         elif isinstance(command, bp.Reseed):
             loop = await self._decode(command.loop)
             await asyncio.wrap_future(source.reseed(loop, seed=random_seed()))
-            await self.send(bp.status_event(reseeded=True))
+            await self.send(be.status_event(reseeded=True))
         elif isinstance(command, bp.ReseedSplice):
             combined = None if command.combined is None else await self._decode(command.combined)
             source.reseed_splice(command.anchor_bars, combined)
-            await self.send(bp.status_event(splice=command.anchor_bars))
+            await self.send(be.status_event(splice=command.anchor_bars))
         return True
 
     async def start(self, command: bp.Start) -> bool:
-        if self.jam is not None:
-            raise ProtocolError("start was already received on this connection; send update to change parameters")
         self.binary = command.binary_audio
         if command.session_id is not None:
             try:
-                self.jam = self.registry.attach(command.session_id, "bar", owner=self)
+                self.supervisor.attach(command.session_id)
             except SessionError as exc:
                 raise ProtocolError(f"Session not found: {exc}") from None
         else:
-            connection = self.connection
+            connection, seed = self.connection, random_seed() if command.seed is None else command.seed
             try:
-                self.jam = await open_jam(connection.engine, self.registry, connection.live.blocking, command.loop,
-                                          command.raw_params, command.seed, owner=self)
+                recorded(await self.supervisor.open_with(
+                    lambda: open_bar(connection.engine, self.supervisor.blocking, command.loop, command.raw_params,
+                                     seed), seed))
             except CapacityError as exc:
                 await self.send(error_event("concurrency_limit_reached", limit=exc.limit))
                 await connection.close(CLOSE_TRY_AGAIN, "concurrency limit reached")
@@ -170,7 +172,8 @@ class BarSocket:
                 if isinstance(exc, ProtocolError):
                     raise
                 raise ProtocolError(f"could not start a session: {exc}") from None
-        await self.send(bp.started_event(self.jam.session_id))
+        self.protocol.started(self.jam.session_id)
+        await self.send(be.started_event(self.jam.session_id))
         self._delivery = asyncio.get_running_loop().create_task(self._deliver(), name="bar-delivery")
         return True
 
@@ -183,13 +186,12 @@ class BarSocket:
                 if bar.running:
                     continue
                 if self.jam is jam:  # it ended on the server's side: a new start may come
-                    self.jam = None
-                    self.registry.end(jam)
+                    await self.supervisor.give_up()
                 await self.send(error_event(bar.failure or "the session ended"), stopped_event())
                 return
             self._sending = True
             try:
-                await self.send(*bp.chunk_events(chunk, self.binary, self.notice))
+                await self.send(*be.chunk_events(chunk, self.binary, self.notice))
             except BaseException:
                 bar.undeliver(chunk)
                 raise
@@ -211,5 +213,5 @@ class BarSocket:
                     logger.info("bar delivery ended: %s: %s", type(outcome).__name__, outcome)
 
     async def _decode(self, data: bytes) -> tuple:
-        return await asyncio.get_running_loop().run_in_executor(self.connection.live.blocking, decode_loop, data)
+        return await asyncio.get_running_loop().run_in_executor(self.supervisor.blocking, decode_loop, data)
 

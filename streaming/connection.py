@@ -1,6 +1,8 @@
-"""The I/O shell shared by the WebSocket transports: a reader loop with an idle timeout, serialised sends, and
-the one live session a connection plays (streaming.lifecycle), registered by id (streaming.sessions) and, however
-the connection ends, either ended (its slot freed) or, for transports that resume, held for the next connection."""
+"""The I/O shell shared by the WebSocket transports: a reader loop with an idle timeout and serialised sends.
+
+The session a connection plays is its supervisor's (streaming.supervisor: start, restart on the slot, hold,
+attach, end); however the connection ends, the supervisor either ends the session (its slot freed) or, for
+transports that resume, holds it for the next connection."""
 
 import asyncio
 import logging
@@ -10,11 +12,12 @@ from concurrent.futures import Executor
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from engine.api import JamSession, JamSettings, SessionClosed
+from engine.api import JamSession
 from streaming.config import ServerConfig
-from streaming.lifecycle import LiveSession, Tasks
-from streaming.pump import ChunkPump, Pacer
+from streaming.lifecycle import Tasks
+from streaming.pump import ChunkPump
 from streaming.sessions import Jam, SessionRegistry
+from streaming.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +27,8 @@ CLOSE_GOING_AWAY = 1001
 
 
 class Connection:
-    """Subclasses parse frames with their protocol module and act on the result; this class owns the socket,
-    the session and its pump. `kind` names the sessions it plays in the registry; `resumable` ones are held when
+    """Subclasses parse frames with their protocol module and act on the result through `supervisor`; this
+    class owns the socket. `kind` names the sessions it plays in the registry; `resumable` ones are held when
     the connection drops without the client ending them (`ended` set)."""
 
     kind = "rt"
@@ -37,19 +40,26 @@ class Connection:
         self.engine = engine
         self.config = config
         self.registry = registry
-        self.live = LiveSession(engine, blocking)
         self.tasks = Tasks()
-        self.pump: tp.Optional[ChunkPump] = None
-        self.jam: tp.Optional[Jam] = None
-        self.reserved_id: tp.Optional[str] = None  # the id a transport told its client before a session opened
-        self.ended = False  # the client ended its session (stop) or the server gave it up: nothing to hold
+        self.supervisor = Supervisor(engine, blocking, registry, self.kind, owner=self, tasks=self.tasks,
+                                     on_lost=self.session_lost)
+        self.supervisor.pumped(self.send_chunk, self.on_generation_error)
+        self.ended = False  # the client ended its session (stop, a close 1000) or the drain did: nothing to hold
         self._send_lock = asyncio.Lock()
         self._idle_since = time.monotonic()
 
     @property
     def session(self) -> tp.Optional[JamSession]:
         """The live session, if one is open (it stays the same object through restarts)."""
-        return self.live.session
+        return self.supervisor.session
+
+    @property
+    def jam(self) -> tp.Optional[Jam]:
+        return self.supervisor.jam
+
+    @property
+    def pump(self) -> tp.Optional[ChunkPump]:
+        return self.supervisor.pump
 
     async def send(self, *messages: tp.Union[str, bytes]) -> None:
         async with self._send_lock:  # messages of one call stay adjacent (a binary chunk and its chunk_meta)
@@ -75,10 +85,9 @@ class Connection:
             self._client_closed(exc.code)
             return
         finally:
-            self.live.closed = True
+            self.supervisor.closed = True
             await self.tasks.close()  # a restart under way, the pump, a failure report: none outlives the socket
-            if not (self.resumable and not self.ended and await self.hold_session()):
-                await self.end_session()
+            await self.supervisor.finish(keep=self.resumable and not self.ended)
 
     def _client_closed(self, code: tp.Optional[int]) -> None:
         """A client that closes with 1000 (normal closure: its purpose fulfilled) ends its session; any other end
@@ -105,7 +114,7 @@ class Connection:
 
     async def on_drain(self, seconds_left: float) -> None:
         """The replica drains: a client with a session hears once, in its protocol's words, how long it has."""
-        if self.session is not None and not self.live.closed:
+        if self.session is not None and not self.supervisor.closed:
             await self.send(self.drain_notice(seconds_left))
 
     async def drain_close(self, reason: str) -> None:
@@ -132,86 +141,17 @@ class Connection:
     async def on_generation_error(self, exc: Exception) -> None:
         raise NotImplementedError
 
-    async def start_session(self, settings: JamSettings, seed: int, pacer: Pacer) -> Jam:
-        """Opens a session on the engine (taking a slot), registers it and pumps it. Raises what LiveSession.open
-        raises (CapacityError, ValueError, EngineUnavailable, SessionClosed)."""
-        session = await self.live.open(settings, seed)
-        self.ended = False
-        self.jam = self.registry.open(self.kind, session, seed, self.engine.describe(), owner=self,
-                                      session_id=self.reserved_id)
-        self.pump = self._pump(session, pacer)
-        self.jam.pump = self.pump
-        self.pump.start()
-        return self.jam
-
-    def attach_session(self, session_id: tp.Any, pacer: Pacer) -> Jam:
-        """Takes over a held session (SessionError when it cannot be: the text says why); the caller replays
-        what its client lacks (Jam.replay_from, `send_replayed`), then starts the pump."""
-        jam = self.registry.attach(session_id, self.kind, owner=self)
-        self.ended = False
-        self.jam = jam
-        self.live.adopt(jam.session)
-        self.pump = jam.pump
-        self.pump.rebind(pacer, self._deliver, self._generation_failed, self.tasks)
-        return jam
+    def session_lost(self) -> None:
+        """The session ended on the server's side (a refused start, a failure given up): the protocol hears."""
 
     async def send_replayed(self, chunks: list) -> None:
+        """Sends the chunks a resuming client lacks (Jam.replay_from), before the pump goes on."""
         for chunk in chunks:
             await self.send_chunk(chunk)
             self.jam.sent(chunk)
             self.pump.pacer.sent(chunk.seconds)
 
-    def _pump(self, session, pacer: Pacer) -> ChunkPump:
-        return ChunkPump(session, pacer, self._deliver, self._generation_failed, self.tasks,
-                         on_chunk=self.jam.generated)
-
-    async def _deliver(self, chunk) -> None:
-        await self.send_chunk(chunk)
-        if self.jam is not None:
-            self.jam.sent(chunk)
-
-    async def restart_session(self, seed: int, play: bool) -> None:
-        """A fresh context on the slot the session holds (LiveSession.restart), pumped by a new pump on the same
-        pacer (the listener's clock goes on); `play` False leaves it paused. Updates and melodies that arrive
-        meanwhile go to the session, which applies them to the restarted stream. Raises SessionClosed when the
-        session ended meanwhile, EngineUnavailable or RuntimeError when the engine could not restart it."""
-        pump, jam = self.pump, self.jam
-        if pump is None or jam is None:
-            raise SessionClosed("no session to restart")
-        await pump.stop()
-        await self.live.restart(seed)
-        jam.restarted(seed)
-        self.pump = jam.pump = self._pump(self.live.session, pump.pacer)
-        if play:
-            self.pump.start()
-
-    async def _generation_failed(self, exc: Exception) -> None:
-        if not self.live.closed:
-            await self.on_generation_error(exc)
-
-    async def hold_session(self) -> bool:
-        """The connection dropped: keeps its session for the next connection (streaming.sessions); False when
-        there is none to keep or the registry does not hold sessions now."""
-        jam, pump = self.jam, self.pump
-        if jam is None or pump is None:
-            return False
-        await pump.stop()
-        if not self.registry.hold(jam):
-            return False
-        self.jam, self.pump = None, None
-        self.live.detach()
-        return True
-
     async def end_session(self) -> None:
-        """Ends the current session. The connection lets go of it before the first await, so a session started
-        meanwhile (a client's PLAY racing a failure report) is never the one closed here."""
-        pump, jam, session = self.pump, self.jam, self.live.detach()
-        self.pump, self.jam = None, None
-        if session is not None:
+        """Ends the current session (streaming.supervisor); the idle clock starts again."""
+        if await self.supervisor.end():
             self._idle_since = time.monotonic()
-        if pump is not None:
-            await pump.stop()
-        if jam is not None:
-            self.registry.end(jam)
-        elif session is not None:
-            session.close()

@@ -24,18 +24,21 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from engine.api import params as rules
 from streaming import audio
 from streaming.jobs import COMPLETED, FAILED, QUEUED, RUNNING, JobStatus
-from streaming.wire import WireError, bounded_number
 
 PROCESS, CONTINUE, RETRY = "process", "continue", "retry"
 OUTPUT_SECONDS = 30  # what g4laudio.py asks of generate_continuation: 30 s in all, the prompt included
 MAX_PROMPT_SECONDS = OUTPUT_SECONDS - 1  # the prompt must leave something to generate in the 30 s window
 MAX_AUDIO_SECONDS = 300.0  # input audio (a continuation's input grows by 30 - prompt_duration s each time)
 MAX_BODY_BYTES = 96 * 2**20  # a request body; 300 s of 48 kHz stereo 24-bit WAV is ~115 MB in base64: use 16-bit
-MAX_DESCRIPTION_CHARS = 4000
 SEED_RANGE = (0, 99999)  # random seeds, as the reference backend draws them (typeable on either machine)
-MAX_SEED = 2**31 - 1
+MAX_SEED = rules.MAX_INT32
+# the numbers of a request: the engine's sampling rules (engine.params), this API's own prompt, top_k and seed
+PROMPT_SECONDS = rules.integer(1, MAX_PROMPT_SECONDS)
+TOP_K = rules.integer(1, 10000)
+SEED = rules.integer(-1, MAX_SEED)
 # the stored inputs retry reruns: at most this many, this many bytes (decoded float audio), this long
 STORE_MAX_ENTRIES = 32
 STORE_MAX_BYTES = 768 * 2**20
@@ -86,13 +89,13 @@ def _field(body: dict, name: str, kind: type, default: tp.Any = None) -> tp.Any:
     return value
 
 
-def _number(body: dict, name: str, low: float, high: float, integer: bool, default: tp.Any) -> tp.Any:
+def _checked(body: dict, name: str, kind: tp.Any, default: tp.Any) -> tp.Any:
     value = body.get(name)
     if value is None:
         return default
     try:
-        return bounded_number(value, name, low, high, integer=integer)
-    except WireError as exc:
+        return rules.checked(kind, value, name)
+    except ValueError as exc:
         raise GaryError(str(exc)) from None
 
 
@@ -104,17 +107,15 @@ def parse_params(body: tp.Any, base: tp.Optional[GaryParams] = None) -> GaryPara
     model_name = _field(body, "model_name", str, base.model_name)
     if not model_name:
         raise GaryError("model_name is required: the path of a model from /api/models")
-    prompt = _number(body, "prompt_duration", 1, MAX_PROMPT_SECONDS, True, base.prompt_duration or None)
+    prompt = _checked(body, "prompt_duration", PROMPT_SECONDS, base.prompt_duration or None)
     if prompt is None:
         raise GaryError(f"prompt_duration is required: whole seconds, 1..{MAX_PROMPT_SECONDS}")
-    description = _field(body, "description", str, base.description)
-    if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
-        raise GaryError(f"description is {len(description)} characters; at most {MAX_DESCRIPTION_CHARS}")
-    seed = _number(body, "seed", -1, MAX_SEED, True, None)
+    description = _checked(body, "description", rules.StyleText, base.description)  # the prediction's prompt
+    seed = _checked(body, "seed", SEED, None)
     return GaryParams(model_name=model_name, prompt_duration=prompt,
-                      top_k=_number(body, "top_k", 1, 10000, True, base.top_k),
-                      temperature=_number(body, "temperature", 0, 100, False, base.temperature),
-                      cfg_coef=_number(body, "cfg_coef", 0, 100, False, base.cfg_coef),
+                      top_k=_checked(body, "top_k", TOP_K, base.top_k),
+                      temperature=_checked(body, "temperature", rules.Temperature, base.temperature),
+                      cfg_coef=_checked(body, "cfg_coef", rules.Guidance, base.cfg_coef),
                       description=description.strip() or None if description else None,
                       seed=None if seed in (None, -1) else seed)
 

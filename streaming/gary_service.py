@@ -54,11 +54,6 @@ class GaryService:
             wav, rate = self._input_audio(kind, body)
         self._check_model(params)
         gp.check_input(wav, rate, params)
-        try:
-            BatchRequest(top_k=params.top_k, temperature=params.temperature,
-                         classifier_free_guidance=params.cfg_coef).sampling.validate()
-        except ValueError as exc:
-            raise gp.GaryError(str(exc).replace("guidance", "cfg_coef", 1)) from None
         if params.description:
             try:
                 self.engine.check_prompt(params.description)

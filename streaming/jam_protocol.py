@@ -1,39 +1,22 @@
 """The /ws/jam wire protocol (Magenta RealTime's jam API) as a pure state machine: no sockets, no model.
 
-`JamProtocol.receive_text` turns one client message into commands (or an error to send); the `*_event` functions
-build the server's messages. Frame units are the protocol's: 25 frames per second, whatever the model's rate.
+`JamProtocol.receive_text` turns one client message into commands (or an error to send); streaming.jam_events
+builds the server's messages. Frame units are the protocol's: 25 frames per second, whatever the model's rate.
 """
 
 import base64
 import enum
-import json
-import math
 import typing as tp
 from dataclasses import dataclass
 
-from engine.api import (
-    MAX_GUIDANCE,
-    MAX_PROMPT_CHARS,
-    MAX_RAMP_SECONDS,
-    MAX_STYLES,
-    MAX_TEMPERATURE,
-    Chunk,
-    JamSettings,
-    Placement,
-    SamplingParams,
-)
-from streaming import audio
-from streaming.wire import MAX_EXACT_INTEGER, WireError, bounded_number, load_object
+from engine.api import JamSettings
+from engine.api import params as rules
+from streaming.jam_params import DEFAULTS, JamParams, parse_params, settings_of
+from streaming.jam_params import settings_from as settings_from  # the parameters alone, for callers without a socket
+from streaming.wire import WireError, load_object
 
-PROTOCOL_FRAME_RATE = 25.0
 MAX_MELODY_MESSAGE_BYTES = 1000 * 1024  # a melody message carries an audio file; others stay under 64 KiB
-MAX_DECODE_FRAMES = 50
-PACES = ("realtime", "asap")
-DEFAULTS = {"styles": "warmup", "temperature": 1.1, "topk": 40, "guidance_weight": 3.0, "pace": "asap",
-            "max_decode_frames": MAX_DECODE_FRAMES, "style_ramp_seconds": 0.0}
-PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "pace", "max_decode_frames", "seed",
-          "style_ramp_seconds")
-MAX_SEED = 2**32 - 1
+FROM_CHUNK = rules.integer(0, rules.MAX_EXACT_INTEGER)
 SettingsCheck = tp.Callable[[JamSettings], None]  # the engine's own check (e.g. prompt length in tokens)
 
 
@@ -101,57 +84,6 @@ class RecordingRequest:
 Command = tp.Union[Start, Update, Stop, Ping, Melody, Attach, RecordingRequest]
 
 
-def _number(params: dict, name: str, kind: type, low: float, high: float) -> float:
-    try:
-        return bounded_number(params[name], name, low, high, integer=kind is int)
-    except WireError as exc:
-        raise ProtocolError(str(exc)) from None
-
-
-def _styles(params: dict) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    raw = params["styles"]
-    if not isinstance(raw, str):
-        raise ProtocolError("styles must be a string such as \"jazz, hiphop\"")
-    styles = tuple(s.strip() for s in raw.split(",") if s.strip())
-    if not styles:
-        raise ProtocolError("styles is empty: name at least one style")
-    if len(styles) > MAX_STYLES:
-        raise ProtocolError(f"{len(styles)} styles given; at most {MAX_STYLES} can be blended")
-    if any(len(style) > MAX_PROMPT_CHARS for style in styles):
-        raise ProtocolError(f"a style is longer than {MAX_PROMPT_CHARS} characters")
-    raw_weights = params.get("style_weights")
-    if raw_weights in (None, ""):
-        return styles, tuple(1.0 for _ in styles)
-    if not isinstance(raw_weights, str):
-        raise ProtocolError("style_weights must be a string such as \"1.0,0.8\"")
-    try:
-        weights = tuple(float(w) for w in raw_weights.split(","))
-    except ValueError:
-        raise ProtocolError(f"style_weights must be comma-separated numbers, got {raw_weights!r}") from None
-    if len(weights) != len(styles):
-        raise ProtocolError(f"style_weights has {len(weights)} values for {len(styles)} styles")
-    if any(w < 0 or not math.isfinite(w) for w in weights):
-        raise ProtocolError("style_weights must be finite and >= 0")
-    if sum(weights) <= 0:
-        raise ProtocolError("style_weights are all zero: at least one style needs weight")
-    return styles, weights
-
-
-def settings_from(params: dict) -> tuple[JamSettings, str]:
-    """Validated session settings and pace from a full parameter dict (defaults filled in)."""
-    styles, weights = _styles(params)
-    temperature = _number(params, "temperature", float, 0.0, MAX_TEMPERATURE)  # 0 decodes greedily
-    topk = _number(params, "topk", int, 1, 2048)
-    guidance = _number(params, "guidance_weight", float, 0.0, MAX_GUIDANCE)
-    frames = _number(params, "max_decode_frames", int, 1, MAX_DECODE_FRAMES)
-    ramp = _number({"style_ramp_seconds": 0.0, **params}, "style_ramp_seconds", float, 0.0, MAX_RAMP_SECONDS)
-    if params["pace"] not in PACES:
-        raise ProtocolError(f"pace must be one of {', '.join(PACES)}, got {params['pace']!r}")
-    sampling = SamplingParams(temperature=temperature, top_k=topk, guidance=guidance)
-    return JamSettings(styles=styles, weights=weights, params=sampling,
-                       chunk_seconds=frames / PROTOCOL_FRAME_RATE, ramp_seconds=ramp), params["pace"]
-
-
 class JamProtocol:
     """One connection's protocol state: idle -> started -> stopped (and back to idle when the session ends
     without a stop, e.g. after generation failed for good). `check_settings` is the engine's validation of what
@@ -166,13 +98,15 @@ class JamProtocol:
         """The session ended on the server's side: a new start may come."""
         self.state = State.IDLE
 
-    def _validated(self, params: dict) -> tuple[JamSettings, str]:
-        settings, pace = settings_from(params)
+    def _validated(self, params: dict) -> tuple[JamParams, JamSettings]:
+        """The parameters by their rules (streaming.jam_params), then by the engine's check."""
         try:
+            model = parse_params(params)
+            settings = settings_of(model)
             self.check_settings(settings)
         except ValueError as exc:
             raise ProtocolError(str(exc)) from None
-        return settings, pace
+        return model, settings
 
     def receive_bytes(self, data: bytes) -> Command:
         raise ProtocolError("binary frames are not accepted from clients: send JSON text messages")
@@ -234,20 +168,20 @@ class JamProtocol:
         if "session_id" in message:  # attach to a held session: its parameters stay those in force
             from_chunk = message.get("from_chunk")
             if from_chunk is not None:
-                from_chunk = int(_number(message, "from_chunk", int, 0, MAX_EXACT_INTEGER))
+                try:
+                    from_chunk = rules.checked(FROM_CHUNK, from_chunk, "from_chunk")
+                except ValueError as exc:
+                    raise ProtocolError(str(exc)) from None
             return Attach(session_id=message["session_id"], from_chunk=from_chunk, binary_audio=binary)
         params = message.get("params", {})
         if not isinstance(params, dict):
             raise ProtocolError("params must be a JSON object")
-        unknown = sorted(set(params) - set(PARAMS))
-        if unknown:
-            raise ProtocolError(f"unknown parameter(s): {', '.join(unknown)}")
         merged = {**DEFAULTS, **params}
-        settings, pace = self._validated(merged)
-        seed = None if params.get("seed") in (None, -1) else int(_number(params, "seed", int, 0, MAX_SEED))
+        model, settings = self._validated(merged)
         self.params = {k: v for k, v in merged.items() if k != "seed"}
         self.state = State.STARTED
-        return Start(settings=settings, pace=pace, binary_audio=binary, seed=seed)
+        seed = None if model.seed == -1 else model.seed
+        return Start(settings=settings, pace=model.pace, binary_audio=binary, seed=seed)
 
     def _update(self, message: dict) -> Update:
         if self.state is not State.STARTED:
@@ -255,9 +189,6 @@ class JamProtocol:
         changes = {k: v for k, v in message.items() if k != "type"}
         if isinstance(message.get("params"), dict):  # accept the start message's nesting too
             changes = {**{k: v for k, v in changes.items() if k != "params"}, **message["params"]}
-        unknown = sorted(set(changes) - set(PARAMS))
-        if unknown:
-            raise ProtocolError(f"unknown parameter(s): {', '.join(unknown)}")
         if not changes:
             raise ProtocolError("update names no parameter to change")
         if "seed" in changes:
@@ -265,97 +196,7 @@ class JamProtocol:
         if "styles" in changes and "style_weights" not in changes:
             changes["style_weights"] = None  # new styles without weights: equal weights
         merged = {**self.params, **changes}
-        settings, pace = self._validated(merged)  # raises before anything changes
+        model, settings = self._validated(merged)  # raises before anything changes
         self.params = merged
-        return Update(settings=settings, pace=pace, changed=tuple(sorted(changes)))
-
-
-# -- server events ---------------------------------------------------------------------------------------------
-def encode(message: dict) -> str:
-    return json.dumps(message, separators=(",", ":"))
-
-
-def started_event(session_id: str, **fields) -> str:
-    return encode({"type": "started", "mode": "rt", "session_id": session_id, **fields})
-
-
-def recording_event(session_id: str) -> str:
-    """Where the session's recording and its metadata are (streaming.recording_http)."""
-    return encode({"type": "recording", "session_id": session_id, "url": f"/sessions/{session_id}/recording",
-                   "metadata_url": f"/sessions/{session_id}",
-                   "formats": ["wav", "flac", "mp3"]})
-
-
-def pong_event() -> str:
-    return encode({"type": "pong"})
-
-
-def stopped_event() -> str:
-    return encode({"type": "stopped"})
-
-
-def error_event(message: str, **extra) -> str:
-    return encode({"type": "error", "error": message, **extra})
-
-
-def status_event(status: str, **fields) -> str:
-    return encode({"type": "status", "status": status, **fields})
-
-
-def _settings_fields(settings: JamSettings) -> dict:
-    return {"styles": ", ".join(settings.styles), "style_weights": ",".join(f"{w:g}" for w in settings.weights),
-            "temperature": settings.params.temperature, "topk": settings.params.top_k,
-            "guidance_weight": settings.params.guidance}
-
-
-def chunk_metadata(chunk: Chunk, noise_notice: tp.Optional[str] = None) -> dict:
-    """What was really sent: frames at the protocol's 25 per second, the overlap, and what made the chunk (the
-    settings at its start; `changes` lists those that start inside it, with their offset in seconds)."""
-    metadata = {
-        "sample_rate": chunk.sample_rate,
-        "channels": int(chunk.audio.shape[0]),
-        "chunk_frames": int(round(chunk.seconds * PROTOCOL_FRAME_RATE)),
-        "chunk_seconds": chunk.seconds,
-        "crossfade_seconds": chunk.overlap_seconds,
-        "total_seconds": chunk.audio.shape[-1] / chunk.sample_rate,
-        "chunk_index": chunk.index,
-        "generation_seconds": round(chunk.generation_seconds, 4),
-        "real_time_factor": round(chunk.real_time_factor, 4),
-        **_settings_fields(chunk.settings),
-    }
-    if chunk.changes:
-        metadata["changes"] = [{"offset_seconds": round(offset, 4), **_settings_fields(settings)}
-                               for offset, settings in chunk.changes]
-    if noise_notice:
-        metadata["notice"] = noise_notice
-    return metadata
-
-
-def chunk_events(chunk: Chunk, binary: bool, noise_notice: tp.Optional[str] = None) -> list[tp.Union[str, bytes]]:
-    """A chunk as base64 WAV inside JSON, or as a binary WAV frame followed by chunk_meta."""
-    wav = audio.wav_bytes(chunk.audio, chunk.sample_rate)
-    metadata = chunk_metadata(chunk, noise_notice)
-    if binary:
-        return [wav, encode({"type": "chunk_meta", "metadata": metadata})]
-    return [encode({"type": "chunk", "audio_base64": base64.b64encode(wav).decode(), "metadata": metadata})]
-
-
-def describe_update(update: Update) -> dict:
-    """The status fields acknowledging an update: what changed and the values now in force."""
-    return {"changed": list(update.changed), "pace": update.pace,
-            "params": {"styles": ", ".join(update.settings.styles),
-                       "style_weights": ",".join(f"{w:g}" for w in update.settings.weights),
-                       "temperature": update.settings.params.temperature, "topk": update.settings.params.top_k,
-                       "guidance_weight": update.settings.params.guidance,
-                       "max_decode_frames": int(round(update.settings.chunk_seconds * PROTOCOL_FRAME_RATE)),
-                       "style_ramp_seconds": update.settings.ramp_seconds}}
-
-
-def placement_fields(placement: Placement, heard_in_seconds: float) -> dict:
-    """Where an update starts in the audio the client receives: chunk `applies_from_chunk`, `offset_seconds`
-    after that chunk's first sample (the first sample it can reach: engine.steering), heard about
-    `heard_in_seconds` after this message by a listener playing without gaps; a glide of the styles over
-    `style_ramp_seconds` starts there (0: instant, also when the blend of old and new styles has too many)."""
-    return {"applies_from_chunk": placement.chunk, "offset_seconds": round(placement.offset_seconds, 4),
-            "heard_in_seconds": round(max(0.0, heard_in_seconds), 3), "ramp_seconds": placement.ramp_seconds}
+        return Update(settings=settings, pace=model.pace, changed=tuple(sorted(changes)))
 

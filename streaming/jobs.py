@@ -44,7 +44,8 @@ import time
 import typing as tp
 from concurrent.futures import Future, InvalidStateError
 
-from engine.api import PREDICTION_ROWS, BatchRequest, BatchResult, GenerationCancelled
+from engine.api import PREDICTION_ROWS
+from streaming.job_context import JobContext
 from streaming.job_state import (
     CANCELLED,
     COMPLETED,
@@ -73,47 +74,6 @@ MAX_ID_CHARS = 128
 DEFAULT_SECONDS_PER_WORK_SECOND = 1.0
 REAP_INTERVAL_SECONDS = 1.0
 ENGINE_POLL_SECONDS = 0.1
-
-class JobContext:
-    """What a job's work sees: its id, its cancel flag, progress and stages, and the engine's prediction API."""
-
-    def __init__(self, table: "JobTable", entry: "Entry") -> None:
-        self._table, self._entry = table, entry
-        self.job_id = entry.job_id
-        self.cancelled = entry.cancelled
-
-    def stage(self, name: str, progress: tp.Optional[float] = None) -> None:
-        self._table._update(self._entry, stage=name, progress=progress)
-
-    def progress(self, fraction: float) -> None:
-        self._table._update(self._entry, progress=fraction)
-
-    def check(self) -> None:
-        """Raises JobCancelled once the job is cancelled: call it between steps of long work."""
-        if self.cancelled.is_set():
-            raise JobCancelled(self._entry.cancel_reason)
-
-    def generate(self, request: BatchRequest, span: tuple[float, float] = (0.0, 1.0),
-                 stage: str = "generating") -> BatchResult:
-        """One prediction on the engine; its progress maps onto [span[0], span[1]] of the job's."""
-        self.check()
-        self._table._wait_for_engine(self._entry)
-        self.stage(stage, span[0])
-        job = self._table.engine.generate(request)
-        low, high = span
-        with self._entry.lock:
-            self._entry.engine_job = job
-        if self.cancelled.is_set():  # cancelled between the check and the engine taking it
-            job.cancel()
-        try:
-            return job.wait(on_progress=lambda done, total: self.progress(low + (high - low) * done / max(total, 1)),
-                            poll_seconds=0.1)
-        except GenerationCancelled:
-            raise JobCancelled(self._entry.cancel_reason) from None
-        finally:
-            with self._entry.lock:
-                self._entry.engine_job = None
-
 
 class JobTable:
     def __init__(self, engine, workers: int = 1, max_entries: int = MAX_ENTRIES, max_pending: int = MAX_PENDING,
@@ -303,7 +263,8 @@ class JobTable:
                 entry.future.set_exception(exc if exc is not None else fallback)
         self._lock.notify_all()
 
-    def _update(self, entry: Entry, stage: tp.Optional[str] = None, progress: tp.Optional[float] = None) -> None:
+    def report(self, entry: Entry, stage: tp.Optional[str] = None, progress: tp.Optional[float] = None) -> None:
+        """A running job's stage and progress (from its JobContext); progress never goes down."""
         with self._lock:
             if entry.state != RUNNING:
                 return
@@ -312,13 +273,13 @@ class JobTable:
             if progress is not None:
                 entry.progress = max(entry.progress, min(float(progress), 0.999))
 
-    def _wait_for_engine(self, entry: Entry) -> None:
+    def wait_for_engine(self, entry: Entry) -> None:
         """Waits while the engine's prediction rows are taken (by a prediction outside this table)."""
         engine = self.engine
         announced = False
         while engine.config.rows - engine.rows_in_use < PREDICTION_ROWS:
             if not announced:
-                self._update(entry, stage="waiting for the engine")
+                self.report(entry, stage="waiting for the engine")
                 announced = True
             if entry.cancelled.wait(ENGINE_POLL_SECONDS):
                 raise JobCancelled(entry.cancel_reason)

@@ -1,16 +1,27 @@
-"""Lyria RealTime's musicGenerationConfig and weighted prompts, parsed and validated (camelCase or snake_case,
-as protobuf JSON allows); controls MusicGen cannot obey exactly become text cues added to every prompt."""
+"""Lyria RealTime's messages as pydantic models, field by field those of Google's SDK (google-genai `types.py`:
+LiveMusicGenerationConfig, LiveMusicClientContent, WeightedPrompt, Scale, MusicGenerationMode), with its ranges.
 
-import re
+Names are accepted in camelCase (the wire's) and snake_case, as protobuf JSON allows, and a null is the field's
+default (protobuf JSON again). musicGenerationConfig refuses unknown fields (every message carries the whole
+config: a misspelt one would silently fall back to its default); the prompts ignore them, as they always have.
+Controls MusicGen cannot obey exactly become text cues added to every prompt, read from the tables below: each
+enum is its table's keys.
+"""
+
+import enum
 import typing as tp
 from dataclasses import dataclass
 
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
 from engine.api import SamplingParams
-from streaming.wire import WireError, bounded_number
+from engine.api import params as rules
 
 CLOSE_INVALID = 1007  # invalid payload: the reason names the field
 
-SCALES = {
+# Scale -> the cue added to the prompts (None: none)
+SCALES: dict[str, tp.Optional[str]] = {
     "SCALE_UNSPECIFIED": None, "C_MAJOR_A_MINOR": "C major / A minor", "D_FLAT_MAJOR_B_FLAT_MINOR": "D flat major",
     "D_MAJOR_B_MINOR": "D major / B minor", "E_FLAT_MAJOR_C_MINOR": "E flat major / C minor",
     "E_MAJOR_D_FLAT_MINOR": "E major", "F_MAJOR_D_MINOR": "F major / D minor",
@@ -18,7 +29,14 @@ SCALES = {
     "A_FLAT_MAJOR_F_MINOR": "A flat major / F minor", "A_MAJOR_G_FLAT_MINOR": "A major",
     "B_FLAT_MAJOR_G_MINOR": "B flat major / G minor", "B_MAJOR_A_FLAT_MINOR": "B major",
 }
-MODES = ("MUSIC_GENERATION_MODE_UNSPECIFIED", "QUALITY", "DIVERSITY", "VOCALIZATION")
+# MusicGenerationMode -> its cue (UNSPECIFIED is read as Lyria's default, QUALITY)
+MODES: dict[str, tp.Optional[str]] = {
+    "MUSIC_GENERATION_MODE_UNSPECIFIED": None, "QUALITY": None, "DIVERSITY": "experimental",
+    "VOCALIZATION": "with vocals",
+}
+Scale = enum.StrEnum("Scale", {name: name for name in SCALES})
+MusicGenerationMode = enum.StrEnum("MusicGenerationMode", {name: name for name in MODES})
+QUALITY = MusicGenerationMode.QUALITY
 
 
 class LyriaFatal(Exception):
@@ -30,35 +48,40 @@ class LyriaFatal(Exception):
         self.reason = reason[:120]  # close reasons must fit in a control frame (123 bytes)
 
 
-def snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+class LyriaModel(BaseModel):
+    """What Lyria's messages share: strict values, camelCase or snake_case names, null as the default."""
+
+    model_config = ConfigDict(**rules.STRICT, frozen=True, alias_generator=to_camel, validate_by_name=True,
+                              validate_by_alias=True, serialize_by_alias=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: tp.Any) -> tp.Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
-def normalize_keys(value: tp.Any) -> tp.Any:
-    """camelCase or snake_case in, snake_case out (recursively for objects)."""
-    if isinstance(value, dict):
-        return {snake(k): normalize_keys(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [normalize_keys(v) for v in value]
-    return value
+def _default_mode(mode: MusicGenerationMode) -> MusicGenerationMode:
+    return QUALITY if mode is MusicGenerationMode.MUSIC_GENERATION_MODE_UNSPECIFIED else mode
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
-    """musicGenerationConfig with Lyria's defaults; every message carries the whole config."""
+class GenerationConfig(LyriaModel):
+    """musicGenerationConfig with Lyria's defaults and ranges; every message carries the whole config."""
 
-    temperature: float = 1.1
-    top_k: int = 40
-    seed: tp.Optional[int] = None
-    guidance: float = 4.0
-    bpm: tp.Optional[int] = None
-    density: tp.Optional[float] = None
-    brightness: tp.Optional[float] = None
-    scale: str = "SCALE_UNSPECIFIED"
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: rules.number(0.0, 3.0) = 1.1
+    top_k: rules.integer(1, 1000) = 40
+    seed: tp.Optional[rules.integer(0, rules.MAX_INT32)] = None  # None: the server picks one
+    guidance: rules.number(0.0, 6.0) = 4.0
+    bpm: tp.Optional[rules.integer(60, 200)] = None
+    density: tp.Optional[rules.number(0.0, 1.0)] = None
+    brightness: tp.Optional[rules.number(0.0, 1.0)] = None
+    scale: tp.Annotated[Scale, Field(strict=False)] = Scale.SCALE_UNSPECIFIED  # the wire's names for enum values
     mute_bass: bool = False
     mute_drums: bool = False
     only_bass_and_drums: bool = False
-    music_generation_mode: str = "QUALITY"
+    music_generation_mode: tp.Annotated[MusicGenerationMode, Field(strict=False), AfterValidator(_default_mode)] = \
+        QUALITY
 
     def sampling(self) -> SamplingParams:
         """Lyria's temperature 0 means deterministic: greedy decoding here."""
@@ -71,7 +94,7 @@ class GenerationConfig:
         cues = []
         if self.bpm is not None:
             cues.append(f"{self.bpm} bpm")
-        if SCALES.get(self.scale):
+        if SCALES[self.scale]:
             cues.append(f"in {SCALES[self.scale]}")
         if self.density is not None:
             cues.append("sparse" if self.density < 0.34 else "dense" if self.density > 0.66 else "")
@@ -81,78 +104,41 @@ class GenerationConfig:
             cues.append("only bass and drums")
         else:
             cues += ["no bass"] * self.mute_bass + ["no drums"] * self.mute_drums
-        if self.music_generation_mode == "VOCALIZATION":
-            cues.append("with vocals")
-        elif self.music_generation_mode == "DIVERSITY":
-            cues.append("experimental")
+        cues.append(MODES[self.music_generation_mode] or "")
         return [c for c in cues if c]
 
     def approximated(self) -> list[str]:
-        """Names of the controls set here that are honoured only as text cues."""
+        """camelCase names of the controls set here that are honoured only as text cues."""
         default = GenerationConfig()
         names = ("bpm", "density", "brightness", "scale", "mute_bass", "mute_drums", "only_bass_and_drums",
                  "music_generation_mode")
-        return [n for n in names if getattr(self, n) != getattr(default, n)]
+        return [to_camel(n) for n in names if getattr(self, n) != getattr(default, n)]
 
     def to_json(self) -> dict:
-        out = {"temperature": self.temperature, "topK": self.top_k, "guidance": self.guidance,
-               "scale": self.scale, "muteBass": self.mute_bass, "muteDrums": self.mute_drums,
-               "onlyBassAndDrums": self.only_bass_and_drums, "musicGenerationMode": self.music_generation_mode}
-        for key, name in (("seed", "seed"), ("bpm", "bpm"), ("density", "density"), ("brightness", "brightness")):
-            if getattr(self, name) is not None:
-                out[key] = getattr(self, name)
-        return out
+        return self.model_dump(mode="json", exclude_none=True)
 
 
-def _number(config: dict, name: str, low: float, high: float, integer: bool = False) -> tp.Optional[float]:
-    if name not in config or config[name] is None:
-        return None
+class WeightedPrompt(LyriaModel):
+    text: rules.StyleText = ""  # an empty one is filtered out, as Lyria does
+    weight: rules.StyleWeight = 1.0  # the weights are normalised to sum 1
+
+
+class ClientContent(LyriaModel):
+    weighted_prompts: list[WeightedPrompt]
+
+
+def parse(model: type[LyriaModel], raw: tp.Any, name: str) -> tp.Any:
+    """`raw` as `model`; LyriaFatal names the field (camelCase, under `name`) and what is wrong with it."""
+    if not isinstance(raw, dict):
+        raise LyriaFatal(f"{name} must be an object")
     try:
-        return bounded_number(config[name], f"musicGenerationConfig.{camel(name)}", low, high, integer=integer)
-    except WireError as exc:
-        raise LyriaFatal(str(exc)) from None
-
-
-def _bool(config: dict, name: str) -> bool:
-    value = config.get(name, False)
-    if not isinstance(value, bool):
-        raise LyriaFatal(f"musicGenerationConfig.{camel(name)} must be true or false")
-    return value
-
-
-def camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
+        return rules.validate(model, raw, prefix=name, by_alias=True)
+    except rules.ParamError as exc:
+        raise LyriaFatal(f"{name} has unknown field {exc.unknown[0]}" if exc.unknown else str(exc)) from None
 
 
 def parse_config(raw: tp.Any) -> GenerationConfig:
-    if not isinstance(raw, dict):
-        raise LyriaFatal("musicGenerationConfig must be an object")
-    config = normalize_keys(raw)
-    known = {f for f in GenerationConfig.__dataclass_fields__}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise LyriaFatal(f"musicGenerationConfig has unknown field {camel(unknown[0])}")
-    scale = config.get("scale") or "SCALE_UNSPECIFIED"
-    if scale not in SCALES:
-        raise LyriaFatal(f"musicGenerationConfig.scale {scale!r} is not a Scale value")
-    mode = config.get("music_generation_mode") or "QUALITY"
-    if mode not in MODES:
-        raise LyriaFatal(f"musicGenerationConfig.musicGenerationMode {mode!r} is not a MusicGenerationMode")
-    defaults = GenerationConfig()
-    temperature = _number(config, "temperature", 0, 3)
-    top_k = _number(config, "top_k", 1, 1000, integer=True)
-    guidance = _number(config, "guidance", 0, 6)
-    seed = _number(config, "seed", 0, 2**31 - 1, integer=True)
-    return GenerationConfig(
-        temperature=defaults.temperature if temperature is None else temperature,
-        top_k=defaults.top_k if top_k is None else int(top_k),
-        seed=None if seed is None else int(seed),
-        guidance=defaults.guidance if guidance is None else guidance,
-        bpm=_number(config, "bpm", 60, 200, integer=True), density=_number(config, "density", 0, 1),
-        brightness=_number(config, "brightness", 0, 1), scale=scale, mute_bass=_bool(config, "mute_bass"),
-        mute_drums=_bool(config, "mute_drums"), only_bass_and_drums=_bool(config, "only_bass_and_drums"),
-        music_generation_mode="QUALITY" if mode == "MUSIC_GENERATION_MODE_UNSPECIFIED" else mode)
+    return parse(GenerationConfig, raw, "musicGenerationConfig")
 
 
 @dataclass(frozen=True)

@@ -10,23 +10,26 @@ added to every prompt.
 """
 
 import base64
+import enum
 import json
 import typing as tp
 from dataclasses import dataclass, field
 
-from engine.api import MAX_PROMPT_CHARS, MAX_STYLES, Chunk, JamSettings
+from pydantic.alias_generators import to_snake
+
+from engine.api import Chunk, JamSettings
+from engine.api import params as rules
 from streaming.audio import StreamingResampler, pcm16_bytes
 from streaming.lyria_config import (
     CLOSE_INVALID,
+    ClientContent,
     GenerationConfig,
     LyriaFatal,
     Prompts,
-    camel,
-    normalize_keys,
+    parse,
     parse_config,
-    snake,
 )
-from streaming.wire import WireError, bounded_number, load_object
+from streaming.wire import WireError, load_object
 
 __all__ = ["CLOSE_INVALID", "GenerationConfig", "LyriaFatal", "Prompts", "LyriaProtocol"]
 
@@ -38,6 +41,22 @@ CHUNK_SECONDS = 1.0  # a client that plays all it receives hears a change within
 CLOSE_TRY_AGAIN = 1013  # every session slot is taken
 
 PLAYBACK = ("PLAY", "PAUSE", "STOP", "RESET_CONTEXT")
+
+
+class State(enum.Enum):
+    """A connection's playback state; whether a session exists is `SESSION_STATES`. Transitions, all here:
+    SETUP -> STOPPED (setup); STOPPED -> WAITING (PLAY before prompts) or PLAYING (PLAY, or prompts while
+    WAITING: a session starts); PLAYING <-> PAUSED (PAUSE, PLAY); PLAYING or PAUSED -> STOPPED (STOP, or a
+    generation failure: the session ends); RESET_CONTEXT keeps the state (a fresh context on the same session)."""
+
+    SETUP = "setup"  # nothing but setup may come
+    STOPPED = "stopped"  # no session, no audio wanted
+    WAITING = "waiting"  # PLAY came before prompts: a session starts when they arrive
+    PLAYING = "playing"
+    PAUSED = "paused"  # the session and its position are kept
+
+
+SESSION_STATES = frozenset({State.PLAYING, State.PAUSED})
 
 
 # -- actions for the connection ---------------------------------------------------------------------------------
@@ -107,11 +126,18 @@ class LyriaProtocol:
     session_id: str = ""
     prompts: tp.Optional[Prompts] = None
     config: GenerationConfig = field(default_factory=GenerationConfig)
-    playing: bool = False  # the client wants audio (PLAY until PAUSE or STOP)
-    has_session: bool = False
+    state: State = State.SETUP
     _warned: set = field(default_factory=set)
-    _set_up: bool = False
     _resampler: tp.Optional[StreamingResampler] = None
+
+    @property
+    def playing(self) -> bool:
+        """The client wants audio (PLAY until PAUSE or STOP)."""
+        return self.state in (State.WAITING, State.PLAYING)
+
+    @property
+    def has_session(self) -> bool:
+        return self.state in SESSION_STATES
 
     def receive_bytes(self, data: bytes) -> list[Action]:
         return self.receive_text(data.decode("utf-8", errors="replace"))
@@ -125,10 +151,10 @@ class LyriaProtocol:
             raise LyriaFatal("each message must be an object with exactly one of setup, clientContent, "
                              "musicGenerationConfig, playbackControl")
         (key, body), = message.items()
-        kind = snake(key)
+        kind = to_snake(key)
         if kind == "setup":
             return [self._setup(body)]
-        if not self._set_up:
+        if self.state is State.SETUP:
             raise LyriaFatal(f"{key} before setup: the first message must be setup")
         if kind == "client_content":
             return self._client_content(body)
@@ -147,8 +173,7 @@ class LyriaProtocol:
 
     def session_failed(self, error: str) -> list[Action]:
         """Generation failed: the session is gone and playback stops; PLAY starts a fresh one."""
-        self.playing = False
-        self.has_session = False
+        self.state = State.STOPPED
         return [EndSession(), Send((warning(f"generation failed: {error}; send PLAY to start again"),))]
 
     def chunk_message(self, chunk: Chunk) -> str:
@@ -163,7 +188,7 @@ class LyriaProtocol:
 
     # -- state changes ------------------------------------------------------------------------------------------
     def _start(self) -> list[Action]:
-        self.has_session = True
+        self.state = State.PLAYING
         self._resampler = None  # a new session is a new stream: no left context from the old one
         return [StartSession(self.settings(), self.config.seed)]
 
@@ -176,16 +201,22 @@ class LyriaProtocol:
 
     def _playback(self, control: str) -> list[Action]:
         if control == "PLAY":
-            self.playing = True
+            if self.has_session:
+                self.state = State.PLAYING
+                return [ResumeSession()]
             if self.prompts is None:
+                self.state = State.WAITING
                 return [Send((warning("PLAY before weightedPrompts: playback starts when prompts arrive"),))]
-            return [ResumeSession()] if self.has_session else self._start()
+            return self._start()
         if control == "PAUSE":
-            self.playing = False
-            return [PauseSession()] if self.has_session else []
+            if self.has_session:
+                self.state = State.PAUSED
+                return [PauseSession()]
+            self.state = State.STOPPED
+            return []
         if control == "STOP":  # resets the context, keeps prompts and config
             ended = [EndSession()] if self.has_session else []
-            self.has_session = self.playing = False
+            self.state = State.STOPPED
             return ended
         # RESET_CONTEXT: resets without stopping, on the session's own slot
         if self.has_session:
@@ -194,42 +225,30 @@ class LyriaProtocol:
         return self._start() if self.playing and self.prompts is not None else []
 
     def _setup(self, body: tp.Any) -> Send:
-        if self._set_up:
+        if self.state is not State.SETUP:
             raise LyriaFatal("setup was already received; it must be sent once, first")
         if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
             raise LyriaFatal("setup.model must name a model, e.g. models/lyria-realtime-exp")
-        self._set_up = True
+        self.state = State.STOPPED
         return Send((json.dumps({"setupComplete": {"sessionId": self.session_id} if self.session_id else {}}),))
 
     def _client_content(self, body: tp.Any) -> list[Action]:
-        body = normalize_keys(body)
-        if not isinstance(body, dict) or not isinstance(body.get("weighted_prompts"), list):
-            raise LyriaFatal("clientContent.weightedPrompts must be a list of {text, weight}")
+        content = parse(ClientContent, body, "clientContent")
         texts, weights, messages = [], [], []
-        for index, prompt in enumerate(body["weighted_prompts"]):
-            if not isinstance(prompt, dict):
-                raise LyriaFatal(f"clientContent.weightedPrompts[{index}] must be an object")
-            text, weight = prompt.get("text", ""), prompt.get("weight", 1.0)
-            if not isinstance(text, str):
-                raise LyriaFatal(f"clientContent.weightedPrompts[{index}].text must be a string")
-            if len(text) > MAX_PROMPT_CHARS:
-                raise LyriaFatal(f"clientContent.weightedPrompts[{index}].text is longer than {MAX_PROMPT_CHARS} "
-                                 "characters")
-            try:
-                weight = bounded_number(weight, "weight", 0, 1e9)
-            except WireError:
-                raise LyriaFatal(f"clientContent.weightedPrompts[{index}].weight must be a number >= 0") from None
-            if not text.strip():
-                messages.append(json.dumps({"filteredPrompt": {"text": text, "filteredReason":
+        for prompt in content.weighted_prompts:
+            if not prompt.text.strip():
+                messages.append(json.dumps({"filteredPrompt": {"text": prompt.text, "filteredReason":
                                             "empty prompt: it was removed"}}))
                 continue
-            texts.append(text.strip())
-            weights.append(weight)
+            texts.append(prompt.text.strip())
+            weights.append(prompt.weight)
         if texts and sum(weights) <= 0:
             raise LyriaFatal("clientContent.weightedPrompts: weights are all zero; give at least one weight > 0")
-        if len(texts) > MAX_STYLES:
-            raise LyriaFatal(f"clientContent.weightedPrompts: {len(texts)} prompts, at most {MAX_STYLES} can be "
-                             "blended")
+        if texts:  # as many as a session blends (engine.params.Styles)
+            try:
+                rules.checked(rules.Styles, tuple(texts), "clientContent.weightedPrompts")
+            except ValueError as exc:
+                raise LyriaFatal(str(exc)) from None
         if not texts:
             messages.append(warning("no usable prompt: the previous prompts stay in force"))
             return [Send(tuple(messages))]
@@ -253,7 +272,7 @@ class LyriaProtocol:
         if not fresh:
             return ()
         self._warned.update(self.config.approximated())
-        names = ", ".join(camel(n) for n in fresh)
+        names = ", ".join(fresh)
         return (warning(f"{names}: MusicGen cannot follow these exactly; they are added to the prompts as text "
                         "cues"),)
 

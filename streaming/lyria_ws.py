@@ -28,8 +28,7 @@ class LyriaConnection(Connection):
 
     def __init__(self, websocket, engine, config: ServerConfig, blocking: Executor, registry) -> None:
         super().__init__(websocket, engine, config, blocking, registry)
-        self.reserved_id = registry.new_id()
-        self.protocol = lp.LyriaProtocol(check_settings=engine.check_settings, session_id=self.reserved_id)
+        self.protocol = lp.LyriaProtocol(check_settings=engine.check_settings, session_id=registry.new_id())
 
     async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
         try:
@@ -46,7 +45,8 @@ class LyriaConnection(Connection):
         elif isinstance(action, lp.StartSession):
             seed = random_seed() if action.seed is None else action.seed
             try:
-                await self.start_session(action.settings, seed, Pacer("realtime"))
+                await self.supervisor.start(action.settings, seed, Pacer("realtime"),
+                                            session_id=self.protocol.session_id)
             except CapacityError as exc:
                 raise lp.LyriaFatal(f"concurrency_limit_reached (limit {exc.limit})", code=lp.CLOSE_TRY_AGAIN) from None
             except (EngineUnavailable, ValueError, RuntimeError) as exc:
@@ -54,7 +54,7 @@ class LyriaConnection(Connection):
         elif isinstance(action, lp.RestartSession):
             seed = random_seed() if action.seed is None else action.seed
             try:
-                await self.restart_session(seed, play=action.play)
+                await self.supervisor.restart(seed, play=action.play)
             except SessionClosed:  # a generation failure ended it meanwhile, and said so
                 return
             except (EngineUnavailable, RuntimeError) as exc:
@@ -62,9 +62,9 @@ class LyriaConnection(Connection):
         elif isinstance(action, lp.UpdateSession):
             self.session.update(action.settings).add_done_callback(_log_refused)
         elif isinstance(action, lp.PauseSession):
-            await self.pump.stop()
+            await self.supervisor.pause()
         elif isinstance(action, lp.ResumeSession):
-            self.pump.start()
+            self.supervisor.play()
         elif isinstance(action, lp.EndSession):
             await self.end_session()
 

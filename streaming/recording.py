@@ -77,7 +77,7 @@ class Recording:
         return self.samples / self.sample_rate
 
     def add(self, chunk) -> None:
-        """A chunk the session generated (engine.jam.Chunk): its tokens and, when they changed, its settings."""
+        """A chunk the session generated (engine.chunk.Chunk): its tokens and, when they changed, its settings."""
         for offset, settings in ((0.0, chunk.settings), *chunk.changes):  # the settings at its start, then within
             if settings != self._settings:
                 self._settings = settings

@@ -19,13 +19,14 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 
-from engine.api import JamSession, JamSettings, SessionClosed, random_seed
+from engine.api import JamSettings, SessionClosed, random_seed
 from streaming import jam_protocol as jp
 from streaming import webrtc_protocol as wp
 from streaming.audio import OPUS_APPLICATION, OPUS_SAMPLE_RATE, OpusEncoder, StreamingResampler, pcm16_array
 from streaming.lead import Lead
-from streaming.lifecycle import LiveSession, Tasks
+from streaming.lifecycle import Tasks
 from streaming.sessions import Jam, SessionRegistry
+from streaming.supervisor import Recovery, Supervisor
 from streaming.webrtc_track import CHANNELS, JamTrack
 
 logger = logging.getLogger(__name__)
@@ -36,10 +37,6 @@ UNIT_SECONDS = 0.32
 FLUSH_SECONDS = 0.5  # how long a closing peer waits for its last data-channel messages to leave
 PC_CLOSE_SECONDS = 2.0  # at server shutdown aiortc's own close task may be cancelled and never finish
 TRICKLE_WAIT_SECONDS = 10.0  # a candidate that races its offer waits this long for the offer to be applied
-FAILED = "connection failed"
-# A resuming offer takes a session over from the peer playing it: a network that vanished is noticed by ICE consent
-# checks only after about 30 s, so the old peer may still look alive when its client comes back.
-REPLACED = "connection replaced by a new offer"
 
 
 @dataclass(frozen=True)
@@ -66,7 +63,6 @@ class Peer:
         self.engine = engine
         self.notice = notice
         self.registry = registry
-        self.jam: tp.Optional[Jam] = None
         self.inflight: tp.Optional[asyncio.Future] = None
         self.controls = offer.controls
         self.settings = replace(offer.settings, chunk_seconds=UNIT_SECONDS) if offer.settings else None
@@ -75,21 +71,26 @@ class Peer:
         self.on_closed = on_closed
         self.track = JamTrack(OpusEncoder(), self._underrun, self._recovered)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: no STUN lookups
-        self.live = LiveSession(engine, blocking)
+        self.tasks = Tasks()
+        self.supervisor = Supervisor(engine, blocking, registry, "webrtc", owner=self, tasks=self.tasks)
         self.resampler: tp.Optional[StreamingResampler] = None
         self.channel: tp.Optional[RTCDataChannel] = None
         self.pushed_until = 0.0  # the stream's timeline up to which audio went into the track
         self.offered_at = time.monotonic()
         self.described = asyncio.Event()  # the offer is applied: trickled candidates can be added
-        self.connected = asyncio.Event()
+        self.state = wp.PeerState.NEW
+        self.connected = asyncio.Event()  # set at CONNECTED
         self.ended = asyncio.Event()
         self.end_reason = "closed"
-        self.tasks = Tasks()
 
     @property
     def closed(self) -> bool:
         """The peer ended (close() ran or runs): nothing new may start on it."""
-        return self.live.closed
+        return self.supervisor.closed
+
+    @property
+    def jam(self) -> tp.Optional[Jam]:
+        return self.supervisor.jam
 
     @property
     def resumed(self) -> bool:
@@ -101,15 +102,12 @@ class Peer:
         if self.resumed:
             playing = self.registry.get(self.offer.session_id)
             if playing is not None and isinstance(playing.owner, Peer):
-                await playing.owner.close(REPLACED)  # held by that close, attached just below
-            self.jam = self.registry.attach(self.offer.session_id, "webrtc", owner=self)
-            held: HeldPeer = self.jam.state
+                await playing.owner.close(wp.REPLACED)  # held by that close, attached just below
+            held: HeldPeer = self.supervisor.attach(self.offer.session_id).state
             self.controls, self.settings, self.seed, self.inflight = (held.controls, held.settings, held.seed,
                                                                       held.inflight)
-            self.live.adopt(self.jam.session)
         else:
-            session = await self.live.open(self.settings, self.seed)
-            self.jam = self.registry.open("webrtc", session, self.seed, self.engine.describe(), owner=self)
+            await self.supervisor.start(self.settings, self.seed)
         self.tasks.spawn(self._pump(), name=f"webrtc-pump-{self.webrtc_id}")
 
     async def answer(self, connect_timeout: float) -> str:
@@ -146,7 +144,7 @@ class Peer:
     async def steer(self, update: jp.Update) -> dict:
         """Applies new settings from the next decode step; says where they start and when they are heard (after
         the track's audio and the unit's before them). Raises SessionClosed, or RuntimeError when refused."""
-        session = self.live.session
+        session = self.supervisor.session
         if session is None:
             raise SessionClosed("the session ended")
         placement = await asyncio.wrap_future(session.update(replace(update.settings, chunk_seconds=UNIT_SECONDS)))
@@ -160,12 +158,13 @@ class Peer:
 
     # -- events -------------------------------------------------------------------------------------------------
     def _state_changed(self) -> None:
-        state = self.pc.connectionState
-        logger.info("webrtc %s: connection %s", self.webrtc_id, state)
-        if state == "connected":
+        before, reported = self.state, self.pc.connectionState
+        logger.info("webrtc %s: connection %s", self.webrtc_id, reported)
+        self.state = wp.peer_state(before, reported)
+        if self.state is wp.PeerState.CONNECTED:
             self.connected.set()
-        elif state in ("failed", "closed") and not self.ended.is_set():
-            self.end_reason = f"connection {state}"
+        elif self.state is wp.PeerState.ENDED and before is not wp.PeerState.ENDED:
+            self.end_reason = f"connection {reported}"
             self.ended.set()
 
     def _channel_opened(self, channel: RTCDataChannel) -> None:
@@ -198,7 +197,7 @@ class Peer:
             self.tasks.spawn(self._acknowledge(self.steer(command)), name=f"webrtc-update-{self.webrtc_id}")
         elif isinstance(command, jp.Stop):
             self.send(wp.log("stopped"))
-            self.end_reason = "stopped by the client"
+            self.state, self.end_reason = wp.PeerState.ENDED, "stopped by the client"
             self.ended.set()
 
     async def _acknowledge(self, steering: tp.Awaitable[dict]) -> None:
@@ -218,7 +217,7 @@ class Peer:
     async def _pump(self) -> None:
         """Keeps about one chunk buffered ahead of the listener; every future it awaits resolves or is cancelled.
         A generation failure is told, and the session goes on with a fresh context (new seed) on its slot;
-        after MAX_RESTARTS failures in a row the session ends and the track plays silence."""
+        after MAX_RESTARTS failures in a row the session ends and the track plays silence (streaming.supervisor)."""
         while True:
             try:
                 await self._play()
@@ -227,27 +226,22 @@ class Peer:
                 return
             except Exception as exc:  # generation failed: this peer is told; others play on
                 logger.warning("webrtc %s: generation failed: %s", self.webrtc_id, exc)
-                restarting = self.live.failed()
-                self.send(wp.error(f"generation failed: {exc}; " + (
-                    "restarting with a fresh context" if restarting else "the track plays silence")))
-                if not restarting:
-                    self._end_session()
+
+                async def tell(restarting: bool, exc: Exception = exc) -> None:
+                    self.send(wp.error(f"generation failed: {exc}; " + (
+                        "restarting with a fresh context" if restarting else "the track plays silence")))
+
+                outcome = await self.supervisor.recover(tell)
+                if outcome.recovery is not Recovery.RESTARTED:
+                    if outcome.reason is not None:  # no engine: silence, and say why
+                        self.send(wp.error(f"{outcome.reason}; the track plays silence"))
                     return
-                self.seed = random_seed()
-                try:
-                    await self.live.restart(self.seed)
-                except SessionClosed:
-                    return
-                except Exception as again:  # no engine: silence, and say why
-                    self.send(wp.error(f"could not restart the session: {again}; the track plays silence"))
-                    self._end_session()
-                    return
-                self.jam.restarted(self.seed)
+                self.seed = outcome.seed
 
     async def _play(self) -> None:
         """Pumps the session as it is now; a restarted one starts afresh (chunks from 0, no left context)."""
         loop = asyncio.get_running_loop()
-        session = self.live.session
+        session = self.supervisor.session
         self.resampler = StreamingResampler(session.sample_rate, OPUS_SAMPLE_RATE, CHANNELS)
         while True:
             requested = time.monotonic()
@@ -272,7 +266,7 @@ class Peer:
             self.lead.record(time.monotonic() - requested)
             self.pushed_until = chunk.start_seconds + chunk.seconds
             self.track.push(pcm, low_water_seconds=self.lead.seconds)
-            self.live.chunk_arrived()
+            self.supervisor.chunk_arrived()
             self.send(wp.chunk_log(chunk, self.track.buffered_seconds, self.track.underruns, self.notice))
 
     def _to_pcm(self, chunk):
@@ -307,7 +301,8 @@ class Peer:
         """Frees everything the peer holds, once: tasks, session, track, connection, then its slot."""
         if self.closed:
             return
-        self.live.closed = True
+        self.supervisor.closed = True
+        self.state = wp.PeerState.ENDED
         self.described.set()  # a trickle request waiting for the offer wakes and finds the peer gone
         first = f"{self.track.first_frame_at - self.offered_at:.2f} s" if self.track.first_frame_at else "never"
         logger.info("webrtc %s ended: %s (%d underruns, %.3f s encode CPU for %d frames, first audio after %s)",
@@ -315,7 +310,7 @@ class Peer:
                     first)
         try:
             await self.tasks.close()  # the pump first: the unit in the making is shielded from it
-            self._hold_or_end(reason)
+            await self.supervisor.finish(keep=self._held(reason))
             self.track.stop()
             deadline = time.monotonic() + FLUSH_SECONDS
             while self.channel is not None and self.channel.readyState == "open" and \
@@ -329,25 +324,10 @@ class Peer:
         finally:
             self.on_closed(self)
 
-    def _hold_or_end(self, reason: str) -> None:
-        """A connection that failed (the network went: ICE consent checks notice it) or was replaced by a resuming
-        offer leaves its session held for a new offer (streaming.sessions), as does a resumed peer that never
-        connected; one the client stopped or closed (DTLS close, as a normal WebSocket close), drained, never
-        connected or shut down ends it, freeing the slot (the pending unit resolves with SessionClosed)."""
-        jam, session = self.jam, self.live.detach()
-        dropped = reason in (FAILED, REPLACED) and (self.connected.is_set() or self.resumed)
-        never_connected_resume = self.resumed and not self.connected.is_set()
-        if jam is not None and session is not None and (dropped or never_connected_resume):
-            jam.state = HeldPeer(self.controls, self.settings, self.seed, self.inflight)
-            if self.registry.hold(jam):
-                return
-        self._end_session(session)
-
-    def _end_session(self, session: tp.Optional[JamSession] = None) -> None:
-        """Ends the session for good (its slot freed, its recording complete)."""
-        session = self.live.detach() or session
-        jam, self.jam = self.jam, None
-        if jam is not None:
-            self.registry.end(jam)
-        elif session is not None:
-            session.close()
+    def _held(self, reason: str) -> bool:
+        """Whether the session is held for a new offer (webrtc_protocol.keeps_session says when), with what that
+        offer's peer takes over; otherwise it ends, freeing the slot (the pending unit resolves SessionClosed)."""
+        if self.jam is None or not wp.keeps_session(reason, self.connected.is_set(), self.resumed):
+            return False
+        self.jam.state = HeldPeer(self.controls, self.settings, self.seed, self.inflight)
+        return True

@@ -9,18 +9,54 @@ replies have FastRTC's shape `{"type": "log" | "warning" | "error", "data": ...}
 FastRTC's server answers it, never as an error.
 """
 
+import enum
 import typing as tp
 from dataclasses import dataclass
 
 from engine.api import Chunk, JamSettings, Placement
+from streaming import jam_events as je
+from streaming import jam_params
 from streaming import jam_protocol as jp
 from streaming.wire import WireError, load_object
 
-OFFER_PARAMS = ("styles", "style_weights", "temperature", "topk", "guidance_weight", "max_decode_frames", "seed",
-                "style_ramp_seconds")
+OFFER_PARAMS = tuple(name for name in jam_params.PARAMS if name != "pace")  # the track always plays in real time
 MAX_ID_LENGTH = 128
 MAX_BODY_BYTES = 256 * 1024  # an SDP offer with many candidates stays far below this
 HANDSHAKE = "handshake"  # what FastRTC's client sends on the data channel when it opens (not JSON)
+FAILED = "connection failed"
+# A resuming offer takes a session over from the peer playing it: a network that vanished is noticed by ICE consent
+# checks only after about 30 s, so the old peer may still look alive when its client comes back.
+REPLACED = "connection replaced by a new offer"
+
+
+class PeerState(enum.Enum):
+    """A peer's connection: NEW (answered; ICE and DTLS connecting) -> CONNECTED -> ENDED, or NEW -> ENDED (it
+    never connected, or was stopped or replaced first). Its transitions are `peer_state`'s and `ended`'s."""
+
+    NEW = "new"
+    CONNECTED = "connected"
+    ENDED = "ended"
+
+
+def peer_state(state: PeerState, connection_state: str) -> PeerState:
+    """The state after aiortc reports `connection_state` (an RTCPeerConnection.connectionState)."""
+    if state is PeerState.ENDED:
+        return state
+    if connection_state == "connected":
+        return PeerState.CONNECTED
+    if connection_state in ("failed", "closed"):
+        return PeerState.ENDED
+    return state
+
+
+def keeps_session(reason: str, connected: bool, resumed: bool) -> bool:
+    """Whether a peer that ends for `reason` leaves its session held for a new offer (streaming.sessions): one
+    whose connection failed (the network went: ICE consent checks notice it) or was replaced by a resuming
+    offer, after it had connected or when it was itself a resume, and a resumed peer that never connected. One
+    the client stopped or closed (DTLS close, as a normal WebSocket close), drained, that never connected or
+    that the server shut down ends it."""
+    dropped = reason in (FAILED, REPLACED) and (connected or resumed)
+    return dropped or (resumed and not connected)
 
 
 class RequestFailed(Exception):
@@ -160,13 +196,13 @@ class Controls:
 
     def start(self, params: dict) -> tuple[JamSettings, tp.Optional[int]]:
         _check_names(params, OFFER_PARAMS)
-        command = self.jam.receive_text(jp.encode({"type": "start", "params": params}))
+        command = self.jam.receive_text(je.encode({"type": "start", "params": params}))
         return command.settings, command.seed
 
     def update(self, params: dict) -> jp.Update:
         """Validated new settings; raises ProtocolError naming the field and then nothing has changed."""
         _check_names(params, OFFER_PARAMS)  # a seed gets jam_protocol's own word: set at the start only
-        return self.jam.receive_text(jp.encode({"type": "update", **params}))
+        return self.jam.receive_text(je.encode({"type": "update", **params}))
 
     def receive_text(self, text: str) -> tp.Union[jp.Update, jp.Ping, jp.Stop, Handshake]:
         """One data-channel message: `{"type": "update", ...params}`, `{"type": "ping"}`, `{"type": "stop"}`, or
@@ -194,15 +230,15 @@ class Controls:
 
 # -- data-channel messages out ----------------------------------------------------------------------------------
 def log(data: tp.Any) -> str:
-    return jp.encode({"type": "log", "data": data})
+    return je.encode({"type": "log", "data": data})
 
 
 def warning(text: str) -> str:
-    return jp.encode({"type": "warning", "data": text})
+    return je.encode({"type": "warning", "data": text})
 
 
 def error(text: str) -> str:
-    return jp.encode({"type": "error", "data": text})
+    return je.encode({"type": "error", "data": text})
 
 
 def received(message: str) -> str:
@@ -212,11 +248,11 @@ def received(message: str) -> str:
 
 
 def update_acknowledgement(update: jp.Update, placement: Placement, heard_in_seconds: float) -> dict:
-    """What changed, the values now in force, and where they start (jam_protocol.placement_fields): about
+    """What changed, the values now in force, and where they start (jam_events.placement_fields): about
     `heard_in_seconds` after this message, once the audio already in the track has played."""
-    fields = jp.describe_update(update)
+    fields = je.describe_update(update)
     fields.pop("pace")
-    return {"event": "updated", **fields, **jp.placement_fields(placement, heard_in_seconds)}
+    return {"event": "updated", **fields, **je.placement_fields(placement, heard_in_seconds)}
 
 
 def chunk_log(chunk: Chunk, buffer_seconds: float, underruns: int, notice: tp.Optional[str]) -> str:

@@ -1,12 +1,10 @@
-"""What both protocols do first with a client's message: bound its size, parse it as one JSON object, and read
-numbers that are really numbers of a sane size (JSON allows integers of any length)."""
+"""What every protocol does first with a client's message: bound its size and parse it as one JSON object. The
+fields are read next, by pydantic models built from engine.params' rules."""
 
 import json
-import math
 import typing as tp
 
 MAX_MESSAGE_BYTES = 64 * 1024
-MAX_EXACT_INTEGER = 2**53  # beyond it an integer has no exact float; no parameter needs more
 
 
 class WireError(ValueError):
@@ -26,19 +24,3 @@ def load_object(text: str, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, tp.A
     if not isinstance(message, dict):
         raise WireError("message must be a JSON object")
     return message
-
-
-def bounded_number(value: tp.Any, name: str, low: float, high: float, integer: bool = False,
-                   low_open: bool = False) -> tp.Union[int, float]:
-    """`value` as an int or float within [low, high] (or (low, high] when low_open); WireError names the field."""
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise WireError(f"{name} must be {kind}, got {value!r:.40}")
-    if isinstance(value, int) and abs(value) > MAX_EXACT_INTEGER:
-        raise WireError(f"{name} must be within [{low:g}, {high:g}], got an integer of {len(str(abs(value)))} digits")
-    if not math.isfinite(value) or (integer and not float(value).is_integer()):
-        raise WireError(f"{name} must be {kind}, got {value!r}")
-    if (value <= low if low_open else value < low) or value > high:
-        bound = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
-        raise WireError(f"{name} must be within {bound}, got {value}")
-    return int(value) if integer else float(value)

@@ -82,16 +82,16 @@ def marker(monkeypatch, word) -> str:
     """`word`, and the first decode step of a stream styled with it fails once (a transient failure)."""
     from engine.streams import Stream
 
-    real = Stream.guided_logits
+    real = Stream.accept_tokens
     state = {"failed": False}
 
-    def guided(self, logits):
+    def accept(self, tokens):
         if not state["failed"] and any(word in text for text in self.conditioning.texts):
             state["failed"] = True
             raise RuntimeError("injected transient failure")
-        return real(self, logits)
+        return real(self, tokens)
 
-    monkeypatch.setattr(Stream, "guided_logits", guided)
+    monkeypatch.setattr(Stream, "accept_tokens", accept)
     return word
 
 

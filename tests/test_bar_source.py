@@ -7,7 +7,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import pytest
 import torch
 
-from engine.jam import SessionClosed
+from engine.api import SessionClosed
 from streaming.bar_source import BarParams, BarSource, context_window
 
 

@@ -112,7 +112,7 @@ def test_unsupported_features_are_found_in_every_layer(engine):
     """A feature only the last layer has (here grouped key/values) is refused, not silently decoded wrong."""
     import copy
 
-    from engine.decoder import UnsupportedModel, check_supported
+    from engine.supported import UnsupportedModel, check_supported
 
     lm = copy.deepcopy(engine.model.musicgen.lm)
     check_supported(lm)

@@ -13,7 +13,8 @@ from engine.conditions import text_condition
 from engine.decoder import StepDecoder
 from engine.melody import WINDOW_SECONDS, looped_window, melody_condition, prefix_steps
 from engine.pattern import DelayedFrames
-from engine.streams import SamplingParams, sample
+from engine.sampling import RowSettings, StepInputs, guided_sample
+from engine.streams import SamplingParams
 
 SR = 44100  # melodies arrive at their own rate; conditioning resamples them as audiocraft does
 
@@ -133,13 +134,14 @@ def _generate(decoder: StepDecoder, lm, frames: int, guidance: float = 3.0,
     pattern = DelayedFrames(1, delays, lm.special_token_id, capacity=frames + max(delays) + 2)
     pattern.end = frames
     pattern.load_prompt(torch.zeros(1, lm.num_codebooks, 0, dtype=torch.long))
-    generator = torch.Generator().manual_seed(seed)
+    chosen = params or SamplingParams(temperature=0.0, guidance=guidance)
+    settings = StepInputs([RowSettings(0, (1.0,), guidance, chosen.temperature, chosen.top_k, chosen.top_p, seed)],
+                          [0], torch.device("cpu"))
     inputs = pattern.sequence_values(0, pattern.step)
     with torch.no_grad():
         while pattern.step < frames + max(delays) + 1:
             logits = decoder.forward(slice(0, 2), inputs.expand(2, -1, -1))[:, :, -1]
-            guided = logits[1] + guidance * (logits[0] - logits[1])
-            tokens = guided.argmax(-1) if params is None else sample(guided, params, generator)
+            tokens = guided_sample(logits, settings)
             pattern.accept(tokens.view(1, -1))
             inputs = pattern.sequence_values(pattern.step - 1, pattern.step)
     return pattern.codes[0, :, :frames]

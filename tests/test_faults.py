@@ -36,7 +36,7 @@ FORWARD_FAILURES: list[int] = []  # the number of streams in each forward the FA
 def faulty_engine(demo_dir):
     """The demo model with three session slots and the injection points armed (only marker words trigger)."""
     patch = pytest.MonkeyPatch()
-    real_condition, real_guided, real_decode = conditions.text_condition, Stream.guided_logits, JamSession._decode
+    real_condition, real_accept, real_decode = conditions.text_condition, Stream.accept_tokens, JamSession._decode
     real_forward = Scheduler._forward
 
     def condition(lm, text):
@@ -50,10 +50,10 @@ def faulty_engine(demo_dir):
             raise RuntimeError("injected forward failure")
         return real_forward(self, run)
 
-    def guided(self, logits):
+    def accept(self, tokens):
         if any(FAIL_STEP in text for text in self.conditioning.texts):
             raise RuntimeError("injected step failure")
-        return real_guided(self, logits)
+        return real_accept(self, tokens)
 
     def decode(self, request, frames, start, settings, changes):
         if any(FAIL_DECODE in style for style in settings.styles):
@@ -62,7 +62,7 @@ def faulty_engine(demo_dir):
 
     patch.setattr(conditions, "text_condition", condition)
     patch.setattr(Scheduler, "_forward", forward)
-    patch.setattr(Stream, "guided_logits", guided)
+    patch.setattr(Stream, "accept_tokens", accept)
     patch.setattr(JamSession, "_decode", decode)
     engine = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=3))
     yield engine

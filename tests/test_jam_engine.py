@@ -231,9 +231,9 @@ def test_context_rolls_over_past_the_window(engine, monkeypatch):
 
 
 def test_a_prediction_stepped_beside_two_sessions_gives_the_bytes_it_gives_alone(engine, monkeypatch):
-    """A prediction is a finite stream with its own forward (never batched with sessions: see
-    scheduler._contiguous_runs); stepped in the same scheduler steps as two live sessions, it gives the bytes it
-    gives alone, and the sessions get every chunk."""
+    """A prediction is a finite stream whose forward is never shared with sessions (see scheduler._runs):
+    stepped in the same scheduler steps as two live sessions, it gives the bytes it gives alone, and the sessions
+    get every chunk."""
     shared_steps = []
     step = Scheduler._step
 

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from engine.jam import Chunk, JamSettings
+from engine.api import Chunk, JamSettings
 from engine.streams import SamplingParams
+from streaming import jam_events as je
 from streaming import jam_protocol as jp
 from streaming.wire import MAX_MESSAGE_BYTES
 
@@ -39,7 +40,7 @@ def test_update_merges_and_names_what_changed():
     assert isinstance(update, jp.Update)
     assert update.changed == ("max_decode_frames", "style_weights", "styles", "temperature", "topk")
     assert update.settings.chunk_seconds == 1.6 and update.settings.params.top_k == 64
-    assert jp.describe_update(update)["params"]["max_decode_frames"] == 40
+    assert je.describe_update(update)["params"]["max_decode_frames"] == 40
 
 
 def test_temperature_zero_is_greedy_and_a_seed_fixes_the_session():
@@ -120,10 +121,10 @@ def test_ping_stop_and_events():
     protocol, _ = started()
     assert isinstance(protocol.receive_text('{"type":"ping"}'), jp.Ping)
     assert isinstance(protocol.receive_text('{"type":"stop"}'), jp.Stop)
-    assert json.loads(jp.started_event("r.abc")) == {"type": "started", "mode": "rt", "session_id": "r.abc"}
-    assert json.loads(jp.pong_event()) == {"type": "pong"}
-    assert json.loads(jp.stopped_event()) == {"type": "stopped"}
-    assert json.loads(jp.error_event("concurrency_limit_reached", limit=2)) == \
+    assert json.loads(je.started_event("r.abc")) == {"type": "started", "mode": "rt", "session_id": "r.abc"}
+    assert json.loads(je.pong_event()) == {"type": "pong"}
+    assert json.loads(je.stopped_event()) == {"type": "stopped"}
+    assert json.loads(je.error_event("concurrency_limit_reached", limit=2)) == \
         {"type": "error", "error": "concurrency_limit_reached", "limit": 2}
 
 
@@ -140,7 +141,7 @@ def test_chunk_metadata_states_what_was_sent():
 
     import soundfile as sf
 
-    (text,) = jp.chunk_events(_chunk(), binary=False, noise_notice="noise")
+    (text,) = je.chunk_events(_chunk(), binary=False, noise_notice="noise")
     message = json.loads(text)
     meta = message["metadata"]
     assert meta["chunk_frames"] == 40 and meta["chunk_seconds"] == 1.6 and meta["crossfade_seconds"] == 0.04
@@ -148,7 +149,7 @@ def test_chunk_metadata_states_what_was_sent():
     assert meta["notice"] == "noise"
     samples, rate = sf.read(io.BytesIO(base64.b64decode(message["audio_base64"])))
     assert rate == 32000 and len(samples) == int(1.64 * 32000)
-    wav, meta_text = jp.chunk_events(_chunk(), binary=True)
+    wav, meta_text = je.chunk_events(_chunk(), binary=True)
     assert wav[:4] == b"RIFF" and json.loads(meta_text)["type"] == "chunk_meta"
 
 

@@ -178,7 +178,7 @@ def test_chunks_are_packed_as_48k_stereo_pcm_seamlessly():
     import numpy as np
     import torch
 
-    from engine.jam import Chunk
+    from engine.api import Chunk
 
     protocol = ready()
     protocol.receive_text(prompts(("a", 1.0)))

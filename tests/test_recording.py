@@ -14,8 +14,8 @@ import soundfile as sf
 import torch
 from websockets.sync.client import connect
 
+from engine.api import Chunk, JamSettings
 from engine.audio import decode_slice
-from engine.jam import Chunk, JamSettings
 from streaming.config import ServerConfig
 from streaming.recording import MAX_TIMELINE, RecordingStore
 from streaming.server import RunningServer

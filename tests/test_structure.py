@@ -58,3 +58,40 @@ def test_transports_reach_the_engine_through_its_facade_only():
                                   if target.startswith("engine") and target != "engine.api")
                    for module in transports}
     assert {module: targets for module, targets in reaching_in.items() if targets} == {}
+
+
+MAX_LINES = 350  # README: small modules with one job
+LONG_REASON = "Why it is long:"  # a module over MAX_LINES says so in its docstring, with the reason
+SIZED = ("streaming",)  # engine/ is held to the same mark once its two long modules are split (issue 16, part 6)
+
+
+def test_modules_stay_small_or_say_why():
+    long = {}
+    for package in SIZED:
+        for path in sorted((ROOT / package).glob("*.py")):
+            source = path.read_text()
+            lines = source.count("\n")
+            if lines > MAX_LINES and LONG_REASON not in (ast.get_docstring(ast.parse(source)) or ""):
+                long[f"{package}/{path.name}"] = lines
+    assert long == {}, f"split these by job, or say in the module docstring ({LONG_REASON!r}) why not"
+
+
+LIFECYCLE = {"open", "hold", "end", "attach"}  # SessionRegistry's: a session taken, kept, freed, handed over
+# streaming.supervisor owns every connection's session; bar mode's HTTP routes hold theirs between requests
+LIFECYCLE_OWNERS = {"supervisor", "sessions", "bar_http", "bar_jam"}
+OPENERS = {"supervisor", "bar_source"}  # Engine.open_session: the supervisor's, and a bar source it opens
+
+
+def test_one_supervisor_owns_the_sessions_of_connections():
+    """No transport shell takes, holds or frees a session itself: streaming/supervisor.py does, for all."""
+    found = collections.defaultdict(set)
+    for path in (ROOT / "streaming").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                owner = node.func.value
+                name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+                if name == "registry" and node.func.attr in LIFECYCLE and path.stem not in LIFECYCLE_OWNERS:
+                    found[path.stem].add(f"registry.{node.func.attr}")
+                if node.func.attr == "open_session" and path.stem not in OPENERS:
+                    found[path.stem].add("open_session")
+    assert dict(found) == {}

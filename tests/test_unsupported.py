@@ -2,7 +2,7 @@
 way into a live session says why there is none.
 
 The checkpoint is the demo's, built by audiocraft's own builders with random weights and `layer_scale`, which
-audiocraft's LM implements and `engine.decoder.check_supported` refuses.
+audiocraft's LM implements and `engine.supported.check_supported` refuses.
 """
 
 import asyncio

@@ -1,0 +1,172 @@
+"""Concurrent predictions: decoded together in shared forwards, each with the bytes it has alone; past the slots
+they wait in line, and every slot comes back however a prediction ends."""
+
+import threading
+import time
+from concurrent.futures import Future
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.admission import PredictionSlots
+from engine.api import BatchRequest, Engine, EngineConfig, JamSettings
+from engine.batch import BatchJob, GenerationCancelled
+from tests.helpers import wait_until
+
+
+@pytest.fixture(scope="module")
+def three_slots(demo_dir):
+    """Three prediction slots on a random LM of width 64: wide enough that a matmul over 2 rows rounds otherwise
+    than one over more (the demo's 32 is not), so the test fails if predictions' bytes depend on their company."""
+    from benchmarks.engine_bench import build_model
+
+    engine = Engine(build_model({"dim": 64, "layers": 2, "heads": 2}),
+                    EngineConfig(max_sessions=1, max_predictions=3, weight_format="float32"))
+    yield engine
+    engine.close()
+
+
+def _request(seed: int, prompt: str = "lo-fi beat", duration: int = 2, **extra) -> BatchRequest:
+    return BatchRequest(prompt=prompt, duration=duration, seed=seed, **extra)
+
+
+def test_a_seeded_prediction_gives_the_same_bytes_alone_or_among_others(three_slots):
+    engine = three_slots
+    alone = engine.generate(_request(5)).wait()
+    session = engine.open_session(JamSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.5), seed=1)
+    try:
+        session.next_chunk()
+        steps = []
+        real_step = engine.scheduler._step
+
+        def counting(active):
+            steps.append(sum(1 for s in active if s.target_frames is not None))
+            return real_step(active)
+
+        engine.scheduler._step = counting
+        try:
+            jobs = [engine.generate(_request(seed, prompt, duration=d, top_p=p))
+                    for seed, prompt, d, p in ((9, "drums", 3, 0.9), (5, "lo-fi beat", 2, 0.0), (2, "harp", 1, 0.0))]
+            results = [job.wait() for job in jobs]
+        finally:
+            del engine.scheduler._step
+    finally:
+        session.close()
+    assert max(steps) == 3, "the three predictions never shared a step"
+    assert torch.equal(results[1].tokens, alone.tokens)
+    assert torch.equal(results[1].wav, alone.wav)
+    assert not torch.equal(results[0].tokens[:, :100], alone.tokens[:, :100])
+
+
+def test_predictions_past_the_slots_wait_and_a_waiting_one_can_be_cancelled(engine):
+    """The session engine has one prediction slot: the second waits, the third is cancelled while waiting."""
+    first = engine.generate(_request(1, duration=3))
+    second = engine.generate(_request(2, duration=1))
+    third = engine.generate(_request(3, duration=1))
+    assert engine.predictions.waiting == 2
+    third.cancel()
+    with pytest.raises(GenerationCancelled):
+        third.future.result(timeout=5)
+    assert first.wait().tokens.shape[-1] == 150 and second.wait().tokens.shape[-1] == 50
+    assert wait_until(lambda: engine.predictions.waiting == 0 and engine.rows_in_use == 0, 10)
+    assert engine.generate(_request(4, duration=1)).wait().seed == 4  # the slot came back
+
+
+class _Fake:
+    """Stands for a Prediction: `start` records itself; the test resolves the job."""
+
+    def __init__(self, started: list) -> None:
+        self.job = BatchJob(prepared=None)
+        self.job._on_cancel = lambda: None
+        self._started = started
+
+    def start(self) -> BatchJob:
+        self.job._on_cancel = lambda: self.job.fail(GenerationCancelled())
+        self._started.append(self)
+        return self.job
+
+
+@settings(max_examples=60, deadline=None)
+@given(slots=st.integers(1, 3), actions=st.lists(st.tuples(st.sampled_from(["admit", "finish", "fail", "cancel"]),
+                                                           st.integers(0, 20)), max_size=40))
+def test_slots_never_run_more_than_their_number_and_always_come_back(slots, actions):
+    line = PredictionSlots(slots)
+    started: list[_Fake] = []
+    admitted: list[_Fake] = []
+    for action, pick in actions:
+        if action == "admit":
+            fake = _Fake(started)
+            assert line.admit(fake) is fake.job
+            admitted.append(fake)
+        elif admitted:
+            fake = admitted[pick % len(admitted)]
+            if action == "finish":
+                fake.job.succeed(object())
+            elif action == "fail":
+                fake.job.fail(RuntimeError("boom"))
+            else:
+                fake.job.cancel()
+        running = [f for f in started if not f.job.future.done()]
+        assert len(running) <= slots
+        unresolved_waiting = [f for f in admitted if f not in started and not f.job.future.done()]
+        assert len(running) == slots or not unresolved_waiting, "a slot is free while a prediction waits"
+    for fake in admitted:
+        fake.job.succeed(object()) if fake in started else fake.job.cancel()
+    for fake in admitted:
+        assert fake.job.future.done()
+    assert line.waiting == 0 and line._free == slots
+
+
+def test_a_slot_comes_back_when_start_raises():
+    line = PredictionSlots(1)
+
+    class Broken(_Fake):
+        def start(self) -> BatchJob:
+            raise RuntimeError("no")
+
+    broken = Broken([])
+    line.admit(broken)
+    with pytest.raises(RuntimeError, match="no"):
+        broken.job.future.result(timeout=1)
+    started: list = []
+    assert line.admit(_Fake(started)) and len(started) == 1
+
+
+def test_a_slot_freed_on_another_thread_starts_the_next_one():
+    line = PredictionSlots(1)
+    started: list = []
+    first, second = _Fake(started), _Fake(started)
+    line.admit(first)
+    line.admit(second)
+    done = Future()
+    threading.Thread(target=lambda: (time.sleep(0.05), first.job.succeed(1), done.set_result(True))).start()
+    done.result(timeout=5)
+    assert started == [first, second]
+
+
+def test_a_streams_logits_do_not_depend_on_the_streams_beside_it(three_slots):
+    """StepDecoder.step_streams pads the weight matmuls to a fixed row count: a stream's logits are bit for bit
+    those it has alone, whatever else shares the step (without the padding they differ in the last bits)."""
+    from engine.conditions import text_condition
+    from engine.decoder import StepDecoder
+
+    lm = three_slots.model.musicgen.lm
+    generator = torch.Generator().manual_seed(0)
+    twins = []
+    for _ in range(2):
+        decoder = StepDecoder(lm, max_rows=6, max_steps=32)
+        for row, text in enumerate(("drums", None, "harp", None, "a longer prompt for the bass", None)):
+            decoder.set_condition(row, *text_condition(lm, text))
+        twins.append(decoder)
+    groups = [slice(0, 2), slice(2, 4), slice(4, 6)]
+    prefills = [torch.randint(0, lm.card, (2, lm.num_codebooks, length), generator=generator) for length in (5, 9, 3)]
+    for decoder in twins:
+        for group, prefill in zip(groups, prefills, strict=True):
+            decoder.forward(group, prefill)
+    tokens = torch.randint(0, lm.card, (6, lm.num_codebooks), generator=generator)
+    with torch.no_grad():
+        alone = twins[0].step_streams([groups[1]], tokens[2:4], pad_to=8)
+        shared = twins[1].step_streams(groups, tokens, pad_to=8)
+    assert torch.equal(alone, shared[2:4])
