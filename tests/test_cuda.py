@@ -87,6 +87,28 @@ def test_the_step_reads_nothing_back_to_the_host(cuda_engine):
             assert torch.isfinite(logits).all()
 
 
+def test_the_whole_decode_step_makes_no_device_sync(cuda_engine):
+    """Forward, guidance, sampling and the delay-pattern update of two streams (tests/test_host_reads.py's step),
+    eagerly on CUDA: not one host read of a device value."""
+    from engine.decoder import StepDecoder
+    from tests.test_host_reads import _run, _whole_step
+
+    lm = cuda_engine.model.musicgen.lm
+    with torch.no_grad():
+        decoder, frames, inputs = _run(lm, "cuda")
+        assert isinstance(decoder, StepDecoder)
+        for step in range(3):
+            views = (list(decoder.keys[:, :5]), list(decoder.values[:, :5]), decoder.cross_keys[:, :5],
+                     decoder.cross_values[:, :5], decoder.cross_lengths[:5], decoder.lengths[:5])
+            if step == 0:
+                _whole_step(decoder, frames, inputs, views)  # warms up (allocator, kernels' first launch)
+            else:
+                with sync_is_an_error():
+                    sampled = _whole_step(decoder, frames, inputs, views)
+            decoder.advance_host(slice(0, 5), 1)
+    assert sampled.device.type == "cuda" and ((sampled >= 0) & (sampled < lm.card)).all()
+
+
 def test_the_engine_makes_audio_on_cuda(cuda_engine):
     from engine.jam import JamSettings
 
@@ -120,9 +142,9 @@ def test_half_precision_weights_and_cache_are_stored_once(cuda_engine):
     assert lm_dtypes == {torch.float16}
     assert decoder.keys.dtype == decoder.values.dtype == torch.float16
     first = lm.transformer.layers[0]
-    assert decoder.layers[0].qkv.weight.data_ptr() == first.self_attn.in_proj_weight.data_ptr()
-    assert decoder.layers[0].ff1.weight.data_ptr() == first.linear1.weight.data_ptr()
-    assert decoder.embeddings[0].data_ptr() == lm.emb[0].weight.data_ptr()
+    assert decoder.transformer.layers[0].qkv.weight.data_ptr() == first.self_attn.in_proj_weight.data_ptr()
+    assert decoder.transformer.layers[0].ff1.weight.data_ptr() == first.linear1.weight.data_ptr()
+    assert decoder.transformer.embeddings[0].data_ptr() == lm.emb[0].weight.data_ptr()
     codec = cuda_engine.model.musicgen.compression_model
     assert {p.dtype for p in codec.parameters()} == {torch.float32}
     t5 = lm.condition_provider.conditioners["description"]

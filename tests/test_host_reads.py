@@ -24,21 +24,22 @@ TEXTS = ("drums", "a longer prompt about bass and keys", None, "dub", None)
 STREAMS = (RowSettings(0, (0.25, 0.75), 3.0, 1.0, 50, 0.0, 7), RowSettings(3, (1.0,), 5.0, 0.7, 0, 0.9, 8))
 
 
-def _run(lm) -> tuple[StepDecoder, list[DelayedFrames], StepInputs]:
-    decoder = StepDecoder(lm, max_rows=5, max_steps=64)
+def _run(lm, device: str = "cpu") -> tuple[StepDecoder, list[DelayedFrames], StepInputs]:
+    decoder = StepDecoder(lm, max_rows=5, max_steps=64, weight_format="float32" if device == "cpu" else "float16")
     for row, text in enumerate(TEXTS):
         decoder.set_condition(row, *text_condition(lm, text))
     delays = list(lm.pattern_provider.delays)
     frames = []
     for settings, prompt in zip(STREAMS, (5, 9), strict=True):
         rows = len(settings.style_weights) + 1
-        pattern = DelayedFrames(1, delays, lm.special_token_id, capacity=40)
-        codes = torch.randint(0, lm.card, (1, lm.num_codebooks, prompt), generator=torch.Generator().manual_seed(9))
+        pattern = DelayedFrames(1, delays, lm.special_token_id, capacity=40, device=torch.device(device))
+        codes = torch.randint(0, lm.card, (1, lm.num_codebooks, prompt),
+                              generator=torch.Generator().manual_seed(9)).to(device)
         steps = pattern.load_prompt(codes)
         decoder.forward(slice(settings.first_row, settings.first_row + rows),
                         pattern.sequence_values(0, steps).expand(rows, -1, -1))
         frames.append(pattern)
-    return decoder, frames, StepInputs(STREAMS, [0, 0], torch.device("cpu"))
+    return decoder, frames, StepInputs(STREAMS, [0, 0], torch.device(device))
 
 
 def _whole_step(decoder: StepDecoder, frames: list[DelayedFrames], inputs: StepInputs, views: tuple) -> torch.Tensor:

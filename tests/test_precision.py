@@ -92,8 +92,8 @@ def test_a_half_precision_lm_is_shared_with_the_decoder_not_copied(demo_dir):
             logits[name] = decoder.forward(slice(0, 2), tokens)
         if name == "16":
             first = lm.transformer.layers[0]
-            assert decoder.embeddings[0].data_ptr() == lm.emb[0].weight.data_ptr()
-            assert decoder.layers[0].qkv.weight.data_ptr() == first.self_attn.in_proj_weight.data_ptr()
+            assert decoder.transformer.embeddings[0].data_ptr() == lm.emb[0].weight.data_ptr()
+            assert decoder.transformer.layers[0].qkv.weight.data_ptr() == first.self_attn.in_proj_weight.data_ptr()
             assert decoder.keys.dtype == torch.float16
     error = (logits["16"] - logits["32"]).norm() / logits["32"].norm()
     assert error < 1e-2
