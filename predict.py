@@ -44,9 +44,11 @@ class Predictor(BaseRunner):
         config = ServerConfig.from_env()
         self.engine = Engine.load(source, config=EngineConfig.from_env())
         self.sidecar = None
-        # Cog reads a returned file after run() ends: each output directory lives until as many predictions again
-        # as may run at once have started after it, and is removed then
+        # Cog reads a returned file after run() ends, before that slot takes the next prediction: when one starts,
+        # up to (slots - 1) others may have finished unread, so that many of the newest outputs are kept (none with
+        # one slot: each prediction removes the previous one's files) and older ones are removed
         self.outputs: collections.deque[Path] = collections.deque()
+        self.outputs_kept = _cog_slots() - 1
         if config.port != 0:  # the jam sidecar shares this process and this engine
             from streaming.server import RunningServer
 
@@ -143,5 +145,11 @@ class Predictor(BaseRunner):
         return job.future.result()
 
     def _remove_old_outputs(self) -> None:
-        while len(self.outputs) > MAX_CONCURRENT_PREDICTIONS:
+        while len(self.outputs) > self.outputs_kept:
             shutil.rmtree(self.outputs.popleft(), ignore_errors=True)
+
+
+def _cog_slots() -> int:
+    """How many predictions Cog runs at once in this container (COG_MAX_CONCURRENCY, at most the decorator's;
+    EngineConfig.from_env has already refused one that is not an integer)."""
+    return max(1, min(MAX_CONCURRENT_PREDICTIONS, int(os.environ.get("COG_MAX_CONCURRENCY", "1"))))
