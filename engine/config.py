@@ -40,7 +40,7 @@ class EngineConfig:
     """Capacity and precision of one engine. The decoder has a row for every session at its most styles plus
     two for each concurrent prediction, so a full house of jams never blocks a prediction and vice versa."""
 
-    max_sessions: int = 4
+    max_sessions: tp.Optional[int] = 4  # None (JAM_MAX_SESSIONS=auto): as many as the GPU holds (engine.memory)
     max_styles: int = MAX_STYLES
     # predictions decoded at once (Cog's COG_MAX_CONCURRENCY); more wait in line for a free one
     max_predictions: int = 1
@@ -58,8 +58,8 @@ class EngineConfig:
     compile_step: str = AUTO
 
     def __post_init__(self) -> None:
-        if self.max_sessions < 0:
-            raise ConfigError("JAM_MAX_SESSIONS must be >= 0")
+        if self.max_sessions is not None and self.max_sessions < 0:
+            raise ConfigError("JAM_MAX_SESSIONS must be >= 0 (or auto)")
         if self.max_predictions < 1:
             raise ConfigError("MUSICGEN_MAX_PREDICTIONS (or COG_MAX_CONCURRENCY) must be >= 1")
         if not 1 <= self.max_styles <= MAX_STYLES:
@@ -90,15 +90,26 @@ class EngineConfig:
         return -(-self.prediction_rows // PREDICTION_PAD_MULTIPLE) * PREDICTION_PAD_MULTIPLE
 
     @property
+    def rows_per_session(self) -> int:
+        return self.max_styles + 1
+
+    @property
+    def session_rows(self) -> int:
+        if self.max_sessions is None:
+            raise ValueError("max_sessions is auto: the engine sizes it from the device (engine.memory) first")
+        return self.max_sessions * self.rows_per_session
+
+    @property
     def rows(self) -> int:
-        return self.max_sessions * (self.max_styles + 1) + self.prediction_rows
+        return self.session_rows + self.prediction_rows
 
     @classmethod
     def from_env(cls, environ: tp.Mapping[str, str] = os.environ) -> "EngineConfig":
+        sessions = environ.get("JAM_MAX_SESSIONS", "4")
         try:
-            max_sessions = int(environ.get("JAM_MAX_SESSIONS", "4"))
+            max_sessions = None if sessions.strip().lower() == AUTO else int(sessions)
         except ValueError:
-            raise ConfigError(f"JAM_MAX_SESSIONS must be an integer, got {environ['JAM_MAX_SESSIONS']!r}") from None
+            raise ConfigError(f"JAM_MAX_SESSIONS must be an integer or auto, got {sessions!r}") from None
         predictions = environ.get("MUSICGEN_MAX_PREDICTIONS") or environ.get("COG_MAX_CONCURRENCY") or "1"
         try:
             max_predictions = int(predictions)

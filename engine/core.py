@@ -14,12 +14,12 @@ them through the attributes below; nothing outside `engine/` does.
 import logging
 import threading
 import typing as tp
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from engine import batch, conditions, prediction
+from engine import batch, conditions, memory, prediction
 from engine.admission import PredictionSlots
 from engine.config import MAX_PROMPT_TOKENS, EngineConfig
 from engine.jam import JamSession, JamSettings
@@ -61,7 +61,10 @@ class Engine:
         self.window_frames = int(config.window_seconds * model.frame_rate)
         self.keep_frames = int(config.keep_seconds * model.frame_rate)
         max_steps = self.window_frames + max(delays) + 1 + prefix_steps(lm)  # melody models: the chroma prefix
-        self.scheduler = Scheduler(lm, max_rows=config.rows, max_steps=max_steps,
+        if config.max_sessions is None:  # JAM_MAX_SESSIONS=auto
+            config = self.config = replace(config, max_sessions=self._sessions_that_fit(max_steps))
+        self.scheduler = Scheduler(lm, live_rows=config.session_rows, prediction_rows=config.prediction_rows,
+                                   max_steps=max_steps,
                                    weight_format=self.weight_format,
                                    prefill_slice_steps=config.prefill_slice_steps, step_mode=self.step_mode,
                                    prediction_pad=config.prediction_pad)
@@ -84,8 +87,22 @@ class Engine:
         else:
             logger.info("decoder weights: %s (%s); %.0f MB of weights, %.0f MB of KV cache for %d rows x %d steps",
                         self.weight_format, self.weight_format_reason, decoder.weight_bytes / 2**20,
-                        decoder.cache_bytes / 2**20, config.rows, decoder.max_steps)
+                        decoder.cache_bytes / 2**20, decoder.max_rows, decoder.max_steps)
             logger.info("decode step: %s (%s)", self.step_mode, self.step_mode_reason)
+        if self._replays_graphs:
+            with self.codec_worker.paused():  # every graph now, before any stream: none is captured while one plays
+                self.lm_worker.call(self.scheduler.capturable.capture_all).result()
+
+    def _sessions_that_fit(self, max_steps: int) -> int:
+        lm = self.model.musicgen.lm
+        free = memory.free_device_bytes(self.model.device)
+        per_row = memory.row_bytes(lm, max_steps, MAX_PROMPT_TOKENS, self.weight_format)
+        sessions = memory.sessions_that_fit(free, per_row, self.config.rows_per_session, self.config.prediction_rows)
+        logger.info("JAM_MAX_SESSIONS=auto: %d sessions of %d rows (%.0f MB of KV cache a row) beside %d prediction "
+                    "rows fit in the %.1f GB free, keeping %.0f GB of work space", sessions,
+                    self.config.rows_per_session, per_row / 2**20, self.config.prediction_rows, free / 2**30,
+                    memory.WORK_SPACE_BYTES / 2**30)
+        return sessions
 
     @classmethod
     def load(cls, source: tp.Union[str, Path, None] = None, device: tp.Optional[str] = None,
@@ -106,6 +123,10 @@ class Engine:
         return self._sessions
 
     @property
+    def _replays_graphs(self) -> bool:
+        return self.scheduler.capturable is not None and self.scheduler.capturable.graphs
+
+    @property
     def rows_in_use(self) -> int:
         """Decoder rows held by sessions and predictions (a snapshot; the engine thread changes it)."""
         return self.config.rows - self.scheduler.rows_free
@@ -120,6 +141,7 @@ class Engine:
                 "max_sessions": self.config.max_sessions, "max_styles": self.config.max_styles,
                 "decoder_rows": self.config.rows, "rows_in_use": self.rows_in_use,
                 "decoder_weight_bytes": decoder.weight_bytes if decoder is not None else 0,
+                "cuda_graphs": asdict(self.scheduler.capturable.stats) if self._replays_graphs else None,
                 "streaming": self.streaming_unavailable is None,
                 "streaming_unavailable": self.streaming_unavailable}
 

@@ -51,6 +51,7 @@ class StepDecoder:
         # The cross-attention cache starts small and doubles (up to max_condition_steps) when a longer condition
         # arrives: most prompts are short, and a 512-step cache for every row would cost gigabytes on large models.
         self.cross_keys = self._cross_cache(min(initial_condition_steps, max_condition_steps))
+        self.cache_version = 0  # counts reallocations of the caches
         self.cross_values = torch.zeros_like(self.cross_keys)
         self.cross_lengths = torch.ones(max_rows, dtype=torch.long, device=self.device)
         self.prefix_lengths = torch.zeros(max_rows, dtype=torch.long, device=self.device)
@@ -78,6 +79,11 @@ class StepDecoder:
             bigger = self._cross_cache(grown)
             bigger[:, :, :, :capacity] = getattr(self, name)
             setattr(self, name, bigger)
+        self.cache_version += 1  # what a captured graph read is gone (engine.static_step)
+
+    def reserve_condition_capacity(self) -> None:
+        """The cross cache at its largest now, so it is never reallocated later (CUDA graphs read it in place)."""
+        self._ensure_condition_capacity(self.max_condition_steps)
 
     @property
     def weight_bytes(self) -> int:
@@ -142,16 +148,18 @@ class StepDecoder:
         """How many audio steps `rows` can hold after their prefixes: the window a stream rolls over at."""
         return self.max_steps - max(self.host_prefix_lengths[rows])
 
-    def check_step(self, rows: slice) -> None:
+    def check_step(self, rows: tp.Union[slice, tp.Sequence[int]]) -> None:
         """Raises what `forward` would for one more step on `rows`, from the host copies (no device read)."""
-        if self.uses_prefix and min(self.host_prefix_lengths[rows]) == 0:
+        ids = row_ids(rows)
+        if self.uses_prefix and min(self.host_prefix_lengths[r] for r in ids) == 0:
             raise ValueError("this model prepends a melody: set_prefix on every row before decoding")
-        if max(self.host_lengths[rows]) + 1 > self.max_steps:
+        if max(self.host_lengths[r] for r in ids) + 1 > self.max_steps:
             raise ValueError("KV cache full: re-prefill a shorter context before continuing")
 
-    def advance_host(self, rows: slice, steps: int) -> None:
+    def advance_host(self, rows: tp.Union[slice, tp.Sequence[int]], steps: int) -> None:
         """Records on the host that `rows` grew by `steps` (the device lengths grew in the same call)."""
-        self.host_lengths[rows] = [length + steps for length in self.host_lengths[rows]]
+        for row in row_ids(rows):
+            self.host_lengths[row] += steps
 
     def reset(self, rows: slice) -> None:
         """Forgets the audio context of `rows`; their conditions and prefixes stay, so the next forward (a
@@ -286,3 +294,8 @@ class StepDecoder:
             self.lengths[rows] = positions[:, -1] + 1
             self.advance_host(rows, steps)
         return x[:n_rows]
+
+
+def row_ids(rows: tp.Union[slice, tp.Sequence[int]]) -> list[int]:
+    """The rows of a range (a stream's block) or of a list (the capturable step's rows of several streams)."""
+    return list(range(rows.start, rows.stop)) if isinstance(rows, slice) else list(rows)

@@ -2,7 +2,8 @@
 
 Every change to scheduler state (streams added, updated, removed, demand raised) arrives as a job on the LM
 worker, so the state needs no locks. Between jobs, the streams that want frames advance together: live streams share
-one forward per step, predictions another, and a long prefill (an audio prompt, a window roll-over) runs in slices
+one forward per step, predictions another (with the capturable step, all of them one: engine.static_step), and a
+long prefill (an audio prompt, a window roll-over) runs in slices
 between other streams' steps. A stream keeps its decoder rows from start to end: opening and closing a stream, and
 restyling one that has room beside it, move no cache (StepDecoder attends per block of adjacent rows). A failure
 belongs to the stream that caused it: conditioning, prefill, forward, sampling and the consumer's callback are each
@@ -20,7 +21,7 @@ import torch
 from engine import conditions, melody
 from engine.decoder import StepDecoder
 from engine.sampling import StepInputs, guided_sample
-from engine.static_step import CapturableStep
+from engine.static_step import CapturableStep, Region, padded_rows, row_buckets
 from engine.streams import Stream
 from engine.supported import UnsupportedModel
 
@@ -35,24 +36,35 @@ class StreamFailed(RuntimeError):
 
 
 class Scheduler:
-    def __init__(self, lm, max_rows: int, max_steps: int, weight_format: str = "float32",
+    def __init__(self, lm, live_rows: int, prediction_rows: int, max_steps: int, weight_format: str = "float32",
                  prefill_slice_steps: int = 64, step_mode: str = "off", prediction_pad: int = 0) -> None:
         """`step_mode` (see engine.static_step.choose_step_mode): "off" decodes with the eager forward, "static"
         and "compile" with the capturable step, eagerly or compiled (on CUDA, replayed from CUDA graphs).
 
+        Live streams take rows of the first `live_rows`, predictions of the `prediction_rows` after them (with the
+        capturable step, after the live rows rounded up to a bucket step: its row regions, engine.static_step).
         An LM the step decoder does not implement leaves `decoder` None and says why in `unsupported`: such a
         scheduler takes no streams, so the engine can still serve predictions through audiocraft's generate."""
         self.lm = lm
-        self.max_rows = max_rows
+        self.live_rows = live_rows
+        self.prediction_rows = prediction_rows
+        capturable = step_mode != "off"
+        self.prediction_start = padded_rows(live_rows) if capturable else live_rows
+        # the capturable step computes the predictions' region whole: as many rows as their padded forward
+        prediction_region = max(prediction_rows, prediction_pad) if capturable else prediction_rows
         self.decoder: tp.Optional[StepDecoder] = None
         self.unsupported: tp.Optional[str] = None
         try:
-            self.decoder = StepDecoder(lm, max_rows=max_rows, max_steps=max_steps, weight_format=weight_format)
+            self.decoder = StepDecoder(lm, max_rows=self.prediction_start + prediction_region, max_steps=max_steps,
+                                       weight_format=weight_format)
         except UnsupportedModel as exc:
             self.unsupported = str(exc)
         self.capturable = None
-        if self.decoder is not None and step_mode != "off":
-            self.capturable = CapturableStep(self.decoder, step_mode == "compile")
+        if self.decoder is not None and capturable:
+            regions = [Region(0, row_buckets(self.prediction_start)), Region(self.prediction_start,
+                                                                             (prediction_region,))]
+            self.capturable = CapturableStep(self.decoder, step_mode == "compile",
+                                             regions=[r for r in regions if r.buckets[-1] > 0])
         self.prefill_slice_steps = prefill_slice_steps
         self.prediction_pad = prediction_pad  # the predictions' shared forward's row count (EngineConfig)
         self.streams: list[Stream] = []
@@ -66,7 +78,13 @@ class Scheduler:
 
     @property
     def rows_free(self) -> int:
-        return self.max_rows - sum(s.conditioning.rows for s in self.streams)
+        return self.live_rows + self.prediction_rows - sum(s.conditioning.rows for s in self.streams)
+
+    def _region(self, stream: Stream) -> range:
+        """The rows a stream may take: the live ones, or the predictions' ones."""
+        if stream.target_frames is None:
+            return range(0, self.live_rows)
+        return range(self.prediction_start, self.prediction_start + self.prediction_rows)
 
     # -- background work of the LM worker -----------------------------------------------------------------------
     def pending(self) -> bool:
@@ -88,12 +106,13 @@ class Scheduler:
         that packing copy fails."""
         if self.decoder is None:
             raise RuntimeError(f"this model cannot run streams: {self.unsupported}")
-        needed = stream.conditioning.rows
-        if needed > self.rows_free:
-            raise RuntimeError(f"no decoder rows left ({self.rows_free} free, {needed} needed)")
-        start = self._free_block(needed)
-        if start is None:
-            self._relayout(self.streams + [stream])
+        needed, region = stream.conditioning.rows, self._region(stream)
+        free = len(region) - sum(s.conditioning.rows for s in self.streams if s.rows.start in region)
+        if needed > free:
+            raise RuntimeError(f"no decoder rows left ({free} free, {needed} needed)")
+        start = self._free_block(needed, region)
+        if start is None:  # only live streams can be scattered: every prediction takes the same rows
+            self._relayout(self._live() + [stream])
             return
         stream.rows = slice(start, start + needed)
         self.streams = self.streams + [stream]
@@ -108,18 +127,19 @@ class Scheduler:
         one's), the unconditional row stays. The stream keeps its place when the rows it needs there are free,
         else moves to a free block (only its own rows are copied), else the others are packed. Raises (and
         changes nothing) when there are no rows for it or the cache copy fails."""
-        rows = conditioning.rows
-        if rows - stream.conditioning.rows > self.rows_free:
+        rows, region = conditioning.rows, self._region(stream)
+        free = len(region) - sum(s.conditioning.rows for s in self.streams if s.rows.start in region)
+        if rows - stream.conditioning.rows > free:
             raise RuntimeError(f"no decoder rows left for {rows - 1} styles")
         if sources is None:
             styled = stream.conditioning.rows - 1
             sources = [i if i < styled else 0 for i in range(rows - 1)]
         old = stream.rows
-        start = old.start if self._is_free(old.start, rows, stream) else self._free_block(rows, stream)
+        start = old.start if self._is_free(old.start, rows, region, stream) else self._free_block(rows, region, stream)
         if start is None:
-            self._relayout(self.streams, {id(stream): sources})
+            self._relayout(self._live(), {id(stream): sources})
         else:
-            mapping = list(range(self.max_rows))  # every other row stays where it is
+            mapping = list(range(self.decoder.max_rows))  # every other row stays where it is
             for target, source in enumerate([old.start + i for i in sources] + [old.stop - 1], start=start):
                 mapping[target] = source
             self.decoder.relayout(mapping)  # copies only the rows that change; all or nothing
@@ -127,16 +147,19 @@ class Scheduler:
         stream.conditioning = conditioning
         stream.conditions_dirty = True
 
-    def _is_free(self, start: int, count: int, ignoring: tp.Optional[Stream] = None) -> bool:
-        """Whether rows start .. start + count - 1 exist and no stream but `ignoring` holds one."""
-        if start + count > self.max_rows:
+    def _live(self) -> list[Stream]:
+        return [s for s in self.streams if s.target_frames is None]
+
+    def _is_free(self, start: int, count: int, region: range, ignoring: tp.Optional[Stream] = None) -> bool:
+        """Whether rows start .. start + count - 1 are in `region` and no stream but `ignoring` holds one."""
+        if start + count > region.stop:
             return False
         return all(s is ignoring or s.rows.stop <= start or s.rows.start >= start + count for s in self.streams)
 
-    def _free_block(self, count: int, ignoring: tp.Optional[Stream] = None) -> tp.Optional[int]:
-        """The first row of the lowest block of `count` free rows, or None when the free rows are scattered."""
-        return next((start for start in range(self.max_rows - count + 1) if self._is_free(start, count, ignoring)),
-                    None)
+    def _free_block(self, count: int, region: range, ignoring: tp.Optional[Stream] = None) -> tp.Optional[int]:
+        """The first row of the lowest block of `count` free rows of `region`, or None when they are scattered."""
+        return next((start for start in range(region.start, region.stop - count + 1)
+                     if self._is_free(start, count, region, ignoring)), None)
 
     def fail(self, stream: Stream, phase: str, exc: BaseException) -> None:
         """Drops one stream and tells its consumer; never raises."""
@@ -151,8 +174,8 @@ class Scheduler:
                 logger.exception("a stream's failure callback raised")
 
     def _relayout(self, streams: list[Stream], style_sources: tp.Optional[dict[int, list[int]]] = None) -> None:
-        """Packs `streams` onto rows 0.. in order and makes them the scheduler's streams (when scattered free rows
-        hold no block that fits). A stream whose styles
+        """Packs the live `streams` onto rows 0.. in order and makes them the scheduler's live streams (when
+        scattered free rows hold no block that fits); predictions stay where they are. A stream whose styles
         change has in `style_sources` (by id) the style row of its own that each new style row continues; the
         others keep their rows' contents. Nothing moves (caches, rows, the stream list) unless the decoder's copy
         succeeded: a copy can run out of memory on a GPU, and the other streams must go on from the caches they
@@ -173,7 +196,7 @@ class Scheduler:
         self.decoder.relayout(sources)
         for stream, rows in zip(streams, layout, strict=True):
             stream.rows = rows
-        self.streams = list(streams)
+        self.streams = list(streams) + [s for s in self.streams if s.target_frames is not None]
 
     # -- one step -----------------------------------------------------------------------------------------------
     def _prioritise(self, active: list[Stream]) -> list[Stream]:
@@ -204,7 +227,7 @@ class Scheduler:
             ok, out = self._attempt(stream, "prefill", lambda s=stream: self._prefill_slice(s))
             if ok and out is not None:
                 groups.append(([stream], out))
-        for run in _runs(stepping, contiguous=self.capturable is not None):
+        for run in _runs(stepping, together=self.capturable is not None):
             try:
                 groups.append((run, self._forward(run)))
             except Exception as exc:  # find the culprit: each stream of the run alone
@@ -303,15 +326,16 @@ class Scheduler:
         return out
 
     def _forward(self, run: list[Stream]) -> torch.Tensor:
-        """Logits [R, K, card] of one step for the rows of `run`'s streams, in order. Live streams share one
-        forward (attending in blocks of adjacent rows; the capturable step takes one block per call); predictions
-        share theirs among themselves, padded to a fixed row count, so that none of them depends on the others
-        (see StepDecoder.step_streams, EngineConfig.prediction_pad)."""
+        """Logits [R, K, card] of one step for the rows of `run`'s streams, in order. The capturable step takes
+        every stream in one call (one row bucket, a multiple of 8 rows). Else live streams share one forward
+        (attending in blocks of adjacent rows); predictions share theirs among themselves, padded to a fixed row
+        count, so that none of them depends on the others (see StepDecoder.step_streams,
+        EngineConfig.prediction_pad)."""
         inputs = torch.cat([s.frames.next_input().expand(s.conditioning.rows, -1) for s in run])
+        if self.capturable is not None:
+            return self.capturable([row for s in run for row in range(s.rows.start, s.rows.stop)], inputs)
         if run[0].target_frames is not None:
             return self.decoder.step_streams([s.rows for s in run], inputs, pad_to=self.prediction_pad)
-        if self.capturable is not None:
-            return self.capturable(slice(run[0].rows.start, run[-1].rows.stop), inputs)
         return self.decoder.step_streams(_blocks(run), inputs, pad_to=0)
 
 
@@ -335,15 +359,12 @@ def _first_rows(streams: list[Stream]) -> list[int]:
     return firsts
 
 
-def _runs(streams: list[Stream], contiguous: bool) -> list[list[Stream]]:
-    """The forwards of one step: the live streams' (with `contiguous`, one per block of adjacent rows), and one
-    for all predictions (their bytes do not depend on it: StepDecoder.step_streams pads to a fixed row count)."""
+def _runs(streams: list[Stream], together: bool) -> list[list[Stream]]:
+    """The forwards of one step: all streams `together` (the capturable step's one bucket), else the live
+    streams' and one for all predictions (their bytes do not depend on it: StepDecoder.step_streams pads to a
+    fixed row count)."""
     live = sorted((s for s in streams if s.target_frames is None), key=lambda s: s.rows.start)
     predictions = [s for s in streams if s.target_frames is not None]
-    runs: list[list[Stream]] = []
-    for stream in live:
-        if runs and (not contiguous or runs[-1][-1].rows.stop == stream.rows.start):
-            runs[-1].append(stream)
-        else:
-            runs.append([stream])
-    return runs + ([predictions] if predictions else [])
+    if together:
+        return [live + predictions] if streams else []
+    return [run for run in (live, predictions) if run]

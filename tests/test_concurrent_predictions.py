@@ -16,14 +16,17 @@ from engine.batch import BatchJob, GenerationCancelled
 from tests.helpers import wait_until
 
 
-@pytest.fixture(scope="module")
-def three_slots(demo_dir):
+@pytest.fixture(scope="module", params=["off", "static"], ids=["eager-forward", "capturable-step"])
+def three_slots(demo_dir, request):
     """Three prediction slots on a random LM of width 64: wide enough that a matmul over 2 rows rounds otherwise
-    than one over more (the demo's 32 is not), so the test fails if predictions' bytes depend on their company."""
+    than one over more (the demo's 32 is not), so the test fails if predictions' bytes depend on their company.
+    With the eager forward predictions share a padded forward of their own; with the capturable step (CUDA's,
+    run eagerly here) they and the session share one row bucket of 8 or 16 rows."""
     from benchmarks.engine_bench import build_model
 
     engine = Engine(build_model({"dim": 64, "layers": 2, "heads": 2}),
-                    EngineConfig(max_sessions=1, max_predictions=3, weight_format="float32"))
+                    EngineConfig(max_sessions=1, max_predictions=3, weight_format="float32",
+                                 compile_step=request.param))
     yield engine
     engine.close()
 
@@ -38,11 +41,12 @@ def test_a_seeded_prediction_gives_the_same_bytes_alone_or_among_others(three_sl
     session = engine.open_session(JamSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.5), seed=1)
     try:
         session.next_chunk()
-        steps = []
+        steps, rows = [], []
         real_step = engine.scheduler._step
 
         def counting(active):
             steps.append(sum(1 for s in active if s.target_frames is not None))
+            rows.extend((s.target_frames is None, s.rows) for s in active)
             return real_step(active)
 
         engine.scheduler._step = counting
@@ -55,6 +59,11 @@ def test_a_seeded_prediction_gives_the_same_bytes_alone_or_among_others(three_sl
     finally:
         session.close()
     assert max(steps) == 3, "the three predictions never shared a step"
+    # sessions and predictions each in their own rows: the predictions' forward has the same rows however many run
+    scheduler = engine.scheduler
+    assert all(r.stop <= scheduler.live_rows for live, r in rows if live)
+    assert all(scheduler.prediction_start <= r.start and r.stop <= scheduler.prediction_start + 6
+               for live, r in rows if not live)
     assert torch.equal(results[1].tokens, alone.tokens)
     assert torch.equal(results[1].wav, alone.wav)
     assert not torch.equal(results[0].tokens[:, :100], alone.tokens[:, :100])
@@ -147,26 +156,35 @@ def test_a_slot_freed_on_another_thread_starts_the_next_one():
 
 
 def test_a_streams_logits_do_not_depend_on_the_streams_beside_it(three_slots):
-    """StepDecoder.step_streams pads the weight matmuls to a fixed row count: a stream's logits are bit for bit
-    those it has alone, whatever else shares the step (without the padding they differ in the last bits)."""
+    """A prediction's logits are bit for bit those it has alone, whatever else shares the step: StepDecoder.step_streams
+    pads the weight matmuls to a fixed row count (without the padding they differ in the last bits); the
+    capturable step computes the predictions' whole region, a fixed 8 rows, however many of them are active."""
     from engine.conditions import text_condition
     from engine.decoder import StepDecoder
+    from engine.static_step import CapturableStep, Region
 
     lm = three_slots.model.musicgen.lm
+    capturable = three_slots.step_mode != "off"
+    first = 8 if capturable else 0  # the predictions' region follows 8 live rows
     generator = torch.Generator().manual_seed(0)
     twins = []
     for _ in range(2):
-        decoder = StepDecoder(lm, max_rows=6, max_steps=32)
+        decoder = StepDecoder(lm, max_rows=first + (8 if capturable else 6), max_steps=32)
         for row, text in enumerate(("drums", None, "harp", None, "a longer prompt for the bass", None)):
-            decoder.set_condition(row, *text_condition(lm, text))
+            decoder.set_condition(first + row, *text_condition(lm, text))
         twins.append(decoder)
-    groups = [slice(0, 2), slice(2, 4), slice(4, 6)]
+    groups = [slice(first + 2 * i, first + 2 * i + 2) for i in range(3)]
     prefills = [torch.randint(0, lm.card, (2, lm.num_codebooks, length), generator=generator) for length in (5, 9, 3)]
     for decoder in twins:
         for group, prefill in zip(groups, prefills, strict=True):
             decoder.forward(group, prefill)
     tokens = torch.randint(0, lm.card, (6, lm.num_codebooks), generator=generator)
     with torch.no_grad():
-        alone = twins[0].step_streams([groups[1]], tokens[2:4], pad_to=8)
-        shared = twins[1].step_streams(groups, tokens, pad_to=8)
+        if capturable:
+            regions = [Region(0, (8,)), Region(8, (8,))]
+            alone = CapturableStep(twins[0], compiled=False, regions=regions)(groups[1], tokens[2:4])
+            shared = CapturableStep(twins[1], compiled=False, regions=regions)(list(range(8, 14)), tokens)
+        else:
+            alone = twins[0].step_streams([groups[1]], tokens[2:4], pad_to=8)
+            shared = twins[1].step_streams(groups, tokens, pad_to=8)
     assert torch.equal(alone, shared[2:4])

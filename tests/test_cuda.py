@@ -109,6 +109,41 @@ def test_the_whole_decode_step_makes_no_device_sync(cuda_engine):
     assert sampled.device.type == "cuda" and ((sampled >= 0) & (sampled < lm.card)).all()
 
 
+def test_graphs_are_captured_at_start_and_none_while_streams_play(cuda_engine):
+    """Every (region, bucket, window) graph exists when the engine is built; a prompt longer than the cross
+    cache's first size (64 tokens), a prediction and a session beside it capture none."""
+    from engine.batch import BatchRequest
+    from engine.jam import JamSettings
+
+    capturable = cuda_engine.scheduler.capturable
+    graphs = cuda_engine.describe()["cuda_graphs"]
+    assert graphs["graphs"] == sum(len(r.buckets) for r in capturable.regions) * len(capturable.windows)
+    assert graphs["capture_seconds"] > 0 and graphs["memory_bytes"] >= 0 and graphs["late_captures"] == 0
+    long_prompt = ", ".join(["warm analog drums with a deep bass line"] * 12)
+    session = cuda_engine.open_session(JamSettings(styles=(long_prompt,), weights=(1.0,), chunk_seconds=1.0), seed=2)
+    try:
+        job = cuda_engine.generate(BatchRequest(prompt=long_prompt, duration=1, seed=4))
+        session.next_chunk().result(timeout=120)
+        assert torch.isfinite(job.wait().wav).all()
+    finally:
+        session.close()
+    assert cuda_engine.describe()["cuda_graphs"]["late_captures"] == 0
+
+
+def test_auto_sessions_are_sized_from_the_free_memory(demo_dir):
+    from engine import memory
+    from engine.config import EngineConfig
+    from engine.core import Engine
+
+    engine = Engine.load(demo_dir, device="cuda", config=EngineConfig(max_sessions=None, max_styles=1,
+                                                                     compile_step="off"))
+    try:
+        assert 0 < engine.config.max_sessions <= memory.MAX_AUTO_SESSIONS
+        assert engine.describe()["max_sessions"] == engine.config.max_sessions
+    finally:
+        engine.close()
+
+
 def test_the_engine_makes_audio_on_cuda(cuda_engine):
     from engine.jam import JamSettings
 

@@ -58,6 +58,41 @@ def test_static_step_gives_the_eager_logits(engine, compiled, min_window):
         _compare(lm, lm, CapturableStep(_decoder(lm, lm), compiled=compiled, min_window=min_window))
 
 
+def test_the_step_takes_any_rows_of_its_bucket_and_leaves_the_others_as_they_were(engine):
+    """Two streams' rows given out of order in a 16-row decoder (buckets 8 and 16): their logits are the eager
+    forward's, and the rows not given (a third stream's, free ones) keep every byte of their caches and their
+    lengths, though the step computes them in its bucket."""
+    lm = engine.model.musicgen.lm
+    twins = [StepDecoder(lm, max_rows=16, max_steps=48) for _ in range(2)]
+    streams = [(slice(0, 2), 5), (slice(2, 4), 7), (slice(9, 11), 3)]  # rows, prefill length; rows 0-1 never step
+    generator = torch.Generator().manual_seed(1)
+    prefills = [torch.randint(0, lm.card, (2, lm.num_codebooks, n), generator=generator) for _, n in streams]
+    for decoder in twins:
+        for index, (rows, _) in enumerate(streams):
+            for offset, text in enumerate((TEXTS[2 * index], None)):
+                decoder.set_condition(rows.start + offset, *text_condition(lm, text))
+            decoder.forward(rows, prefills[index])
+    eager, static = twins
+    step = CapturableStep(static, compiled=False, min_window=16)
+    assert step.regions[0].buckets == (8, 16)
+    idle = (static.keys[:, 0:2].clone(), static.values[:, 0:2].clone(), static.keys[:, 11:].clone())
+    worst = 0.0
+    with torch.no_grad():
+        for order in ([9, 10, 2, 3], [9, 10, 2, 3], [2, 3], [3, 2, 10, 9]):
+            tokens = torch.randint(0, lm.card, (len(order), lm.num_codebooks), generator=generator)
+            got = step(order, tokens)
+            for rows in (slice(2, 4), slice(9, 11)):
+                picked = [order.index(r) for r in range(rows.start, rows.stop) if r in order]
+                if picked:
+                    expected = eager.forward(rows, tokens[picked].unsqueeze(-1))[:, :, 0]
+                    worst = max(worst, (got[picked] - expected).abs().max().item())
+    assert worst < 1e-4
+    assert static.lengths.tolist() == eager.lengths.tolist() == static.host_lengths
+    assert static.host_lengths[:4] == [5, 5, 11, 11] and static.host_lengths[9:11] == [6, 6]
+    assert torch.equal(static.keys[:, 0:2], idle[0]) and torch.equal(static.values[:, 0:2], idle[1])
+    assert torch.equal(static.keys[:, 11:], idle[2])
+
+
 def test_static_step_refuses_a_full_cache(engine):
     """Bounds are checked on the host copies of the lengths: the step itself never reads the device."""
     lm = engine.model.musicgen.lm
