@@ -2,10 +2,10 @@
 
 Every change to scheduler state (streams added, updated, removed, demand raised) arrives as a job on the LM
 worker, so the state needs no locks. Between jobs, the streams that want frames advance together: live streams share
-one forward per step, predictions another (with the capturable step, all of them one: engine.static_step), and a
-long prefill (an audio prompt, a window roll-over) runs in slices
-between other streams' steps. A stream keeps its decoder rows from start to end: opening and closing a stream, and
-restyling one that has room beside it, move no cache (StepDecoder attends per block of adjacent rows). A failure
+one forward per step, predictions another (each kind in its own rows: engine.placement), and a long prefill (an
+audio prompt, a window roll-over) runs in slices between other streams' steps. A stream keeps its decoder rows from
+start to end: opening and closing a stream, and restyling one that has room beside it, move no cache (StepDecoder
+attends per block of adjacent rows; the capturable step computes a bucket of rows with an active mask). A failure
 belongs to the stream that caused it: conditioning, prefill, forward, sampling and the consumer's callback are each
 guarded per stream, and the others advance in the same step. Live sessions with a deadline come first: when one is
 at risk, predictions skip a few steps.
@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 import torch
 
-from engine import conditions, melody
+from engine import conditions, melody, placement
 from engine.decoder import StepDecoder
 from engine.sampling import StepInputs, guided_sample
 from engine.static_step import CapturableStep, Region, padded_rows, row_buckets
@@ -107,10 +107,10 @@ class Scheduler:
         if self.decoder is None:
             raise RuntimeError(f"this model cannot run streams: {self.unsupported}")
         needed, region = stream.conditioning.rows, self._region(stream)
-        free = len(region) - sum(s.conditioning.rows for s in self.streams if s.rows.start in region)
+        free = placement.free_rows(self.streams, region)
         if needed > free:
             raise RuntimeError(f"no decoder rows left ({free} free, {needed} needed)")
-        start = self._free_block(needed, region)
+        start = placement.free_block(self.streams, needed, region)
         if start is None:  # only live streams can be scattered: every prediction takes the same rows
             self._relayout(self._live() + [stream])
             return
@@ -128,38 +128,24 @@ class Scheduler:
         else moves to a free block (only its own rows are copied), else the others are packed. Raises (and
         changes nothing) when there are no rows for it or the cache copy fails."""
         rows, region = conditioning.rows, self._region(stream)
-        free = len(region) - sum(s.conditioning.rows for s in self.streams if s.rows.start in region)
-        if rows - stream.conditioning.rows > free:
+        if rows - stream.conditioning.rows > placement.free_rows(self.streams, region):
             raise RuntimeError(f"no decoder rows left for {rows - 1} styles")
         if sources is None:
             styled = stream.conditioning.rows - 1
             sources = [i if i < styled else 0 for i in range(rows - 1)]
         old = stream.rows
-        start = old.start if self._is_free(old.start, rows, region, stream) else self._free_block(rows, region, stream)
+        in_place = placement.is_free(self.streams, old.start, rows, region, stream)
+        start = old.start if in_place else placement.free_block(self.streams, rows, region, stream)
         if start is None:
             self._relayout(self._live(), {id(stream): sources})
-        else:
-            mapping = list(range(self.decoder.max_rows))  # every other row stays where it is
-            for target, source in enumerate([old.start + i for i in sources] + [old.stop - 1], start=start):
-                mapping[target] = source
-            self.decoder.relayout(mapping)  # copies only the rows that change; all or nothing
+        else:  # copies only the rows that change; all or nothing
+            self.decoder.relayout(placement.restyled(self.decoder.max_rows, old, sources, start))
             stream.rows = slice(start, start + rows)
         stream.conditioning = conditioning
         stream.conditions_dirty = True
 
     def _live(self) -> list[Stream]:
         return [s for s in self.streams if s.target_frames is None]
-
-    def _is_free(self, start: int, count: int, region: range, ignoring: tp.Optional[Stream] = None) -> bool:
-        """Whether rows start .. start + count - 1 are in `region` and no stream but `ignoring` holds one."""
-        if start + count > region.stop:
-            return False
-        return all(s is ignoring or s.rows.stop <= start or s.rows.start >= start + count for s in self.streams)
-
-    def _free_block(self, count: int, region: range, ignoring: tp.Optional[Stream] = None) -> tp.Optional[int]:
-        """The first row of the lowest block of `count` free rows of `region`, or None when they are scattered."""
-        return next((start for start in range(region.start, region.stop - count + 1)
-                     if self._is_free(start, count, region, ignoring)), None)
 
     def fail(self, stream: Stream, phase: str, exc: BaseException) -> None:
         """Drops one stream and tells its consumer; never raises."""
@@ -180,19 +166,7 @@ class Scheduler:
         others keep their rows' contents. Nothing moves (caches, rows, the stream list) unless the decoder's copy
         succeeded: a copy can run out of memory on a GPU, and the other streams must go on from the caches they
         point at."""
-        known = {id(s) for s in self.streams}
-        sources: list[int] = []
-        layout: list[slice] = []
-        for stream in streams:
-            start = len(sources)
-            old = stream.rows
-            if id(stream) not in known:  # a new stream: its conditions, prefix and prefill fill its rows
-                sources.extend(range(start, start + stream.conditioning.rows))
-            else:  # style rows from the named ones, the unconditional row stays last
-                picked = (style_sources or {}).get(id(stream), range(old.stop - 1 - old.start))
-                sources.extend(old.start + i for i in picked)
-                sources.append(old.stop - 1)
-            layout.append(slice(start, len(sources)))
+        sources, layout = placement.packing(streams, {id(s) for s in self.streams}, style_sources or {})
         self.decoder.relayout(sources)
         for stream, rows in zip(streams, layout, strict=True):
             stream.rows = rows
