@@ -365,9 +365,24 @@ def _prediction(model, device: str, plan: Plan) -> dict:
         result["steps_per_second"] = statistics.median(run["steps_per_second"] for run in runs)
         result["memory"] = _memory(device)
         result["health"] = engine.describe()
+        if device == "cuda":
+            result["auto_sessions"] = _auto_sessions(engine)
         return result
     finally:
         _close(engine)
+
+
+def _auto_sessions(engine) -> dict:
+    """What JAM_MAX_SESSIONS=auto would give beside this engine (engine.memory), at one and at four styles."""
+    from engine import memory
+    from engine.config import MAX_PROMPT_TOKENS
+
+    free = memory.free_device_bytes(engine.model.device)
+    per_row = memory.row_bytes(engine.model.musicgen.lm, engine.scheduler.decoder.max_steps, MAX_PROMPT_TOKENS,
+                               engine.weight_format)
+    return {"free_gib": free / 2**30, "kv_mib_per_row": per_row / 2**20,
+            **{f"sessions_at_{styles}_styles": memory.sessions_that_fit(free, per_row, styles + 1, 2)
+               for styles in (1, 4)}}
 
 
 def _stock(model, plan: Plan) -> dict:
