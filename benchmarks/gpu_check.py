@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.engine_bench import SMALL, aggregate_realtime, build_model
+from benchmarks.engine_bench import SMALL, aggregate_realtime, build_model, current_rss_mb
 
 logger = logging.getLogger("gpu_check")
 ROOT = Path(__file__).resolve().parent.parent
@@ -255,18 +255,10 @@ def _junit(path: Path) -> dict:
 
 def _memory(device: str) -> dict:
     if device != "cuda":
-        return {"rss_mb": _rss_mb()}
+        return {"rss_mb": current_rss_mb()}
     return {"allocated_gib": round(torch.cuda.memory_allocated() / 2**30, 3),
             "max_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-            "reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 3), "rss_mb": _rss_mb()}
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+            "reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 3), "rss_mb": current_rss_mb()}
 
 
 def _sync(device: str) -> None:
