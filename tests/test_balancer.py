@@ -87,7 +87,8 @@ def stop_all(haproxy: tp.Optional[subprocess.Popen], replicas: list) -> None:
 
 
 def start_session(lb_port: int):
-    ws = connect(f"ws://127.0.0.1:{lb_port}/ws/jam", open_timeout=10)
+    # the sessions play unread for seconds: an unbounded queue keeps the client reading, so its close completes
+    ws = connect(f"ws://127.0.0.1:{lb_port}/ws/jam", open_timeout=10, max_queue=None)
     ws.send(json.dumps(START))
     return ws, json.loads(ws.recv(timeout=60))
 
@@ -120,10 +121,11 @@ def test_sessions_land_by_free_slots_and_avoid_drained_and_dead_replicas(fleet):
         return [sidecar.sessions() if sidecar.process.poll() is None else None for sidecar in sidecars]
 
     sockets = []
-    for _ in range(6):
+    for _ in range(6):  # at the agents' pace: HAProxy weighs each start by the free slots last reported
         ws, first = start_session(lb_port)
         assert first["type"] == "started", first
         sockets.append(ws)
+        time.sleep(1.5 * AGENT_INTER)
     assert counts() == [2, 2, 2]
     seventh, answer = start_session(lb_port)
     assert answer == {"type": "error", "error": "concurrency_limit_reached", "limit": 2}, "the protocol's refusal"
