@@ -201,7 +201,7 @@ class Scheduler:
             ok, out = self._attempt(stream, "prefill", lambda s=stream: self._prefill_slice(s))
             if ok and out is not None:
                 groups.append(([stream], out))
-        for run in _runs(stepping, together=self.capturable is not None):
+        for run in _runs(stepping):
             try:
                 groups.append((run, self._forward(run)))
             except Exception as exc:  # find the culprit: each stream of the run alone
@@ -300,11 +300,11 @@ class Scheduler:
         return out
 
     def _forward(self, run: list[Stream]) -> torch.Tensor:
-        """Logits [R, K, card] of one step for the rows of `run`'s streams, in order. The capturable step takes
-        every stream in one call (one row bucket, a multiple of 8 rows). Else live streams share one forward
-        (attending in blocks of adjacent rows); predictions share theirs among themselves, padded to a fixed row
-        count, so that none of them depends on the others (see StepDecoder.step_streams,
-        EngineConfig.prediction_pad)."""
+        """Logits [R, K, card] of one step for the rows of `run`'s streams, in order: the live streams', or the
+        predictions'. The capturable step takes a run's rows in one call (a bucket of its region's rows). Else live
+        streams share one forward (attending in blocks of adjacent rows); predictions share theirs among
+        themselves, padded to a fixed row count, so that none of them depends on the others (see
+        StepDecoder.step_streams, EngineConfig.prediction_pad)."""
         inputs = torch.cat([s.frames.next_input().expand(s.conditioning.rows, -1) for s in run])
         if self.capturable is not None:
             return self.capturable([row for s in run for row in range(s.rows.start, s.rows.stop)], inputs)
@@ -333,12 +333,9 @@ def _first_rows(streams: list[Stream]) -> list[int]:
     return firsts
 
 
-def _runs(streams: list[Stream], together: bool) -> list[list[Stream]]:
-    """The forwards of one step: all streams `together` (the capturable step's one bucket), else the live
-    streams' and one for all predictions (their bytes do not depend on it: StepDecoder.step_streams pads to a
-    fixed row count)."""
+def _runs(streams: list[Stream]) -> list[list[Stream]]:
+    """The forwards of one step: the live streams' and one for all predictions, each in rows of its own
+    (engine.placement), so the predictions' forward has the same rows however many run."""
     live = sorted((s for s in streams if s.target_frames is None), key=lambda s: s.rows.start)
     predictions = [s for s in streams if s.target_frames is not None]
-    if together:
-        return [live + predictions] if streams else []
     return [run for run in (live, predictions) if run]

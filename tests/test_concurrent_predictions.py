@@ -40,25 +40,45 @@ def test_a_seeded_prediction_gives_the_same_bytes_alone_or_among_others(three_sl
     alone = engine.generate(_request(5)).wait()
     session = engine.open_session(JamSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.5), seed=1)
     try:
-        session.next_chunk()
-        steps, rows = [], []
-        real_step = engine.scheduler._step
+        session.next_chunk().result(timeout=60)
+        steps, rows = [], []  # per step: predictions and whether a session stepped, and its forwards
+        real_step, real_forward = engine.scheduler._step, engine.scheduler._forward
 
         def counting(active):
-            steps.append(sum(1 for s in active if s.target_frames is not None))
+            steps.append({"predictions": sum(1 for s in active if s.target_frames is not None),
+                          "live": any(s.target_frames is None for s in active), "forwards": []})
             rows.extend((s.target_frames is None, s.rows) for s in active)
             return real_step(active)
 
-        engine.scheduler._step = counting
+        def recording(run):
+            logits = real_forward(run)
+            steps[-1]["forwards"].append(sum(1 for s in run if s.target_frames is not None))
+            return logits
+
+        engine.scheduler._step, engine.scheduler._forward = counting, recording
         try:
+            done = threading.Event()
+
+            def listening() -> None:  # the session steps beside the predictions
+                while not done.is_set():
+                    session.next_chunk().result(timeout=60)
+
+            listener = threading.Thread(target=listening)
+            listener.start()
             jobs = [engine.generate(_request(seed, prompt, duration=d, top_p=p))
                     for seed, prompt, d, p in ((9, "drums", 3, 0.9), (5, "lo-fi beat", 2, 0.0), (2, "harp", 1, 0.0))]
             results = [job.wait() for job in jobs]
+            done.set()
+            listener.join(timeout=60)
         finally:
-            del engine.scheduler._step
+            del engine.scheduler._step, engine.scheduler._forward
     finally:
         session.close()
-    assert max(steps) == 3, "the three predictions never shared a step"
+    shared = [step for step in steps if step["live"] and step["predictions"] == 3]
+    assert shared, "the three predictions never shared a step with the session"
+    # beside the session's forward, the predictions' one (none while they prefill), never one each
+    assert all(sorted(step["forwards"]) in ([0], [0, 3]) for step in shared), [s["forwards"] for s in shared]
+    assert any(step["forwards"] == [0, 3] for step in shared)
     # sessions and predictions each in their own rows: the predictions' forward has the same rows however many run
     scheduler = engine.scheduler
     assert all(r.stop <= scheduler.live_rows for live, r in rows if live)
