@@ -145,7 +145,8 @@ class CapturableStep:
         # the graphs' inputs: tokens and active mask for every row (a graph reads its bucket's rows of them)
         self._tokens = torch.zeros(decoder.max_rows, decoder.num_codebooks, dtype=torch.long, device=decoder.device)
         self._active = torch.zeros(decoder.max_rows, dtype=torch.bool, device=decoder.device)
-        self._placed: dict[int, tuple[tuple[int, ...], torch.Tensor]] = {}  # region start -> its active rows
+        # region start -> its active rows, their device index and that index within the region
+        self._placed: dict[int, tuple[tuple[int, ...], torch.Tensor, torch.Tensor]] = {}
         self._captured: dict[tuple[int, int, int], _Captured] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self.stats = GraphStats()
@@ -162,7 +163,7 @@ class CapturableStep:
             raise ValueError(f"rows {ids} are not all in one region of the capturable step")
         bucket = next(b for b in region.buckets if region.start + b > max(ids))
         window = next(w for w in self.windows if w > max(d.host_lengths[r] for r in ids))
-        index = self._place(region, ids)
+        index, in_region = self._place(region, ids)
         self._tokens.index_copy_(0, index, tokens)
         if self.graphs:
             captured = self._graph(region, bucket, window)
@@ -171,7 +172,7 @@ class CapturableStep:
         else:
             logits = self._fn(*self._inputs(region, bucket, window))
         d.advance_host(ids, 1)
-        return logits.index_select(0, index - region.start)  # a copy: a graph's output is overwritten next replay
+        return logits.index_select(0, in_region)  # a copy: a graph's output is overwritten by its next replay
 
     def capture_all(self) -> GraphStats:
         """Captures every (region, bucket, window) graph, largest first, into one pool (a smaller one reuses the
@@ -197,17 +198,17 @@ class CapturableStep:
                     self.stats.capture_seconds, self.stats.memory_bytes / 2**20)
         return self.stats
 
-    def _place(self, region: Region, ids: list[int]) -> torch.Tensor:
-        """The device index of `ids`, with the region's active mask set to them; both uploaded only when the
-        region's rows change."""
+    def _place(self, region: Region, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device index of `ids` in the decoder and in the region, with the region's active mask set to them;
+        uploaded only when the region's rows change."""
         key = tuple(ids)
         placed = self._placed.get(region.start)
         if placed is None or placed[0] != key:
             index = torch.tensor(ids, dtype=torch.long, device=self.decoder.device)
             self._active[region.start: region.stop].zero_()
             self._active[index] = True
-            placed = self._placed[region.start] = (key, index)
-        return placed[1]
+            placed = self._placed[region.start] = (key, index, index - region.start)
+        return placed[1], placed[2]
 
     def _inputs(self, region: Region, bucket: int, window: int) -> tuple:
         d, rows = self.decoder, slice(region.start, region.start + bucket)
