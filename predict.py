@@ -21,8 +21,8 @@ from engine.api import (
     RequestError,
     params,
 )
-from streaming.audio import write_output
-from streaming.config import ServerConfig
+from streaming.app.config import ServerConfig
+from streaming.formats import write_output
 from weights.demo import ensure_default_checkpoint
 
 logger = logging.getLogger("predict")
@@ -50,7 +50,7 @@ class Predictor(BaseRunner):
         self.outputs: collections.deque[Path] = collections.deque()
         self.outputs_kept = _cog_slots() - 1
         if config.port != 0:  # the jam sidecar shares this process and this engine
-            from streaming.server import RunningServer
+            from streaming.app.server import RunningServer
 
             self.sidecar = RunningServer(self.engine, config).start()
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from engine.hub import configure_offline_caches
+from engine.loading.hub import configure_offline_caches
 from weights import DEMO_DIR
 
 logger = logging.getLogger("bench")
@@ -36,13 +36,13 @@ MEDIUM_TINY = {"dim": 512, "layers": 8, "heads": 8}
 
 def build_model(dims: dict, seed: int = 0, device: str = "cpu"):
     """A LoadedModel with random LM weights of the given size, the demo's codec and tiny T5 (local files), built on
-    `device` in the dtype a loaded checkpoint gets there (engine.checkpoint.prepare_lm_config)."""
+    `device` in the dtype a loaded checkpoint gets there (engine.loading.checkpoint.prepare_lm_config)."""
     configure_offline_caches(DEMO_DIR)
     from audiocraft.models import MusicGen, builders
     from omegaconf import OmegaConf
 
-    from engine.checkpoint import load_codec, prepare_lm_config, resolve, store_in_compute_dtype
-    from engine.model import MAX_WINDOW_SECONDS, LoadedModel
+    from engine.loading.checkpoint import load_codec, prepare_lm_config, resolve, store_in_compute_dtype
+    from engine.loading.model import MAX_WINDOW_SECONDS, LoadedModel
     from weights.demo import lm_config
 
     torch.manual_seed(seed)
@@ -90,7 +90,7 @@ def cpu_description() -> dict:
 def _tokens(engine, prompt: str, seconds: int, seed: int, top_k: int = 250, reference: bool = False,
             temperature: float = 1.0):
     """A prediction through the engine; returns (tokens, wall seconds, decode steps)."""
-    from engine.batch import BatchRequest
+    from engine.work.batch import BatchRequest
 
     request = BatchRequest(prompt=prompt, duration=seconds, seed=seed, top_k=top_k, temperature=temperature)
     started = time.perf_counter()
@@ -99,8 +99,8 @@ def _tokens(engine, prompt: str, seconds: int, seed: int, top_k: int = 250, refe
 
 
 def suite_batch(seconds: int, bandwidth: float) -> dict:
-    from engine.conditions import text_condition
-    from engine.decoder import StepDecoder
+    from engine.lm.conditions import text_condition
+    from engine.lm.decoder import StepDecoder
 
     model = build_model(SMALL)
     host = engine_for(model, "float32")  # stock generate runs on the engine thread, as ours does
@@ -153,11 +153,11 @@ def rollovers_at(audio_seconds: float) -> int:
 
 def suite_stream(chunks_per_phase: int) -> dict:
     """Chunk cost stays flat across roll-overs: median of the first chunks vs the ones after the 3rd roll-over."""
-    from engine.jam import JamSettings
+    from engine.work.session import SessionSettings
 
     model = build_model(MEDIUM_TINY)
     engine = engine_for(model, "float32")
-    session = engine.open_session(JamSettings(styles=("drone",), weights=(1.0,), chunk_seconds=2.0), seed=1)
+    session = engine.open_session(SessionSettings(styles=("drone",), weights=(1.0,), chunk_seconds=2.0), seed=1)
     times, rollovers, produced = [], [], 0.0
     while rollovers_at(produced) < 3 or len([r for r in rollovers if r >= 3]) < chunks_per_phase:
         chunk = session.next_chunk().result()
@@ -184,7 +184,7 @@ def suite_stream(chunks_per_phase: int) -> dict:
 def suite_sessions(seconds: float, counts: tuple[int, ...] = (1, 2, 4, 8), all_formats: bool = True) -> dict:
     model = build_model(SMALL)
     result = {"model": "musicgen-small dims, random weights", "chunk_seconds": seconds}
-    from engine.precision import choose_weight_format
+    from engine.lm.precision import choose_weight_format
 
     default = choose_weight_format("auto", "cpu")[0]
     result["default_format"] = default
@@ -200,11 +200,11 @@ def aggregate_realtime(engine, counts: tuple[int, ...], seconds: float,
     """For each count, that many live sessions of one style at once: the first chunk (prefill included; each
     session's time from the opening of all to its own first chunk), then one more chunk of each, timed together:
     aggregate audio seconds per wall second. `on_count` sees each count's figures as soon as they are measured."""
-    from engine.jam import JamSettings
+    from engine.work.session import SessionSettings
 
     figures = {}
     for count in counts:
-        settings = JamSettings(styles=("jam",), weights=(1.0,), chunk_seconds=seconds)
+        settings = SessionSettings(styles=("jam",), weights=(1.0,), chunk_seconds=seconds)
         opened = time.perf_counter()
         sessions = [engine.open_session(settings, seed=i) for i in range(count)]
         try:
@@ -232,12 +232,12 @@ def aggregate_realtime(engine, counts: tuple[int, ...], seconds: float,
 
 
 def suite_memory(minutes: float) -> dict:
-    from engine.jam import JamSettings
+    from engine.work.session import SessionSettings
 
     gc.collect()
     model = build_model(MEDIUM_TINY)
     engine = engine_for(model, "float32")
-    session = engine.open_session(JamSettings(styles=("drone",), weights=(1.0,), chunk_seconds=2.0), seed=2)
+    session = engine.open_session(SessionSettings(styles=("drone",), weights=(1.0,), chunk_seconds=2.0), seed=2)
     samples = []
     produced = 0.0
     while produced < minutes * 60:

@@ -193,7 +193,7 @@ def ceilings(figures: dict, device: str) -> None:
 def demo(figures: dict) -> None:
     """The demo checkpoint: a carried one if it loads with this machine's packages (its T5 was saved by our
     transformers pin), else built here by weights/demo.py."""
-    from engine.model import load_model
+    from engine.loading.model import load_model
     from weights import DEMO_DIR
     from weights.demo import build
 
@@ -283,7 +283,7 @@ def _close(engine) -> None:
 
 
 def _steps_per_second(engine, seconds: int, seed: int, reference: bool = False) -> dict:
-    from engine.batch import BatchRequest
+    from engine.work.batch import BatchRequest
 
     started = time.perf_counter()
     result = engine.generate(BatchRequest(prompt="lo-fi beat", duration=seconds, seed=seed, top_k=250),
@@ -365,9 +365,9 @@ def _prediction(model, device: str, plan: Plan) -> dict:
 
 
 def _auto_sessions(engine) -> dict:
-    """What JAM_MAX_SESSIONS=auto would give beside this engine (engine.memory), at one and at four styles."""
-    from engine import memory
+    """What JAM_MAX_SESSIONS=auto would give beside this engine (engine.runtime.memory), at one and at four styles."""
     from engine.config import MAX_PROMPT_TOKENS
+    from engine.runtime import memory
 
     free = memory.free_device_bytes(engine.model.device)
     per_row = memory.row_bytes(engine.model.musicgen.lm, engine.scheduler.decoder.max_steps, MAX_PROMPT_TOKENS,
@@ -390,7 +390,7 @@ def _stock(model, plan: Plan) -> dict:
 def _concurrent(model, device: str, plan: Plan) -> dict:
     """`plan.concurrent` predictions submitted at once (as Cog's concurrency would): their aggregate steps/s over
     one prediction's, the throughput target of issue 17 part 5 (>= 5x for 8)."""
-    from engine.batch import BatchRequest
+    from engine.work.batch import BatchRequest
 
     engine = _engine(model, sessions=1)
     try:
@@ -445,10 +445,10 @@ def _step(lm, device: str, plan: Plan) -> dict:
     step eagerly, and (CUDA) its graph replay with the capture time. Reaches into the engine's decoder, whose API
     may move; an error here is recorded and the engine-level figures above stand."""
     from benchmarks.step_bench import _place
-    from engine.conditions import text_condition
-    from engine.decoder import StepDecoder
-    from engine.precision import choose_weight_format
-    from engine.static_step import CapturableStep
+    from engine.lm.conditions import text_condition
+    from engine.lm.decoder import StepDecoder
+    from engine.lm.precision import choose_weight_format
+    from engine.lm.static_step import CapturableStep
 
     weight_format = choose_weight_format("auto", device)[0]
     decoder = StepDecoder(lm, max_rows=2, max_steps=1600, weight_format=weight_format)

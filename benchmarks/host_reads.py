@@ -89,12 +89,12 @@ class LMThreadReads:
 
 def measure(engine, prediction_seconds: float = 3.0, session_chunks: int = 4) -> dict:
     """Reads per step for one prediction alone, then for two live sessions (through the engine's public API)."""
-    from engine.api import BatchRequest, JamSettings
+    from engine.api import BatchRequest, SessionSettings
 
     engine.generate(BatchRequest(prompt="warm up", duration=1, seed=0)).wait()
     with LMThreadReads(engine) as prediction:
         engine.generate(BatchRequest(prompt="lo-fi beat", duration=prediction_seconds, seed=1)).wait()
-    sessions = [engine.open_session(JamSettings(styles=(style,), weights=(1.0,), chunk_seconds=1.0), seed=i)
+    sessions = [engine.open_session(SessionSettings(styles=(style,), weights=(1.0,), chunk_seconds=1.0), seed=i)
                 for i, style in enumerate(("dub", "jazz"))]
     try:
         for session in sessions:

@@ -33,8 +33,8 @@ from websockets.sync.client import connect
 from benchmarks.engine_bench import cpu_description
 from engine.config import EngineConfig
 from engine.core import Engine
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
 from tests.webrtc_client import JamClient, event, loopback_only
 
 SEED = 11

@@ -35,12 +35,12 @@ import requests
 import soundfile as sf
 
 from benchmarks.engine_bench import cpu_description
-from engine.batch import BatchRequest
 from engine.config import EngineConfig
 from engine.core import Engine
-from engine.jam import JamSettings
+from engine.work.batch import BatchRequest
+from engine.work.session import SessionSettings
 
-SETTINGS = JamSettings(styles=("jazz", "hiphop"), weights=(1.0, 0.8), chunk_seconds=2.0)
+SETTINGS = SessionSettings(styles=("jazz", "hiphop"), weights=(1.0, 0.8), chunk_seconds=2.0)
 
 
 def asap_intervals(engine: Engine, seconds: int) -> dict:

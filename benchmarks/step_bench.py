@@ -1,4 +1,4 @@
-"""Decode-step speed: the eager forward vs the capturable step (engine.static_step), eager and compiled, one process.
+"""Decode-step speed: the eager forward vs the capturable step (engine.lm.static_step), eager and compiled, one process.
 
     .venv/bin/python -m benchmarks.step_bench                      # musicgen-small dims, float32 and bfloat16
     .venv/bin/python -m benchmarks.step_bench --formats bfloat16 --profile
@@ -27,10 +27,10 @@ import time
 import torch
 
 from benchmarks.engine_bench import RESULTS, SMALL, build_model, cpu_description, measure_bandwidth_bytes_per_second
-from engine.conditions import text_condition
-from engine.decoder import StepDecoder
-from engine.model import MAX_WINDOW_SECONDS
-from engine.static_step import CapturableStep
+from engine.lm.conditions import text_condition
+from engine.lm.decoder import StepDecoder
+from engine.lm.static_step import CapturableStep
+from engine.loading.model import MAX_WINDOW_SECONDS
 
 logger = logging.getLogger("step_bench")
 PAIRS = (1, 4)

@@ -19,8 +19,8 @@ import pytest
 from benchmarks.engine_bench import cpu_description
 from engine.config import EngineConfig
 from engine.core import Engine
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
 from tests.webrtc_client import JamClient, event, loopback_only
 
 PARAMS = {"styles": "jazz, hiphop", "style_weights": "1,0.8"}  # the default 2 s chunks
@@ -81,8 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ended = EndedRecords()
-    logging.getLogger("streaming.webrtc").addHandler(ended)
-    logging.getLogger("streaming.webrtc").setLevel(logging.INFO)
+    logging.getLogger("streaming.webrtc.peer").addHandler(ended)
+    logging.getLogger("streaming.webrtc.peer").setLevel(logging.INFO)
     patch = pytest.MonkeyPatch()
     loopback_only(patch)
     config = ServerConfig(host="127.0.0.1", port=0)

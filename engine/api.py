@@ -7,13 +7,29 @@ build their message models from its field types, and answer a broken rule with i
 """
 
 from engine import params
-from engine.audio import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS, AudioInputError, AudioSlice, decode, decode_slice
-from engine.batch import BatchJob, BatchResult, GenerationCancelled, random_seed
-from engine.chunk import Chunk, SessionClosed
+from engine.codec.input_audio import (
+    NORMALIZATION_STRATEGIES,
+    OUTPUT_FORMATS,
+    AudioInputError,
+    AudioSlice,
+    decode,
+    decode_slice,
+)
+from engine.codec.melody import WINDOW_SECONDS
 from engine.config import MAX_PROMPT_CHARS, MAX_STYLES, PREDICTION_ROWS, EngineConfig
 from engine.core import CapacityError, Engine, Health
-from engine.jam import JamSession
-from engine.melody import WINDOW_SECONDS
+
+# weights/ (the demo builder and the fetcher) writes what the engine's loader reads, through the same names.
+from engine.loading.hub import configure_offline_caches
+from engine.loading.paths import DEFAULT_POINTER, DEMO_DIR, WEIGHTS_DIR, default_checkpoint
+from engine.loading.separator import (
+    HTDEMUCS_FILE,
+    HTDEMUCS_URL,
+    load_separator,
+    providing_separator,
+    save_separator,
+    separator_path,
+)
 from engine.params import (
     MAX_DURATION_SECONDS,
     MAX_GUIDANCE,
@@ -25,13 +41,18 @@ from engine.params import (
     RequestError,
     SamplingParams,
 )
-from engine.settings import JamSettings
-from engine.steering import Placement
-from engine.worker import EngineUnavailable
+from engine.runtime.worker import EngineUnavailable
+from engine.work.batch import BatchJob, BatchResult, GenerationCancelled, random_seed
+from engine.work.chunk import Chunk, SessionClosed
+from engine.work.session import LiveSession
+from engine.work.settings import SessionSettings
+from engine.work.steering import Landing
 
 __all__ = ["params", "NORMALIZATION_STRATEGIES", "OUTPUT_FORMATS", "AudioInputError", "AudioSlice", "decode",
            "decode_slice", "BatchJob", "BatchResult", "GenerationCancelled", "random_seed", "MAX_PROMPT_CHARS",
            "MAX_STYLES", "PREDICTION_ROWS", "EngineConfig", "CapacityError", "Engine", "Health", "Chunk",
-           "JamSession", "SessionClosed", "WINDOW_SECONDS", "MAX_DURATION_SECONDS", "MAX_GUIDANCE",
+           "LiveSession", "SessionClosed", "WINDOW_SECONDS", "MAX_DURATION_SECONDS", "MAX_GUIDANCE",
            "MAX_RAMP_SECONDS", "MAX_SEED", "MAX_TEMPERATURE", "MAX_TOP_K", "BatchRequest", "RequestError",
-           "SamplingParams", "JamSettings", "Placement", "EngineUnavailable"]
+           "SamplingParams", "SessionSettings", "Landing", "EngineUnavailable", "configure_offline_caches",
+           "DEFAULT_POINTER", "DEMO_DIR", "WEIGHTS_DIR", "default_checkpoint", "HTDEMUCS_FILE", "HTDEMUCS_URL",
+           "load_separator", "providing_separator", "save_separator", "separator_path"]

@@ -9,9 +9,9 @@ import os
 import typing as tp
 from dataclasses import dataclass
 
-from engine.model import EXTEND_STRIDE_SECONDS, MAX_WINDOW_SECONDS
-from engine.precision import AUTO, WEIGHT_FORMATS
-from engine.static_step import STEP_MODES
+from engine.lm.precision import AUTO, WEIGHT_FORMATS
+from engine.lm.static_step import STEP_MODES
+from engine.loading.model import EXTEND_STRIDE_SECONDS, MAX_WINDOW_SECONDS
 
 MAX_STYLES = 4  # styles (prompts) blended in one session; each takes a decoder row, plus one unconditional row
 MAX_PROMPT_TOKENS = 512  # T5 tokens per prompt or style (t5-base's trained length); longer ones are refused
@@ -40,20 +40,20 @@ class EngineConfig:
     """Capacity and precision of one engine. The decoder has a row for every session at its most styles plus
     two for each concurrent prediction, so a full house of jams never blocks a prediction and vice versa."""
 
-    max_sessions: tp.Optional[int] = 4  # None (JAM_MAX_SESSIONS=auto): as many as the GPU holds (engine.memory)
+    max_sessions: tp.Optional[int] = 4  # None (JAM_MAX_SESSIONS=auto): as many as the GPU holds (engine.runtime.memory)
     max_styles: int = MAX_STYLES
     # predictions decoded at once (Cog's COG_MAX_CONCURRENCY); more wait in line for a free one
     max_predictions: int = 1
-    # "auto" (chosen by the device: engine.precision), "float32" (exact), "bfloat16", "float16", or "int8"
+    # "auto" (chosen by the device: engine.lm.precision), "float32" (exact), "bfloat16", "float16", or "int8"
     weight_format: str = AUTO
     window_seconds: float = MAX_WINDOW_SECONDS
     keep_seconds: float = MAX_WINDOW_SECONDS - EXTEND_STRIDE_SECONDS  # context kept when the window rolls
     prefill_slice_steps: int = 64  # a long prefill runs in slices of this many steps between other streams' steps
-    # MultiBand Diffusion decodes in windows of this many seconds, crossfaded over the overlap (engine.mbd): a
+    # MultiBand Diffusion decodes in windows of this many seconds, crossfaded over the overlap (engine.codec.mbd): a
     # window's U-Net pass is the longest piece of codec work, so this bounds it (see README, "Job bound")
     mbd_window_seconds: float = 2.0
     mbd_overlap_seconds: float = 0.2
-    # the decode step: "auto" (chosen by the device: engine.static_step.choose_step_mode), "off" (eager forward),
+    # the decode step: "auto" (chosen by the device: engine.lm.static_step.choose_step_mode), "off" (eager forward),
     # "static" (capturable step; CUDA graphs on CUDA) or "compile" (the same through torch.compile)
     compile_step: str = AUTO
 
@@ -96,7 +96,7 @@ class EngineConfig:
     @property
     def session_rows(self) -> int:
         if self.max_sessions is None:
-            raise ValueError("max_sessions is auto: the engine sizes it from the device (engine.memory) first")
+            raise ValueError("max_sessions is auto: the engine sizes it from the device (engine.runtime.memory) first")
         return self.max_sessions * self.rows_per_session
 
     @property

@@ -3,7 +3,7 @@
     engine = Engine.load(source, config=EngineConfig.from_env())
     job = engine.generate(BatchRequest(...))            # progress, cancel(), wait() -> BatchResult
     session = engine.open_session(settings, seed)       # next_chunk() -> Future[Chunk], update(), close()
-    rendering = engine.render(tokens, mbd=False)        # next_piece() -> Future[audio | None]
+    rendering = engine.codec.render(tokens, mbd=False)        # next_piece() -> Future[audio | None]
     engine.health(), engine.describe(), engine.close()
 
 Inside, two worker threads touch the model: the LM thread (jobs, and between them batched decode steps of every
@@ -19,19 +19,21 @@ from pathlib import Path
 
 import torch
 
-from engine import batch, conditions, memory, prediction
-from engine.admission import PredictionSlots
+from engine.codec.melody import WINDOW_SECONDS, Piece, melody_pieces, prefix_steps
+from engine.codec.render import Rendering
 from engine.config import MAX_PROMPT_TOKENS, EngineConfig
-from engine.jam import JamSession, JamSettings
-from engine.melody import WINDOW_SECONDS, Piece, melody_pieces, prefix_steps
-from engine.model import LoadedModel, load_model
+from engine.lm import conditions
+from engine.lm.precision import choose_weight_format
+from engine.lm.static_step import choose_step_mode
+from engine.loading.model import LoadedModel, load_model
 from engine.params import SamplingParams, StyleText, checked
-from engine.precision import choose_weight_format
-from engine.render import Rendering
-from engine.scheduler import Scheduler
-from engine.static_step import choose_step_mode
-from engine.streams import Conditioning, Stream, new_stream
-from engine.worker import EngineUnavailable, Worker
+from engine.runtime import memory
+from engine.runtime.admission import PredictionSlots
+from engine.runtime.scheduler import Scheduler
+from engine.runtime.streams import Conditioning, Stream, new_stream
+from engine.runtime.worker import EngineUnavailable, Worker
+from engine.work import batch, prediction
+from engine.work.session import LiveSession, SessionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class Engine:
         self.predictions = PredictionSlots(config.max_predictions)
         self.lm_worker = Worker("engine", background=self.scheduler)
         # On a CPU the codec thread takes one core at most, leaving the LM thread its cores; a GPU runs both.
-        # On CUDA it has its own stream, so codec and MBD kernels overlap LM steps (engine.worker._on_stream).
+        # On CUDA it has its own stream, so codec and MBD kernels overlap LM steps (engine.runtime.worker._on_stream).
         self.codec_worker = Worker("codec", threads=1 if model.device == "cpu" else None,
                                    stream=torch.cuda.Stream(device=model.device) if model.device.startswith("cuda")
                                    else None)
@@ -161,7 +163,7 @@ class Engine:
         if tokens > MAX_PROMPT_TOKENS:
             raise ValueError(f"{tokens} text tokens; the text encoder takes at most {MAX_PROMPT_TOKENS}: shorten it")
 
-    def check_settings(self, settings: JamSettings) -> None:
+    def check_settings(self, settings: SessionSettings) -> None:
         for style in settings.styles:
             try:
                 self.check_prompt(style)
@@ -180,8 +182,8 @@ class Engine:
         return self.predictions.admit(prediction.Prediction(self, prepared))
 
     # -- live sessions -----------------------------------------------------------------------------------------
-    def open_session(self, settings: JamSettings, seed: int, prompt: tp.Optional[tuple[torch.Tensor, int]] = None,
-                     melody: tp.Optional[tuple[torch.Tensor, int]] = None) -> JamSession:
+    def open_session(self, settings: SessionSettings, seed: int, prompt: tp.Optional[tuple[torch.Tensor, int]] = None,
+                     melody: tp.Optional[tuple[torch.Tensor, int]] = None) -> LiveSession:
         """A live jam session; blocks until the engine has taken it. `prompt` (wav [C, T], rate) is audio to
         continue, `melody` (wav, rate) one to follow on melody models. Raises CapacityError when every slot is
         in use, ValueError for settings or a melody the model cannot take, EngineUnavailable when unhealthy."""
@@ -205,7 +207,7 @@ class Engine:
                     self._sessions -= 1
 
         try:
-            return JamSession.open(self, settings, seed, on_close=release, prompt=prompt, melody=melody)
+            return LiveSession.open(self, settings, seed, on_close=release, prompt=prompt, melody=melody)
         except BaseException:
             release()
             raise
@@ -226,7 +228,7 @@ class Engine:
     def melody_prefix_pieces(self, wav: torch.Tensor, sample_rate: int, duration_seconds: float = WINDOW_SECONDS,
                              offset_seconds: float = 0.0) -> Piece:
         """The chroma prefix of the window that starts `offset_seconds` into an output of `duration_seconds`, as
-        bounded pieces to run on the codec thread (engine.worker.run_in_pieces): the stem separator must not
+        bounded pieces to run on the codec thread (engine.runtime.worker.run_in_pieces): the stem separator must not
         hold that thread for a whole window. Raises ValueError on models without melody conditioning."""
         if not self.model.supports_melody:
             raise ValueError("this model cannot follow a melody (it has no chroma conditioner); use a melody "

@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
-from engine.audio import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS
+from engine.codec.input_audio import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS
 from engine.config import MAX_PROMPT_CHARS, MAX_STYLES
 
 # the ranges in which every value gives finite audio
@@ -28,7 +28,7 @@ MAX_TOP_K = 2048  # the codebooks' size (the Replicate schema's bound; the strea
 MAX_SEED = 2**32 - 1  # a torch seed; -1 (or none) asks for a random one
 MAX_INT32 = 2**31 - 1  # the seeds of Lyria and of the gary plugins are 32-bit signed integers
 MAX_DURATION_SECONDS = 300  # a batch prediction, by windowed extension beyond 30 s
-MAX_RAMP_SECONDS = 60.0  # a glide of the styles (engine.steering)
+MAX_RAMP_SECONDS = 60.0  # a glide of the styles (engine.work.steering)
 MAX_CHUNK_SECONDS = 10.0  # a jam session's chunk
 MAX_EXACT_INTEGER = 2**53  # beyond it an integer has no exact float; no parameter needs more
 
@@ -138,7 +138,7 @@ class SamplingParams:
 @dataclass(frozen=True, config=STRICT)
 class BatchRequest:
     """The Replicate inputs as plain values (no Cog types, so the engine does not depend on Cog), validated on
-    construction by the rules predict.py's schema shows (RequestError names the input); engine.batch.prepare
+    construction by the rules predict.py's schema shows (RequestError names the input); engine.work.batch.prepare
     checks what needs the model."""
 
     prompt: tp.Optional[StyleText] = None

@@ -80,7 +80,7 @@ def word(request) -> str:
 @pytest.fixture
 def marker(monkeypatch, word) -> str:
     """`word`, and the first decode step of a stream styled with it fails once (a transient failure)."""
-    from engine.streams import Stream
+    from engine.runtime.streams import Stream
 
     real = Stream.accept_tokens
     state = {"failed": False}

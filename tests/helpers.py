@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from streaming.audio import ffmpeg_executable
+from streaming.formats import ffmpeg_executable
 
 
 def offline_decode(engine, tokens: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ class Sidecar:
         self.port, self.agent_port = free_port(), free_port()
         self.log = open(log_dir / f"sidecar{index}.log", "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streaming.server"], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "streaming.app.server"], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
             env=dict(env, JAM_HOST="127.0.0.1", JAM_PORT=str(self.port), JAM_AGENT_PORT=str(self.agent_port),
                      JAM_MAX_SESSIONS="2", JAM_REPLICA_ID=f"replica{index + 1}"))
 

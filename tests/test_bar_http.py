@@ -15,8 +15,8 @@ import pytest
 import requests
 import soundfile as sf
 
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from fractions import Fraction
 import pytest
 import torch
 
-from streaming import audio
-from streaming import bar_protocol as bp
-from streaming.bar_source import BarParams
-from streaming.bars import BarClock, Spool, exact_bpm, loop_context, loop_slice, spliced_context, style_blend
-from streaming.jam_protocol import ProtocolError
+from streaming import formats as audio
+from streaming.bar import protocol as bp
+from streaming.bar.source import BarParams
+from streaming.bar.timeline import BarClock, Spool, exact_bpm, loop_context, loop_slice, spliced_context, style_blend
+from streaming.jam.protocol import ProtocolError
 
 
 @pytest.mark.parametrize("bpm", [120, 93.5, 173])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.api import SessionClosed
-from streaming.bar_source import BarParams, BarSource, context_window
+from streaming.bar.source import BarParams, BarSource, context_window
 
 
 def loop(seconds=3.0, rate=44100):

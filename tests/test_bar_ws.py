@@ -15,8 +15,8 @@ import requests
 import soundfile as sf
 from websockets.sync.client import connect
 
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
 from tests.helpers import wait_until
 
 
@@ -237,7 +237,7 @@ def test_http_jam_as_docs_api_http_shows(server, monkeypatch):
             chunk = requests.get(http(server, "/jam/next"), params={"session_id": sid}, timeout=60).json()["chunk"]
             assert chunk["index"] == k
             check_chunk(chunk, 48000, 120, bars=2)
-        monkeypatch.setattr("streaming.bar_http.NEXT_TIMEOUT_SECONDS", 0.0)
+        monkeypatch.setattr("streaming.bar.http.NEXT_TIMEOUT_SECONDS", 0.0)
         late = requests.get(http(server, "/jam/next"), params={"session_id": sid}, timeout=60)
         assert late.status_code in (200, 408)
     finally:
@@ -292,7 +292,7 @@ def status(server, sid):
 
 
 def test_a_bar_session_is_recorded(server):
-    """The recording (streaming.recording) keeps a bar session's model tokens; its length is the bars sent."""
+    """The recording (streaming.sessions.recording) keeps a bar session's model tokens; its length is the bars sent."""
     with connect(ws_url(server), max_size=None) as ws:
         ws.send(json.dumps(start_message(120, 48000)))
         sid = receive(ws)["session_id"]

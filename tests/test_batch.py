@@ -8,8 +8,8 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
-from engine.batch import BatchRequest, RequestError
-from streaming import audio
+from engine.work.batch import BatchRequest, RequestError
+from streaming import formats as audio
 from tests.helpers import convert, offline_decode, sine_wav
 from tests.test_jam_engine import snr_db
 
@@ -134,11 +134,11 @@ def test_multi_band_diffusion_is_audiocraft_s_and_seeded_per_prediction(engine):
 def test_multi_band_diffusion_past_one_window_is_reproducible_beside_a_session(engine):
     """Several MBD windows (2 s, crossfaded): the same seed gives the same bytes with a live session decoding on
     the same codec thread between the pieces, and every window is diffused (no stretch equals the plain decode)."""
-    from engine.jam import JamSettings
+    from engine.work.session import SessionSettings
 
     request = BatchRequest(prompt="techno", duration=4, seed=3, multi_band_diffusion=True)
     alone = engine.generate(request).wait()
-    session = engine.open_session(JamSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.4), seed=1)
+    session = engine.open_session(SessionSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.4), seed=1)
     try:
         job = engine.generate(request)
         chunks = [session.next_chunk().result(timeout=60) for _ in range(3)]

@@ -13,10 +13,10 @@ import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from streaming import lyria_protocol as lp
-from streaming.capacity import Capacity
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from streaming.app.capacity import Capacity
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
+from streaming.lyria import protocol as lp
 from tests.cog_server import ROOT
 from tests.helpers import free_port, wait_until
 
@@ -161,7 +161,7 @@ def test_drain_tells_live_clients_refuses_new_ones_and_closes_at_the_deadline(ro
 def test_sigterm_drains_then_the_standalone_sidecar_exits(venv_env, demo_dir, tmp_path):
     port = free_port()
     log = tmp_path / "sidecar.log"
-    process = subprocess.Popen([sys.executable, "-m", "streaming.server"], cwd=ROOT, stdout=log.open("wb"),
+    process = subprocess.Popen([sys.executable, "-m", "streaming.app.server"], cwd=ROOT, stdout=log.open("wb"),
                                stderr=subprocess.STDOUT,
                                env=dict(venv_env, JAM_HOST="127.0.0.1", JAM_PORT=str(port), JAM_DRAIN_SECONDS="30"))
     try:

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from engine.checkpoint import resolve
-from engine.safe_load import CheckpointError, safe_load
+from engine.loading.checkpoint import resolve
+from engine.loading.safe_load import CheckpointError, safe_load
 from tests.conftest import ROOT
 
 
@@ -31,7 +31,7 @@ def test_checkpoint_with_pickled_callable_is_refused(demo_dir, tmp_path):
     shutil.copytree(demo_dir, evil)
     torch.save(pkg, evil / "state_dict.bin")
 
-    from engine.checkpoint import load_lm
+    from engine.loading.checkpoint import load_lm
 
     with pytest.raises(CheckpointError, match=r"Refusing to load .*not allowed: .*system"):
         load_lm(evil / "state_dict.bin", "cpu")
@@ -52,9 +52,9 @@ def test_fine_tuner_single_file_loads_and_matches_release_layout(engine, demo_di
     """{'xp.cfg': DictConfig, 'model': lm_state} beside nothing else: codec from the default checkpoint."""
     from omegaconf import OmegaConf
 
-    from engine.batch import BatchRequest
     from engine.config import EngineConfig
     from engine.core import Engine
+    from engine.work.batch import BatchRequest
 
     release = safe_load(demo_dir / "state_dict.bin")
     fine_tuned = tmp_path / "finetune" / "musicgen-finetuned.th"

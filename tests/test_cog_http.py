@@ -87,7 +87,7 @@ def test_sync_prediction_returns_a_wav_of_the_requested_length(cog):
     assert metrics["audio_seconds"] == 2.0
     assert 0 < metrics["generation_seconds"] <= waited
     assert metrics["real_time_factor"] == pytest.approx(metrics["generation_seconds"] / 2.0, abs=1e-3)
-    from engine.precision import choose_weight_format
+    from engine.lm.precision import choose_weight_format
 
     assert body["metrics"]["weight_format"] == choose_weight_format("auto", "cpu")[0]  # chosen for this CPU
 
@@ -105,7 +105,7 @@ def test_mp3_output_decodes(cog, tmp_path):
     assert mime == "audio/mpeg"
     path = tmp_path / "out.mp3"
     path.write_bytes(data)
-    from engine.audio import decode
+    from engine.codec.input_audio import decode
 
     wav, rate = decode(path)
     assert rate == 32000 and abs(wav.shape[-1] / rate - 2.0) < 0.1

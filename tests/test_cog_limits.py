@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from streaming.audio import ffmpeg_executable
+from streaming.formats import ffmpeg_executable
 from tests.helpers import data_uri_bytes, decode_wav
 from tests.test_cog_http import predict
 from tests.test_jam_server import START, next_of

@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.admission import PredictionSlots
-from engine.api import BatchRequest, Engine, EngineConfig, JamSettings
-from engine.batch import BatchJob, GenerationCancelled
+from engine.api import BatchRequest, Engine, EngineConfig, SessionSettings
+from engine.runtime.admission import PredictionSlots
+from engine.work.batch import BatchJob, GenerationCancelled
 from tests.helpers import wait_until
 
 
@@ -38,7 +38,7 @@ def _request(seed: int, prompt: str = "lo-fi beat", duration: int = 2, **extra) 
 def test_a_seeded_prediction_gives_the_same_bytes_alone_or_among_others(three_slots):
     engine = three_slots
     alone = engine.generate(_request(5)).wait()
-    session = engine.open_session(JamSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.5), seed=1)
+    session = engine.open_session(SessionSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.5), seed=1)
     try:
         session.next_chunk().result(timeout=60)
         steps, rows = [], []  # per step: predictions and whether a session stepped, and its forwards
@@ -179,9 +179,9 @@ def test_a_streams_logits_do_not_depend_on_the_streams_beside_it(three_slots):
     """A prediction's logits are bit for bit those it has alone, whatever else shares the step: StepDecoder.step_streams
     pads the weight matmuls to a fixed row count (without the padding they differ in the last bits); the
     capturable step computes the predictions' whole region, a fixed 8 rows, however many of them are active."""
-    from engine.conditions import text_condition
-    from engine.decoder import StepDecoder
-    from engine.static_step import CapturableStep, Region
+    from engine.lm.conditions import text_condition
+    from engine.lm.decoder import StepDecoder
+    from engine.lm.static_step import CapturableStep, Region
 
     lm = three_slots.model.musicgen.lm
     capturable = three_slots.step_mode != "off"

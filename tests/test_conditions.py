@@ -5,7 +5,7 @@ the event loop and Cog's thread)."""
 import pytest
 import torch
 
-from engine.conditions import count_tokens
+from engine.lm.conditions import count_tokens
 
 TEXTS = ["", "jazz", "lo-fi hip hop beat with warm piano", "jazz " * 600, "ünïcode ✓ 80s, 120 bpm!"]
 
@@ -28,7 +28,7 @@ def test_token_counts_equal_the_conditioners_and_move_nothing_to_a_device(engine
 
 def test_the_condition_cache_evicts_the_least_recently_used(engine, monkeypatch):
     """A jam that comes back to a style finds it cached: a full cache drops the style used longest ago, not all."""
-    from engine import scheduler
+    from engine.runtime import scheduler
 
     computed = []
     monkeypatch.setattr(scheduler, "CONDITION_CACHE_SIZE", 2)

@@ -33,7 +33,7 @@ def sync_is_an_error():
 
 
 def _greedy(engine, seconds: int = 1):
-    from engine.batch import BatchRequest
+    from engine.work.batch import BatchRequest
 
     return engine.generate(BatchRequest(prompt="lo-fi beat", duration=seconds, seed=3, temperature=0.0)).wait()
 
@@ -41,7 +41,7 @@ def _greedy(engine, seconds: int = 1):
 def test_graph_replay_gives_the_eager_step(cuda_engine):
     """The decoder's step replayed from a CUDA graph equals its eager forward, logits and caches (float32 weights,
     so the bound is tight); across row ranges, lengths and windows (tests/test_static_step.py's comparison)."""
-    from engine.static_step import CapturableStep
+    from engine.lm.static_step import CapturableStep
     from tests.test_static_step import _compare, _decoder
 
     lm = cuda_engine.model.musicgen.lm
@@ -54,7 +54,7 @@ def test_graph_replayed_predictions_equal_eager_ones(demo_dir):
     """Through the whole engine: a greedy prediction decoded by graph replay equals the eager forward's tokens."""
     from engine.config import EngineConfig
     from engine.core import Engine
-    from engine.model import load_model
+    from engine.loading.model import load_model
 
     model = load_model(demo_dir, device="cuda")
     tokens = {}
@@ -70,7 +70,7 @@ def test_graph_replayed_predictions_equal_eager_ones(demo_dir):
 
 def test_the_step_reads_nothing_back_to_the_host(cuda_engine):
     """Once captured, a step (graph replay) and the capturable step run eagerly make no device sync."""
-    from engine.static_step import CapturableStep
+    from engine.lm.static_step import CapturableStep
     from tests.test_static_step import _decoder
 
     lm = cuda_engine.model.musicgen.lm
@@ -90,7 +90,7 @@ def test_the_step_reads_nothing_back_to_the_host(cuda_engine):
 def test_the_whole_decode_step_makes_no_device_sync(cuda_engine):
     """Forward, guidance, sampling and the delay-pattern update of two streams (tests/test_host_reads.py's step),
     eagerly on CUDA: not one host read of a device value."""
-    from engine.decoder import StepDecoder
+    from engine.lm.decoder import StepDecoder
     from tests.test_host_reads import _run, _whole_step
 
     lm = cuda_engine.model.musicgen.lm
@@ -112,15 +112,16 @@ def test_the_whole_decode_step_makes_no_device_sync(cuda_engine):
 def test_graphs_are_captured_at_start_and_none_while_streams_play(cuda_engine):
     """Every (region, bucket, window) graph exists when the engine is built; a prompt longer than the cross
     cache's first size (64 tokens), a prediction and a session beside it capture none."""
-    from engine.batch import BatchRequest
-    from engine.jam import JamSettings
+    from engine.work.batch import BatchRequest
+    from engine.work.session import SessionSettings
 
     capturable = cuda_engine.scheduler.capturable
     graphs = cuda_engine.describe()["cuda_graphs"]
     assert graphs["graphs"] == sum(len(r.buckets) for r in capturable.regions) * len(capturable.windows)
     assert graphs["capture_seconds"] > 0 and graphs["memory_bytes"] >= 0 and graphs["late_captures"] == 0
     long_prompt = ", ".join(["warm analog drums with a deep bass line"] * 12)
-    session = cuda_engine.open_session(JamSettings(styles=(long_prompt,), weights=(1.0,), chunk_seconds=1.0), seed=2)
+    settings = SessionSettings(styles=(long_prompt,), weights=(1.0,), chunk_seconds=1.0)
+    session = cuda_engine.open_session(settings, seed=2)
     try:
         job = cuda_engine.generate(BatchRequest(prompt=long_prompt, duration=1, seed=4))
         session.next_chunk().result(timeout=120)
@@ -131,9 +132,9 @@ def test_graphs_are_captured_at_start_and_none_while_streams_play(cuda_engine):
 
 
 def test_auto_sessions_are_sized_from_the_free_memory(demo_dir):
-    from engine import memory
     from engine.config import EngineConfig
     from engine.core import Engine
+    from engine.runtime import memory
 
     engine = Engine.load(demo_dir, device="cuda", config=EngineConfig(max_sessions=None, max_styles=1,
                                                                      compile_step="off"))
@@ -145,18 +146,18 @@ def test_auto_sessions_are_sized_from_the_free_memory(demo_dir):
 
 
 def test_the_engine_makes_audio_on_cuda(cuda_engine):
-    from engine.jam import JamSettings
+    from engine.work.session import SessionSettings
 
     description = cuda_engine.describe()
     assert description["device"] == "cuda" and description["weight_format"] == "float16"
     result = _greedy(cuda_engine, seconds=2)
     assert result.wav.shape[-1] == 2 * result.sample_rate and torch.isfinite(result.wav).all()
     assert result.wav.abs().max() > 0
-    from engine.batch import BatchRequest
+    from engine.work.batch import BatchRequest
 
     stock = cuda_engine.generate(BatchRequest(prompt="lo-fi beat", duration=1, seed=3), reference=True).wait()
     assert torch.isfinite(stock.wav).all()  # audiocraft's own generate on the float16 LM, under its autocast
-    session = cuda_engine.open_session(JamSettings(styles=("jam",), weights=(1.0,), chunk_seconds=1.0), seed=1)
+    session = cuda_engine.open_session(SessionSettings(styles=("jam",), weights=(1.0,), chunk_seconds=1.0), seed=1)
     try:
         chunks = [session.next_chunk().result(timeout=120) for _ in range(2)]
     finally:
@@ -168,7 +169,8 @@ def test_the_engine_makes_audio_on_cuda(cuda_engine):
 
 def test_half_precision_weights_and_cache_are_stored_once(cuda_engine):
     """The LM is stored in float16 on CUDA (its transformer built so by audiocraft's loader, its embeddings, norm and
-    heads converted by engine.checkpoint) and the step decoder's weights are the LM's own tensors, not copies; the
+    heads converted by engine.loading.checkpoint) and the step decoder's weights are the LM's own tensors, not copies;
+    the
     KV cache is float16. The conditioners and the codec stay in float32, which
     is what audiocraft runs them in there (its T5 under a float32 autocast, the codec outside any autocast)."""
     lm = cuda_engine.model.musicgen.lm

@@ -5,11 +5,11 @@ import threading
 import pytest
 import torch
 
-from engine.batch import BatchRequest
-from engine.conditions import text_condition
-from engine.decoder import StepDecoder
-from engine.jam import JamSettings
-from engine.pattern import DelayedFrames
+from engine.lm.conditions import text_condition
+from engine.lm.decoder import StepDecoder
+from engine.lm.pattern import DelayedFrames
+from engine.work.batch import BatchRequest
+from engine.work.session import SessionSettings
 from tests.helpers import FailingGather
 
 
@@ -96,7 +96,7 @@ def test_greedy_tokens_equal_audiocraft_generate(engine):
 def test_seeded_prediction_is_reproducible_whatever_runs_beside_it(engine):
     alone = _prediction_tokens(engine, "techno", seed=5, top_k=50)
     other = threading.Thread(target=_prediction_tokens, args=(engine, "ambient", 6), kwargs={"top_k": 50})
-    session = engine.open_session(JamSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.4), seed=1)
+    session = engine.open_session(SessionSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.4), seed=1)
     try:
         chunk = session.next_chunk()
         other.start()
@@ -112,7 +112,7 @@ def test_unsupported_features_are_found_in_every_layer(engine):
     """A feature only the last layer has (here grouped key/values) is refused, not silently decoded wrong."""
     import copy
 
-    from engine.supported import UnsupportedModel, check_supported
+    from engine.lm.supported import UnsupportedModel, check_supported
 
     lm = copy.deepcopy(engine.model.musicgen.lm)
     check_supported(lm)

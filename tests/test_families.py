@@ -9,12 +9,12 @@ import time
 import pytest
 import torch
 
-from engine.conditions import text_condition
-from engine.decoder import StepDecoder
-from engine.melody import WINDOW_SECONDS, looped_window, melody_condition, prefix_steps
-from engine.pattern import DelayedFrames
-from engine.sampling import RowSettings, StepInputs, guided_sample
-from engine.streams import SamplingParams
+from engine.codec.melody import WINDOW_SECONDS, looped_window, melody_condition, prefix_steps
+from engine.lm.conditions import text_condition
+from engine.lm.decoder import StepDecoder
+from engine.lm.pattern import DelayedFrames
+from engine.lm.sampling import RowSettings, StepInputs, guided_sample
+from engine.runtime.streams import SamplingParams
 
 SR = 44100  # melodies arrive at their own rate; conditioning resamples them as audiocraft does
 
@@ -22,7 +22,7 @@ SR = 44100  # melodies arrive at their own rate; conditioning resamples them as 
 @pytest.fixture(scope="session")
 def family(tmp_path_factory):
     """kind -> LoadedModel, each demo built on first use."""
-    from engine.model import load_model
+    from engine.loading.model import load_model
     from weights.demo import build
 
     models = {}
@@ -186,7 +186,7 @@ def test_melody_pieces_are_audiocraft_s_conditioner_and_reseed_no_process_wide_r
     from audiocraft.data.audio_utils import convert_audio
     from audiocraft.modules.conditioners import WavCondition
 
-    from engine.melody import melody_pieces
+    from engine.codec.melody import melody_pieces
 
     lm = family("melody").musicgen.lm
     conditioner = lm.condition_provider.conditioners["self_wav"]
@@ -237,7 +237,7 @@ def test_long_generations_loop_the_melody_per_window():
 
 
 def test_stereo_tokens_decode_to_two_distinct_channels(family):
-    from engine.codec_stream import StreamingCodecDecoder
+    from engine.codec.stream import StreamingCodecDecoder
 
     model = family("stereo")
     lm = model.musicgen.lm
@@ -253,8 +253,8 @@ def test_melody_needs_its_separator_file(family, tmp_path):
     """The separator is part of the checkpoint: missing, the load fails naming the file and the fix."""
     import shutil
 
-    from engine.model import load_model
-    from engine.safe_load import CheckpointError
+    from engine.loading.model import load_model
+    from engine.loading.safe_load import CheckpointError
 
     source = family("melody").files.directory
     copy = tmp_path / "melody"
@@ -279,8 +279,8 @@ def test_a_separator_with_pickled_code_is_refused(tmp_path):
     """htdemucs is read like every checkpoint: its class may be named, nothing may be called."""
     from demucs.htdemucs import HTDemucs
 
-    from engine.safe_load import CheckpointError
-    from engine.separator import load_separator
+    from engine.loading.safe_load import CheckpointError
+    from engine.loading.separator import load_separator
     from weights.demo import TINY_HTDEMUCS
 
     model = HTDemucs(**TINY_HTDEMUCS)
@@ -297,7 +297,7 @@ def test_a_separator_with_pickled_code_is_refused(tmp_path):
 def test_the_static_step_follows_a_melody_prefix_and_stereo_codebooks(family):
     """The capturable step places audio after the chroma prefix and decodes 8 interleaved codebooks as the eager
     forward does, and refuses rows without a prefix as it does."""
-    from engine.static_step import CapturableStep
+    from engine.lm.static_step import CapturableStep
 
     lm = family("stereo-melody").musicgen.lm
     prefix = melody_condition(lm, None, SR)

@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 
-from engine.codec_stream import StreamingCodecDecoder
+from engine.codec.stream import StreamingCodecDecoder
 
 logger = logging.getLogger(__name__)
 

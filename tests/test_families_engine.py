@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.batch import BatchRequest, RequestError
 from engine.config import EngineConfig
-from engine.jam import JamSettings
-from engine.streams import SamplingParams
-from streaming import audio
+from engine.runtime.streams import SamplingParams
+from engine.work.batch import BatchRequest, RequestError
+from engine.work.session import SessionSettings
+from streaming import formats as audio
 from tests.helpers import sine_wav
 
-SETTINGS = JamSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.4)
+SETTINGS = SessionSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.4)
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +184,8 @@ def test_jam_clients_send_a_melody_and_hear_stereo(family_engine, tmp_path):
     import soundfile as sf
     from websockets.sync.client import connect
 
-    from streaming.config import ServerConfig
-    from streaming.server import RunningServer
+    from streaming.app.config import ServerConfig
+    from streaming.app.server import RunningServer
     from tests.test_jam_server import START, next_of
 
     for kind in ("stereo-melody",):

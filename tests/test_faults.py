@@ -15,14 +15,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import conditions
-from engine.batch import BatchRequest
 from engine.config import EngineConfig
 from engine.core import CapacityError, Engine
-from engine.jam import JamSession, JamSettings
-from engine.scheduler import Scheduler, StreamFailed
-from engine.streams import SamplingParams, Stream
-from engine.worker import EngineUnavailable, Worker
+from engine.lm import conditions
+from engine.runtime.scheduler import Scheduler, StreamFailed
+from engine.runtime.streams import SamplingParams, Stream
+from engine.runtime.worker import EngineUnavailable, Worker
+from engine.work import prediction
+from engine.work.batch import BatchRequest
+from engine.work.session import LiveSession, SessionSettings
 from tests.helpers import wait_until
 
 FAIL_CONDITION = "fail-at-conditioning"
@@ -36,7 +37,7 @@ FORWARD_FAILURES: list[int] = []  # the number of streams in each forward the FA
 def faulty_engine(demo_dir):
     """The demo model with three session slots and the injection points armed (only marker words trigger)."""
     patch = pytest.MonkeyPatch()
-    real_condition, real_accept, real_decode = conditions.text_condition, Stream.accept_tokens, JamSession._decode
+    real_condition, real_accept, real_decode = conditions.text_condition, Stream.accept_tokens, LiveSession._decode
     real_forward = Scheduler._forward
 
     def condition(lm, text):
@@ -63,15 +64,15 @@ def faulty_engine(demo_dir):
     patch.setattr(conditions, "text_condition", condition)
     patch.setattr(Scheduler, "_forward", forward)
     patch.setattr(Stream, "accept_tokens", accept)
-    patch.setattr(JamSession, "_decode", decode)
+    patch.setattr(LiveSession, "_decode", decode)
     engine = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=3))
     yield engine
     engine.close()
     patch.undo()
 
 
-def settings_for(style: str) -> JamSettings:
-    return JamSettings(styles=(style,), weights=(1.0,), chunk_seconds=0.2)
+def settings_for(style: str) -> SessionSettings:
+    return SessionSettings(styles=(style,), weights=(1.0,), chunk_seconds=0.2)
 
 
 @pytest.mark.parametrize("marker", [FAIL_CONDITION, FAIL_STEP])
@@ -112,7 +113,7 @@ def test_a_failing_session_fails_alone_with_a_message(faulty_engine, marker):
 def test_a_batched_forward_failing_for_one_stream_is_retried_stream_by_stream(faulty_engine):
     """Two sessions share a forward; it fails because of one of them. Each is retried alone: the culprit fails
     with the phase named, and the other decodes exactly the frames it decodes with no culprit beside it (greedy)."""
-    greedy = JamSettings(styles=("dub",), weights=(1.0,), params=SamplingParams(temperature=0.0),
+    greedy = SessionSettings(styles=("dub",), weights=(1.0,), params=SamplingParams(temperature=0.0),
                          chunk_seconds=10.0)
 
     def witness_frames(with_culprit: bool) -> list[torch.Tensor]:
@@ -141,13 +142,12 @@ def test_a_batched_forward_failing_for_one_stream_is_retried_stream_by_stream(fa
 
 
 def test_a_failing_prediction_codec_fails_the_prediction_alone(faulty_engine, monkeypatch):
-    import engine.prediction
 
-    class BrokenCodec(engine.prediction.StreamingCodecDecoder):
+    class BrokenCodec(prediction.StreamingCodecDecoder):
         def push(self, frames):
             raise RuntimeError("injected codec failure")
 
-    monkeypatch.setattr(engine.prediction, "StreamingCodecDecoder", BrokenCodec)
+    monkeypatch.setattr(prediction, "StreamingCodecDecoder", BrokenCodec)
     witness = faulty_engine.open_session(settings_for("dub"), seed=1)
     try:
         with pytest.raises(RuntimeError, match="injected codec failure"):
@@ -249,7 +249,7 @@ def test_a_stuck_worker_is_reported_and_refuses_work():
 
 
 def test_an_unhealthy_engine_fails_fast_and_health_says_so(demo_dir):
-    from engine.batch import BatchRequest
+    from engine.work.batch import BatchRequest
 
     engine = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=1))
     engine.lm_worker.close()

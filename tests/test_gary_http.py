@@ -9,9 +9,9 @@ import pytest
 import requests
 import torch
 
-from streaming import audio
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from streaming import formats as audio
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
 from tests.gary_clients import JuceClient, PluginGaveUp, decode_b64, wav_b64
 from tests.helpers import offline_decode
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
 from tests.gary_clients import Gary4LiveClient, JuceClient, decode_b64, wav_b64
 from tests.helpers import wait_until
 

@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from streaming import gary_protocol as gp
-from streaming.jobs import COMPLETED, QUEUED, RUNNING, JobStatus
+from streaming.gary import protocol as gp
+from streaming.jobs.table import COMPLETED, QUEUED, RUNNING, JobStatus
 
 
 def status(state, stage=None, progress=0.0, position=None, estimate=10.0, result=None, error=None):

@@ -6,8 +6,8 @@ import pytest
 import requests
 import socketio
 
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
 from tests.gary_clients import Gary4LiveClient, decode_b64, wav_b64
 from tests.helpers import wait_until
 

@@ -4,11 +4,11 @@ compiling the whole step (pattern input, forward, guidance, sampling, pattern up
 import torch
 
 from benchmarks.host_reads import measure
-from engine.conditions import text_condition
-from engine.decoder import StepDecoder
-from engine.pattern import DelayedFrames
-from engine.sampling import RowSettings, StepInputs, guided_sample
-from engine.static_step import step_function
+from engine.lm.conditions import text_condition
+from engine.lm.decoder import StepDecoder
+from engine.lm.pattern import DelayedFrames
+from engine.lm.sampling import RowSettings, StepInputs, guided_sample
+from engine.lm.static_step import step_function
 
 
 def test_a_prediction_and_two_live_sessions_read_the_host_at_most_once_per_step(engine):

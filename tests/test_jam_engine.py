@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from engine.batch import BatchRequest
-from engine.jam import JamSettings
-from engine.scheduler import Scheduler
-from engine.streams import SamplingParams, Stream
+from engine.runtime.scheduler import Scheduler
+from engine.runtime.streams import SamplingParams, Stream
+from engine.work.batch import BatchRequest
+from engine.work.session import SessionSettings
 from tests.helpers import offline_decode, sine_wav
 
-SETTINGS = JamSettings(styles=("jazz", "hiphop"), weights=(1.0, 0.8),
+SETTINGS = SessionSettings(styles=("jazz", "hiphop"), weights=(1.0, 0.8),
                        params=SamplingParams(temperature=1.1, top_k=40, guidance=1.1), chunk_seconds=1.0)
 
 
-def with_params(settings: JamSettings, **changes) -> JamSettings:
-    """A copy of `settings` with sampling parameters or other fields changed (validated by JamSettings)."""
+def with_params(settings: SessionSettings, **changes) -> SessionSettings:
+    """A copy of `settings` with sampling parameters or other fields changed (validated by SessionSettings)."""
     params = {k: changes.pop(k) for k in ("temperature", "top_k", "top_p", "guidance") if k in changes}
     return replace(settings, params=replace(settings.params, **params), **changes)
 
@@ -131,7 +131,7 @@ def test_update_keeps_the_context(engine):
     greedy = with_params(SETTINGS, temperature=0.0)
     metal = with_params(greedy, styles=("metal",), weights=(1.0,))
 
-    def after_switch(before: JamSettings, switch: tp.Optional[JamSettings]) -> torch.Tensor:
+    def after_switch(before: SessionSettings, switch: tp.Optional[SessionSettings]) -> torch.Tensor:
         session = engine.open_session(before, seed=7)
         try:
             session.next_chunk().result(timeout=60)
@@ -151,15 +151,15 @@ def test_update_keeps_the_context(engine):
 
 def test_invalid_settings_are_refused():
     with pytest.raises(ValueError, match="styles"):
-        JamSettings(styles=(), weights=())
+        SessionSettings(styles=(), weights=())
     with pytest.raises(ValueError, match="2 style weights for 1 styles"):
-        JamSettings(styles=("a",), weights=(1.0, 2.0))
+        SessionSettings(styles=("a",), weights=(1.0, 2.0))
     with pytest.raises(ValueError, match="not all be zero"):
-        JamSettings(styles=("a", "b"), weights=(0.0, 0.0))
+        SessionSettings(styles=("a", "b"), weights=(0.0, 0.0))
     with pytest.raises(ValueError, match="temperature"):
         with_params(SETTINGS, temperature=-1)
     with pytest.raises(ValueError, match="at most 4"):
-        JamSettings(styles=tuple("abcde"), weights=(1.0,) * 5)
+        SessionSettings(styles=tuple("abcde"), weights=(1.0,) * 5)
 
 
 def test_session_continues_an_audio_prompt_as_a_continuation_prediction_does(engine, tmp_path):
@@ -169,7 +169,7 @@ def test_session_continues_an_audio_prompt_as_a_continuation_prediction_does(eng
 
     path = sine_wav(tmp_path / "loop.wav", seconds=2.0)
     wav, rate = sf.read(path, dtype="float32", always_2d=True)
-    settings = JamSettings(styles=("jazz",), weights=(1.0,), params=SamplingParams(temperature=0.0, guidance=3.0),
+    settings = SessionSettings(styles=("jazz",), weights=(1.0,), params=SamplingParams(temperature=0.0, guidance=3.0),
                            chunk_seconds=1.0)
     (chunk,) = session_chunks(engine, 1, seed=5, settings=settings, prompt=(torch.from_numpy(wav.T), rate))
     prediction = engine.generate(BatchRequest(prompt="jazz", input_audio=path, continuation=True, duration=2, seed=5,
@@ -179,7 +179,7 @@ def test_session_continues_an_audio_prompt_as_a_continuation_prediction_does(eng
     assert torch.equal(chunk.frames, prediction.tokens[:, prompt_frames: prompt_frames + chunk.frames.shape[-1]])
 
 
-def continue_tokens(engine, settings: JamSettings, prompt: torch.Tensor, frames: int) -> torch.Tensor:
+def continue_tokens(engine, settings: SessionSettings, prompt: torch.Tensor, frames: int) -> torch.Tensor:
     """The first `frames` frames a stream started from the token prompt [K, P] generates (a finite stream on the
     engine, for a reference: the public API takes prompts as audio, whose re-encoding is not exact)."""
     done: Future = Future()
@@ -213,7 +213,7 @@ def test_context_rolls_over_past_the_window(engine, monkeypatch):
         rolls.append((at, stream.frames.codes[0, :, : stream.frames.step - 1].clone()))  # the prompt kept
 
     monkeypatch.setattr(Stream, "roll_window", recording)
-    settings = JamSettings(styles=("drone",), weights=(1.0,), params=SamplingParams(temperature=0.0),
+    settings = SessionSettings(styles=("drone",), weights=(1.0,), params=SamplingParams(temperature=0.0),
                            chunk_seconds=5.0)
     session = engine.open_session(settings, seed=6)
     try:

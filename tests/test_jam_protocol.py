@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from engine.api import Chunk, JamSettings
-from engine.streams import SamplingParams
-from streaming import jam_events as je
-from streaming import jam_protocol as jp
+from engine.api import Chunk, SessionSettings
+from engine.runtime.streams import SamplingParams
+from streaming.jam import events as je
+from streaming.jam import protocol as jp
 from streaming.wire import MAX_MESSAGE_BYTES
 
 
@@ -129,7 +129,7 @@ def test_ping_stop_and_events():
 
 
 def _chunk():
-    settings = JamSettings(styles=("a", "b"), weights=(1.0, 0.5), chunk_seconds=1.6)
+    settings = SessionSettings(styles=("a", "b"), weights=(1.0, 0.5), chunk_seconds=1.6)
     audio = torch.zeros(1, int(1.64 * 32000))
     return Chunk(index=3, audio=audio, sample_rate=32000, seconds=1.6, overlap_seconds=0.04,
                  generation_seconds=0.8, frames=torch.zeros(4, 80, dtype=torch.long), settings=settings)

@@ -16,9 +16,9 @@ import torch
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from streaming import jam_protocol as jp
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
+from streaming.jam import protocol as jp
 from tests.helpers import offline_decode, wait_until
 
 START = {"type": "start", "mode": "rt", "binary_audio": False,

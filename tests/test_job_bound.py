@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from engine.batch import BatchRequest
 from engine.config import JOB_BOUND_SECONDS, EngineConfig
-from engine.jam import JamSettings
+from engine.work.batch import BatchRequest
+from engine.work.session import SessionSettings
 from tests.helpers import wait_until
 from tests.test_families_engine import melody_file
 
@@ -21,7 +21,7 @@ def test_no_job_outlasts_the_bound_with_mbd_and_a_long_melody_beside_a_session(t
     engine = Engine.load(build(tmp_path / "melody", n_bands=1, kind="melody"), device="cpu",
                          config=EngineConfig(max_sessions=2))
     try:
-        session = engine.open_session(JamSettings(styles=("dub",), weights=(1.0,), chunk_seconds=2.0), seed=1)
+        session = engine.open_session(SessionSettings(styles=("dub",), weights=(1.0,), chunk_seconds=2.0), seed=1)
         indices: list[int] = []
         stop = threading.Event()
 

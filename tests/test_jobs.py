@@ -1,12 +1,22 @@
-"""The job table (streaming.jobs) over the real demo engine: progress, queue positions and estimates, errors,
+"""The job table (streaming.jobs.table) over the real demo engine: progress, queue positions and estimates, errors,
 cancellation that frees the engine, and every bound (count, bytes, time) with a clock the test moves."""
 
 import threading
 
 import pytest
 
-from engine.batch import BatchRequest
-from streaming.jobs import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, JobCancelled, JobFailed, JobTable, TableFull
+from engine.work.batch import BatchRequest
+from streaming.jobs.table import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    JobCancelled,
+    JobFailed,
+    JobTable,
+    TableFull,
+)
 from tests.helpers import wait_until
 
 
@@ -199,9 +209,9 @@ def test_caller_ids_are_unique(table):
 def test_a_job_waits_while_the_engine_has_no_rows_for_it(table, engine):
     """Full jams (every style row) plus a prediction from outside the table (a Cog one) take every row: the
     table's job waits, saying so, and runs once the rows come back."""
-    from engine.jam import JamSettings
+    from engine.work.session import SessionSettings
 
-    styles = JamSettings(styles=("a", "b", "c", "d"), weights=(1.0,) * 4, chunk_seconds=0.4)
+    styles = SessionSettings(styles=("a", "b", "c", "d"), weights=(1.0,) * 4, chunk_seconds=0.4)
     sessions = [engine.open_session(styles, seed=i) for i in range(engine.config.max_sessions)]
     outside = engine.generate(BatchRequest(prompt="drone", duration=200, seed=1))
     try:

@@ -13,14 +13,14 @@ import weakref
 
 from websockets.sync.client import connect
 
-from engine.jam import JamSession
-from engine.worker import EngineUnavailable
-from streaming.config import ServerConfig
-from streaming.jam_ws import JamConnection
-from streaming.lifecycle import Tasks
-from streaming.pump import ChunkPump, Pacer
-from streaming.server import RunningServer
-from streaming.sessions import SessionRegistry
+from engine.runtime.worker import EngineUnavailable
+from engine.work.session import LiveSession
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
+from streaming.jam.ws import JamConnection
+from streaming.sessions.pump import ChunkPump, Pacer
+from streaming.sessions.registry import SessionRegistry
+from streaming.sessions.tasks import Tasks
 from tests.test_restarts import start
 from tests.webrtc_client import JamClient
 
@@ -133,14 +133,14 @@ def test_a_restart_under_way_ends_with_the_connection(engine, marker, monkeypatc
     """The client leaves while its session restarts (the engine is slow to restart it): the restart's task is
     cancelled, the slot comes back at once, and no task of the connection outlives it."""
     entered, release = threading.Event(), threading.Event()
-    real = JamSession.restart
+    real = LiveSession.restart
 
     def stuck_restart(self, seed):
         entered.set()
         release.wait(30)
         return real(self, seed)
 
-    monkeypatch.setattr(JamSession, "restart", stuck_restart)
+    monkeypatch.setattr(LiveSession, "restart", stuck_restart)
     pool = concurrent.futures.ThreadPoolExecutor(2)
 
     async def scenario():

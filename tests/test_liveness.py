@@ -18,9 +18,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from engine.config import EngineConfig
-from streaming import lyria_protocol as lp
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
+from streaming.lyria import protocol as lp
 from tests.helpers import wait_until
 from tests.test_jam_server import START, next_of, run_seed_client
 
@@ -28,7 +28,7 @@ from tests.test_jam_server import START, next_of, run_seed_client
 @pytest.fixture(scope="module")
 def server(engine):
     # a frozen client's connection is dropped by the ping timeout; its session is then held for a resume
-    # (streaming.sessions) for resume_seconds before the slot comes back
+    # (streaming.sessions.registry) for resume_seconds before the slot comes back
     config = ServerConfig(host="127.0.0.1", port=0, max_connections=6, idle_seconds=1.5, ping_interval=1,
                           ping_timeout=1, resume_seconds=2)
     running = RunningServer(engine, config).start()
@@ -114,11 +114,11 @@ def test_a_frozen_client_frees_its_slot(server, tmp_path):
 
 
 def test_a_slow_reader_pauses_generation(server, engine, monkeypatch):
-    from engine.jam import JamSession
+    from engine.work.session import LiveSession
 
     requested = []
-    real = JamSession.next_chunk
-    monkeypatch.setattr(JamSession, "next_chunk", lambda self, deadline=None: requested.append(1) or
+    real = LiveSession.next_chunk
+    monkeypatch.setattr(LiveSession, "next_chunk", lambda self, deadline=None: requested.append(1) or
                         real(self, deadline))
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)

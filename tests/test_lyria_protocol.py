@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from streaming import lyria_protocol as lp
+from streaming.lyria import protocol as lp
 
 
 def ready() -> lp.LyriaProtocol:

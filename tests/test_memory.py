@@ -3,9 +3,9 @@ sessions that fit follow from them and the free memory."""
 
 import pytest
 
-from engine import memory
 from engine.config import MAX_PROMPT_TOKENS, ConfigError, EngineConfig
-from engine.decoder import StepDecoder
+from engine.lm.decoder import StepDecoder
+from engine.runtime import memory
 
 
 @pytest.mark.parametrize("weight_format", ["float32", "bfloat16"])

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from streaming import lead as lead_rule
-from streaming.lead import Lead
-from streaming.lifecycle import Tasks
-from streaming.pump import ChunkPump, Pacer
+from streaming.sessions import lead as lead_rule
+from streaming.sessions.lead import Lead
+from streaming.sessions.pump import ChunkPump, Pacer
+from streaming.sessions.tasks import Tasks
 
 CHUNK_SECONDS = 0.3
 GENERATION_SECONDS = 0.06

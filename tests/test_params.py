@@ -13,14 +13,14 @@ from pydantic.alias_generators import to_camel
 
 from engine import params as rules
 from engine.params import BatchRequest, RequestError, SamplingParams
-from engine.settings import JamSettings
-from streaming import bar_protocol as bp
-from streaming import gary_protocol as gp
-from streaming import jam_params
-from streaming import jam_protocol as jp
-from streaming import lyria_config as lc
-from streaming import lyria_protocol as lp
-from streaming import webrtc_protocol as wp
+from engine.work.settings import SessionSettings
+from streaming.bar import protocol as bp
+from streaming.gary import protocol as gp
+from streaming.jam import params as jam_params
+from streaming.jam import protocol as jp
+from streaming.lyria import messages as lc
+from streaming.lyria import protocol as lp
+from streaming.webrtc import protocol as wp
 from tools.openapi_schema import build_schema
 
 SDP = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\n"
@@ -114,8 +114,8 @@ def test_engine_models_are_valid_whenever_they_exist():
     with pytest.raises(ValueError, match="guidance must be within"):
         SamplingParams(guidance=21.0)
     with pytest.raises(ValueError, match="chunk_seconds must be within \\(0, 10\\]"):
-        JamSettings(styles=("a",), weights=(1.0,), chunk_seconds=0.0)
-    assert JamSettings(styles=["a"], weights=[1]).styles == ("a",)  # lists are read as tuples
+        SessionSettings(styles=("a",), weights=(1.0,), chunk_seconds=0.0)
+    assert SessionSettings(styles=["a"], weights=[1]).styles == ("a",)  # lists are read as tuples
     with pytest.raises(jp.ProtocolError, match="style weights are too large"):  # each finite, not their sum
         jp.JamProtocol().receive_text(jam_start(styles="a, b", style_weights="1e308,1e308"))
 

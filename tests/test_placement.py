@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from engine.params import SamplingParams
-from engine.scheduler import Scheduler
-from engine.streams import Conditioning, new_stream
+from engine.runtime.scheduler import Scheduler
+from engine.runtime.streams import Conditioning, new_stream
 
 OPERATIONS = st.lists(st.one_of(
     st.tuples(st.just("open"), st.integers(1, 4)),  # a session of 1..4 styles

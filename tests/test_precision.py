@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from engine.batch import BatchRequest
 from engine.config import ConfigError, EngineConfig
-from engine.precision import activation_dtype, choose_weight_format
+from engine.lm.precision import activation_dtype, choose_weight_format
+from engine.work.batch import BatchRequest
 
 
 @pytest.mark.parametrize(("device", "flags", "expected"), [
@@ -55,7 +55,7 @@ def test_the_lm_is_built_in_half_precision_off_the_cpu():
     own tensors, tests/test_cuda.py checks), float32 on the CPU (whose decoder picks its own format)."""
     from omegaconf import OmegaConf
 
-    from engine.checkpoint import lm_dtype, prepare_lm_config
+    from engine.loading.checkpoint import lm_dtype, prepare_lm_config
 
     assert lm_dtype("cpu") == "float32" and lm_dtype("cuda") == lm_dtype("cuda:1") == "float16"
     cfg = OmegaConf.create({"device": "cpu", "dtype": "float32"})
@@ -66,14 +66,15 @@ def test_the_lm_is_built_in_half_precision_off_the_cpu():
 
 def test_a_half_precision_lm_is_shared_with_the_decoder_not_copied(demo_dir):
     """The CPU stand-in of the CUDA layout (tests/test_cuda.py checks the real one): an LM stored in float16 as
-    engine.checkpoint stores it off the CPU gives a float16 decoder its own tensors, and the same logits as float32
+    engine.loading.checkpoint stores it off the CPU gives a float16 decoder its own tensors, and the same logits as
+    float32
     within half precision's error."""
     import copy
 
-    from engine.checkpoint import store_in_compute_dtype
-    from engine.conditions import text_condition
-    from engine.decoder import StepDecoder
-    from engine.model import load_model
+    from engine.lm.conditions import text_condition
+    from engine.lm.decoder import StepDecoder
+    from engine.loading.checkpoint import store_in_compute_dtype
+    from engine.loading.model import load_model
 
     lm32 = load_model(demo_dir, device="cpu").musicgen.lm
     lm16 = copy.deepcopy(lm32)

@@ -1,4 +1,5 @@
-"""Every session's recording (streaming.recording, streaming.recording_http): downloaded over real HTTP from a
+"""Every session's recording (streaming.sessions.recording, streaming.sessions.recording_http): downloaded over real
+HTTP from a
 running sidecar, decoded back, and compared with the chunks a real WebSocket client stitched."""
 
 import io
@@ -14,11 +15,11 @@ import soundfile as sf
 import torch
 from websockets.sync.client import connect
 
-from engine.api import Chunk, JamSettings
-from engine.audio import decode_slice
-from streaming.config import ServerConfig
-from streaming.recording import MAX_TIMELINE, RecordingStore
-from streaming.server import RunningServer
+from engine.api import Chunk, SessionSettings
+from engine.codec.input_audio import decode_slice
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
+from streaming.sessions.recording import MAX_TIMELINE, RecordingStore
 from tests.test_jam_server import START, decode_chunk, next_of, receive_json, url
 
 
@@ -119,14 +120,14 @@ def test_jam_token_guards_recordings(engine):
         running.stop()
 
 
-def _chunk(index: int, frames: int, settings: JamSettings) -> Chunk:
+def _chunk(index: int, frames: int, settings: SessionSettings) -> Chunk:
     return Chunk(index=index, audio=torch.zeros(1, 640 * frames), sample_rate=32000, seconds=frames / 50,
                  overlap_seconds=0.0, generation_seconds=0.1, frames=torch.zeros(4, frames, dtype=torch.long),
                  settings=settings)
 
 
 def test_recordings_are_bounded_in_length_count_and_time():
-    settings = JamSettings(styles=("a",), weights=(1.0,))
+    settings = SessionSettings(styles=("a",), weights=(1.0,))
     store = RecordingStore(max_minutes=1 / 60, keep_seconds=600, keep=2)  # 1 s = 50 frames per recording
     model = {"sample_rate": 32000, "channels": 1, "frame_rate": 50}
     recording = store.start("a", "rt", 1, model)

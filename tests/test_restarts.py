@@ -17,11 +17,11 @@ import typing as tp
 import pytest
 from websockets.sync.client import connect
 
-from engine.jam import JamSettings
-from engine.streams import SamplingParams, Stream
-from streaming import lyria_protocol as lp
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from engine.runtime.streams import SamplingParams, Stream
+from engine.work.session import SessionSettings
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
+from streaming.lyria import protocol as lp
 from tests.test_families_engine import melody_file
 from tests.webrtc_client import JamClient, event
 
@@ -144,12 +144,12 @@ def melody_message(tmp_path) -> str:
 
 
 def test_a_failed_session_restarts_on_its_slot_with_the_changes_made_meanwhile(engine, marker):
-    settings = JamSettings(styles=(f"{marker} dub",), weights=(1.0,), chunk_seconds=0.4)
+    settings = SessionSettings(styles=(f"{marker} dub",), weights=(1.0,), chunk_seconds=0.4)
     session = engine.open_session(settings, seed=1)
     try:
         with pytest.raises(RuntimeError, match="injected"):
             session.next_chunk().result(timeout=30)
-        cooler = JamSettings(styles=settings.styles, weights=(1.0,), chunk_seconds=0.4,
+        cooler = SessionSettings(styles=settings.styles, weights=(1.0,), chunk_seconds=0.4,
                              params=SamplingParams(temperature=0.5, top_k=9, guidance=3.0))
         assert session.update(cooler).result(timeout=30).chunk == 0  # a failed session goes on by a restart
         assert engine.sessions_open == 1

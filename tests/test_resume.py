@@ -1,4 +1,5 @@
-"""Sessions that survive a dropped connection (streaming.sessions), with real WebSocket clients on 127.0.0.1."""
+"""Sessions that survive a dropped connection (streaming.sessions.registry), with real WebSocket clients on
+127.0.0.1."""
 
 import json
 import socket
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
 from tests.helpers import wait_until
 from tests.test_jam_server import START, decode_chunk, next_of, receive_json, run_seed_client, sessions, url
 

@@ -1,10 +1,10 @@
-"""Device-side guidance and sampling (engine.sampling): audiocraft's rules, a stream's draws its own."""
+"""Device-side guidance and sampling (engine.lm.sampling): audiocraft's rules, a stream's draws its own."""
 
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.sampling import RowSettings, StepInputs, guide, guided_sample, sample, uniforms
+from engine.lm.sampling import RowSettings, StepInputs, guide, guided_sample, sample, uniforms
 
 
 def _one(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=0.0, draws=None, seed=0, count=1):

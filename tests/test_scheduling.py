@@ -10,12 +10,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.batch import BatchRequest
-from engine.codec_stream import StreamingCodecDecoder
-from engine.decoder import StepDecoder
-from engine.jam import JamSettings
-from engine.prediction import DECODE_EVERY_FRAMES
-from engine.streams import SamplingParams
+from engine.codec.stream import StreamingCodecDecoder
+from engine.lm.decoder import StepDecoder
+from engine.runtime.streams import SamplingParams
+from engine.work.batch import BatchRequest
+from engine.work.prediction import DECODE_EVERY_FRAMES
+from engine.work.session import SessionSettings
 from tests.helpers import FailingGather, sine_wav, wait_until
 
 
@@ -29,7 +29,7 @@ def test_a_long_prefill_is_sliced_between_session_steps(engine, monkeypatch, tmp
 
     monkeypatch.setattr(StepDecoder, "_forward", recording)
     # 5 s chunks: the session wants steps nearly all the time (it pauses only between two chunk requests)
-    session = engine.open_session(JamSettings(styles=("dub",), weights=(1.0,), chunk_seconds=5.0), seed=1)
+    session = engine.open_session(SessionSettings(styles=("dub",), weights=(1.0,), chunk_seconds=5.0), seed=1)
     try:
         session.next_chunk().result(timeout=60)
         calls.clear()
@@ -66,7 +66,7 @@ def test_a_prediction_is_decoded_in_pieces_on_the_codec_thread(engine, monkeypat
     assert {thread for _, thread in pushes} == {"codec"}
 
 
-GREEDY = JamSettings(styles=("jazz",), weights=(1.0,), params=SamplingParams(temperature=0.0), chunk_seconds=0.4)
+GREEDY = SessionSettings(styles=("jazz",), weights=(1.0,), params=SamplingParams(temperature=0.0), chunk_seconds=0.4)
 
 
 def _relayout_scenario(engine, failing: tp.Optional[tp.Callable[[], tp.ContextManager]]

@@ -6,12 +6,12 @@ import asyncio
 import pytest
 
 from engine.api import SessionClosed
-from streaming import bar_protocol as bp
-from streaming import webrtc_protocol as wp
-from streaming.jam_protocol import ProtocolError
-from streaming.lifecycle import Tasks
-from streaming.sessions import SessionRegistry
-from streaming.supervisor import TRANSITIONS, Phase, Supervisor
+from streaming.bar import protocol as bp
+from streaming.jam.protocol import ProtocolError
+from streaming.sessions.registry import SessionRegistry
+from streaming.sessions.supervisor import TRANSITIONS, Phase, Supervisor
+from streaming.sessions.tasks import Tasks
+from streaming.webrtc import protocol as wp
 
 START = bp.Start(raw_params={}, loop=b"x", session_id=None, binary_audio=False, seed=None)
 

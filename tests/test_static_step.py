@@ -1,12 +1,12 @@
-"""The capturable decode step (engine.static_step) gives the eager forward's logits and leaves the same caches,
+"""The capturable decode step (engine.lm.static_step) gives the eager forward's logits and leaves the same caches,
 eagerly, compiled with torch.compile(fullgraph=True), and replayed from a CUDA graph where CUDA exists."""
 
 import pytest
 import torch
 
-from engine.conditions import text_condition
-from engine.decoder import StepDecoder
-from engine.static_step import CapturableStep
+from engine.lm.conditions import text_condition
+from engine.lm.decoder import StepDecoder
+from engine.lm.static_step import CapturableStep
 
 # three streams of two rows, with conditions of different lengths (cross masks differ between rows)
 TEXTS = ("drums", None, "a much longer prompt than the first, so the cross lengths differ", None, "bass", None)
@@ -119,7 +119,7 @@ def test_cuda_graph_replay_gives_the_eager_logits(engine):
 
 def test_step_mode_is_chosen_by_device_and_overridden_by_the_environment():
     from engine.config import ConfigError, EngineConfig
-    from engine.static_step import choose_step_mode
+    from engine.lm.static_step import choose_step_mode
 
     assert choose_step_mode("auto", "cuda")[0] == "static"
     assert choose_step_mode("auto", "cpu")[0] == "off"
@@ -131,9 +131,9 @@ def test_step_mode_is_chosen_by_device_and_overridden_by_the_environment():
 
 def test_the_scheduler_decodes_through_the_static_step(engine):
     """A greedy prediction decoded by the static step equals the eager forward's (the session fixture's engine)."""
-    from engine.batch import BatchRequest
     from engine.config import EngineConfig
     from engine.core import Engine
+    from engine.work.batch import BatchRequest
 
     static = Engine(engine.model, EngineConfig(max_sessions=1, weight_format="float32", compile_step="static"))
     try:

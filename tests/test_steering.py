@@ -7,11 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from engine.jam import JamSettings
-from engine.steering import Ramp, kept_rows, place, union_blend
-from engine.streams import SamplingParams
+from engine.runtime.streams import SamplingParams
+from engine.work.session import SessionSettings
+from engine.work.steering import Ramp, kept_rows, place, union_blend
 
-SETTINGS = JamSettings(styles=("jazz",), weights=(1.0,), params=SamplingParams(temperature=1.0, top_k=40),
+SETTINGS = SessionSettings(styles=("jazz",), weights=(1.0,), params=SamplingParams(temperature=1.0, top_k=40),
                        chunk_seconds=0.48)
 METAL = replace(SETTINGS, styles=("metal",))
 HOP = 640  # the demo codec: 32 kHz at 50 frames per second
@@ -116,8 +116,8 @@ def test_a_placement_past_the_chunk_in_the_making_counts_later_chunks_at_the_new
 
 @pytest.fixture(scope="module")
 def server(engine):
-    from streaming.config import ServerConfig
-    from streaming.server import RunningServer
+    from streaming.app.config import ServerConfig
+    from streaming.app.server import RunningServer
 
     running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
     yield running

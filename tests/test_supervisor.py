@@ -1,6 +1,6 @@
 """The session supervisor's guarantees under any interleaving of what clients, the engine and the replica do.
 
-Hypothesis drives a few connections' supervisors (streaming.supervisor) over the real session registry and the
+Hypothesis drives a few connections' supervisors (streaming.sessions.supervisor) over the real session registry and the
 real chunk pump, with a fake engine whose blocking calls run only when the test says (so an open or a restart can
 be overtaken by a drop, a stop, a cancel or a drain) and whose chunks arrive or fail when the test says. Whatever
 happens: a restart keeps the session (and its slot), every slot comes back exactly once, every future the engine
@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.api import CapacityError, SessionClosed
-from streaming.lifecycle import Tasks
-from streaming.pump import Pacer
-from streaming.sessions import SessionError, SessionRegistry
-from streaming.supervisor import Phase, Recovery, Supervisor
+from streaming.sessions.pump import Pacer
+from streaming.sessions.registry import SessionError, SessionRegistry
+from streaming.sessions.supervisor import Phase, Recovery, Supervisor
+from streaming.sessions.tasks import Tasks
 
 SLOTS = 2
 CONNECTIONS = 2

@@ -2,7 +2,7 @@
 way into a live session says why there is none.
 
 The checkpoint is the demo's, built by audiocraft's own builders with random weights and `layer_scale`, which
-audiocraft's LM implements and `engine.supported.check_supported` refuses.
+audiocraft's LM implements and `engine.lm.supported.check_supported` refuses.
 """
 
 import asyncio
@@ -15,14 +15,14 @@ import torch
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from engine.batch import BatchRequest
 from engine.config import EngineConfig
 from engine.core import Engine
-from engine.jam import JamSettings
-from engine.worker import EngineUnavailable
-from streaming import lyria_protocol as lp
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from engine.runtime.worker import EngineUnavailable
+from engine.work.batch import BatchRequest
+from engine.work.session import SessionSettings
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
+from streaming.lyria import protocol as lp
 from tests.cog_server import CogServer
 from tests.helpers import data_uri_bytes, decode_wav, free_port
 from tests.test_cog_http import predict
@@ -64,7 +64,7 @@ def test_the_engine_loads_says_why_and_predicts_as_audiocraft(unsupported_dir, c
         _, tokens = musicgen.generate(["piano"], return_tokens=True)
         assert torch.equal(result.tokens, tokens[0].cpu())
         with pytest.raises(EngineUnavailable, match=f"cannot stream live sessions: .*{REFUSED}"):
-            engine.open_session(JamSettings(styles=("dub",), weights=(1.0,)), seed=1)
+            engine.open_session(SessionSettings(styles=("dub",), weights=(1.0,)), seed=1)
         assert engine.sessions_open == 0 and engine.health().ok
     finally:
         engine.close()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
 from tests.helpers import wait_until
 from tests.webrtc_client import JamClient, event, loopback_only
 
@@ -335,7 +335,7 @@ def test_server_shutdown_ends_peers_and_their_sessions(engine, caplog):
         return time.monotonic() - stopping
 
     try:
-        with caplog.at_level("INFO", logger="streaming.webrtc"):
+        with caplog.at_level("INFO", logger="streaming.webrtc.peer"):
             took = asyncio.run(scenario())
     finally:
         running.stop()

@@ -6,8 +6,8 @@ import httpx
 import pytest
 import soundfile as sf
 
-from streaming.config import ServerConfig
-from streaming.server import RunningServer
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
 from tests.helpers import wait_until
 from tests.webrtc_client import loopback_only
 

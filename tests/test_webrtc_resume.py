@@ -1,4 +1,5 @@
-"""WebRTC sessions that outlive their peer: a new aiortc peer takes a session over by its id (streaming.sessions)."""
+"""WebRTC sessions that outlive their peer: a new aiortc peer takes a session over by its id
+(streaming.sessions.registry)."""
 
 import asyncio
 

@@ -1,10 +1,11 @@
-"""engine.worker's pause: no job of a worker runs while another thread holds it (CUDA graph capture needs that of
+"""engine.runtime.worker's pause: no job of a worker runs while another thread holds it (CUDA graph capture needs that
+of
 the codec thread), and a paused worker is not reported stalled."""
 
 import threading
 import time
 
-from engine.worker import Worker
+from engine.runtime.worker import Worker
 
 
 def test_a_paused_worker_runs_no_job_until_the_pause_ends():

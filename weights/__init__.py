@@ -5,6 +5,6 @@ and, optionally, ``hub/`` (a Hugging Face hub cache with the text encoder) and `
 for demucs), so that loading never needs a network.
 """
 
-from engine.paths import DEFAULT_POINTER, DEMO_DIR, WEIGHTS_DIR, default_checkpoint
+from engine.api import DEFAULT_POINTER, DEMO_DIR, WEIGHTS_DIR, default_checkpoint
 
 __all__ = ["DEFAULT_POINTER", "DEMO_DIR", "WEIGHTS_DIR", "default_checkpoint"]

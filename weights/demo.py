@@ -193,7 +193,7 @@ def build(out_dir: Path, lm_dim: int = 32, lm_layers: int = 2, lm_heads: int = 2
     """Writes state_dict.bin, compression_state_dict.bin and the tiny T5's hub cache; for mono-channel kinds a MBD
     file (MultiBand Diffusion decodes one 32 kHz channel); for melody kinds htdemucs in the torch hub cache.
     `transformer` overrides transformer_lm options of the LM's config (see lm_config)."""
-    from engine.hub import configure_offline_caches
+    from engine.api import configure_offline_caches
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
@@ -227,7 +227,7 @@ def build(out_dir: Path, lm_dim: int = 32, lm_layers: int = 2, lm_heads: int = 2
     if melody:
         from demucs.htdemucs import HTDemucs
 
-        from engine.separator import load_separator, providing_separator, save_separator, separator_path
+        from engine.api import load_separator, providing_separator, save_separator, separator_path
 
         save_separator(HTDemucs(**TINY_HTDEMUCS), separator_path())
         building = providing_separator(load_separator())

@@ -5,7 +5,7 @@
 
 Writes weights/musicgen-<model>/ (state_dict.bin + compression_state_dict.bin), the T5 text encoder into the
 project hub cache weights/hub/ under the name MusicGen's config uses (t5-base), for melody models the htdemucs
-stem separator into weights/torch/ (read by engine.melody), with --mbd the MultiBand Diffusion decoder (mono
+stem separator into weights/torch/ (read by engine.codec.melody), with --mbd the MultiBand Diffusion decoder (mono
 models only), and points weights/DEFAULT at it.
 """
 
@@ -100,7 +100,7 @@ def fetch(model: str, with_mbd: bool) -> None:
         if family.melody:
             import torch
 
-            from engine.separator import HTDEMUCS_FILE, HTDEMUCS_URL
+            from engine.api import HTDEMUCS_FILE, HTDEMUCS_URL
 
             checkpoints = WEIGHTS_DIR / "torch" / "hub" / "checkpoints"
             checkpoints.mkdir(parents=True, exist_ok=True)

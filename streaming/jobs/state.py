@@ -1,0 +1,78 @@
+"""The parts of streaming.jobs.table that hold no logic: the states, the snapshot a transport renders, the errors, and
+one entry of the table. Import them from streaming.jobs.table."""
+
+import threading
+import typing as tp
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
+FINISHED = (COMPLETED, FAILED, CANCELLED)
+
+
+class TableFull(RuntimeError):
+    """No room for another job now; the message says which bound and that a retry later may succeed."""
+
+
+class JobFailed(RuntimeError):
+    """A job that failed in the table itself (its result did not fit); a work's own exception is passed as is."""
+
+
+class JobCancelled(Exception):
+    """The job was cancelled (by its client, its owner leaving, its time running out, or the table closing)."""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A snapshot of one entry, for any transport to render."""
+
+    job_id: str
+    owner: tp.Optional[str]
+    state: str  # queued | running | completed | failed | cancelled
+    stage: str  # "queued", "waiting for the engine", "generating", the work's own stages, then the state
+    progress: float  # 0..1, never decreasing; 1.0 once completed
+    position: tp.Optional[int]  # queued: jobs that start before this one (0 = next); else None
+    estimated_seconds: tp.Optional[float]  # until this job finishes; None once finished
+    error: tp.Optional[str]
+    result: tp.Any  # the work's return value once completed, else None
+    submitted: float  # time.monotonic() values
+    finished: tp.Optional[float]
+
+    @property
+    def finished_ok(self) -> bool:
+        return self.state == COMPLETED
+
+
+def result_size(value: tp.Any) -> int:
+    """Bytes a result holds, roughly: what the byte bound counts."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value)
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(result_size(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(result_size(v) for v in value)
+    nbytes = getattr(value, "nbytes", None)
+    return int(nbytes) if isinstance(nbytes, int) else 0
+
+
+class Entry:
+    def __init__(self, job_id: str, owner: tp.Optional[str], work: tp.Callable[[tp.Any], tp.Any],
+                 work_seconds: float, input_bytes: int, now: float) -> None:
+        self.job_id, self.owner, self.work = job_id, owner, work
+        self.work_seconds, self.input_bytes = max(work_seconds, 1e-3), input_bytes
+        self.state, self.stage, self.progress = QUEUED, QUEUED, 0.0
+        self.error: tp.Optional[str] = None
+        self.result: tp.Any = None
+        self.result_bytes = 0
+        self.submitted, self.started, self.finished = now, None, None
+        self.cancelled = threading.Event()
+        self.cancel_reason = "cancelled"
+        self.future: Future = Future()
+        self.lock = threading.Lock()
+        self.engine_job = None  # the engine's BatchJob while one runs
+
+    @property
+    def held_bytes(self) -> int:
+        return self.input_bytes + self.result_bytes
