@@ -63,8 +63,10 @@ def test_a_poll_always_says_what_is_happening():
     queued = gp.poll_response(status(QUEUED, position=0, estimate=42.4), seed=3, queued_total=1)
     assert queued["generation_in_progress"] and queued["queue_status"]["status"] == "queued"
     assert (queued["queue_status"]["position"], queued["queue_status"]["estimated_seconds"]) == (1, 42)
-    waiting = gp.poll_response(status(RUNNING, stage="waiting for the engine"), seed=3, queued_total=0)
-    assert waiting["queue_status"]["status"] == "queued" and "engine" in waiting["queue_status"]["message"]
+    waiting = gp.poll_response(status(RUNNING, stage="waiting for a prediction slot", position=2), seed=3,
+                               queued_total=0)
+    assert waiting["queue_status"]["status"] == "queued" and waiting["queue_status"]["position"] == 3
+    assert waiting["queue_status"]["message"] == "waiting for a prediction slot: 2 predictions ahead"
     running = gp.poll_response(status(RUNNING, stage="generating", progress=0.456), seed=3, queued_total=0)
     assert running["progress"] == 45 and running["queue_status"]["status"] == "processing"
     done = gp.poll_response(status(COMPLETED, result={"audio_data": "UklG"}, estimate=None), seed=3,

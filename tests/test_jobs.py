@@ -12,6 +12,7 @@ from streaming.jobs.table import (
     FAILED,
     QUEUED,
     RUNNING,
+    WAITING_FOR_SLOT,
     JobCancelled,
     JobFailed,
     JobTable,
@@ -206,24 +207,25 @@ def test_caller_ids_are_unique(table):
         table.submit(lambda ctx: 1, work_seconds=1, job_id="x" * 200)
 
 
-def test_a_job_waits_while_the_engine_has_no_rows_for_it(table, engine):
-    """Full jams (every style row) plus a prediction from outside the table (a Cog one) take every row: the
-    table's job waits, saying so, and runs once the rows come back."""
-    from engine.work.session import SessionSettings
-
-    styles = SessionSettings(styles=("a", "b", "c", "d"), weights=(1.0,) * 4, chunk_seconds=0.4)
-    sessions = [engine.open_session(styles, seed=i) for i in range(engine.config.max_sessions)]
-    outside = engine.generate(BatchRequest(prompt="drone", duration=200, seed=1))
+def test_a_job_waits_in_the_engines_own_line_for_a_prediction_slot_and_says_where(table, engine):
+    """The engine's one prediction slot is taken (a Cog prediction) and another waits in its line, while every
+    session row is free: the table's job waits behind them in the engine's line, saying so with the predictions
+    ahead of it, moves up when one ahead leaves, and runs once the slot comes back."""
+    assert engine.config.max_predictions == 1 and engine.rows_in_use == 0
+    running = engine.generate(BatchRequest(prompt="drone", duration=200, seed=1))
+    ahead = engine.generate(BatchRequest(prompt="hum", duration=200, seed=1))
     try:
-        assert wait_until(lambda: engine.rows_in_use == engine.config.rows, 30, 0.05)
+        assert ahead.queue_position == 1 and running.queue_position is None
         job_id = table.submit(lambda ctx: ctx.generate(BatchRequest(prompt="x", duration=1, seed=2)).seed,
                               work_seconds=1)
-        assert wait_until(lambda: table.status(job_id).stage == "waiting for the engine", 10, 0.05)
-        threading.Event().wait(0.5)
-        assert table.status(job_id).state == RUNNING and table.status(job_id).progress == 0
-        outside.cancel()
+        assert wait_until(lambda: table.status(job_id).stage == WAITING_FOR_SLOT, 10, 0.02)
+        status = table.status(job_id)
+        assert (status.state, status.position, status.waiting, status.progress) == (RUNNING, 1, True, 0)
+        ahead.cancel()
+        assert wait_until(lambda: table.status(job_id).position == 0, 10, 0.02)
+        assert table.status(job_id).stage == WAITING_FOR_SLOT
+        running.cancel()
         assert table.future(job_id).result(timeout=30) == 2
     finally:
-        outside.cancel()
-        for session in sessions:
-            session.close()
+        running.cancel()
+        ahead.cancel()

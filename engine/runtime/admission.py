@@ -42,11 +42,19 @@ class PredictionSlots:
             else:
                 self._waiting.append(prediction)
                 job._on_cancel = lambda: job.fail(GenerationCancelled())  # replaced by start() once it runs
+                job._queue_position = lambda: self.position(job)
         if start:
             self._run(prediction)
         else:
             logger.info("prediction waits for a slot (%d waiting)", len(self._waiting))
         return job
+
+    def position(self, job: BatchJob) -> tp.Optional[int]:
+        """`job`'s place in the line (1: the next to start), counting only the jobs still waiting; None when it is
+        not waiting (running, done, or cancelled while waiting)."""
+        with self._lock:
+            waiting = [queued.job for queued in self._waiting if not queued.job.future.done()]
+        return waiting.index(job) + 1 if job in waiting else None
 
     def _run(self, prediction: Startable) -> None:
         prediction.job.future.add_done_callback(lambda _: self._release())

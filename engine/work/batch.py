@@ -83,6 +83,13 @@ class BatchJob:
         self.progress: tp.Optional[tuple[int, int]] = None
         self.future: Future[BatchResult] = Future()
         self._on_cancel: tp.Callable[[], None] = lambda: None
+        self._queue_position: tp.Callable[[], tp.Optional[int]] = lambda: None  # set by the engine's admission
+
+    @property
+    def queue_position(self) -> tp.Optional[int]:
+        """Its place in the engine's line for a prediction slot (1: next to start), None once it runs or ends:
+        what a caller shows while it waits (engine.runtime.admission owns the line)."""
+        return self._queue_position()
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -102,15 +109,22 @@ class BatchJob:
             self.fail(done.exception())
 
     def wait(self, on_progress: tp.Callable[[int, int], None] = lambda done, total: None,
-             poll_seconds: float = 0.25) -> BatchResult:
-        """Blocks in short slices so that the waiting thread stays interruptible (Cog cancels by exception)."""
+             poll_seconds: float = 0.25,
+             on_queue: tp.Callable[[tp.Optional[int]], None] = lambda position: None) -> BatchResult:
+        """Blocks in short slices so that the waiting thread stays interruptible (Cog cancels by exception).
+        `on_queue` hears the job's queue_position at once and whenever it changes (None: it runs)."""
         reported = None
+        position = self.queue_position
+        on_queue(position)
         while True:
             try:
                 return self.future.result(timeout=poll_seconds)
             except FutureTimeout:
                 pass
             finally:
+                if self.queue_position != position:
+                    position = self.queue_position
+                    on_queue(position)
                 if self.progress is not None and self.progress != reported:
                     reported = self.progress
                     on_progress(*reported)

@@ -192,10 +192,10 @@ def queue_status(status: JobStatus, queued_total: int) -> dict:
     """gary4juce's `queue_status` (never empty while work is pending: the plugin declares a stall otherwise) and
     gary4live's `queue_status` event. `position` counts from 1 (the next job to start) while queued."""
     estimate = None if status.estimated_seconds is None else int(round(status.estimated_seconds))
-    if status.state == QUEUED or status.stage == "waiting for the engine":
+    if status.waiting:
         ahead = status.position or 0
-        message = ("waiting for the engine (another prediction is running)" if status.state == RUNNING else
-                   f"queued: {ahead} job{'s' if ahead != 1 else ''} ahead")
+        message = (f"{status.stage}: {ahead} prediction{'s' if ahead != 1 else ''} ahead" if status.state == RUNNING
+                   else f"queued: {ahead} job{'s' if ahead != 1 else ''} ahead")
         return {"status": "queued", "message": message, "position": ahead + 1, "total_queued": queued_total,
                 "estimated_seconds": estimate, "estimated_time": None if estimate is None else f"~{estimate}s",
                 "source": "musicgen-sidecar"}

@@ -24,7 +24,7 @@ from streaming.app.auth import authorized
 from streaming.app.config import ServerConfig
 from streaming.gary import protocol as gp
 from streaming.gary.service import GaryService
-from streaming.jobs.table import COMPLETED, FINISHED, QUEUED
+from streaming.jobs.table import COMPLETED, FINISHED
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def socketio_server(service: GaryService, config: ServerConfig, connections: tp.
             status = service.jobs.status(job_id)
             if status is None or status.state in FINISHED:
                 break
-            if status.state == QUEUED or status.stage == "waiting for the engine":
+            if status.waiting:
                 update = ("queue_status", gp.queue_status(status, service.jobs.counts()["queued"]))
             else:
                 update = ("progress_update", {"progress": gp.percent(status)})

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 FINISHED = (COMPLETED, FAILED, CANCELLED)
+# A running job whose prediction waits in the engine's own line (engine.runtime.admission) for a prediction slot.
+WAITING_FOR_SLOT = "waiting for a prediction slot"
 
 
 class TableFull(RuntimeError):
@@ -29,9 +31,11 @@ class JobStatus:
     job_id: str
     owner: tp.Optional[str]
     state: str  # queued | running | completed | failed | cancelled
-    stage: str  # "queued", "waiting for the engine", "generating", the work's own stages, then the state
+    stage: str  # "queued", WAITING_FOR_SLOT, "generating", the work's own stages, then the state
     progress: float  # 0..1, never decreasing; 1.0 once completed
-    position: tp.Optional[int]  # queued: jobs that start before this one (0 = next); else None
+    # queued: jobs of this table that start before this one; waiting for a slot: predictions ahead of it in the
+    # engine's line (0 = next, either way); else None
+    position: tp.Optional[int]
     estimated_seconds: tp.Optional[float]  # until this job finishes; None once finished
     error: tp.Optional[str]
     result: tp.Any  # the work's return value once completed, else None
@@ -39,8 +43,9 @@ class JobStatus:
     finished: tp.Optional[float]
 
     @property
-    def finished_ok(self) -> bool:
-        return self.state == COMPLETED
+    def waiting(self) -> bool:
+        """Not started yet, in this table's queue or in the engine's line: what clients show as queued."""
+        return self.state == QUEUED or self.stage == WAITING_FOR_SLOT
 
 
 def result_size(value: tp.Any) -> int:
@@ -72,6 +77,7 @@ class Entry:
         self.future: Future = Future()
         self.lock = threading.Lock()
         self.engine_job = None  # the engine's BatchJob while one runs
+        self.slot_ahead: tp.Optional[int] = None  # predictions ahead of it in the engine's line while it waits
 
     @property
     def held_bytes(self) -> int:

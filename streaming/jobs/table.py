@@ -15,10 +15,11 @@ may report `ctx.stage(name, progress)` (e.g. "decoding", "encoding"); progress n
 result (bytes, str, a dict of them, or any object with `nbytes`: its size counts against the byte bound); an
 exception it raises is the job's error (`str(exc)` is what clients see, so make it say what to change).
 
-Queue: `workers` jobs run at once (default 1: the decoder keeps rows for one prediction beside full jams,
-engine.config.PREDICTION_ROWS); the rest wait in submission order. A job whose turn has come also waits while the
-engine's prediction rows are taken by someone else (a Cog prediction), stage "waiting for the engine". A queued
-job's `position` is the number of jobs that start before it (0 = next); `estimated_seconds` is the time until it
+Queue: `workers` jobs run at once (default 1); the rest wait in submission order. A running job's prediction
+then takes its turn in the engine's own line for a prediction slot (engine.runtime.admission: Cog's predictions
+and every other table share it): while it waits there its stage is WAITING_FOR_SLOT and its `position` the
+number of predictions ahead of it. A queued job's `position` is the number of jobs of this table that start
+before it (0 = next), and `status.waiting` covers both; `estimated_seconds` is the time until it
 finishes, from the measured throughput: an average of wall seconds per second of work (`work_seconds` at submit)
 over finished jobs, the running job's own rate while it runs, DEFAULT_SECONDS_PER_WORK_SECOND before any.
 
@@ -44,8 +45,7 @@ import time
 import typing as tp
 from concurrent.futures import Future, InvalidStateError
 
-from engine.api import PREDICTION_ROWS
-from streaming.jobs.context import JobContext
+from engine.api import BatchRequest, BatchResult, GenerationCancelled
 from streaming.jobs.state import (
     CANCELLED,
     COMPLETED,
@@ -53,6 +53,7 @@ from streaming.jobs.state import (
     FINISHED,
     QUEUED,
     RUNNING,
+    WAITING_FOR_SLOT,
     Entry,
     JobCancelled,
     JobFailed,
@@ -62,7 +63,7 @@ from streaming.jobs.state import (
 )
 
 __all__ = ["CANCELLED", "COMPLETED", "FAILED", "FINISHED", "QUEUED", "RUNNING", "JobCancelled", "JobContext",
-           "JobFailed", "JobStatus", "JobTable", "TableFull", "result_size"]
+           "JobFailed", "JobStatus", "JobTable", "TableFull", "WAITING_FOR_SLOT", "result_size"]
 logger = logging.getLogger(__name__)
 
 MAX_ENTRIES = 64
@@ -73,7 +74,6 @@ MAX_JOB_SECONDS = 900.0
 MAX_ID_CHARS = 128
 DEFAULT_SECONDS_PER_WORK_SECOND = 1.0
 REAP_INTERVAL_SECONDS = 1.0
-ENGINE_POLL_SECONDS = 0.1
 
 class JobTable:
     def __init__(self, engine, workers: int = 1, max_entries: int = MAX_ENTRIES, max_pending: int = MAX_PENDING,
@@ -97,7 +97,7 @@ class JobTable:
             thread.start()
 
     # -- the public API ----------------------------------------------------------------------------------------
-    def submit(self, work: tp.Callable[[JobContext], tp.Any], *, work_seconds: float, input_bytes: int = 0,
+    def submit(self, work: tp.Callable[["JobContext"], tp.Any], *, work_seconds: float, input_bytes: int = 0,
                owner: tp.Optional[str] = None, job_id: tp.Optional[str] = None) -> str:
         """Queues `work`; returns its id (`job_id` when given: ValueError if it is taken or too long; else a new
         unguessable one). Raises TableFull when a bound leaves no room, RuntimeError once closed."""
@@ -184,7 +184,7 @@ class JobTable:
 
     # -- inside ------------------------------------------------------------------------------------------------
     def _snapshot_locked(self, entry: Entry) -> JobStatus:
-        position = self._queue.index(entry) if entry.state == QUEUED and entry in self._queue else None
+        position = self._queue.index(entry) if entry.state == QUEUED and entry in self._queue else entry.slot_ahead
         return JobStatus(job_id=entry.job_id, owner=entry.owner, state=entry.state, stage=entry.stage,
                          progress=entry.progress, position=position,
                          estimated_seconds=None if entry.state in FINISHED else self._estimate_locked(entry),
@@ -263,26 +263,18 @@ class JobTable:
                 entry.future.set_exception(exc if exc is not None else fallback)
         self._lock.notify_all()
 
-    def report(self, entry: Entry, stage: tp.Optional[str] = None, progress: tp.Optional[float] = None) -> None:
-        """A running job's stage and progress (from its JobContext); progress never goes down."""
+    def report(self, entry: Entry, stage: tp.Optional[str] = None, progress: tp.Optional[float] = None,
+               slot_ahead: tp.Optional[int] = None) -> None:
+        """A running job's stage and progress (from its JobContext); progress never goes down. `slot_ahead`: with
+        stage WAITING_FOR_SLOT, the predictions ahead of it in the engine's line."""
         with self._lock:
             if entry.state != RUNNING:
                 return
             if stage is not None:
                 entry.stage = stage
+                entry.slot_ahead = slot_ahead if stage == WAITING_FOR_SLOT else None
             if progress is not None:
                 entry.progress = max(entry.progress, min(float(progress), 0.999))
-
-    def wait_for_engine(self, entry: Entry) -> None:
-        """Waits while the engine's prediction rows are taken (by a prediction outside this table)."""
-        engine = self.engine
-        announced = False
-        while engine.config.rows - engine.rows_in_use < PREDICTION_ROWS:
-            if not announced:
-                self.report(entry, stage="waiting for the engine")
-                announced = True
-            if entry.cancelled.wait(ENGINE_POLL_SECONDS):
-                raise JobCancelled(entry.cancel_reason)
 
     def _next_locked(self) -> tp.Optional[Entry]:
         while not self._queue and not self._closed.is_set():
@@ -333,3 +325,51 @@ class JobTable:
         while not self._closed.wait(REAP_INTERVAL_SECONDS):
             with self._lock:
                 self._reap_locked(self._clock())
+
+
+class JobContext:
+    """What a job's work sees: its id, its cancel flag, its progress and stages, and one way to the engine's
+    predictions that relays their progress, their place in the engine's line and their cancellation."""
+
+    def __init__(self, table: JobTable, entry: Entry) -> None:
+        self._table, self._entry = table, entry
+        self.job_id = entry.job_id
+        self.cancelled = entry.cancelled
+
+    def stage(self, name: str, progress: tp.Optional[float] = None) -> None:
+        self._table.report(self._entry, stage=name, progress=progress)
+
+    def progress(self, fraction: float) -> None:
+        self._table.report(self._entry, progress=fraction)
+
+    def check(self) -> None:
+        """Raises JobCancelled once the job is cancelled: call it between steps of long work."""
+        if self.cancelled.is_set():
+            raise JobCancelled(self._entry.cancel_reason)
+
+    def generate(self, request: BatchRequest, span: tuple[float, float] = (0.0, 1.0),
+                 stage: str = "generating") -> BatchResult:
+        """One prediction on the engine; its progress maps onto [span[0], span[1]] of the job's. While the engine
+        holds it in its line for a prediction slot, the job's stage says so, with the predictions ahead."""
+        self.check()
+        low, high = span
+        job = self._table.engine.generate(request)
+        with self._entry.lock:
+            self._entry.engine_job = job
+        if self.cancelled.is_set():  # cancelled between the check and the engine taking it
+            job.cancel()
+
+        def queued(position: tp.Optional[int]) -> None:
+            if position is None:
+                self.stage(stage, low)
+            else:
+                self._table.report(self._entry, stage=WAITING_FOR_SLOT, slot_ahead=position - 1)
+
+        try:
+            return job.wait(on_progress=lambda done, total: self.progress(low + (high - low) * done / max(total, 1)),
+                            poll_seconds=0.1, on_queue=queued)
+        except GenerationCancelled:
+            raise JobCancelled(self._entry.cancel_reason) from None
+        finally:
+            with self._entry.lock:
+                self._entry.engine_job = None
