@@ -43,7 +43,6 @@ class Predictor(BaseRunner):
             ensure_default_checkpoint()
         config = ServerConfig.from_env()
         self.engine = Engine.load(source, config=EngineConfig.from_env())
-        self.sidecar = None
         # Cog reads a returned file after run() ends, before that slot takes the next prediction: when one starts,
         # up to (slots - 1) others may have finished unread, so that many of the newest outputs are kept (none with
         # one slot: each prediction removes the previous one's files) and older ones are removed
@@ -52,7 +51,7 @@ class Predictor(BaseRunner):
         if config.port != 0:  # the jam sidecar shares this process and this engine
             from streaming.app.server import RunningServer
 
-            self.sidecar = RunningServer(self.engine, config).start()
+            RunningServer(self.engine, config).start()  # runs for the worker's life (a daemon thread)
 
     @concurrent(max=MAX_CONCURRENT_PREDICTIONS)
     async def run(

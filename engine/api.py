@@ -15,6 +15,7 @@ from engine.codec.input_audio import (
     decode,
     decode_slice,
 )
+from engine.codec.loudness import LOUDNESS_HEADROOM_DB, normalize
 from engine.codec.melody import WINDOW_SECONDS
 from engine.config import MAX_PROMPT_CHARS, MAX_STYLES, PREDICTION_ROWS, EngineConfig
 from engine.core import CapacityError, Engine, Health
@@ -48,7 +49,8 @@ from engine.work.session import LiveSession
 from engine.work.settings import SessionSettings
 from engine.work.steering import Landing
 
-__all__ = ["params", "NORMALIZATION_STRATEGIES", "OUTPUT_FORMATS", "AudioInputError", "AudioSlice", "decode",
+__all__ = ["params", "LOUDNESS_HEADROOM_DB", "normalize", "NORMALIZATION_STRATEGIES",
+           "OUTPUT_FORMATS", "AudioInputError", "AudioSlice", "decode",
            "decode_slice", "BatchJob", "BatchResult", "GenerationCancelled", "random_seed", "MAX_PROMPT_CHARS",
            "MAX_STYLES", "PREDICTION_ROWS", "EngineConfig", "CapacityError", "Engine", "Health", "Chunk",
            "LiveSession", "SessionClosed", "WINDOW_SECONDS", "MAX_DURATION_SECONDS", "MAX_GUIDANCE",

@@ -17,32 +17,13 @@ import soundfile as sf
 import torch
 
 # reading input audio is the engine's; re-exported so that a transport needs this one audio module
-from engine.api import NORMALIZATION_STRATEGIES, OUTPUT_FORMATS
+from engine.api import OUTPUT_FORMATS, normalize
 from engine.api import AudioInputError as AudioInputError
 from engine.api import AudioSlice as AudioSlice
 from engine.api import decode as decode
 from engine.api import decode_slice as decode_slice
 
 MP3_BITRATE_KBPS = 320
-# audiocraft's defaults for its writer, which the Replicate MusicGen models use through audio_write.
-LOUDNESS_HEADROOM_DB = 14.0
-PEAK_CLIP_HEADROOM_DB = 1.0
-RMS_HEADROOM_DB = 18.0
-
-
-def normalize(wav: torch.Tensor, sample_rate: int, strategy: str) -> torch.Tensor:
-    """audiocraft's normalisation, as the anchor model applies it (loudness with the tanh compressor)."""
-    from audiocraft.data.audio_utils import normalize_audio
-
-    if strategy not in NORMALIZATION_STRATEGIES:
-        raise ValueError(f"normalization_strategy must be one of {', '.join(NORMALIZATION_STRATEGIES)}")
-    wav = normalize_audio(wav.float(), normalize=True, strategy=strategy,
-                          peak_clip_headroom_db=PEAK_CLIP_HEADROOM_DB, rms_headroom_db=RMS_HEADROOM_DB,
-                          loudness_headroom_db=LOUDNESS_HEADROOM_DB, loudness_compressor=True,
-                          log_clipping=False, sample_rate=sample_rate)
-    return wav.clamp(-1.0, 1.0)
-
-
 def wav_bytes(wav: torch.Tensor, sample_rate: int, subtype: str = "PCM_16") -> bytes:
     """A complete WAV file (16-bit PCM, or "FLOAT" where samples must pass through unchanged); `wav` is float
     [channels, samples] in [-1, 1]."""

@@ -107,11 +107,10 @@ def test_ramp_weights_move_every_step_and_end_on_the_target():
     assert kept_rows(texts, end) == [1, 2]
 
 
-def test_a_placement_past_the_chunk_in_the_making_counts_later_chunks_at_the_new_length():
-    p = place(sample=35000, sample_rate=32000, frame=58, cut_samples=30000, chunk=3, chunk_samples=4000,
-              next_samples=2000)
+def test_a_landing_past_the_chunk_in_the_making_counts_later_chunks_at_the_new_length():
+    p = place(sample=35000, sample_rate=32000, cut_samples=30000, chunk=3, chunk_samples=4000, next_samples=2000)
     assert (p.chunk, p.offset_seconds) == (4, 1000 / 32000)
-    assert place(31000, 32000, 52, 30000, 3, 4000, 2000).chunk == 3
+    assert place(31000, 32000, 30000, 3, 4000, 2000).chunk == 3
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ TRANSPORT_ROOTS = ("streaming", "weights", *SCRIPTS)
 # The sans-I/O cores: the wire formats of each protocol, pure functions and models over messages.
 PURE = ("protocol", "events", "params", "messages", "timeline", "wire")
 IO_LIBRARIES = {"asyncio", "starlette", "uvicorn", "websockets", "aiortc", "av", "socketio", "httpx", "aiohttp"}
+MODEL_LIBRARIES = {"audiocraft", "demucs"}
 MAX_LINES = 400  # small modules with one job
 LONG_REASON = "Why it is long:"  # a module over MAX_LINES says so in its docstring, with the reason
 
@@ -94,6 +95,15 @@ def reaching_past_the_facade(graph: dict[str, set[str]]) -> dict[str, list[str]]
             and any(t.split(".")[0] == "engine" and t not in (FACADE, "engine") for t in targets)}
 
 
+def model_code_outside_the_engine(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Transports that import the model's libraries (audiocraft, demucs) instead of asking the engine.
+    weights/ builds checkpoints in audiocraft's own layout, so it may."""
+    return {module: sorted(t for t in targets if t.split(".")[0] in MODEL_LIBRARIES)
+            for module, targets in graph.items()
+            if module.split(".")[0] in ("streaming", *SCRIPTS)
+            and any(t.split(".")[0] in MODEL_LIBRARIES for t in targets)}
+
+
 def impure_cores(graph: dict[str, set[str]]) -> dict[str, list[str]]:
     """Protocol cores (streaming/<protocol>/protocol.py and friends) that import an I/O library."""
     return {module: sorted(t for t in targets if t.split(".")[0] in IO_LIBRARIES)
@@ -157,6 +167,10 @@ def test_everything_outside_the_engine_reaches_it_through_its_facade_only():
     assert reaching_past_the_facade(imports(ROOT)) == {}
 
 
+def test_transports_leave_the_model_libraries_to_the_engine():
+    assert model_code_outside_the_engine(imports(ROOT)) == {}
+
+
 def test_protocol_cores_do_no_io():
     assert impure_cores(imports(ROOT)) == {}
 
@@ -178,7 +192,8 @@ BROKEN = {
     "streaming/__init__.py": "",
     "streaming/jam/__init__.py": "",
     "streaming/jam/protocol.py": "import asyncio\nfrom engine.work.session import x\nfrom streaming.jam import ws\n",
-    "streaming/jam/ws.py": "from streaming.jam.protocol import y\ndef f(registry):\n    registry.open()\n",
+    "streaming/jam/ws.py": "from streaming.jam.protocol import y\nfrom audiocraft.data import audio_utils\n"
+                           "def f(registry):\n    registry.open()\n",
     "streaming/bar/deep/long.py": "x = 1\n" * (MAX_LINES + 1),
 }
 
@@ -197,5 +212,6 @@ def test_every_rule_fails_on_a_tree_that_breaks_it(broken: Path):
     assert engine_reaching_out(graph) == {"engine.work.session": ["streaming.jam", "streaming.jam.protocol"]}
     assert reaching_past_the_facade(graph) == {"streaming.jam.protocol": ["engine.work.session"]}
     assert impure_cores(graph) == {"streaming.jam.protocol": ["asyncio"]}
+    assert model_code_outside_the_engine(graph) == {"streaming.jam.ws": ["audiocraft.data"]}
     assert long_modules(broken) == {"streaming.bar.deep.long": MAX_LINES + 1}
     assert session_owners(broken) == {"streaming.jam.ws": {"registry.open"}}

@@ -103,7 +103,7 @@ def test_data_channel_update_merges_with_the_offer_params_and_is_acknowledged():
     assert isinstance(update, jp.Update)
     assert update.settings.styles == ("metal",) and update.settings.weights == (1.0,)  # new styles: equal weights
     assert update.settings.params.top_k == 20 and update.settings.params.temperature == 0.8
-    placement = Landing(chunk=7, offset_seconds=0.12, stream_seconds=2.36, frame=118, ramp_seconds=0.0)
+    placement = Landing(chunk=7, offset_seconds=0.12, stream_seconds=2.36, ramp_seconds=0.0)
     ack = wp.update_acknowledgement(update, placement, heard_in_seconds=3.4564)
     assert ack["event"] == "updated" and ack["changed"] == ["style_weights", "styles", "temperature"]
     assert ack["applies_from_chunk"] == 7 and ack["heard_in_seconds"] == 3.456 and ack["offset_seconds"] == 0.12

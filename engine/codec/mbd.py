@@ -119,7 +119,6 @@ class SlicedDiffusion:
         self.hop = int(round(mbd.codec_model.sample_rate / mbd.codec_model.frame_rate))
         self.generator = torch.Generator(device=mbd.device)
         self.generator.manual_seed(seed)
-        self.pieces_run = 0
         self._tokens: tp.Optional[torch.Tensor] = None  # [K, n] every frame received
         self._ended = False
         self._next_start = 0  # first frame of the next window
@@ -164,7 +163,6 @@ class SlicedDiffusion:
             tokens = self._tokens[None, :, self._next_start:end].to(self.mbd.device)
             self._window, self._window_end = _window(self.mbd, tokens, self.generator), end
             self._next_start = end - self.overlap_frames
-        self.pieces_run += 1
         try:
             next(self._window)
         except StopIteration as finished:

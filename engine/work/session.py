@@ -201,10 +201,10 @@ class LiveSession:
         if kind == "settings" and live:
             self._timeline.append((sample, value))
         if not live or self.failure is not None:
-            return Landing(chunk=0, offset_seconds=0.0, stream_seconds=0.0, frame=0)
+            return Landing(chunk=0, offset_seconds=0.0, stream_seconds=0.0)
         pending = self._pending
         current = int(round(self.settings.chunk_seconds * self.sample_rate))
-        return place(sample, self.sample_rate, frame, self._planned_samples,
+        return place(sample, self.sample_rate, self._planned_samples,
                      pending.index if pending else self._next_index, pending.samples if pending else current,
                      current, ramp)
 

@@ -30,11 +30,10 @@ class Landing:
     chunk: int  # the first chunk with audio made under the new settings (`applies_from_chunk`)
     offset_seconds: float  # from that chunk's first new sample to where the new settings start
     stream_seconds: float  # the same place on the stream's timeline (from its first sample; a restart resets it)
-    frame: int  # model frames from the stream's first one: the first frame sampled with the new settings
     ramp_seconds: float = 0.0  # the glide that starts there (0: instant)
 
 
-def place(sample: int, sample_rate: int, frame: int, cut_samples: int, chunk: int, chunk_samples: int,
+def place(sample: int, sample_rate: int, cut_samples: int, chunk: int, chunk_samples: int,
           next_samples: int, ramp_seconds: float = 0.0) -> Landing:
     """The chunk and offset of stream sample `sample`. The chunk in the making (or, when none is, the next one to
     be asked for) is `chunk`, starting at `cut_samples` with `chunk_samples` new samples; later chunks are
@@ -45,7 +44,7 @@ def place(sample: int, sample_rate: int, frame: int, cut_samples: int, chunk: in
         index += 1 + later
         start += length + later * next_samples
     return Landing(chunk=index, offset_seconds=max(0, sample - start) / sample_rate,
-                     stream_seconds=sample / sample_rate, frame=frame, ramp_seconds=ramp_seconds)
+                   stream_seconds=sample / sample_rate, ramp_seconds=ramp_seconds)
 
 
 @dataclass

@@ -42,7 +42,6 @@ class SessionTrack(MediaStreamTrack):
         self.on_recovered = on_recovered
         self.low_water_seconds = 0.0
         self.underruns = 0  # times the buffer ran dry while playing
-        self.silent_frames = 0  # frames of silence sent for lack of audio
         self.frames = 0
         self.encode_cpu_seconds = 0.0  # CPU time spent in the Opus encoder (thread time)
         self.first_frame_at: tp.Optional[float] = None  # time.monotonic() when the first frame was released
@@ -111,7 +110,6 @@ class SessionTrack(MediaStreamTrack):
         self._pcm = self._pcm[OPUS_FRAME_SAMPLES:]
         if frame.shape[0] < OPUS_FRAME_SAMPLES:
             frame = np.concatenate([frame, np.zeros((OPUS_FRAME_SAMPLES - frame.shape[0], CHANNELS), "<i2")])
-            self.silent_frames += 1
             if self._starved_since is None:
                 self._starved_since = self._pts
                 self.underruns += 1
