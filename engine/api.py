@@ -18,7 +18,7 @@ from engine.codec.input_audio import (
 from engine.codec.loudness import LOUDNESS_HEADROOM_DB, normalize
 from engine.codec.melody import WINDOW_SECONDS
 from engine.config import MAX_PROMPT_CHARS, MAX_STYLES, PREDICTION_ROWS, EngineConfig
-from engine.core import CapacityError, Engine, Health
+from engine.core import CapacityError, Description, Engine, Health
 
 # weights/ (the demo builder and the fetcher) writes what the engine's loader reads, through the same names.
 from engine.loading.hub import configure_offline_caches
@@ -52,7 +52,7 @@ from engine.work.steering import Landing
 __all__ = ["params", "LOUDNESS_HEADROOM_DB", "normalize", "NORMALIZATION_STRATEGIES",
            "OUTPUT_FORMATS", "AudioInputError", "AudioSlice", "decode",
            "decode_slice", "BatchJob", "BatchResult", "GenerationCancelled", "random_seed", "MAX_PROMPT_CHARS",
-           "MAX_STYLES", "PREDICTION_ROWS", "EngineConfig", "CapacityError", "Engine", "Health", "Chunk",
+           "MAX_STYLES", "PREDICTION_ROWS", "EngineConfig", "CapacityError", "Description", "Engine", "Health", "Chunk",
            "LiveSession", "SessionClosed", "WINDOW_SECONDS", "MAX_DURATION_SECONDS", "MAX_GUIDANCE",
            "MAX_RAMP_SECONDS", "MAX_SEED", "MAX_TEMPERATURE", "MAX_TOP_K", "BatchRequest", "RequestError",
            "SamplingParams", "SessionSettings", "Landing", "EngineUnavailable", "configure_offline_caches",

@@ -19,18 +19,16 @@ from pathlib import Path
 
 import torch
 
-from engine.codec.melody import WINDOW_SECONDS, Piece, melody_pieces, prefix_steps
+from engine.codec.melody import prefix_steps
 from engine.codec.render import Rendering
 from engine.config import MAX_PROMPT_TOKENS, EngineConfig
-from engine.lm import conditions
 from engine.lm.precision import choose_weight_format
 from engine.lm.static_step import choose_step_mode
 from engine.loading.model import LoadedModel, load_model
-from engine.params import SamplingParams, StyleText, checked
 from engine.runtime import memory
 from engine.runtime.admission import PredictionSlots
+from engine.runtime.context import Runtime
 from engine.runtime.scheduler import Scheduler
-from engine.runtime.streams import Conditioning, Stream, new_stream
 from engine.runtime.worker import EngineUnavailable, Worker
 from engine.work import batch, prediction
 from engine.work.session import LiveSession, SessionSettings
@@ -44,6 +42,36 @@ class CapacityError(RuntimeError):
     def __init__(self, limit: int, reason: tp.Optional[str] = None) -> None:
         super().__init__(f"concurrency_limit_reached: {reason or f'all {limit} session slots are in use'}")
         self.limit = limit
+
+
+class Description(tp.TypedDict):
+    """What the model and the engine are (`Engine.describe()`): what transports size their audio and capacity
+    from, and what /health shows. The sidecar reads these, never the engine's attributes."""
+
+    checkpoint: str
+    lm_dim: int  # with lm_layers, the MusicGen size: small 1024 x 24, medium 1536 x 48, large 2048 x 48
+    lm_layers: int
+    device: str
+    sample_rate: int
+    frame_rate: int
+    channels: int
+    melody: bool
+    mbd: bool
+    demo_noise: bool
+    window_seconds: float  # the LM's context window
+    keep_seconds: float  # the context kept when the window rolls on
+    weight_format: str
+    weight_format_reason: str
+    step_mode: str
+    step_mode_reason: str
+    max_sessions: int
+    max_styles: int
+    decoder_rows: int
+    rows_in_use: int
+    decoder_weight_bytes: int
+    cuda_graphs: tp.Optional[dict]
+    streaming: bool
+    streaming_unavailable: tp.Optional[str]
 
 
 @dataclass(frozen=True)
@@ -60,9 +88,8 @@ class Engine:
         self.step_mode, self.step_mode_reason = choose_step_mode(config.compile_step, model.device)
         lm = model.musicgen.lm
         delays = list(lm.pattern_provider.delays)
-        self.window_frames = int(config.window_seconds * model.frame_rate)
-        self.keep_frames = int(config.keep_seconds * model.frame_rate)
-        max_steps = self.window_frames + max(delays) + 1 + prefix_steps(lm)  # melody models: the chroma prefix
+        # the window, the pattern's delays, and on melody models the chroma prefix
+        max_steps = int(config.window_seconds * model.frame_rate) + max(delays) + 1 + prefix_steps(lm)
         if config.max_sessions is None:  # JAM_MAX_SESSIONS=auto
             config = self.config = replace(config, max_sessions=self._sessions_that_fit(max_steps))
         self.scheduler = Scheduler(lm, live_rows=config.session_rows, prediction_rows=config.prediction_rows,
@@ -77,6 +104,7 @@ class Engine:
         self.codec_worker = Worker("codec", threads=1 if model.device == "cpu" else None,
                                    stream=torch.cuda.Stream(device=model.device) if model.device.startswith("cuda")
                                    else None)
+        self.runtime = Runtime(model, self.config, self.scheduler, self.lm_worker, self.codec_worker)
         # None when the step decoder runs this LM; else why not (predictions then use audiocraft's generate)
         self.streaming_unavailable: tp.Optional[str] = self.scheduler.unsupported
         self._sessions = 0
@@ -133,11 +161,12 @@ class Engine:
         """Decoder rows held by sessions and predictions (a snapshot; the engine thread changes it)."""
         return self.config.rows - self.scheduler.rows_free
 
-    def describe(self) -> dict:
+    def describe(self) -> Description:
         """What the model and engine are, for /health, the jam status and the page; `streaming` false with
         `streaming_unavailable` saying why when live sessions cannot run on this model."""
         decoder = self.scheduler.decoder
-        return {**self.model.describe(), "weight_format": self.weight_format,
+        return {**self.model.describe(), "window_seconds": self.config.window_seconds,
+                "keep_seconds": self.config.keep_seconds, "weight_format": self.weight_format,
                 "weight_format_reason": self.weight_format_reason,
                 "step_mode": self.step_mode, "step_mode_reason": self.step_mode_reason,
                 "max_sessions": self.config.max_sessions, "max_styles": self.config.max_styles,
@@ -158,17 +187,11 @@ class Engine:
 
     def check_prompt(self, text: str) -> None:
         """Raises ValueError when the text conditioner cannot take `text` whole."""
-        checked(StyleText, text, "the text")  # the cheap bound first (engine.params), then the tokens
-        tokens = conditions.count_tokens(self.model.musicgen.lm, text)
-        if tokens > MAX_PROMPT_TOKENS:
-            raise ValueError(f"{tokens} text tokens; the text encoder takes at most {MAX_PROMPT_TOKENS}: shorten it")
+        self.runtime.check_prompt(text)
 
     def check_settings(self, settings: SessionSettings) -> None:
-        for style in settings.styles:
-            try:
-                self.check_prompt(style)
-            except ValueError as exc:
-                raise ValueError(f"style {style[:40]!r}: {exc}") from None
+        """Raises ValueError naming the style the text conditioner cannot take."""
+        self.runtime.check_settings(settings)
 
     # -- predictions -------------------------------------------------------------------------------------------
     def generate(self, request: batch.BatchRequest, reference: bool = False) -> batch.BatchJob:
@@ -176,10 +199,10 @@ class Engine:
         runs audiocraft's own generate (as the step decoder's yardstick); models the step decoder does not
         support always do."""
         self._require_healthy()
-        prepared = batch.prepare(request, self)
+        prepared = batch.prepare(request, self.runtime)
         if reference or self.streaming_unavailable is not None:
-            return prediction.start_reference(self, prepared)
-        return self.predictions.admit(prediction.Prediction(self, prepared))
+            return prediction.start_reference(self.runtime, prepared)
+        return self.predictions.admit(prediction.Prediction(self.runtime, prepared))
 
     # -- live sessions -----------------------------------------------------------------------------------------
     def open_session(self, settings: SessionSettings, seed: int, prompt: tp.Optional[tuple[torch.Tensor, int]] = None,
@@ -207,7 +230,7 @@ class Engine:
                     self._sessions -= 1
 
         try:
-            return LiveSession.open(self, settings, seed, on_close=release, prompt=prompt, melody=melody)
+            return LiveSession.open(self.runtime, settings, seed, on_close=release, prompt=prompt, melody=melody)
         except BaseException:
             release()
             raise
@@ -216,33 +239,7 @@ class Engine:
         """Tokens [K, n] generated earlier (a recording) decoded afresh, one bounded piece at a time on the codec
         thread behind live sessions' work; `mbd` decodes with MultiBand Diffusion (ValueError where the checkpoint
         has none), its noise from `seed`."""
-        return Rendering(self, tokens, mbd, seed)
-
-    # -- for the engine's own modules --------------------------------------------------------------------------
-    def new_stream(self, conditioning: Conditioning, params: SamplingParams, seed: int,
-                   prompt: tp.Optional[torch.Tensor] = None, target_frames: tp.Optional[int] = None,
-                   melody: tp.Optional[torch.Tensor] = None) -> Stream:
-        return new_stream(self.model.musicgen.lm, conditioning, params, seed, self.window_frames,
-                          self.keep_frames, prompt, target_frames, melody)
-
-    def melody_prefix_pieces(self, wav: torch.Tensor, sample_rate: int, duration_seconds: float = WINDOW_SECONDS,
-                             offset_seconds: float = 0.0) -> Piece:
-        """The chroma prefix of the window that starts `offset_seconds` into an output of `duration_seconds`, as
-        bounded pieces to run on the codec thread (engine.runtime.worker.run_in_pieces): the stem separator must not
-        hold that thread for a whole window. Raises ValueError on models without melody conditioning."""
-        if not self.model.supports_melody:
-            raise ValueError("this model cannot follow a melody (it has no chroma conditioner); use a melody "
-                             "checkpoint")
-        return melody_pieces(self.model.musicgen.lm, wav, sample_rate, duration_seconds, offset_seconds)
-
-    def encode_now(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        """Audio [C, T] -> tokens [K, frames] with the model's codec (codec thread only)."""
-        from audiocraft.data.audio_utils import convert_audio
-
-        musicgen = self.model.musicgen
-        wav = convert_audio(wav, sample_rate, musicgen.sample_rate, musicgen.audio_channels)
-        codes, _ = musicgen.compression_model.encode(wav[None].to(self.model.device))
-        return codes[0]
+        return Rendering(self.runtime, tokens, mbd, seed)
 
     def _require_healthy(self) -> None:
         health = self.health()

@@ -25,7 +25,7 @@ def test_chunks_stay_exact_through_reseed_and_splice(engine):
     p = params(loudness_mode="auto")
     source = BarSource(engine, p, loop(), seed=1)
     try:
-        window, hop = context_window(engine)
+        window, hop = context_window(engine.describe())
         assert source.session._prompt_frames == window // hop  # the loop's context is the model's prompt
         total = frames = 0
         for k in range(12):

@@ -66,7 +66,7 @@ def test_continuation_output_is_slice_then_new_music(engine, tmp_path):
     result = engine.generate(request).wait()
     assert result.wav.shape[-1] == 4 * 32000  # 2 s slice + 2 s new
     piece = audio.decode_slice(clip, 1, 3)
-    prompt = engine.codec_worker.call(lambda: engine.encode_now(piece.wav, piece.sample_rate)).result().cpu()
+    prompt = engine.codec_worker.call(lambda: engine.runtime.encode_now(piece.wav, piece.sample_rate)).result().cpu()
     assert prompt.shape[-1] == 100 and torch.equal(result.tokens[:, :100], prompt)
     head = 90 * 640  # the audio of the slice's last frames also depends on the frames after them
     assert snr_db(offline_decode(engine, prompt)[:, :head], result.wav[:, :head]) >= 30

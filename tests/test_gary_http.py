@@ -56,7 +56,7 @@ def scaled_snr_db(reference: np.ndarray, test: np.ndarray) -> float:
 def redecoded(engine, piece: np.ndarray, rate: int) -> np.ndarray:
     """`piece` [samples, channels] as the codec re-decodes it, back at `rate`: what an output starts with."""
     wav = torch.from_numpy(piece.T.copy()).float()
-    tokens = engine.codec_worker.call(lambda: engine.encode_now(wav, rate)).result()
+    tokens = engine.codec_worker.call(lambda: engine.runtime.encode_now(wav, rate)).result()
     decoded = audio.resample(offline_decode(engine, tokens), engine.model.sample_rate, rate)
     return decoded.numpy().T
 

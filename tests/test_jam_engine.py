@@ -186,7 +186,7 @@ def continue_tokens(engine, settings: SessionSettings, prompt: torch.Tensor, fra
     pieces: list[torch.Tensor] = []
     max_delay = max(engine.model.musicgen.lm.pattern_provider.delays)
     # a finite stream pads past its end: the frames wanted are generated well before it
-    stream = engine.new_stream(settings.conditioning, settings.params, seed=0, prompt=prompt,
+    stream = engine.runtime.new_stream(settings.conditioning, settings.params, seed=0, prompt=prompt,
                                target_frames=prompt.shape[-1] + frames + max_delay + 1)
 
     def on_frames(s) -> None:
@@ -222,9 +222,9 @@ def test_context_rolls_over_past_the_window(engine, monkeypatch):
         session.close()
     assert all(c.audio.shape[-1] == int(5.025 * 32000) for c in chunks)
     tokens = torch.cat([c.frames for c in chunks], dim=-1)
-    keep = engine.keep_frames
+    keep = engine.runtime.keep_frames
     ((at, kept),) = rolls
-    assert at == engine.window_frames and torch.equal(kept, tokens[:, at - keep: at])
+    assert at == engine.runtime.window_frames and torch.equal(kept, tokens[:, at - keep: at])
     after = tokens[:, at:]
     assert after.shape[-1] >= 400
     assert torch.equal(after, continue_tokens(engine, settings, kept, after.shape[-1]))

@@ -17,6 +17,7 @@ import typing as tp
 import pytest
 from websockets.sync.client import connect
 
+from engine.runtime.context import Runtime
 from engine.runtime.streams import SamplingParams, Stream
 from engine.work.session import SessionSettings
 from streaming.app.config import ServerConfig
@@ -50,19 +51,19 @@ def slow_opening(monkeypatch, engine, word: str) -> None:
 def streams_of(monkeypatch, engine, word: str, slow_after_first: bool = False) -> list[Stream]:
     """Records every stream the engine creates for `word`'s styles; with `slow_after_first`, creating the
     second and later ones takes DELAY longer (a restart's new stream, however it is made)."""
-    real = engine.new_stream
+    real = Runtime.new_stream
     created: list[Stream] = []
 
-    def new_stream(conditioning, *args, **kwargs):
+    def new_stream(runtime, conditioning, *args, **kwargs):
         mine = any(word in text for text in conditioning.texts)
         if mine and slow_after_first and created:
             time.sleep(DELAY)
-        stream = real(conditioning, *args, **kwargs)
+        stream = real(runtime, conditioning, *args, **kwargs)
         if mine:
             created.append(stream)
         return stream
 
-    monkeypatch.setattr(engine, "new_stream", new_stream)
+    monkeypatch.setattr(Runtime, "new_stream", new_stream)
     return created
 
 

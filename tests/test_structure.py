@@ -122,6 +122,24 @@ def long_modules(root: Path) -> dict[str, int]:
     return long
 
 
+ENGINE_INSIDES = {"model", "config", "scheduler", "lm_worker", "codec_worker", "runtime", "predictions"}
+
+
+def reaching_into_the_engine(root: Path) -> dict[str, set[str]]:
+    """Transports that read the Engine's insides (`engine.model.sample_rate`) instead of its API (`describe()`)."""
+    found = collections.defaultdict(set)
+    for module, path in sources(root).items():
+        if module.split(".")[0] not in ("streaming", *SCRIPTS):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ENGINE_INSIDES:
+                owner = node.value
+                name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+                if name == "engine":
+                    found[module].add(f"engine.{node.attr}")
+    return dict(found)
+
+
 LIFECYCLE = {"open", "hold", "end", "attach"}  # SessionRegistry's: a session taken, kept, freed, handed over
 # streaming.sessions.supervisor owns every connection's session; bar mode's HTTP routes hold theirs between requests
 LIFECYCLE_OWNERS = {"streaming.sessions.supervisor", "streaming.sessions.registry", "streaming.bar.http",
@@ -179,6 +197,10 @@ def test_modules_stay_small_or_say_why():
     assert long_modules(ROOT) == {}, f"split these by job, or say in the module docstring ({LONG_REASON!r}) why not"
 
 
+def test_transports_use_the_engines_api_not_its_insides():
+    assert reaching_into_the_engine(ROOT) == {}
+
+
 def test_one_supervisor_owns_the_sessions_of_connections():
     """No transport shell takes, holds or frees a session itself: streaming/sessions/supervisor.py does, for all."""
     assert session_owners(ROOT) == {}
@@ -193,7 +215,7 @@ BROKEN = {
     "streaming/jam/__init__.py": "",
     "streaming/jam/protocol.py": "import asyncio\nfrom engine.work.session import x\nfrom streaming.jam import ws\n",
     "streaming/jam/ws.py": "from streaming.jam.protocol import y\nfrom audiocraft.data import audio_utils\n"
-                           "def f(registry):\n    registry.open()\n",
+                           "def f(registry, engine):\n    registry.open()\n    return engine.model.sample_rate\n",
     "streaming/bar/deep/long.py": "x = 1\n" * (MAX_LINES + 1),
 }
 
@@ -215,3 +237,4 @@ def test_every_rule_fails_on_a_tree_that_breaks_it(broken: Path):
     assert model_code_outside_the_engine(graph) == {"streaming.jam.ws": ["audiocraft.data"]}
     assert long_modules(broken) == {"streaming.bar.deep.long": MAX_LINES + 1}
     assert session_owners(broken) == {"streaming.jam.ws": {"registry.open"}}
+    assert reaching_into_the_engine(broken) == {"streaming.jam.ws": {"engine.model"}}

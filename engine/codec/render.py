@@ -16,6 +16,9 @@ from engine.codec.mbd import SlicedDiffusion
 from engine.codec.stream import StreamingCodecDecoder
 from engine.runtime.worker import BACKGROUND
 
+if tp.TYPE_CHECKING:
+    from engine.runtime.context import Runtime
+
 PIECE_FRAMES = 50
 
 
@@ -24,12 +27,12 @@ class Rendering:
     it made final ([C, samples], possibly empty), or to None once all of it was given; ask for the next piece only
     after the previous one resolved."""
 
-    def __init__(self, engine, tokens: torch.Tensor, mbd: bool, seed: int) -> None:
-        model, config = engine.model, engine.config
+    def __init__(self, runtime: "Runtime", tokens: torch.Tensor, mbd: bool, seed: int) -> None:
+        model, config = runtime.model, runtime.config
         if mbd and model.mbd is None:
             raise ValueError("this checkpoint has no MultiBand Diffusion weights: fetch them with "
                              "`python -m weights.fetch --mbd`, or ask for mbd=0")
-        self.worker = engine.codec_worker
+        self.worker = runtime.codec_worker
         self.tokens = tokens.long().to(model.device)
         self._next = 0  # the first frame not yet given to the codec
         self._finished = False

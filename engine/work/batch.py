@@ -24,6 +24,9 @@ from engine.loading.model import MAX_WINDOW_SECONDS
 from engine.params import BatchRequest, RequestError
 from engine.runtime.streams import window_offsets
 
+if tp.TYPE_CHECKING:
+    from engine.runtime.context import Runtime
+
 logger = logging.getLogger(__name__)
 
 
@@ -134,15 +137,15 @@ def random_seed() -> int:
     return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
 
 
-def prepare(request: BatchRequest, engine) -> PreparedBatch:
+def prepare(request: BatchRequest, runtime: "Runtime") -> PreparedBatch:
     """Checks what the schema cannot express and decodes the used part of the input audio; raises RequestError
     naming the input."""
-    model = engine.model
+    model = runtime.model
     if not (request.prompt and request.prompt.strip()) and request.input_audio is None:
         raise RequestError("Give a prompt, an input_audio, or both: there is nothing to condition on")
     if request.prompt:
         try:
-            engine.check_prompt(request.prompt)
+            runtime.check_prompt(request.prompt)
         except ValueError as exc:
             raise RequestError(f"prompt: {exc}") from None
     if request.multi_band_diffusion and model.channels != 1:
@@ -160,7 +163,7 @@ def prepare(request: BatchRequest, engine) -> PreparedBatch:
                            "loaded model cannot follow a melody (it has no chroma conditioner); use a melody "
                            "checkpoint or set continuation=true")
     frames = int(request.duration * model.frame_rate)
-    last_window = window_offsets(frames, engine.window_frames, engine.keep_frames)[-1] / model.frame_rate
+    last_window = window_offsets(frames, runtime.window_frames, runtime.keep_frames)[-1] / model.frame_rate
     wav, rate = _input_slice(request, melody_seconds=last_window + WINDOW_SECONDS)
     return PreparedBatch(request=request, seed=seed, audio_slice=wav, audio_rate=rate)
 

@@ -22,6 +22,9 @@ from engine.runtime.streams import Conditioning, Stream, window_offsets
 from engine.runtime.worker import BACKGROUND, run_in_pieces
 from engine.work.batch import BatchJob, BatchResult, GenerationCancelled, PreparedBatch
 
+if tp.TYPE_CHECKING:
+    from engine.runtime.context import Runtime
+
 DECODE_EVERY_FRAMES = 50  # the codec thread decodes a prediction's tokens in pieces of this many frames
 
 
@@ -30,13 +33,13 @@ class Prediction:
     `_on_frames` and `_cancel_on_engine` on the LM thread, the melody windows' analysis on the codec thread; the
     token lists are the LM thread's alone."""
 
-    def __init__(self, engine, prepared: PreparedBatch) -> None:
-        self.engine = engine
+    def __init__(self, runtime: "Runtime", prepared: PreparedBatch) -> None:
+        self.runtime = runtime
         self.prepared = prepared
         self.job = BatchJob(prepared)
-        self.total_frames = int(prepared.total_seconds * engine.model.frame_rate)
-        self.offsets = window_offsets(self.total_frames, engine.window_frames, engine.keep_frames)
-        self.output = Decoding(engine, self.job, prepared, time.perf_counter())
+        self.total_frames = int(prepared.total_seconds * runtime.model.frame_rate)
+        self.offsets = window_offsets(self.total_frames, runtime.window_frames, runtime.keep_frames)
+        self.output = Decoding(runtime, self.job, prepared, time.perf_counter())
         self.stream: tp.Optional[Stream] = None
         self._tokens: list[torch.Tensor] = []  # every frame, for the result
         self._undecoded: list[torch.Tensor] = []  # frames not yet sent to the codec thread
@@ -44,23 +47,23 @@ class Prediction:
     def start(self) -> BatchJob:
         """Queues the work: the audio input first becomes, on the codec thread, tokens to continue or a melody's
         chroma prefix; then the stream joins the scheduler."""
-        engine, prepared, job = self.engine, self.prepared, self.job
+        runtime, prepared, job = self.runtime, self.prepared, self.job
         job._on_cancel = self._cancel
         if prepared.mode == "text":
-            engine.lm_worker.call(lambda: self._add_stream(None, None)).add_done_callback(job.fail_from)
+            runtime.lm_worker.call(lambda: self._add_stream(None, None)).add_done_callback(job.fail_from)
             return job
         melody_mode = prepared.mode == "melody"
         if melody_mode:
             analysed = self._melody_window(0)
         else:
-            analysed = engine.codec_worker.call(lambda: engine.encode_now(prepared.audio_slice, prepared.audio_rate))
+            analysed = runtime.codec_worker.call(lambda: runtime.encode_now(prepared.audio_slice, prepared.audio_rate))
 
         def add_after_analysis(done: Future) -> None:
             if done.cancelled() or done.exception() is not None:
                 job.fail(GenerationCancelled() if done.cancelled() else done.exception())
                 return
             prompt, melody = (None, done.result()) if melody_mode else (done.result(), None)
-            engine.lm_worker.call(lambda: self._add_stream(prompt, melody)).add_done_callback(job.fail_from)
+            runtime.lm_worker.call(lambda: self._add_stream(prompt, melody)).add_done_callback(job.fail_from)
 
         analysed.add_done_callback(add_after_analysis)
         return job
@@ -70,7 +73,7 @@ class Prediction:
         if self.job.cancelled.is_set():
             raise GenerationCancelled()
         request = self.prepared.request
-        stream = self.engine.new_stream(Conditioning([request.prompt or ""], [1.0]), request.sampling,
+        stream = self.runtime.new_stream(Conditioning([request.prompt or ""], [1.0]), request.sampling,
                                         self.prepared.seed, prompt=prompt, target_frames=self.total_frames,
                                         melody=melody)
         stream.on_frames = self._on_frames
@@ -78,7 +81,7 @@ class Prediction:
         windowed_melody = melody is not None and len(self.offsets) > 1
         if windowed_melody:
             stream.window_prefixes = [melody]
-        self.engine.scheduler.add_stream(stream)
+        self.runtime.scheduler.add_stream(stream)
         self.stream = stream
         if windowed_melody:
             self._analyse_window(1)
@@ -93,28 +96,28 @@ class Prediction:
             piece = torch.cat(self._undecoded, dim=-1)
             self._undecoded.clear()
             all_tokens = torch.cat(self._tokens, dim=-1) if done else None
-            self.engine.codec_worker.call(lambda: self.output.push(piece, all_tokens),
+            self.runtime.codec_worker.call(lambda: self.output.push(piece, all_tokens),
                                           priority=BACKGROUND).add_done_callback(self.job.fail_from)
         if done:
-            self.engine.scheduler.remove_stream(stream)
+            self.runtime.scheduler.remove_stream(stream)
 
     def _cancel_on_engine(self) -> None:
         if self.stream is not None:
-            self.engine.scheduler.remove_stream(self.stream)
+            self.runtime.scheduler.remove_stream(self.stream)
         self.job.fail(GenerationCancelled())
 
     def _cancel(self) -> None:
-        self.engine.lm_worker.call(self._cancel_on_engine).add_done_callback(
+        self.runtime.lm_worker.call(self._cancel_on_engine).add_done_callback(
             lambda _: self.job.fail(GenerationCancelled()))
 
     # -- a melody's windows (codec thread) ---------------------------------------------------------------------
     def _melody_window(self, index: int) -> Future:
         """The chroma prefix of window `index`, computed in pieces on the codec thread: the melody looped from that
         window's offset when the output spans several windows, as audiocraft recomputes it per window."""
-        prepared, engine = self.prepared, self.engine
-        pieces = engine.melody_prefix_pieces(prepared.audio_slice, prepared.audio_rate, prepared.total_seconds,
-                                             self.offsets[index] / engine.model.frame_rate)
-        return run_in_pieces(engine.codec_worker, pieces, abandoned=self.job.future.done)
+        prepared, runtime = self.prepared, self.runtime
+        pieces = runtime.melody_prefix_pieces(prepared.audio_slice, prepared.audio_rate, prepared.total_seconds,
+                                             self.offsets[index] / runtime.model.frame_rate)
+        return run_in_pieces(runtime.codec_worker, pieces, abandoned=self.job.future.done)
 
     def _analyse_window(self, index: int) -> None:
         """Window `index`'s chroma, handed to the stream (which waits for it at the end of the window before),
@@ -125,7 +128,7 @@ class Prediction:
             if done.exception() is not None:
                 self.job.fail(done.exception())
                 return
-            self.engine.lm_worker.call(lambda: self.stream.window_prefixes.append(done.result())).add_done_callback(
+            self.runtime.lm_worker.call(lambda: self.stream.window_prefixes.append(done.result())).add_done_callback(
                 self.job.fail_from)
             if index + 1 < len(self.offsets):
                 self._analyse_window(index + 1)
@@ -138,12 +141,12 @@ class Decoding:
     of them or, with multi_band_diffusion, MultiBand Diffusion in bounded pieces (engine.codec.mbd), each piece a job of
     its own at BACKGROUND priority so that live sessions' decodes go first."""
 
-    def __init__(self, engine, job: BatchJob, prepared: PreparedBatch, started: float) -> None:
-        self.engine = engine
+    def __init__(self, runtime: "Runtime", job: BatchJob, prepared: PreparedBatch, started: float) -> None:
+        self.runtime = runtime
         self.job = job
         self.prepared = prepared
         self.started = started
-        model, config = engine.model, engine.config
+        model, config = runtime.model, runtime.config
         self.pieces: list[torch.Tensor] = []
         self.codec: tp.Optional[StreamingCodecDecoder] = None
         self.diffusion: tp.Optional[SlicedDiffusion] = None
@@ -175,7 +178,7 @@ class Decoding:
             self._finish(self.diffusion.audio())
         elif self.diffusion.ready() and not self._queued:
             self._queued = True
-            self.engine.codec_worker.call(self._piece, priority=BACKGROUND).add_done_callback(self.job.fail_from)
+            self.runtime.codec_worker.call(self._piece, priority=BACKGROUND).add_done_callback(self.job.fail_from)
 
     def _piece(self) -> None:
         self._queued = False
@@ -185,11 +188,11 @@ class Decoding:
         self._advance()
 
     def _finish(self, wav: torch.Tensor) -> None:
-        self.job.succeed(trim(wav, self.prepared, self.engine.model.sample_rate, self.started, self._tokens))
+        self.job.succeed(trim(wav, self.prepared, self.runtime.model.sample_rate, self.started, self._tokens))
 
 
 # -- the reference path: audiocraft's own generate ---------------------------------------------------------------
-def start_reference(engine, prepared: PreparedBatch) -> BatchJob:
+def start_reference(runtime: "Runtime", prepared: PreparedBatch) -> BatchJob:
     """audiocraft's MusicGen API on the LM thread; its progress callback lets live streams step in between. MBD
     then decodes its tokens as on the fast path (engine.codec.mbd), so both paths differ in the LM alone."""
     job = BatchJob(prepared)
@@ -199,7 +202,7 @@ def start_reference(engine, prepared: PreparedBatch) -> BatchJob:
         if job.cancelled.is_set():
             raise GenerationCancelled()
         job.progress = (done, total)
-        engine.scheduler.yield_to_streams()
+        runtime.scheduler.yield_to_streams()
 
     def generated(done: Future) -> None:
         if done.exception() is not None:
@@ -207,13 +210,13 @@ def start_reference(engine, prepared: PreparedBatch) -> BatchJob:
             return
         wav, tokens = done.result()
         if not prepared.request.multi_band_diffusion:
-            job.succeed(trim(wav, prepared, engine.model.sample_rate, started, tokens))
+            job.succeed(trim(wav, prepared, runtime.model.sample_rate, started, tokens))
             return
-        output = Decoding(engine, job, prepared, started)
-        engine.codec_worker.call(lambda: output.push(tokens, tokens),
+        output = Decoding(runtime, job, prepared, started)
+        runtime.codec_worker.call(lambda: output.push(tokens, tokens),
                                  priority=BACKGROUND).add_done_callback(job.fail_from)
 
-    engine.lm_worker.call(lambda: _generate_reference(engine.model, prepared, progress)).add_done_callback(generated)
+    runtime.lm_worker.call(lambda: _generate_reference(runtime.model, prepared, progress)).add_done_callback(generated)
     return job
 
 

@@ -25,6 +25,9 @@ from engine.work.chunk import Chunk, SessionClosed
 from engine.work.settings import SessionSettings
 from engine.work.steering import Landing, Ramp, kept_rows, place, union_blend
 
+if tp.TYPE_CHECKING:
+    from engine.runtime.context import Runtime
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,12 +47,12 @@ def _pass_failure(target: Future, source: Future) -> None:
 class LiveSession:
     """Opened by `Engine.open_session`; `next_chunk()`, `update()` and `close()` may be called from any thread."""
 
-    def __init__(self, engine, settings: SessionSettings, seed: int, on_close: tp.Callable[[], None],
+    def __init__(self, runtime: "Runtime", settings: SessionSettings, seed: int, on_close: tp.Callable[[], None],
                  overlap_seconds: float = 0.025) -> None:
-        self.engine = engine
+        self.runtime = runtime
         self.settings = settings
         self.overlap_seconds = overlap_seconds
-        model = engine.model
+        model = runtime.model
         self.sample_rate = model.sample_rate
         self.channels = model.channels
         self.hop = int(round(model.sample_rate / model.frame_rate))
@@ -74,18 +77,18 @@ class LiveSession:
         self._audio_start = 0
 
     @classmethod
-    def open(cls, engine, settings: SessionSettings, seed: int, on_close: tp.Callable[[], None],
+    def open(cls, runtime: "Runtime", settings: SessionSettings, seed: int, on_close: tp.Callable[[], None],
              prompt: tp.Optional[tuple[torch.Tensor, int]] = None,
              melody: tp.Optional[tuple[torch.Tensor, int]] = None) -> "LiveSession":
         """Starts a session, optionally continuing an audio prompt and following a melody (each wav [C, T] with
         its sample rate). Blocks until the engine has accepted it."""
-        session = cls(engine, settings, seed, on_close)
+        session = cls(runtime, settings, seed, on_close)
         tokens = prefix = None
         if melody is not None:
-            prefix = run_in_pieces(engine.codec_worker, engine.melody_prefix_pieces(*melody), URGENT).result()
+            prefix = run_in_pieces(runtime.codec_worker, runtime.melody_prefix_pieces(*melody), URGENT).result()
         if prompt is not None:  # the prompt is context, not output: the codec skips it
-            tokens = engine.codec_worker.call(lambda: session._skip(engine.encode_now(*prompt))).result()
-        engine.lm_worker.call(lambda: session._start(seed, tokens, prefix)).result()
+            tokens = runtime.codec_worker.call(lambda: session._skip(runtime.encode_now(*prompt))).result()
+        runtime.lm_worker.call(lambda: session._start(seed, tokens, prefix)).result()
         return session
 
     def restart(self, seed: int) -> None:
@@ -99,7 +102,7 @@ class LiveSession:
     def restart_from(self, seed: int, prompt: tuple[torch.Tensor, int]) -> None:
         """`restart`, but the fresh stream continues the audio `prompt` (wav [C, T], rate) as its context, as `open`
         with a prompt does: a bar session's reseed, whose new context ends on a bar line. Blocks likewise."""
-        tokens = self.engine.codec_worker.call(lambda: self.engine.encode_now(*prompt), priority=URGENT).result()
+        tokens = self.runtime.codec_worker.call(lambda: self.runtime.encode_now(*prompt), priority=URGENT).result()
         self._restart(seed, tokens)
 
     def _restart(self, seed: int, tokens: tp.Optional[torch.Tensor]) -> None:
@@ -118,9 +121,9 @@ class LiveSession:
             self._start(seed, tokens, melody)
             # after the old stream's decodes (same priority, queued before): the new stream's audio starts afresh
             # (after the prompt's tokens, which are its decode's left context)
-            return self.engine.codec_worker.call(lambda: self._reset_audio(tokens), priority=URGENT)
+            return self.runtime.codec_worker.call(lambda: self._reset_audio(tokens), priority=URGENT)
 
-        self.engine.lm_worker.call(swap).result().result()
+        self.runtime.lm_worker.call(swap).result().result()
 
     # -- any thread ---------------------------------------------------------------------------------------------
     def next_chunk(self, deadline: tp.Optional[float] = None) -> "Future[Chunk]":
@@ -135,7 +138,7 @@ class LiveSession:
             future.set_exception(problem)
             return future
         requested = time.perf_counter()
-        job = self.engine.lm_worker.call(lambda: self._request(future, index, requested, deadline))
+        job = self.runtime.lm_worker.call(lambda: self._request(future, index, requested, deadline))
         job.add_done_callback(lambda done: _pass_failure(future, done))
         return future
 
@@ -144,19 +147,19 @@ class LiveSession:
         The future gives where (engine.work.steering.Landing); it fails with SessionClosed, or RuntimeError when
         the decoder has no rows for more styles (the settings in force then stay). Validates on the caller's
         thread first (ValueError)."""
-        self.engine.check_settings(settings)
-        return self.engine.lm_worker.call(lambda: self._apply("settings", settings))
+        self.runtime.check_settings(settings)
+        return self.runtime.lm_worker.call(lambda: self._apply("settings", settings))
 
     def set_melody(self, melody: tp.Optional[tuple[torch.Tensor, int]]) -> Landing:
         """Follows a new melody (wav [C, T], sample rate), or none, from the next decode step on; the context
         is kept (re-prefilled after the new chroma prefix). Blocks while the melody is analysed and applied."""
         prefix = None
         if melody is not None:
-            prefix = run_in_pieces(self.engine.codec_worker, self.engine.melody_prefix_pieces(*melody),
+            prefix = run_in_pieces(self.runtime.codec_worker, self.runtime.melody_prefix_pieces(*melody),
                                    URGENT).result()
-        elif not self.engine.model.supports_melody:
+        elif not self.runtime.model.supports_melody:
             raise ValueError("this model cannot follow a melody (it has no chroma conditioner)")
-        return self.engine.lm_worker.call(lambda: self._apply("melody", prefix)).result()
+        return self.runtime.lm_worker.call(lambda: self._apply("melody", prefix)).result()
 
     def close(self) -> None:
         """Frees the session's rows and its slot; safe to call twice and from any thread."""
@@ -164,19 +167,19 @@ class LiveSession:
             if self._closed:
                 return
             self._closed = True
-        self.engine.lm_worker.call(self._shutdown).add_done_callback(lambda done: self._abandon_pending())
+        self.runtime.lm_worker.call(self._shutdown).add_done_callback(lambda done: self._abandon_pending())
         self._on_close()
 
     # -- LM thread ----------------------------------------------------------------------------------------------
     def _start(self, seed: int, tokens: tp.Optional[torch.Tensor], prefix: tp.Optional[torch.Tensor]) -> None:
-        stream = self.engine.new_stream(self.settings.conditioning, self.settings.params, seed, prompt=tokens,
+        stream = self.runtime.new_stream(self.settings.conditioning, self.settings.params, seed, prompt=tokens,
                                         melody=prefix)
         self._prompt_frames = 0
         if tokens is not None:
             stream.emitted_frames = self._prompt_frames = tokens.shape[-1]
         stream.on_frames = self._on_frames
         stream.on_failed = self._on_failed
-        self.engine.scheduler.add_stream(stream)
+        self.runtime.scheduler.add_stream(stream)
         self.stream = stream
         self._timeline = [(0, self.settings)]
         self._shrink = None
@@ -189,7 +192,7 @@ class LiveSession:
         live = self.stream.error is None  # still stepping (a failed decode restarts it, from these settings too)
         ramp = 0.0
         if kind == "melody" and live:
-            self.engine.scheduler.set_melody(self.stream, value)
+            self.runtime.scheduler.set_melody(self.stream, value)
         elif kind == "melody":
             self.stream.melody = value
         elif live:
@@ -210,13 +213,13 @@ class LiveSession:
 
     def _steer(self, update: SessionSettings) -> float:
         """New settings on the live stream from its next step; returns the glide's length (0: instant)."""
-        scheduler, stream = self.engine.scheduler, self.stream
+        scheduler, stream = self.runtime.scheduler, self.stream
         if (update.styles, update.weights) != (self.settings.styles, self.settings.weights):
             target = update.conditioning
             texts, start, end = union_blend(stream.conditioning.texts, stream.ramp.weights if stream.ramp
                                             else stream.conditioning.weights, target.texts, target.weights)
-            steps = int(round(update.ramp_seconds * self.engine.model.frame_rate))
-            if steps > 0 and len(texts) <= self.engine.config.max_styles:
+            steps = int(round(update.ramp_seconds * self.runtime.model.frame_rate))
+            if steps > 0 and len(texts) <= self.runtime.config.max_styles:
                 scheduler.set_conditioning(stream, Conditioning(texts, end))
                 stream.ramp = Ramp(start, end, steps)
                 self._shrink = texts
@@ -234,7 +237,7 @@ class LiveSession:
         self._shrink = None
         if len(keep) < len(texts):
             try:
-                self.engine.scheduler.set_conditioning(
+                self.runtime.scheduler.set_conditioning(
                     stream, Conditioning([texts[i] for i in keep], [weights[i] for i in keep]), sources=keep)
             except Exception:  # a failed copy (out of memory) changes nothing: the zero-weight rows play on
                 logger.exception("could not give back the rows a style glide left")
@@ -265,7 +268,7 @@ class LiveSession:
         self._planned_samples += request.samples
         stream.deadline = None
         settings, changes = self._settings_within(start, start + request.samples)
-        job = self.engine.codec_worker.call(lambda: self._decode(request, frames, start, settings, changes),
+        job = self.runtime.codec_worker.call(lambda: self._decode(request, frames, start, settings, changes),
                                             priority=URGENT)
         job.add_done_callback(lambda done: self._decoded(request, done))
 
@@ -286,7 +289,7 @@ class LiveSession:
 
     def _shutdown(self) -> None:
         if self.stream is not None:
-            self.engine.scheduler.remove_stream(self.stream)
+            self.runtime.scheduler.remove_stream(self.stream)
 
     def _abandon_pending(self) -> None:
         request, self._pending = self._pending, None
@@ -297,7 +300,7 @@ class LiveSession:
     def _reset_audio(self, prompt: tp.Optional[torch.Tensor] = None) -> None:
         """A restarted stream: no left context from the old one (only its own prompt's, if any), and the old
         stream's failure is history (a failing decode of it ran before this)."""
-        self._codec = StreamingCodecDecoder(self.engine.model.musicgen.compression_model)
+        self._codec = StreamingCodecDecoder(self.runtime.model.musicgen.compression_model)
         if prompt is not None:
             self._codec.skip(prompt)
         self._audio = torch.zeros(self.channels, 0)

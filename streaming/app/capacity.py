@@ -124,7 +124,7 @@ class Drain:
 
 
 def snapshot(engine, drain: Drain) -> Capacity:
-    return Capacity(sessions=engine.sessions_open, max_sessions=engine.config.max_sessions,
+    return Capacity(sessions=engine.sessions_open, max_sessions=engine.describe()["max_sessions"],
                     healthy=engine.health().ok, draining=drain.active)
 
 

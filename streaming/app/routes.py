@@ -65,11 +65,11 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
         """Liveness. `status` is "ready" while the engine works (a value the gary plugins and the Darius tab
         accept; the engine is loaded before the sidecar serves, so it is never "initializing"), else
         "unhealthy" with the problem and a 503; `ok` and `warmed` as the Darius tab reads them."""
-        state = engine.health()
+        state, described = engine.health(), engine.describe()
         body = {"ok": state.ok, "status": "ready" if state.ok else "unhealthy", "warmed": state.ok,
                 "sessions": engine.sessions_open,
-                "max_sessions": engine.config.max_sessions, "connections": connections.active,
-                "max_connections": connections.limit, "model": engine.describe()}
+                "max_sessions": described["max_sessions"], "connections": connections.active,
+                "max_connections": connections.limit, "model": described}
         if not state.ok:
             body["problem"] = state.problem
         return JSONResponse(body, status_code=200 if state.ok else 503)

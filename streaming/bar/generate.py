@@ -67,9 +67,10 @@ def generate_work(engine, request: GenerateRequest, notice: tp.Optional[str] = N
     def work(ctx) -> dict:
         wav, rate = decode_loop(request.loop)
         params = bar_params(request.values, rate, bars_key="bars")  # bars_per_chunk is the request's `bars`
-        model_rate = engine.model.sample_rate
-        window, _ = context_window(engine)
-        loop_model = audio.resample(audio.to_channels(wav, engine.model.channels), rate, model_rate)
+        described = engine.describe()
+        model_rate = described["sample_rate"]
+        window, _ = context_window(described)
+        loop_model = audio.resample(audio.to_channels(wav, described["channels"]), rate, model_rate)
         model_clock = replace(params.clock, sample_rate=model_rate)
         context, _ = loop_context(loop_model, model_clock, window)
         bars = request.intro_bars_to_drop + params.bars_per_chunk

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from engine.api import SamplingParams, SessionClosed, SessionSettings, random_seed
+from engine.api import Description, SamplingParams, SessionClosed, SessionSettings, random_seed
 from streaming.bar.timeline import BarClock, Spool, exact_bpm, loop_context, loop_slice, spliced_context, style_blend
 from streaming.formats import StreamingResampler, match_loudness, resample, to_channels
 
@@ -74,12 +74,11 @@ class BarChunk:
     changes: tuple = ()  # settings that start inside the chunk, as engine.work.chunk.Chunk has them (none are tracked)
 
 
-def context_window(engine) -> tuple[int, int]:
+def context_window(model: Description) -> tuple[int, int]:
     """The context length at the model rate (whole codec frames of the context MusicGen keeps when its window
-    rolls, engine.config.keep_seconds) and the codec hop."""
-    model = engine.model
-    hop = int(round(model.sample_rate / model.frame_rate))
-    return int(engine.config.keep_seconds * model.frame_rate) * hop, hop
+    rolls, `keep_seconds`) and the codec hop."""
+    hop = int(round(model["sample_rate"] / model["frame_rate"]))
+    return int(model["keep_seconds"] * model["frame_rate"]) * hop, hop
 
 
 class BarSource:
@@ -87,8 +86,9 @@ class BarSource:
         """Opens the engine session (blocking, taking a slot: CapacityError when none is free)."""
         self.engine = engine
         self.params = params
-        self.model_rate = engine.model.sample_rate
-        self.window, _ = context_window(engine)
+        described = engine.describe()
+        self.model_rate, self.model_channels = described["sample_rate"], described["channels"]
+        self.window, _ = context_window(described)
         self._lock = threading.Lock()
         self._requested = 0  # chunks asked for
         self._produced = 0  # chunks made (the source's thread): the next chunk's index
@@ -109,7 +109,7 @@ class BarSource:
 
     def _set_loop(self, loop: tuple[torch.Tensor, int]) -> None:
         wav, rate = loop
-        self._loop_model = resample(to_channels(wav, self.engine.model.channels), rate, self.model_rate)
+        self._loop_model = resample(to_channels(wav, self.model_channels), rate, self.model_rate)
         self._loop_out = resample(to_channels(wav, OUTPUT_CHANNELS), rate, self.params.target_sr)  # loudness reference
 
     def _model_clock(self) -> BarClock:
@@ -170,7 +170,7 @@ class BarSource:
     def reseed_splice(self, anchor_bars: float, combined: tp.Optional[tuple[torch.Tensor, int]] = None) -> None:
         """Right after the next chunk: the context becomes the stream's own recent audio with its last
         `anchor_bars` bars replaced by those of `combined` (the client's current mix; default: the loop)."""
-        anchor = None if combined is None else resample(to_channels(combined[0], self.engine.model.channels),
+        anchor = None if combined is None else resample(to_channels(combined[0], self.model_channels),
                                                         combined[1], self.model_rate)
         with self._lock:
             self._splice = (anchor_bars, anchor)
@@ -226,7 +226,7 @@ class BarSource:
         return recent, self.params.target_sr
 
     def _install_splice(self, anchor_bars: float, anchor: tp.Optional[torch.Tensor]) -> None:
-        recent = resample(to_channels(self.spool.recent(), self.engine.model.channels), self.params.target_sr,
+        recent = resample(to_channels(self.spool.recent(), self.model_channels), self.params.target_sr,
                           self.model_rate)
         context = spliced_context(recent, self._loop_model if anchor is None else anchor, self._model_clock(),
                                   anchor_bars, self.window)
