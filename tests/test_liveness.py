@@ -191,27 +191,31 @@ def test_health_is_503_when_the_engine_cannot_take_work(demo_dir):
 
 
 def documented_defaults() -> dict[str, str]:
-    """README's table of environment variables: each name and the default it states (`A` / `B` rows give one
+    """docs/configuration.md's table: each environment variable and the default it states (`A` / `B` rows give one
     default to each name)."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     defaults = {}
-    for names, values in re.findall(r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)*) \| (`[^`|]+`(?: / `[^`|]+`)*) \|", readme, re.M):
+    for names, values in re.findall(r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)*) \| (`[^`|]+`(?: / `[^`|]+`)*) \|", table, re.M):
         for name, value in zip(re.findall(r"`([^`]+)`", names), re.findall(r"`([^`]+)`", values), strict=True):
             defaults[name] = value
     return defaults
 
 
 def test_the_defaults_are_the_documented_ones():
-    """What the server and the engine use with nothing set is what README's table says they use."""
+    """What the server and the engine use with nothing set is what docs/configuration.md says they use."""
     documented = documented_defaults()
     server, engine = ServerConfig.from_env({}), EngineConfig.from_env({})
     used = {"JAM_PORT": server.port, "JAM_MAX_SESSIONS": engine.max_sessions,
             "JAM_MAX_CONNECTIONS": server.max_connections, "JAM_IDLE_SECONDS": server.idle_seconds,
             "JAM_PING_INTERVAL": server.ping_interval, "JAM_PING_TIMEOUT": server.ping_timeout,
+            "JAM_WEBRTC_CONNECT_SECONDS": server.webrtc_connect_timeout,
             "MUSICGEN_WEIGHT_FORMAT": engine.weight_format, "MUSICGEN_COMPILE_STEP": engine.compile_step,
-            "JAM_DRAIN_SECONDS": server.drain_seconds, "JAM_BLOCKING_THREADS": server.blocking_threads}
+            "JAM_DRAIN_SECONDS": server.drain_seconds, "JAM_BLOCKING_THREADS": server.blocking_threads,
+            "JAM_RESUME_SECONDS": server.resume_seconds, "JAM_RECORDING_MINUTES": server.recording_minutes,
+            "JAM_RECORDING_KEEP_SECONDS": server.recording_keep_seconds, "JAM_RECORDINGS": server.max_recordings,
+            "COG_MAX_CONCURRENCY": engine.max_predictions}
     for name, value in used.items():
-        assert type(value)(documented[name]) == value, f"{name}: README says {documented[name]}, the code {value}"
+        assert type(value)(documented[name]) == value, f"{name}: the docs say {documented[name]}, the code {value}"
     assert ServerConfig.from_env({"JAM_IDLE_SECONDS": "5", "JAM_MAX_CONNECTIONS": "3"}).idle_seconds == 5
     with pytest.raises(ValueError, match="JAM_PING_TIMEOUT must be a number"):
         ServerConfig.from_env({"JAM_PING_TIMEOUT": "soon"})

@@ -1,4 +1,5 @@
-"""An aiortc client of the sidecar's WebRTC endpoint, as the README shows it, with what tests need to inspect."""
+"""An aiortc client of the sidecar's WebRTC endpoint, as docs/protocols/webrtc.md shows it, with what tests need
+to inspect."""
 
 import asyncio
 import json
