@@ -50,7 +50,7 @@ class EngineConfig:
     keep_seconds: float = MAX_WINDOW_SECONDS - EXTEND_STRIDE_SECONDS  # context kept when the window rolls
     prefill_slice_steps: int = 64  # a long prefill runs in slices of this many steps between other streams' steps
     # MultiBand Diffusion decodes in windows of this many seconds, crossfaded over the overlap (engine.codec.mbd): a
-    # window's U-Net pass is the longest piece of codec work, so this bounds it (see README, "Job bound")
+    # window's U-Net pass is the longest piece of codec work, so this bounds it (docs/engine.md, "Job bound")
     mbd_window_seconds: float = 2.0
     mbd_overlap_seconds: float = 0.2
     # the decode step: "auto" (chosen by the device: engine.lm.static_step.choose_step_mode), "off" (eager forward),

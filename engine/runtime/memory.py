@@ -5,8 +5,8 @@ slot's two) for the whole window, and with CUDA graphs the cross-attention cache
 row's bytes are known before it is allocated: layers x 2 (keys, values) x width x (window steps + condition
 steps) x the activation dtype's size. What is left for rows is the free memory less WORK_SPACE_BYTES, the memory
 the rest of a running engine takes beside its KV cache: the graphs' pool, activations of the largest prefill
-slice, T5, the codec and MultiBand Diffusion at work (README, "On a GPU"). A bound measured from the model's
-shapes, not paging: a session that blends one style still holds the rows of four.
+slice, T5, the codec and MultiBand Diffusion at work (docs/performance.md, "On a GPU"). A bound measured from
+the model's shapes, not paging: a session that blends one style still holds the rows of four.
 """
 
 import torch
@@ -15,7 +15,7 @@ from engine.lm.precision import activation_dtype
 
 WORK_SPACE_BYTES = 5 * 2**30
 # the most sessions auto gives: past ~200 one-style sessions of musicgen-small an H100-class GPU's bandwidth binds
-# before its memory (README, "On a GPU"), and a demo-sized model would otherwise take millions of rows
+# before its memory (docs/performance.md, "On a GPU"), and a demo-sized model would otherwise take millions of rows
 MAX_AUTO_SESSIONS = 256
 
 

@@ -6,7 +6,7 @@
   come (`Decoding`).
 - `start_reference`: audiocraft's own `generate` on the LM thread (models the step decoder does not support, and
   the yardstick of comparisons), its tokens decoded as on the fast path when MultiBand Diffusion is asked for.
-Both end in `trim`; no piece of either path's work on the codec thread is longer than the job bound (README).
+Both end in `trim`; no piece of either path's work on the codec thread is longer than the job bound (docs/engine.md).
 """
 
 import time
