@@ -2,8 +2,8 @@
 
     python -m streaming.app.server [--weights PATH]     # standalone: loads the engine itself; SIGTERM drains
 
-Everything it serves is in streaming.app.routes; the protocols are in the *_protocol modules, their socket shells in
-*_ws, pacing in streaming.sessions.pump.
+Everything it serves is in streaming.app.routes; the protocols are in streaming/<protocol>/protocol.py, their
+socket shells in streaming/<protocol>/ws.py, pacing in streaming.sessions.pump.
 """
 
 import argparse

@@ -1,13 +1,12 @@
 """FastRTC's WebRTC signalling contract and the jam controls on its data channel, as pure functions (no sockets).
 
-`parse_signal` turns a `POST /webrtc/offer` body into an `Offer` or a trickled `Candidate`, `parse_input` a
-`POST /webrtc/input` body into an `Input`; `Controls` reads the `"text"` data channel. Every jam parameter is
-validated by `jam_protocol` (one rule set for every transport). Requests that cannot be served raise `RequestFailed`,
-which the I/O shell answers as FastRTC does: HTTP 200 `{"status": "failed", "meta": {"error": ...}}`. Data-channel
-replies have FastRTC's shape `{"type": "log" | "warning" | "error", "data": ...}`. FastRTC's own browser client
-(`frontend/shared/webrtc_utils.ts`) sends the plain text `handshake` as the channel opens; it is answered as
-FastRTC's server answers it, never as an error.
-"""
+`parse_signal` turns a `POST /webrtc/offer` body into an `Offer` or a trickled `Candidate`, `parse_input` a `POST
+/webrtc/input` body into an `Input`; `Controls` reads the `"text"` data channel. Every jam parameter is validated by
+`streaming.jam.protocol` (one rule set for every transport). Requests that cannot be served raise `RequestFailed`, which
+the I/O shell answers as FastRTC does: HTTP 200 `{"status": "failed", "meta": {"error": ...}}`. Data-channel replies
+have FastRTC's shape `{"type": "log" | "warning" | "error", "data": ...}`. FastRTC's own browser client
+(`frontend/shared/webrtc_utils.ts`) sends the plain text `handshake` as the channel opens; it is answered as FastRTC's
+server answers it, never as an error."""
 
 import enum
 import typing as tp
@@ -189,7 +188,8 @@ def _check_names(params: dict, allowed: tuple[str, ...]) -> None:
 class Controls:
     """One peer's jam parameters: set by the offer, changed by `update` from the data channel or the input hook.
 
-    Wraps a started `jam_protocol.JamProtocol`, so merging and validation are exactly the WebSocket protocol's."""
+    Wraps a started `streaming.jam.protocol.JamProtocol`, so merging and validation are exactly the WebSocket
+    protocol's."""
 
     def __init__(self) -> None:
         self.jam = jp.JamProtocol()
@@ -201,7 +201,7 @@ class Controls:
 
     def update(self, params: dict) -> jp.Update:
         """Validated new settings; raises ProtocolError naming the field and then nothing has changed."""
-        _check_names(params, OFFER_PARAMS)  # a seed gets jam_protocol's own word: set at the start only
+        _check_names(params, OFFER_PARAMS)  # a seed gets streaming.jam.protocol's own word: set at the start only
         return self.jam.receive_text(je.encode({"type": "update", **params}))
 
     def receive_text(self, text: str) -> tp.Union[jp.Update, jp.Ping, jp.Stop, Handshake]:
@@ -248,7 +248,7 @@ def received(message: str) -> str:
 
 
 def update_acknowledgement(update: jp.Update, placement: Landing, heard_in_seconds: float) -> dict:
-    """What changed, the values now in force, and where they start (jam_events.placement_fields): about
+    """What changed, the values now in force, and where they start (streaming.jam.events.placement_fields): about
     `heard_in_seconds` after this message, once the audio already in the track has played."""
     fields = je.describe_update(update)
     fields.pop("pace")
