@@ -229,3 +229,13 @@ def test_a_nested_field_is_named_by_its_path():
     message = {"clientContent": {"weightedPrompts": [{"text": "a"}, {"text": ["b"], "weight": 1}]}}
     with pytest.raises(lp.LyriaFatal, match=r"^clientContent\.weightedPrompts\[1\]\.text must be a string"):
         protocol.receive_text(json.dumps(message))
+
+
+def test_lyria_names_a_field_sent_in_snake_case_as_the_wire_does():
+    protocol = lp.LyriaProtocol()
+    protocol.receive_text(json.dumps({"setup": {"model": "m"}}))
+    message = {"client_content": {"weighted_prompts": [{"text": "a", "weight": -1}]}}
+    with pytest.raises(lp.LyriaFatal, match=r"^clientContent\.weightedPrompts\[0\]\.weight must be a number >= 0"):
+        protocol.receive_text(json.dumps(message))
+    with pytest.raises(lp.LyriaFatal, match="^musicGenerationConfig.muteBass must be true or false"):
+        protocol.receive_text(json.dumps({"music_generation_config": {"mute_bass": "yes"}}))
