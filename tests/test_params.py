@@ -231,6 +231,22 @@ def test_a_nested_field_is_named_by_its_path():
         protocol.receive_text(json.dumps(message))
 
 
+GARY_NAMES = st.sampled_from(["model_name", "prompt_duration", "top_k", "temperature", "cfg_coef", "description",
+                              "seed", "session_id", "audio_data", "volume"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.one_of(st.dictionaries(GARY_NAMES, VALUES, max_size=6), VALUES), retry=st.booleans())
+def test_random_gary_requests_raise_only_gary_error(body, retry):
+    stored = gp.GaryParams(model_name="demo", prompt_duration=4) if retry else None
+    for read in (lambda: gp.parse_params(body, base=stored), lambda: gp.session_id(body, required=False),
+                 lambda: gp.audio_bytes(body if isinstance(body, dict) else {}, required=False)):
+        try:
+            read()
+        except gp.GaryError as exc:
+            assert str(exc) and "validation error" not in str(exc)
+
+
 def test_lyria_names_a_field_sent_in_snake_case_as_the_wire_does():
     protocol = lp.LyriaProtocol()
     protocol.receive_text(json.dumps({"setup": {"model": "m"}}))
