@@ -202,8 +202,7 @@ def unknown_fields(error: ValidationError) -> list[str]:
 
 def describe(error: ValidationError, root: tp.Any, prefix: str = "") -> str:
     """The first of `error`'s problems as one sentence naming the field: `prefix` and the path into `root` (the
-    model or type validated), each field by the name the client gave it (its own or an alias; a protocol that
-    names a field one way however it came renames it before validation)."""
+    model or type validated), each field by the name the client gave it (the field's own or an alias of it)."""
     detail = error.errors()[0]
     name, info = _locate(root, detail["loc"])
     name = prefix + name if name.startswith("[") else ".".join(p for p in (prefix, name) if p)

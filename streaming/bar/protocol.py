@@ -63,7 +63,7 @@ def _object(value: tp.Any) -> tp.Any:
     return value or {}
 
 
-Text = tp.Annotated[str, BeforeValidator(_text)]
+CommaText = tp.Annotated[str, BeforeValidator(_text)]
 SessionId = tp.Optional[tp.Annotated[str, BeforeValidator(_session_id)]]
 Audio = tp.Annotated[tp.Optional[bytes], BeforeValidator(_audio)]
 Bars = rules.integer(1, 64)
@@ -79,8 +79,8 @@ class BarModel(BaseModel):
 class Steering(BarModel, extra="forbid"):
     """What an `update` may change, with the start's defaults; any other name is refused."""
 
-    styles: Text = ""  # none: the loop alone
-    style_weights: Text = ""  # a style without one has 1.0
+    styles: CommaText = ""  # none: the loop alone
+    style_weights: CommaText = ""  # a style without one has 1.0
     loop_weight: rules.number(0, 1000) = 1.0
     guidance_weight: rules.Guidance = 1.1
     temperature: rules.Temperature = 1.1
@@ -151,7 +151,7 @@ class JamStartForm(BarFields, **FORM):
 class GenerateForm(GenerateFields, **FORM):
     """/generate's form, with app.py's defaults."""
 
-    styles: Text = "acid house"
+    styles: CommaText = "acid house"
     loudness_mode: LoudnessMode = "auto"
     guidance_weight: rules.Guidance = 5.0
 
