@@ -162,12 +162,12 @@ class BatchRequest:
                               guidance=self.classifier_free_guidance)
 
 
-def validate(model: type[ModelT], raw: tp.Any, prefix: str = "", by_alias: bool = False) -> ModelT:
-    """`raw` as `model`; ParamError `describe`s what is wrong (see `describe` for `prefix` and `by_alias`)."""
+def validate(model: type[ModelT], raw: tp.Any, prefix: str = "") -> ModelT:
+    """`raw` as `model`; ParamError `describe`s what is wrong (see `describe` for `prefix`)."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise ParamError(describe(exc, model, prefix, by_alias), unknown_fields(exc)) from None
+        raise ParamError(describe(exc, model, prefix), unknown_fields(exc)) from None
 
 
 # -- one value checked alone --------------------------------------------------------------------------------------
@@ -200,16 +200,16 @@ def unknown_fields(error: ValidationError) -> list[str]:
     return [str(e["loc"][-1]) for e in error.errors() if e["type"] == "extra_forbidden" and len(e["loc"]) == 1]
 
 
-def describe(error: ValidationError, root: tp.Any, prefix: str = "", by_alias: bool = False) -> str:
+def describe(error: ValidationError, root: tp.Any, prefix: str = "") -> str:
     """The first of `error`'s problems as one sentence naming the field: `prefix` and the path into `root` (the
-    model or type validated), fields named by their alias when `by_alias` (Lyria's camelCase)."""
+    model or type validated), each field by the name the client gave it (the field's own or an alias of it)."""
     detail = error.errors()[0]
-    name, info = _locate(root, detail["loc"], by_alias)
+    name, info = _locate(root, detail["loc"])
     name = prefix + name if name.startswith("[") else ".".join(p for p in (prefix, name) if p)
     return _sentence(detail, name or "value", info)
 
 
-def _locate(root: tp.Any, loc: tuple, by_alias: bool) -> tuple[str, tp.Optional[FieldInfo]]:
+def _locate(root: tp.Any, loc: tuple) -> tuple[str, tp.Optional[FieldInfo]]:
     """The path as a client reads it ("weightedPrompts[0].weight") and the field it ends at (None: unknown)."""
     name, annotation = "", root
     info: tp.Optional[FieldInfo] = None if _fields(root) else FieldInfo.from_annotation(root)
@@ -221,12 +221,16 @@ def _locate(root: tp.Any, loc: tuple, by_alias: bool) -> tuple[str, tp.Optional[
             annotation = args[0] if args else tp.Any
             info = FieldInfo.from_annotation(annotation)
             continue
-        fields = _fields(annotation) or {}
-        key, info = next(((k, f) for k, f in fields.items() if part in (k, f.alias)), (str(part), None))
-        shown = info.alias if by_alias and info is not None and info.alias else key
-        name = f"{name}.{shown}" if name else shown
+        info = next((f for k, f in (_fields(annotation) or {}).items() if part in _spellings(k, f)), None)
+        name = f"{name}.{part}" if name else str(part)
         annotation = info.annotation if info is not None else tp.Any
     return name, info
+
+
+def _spellings(key: str, info: FieldInfo) -> set:
+    """The names a model reads the field by: its own, its alias and its validation aliases (AliasChoices')."""
+    aliases = getattr(info.validation_alias, "choices", [info.validation_alias])
+    return {key, info.alias, *(a for a in aliases if isinstance(a, str))}
 
 
 def _fields(annotation: tp.Any) -> tp.Optional[dict[str, FieldInfo]]:

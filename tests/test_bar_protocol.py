@@ -197,10 +197,68 @@ def test_http_forms_as_gary4juce_sends_them():
               "loop_weight": "0.500", "guidance_weight": "5.000", "temperature": "1.200", "topk": "40",
               "loudness_mode": "none", "loudness_headroom_db": "1.0", "intro_bars_to_drop": "0",
               "request_id": "abc", "mean": "0.5", "centroid_weights": "0,1"}
-    values = bp.form_values(fields, bp.GENERATE_DEFAULTS)
-    params = bp.bar_params(values, loop_rate=44100, bars_key="bars")
+    form = bp.read_form(bp.GenerateForm, fields)
+    params = bp.bar_params(form.model_dump(), loop_rate=44100, bars_key="bars")
     assert (params.bpm, params.bars_per_chunk, params.loop_weight, params.topk) == (120.0, 4, 0.5, 40)
-    assert params.target_sr == 44100 and params.styles == ("acid house",)
+    assert params.target_sr == 44100 and params.styles == ("acid house",) and form.intro_bars_to_drop == 0
     with pytest.raises(ProtocolError, match="topk"):
-        bp.form_values({"topk": "many"}, bp.GENERATE_DEFAULTS)
-    assert bp.form_values({"target_sample_rate": "48000"}, bp.JAM_START_DEFAULTS)["target_sr"] == 48000
+        bp.read_form(bp.GenerateForm, {"topk": "many"})
+    assert bp.read_form(bp.JamStartForm, {"target_sample_rate": "48000"}).target_sr == 48000
+
+
+def test_forms_read_numbers_from_text_and_name_fields_as_the_form_did():
+    """A form's numbers are text: "3.000" is the integer 3, "93.5" a number; text that is no such number is
+    refused naming the field as the form named it; an empty target_sample_rate is the loop's rate; the socket's
+    names are taken too, unknown fields ignored, and each route has app.py's defaults."""
+    form = bp.read_form(bp.JamStartForm, {"bpm": "93.5", "beats_per_bar": "3.000", "bars_per_chunk": "2",
+                                          "loudness_headroom_db": "6", "target_sample_rate": "", "volume": "11"})
+    assert (form.bpm, form.beats_per_bar, form.bars_per_chunk, form.headroom_db, form.target_sr) == \
+        (93.5, 3, 2, 6.0, None)
+    assert isinstance(form.beats_per_bar, int) and form.loudness_mode == "auto"
+    assert bp.read_form(bp.JamStartForm, {"headroom_db": "6"}).headroom_db == 6.0
+    assert (bp.read_form(bp.GenerateForm, {}).guidance_weight, bp.read_form(bp.GenerateForm, {}).styles) == \
+        (5.0, "acid house")
+    for fields, error in [({"beats_per_bar": "2.5"}, "^beats_per_bar must be an integer, got '2.5'"),
+                          ({"bpm": ""}, "^bpm must be a number, got ''"),
+                          ({"bpm": "nan"}, "^bpm must be a number, got nan"),
+                          ({"loudness_headroom_db": "loud"}, "^loudness_headroom_db must be a number, got 'loud'"),
+                          ({"target_sample_rate": "100"}, "^target_sample_rate must be within \\[8000, 192000\\]")]:
+        with pytest.raises(ProtocolError, match=error):
+            bp.read_form(bp.JamStartForm, fields)
+    assert bp.form_values(bp.Steering, {"topk": "12", "styles": "jazz", "session_id": "s"}) == \
+        {"topk": 12, "styles": "jazz"}  # /jam/update: only the steering fields, as JSON values
+
+
+def test_an_update_keeps_exactly_what_it_does_not_change():
+    params = BarParams(bpm=120, beats_per_bar=4, bars_per_chunk=2, target_sr=48000, styles=("jazz", "rock"),
+                       style_weights=(0.1234567, 2.0))
+    assert bp.updated(params, {"temperature": 0.9}).style_weights == (0.1234567, 2.0)
+    assert bp.updated(params, {"style_weights": "3"}).style_weights == (3.0, 1.0)  # a missing weight is 1.0
+    with pytest.raises(ProtocolError, match="^style_weights has 3 values for 2 styles"):
+        bp.updated(params, {"style_weights": "1,1,1"})
+    with pytest.raises(ProtocolError, match="^update cannot change bpm, seed: only styles, style_weights"):
+        bp.updated(params, {"seed": 1, "bpm": 100, "topk": 3})
+
+
+@pytest.mark.parametrize("message, error", [
+    ({"type": "consume", "session_id": ""}, "session_id must be the string `started` gave"),
+    ({"type": "consume", "session_id": "x" * 129}, "session_id must be the string `started` gave"),
+    ({"type": "consume", "chunk_index": None}, "chunk_index must be an integer, got None"),
+    ({"type": "reseed", "loop_audio_b64": 5}, "loop_audio_b64 must be a base64 string of an audio file"),
+    ({"type": "reseed_splice", "combined_audio_b64": "***"}, "combined_audio_b64 is not valid base64"),
+    ({"type": "reseed_splice", "anchor_bars": 65}, "anchor_bars must be within \\[0, 64\\], got 65"),
+    ({"type": "start", "mode": "bar", "session_id": "s", "params": [1]}, "params must be a JSON object"),
+    ({"type": "start", "mode": "bar", "session_id": "s", "binary_audio": None}, "binary_audio must be true or false"),
+    ({"type": "start", "mode": "bar", "session_id": "s", "params": {"styles": 5}}, "styles and style_weights must"),
+    ({"type": "start", "mode": "bar", "session_id": "s", "params": {"seed": -2}}, "seed must be within"),
+])
+def test_message_fields_are_refused_naming_them(message, error):
+    with pytest.raises(ProtocolError, match=f"^{error}"):
+        bp.command(message)
+
+
+def test_empty_values_are_none_and_seed_minus_one_is_random():
+    start = bp.command({"type": "start", "mode": "bar", "session_id": "s", "params": None, "loop_audio_b64": ""})
+    assert (start.loop, start.seed, start.raw_params["styles"]) == (None, None, "")
+    assert bp.command(start_message(seed=-1.0)).seed is None and bp.command(start_message(seed=5.0)).seed == 5
+    assert bp.command({"type": "consume"}) == bp.Consume(None, -1)

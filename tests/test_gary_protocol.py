@@ -98,3 +98,27 @@ def test_stored_inputs_are_bounded_in_count_bytes_and_time():
     assert store.held_bytes() == 400 + (3600 if store.get("big") else 0)
     now[0] = 61
     assert store.get("retry-1") is None and len(store) == 0
+
+
+def test_session_ids_and_audio_read_null_or_empty_as_absent():
+    assert gp.session_id({"session_id": ""}, required=False) is None and gp.session_id([], required=False) is None
+    assert gp.audio_bytes({"audio_data": "UklGRg=="}) == b"RIFF"
+    assert gp.audio_bytes({"audio_data": None}, required=False) is None
+    for read, error in [(lambda: gp.session_id({}), "^session_id is required"),
+                        (lambda: gp.session_id({"session_id": 5}), "^session_id must be a string"),
+                        (lambda: gp.session_id({"session_id": "x" * 129}), "^session_id is longer than 128"),
+                        (lambda: gp.audio_bytes({"audio_data": ""}), "^audio_data is required"),
+                        (lambda: gp.audio_bytes({"audio_data": 5}), "^audio_data must be a base64 string, got int")]:
+        with pytest.raises(gp.GaryError, match=error):
+            read()
+
+
+def test_descriptions_are_stripped_and_a_retry_cannot_empty_the_model_name():
+    assert gp.parse_params({"model_name": "m", "prompt_duration": 4, "description": "  drums "}).description == \
+        "drums"
+    assert gp.parse_params({"model_name": "m", "prompt_duration": 4, "description": "   "}).description is None
+    stored = gp.GaryParams(model_name="demo", prompt_duration=4)
+    with pytest.raises(gp.GaryError, match="^model_name is required"):
+        gp.parse_params({"model_name": ""}, base=stored)
+    with pytest.raises(gp.GaryError, match="^model_name must be a string"):
+        gp.parse_params({"model_name": 5, "prompt_duration": 4})

@@ -70,9 +70,8 @@ def test_webrtc_offer_refuses_bad_numbers_naming_the_field(value, error):
     ("target_sr", 7999, "must be within")])
 def test_bar_start_refuses_bad_numbers_naming_the_field(field, value, error):
     message = {"type": "start", "mode": "bar", "loop_audio_b64": "UklGRg==", "params": {field: value}}
-    start = bp.command(bp.load(json.dumps(message)))
     with pytest.raises(jp.ProtocolError, match=f"^{field} {error}"):
-        bp.bar_params(start.raw_params, loop_rate=44100)
+        bp.command(bp.load(json.dumps(message)))
 
 
 @pytest.mark.parametrize(("config", "reason"), [
@@ -209,7 +208,7 @@ def test_random_lyria_config_and_prompts_raise_only_lyria_fatal(config, prompts)
             assert exc.reason and "validation error" not in exc.reason
 
 
-BAR_NAMES = st.sampled_from([*bp.WS_DEFAULTS, "seed", "volume"])
+BAR_NAMES = st.sampled_from([*bp.StartParams.model_fields, "volume"])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -229,3 +228,51 @@ def test_a_nested_field_is_named_by_its_path():
     message = {"clientContent": {"weightedPrompts": [{"text": "a"}, {"text": ["b"], "weight": 1}]}}
     with pytest.raises(lp.LyriaFatal, match=r"^clientContent\.weightedPrompts\[1\]\.text must be a string"):
         protocol.receive_text(json.dumps(message))
+
+
+FORM_TEXT = st.one_of(st.text(max_size=8), st.sampled_from(["", "4", "4.000", "2.5", "nan", "inf", "1e400", "-1",
+                                                           "120.000", "acid house, techno", "1,0.5", "auto"]))
+FORM_NAMES = st.sampled_from([*bp.GenerateForm.model_fields, *bp.JamStartForm.model_fields, *bp.FORM_NAMES.values(),
+                              "chunk_index", "anchor_bars", "request_id"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fields=st.dictionaries(FORM_NAMES, FORM_TEXT, max_size=6))
+def test_random_bar_forms_raise_only_the_protocol_error(fields):
+    """Every form route's reading, as streaming.bar.http does it."""
+    params = bp.bar_params({}, loop_rate=44100)
+    for read in (lambda: bp.bar_params(bp.read_form(bp.GenerateForm, fields).model_dump(), 44100, bars_key="bars"),
+                 lambda: bp.bar_params(bp.read_form(bp.JamStartForm, fields).model_dump(), 44100),
+                 lambda: bp.read_form(bp.ConsumeMessage, {**fields, "session_id": "s"}),
+                 lambda: bp.read_form(bp.SpliceFields, fields),
+                 lambda: bp.updated(params, bp.form_values(bp.Steering, fields) or {"topk": 1})):
+        try:
+            read()
+        except jp.ProtocolError as exc:
+            assert str(exc) and "validation error" not in str(exc)
+
+
+GARY_NAMES = st.sampled_from(["model_name", "prompt_duration", "top_k", "temperature", "cfg_coef", "description",
+                              "seed", "session_id", "audio_data", "volume"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.one_of(st.dictionaries(GARY_NAMES, VALUES, max_size=6), VALUES), retry=st.booleans())
+def test_random_gary_requests_raise_only_gary_error(body, retry):
+    stored = gp.GaryParams(model_name="demo", prompt_duration=4) if retry else None
+    for read in (lambda: gp.parse_params(body, base=stored), lambda: gp.session_id(body, required=False),
+                 lambda: gp.audio_bytes(body if isinstance(body, dict) else {}, required=False)):
+        try:
+            read()
+        except gp.GaryError as exc:
+            assert str(exc) and "validation error" not in str(exc)
+
+
+def test_lyria_names_a_field_sent_in_snake_case_as_the_wire_does():
+    protocol = lp.LyriaProtocol()
+    protocol.receive_text(json.dumps({"setup": {"model": "m"}}))
+    message = {"client_content": {"weighted_prompts": [{"text": "a", "weight": -1}]}}
+    with pytest.raises(lp.LyriaFatal, match=r"^clientContent\.weightedPrompts\[0\]\.weight must be a number >= 0"):
+        protocol.receive_text(json.dumps(message))
+    with pytest.raises(lp.LyriaFatal, match="^musicGenerationConfig.muteBass must be true or false"):
+        protocol.receive_text(json.dumps({"music_generation_config": {"mute_bass": "yes"}}))

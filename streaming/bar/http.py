@@ -80,10 +80,10 @@ def generate_routes(engine, jobs: JobTable, notice: tp.Optional[str], token: tp.
             if data is None:
                 raise HttpError(400, "loop_audio: a file is required", request_id=request_id)
             try:
-                values = bp.form_values(fields, bp.GENERATE_DEFAULTS)
+                form = bp.read_form(bp.GenerateForm, fields)
                 if "bpm" not in fields:
                     raise ProtocolError("bpm: field required")
-                drop = int(bp.number(values, "intro_bars_to_drop"))
+                values, drop = form.model_dump(), form.intro_bars_to_drop
                 checked = bp.bar_params(values, loop_rate=48000, bars_key="bars")  # the loop's rate comes later
             except ProtocolError as exc:
                 raise HttpError(400, str(exc), request_id=request_id) from None
@@ -176,7 +176,7 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
             raise HttpError(400, "loop_audio: a file is required")
         if "bpm" not in fields:
             raise HttpError(400, "bpm: field required")
-        values = bp.form_values(fields, bp.JAM_START_DEFAULTS)
+        values = bp.read_form(bp.JamStartForm, fields).model_dump()
         try:
             jam = await open_jam(engine, registry, blocking, data, values, None)
         except CapacityError as exc:
@@ -212,7 +212,7 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
     async def consume(request: Request) -> dict:
         fields, _ = await read_form(request, None)
         jam = touched(fields.get("session_id"))
-        index = int(bp.number(bp.form_values(fields, {"chunk_index": -1}), "chunk_index"))
+        index = bp.read_form(bp.ConsumeMessage, fields).chunk_index
         jam.session.consume(index)
         return {"consumed": index}
 
@@ -235,7 +235,7 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
         fields, _ = await read_form(request, None)
         jam = touched(fields.get("session_id"))
         source = jam.session.source
-        changes = {k: v for k, v in bp.form_values(fields, dict.fromkeys(bp.STEERING)).items() if v is not None}
+        changes = bp.form_values(bp.Steering, {k: v for k, v in fields.items() if v != ""})  # empty: unchanged
         if not changes.get("styles"):  # app.py: an empty styles field keeps the styles
             changes.pop("styles", None)
             changes.pop("style_weights", None)
@@ -259,7 +259,7 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
     async def reseed_splice(request: Request) -> dict:
         fields, data = await read_form(request, "combined_audio")
         jam = touched(fields.get("session_id"))
-        anchor = float(bp.number(bp.form_values(fields, {"anchor_bars": 2.0}), "anchor_bars"))
+        anchor = bp.read_form(bp.SpliceFields, fields).anchor_bars
         combined = None if data is None else await decode(data)
         jam.session.source.reseed_splice(anchor, combined)
         return {"ok": True, "anchor_bars": anchor}

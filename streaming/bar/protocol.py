@@ -5,13 +5,17 @@ Field names, defaults and answers are magenta-retry's `app.py` (github betweentw
 WebSocket's `start` params (`headroom_db`, `target_sr`) and the HTTP forms (`loudness_headroom_db`,
 `target_sample_rate`) name the same things differently there, and so they do here. Messages that carry audio
 (`loop_audio_b64`, `combined_audio_b64`) may be up to MAX_AUDIO_MESSAGE_BYTES; every other one keeps the
-ordinary 64 KiB limit.
+ordinary 64 KiB limit. Messages and forms are read by pydantic models of engine.params' types.
 """
 
 import base64
 import enum
 import typing as tp
 from dataclasses import dataclass, replace
+
+from pydantic import AliasChoices, AliasGenerator, BaseModel, BeforeValidator, ConfigDict, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core.core_schema import ValidationInfo
 
 from engine.api import params as rules
 from streaming import formats as audio
@@ -22,70 +26,217 @@ from streaming.wire import WireError, load_object
 MAX_AUDIO_MESSAGE_BYTES = 20 * 2**20  # a 30 s 48 kHz stereo 16-bit loop is ~7.7 MB in base64; float WAV twice that
 MAX_CHUNK_SECONDS = 120.0  # bars_per_chunk bars at the bpm: one chunk is held (and sent) whole
 AUDIO_TYPES = ("start", "reseed", "reseed_splice")
-BARS = rules.integer(1, 64)
-# name -> its type and bounds (engine.params), for the WebSocket's params, the HTTP forms (by the WebSocket's
-# names) and the fields of single messages alike
-NUMBERS: dict[str, tp.Any] = {
-    "bpm": rules.number(20, 400), "beats_per_bar": rules.integer(1, 16), "bars_per_chunk": BARS, "bars": BARS,
-    "target_sr": rules.integer(8000, 192000), "headroom_db": rules.number(0, 60),
-    "loop_weight": rules.number(0, 1000), "guidance_weight": rules.Guidance, "temperature": rules.Temperature,
-    "topk": rules.integer(1, rules.MAX_TOP_K), "anchor_bars": rules.number(0, 64),
-    "intro_bars_to_drop": rules.integer(0, 64), "chunk_index": rules.integer(-1, rules.MAX_EXACT_INTEGER),
-    "seed": rules.Seed}
-STEERING = ("styles", "style_weights", "loop_weight", "guidance_weight", "temperature", "topk")
-WS_DEFAULTS = {"bpm": 120.0, "beats_per_bar": 4, "bars_per_chunk": 8, "target_sr": None, "loudness_mode": "none",
-               "headroom_db": 1.0, "loop_weight": 1.0, "styles": "", "style_weights": "", "guidance_weight": 1.1,
-               "temperature": 1.1, "topk": 40}
-# the HTTP forms: their names for the WebSocket's fields, and app.py's defaults
-FORM_NAMES = {"loudness_headroom_db": "headroom_db", "target_sample_rate": "target_sr"}
-JAM_START_DEFAULTS = {**WS_DEFAULTS, "bars_per_chunk": 4, "loudness_mode": "auto"}
-GENERATE_DEFAULTS = {**WS_DEFAULTS, "bars": 8, "styles": "acid house", "loudness_mode": "auto",
-                     "guidance_weight": 5.0, "intro_bars_to_drop": 0}
+FORM_NAMES = {"headroom_db": "loudness_headroom_db", "target_sr": "target_sample_rate"}  # a form may use either
+ModelT = tp.TypeVar("ModelT", bound=BaseModel)
 
 
-def number(raw: dict, name: str) -> tp.Union[int, float]:
-    return checked(NUMBERS[name], raw[name], name)
+# -- the fields: engine.params' types with magenta-retry's bounds ---------------------------------------------------
+def _text(value: tp.Any) -> tp.Any:
+    """Styles and weights are comma-separated text ("acid house, techno", "1,0.5"); null or "" is none."""
+    if not isinstance(value or "", str):
+        raise ValueError('styles and style_weights must be strings such as "acid house, techno" and "1,0.5"')
+    return value or ""
 
 
-def checked(kind: tp.Any, value: tp.Any, name: str) -> tp.Any:
+def _session_id(value: tp.Any) -> tp.Any:
+    if not isinstance(value, str) or not value or len(value) > 128:
+        raise ValueError("session_id must be the string `started` gave")
+    return value
+
+
+def _audio(value: tp.Any, info: ValidationInfo) -> tp.Any:
+    """An audio file, base64-encoded; null or "" is none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{info.field_name} must be a base64 string of an audio file")
     try:
-        return rules.checked(kind, value, name)
-    except ValueError as exc:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise ValueError(f"{info.field_name} is not valid base64") from None
+
+
+def _object(value: tp.Any) -> tp.Any:
+    """A start's params: an object; an empty value (null) is none."""
+    if not isinstance(value or {}, dict):
+        raise ValueError("params must be a JSON object")
+    return value or {}
+
+
+CommaText = tp.Annotated[str, BeforeValidator(_text)]
+SessionId = tp.Optional[tp.Annotated[str, BeforeValidator(_session_id)]]
+Audio = tp.Annotated[tp.Optional[bytes], BeforeValidator(_audio)]
+Bars = rules.integer(1, 64)
+LoudnessMode = tp.Literal[audio.LOUDNESS_MODES]
+
+
+class BarModel(BaseModel):
+    """What bar mode's models share: strict values (engine.params); unknown names ignored, as they always were."""
+
+    model_config = ConfigDict(**rules.STRICT, frozen=True)
+
+
+class Steering(BarModel, extra="forbid"):
+    """What an `update` may change, with the start's defaults; any other name is refused."""
+
+    styles: CommaText = ""  # none: the loop alone
+    style_weights: CommaText = ""  # a style without one has 1.0
+    loop_weight: rules.number(0, 1000) = 1.0
+    guidance_weight: rules.Guidance = 1.1
+    temperature: rules.Temperature = 1.1
+    topk: rules.integer(1, rules.MAX_TOP_K) = 40
+
+    @model_validator(mode="after")
+    def _styles_are_valid(self) -> "Steering":
+        self.styles_and_weights()
+        return self
+
+    def styles_and_weights(self) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        """The styles and one weight each, by the engine's rules (engine.params.Styles, StyleWeights)."""
+        styles = tuple(s.strip() for s in self.styles.split(",") if s.strip())
+        if styles:
+            rules.checked(rules.Styles, styles, "styles")
+        try:
+            given = [float(w) for w in self.style_weights.split(",") if w.strip()]
+        except ValueError:
+            raise rules.ParamError(f"style_weights must be comma-separated numbers, got "
+                                   f"{self.style_weights!r:.60}") from None
+        rules.checked(rules.StyleWeights, given, "style_weights")
+        if len(given) > len(styles):
+            raise rules.ParamError(f"style_weights has {len(given)} values for {len(styles)} styles")
+        return styles, tuple(given + [1.0] * (len(styles) - len(given)))
+
+
+class SessionFields(Steering):
+    """A bar session's parameters but how many bars it makes at once, by the WebSocket start's names."""
+
+    loudness_mode: LoudnessMode = "none"
+    bpm: rules.number(20, 400) = 120.0
+    beats_per_bar: rules.integer(1, 16) = 4
+    headroom_db: rules.number(0, 60) = 1.0
+    target_sr: tp.Optional[rules.integer(8000, 192000)] = None  # None: the loop's rate
+
+
+class BarFields(SessionFields):
+    """A bar session's parameters, with the WebSocket start's defaults."""
+
+    bars_per_chunk: Bars = 8
+
+
+class StartParams(BarFields):
+    """The WebSocket start's `params`: a session's and its seed (null or -1: the server picks one)."""
+
+    seed: tp.Optional[rules.Seed] = None
+
+
+class GenerateFields(SessionFields):
+    """/generate's parameters: `bars` (a session's bars_per_chunk), after `intro_bars_to_drop` made and dropped."""
+
+    bars: Bars = 8
+    intro_bars_to_drop: rules.integer(0, 64) = 0
+
+
+# the forms': unknown names ignored (FastAPI ignores them), the forms' names taken as well as the socket's
+FORM = ConfigDict(extra="ignore", alias_generator=AliasGenerator(
+    validation_alias=lambda name: AliasChoices(FORM_NAMES[name], name) if name in FORM_NAMES else name))
+
+
+class JamStartForm(BarFields, **FORM):
+    """/jam/start's form, with app.py's defaults."""
+
+    loudness_mode: LoudnessMode = "auto"
+    bars_per_chunk: Bars = 4
+
+
+class GenerateForm(GenerateFields, **FORM):
+    """/generate's form, with app.py's defaults."""
+
+    styles: CommaText = "acid house"
+    loudness_mode: LoudnessMode = "auto"
+    guidance_weight: rules.Guidance = 5.0
+
+
+class SpliceFields(BarModel):
+    anchor_bars: rules.number(0, 64) = 2.0
+
+
+# -- the WebSocket's messages ------------------------------------------------------------------------------------
+class Addressed(BarModel):
+    session_id: SessionId = None  # the session `started` named; none: this socket's
+
+
+class StartMessage(Addressed):
+    binary_audio: bool = False
+    params: tp.Annotated[dict, BeforeValidator(_object)] = {}  # StartParams, named without a prefix
+    loop_audio_b64: Audio = None  # required to open a session (no session_id)
+
+
+class ConsumeMessage(Addressed):  # /jam/consume's form too
+    chunk_index: rules.integer(-1, rules.MAX_EXACT_INTEGER) = -1  # -1: every chunk made so far
+
+
+class ReseedMessage(Addressed):
+    loop_audio_b64: Audio = None  # required
+
+
+class SpliceMessage(Addressed, SpliceFields):
+    combined_audio_b64: Audio = None  # none: the session's own recent output
+
+
+# -- reading them ------------------------------------------------------------------------------------------------
+def parse(model: type[ModelT], raw: tp.Any, unknown: str = "") -> ModelT:
+    """`raw` as `model`; ProtocolError names the field, or the names it refuses in `unknown`'s words (`{names}`)."""
+    try:
+        return rules.validate(model, raw)
+    except rules.ParamError as exc:
+        if exc.unknown and unknown:
+            raise ProtocolError(unknown.format(names=", ".join(sorted(exc.unknown)))) from None
         raise ProtocolError(str(exc)) from None
 
 
-def styles_of(raw: dict) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """Comma-separated styles and weights; empty is allowed (the loop alone); a missing weight is 1.0."""
-    text, weights_text = raw.get("styles") or "", raw.get("style_weights") or ""
-    if not isinstance(text, str) or not isinstance(weights_text, str):
-        raise ProtocolError("styles and style_weights must be strings such as \"acid house, techno\" and \"1,0.5\"")
-    styles = tuple(s.strip() for s in text.split(",") if s.strip())
-    if styles:
-        checked(rules.Styles, styles, "styles")
+def _from_text(text: str, field: FieldInfo) -> tp.Any:
+    """A form's text as the JSON value its field takes: "120.000" a number, "4" or "4.0" an integer, "" none
+    where the field's default is none; text that is no such number is left for the field's rule to refuse."""
+    kinds = tp.get_args(field.annotation) or (field.annotation,)  # Optional[Annotated[int, ...]]: its args
+    kind = next((k for k in (tp.get_args(a)[0] if tp.get_origin(a) is tp.Annotated else a for a in kinds)
+                 if k in (int, float)), None)
+    if kind is None:
+        return text
+    if text == "" and field.default is None:
+        return None
     try:
-        given = [float(w) for w in weights_text.split(",") if w.strip()]
+        number = float(text)
     except ValueError:
-        raise ProtocolError(f"style_weights must be comma-separated numbers, got {weights_text!r:.60}") from None
-    checked(rules.StyleWeights, given, "style_weights")
-    if len(given) > len(styles):
-        raise ProtocolError(f"style_weights has {len(given)} values for {len(styles)} styles")
-    return styles, tuple(given + [1.0] * (len(styles) - len(given)))
+        return text
+    return number if kind is float else int(number) if number.is_integer() else text
+
+
+def form_values(model: type[BaseModel], form: tp.Mapping[str, tp.Any]) -> dict:
+    """A multipart form's text fields as the JSON values `model` reads (magenta-retry's clients send every field as
+    text: JUCE's "120.000", curl's "4"); files and names the model lacks are left out, as FastAPI leaves them."""
+    values = {}
+    for key, text in form.items():
+        field = next((f for name, f in model.model_fields.items() if key in (name, FORM_NAMES.get(name))), None)
+        if field is not None and isinstance(text, str):
+            values[key] = _from_text(text, field)
+    return values
+
+
+def read_form(model: type[ModelT], form: tp.Mapping[str, tp.Any]) -> ModelT:
+    """A multipart form as `model` (a form's model names the fields as the client did: `loudness_headroom_db`)."""
+    return parse(model, form_values(model, form))
 
 
 def bar_params(raw: dict, loop_rate: int, bars_key: str = "bars_per_chunk") -> BarParams:
-    """Validated parameters from a full dict (defaults filled in); `target_sr` None means the loop's rate."""
-    styles, weights = styles_of(raw)
-    mode = raw["loudness_mode"]
-    if mode not in audio.LOUDNESS_MODES:
-        raise ProtocolError(f"loudness_mode must be one of {', '.join(audio.LOUDNESS_MODES)}, got {mode!r:.40}")
-    values = {name: number(raw, name) for name in ("bpm", "beats_per_bar", bars_key, "headroom_db", "loop_weight",
-                                                   "guidance_weight", "temperature", "topk")}
-    target_sr = loop_rate if raw.get("target_sr") is None else number(raw, "target_sr")
-    params = BarParams(bpm=values["bpm"], beats_per_bar=values["beats_per_bar"], bars_per_chunk=values[bars_key],
-                       target_sr=target_sr, loudness_mode=mode, headroom_db=values["headroom_db"], styles=styles,
-                       style_weights=weights, loop_weight=values["loop_weight"],
-                       guidance_weight=values["guidance_weight"], temperature=values["temperature"],
-                       topk=values["topk"])
+    """A session's parameters from JSON values (a start's params, a form's values; /generate's with
+    `bars_key="bars"`); `target_sr` None means the loop's rate."""
+    fields = parse(GenerateFields if bars_key == "bars" else BarFields, raw)
+    styles, weights = fields.styles_and_weights()
+    params = BarParams(bpm=fields.bpm, beats_per_bar=fields.beats_per_bar, bars_per_chunk=getattr(fields, bars_key),
+                       target_sr=fields.target_sr or loop_rate, loudness_mode=fields.loudness_mode,
+                       headroom_db=fields.headroom_db, styles=styles, style_weights=weights, topk=fields.topk,
+                       loop_weight=fields.loop_weight, guidance_weight=fields.guidance_weight,
+                       temperature=fields.temperature)
     seconds = params.bars_per_chunk * params.clock.seconds_per_bar
     if seconds > MAX_CHUNK_SECONDS:
         raise ProtocolError(f"{bars_key}: {params.bars_per_chunk} bars at {params.bpm:g} bpm are {seconds:.0f} s; "
@@ -95,41 +246,23 @@ def bar_params(raw: dict, loop_rate: int, bars_key: str = "bars_per_chunk") -> B
 
 def updated(params: BarParams, changes: dict) -> BarParams:
     """`params` with an update's steering fields (others are refused); validated before anything changes."""
-    unknown = sorted(set(changes) - set(STEERING))
-    if unknown:
-        raise ProtocolError(f"update cannot change {', '.join(unknown)}: only {', '.join(STEERING)}")
     if not changes:
         raise ProtocolError("update names no parameter to change")
-    current = {"styles": ", ".join(params.styles), "style_weights": ",".join(f"{w:g}" for w in params.style_weights),
-               "loop_weight": params.loop_weight, "guidance_weight": params.guidance_weight,
-               "temperature": params.temperature, "topk": params.topk}
     if "styles" in changes and "style_weights" not in changes:
         changes = {**changes, "style_weights": ""}  # new styles without weights: equal weights
-    merged = {**current, **changes}
-    styles, weights = styles_of(merged)
-    return replace(params, styles=styles, style_weights=weights,
-                   **{name: number(merged, name) for name in ("loop_weight", "guidance_weight", "temperature",
-                                                              "topk")})
-
-
-def audio_bytes(raw: dict, name: str, required: bool) -> tp.Optional[bytes]:
-    encoded = raw.get(name)
-    if encoded in (None, ""):
-        if required:
-            raise ProtocolError(f"{name} required")
-        return None
-    if not isinstance(encoded, str):
-        raise ProtocolError(f"{name} must be a base64 string of an audio file")
-    try:
-        return base64.b64decode(encoded, validate=True)
-    except ValueError:
-        raise ProtocolError(f"{name} is not valid base64") from None
+    current = {name: getattr(params, name) for name in Steering.model_fields}
+    current.update(styles=", ".join(params.styles), style_weights=",".join(map(repr, params.style_weights)))
+    steering = parse(Steering, {**current, **changes},
+                     unknown=f"update cannot change {{names}}: only {', '.join(Steering.model_fields)}")
+    styles, weights = steering.styles_and_weights()
+    return replace(params, **steering.model_dump(exclude={"styles", "style_weights"}), styles=styles,
+                   style_weights=weights)
 
 
 # -- the WebSocket's commands ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Start:
-    raw_params: dict  # validated by bar_params once the loop's rate is known
+    raw_params: dict  # StartParams' values, made a session's by bar_params once the loop's rate is known
     loop: tp.Optional[bytes]
     session_id: tp.Optional[str]  # attach to this running session
     binary_audio: bool
@@ -230,13 +363,6 @@ def load(text: str) -> dict:
     return message
 
 
-def _session_id(message: dict) -> tp.Optional[str]:
-    sid = message.get("session_id")
-    if sid is not None and (not isinstance(sid, str) or not sid or len(sid) > 128):
-        raise ProtocolError("session_id must be the string `started` gave")
-    return sid
-
-
 def command(message: dict) -> Command:
     """A parsed message (from `load`) as a command; ProtocolError names what is wrong."""
     kind = message.get("type")
@@ -245,60 +371,28 @@ def command(message: dict) -> Command:
     if kind == "stop":
         return Stop()
     if kind == "start":
-        return _start(message)
+        start = parse(StartMessage, message)
+        if start.session_id is None and start.loop_audio_b64 is None:
+            raise ProtocolError("loop_audio_b64 required for mode=bar when no session_id")
+        params = parse(StartParams, start.params, unknown="unknown parameter(s): {names}")
+        return Start(raw_params=params.model_dump(exclude={"seed"}), loop=start.loop_audio_b64,
+                     session_id=start.session_id, binary_audio=start.binary_audio,
+                     seed=None if params.seed == -1 else params.seed)
     if kind == "update":
         changes = {k: v for k, v in message.items() if k not in ("type", "session_id", "params")}
         if isinstance(message.get("params"), dict):
             changes.update(message["params"])
         return Update(changes)
     if kind == "consume":
-        return Consume(_session_id(message), int(number({"chunk_index": message.get("chunk_index", -1)},
-                                                        "chunk_index")))
+        consume = parse(ConsumeMessage, message)
+        return Consume(consume.session_id, consume.chunk_index)
     if kind == "reseed":
-        return Reseed(_session_id(message), audio_bytes(message, "loop_audio_b64", required=True))
+        reseed = parse(ReseedMessage, message)
+        if reseed.loop_audio_b64 is None:
+            raise ProtocolError("loop_audio_b64 required")
+        return Reseed(reseed.session_id, reseed.loop_audio_b64)
     if kind == "reseed_splice":
-        anchor = number({"anchor_bars": message.get("anchor_bars", 2.0)}, "anchor_bars")
-        return ReseedSplice(_session_id(message), float(anchor), audio_bytes(message, "combined_audio_b64", False))
+        splice = parse(SpliceMessage, message)
+        return ReseedSplice(splice.session_id, splice.anchor_bars, splice.combined_audio_b64)
     raise ProtocolError(f"Unknown type {kind!r}: bar mode takes start, update, consume, reseed, reseed_splice, "
                         "stop and ping")
-
-
-def _start(message: dict) -> Start:
-    binary = message.get("binary_audio", False)
-    if not isinstance(binary, bool):
-        raise ProtocolError("binary_audio must be true or false")
-    params = message.get("params") or {}
-    if not isinstance(params, dict):
-        raise ProtocolError("params must be a JSON object")
-    unknown = sorted(set(params) - set(WS_DEFAULTS) - {"seed"})
-    if unknown:
-        raise ProtocolError(f"unknown parameter(s): {', '.join(unknown)}")
-    sid = _session_id(message)
-    loop = audio_bytes(message, "loop_audio_b64", required=False)
-    if sid is None and loop is None:
-        raise ProtocolError("loop_audio_b64 required for mode=bar when no session_id")
-    seed = params.get("seed")
-    seed = None if seed in (None, -1) else int(number(params, "seed"))
-    raw = {**WS_DEFAULTS, **{k: v for k, v in params.items() if k != "seed"}}
-    return Start(raw_params=raw, loop=loop, session_id=sid, binary_audio=binary, seed=seed)
-
-
-# -- HTTP forms ------------------------------------------------------------------------------------------------
-def form_values(form: tp.Mapping[str, tp.Any], defaults: dict) -> dict:
-    """A multipart form's text fields as the WebSocket's typed values (numbers parsed, HTTP names mapped),
-    defaults filled in; files and unknown fields are left out (FastAPI ignores extra fields too)."""
-    values = dict(defaults)
-    for key, value in form.items():
-        name = FORM_NAMES.get(key, key)
-        if name not in defaults or not isinstance(value, str):
-            continue
-        if name in NUMBERS and not (value == "" and defaults[name] is None):
-            kind = tp.get_args(NUMBERS[name])[0]  # int or float: a form's text becomes the JSON value it names
-            try:
-                values[name] = kind(float(value)) if kind is int and float(value).is_integer() else kind(value)
-            except ValueError:
-                raise ProtocolError(f"{key} must be {'an integer' if kind is int else 'a number'}, "
-                                    f"got {value!r:.40}") from None
-        elif name not in NUMBERS:
-            values[name] = value
-    return values

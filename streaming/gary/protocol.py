@@ -23,6 +23,7 @@ import typing as tp
 from dataclasses import dataclass, replace
 
 import torch
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from engine.api import params as rules
 from streaming import formats as audio
@@ -39,10 +40,14 @@ MAX_SEED = rules.MAX_INT32
 PROMPT_SECONDS = rules.integer(1, MAX_PROMPT_SECONDS)
 TOP_K = rules.integer(1, 10000)
 SEED = rules.integer(-1, MAX_SEED)
+MAX_SESSION_ID = 128
 # the stored inputs retry reruns: at most this many, this many bytes (decoded float audio), this long
 STORE_MAX_ENTRIES = 32
 STORE_MAX_BYTES = 768 * 2**20
 STORE_KEEP_SECONDS = 3600.0  # the reference backend keeps a session an hour
+
+
+RequestT = tp.TypeVar("RequestT", bound=BaseModel)
 
 
 class GaryError(ValueError):
@@ -80,44 +85,77 @@ class StoredInput:
 
 
 # -- requests ----------------------------------------------------------------------------------------------------
-def _field(body: dict, name: str, kind: type, default: tp.Any = None) -> tp.Any:
-    value = body.get(name)
-    if value is None:
-        return default
-    if kind is str and not isinstance(value, str):
-        raise GaryError(f"{name} must be a string, got {type(value).__name__}")
-    return value
+def _blank_is_none(value: tp.Any) -> tp.Any:
+    return None if value == "" else value
 
 
-def _checked(body: dict, name: str, kind: tp.Any, default: tp.Any) -> tp.Any:
-    value = body.get(name)
-    if value is None:
-        return default
+def _base64(value: tp.Any) -> tp.Any:
+    """The plugins send the audio file base64-encoded (null or "" is none)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"audio_data must be a base64 string, got {type(value).__name__}")
     try:
-        return rules.checked(kind, value, name)
-    except ValueError as exc:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("audio_data is not valid base64") from None
+
+
+class GaryModel(BaseModel):
+    """What the requests' models share: strict values (engine.params); unknown fields are ignored, as the
+    reference backend ignores them."""
+
+    model_config = ConfigDict(**rules.STRICT, frozen=True)
+
+
+class Generation(GaryModel):
+    """The generation fields of a process, continue or retry request; a null is an absent field (the default, or
+    on a retry the stored value)."""
+
+    model_name: tp.Optional[str] = None
+    prompt_duration: tp.Optional[PROMPT_SECONDS] = None
+    description: tp.Optional[rules.StyleText] = None  # the prediction's prompt
+    seed: tp.Optional[SEED] = None
+    top_k: tp.Optional[TOP_K] = None
+    temperature: tp.Optional[rules.Temperature] = None
+    cfg_coef: tp.Optional[rules.Guidance] = None
+
+
+class SessionRef(GaryModel):
+    """The session a request continues, retries or polls: null or "" is none."""
+
+    session_id: tp.Annotated[tp.Optional[tp.Annotated[str, Field(max_length=MAX_SESSION_ID)]],
+                             BeforeValidator(_blank_is_none)] = None
+
+
+class Upload(GaryModel):
+    """`audio_data`: the bytes of an audio file, base64-encoded; null or "" is none."""
+
+    audio_data: tp.Annotated[tp.Optional[bytes], BeforeValidator(_base64)] = None
+
+
+def _parse(model: type[RequestT], body: dict) -> RequestT:
+    """`body` as `model`; GaryError names the field and what is wrong with it."""
+    try:
+        return rules.validate(model, body)
+    except rules.ParamError as exc:
         raise GaryError(str(exc)) from None
 
 
 def parse_params(body: tp.Any, base: tp.Optional[GaryParams] = None) -> GaryParams:
-    """The generation fields of a request; with `base` (a retry), absent fields keep the stored values."""
+    """The generation fields of a request; with `base` (a retry), absent fields keep the stored values, but for
+    the seed: a retry draws a new one unless one is given."""
     if not isinstance(body, dict):
         raise GaryError("the request must be a JSON object")
-    base = base or GaryParams(model_name="", prompt_duration=0)
-    model_name = _field(body, "model_name", str, base.model_name)
-    if not model_name:
+    given = _parse(Generation, body).model_dump(exclude_none=True)
+    seed = given.pop("seed", None)
+    params = replace(base or GaryParams(model_name="", prompt_duration=0), **given)
+    if not params.model_name:
         raise GaryError("model_name is required: the path of a model from /api/models")
-    prompt = _checked(body, "prompt_duration", PROMPT_SECONDS, base.prompt_duration or None)
-    if prompt is None:
+    if not params.prompt_duration:
         raise GaryError(f"prompt_duration is required: whole seconds, 1..{MAX_PROMPT_SECONDS}")
-    description = _checked(body, "description", rules.StyleText, base.description)  # the prediction's prompt
-    seed = _checked(body, "seed", SEED, None)
-    return GaryParams(model_name=model_name, prompt_duration=prompt,
-                      top_k=_checked(body, "top_k", TOP_K, base.top_k),
-                      temperature=_checked(body, "temperature", rules.Temperature, base.temperature),
-                      cfg_coef=_checked(body, "cfg_coef", rules.Guidance, base.cfg_coef),
-                      description=description.strip() or None if description else None,
-                      seed=None if seed in (None, -1) else seed)
+    return replace(params, description=(params.description or "").strip() or None,
+                   seed=None if seed == -1 else seed)
 
 
 def with_seed(params: GaryParams, rng: random.Random) -> GaryParams:
@@ -126,28 +164,18 @@ def with_seed(params: GaryParams, rng: random.Random) -> GaryParams:
 
 
 def audio_bytes(body: dict, required: bool = True) -> tp.Optional[bytes]:
-    """`audio_data`: the bytes of an audio file, base64-encoded."""
-    value = body.get("audio_data")
-    if value is None or value == "":
-        if required:
-            raise GaryError("audio_data is required: a WAV file, base64-encoded")
-        return None
-    if not isinstance(value, str):
-        raise GaryError(f"audio_data must be a base64 string, got {type(value).__name__}")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise GaryError("audio_data is not valid base64") from None
+    """`audio_data`'s bytes (None when absent, unless `required`)."""
+    data = _parse(Upload, body).audio_data
+    if data is None and required:
+        raise GaryError("audio_data is required: a WAV file, base64-encoded")
+    return data
 
 
 def session_id(body: tp.Any, required: bool = True) -> tp.Optional[str]:
-    value = body.get("session_id") if isinstance(body, dict) else None
-    if value is None or value == "":
-        if required:
-            raise GaryError("session_id is required: the session_id of the continuation to retry")
-        return None
-    if not isinstance(value, str) or len(value) > 128:
-        raise GaryError("session_id must be a string of at most 128 characters")
+    """The request's session_id (None when absent or the body is no object, unless `required`)."""
+    value = _parse(SessionRef, body if isinstance(body, dict) else {}).session_id
+    if value is None and required:
+        raise GaryError("session_id is required: the session_id of the continuation to retry")
     return value
 
 

@@ -51,13 +51,18 @@ class LyriaFatal(Exception):
 class LyriaModel(BaseModel):
     """What Lyria's messages share: strict values, camelCase or snake_case names, null as the default."""
 
-    model_config = ConfigDict(**rules.STRICT, frozen=True, alias_generator=to_camel, validate_by_name=True,
-                              validate_by_alias=True, serialize_by_alias=True)
+    model_config = ConfigDict(**rules.STRICT, frozen=True, alias_generator=to_camel, validate_by_alias=True,
+                              serialize_by_alias=True)
 
     @model_validator(mode="before")
     @classmethod
-    def _null_is_default(cls, data: tp.Any) -> tp.Any:
-        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+    def _wire_names(cls, data: tp.Any) -> tp.Any:
+        """A null is dropped (the default); a snake_case name is read as the wire's camelCase, so that an error
+        names the field as the wire does (musicGenerationConfig.topK, whichever way it was sent)."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {(fields[k].alias if k in fields else k): v for k, v in data.items() if v is not None}
 
 
 def _default_mode(mode: MusicGenerationMode) -> MusicGenerationMode:
@@ -132,7 +137,7 @@ def parse(model: type[LyriaModel], raw: tp.Any, name: str) -> tp.Any:
     if not isinstance(raw, dict):
         raise LyriaFatal(f"{name} must be an object")
     try:
-        return rules.validate(model, raw, prefix=name, by_alias=True)
+        return rules.validate(model, raw, prefix=name)
     except rules.ParamError as exc:
         raise LyriaFatal(f"{name} has unknown field {exc.unknown[0]}" if exc.unknown else str(exc)) from None
 
