@@ -33,7 +33,7 @@ PROGRESS_GENERATING = 0.9  # the prediction's share of the progress; resampling,
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    values: dict  # the form's values (streaming.bar.protocol.form_values), checked by bar_params
+    values: dict  # the form's values (streaming.bar.protocol.read_form(GenerateForm)), checked by bar_params
     intro_bars_to_drop: int
     loop: bytes
     request_id: str
