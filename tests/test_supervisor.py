@@ -307,3 +307,77 @@ def test_a_restart_keeps_the_slot_on_a_full_server():
         assert engine.open == set()
 
     asyncio.run(scenario())
+
+
+class Listener:
+    """A connection as a transport binds it to the session's pump: /ws/jam's socket paced by a Pacer, or a WebRTC
+    peer pushing PCM into its track (TrackPace); `got` records the chunks delivered to it."""
+
+    def __init__(self, engine: FakeEngine, pool: GatedPool, registry: SessionRegistry, transport: str) -> None:
+        from streaming.formats import OpusEncoder
+        from streaming.webrtc.track import SessionTrack, TrackPace
+
+        self.tasks = Tasks()
+        self.kind = "rt" if transport == "jam" else "webrtc"
+        self.supervisor = Supervisor(engine, pool, registry, self.kind, owner=self, tasks=self.tasks)
+        self.supervisor.pumped(self.deliver, self.failed)
+        self.track = SessionTrack(OpusEncoder(), lambda count: None, lambda silence: None)
+        self.pace = Pacer("realtime") if transport == "jam" else TrackPace(self.track)
+        self.got: list[int] = []
+
+    async def deliver(self, chunk) -> None:
+        import numpy as np
+
+        self.got.append(chunk.index)
+        self.track.push(np.zeros((round(48000 * chunk.seconds), 2), dtype="<i2"))
+
+    async def failed(self, exc: Exception) -> None:
+        raise AssertionError(f"no chunk fails here: {exc}")
+
+    async def drop(self) -> None:
+        """The connection goes away without `stop` (as Connection.run's and Peer.close's ends do)."""
+        self.supervisor.closed = True
+        await self.tasks.close()
+        await self.supervisor.finish(keep=True)
+
+
+def test_the_one_pump_carries_the_chunk_in_the_making_across_a_drop():
+    """/ws/jam and a WebRTC peer alike: the registered session's one pump keeps the chunk in the making when the
+    connection drops, and the connection that attaches gets that very request's chunk, same index, nothing asked
+    for twice; the lead measured before the drop goes on."""
+    async def scenario(transport: str) -> None:
+        engine, pool = FakeEngine(), GatedPool()
+        registry = SessionRegistry(resume_seconds=1000.0, recordings=FakeStore())
+        first = Listener(engine, pool, registry, transport)
+        starting = asyncio.get_running_loop().create_task(first.supervisor.start(object(), 1, first.pace))
+        await settle()
+        pool.run_one()
+        jam = await starting
+        session, pump = engine.sessions[0], jam.pump
+        await settle()
+        assert session.settle(fail=False)  # chunk 0 arrives and is delivered
+        await settle()
+        assert first.got == [0] and len(engine.futures) == 2, "chunk 1 is in the making"
+        in_the_making = engine.futures[1]
+        lead = pump.lead.seconds
+
+        await first.drop()
+        assert registry.held == 1 and not in_the_making.done()
+        assert jam.pump is pump and pump.sent_until == 1 and pump.replay_from(None) == []
+
+        second = Listener(engine, pool, registry, transport)
+        assert second.supervisor.attach(jam.session_id, second.pace) is jam
+        assert second.pace.lead is pump.lead and pump.lead.seconds == lead
+        second.supervisor.play()
+        await settle()
+        assert len(engine.futures) == 2, "the resumed connection asked for the chunk in the making again"
+        assert session.settle(fail=False)
+        await settle()
+        assert in_the_making.done() and second.got == [1] and first.got == [0]
+        assert len(engine.futures) == 3 and pump.sent_until == 2
+        await second.supervisor.end()
+        await second.tasks.close()
+        assert engine.open == set() and all(future.done() for future in engine.futures)
+
+    for transport in ("jam", "webrtc"):
+        asyncio.run(scenario(transport))

@@ -20,7 +20,7 @@ from streaming.app.auth import authorized
 from streaming.bar import events as be
 from streaming.bar import protocol as bp
 from streaming.bar.generate import GenerateRequest, decode_loop, generate_work
-from streaming.bar.session import open_jam
+from streaming.bar.session import BarSession, open_jam
 from streaming.jam.protocol import ProtocolError
 from streaming.jobs.table import COMPLETED, FAILED, FINISHED, JobTable, TableFull
 from streaming.sessions.registry import SessionError
@@ -192,7 +192,7 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
 
     async def next_chunk(request: Request) -> dict:
         jam = find(request.query_params.get("session_id"))
-        bar = jam.session
+        bar = jam.state(BarSession)
         if not bar.running:
             raise HttpError(404, "Session not found")
         if jam.owner is not None:
@@ -206,14 +206,13 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
         if chunk is None:
             raise HttpError(408 if bar.running else 404, "Chunk not ready within timeout" if bar.running else
                             bar.failure or "Session not found")
-        jam.sent(chunk)
         return {"chunk": be.chunk_body(chunk, notice)}
 
     async def consume(request: Request) -> dict:
         fields, _ = await read_form(request, None)
         jam = touched(fields.get("session_id"))
         index = bp.read_form(bp.ConsumeMessage, fields).chunk_index
-        jam.session.consume(index)
+        jam.state(BarSession).consume(index)
         return {"consumed": index}
 
     def touched(session_id: tp.Any):
@@ -234,7 +233,7 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
     async def update(request: Request) -> dict:
         fields, _ = await read_form(request, None)
         jam = touched(fields.get("session_id"))
-        source = jam.session.source
+        source = jam.session
         changes = bp.form_values(bp.Steering, {k: v for k, v in fields.items() if v != ""})  # empty: unchanged
         if not changes.get("styles"):  # app.py: an empty styles field keeps the styles
             changes.pop("styles", None)
@@ -251,7 +250,7 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
         jam = touched(fields.get("session_id"))
         loop = None if data is None else await decode(data)
         try:
-            await asyncio.wrap_future(jam.session.source.reseed(loop, seed=random_seed()))
+            await asyncio.wrap_future(jam.session.reseed(loop, seed=random_seed()))
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
         return {"ok": True}
@@ -261,12 +260,12 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
         jam = touched(fields.get("session_id"))
         anchor = bp.read_form(bp.SpliceFields, fields).anchor_bars
         combined = None if data is None else await decode(data)
-        jam.session.source.reseed_splice(anchor, combined)
+        jam.session.reseed_splice(anchor, combined)
         return {"ok": True, "anchor_bars": anchor}
 
     async def status(request: Request) -> dict:
         jam = touched(request.query_params.get("session_id"))
-        return be.status_body(jam.session)
+        return be.status_body(jam.state(BarSession))
 
     return [Route("/jam/start", routed(start), methods=["POST"]), Route("/jam/next", routed(next_chunk)),
             Route("/jam/consume", routed(consume), methods=["POST"]),

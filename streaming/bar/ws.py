@@ -5,8 +5,8 @@ its frames. The session belongs to the registry, not to the socket: a socket tha
 1000) leaves it held for the registry's resume time, and `start` with its `session_id` on a new socket (or the
 HTTP routes) goes on with it from the first chunk not yet delivered. The socket's supervisor
 (streaming.sessions.supervisor) opens, attaches, holds and ends it; `bar_protocol.SocketProtocol` says which commands
-may
-come now. (A failure restarts the session inside the BarSession, streaming.bar.session.)
+may come now. The session's pump runs whoever listens; this socket pulls from it (a failure restarts the source
+inside the BarSession, streaming.bar.session).
 """
 
 import asyncio
@@ -19,7 +19,7 @@ from engine.api import CapacityError, EngineUnavailable, SessionClosed, random_s
 from streaming.bar import events as be
 from streaming.bar import protocol as bp
 from streaming.bar.generate import decode_loop
-from streaming.bar.session import BarSession, open_bar, recorded
+from streaming.bar.session import BarSession, open_source, serve
 from streaming.jam.events import error_event, pong_event, stopped_event
 from streaming.jam.protocol import ProtocolError
 from streaming.sessions.registry import RegisteredSession, SessionError
@@ -68,7 +68,7 @@ class BarSocket:
 
     @property
     def bar(self) -> tp.Optional[BarSession]:
-        return self.supervisor.session
+        return self.jam.state(BarSession) if self.jam is not None else None
 
     async def send(self, *messages: tp.Union[str, bytes]) -> None:
         await self.connection.send(*messages)
@@ -162,9 +162,9 @@ class BarSocket:
         else:
             connection, seed = self.connection, random_seed() if command.seed is None else command.seed
             try:
-                recorded(await self.supervisor.open_with(
-                    lambda: open_bar(connection.engine, self.supervisor.blocking, command.loop, command.raw_params,
-                                     seed), seed))
+                serve(await self.supervisor.open_with(
+                    lambda: open_source(connection.engine, self.supervisor.blocking, command.loop,
+                                        command.raw_params, seed), seed))
             except CapacityError as exc:
                 await self.send(error_event("concurrency_limit_reached", limit=exc.limit))
                 await connection.close(CLOSE_TRY_AGAIN, "concurrency limit reached")
@@ -198,7 +198,6 @@ class BarSocket:
                 raise
             finally:
                 self._sending = False
-            jam.sent(chunk)
 
     async def _stop_delivery(self) -> None:
         """Ends the delivery between sends: a send cancelled midway leaves the socket unusable (starlette marks it

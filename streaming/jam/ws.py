@@ -103,35 +103,34 @@ class JamConnection(Connection):
         except (EngineUnavailable, ValueError, RuntimeError) as exc:  # the protocol heard (session_lost)
             await self.send(je.error_event(f"could not start a session: {exc}"))
             return True
-        self.jam.state = self.protocol
+        self.jam.set_state(self.protocol)
         await self.send(je.started_event(self.jam.session_id))
         await self.send(je.status_event("playing", seed=seed, pace=pace, model=self.engine.describe()))
         return True
 
     async def attach(self, command: jp.Attach) -> None:
         """Plays a held session on this socket: the chunks its client lacks first (same indexes, the overlap
-        going on), then the stream where it paused. The listener's clock starts afresh, at the held pace."""
+        going on), then the stream where it paused. The listener's clock starts afresh, at the held pace; the
+        stream's lead goes on (it is the pump's)."""
+        pacer = Pacer(self.pacer.pace)
         try:
-            jam = self.supervisor.attach(command.session_id, Pacer(self.pacer.pace))
-        except SessionError as exc:
+            jam = self.supervisor.attach(command.session_id, pacer)
+            held = jam.state(jp.JamProtocol)
+            replay = self.pump.replay_from(command.from_chunk)
+        except SessionError as exc:  # an attached session stays held for a try with another from_chunk
+            if self.jam is not None:
+                await self.supervisor.finish(keep=True)
             await self.send(je.error_event(str(exc), session_id=command.session_id))
             return
-        held = jam.state
         pace = held.params.get("pace", "asap")
-        try:
-            replay = jam.replay_from(command.from_chunk)
-        except SessionError as exc:  # the session stays held for a try with another from_chunk
-            await self.supervisor.finish(keep=True)
-            await self.send(je.error_event(str(exc), session_id=jam.session_id))
-            return
         self.protocol.attached(held)
-        jam.state = self.protocol
-        self.pacer = self.pump.pacer
-        self.pacer.pace = pace
-        first = replay[0].index if replay else jam.sent_until
+        jam.set_state(self.protocol)
+        self.pacer = pacer
+        pacer.pace = pace
+        first = replay[0].index if replay else self.pump.sent_until
         await self.send(je.started_event(jam.session_id, resumed=True, from_chunk=first))
         await self.send(je.status_event("resumed", from_chunk=first, pace=pace, model=self.engine.describe()))
-        await self.send_replayed(replay)
+        await self.pump.resend(replay)
         self.supervisor.play()
 
     async def set_melody(self, data: tp.Optional[bytes]) -> None:

@@ -144,13 +144,6 @@ class Connection:
     def session_lost(self) -> None:
         """The session ended on the server's side (a refused start, a failure given up): the protocol hears."""
 
-    async def send_replayed(self, chunks: list) -> None:
-        """Sends the chunks a resuming client lacks (RegisteredSession.replay_from), before the pump goes on."""
-        for chunk in chunks:
-            await self.send_chunk(chunk)
-            self.jam.sent(chunk)
-            self.pump.pacer.sent(chunk.seconds)
-
     async def end_session(self) -> None:
         """Ends the current session (streaming.sessions.supervisor); the idle clock starts again."""
         if await self.supervisor.end():

@@ -5,61 +5,57 @@ Every session gets an unguessable id, 128 random bits (`secrets.token_urlsafe(16
 that holds the session: deploy/haproxy.cfg). The id is the credential of its session (JAM_TOKEN still applies).
 
 When a connection that can resume (/ws/jam `rt`, WebRTC) ends without `stop`, its session is held for
-`resume_seconds`: its pump stops after the chunk in the making (which is kept), the slot stays taken, and the last
-REPLAY_CHUNKS chunks it generated stay here. A new connection that names the id within that time attaches and
-goes on from the first chunk its client lacks, same indexes, same stream (a seeded session gives the audio it
-would have given uninterrupted). After `resume_seconds` the session ends and its slot is freed. While the replica
-drains, a dropped session is not held (its client should reconnect elsewhere), and the drain's end closes what is
-held. Runs on the sidecar's event loop only.
+`resume_seconds`: its pump (streaming.sessions.pump) stops after the chunk in the making, which it keeps with the
+last chunks the session generated, and the slot stays taken. A new connection that names the id within that time
+attaches and goes on from the first chunk its client lacks, same indexes, same stream (a seeded session gives the
+audio it would have given uninterrupted). After `resume_seconds` the session ends and its slot is freed. While the
+replica drains, a dropped session is not held (its client should reconnect elsewhere), and the drain's end closes
+what is held. Runs on the sidecar's event loop only.
 """
 
 import asyncio
 import logging
 import secrets
 import typing as tp
-from collections import deque
 
+from streaming.sessions.pump import ChunkPump, SessionError
 from streaming.sessions.recording import Recording, RecordingStore
 
 logger = logging.getLogger(__name__)
 
-REPLAY_CHUNKS = 4  # chunks kept for a resuming client: the one in flight when the connection broke, and before
 ID_BYTES = 16
-
-
-class SessionError(LookupError):
-    """A session id that cannot be attached; the text says why (sent to the client as is)."""
+T = tp.TypeVar("T")
 
 
 class RegisteredSession:
-    """A session as the registry holds it: the engine session, the pump that carries its chunk in the making from
-    one connection to the next, the chunks it generated last, its recording, and `state`, what its transport needs
-    to go on (/ws/jam: its protocol object, with the parameters in force)."""
+    """A session as the registry holds it: the engine session (bar mode's: its BarSource), its one pump (the chunk
+    in the making, the lead, the last chunks: they go from one connection to the next), its recording, and the
+    state its transport needs to go on (`state`: /ws/jam's protocol object with the parameters in force, a WebRTC
+    peer's controls, bar mode's listeners)."""
 
     def __init__(self, session_id: str, kind: str, session, recording: Recording) -> None:
         self.session_id = session_id
         self.kind = kind
         self.session = session
         self.recording = recording
-        self.pump = None
-        self.state: tp.Any = None
+        self.pump = ChunkPump(session, on_chunk=recording.add)
         self.owner: tp.Optional[object] = None
-        self.replay: deque = deque(maxlen=REPLAY_CHUNKS)
-        self.sent_until = 0  # the index after the last chunk whose send to a client completed
+        self._state: object = None
         self._expiry: tp.Optional[asyncio.TimerHandle] = None
 
-    def generated(self, chunk) -> None:
-        """A chunk came from the engine (before it is paced and sent)."""
-        self.replay.append(chunk)
-        self.recording.add(chunk)
+    def set_state(self, state: object) -> None:
+        """Keeps what the transport needs to go on with this session on its next connection."""
+        self._state = state
 
-    def sent(self, chunk) -> None:
-        self.sent_until = max(self.sent_until, chunk.index + 1)
+    def state(self, kind: type[T]) -> T:
+        """The transport's state, as the `kind` it kept; SessionError when the session has none of that kind."""
+        if not isinstance(self._state, kind):
+            raise SessionError(f"session {self.session_id} cannot go on here: it has no {kind.__name__}")
+        return self._state
 
     def restarted(self, seed: int) -> None:
         """A fresh context: its chunks count from 0 again, so nothing before it can be replayed."""
-        self.replay.clear()
-        self.sent_until = 0
+        self.pump.restarted()
         self.recording.restarted(seed)
 
     def disarm(self) -> None:
@@ -67,19 +63,6 @@ class RegisteredSession:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-
-    def replay_from(self, from_chunk: tp.Optional[int]) -> list:
-        """The kept chunks a client resuming at `from_chunk` (None: the first one not completely sent) lacks;
-        SessionError when they are not all here."""
-        start = self.sent_until if from_chunk is None else from_chunk
-        next_index = self.replay[-1].index + 1 if self.replay else self.sent_until
-        if start > next_index:
-            raise SessionError(f"from_chunk {start} is ahead of the session: its next chunk is {next_index}")
-        oldest = self.replay[0].index if self.replay else next_index
-        if start < oldest:
-            raise SessionError(f"chunk {start} is no longer kept: the server keeps the last {REPLAY_CHUNKS} chunks "
-                               f"(from {oldest} on)")
-        return [chunk for chunk in self.replay if chunk.index >= start]
 
 
 def _check_id(session_id: tp.Any) -> None:
@@ -169,6 +152,7 @@ class SessionRegistry:
         if self._jams.pop(jam.session_id, None) is None:
             return
         jam.disarm()
+        jam.pump.close()
         jam.session.close()
         self.recordings.ended(jam.recording)
 

@@ -5,9 +5,10 @@ opens the session on one of the engine's slots and registers it by id (streaming
 failure on that same slot (a restart must never compete with other clients for a slot: on a full server it would
 lose), holds it for a resume when the connection drops, attaches a held one, and ends it, freeing the slot
 exactly once. Its phase (`Phase`, with every transition in `TRANSITIONS`) is the shells' one answer to "is a
-session playing": a shell keeps no flag of its own. For transports that pump with a `ChunkPump`, the supervisor
-owns the pump too: it stops it before a restart, a hold or an end, and makes the restarted session's. While the
-replica drains the registry holds nothing (`SessionRegistry.holding`), so a connection that drops then ends its
+session playing": a shell keeps no flag of its own. For transports whose connection delivers the chunks (`pumped`),
+the supervisor binds the session's pump (streaming.sessions.pump, the registered session's one) to the connection,
+and stops it before a restart, a hold or an end (bar mode's pump runs whoever listens: streaming.bar.session). While
+the replica drains the registry holds nothing (`SessionRegistry.holding`), so a connection that drops then ends its
 session, and the drain's end closes those held before.
 
 Blocking engine calls (opening, restarting, melody analysis) run on the server's pool for them
@@ -23,7 +24,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from engine.api import LiveSession, SessionClosed, SessionSettings, random_seed
-from streaming.sessions.pump import ChunkPump, Pacer
+from streaming.sessions.pump import ChunkPump, Deliver, OnError, Pace, Pacer
 from streaming.sessions.registry import RegisteredSession, SessionRegistry
 from streaming.sessions.tasks import Tasks
 
@@ -92,7 +93,8 @@ def _close_when_opened(opening: asyncio.Future) -> None:
 class Supervisor:
     """The session one connection plays. `owner` is the connection (the registry tells it from others); `kind`
     names its sessions in the registry; `on_lost` tells the protocol that the session ended on the server's side
-    (a refused start, a failure given up), so that a new start may come. `pumped` makes it own a ChunkPump."""
+    (a refused start, a failure given up), so that a new start may come. `pumped` makes it bind its sessions'
+    pumps to the connection."""
 
     def __init__(self, engine, blocking: Executor, registry: SessionRegistry, kind: str, owner: object,
                  tasks: Tasks, on_lost: tp.Callable[[], None] = lambda: None) -> None:
@@ -106,16 +108,19 @@ class Supervisor:
         self.phase = Phase.IDLE
         self.session: tp.Optional[LiveSession] = None
         self.jam: tp.Optional[RegisteredSession] = None
-        self.pump: tp.Optional[ChunkPump] = None
         self.failures = Failures()
         self.closed = False  # the connection ended: a session that opens now is closed at once
-        self._deliver: tp.Optional[tp.Callable[[tp.Any], tp.Awaitable[None]]] = None
-        self._on_error: tp.Optional[tp.Callable[[Exception], tp.Awaitable[None]]] = None
+        self._deliver: tp.Optional[Deliver] = None
+        self._on_error: tp.Optional[OnError] = None
 
-    def pumped(self, deliver: tp.Callable[[tp.Any], tp.Awaitable[None]],
-               on_error: tp.Callable[[Exception], tp.Awaitable[None]]) -> None:
-        """Sessions get a ChunkPump that hands chunks to `deliver` and a generation failure to `on_error`."""
+    def pumped(self, deliver: Deliver, on_error: OnError) -> None:
+        """Sessions' pumps hand chunks to `deliver` and a generation failure to `on_error`, on this connection."""
         self._deliver, self._on_error = deliver, on_error
+
+    @property
+    def pump(self) -> tp.Optional[ChunkPump]:
+        """The pump of the session played here, when this connection delivers its chunks."""
+        return self.jam.pump if self.jam is not None and self._deliver is not None else None
 
     def _move(self, to: Phase) -> None:
         if to not in TRANSITIONS[self.phase]:
@@ -127,18 +132,18 @@ class Supervisor:
         return await asyncio.get_running_loop().run_in_executor(self.blocking, fn, *args)
 
     # -- start, attach ------------------------------------------------------------------------------------------
-    async def start(self, settings: SessionSettings, seed: int, pacer: tp.Optional[Pacer] = None,
+    async def start(self, settings: SessionSettings, seed: int, pace: tp.Optional[Pace] = None,
                     session_id: tp.Optional[str] = None) -> RegisteredSession:
         """Opens a session on the engine (taking a slot), registers it (under `session_id`, one from
-        `registry.new_id`, or a new id) and, when pumped, starts its pump on `pacer`. Raises what
+        `registry.new_id`, or a new id) and, when pumped, starts its pump at `pace`. Raises what
         Engine.open_session raises (CapacityError, ValueError, EngineUnavailable), and SessionClosed when the
         connection ended meanwhile."""
         running = asyncio.get_running_loop()
         return await self.open_with(lambda: running.run_in_executor(self.blocking, self.engine.open_session,
-                                                                    settings, seed), seed, pacer, session_id)
+                                                                    settings, seed), seed, pace, session_id)
 
     async def open_with(self, opener: tp.Callable[[], tp.Awaitable[tp.Any]], seed: int,
-                        pacer: tp.Optional[Pacer] = None, session_id: tp.Optional[str] = None) -> RegisteredSession:
+                        pace: tp.Optional[Pace] = None, session_id: tp.Optional[str] = None) -> RegisteredSession:
         """`start` with a session `opener` makes (a bar session: its loop decoded, then a source on a slot).
         A caller cancelled while it opens leaves the session to be closed as soon as it is open; one that could
         not open tells the protocol (`on_lost`)."""
@@ -163,24 +168,21 @@ class Supervisor:
         self.session = session
         self.jam = self.registry.open(self.kind, session, seed, self.engine.describe(), owner=self.owner,
                                       session_id=session_id)
-        if self._deliver is not None:
-            self.pump = self.jam.pump = self._new_pump(session, pacer or Pacer("asap"))
+        if self._bind(pace):
             self.pump.start()
         return self.jam
 
-    def attach(self, session_id: tp.Any, pacer: tp.Optional[Pacer] = None) -> RegisteredSession:
+    def attach(self, session_id: tp.Any, pace: tp.Optional[Pace] = None) -> RegisteredSession:
         """Takes over a held session (SessionError when it cannot be: the text says why). Its pump, with the
-        chunk in the making, now sends here on `pacer`; the caller replays what its client lacks (`replayed`),
-        then calls `play()`."""
+        chunk in the making, now delivers here at `pace`; the caller replays what its client lacks
+        (`ChunkPump.replay_from`, `resend`), then calls `play()`."""
         if self.phase is not Phase.IDLE:
             raise RuntimeError("a session is already playing on this connection")
         jam = self.registry.attach(session_id, self.kind, owner=self.owner)
         self._move(Phase.PLAYING)
         self.failures.reset()
         self.jam, self.session = jam, jam.session
-        if self._deliver is not None and jam.pump is not None:
-            self.pump = jam.pump
-            self.pump.rebind(pacer or Pacer("asap"), self._delivered, self._failed, self.tasks)
+        self._bind(pace)
         return jam
 
     def chunk_arrived(self) -> None:
@@ -199,7 +201,7 @@ class Supervisor:
 
     async def restart(self, seed: int, play: bool = True) -> None:
         """A fresh context on the slot the session holds (LiveSession.restart), from its latest settings and melody
-        (changes made meanwhile apply to it), pumped by a new pump on the same pacer (the listener's clock goes
+        (changes made meanwhile apply to it), pumped from its chunk 0 at the same pace (the listener's clock goes
         on); `play` False leaves it paused. Raises SessionClosed when there is no session or it ended meanwhile,
         and what the engine raises when it could not restart it (EngineUnavailable, RuntimeError)."""
         session, jam, pump = self.session, self.jam, self.pump
@@ -218,10 +220,8 @@ class Supervisor:
             raise SessionClosed("the session ended while it restarted")
         self._move(Phase.PLAYING)
         jam.restarted(seed)
-        if pump is not None:
-            self.pump = jam.pump = self._new_pump(session, pump.pacer)
-            if play:
-                self.pump.start()
+        if pump is not None and play:
+            pump.start()
 
     async def recover(self, tell: tp.Callable[[bool], tp.Awaitable[None]]) -> Outcome:
         """After a generation failure: `tell(restarting)` says so in the transport's words, then the session goes
@@ -251,8 +251,7 @@ class Supervisor:
     # -- hold, end ------------------------------------------------------------------------------------------------
     async def hold(self) -> bool:
         """The connection dropped: keeps the session for the next connection (streaming.sessions.registry), with its
-        pump
-        stopped after the chunk in the making; False when there is none to keep or the registry does not hold
+        pump stopped after the chunk in the making; False when there is none to keep or the registry does not hold
         sessions now (then the caller ends it)."""
         jam = self.jam
         if jam is None or self.phase is Phase.OPENING:
@@ -285,19 +284,21 @@ class Supervisor:
         return session is not None
 
     def _let_go(self) -> None:
-        self.session, self.jam, self.pump = None, None, None
+        self.session, self.jam = None, None
         if self.phase is not Phase.IDLE:
             self._move(Phase.IDLE)
 
     # -- the pump -------------------------------------------------------------------------------------------------
-    def _new_pump(self, session: LiveSession, pacer: Pacer) -> ChunkPump:
-        return ChunkPump(session, pacer, self._delivered, self._failed, self.tasks, on_chunk=self.jam.generated)
+    def _bind(self, pace: tp.Optional[Pace]) -> bool:
+        """Binds the session's pump to this connection at `pace` (asap by default); False when not pumped."""
+        if self.pump is None:
+            return False
+        self.pump.bind(pace or Pacer("asap"), self._delivered, self._failed, self.tasks)
+        return True
 
     async def _delivered(self, chunk) -> None:
         await self._deliver(chunk)
         self.chunk_arrived()
-        if self.jam is not None:
-            self.jam.sent(chunk)
 
     async def _failed(self, exc: Exception) -> None:
         if not self.closed:

@@ -22,18 +22,17 @@ from aiortc.sdp import candidate_from_sdp
 from engine.api import SessionClosed, SessionSettings, random_seed
 from streaming.formats import OPUS_APPLICATION, OPUS_SAMPLE_RATE, OpusEncoder, StreamingResampler, pcm16_array
 from streaming.jam import protocol as jp
-from streaming.sessions.lead import Lead
 from streaming.sessions.registry import RegisteredSession, SessionRegistry
 from streaming.sessions.supervisor import Recovery, Supervisor
 from streaming.sessions.tasks import Tasks
 from streaming.webrtc import protocol as wp
-from streaming.webrtc.track import CHANNELS, SessionTrack
+from streaming.webrtc.track import CHANNELS, SessionTrack, TrackPace
 
 logger = logging.getLogger(__name__)
 
-# generated in decode units of 16 MusicGen frames (50 Hz), whatever chunk length the client's params name; the next
-# unit is asked for when the track holds the stream's lead (streaming.sessions.lead), and the track drains 20 ms at a
-# time
+# generated in decode units of 16 MusicGen frames (50 Hz), whatever chunk length the client's params name; the
+# session's pump (streaming.sessions.pump) asks for the next unit when the track holds the stream's lead
+# (streaming.sessions.lead, TrackPace), and the track drains 20 ms at a time
 UNIT_SECONDS = 0.32
 FLUSH_SECONDS = 0.5  # how long a closing peer waits for its last data-channel messages to leave
 PC_CLOSE_SECONDS = 2.0  # at server shutdown aiortc's own close task may be cancelled and never finish
@@ -42,13 +41,12 @@ TRICKLE_WAIT_SECONDS = 10.0  # a candidate that races its offer waits this long 
 
 @dataclass(frozen=True)
 class HeldPeer:
-    """What a resumed peer takes over from the one that dropped (streaming.sessions.registry holds it as
-    `RegisteredSession.state`)."""
+    """What a resumed peer takes over from the one that dropped, beside the session's pump with its unit in the
+    making (streaming.sessions.registry keeps it as the session's state)."""
 
     controls: wp.Controls
     settings: SessionSettings
     seed: int
-    inflight: tp.Optional[asyncio.Future]  # the unit in the making when the connection dropped
 
 
 class Peer:
@@ -57,7 +55,8 @@ class Peer:
     Its session is registered by id (streaming.sessions.registry, kind "webrtc"): a peer whose connection fails or
     closes
     without the client's `stop` leaves the session held, and an offer with `params.session_id` plays it on a new
-    peer, from the unit in the making on (the track's buffered audio went with the old connection)."""
+    peer, from the unit in the making on (the track's buffered audio went with the old connection). The session's
+    pump delivers each unit here (`_deliver`: resampled to 48 kHz, into the track) at the track's pace."""
 
     def __init__(self, webrtc_id: str, offer: wp.Offer, engine, blocking: Executor, notice: tp.Optional[str],
                  on_closed: tp.Callable[["Peer"], None], registry: SessionRegistry) -> None:
@@ -66,17 +65,16 @@ class Peer:
         self.engine = engine
         self.notice = notice
         self.registry = registry
-        self.inflight: tp.Optional[asyncio.Future] = None
         self.controls = offer.controls
         self.settings = replace(offer.settings, chunk_seconds=UNIT_SECONDS) if offer.settings else None
-        self.lead = Lead()
         self.seed = offer.seed if offer.seed is not None else random_seed()
         self.on_closed = on_closed
         self.track = SessionTrack(OpusEncoder(), self._underrun, self._recovered)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: no STUN lookups
         self.tasks = Tasks()
         self.supervisor = Supervisor(engine, blocking, registry, "webrtc", owner=self, tasks=self.tasks)
-        self.resampler: tp.Optional[StreamingResampler] = None
+        self.supervisor.pumped(self._deliver, self._generation_failed)
+        self.resampler: tp.Optional[StreamingResampler] = None  # made at the first unit of each stream
         self.channel: tp.Optional[RTCDataChannel] = None
         self.pushed_until = 0.0  # the stream's timeline up to which audio went into the track
         self.offered_at = time.monotonic()
@@ -106,12 +104,12 @@ class Peer:
             playing = self.registry.get(self.offer.session_id)
             if playing is not None and isinstance(playing.owner, Peer):
                 await playing.owner.close(wp.REPLACED)  # held by that close, attached just below
-            held: HeldPeer = self.supervisor.attach(self.offer.session_id).state
-            self.controls, self.settings, self.seed, self.inflight = (held.controls, held.settings, held.seed,
-                                                                      held.inflight)
+            jam = self.supervisor.attach(self.offer.session_id, TrackPace(self.track))
+            held = jam.state(HeldPeer)
+            self.controls, self.settings, self.seed = held.controls, held.settings, held.seed
+            self.supervisor.play()
         else:
-            await self.supervisor.start(self.settings, self.seed)
-        self.tasks.spawn(self._pump(), name=f"webrtc-pump-{self.webrtc_id}")
+            await self.supervisor.start(self.settings, self.seed, TrackPace(self.track))
 
     async def answer(self, connect_timeout: float) -> str:
         """Answers the offer (the server's candidates are inside the SDP) and starts the connect timer."""
@@ -216,62 +214,36 @@ class Peer:
     def _recovered(self, silence_seconds: float) -> None:
         self.send(wp.log({"event": "recovered", "silence_seconds": round(silence_seconds, 3)}))
 
-    # -- tasks --------------------------------------------------------------------------------------------------
-    async def _pump(self) -> None:
-        """Keeps about one chunk buffered ahead of the listener; every future it awaits resolves or is cancelled.
-        A generation failure is told, and the session goes on with a fresh context (new seed) on its slot;
+    # -- the pump's delivery -----------------------------------------------------------------------------------
+    async def _deliver(self, chunk) -> None:
+        """A unit from the session's pump: resampled (on the default executor, beside the Opus frames) into the
+        track, and told on the data channel."""
+        if self.resampler is None:
+            self.resampler = StreamingResampler(chunk.sample_rate, OPUS_SAMPLE_RATE, CHANNELS)
+        pcm = await asyncio.get_running_loop().run_in_executor(None, self._to_pcm, chunk)
+        self.pushed_until = chunk.start_seconds + chunk.seconds
+        self.track.push(pcm)
+        self.send(wp.chunk_log(chunk, self.track.buffered_seconds, self.track.underruns, self.notice))
+
+    async def _generation_failed(self, exc: Exception) -> None:
+        """A generation failure is told, and the session goes on with a fresh context (new seed) on its slot;
         after MAX_RESTARTS failures in a row the session ends and the track plays silence
-        (streaming.sessions.supervisor)."""
-        while True:
-            try:
-                await self._play()
-                return
-            except SessionClosed:
-                return
-            except Exception as exc:  # generation failed: this peer is told; others play on
-                logger.warning("webrtc %s: generation failed: %s", self.webrtc_id, exc)
+        (streaming.sessions.supervisor). A session that closed (the peer ends) is no failure."""
+        if isinstance(exc, SessionClosed):
+            return
+        logger.warning("webrtc %s: generation failed: %s", self.webrtc_id, exc)
 
-                async def tell(restarting: bool, exc: Exception = exc) -> None:
-                    self.send(wp.error(f"generation failed: {exc}; " + (
-                        "restarting with a fresh context" if restarting else "the track plays silence")))
+        async def tell(restarting: bool) -> None:
+            self.send(wp.error(f"generation failed: {exc}; " + (
+                "restarting with a fresh context" if restarting else "the track plays silence")))
 
-                outcome = await self.supervisor.recover(tell)
-                if outcome.recovery is not Recovery.RESTARTED:
-                    if outcome.reason is not None:  # no engine: silence, and say why
-                        self.send(wp.error(f"{outcome.reason}; the track plays silence"))
-                    return
-                self.seed = outcome.seed
-
-    async def _play(self) -> None:
-        """Pumps the session as it is now; a restarted one starts afresh (chunks from 0, no left context)."""
-        loop = asyncio.get_running_loop()
-        session = self.supervisor.session
-        self.resampler = StreamingResampler(session.sample_rate, OPUS_SAMPLE_RATE, CHANNELS)
-        while True:
-            requested = time.monotonic()
-            if self.inflight is None:
-                await self.track.wait_for_room()
-                requested = time.monotonic()
-                deadline = requested + self.track.buffered_seconds  # the listener runs dry then
-                self.inflight = asyncio.wrap_future(session.next_chunk(deadline=deadline))
-                # read here, or by the next peer of a held session; nobody else would read a failure
-                self.inflight.add_done_callback(lambda f: f.cancelled() or f.exception())
-            # shielded: a peer that closes leaves the unit in the making to its session (held, or closed)
-            try:
-                chunk = await asyncio.shield(self.inflight)
-            except asyncio.CancelledError:  # the peer closes: the unit stays in flight for the session
-                raise
-            except Exception:  # generation failed: the restart asks afresh
-                self.inflight = None
-                raise
-            self.inflight = None
-            self.jam.generated(chunk)
-            pcm = await loop.run_in_executor(None, self._to_pcm, chunk)
-            self.lead.record(time.monotonic() - requested)
-            self.pushed_until = chunk.start_seconds + chunk.seconds
-            self.track.push(pcm, low_water_seconds=self.lead.seconds)
-            self.supervisor.chunk_arrived()
-            self.send(wp.chunk_log(chunk, self.track.buffered_seconds, self.track.underruns, self.notice))
+        outcome = await self.supervisor.recover(tell)
+        if outcome.recovery is Recovery.RESTARTED:
+            self.seed = outcome.seed
+            self.resampler = None  # a restarted stream starts afresh (chunks from 0, no left context)
+            self.supervisor.play()
+        elif outcome.reason is not None:  # no engine: silence, and say why
+            self.send(wp.error(f"{outcome.reason}; the track plays silence"))
 
     def _to_pcm(self, chunk):
         new = int(round(chunk.seconds * chunk.sample_rate))
@@ -313,7 +285,7 @@ class Peer:
                     self.webrtc_id, reason, self.track.underruns, self.track.encode_cpu_seconds, self.track.frames,
                     first)
         try:
-            await self.tasks.close()  # the pump first: the unit in the making is shielded from it
+            await self.tasks.close()  # the pump first: it leaves the unit in the making to the session
             await self.supervisor.finish(keep=self._held(reason))
             self.track.stop()
             deadline = time.monotonic() + FLUSH_SECONDS
@@ -333,5 +305,5 @@ class Peer:
         offer's peer takes over; otherwise it ends, freeing the slot (the pending unit resolves SessionClosed)."""
         if self.jam is None or not wp.keeps_session(reason, self.connected.is_set(), self.resumed):
             return False
-        self.jam.state = HeldPeer(self.controls, self.settings, self.seed, self.inflight)
+        self.jam.set_state(HeldPeer(self.controls, self.settings, self.seed))
         return True

@@ -17,6 +17,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streaming.formats import OPUS_FRAME_SAMPLES, OPUS_SAMPLE_RATE, OpusEncoder
+from streaming.sessions.lead import Lead
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,8 @@ class SessionTrack(MediaStreamTrack):
     """A bounded PCM buffer (48 kHz stereo int16) drained one frame per 20 ms of the track's clock.
 
     The clock starts with the first audio, so the listener hears the first chunk at once instead of silence
-    first. `wait_for_room()` tells the producer when the buffer is down to `low_water_seconds` (about one chunk):
-    it then requests the next chunk, which keeps the buffer within two chunks.
+    first. `wait_for_room(low_water_seconds)` tells the producer when the buffer is down to the mark (the stream's
+    lead, `TrackPace`): it then requests the next chunk, which keeps the buffer within about two chunks.
     """
 
     kind = "audio"
@@ -61,11 +62,10 @@ class SessionTrack(MediaStreamTrack):
     def played_seconds(self) -> float:
         return self._pts / OPUS_SAMPLE_RATE if self._start is not None else 0.0
 
-    def push(self, pcm: np.ndarray, low_water_seconds: float) -> None:
+    def push(self, pcm: np.ndarray) -> None:
         """Appends int16 [samples, 2] audio; the producer asks for more once the buffer is down to the mark."""
         self._pcm = np.concatenate([self._pcm, pcm]) if self._pcm.size else pcm
-        self.low_water_seconds = low_water_seconds
-        if self.buffered_seconds > low_water_seconds:
+        if self.buffered_seconds > self.low_water_seconds:
             self._room.clear()
         self._has_audio.set()
         if self._starved_since is not None:
@@ -73,7 +73,8 @@ class SessionTrack(MediaStreamTrack):
             self._starved_since = None
             self.on_recovered(silence)
 
-    async def wait_for_room(self) -> None:
+    async def wait_for_room(self, low_water_seconds: float) -> None:
+        self.low_water_seconds = low_water_seconds
         while self.buffered_seconds > self.low_water_seconds:
             self._room.clear()
             await self._room.wait()
@@ -124,3 +125,25 @@ class SessionTrack(MediaStreamTrack):
         self.encode_cpu_seconds += time.thread_time() - started
         self.frames += 1
         return data
+
+
+class TrackPace:
+    """A WebRTC peer's pace (streaming.sessions.pump.Pace): the track is the listener's clock. The next chunk is
+    asked for when the track holds no more than the stream's lead (the low-water mark), with the moment the track
+    runs dry as its deadline; the track itself plays silence through an underrun and counts it."""
+
+    just_in_time = True
+
+    def __init__(self, track: SessionTrack) -> None:
+        self.track = track
+        self.lead = Lead()
+
+    async def before_request(self) -> float:
+        await self.track.wait_for_room(self.lead.seconds)
+        return time.monotonic() + self.track.buffered_seconds
+
+    async def before_send(self, chunk) -> None:
+        """A chunk goes into the track as soon as it is ready."""
+
+    def sent(self, chunk) -> None:
+        """The track keeps its own clock."""
