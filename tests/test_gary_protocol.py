@@ -108,7 +108,7 @@ def test_session_ids_and_audio_read_null_or_empty_as_absent():
                         (lambda: gp.session_id({"session_id": 5}), "^session_id must be a string"),
                         (lambda: gp.session_id({"session_id": "x" * 129}), "^session_id is longer than 128"),
                         (lambda: gp.audio_bytes({"audio_data": ""}), "^audio_data is required"),
-                        (lambda: gp.audio_bytes({"audio_data": 5}), "^audio_data must be a base64 string, got int")]:
+                        (lambda: gp.audio_bytes({"audio_data": 5}), "^audio_data must be a base64 string of an audio")]:
         with pytest.raises(gp.GaryError, match=error):
             read()
 

@@ -101,6 +101,10 @@ def test_invalid_update_changes_nothing():
     ('{"type": "start", "params": {"volume": 3}}', "unknown parameter"),
     ('{"type": "start", "params": {"styles": "a,b,c,d,e"}}', "at most 4"),
     ('{"type": "start", "binary_audio": "yes"}', "binary_audio must be true or false"),
+    ('{"type": "start", "mode": "bars"}', "mode 'bars' is not supported: only \"rt\""),
+    ('{"type": "start", "params": [1]}', "params must be a JSON object"),
+    ('{"type": "start", "session_id": "s", "from_chunk": -1}', "from_chunk must be within \\[0, "),
+    ('{"type": "start", "session_id": "s", "binary_audio": 1}', "binary_audio must be true or false"),
 ])
 def test_bad_messages_name_the_problem(message, error):
     with pytest.raises(jp.ProtocolError, match=error):
@@ -161,6 +165,9 @@ def test_melody_messages_carry_audio_or_drop_it():
     command = protocol.receive_text(json.dumps({"type": "melody", "audio_base64": base64.b64encode(audio).decode()}))
     assert command == jp.Melody(audio)
     assert protocol.receive_text('{"type": "melody", "audio_base64": null}') == jp.Melody(None)
+    assert protocol.receive_text('{"type": "melody", "audio_base64": ""}') == jp.Melody(None)
+    with pytest.raises(jp.ProtocolError, match="^audio_base64 must be a base64 string of an audio file, got int$"):
+        protocol.receive_text('{"type": "melody", "audio_base64": 5}')
     with pytest.raises(jp.ProtocolError, match="not valid base64"):
         protocol.receive_text('{"type": "melody", "audio_base64": "***"}')
     with pytest.raises(jp.ProtocolError, match="melody before start"):

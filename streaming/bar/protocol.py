@@ -8,20 +8,18 @@ WebSocket's `start` params (`headroom_db`, `target_sr`) and the HTTP forms (`lou
 ordinary 64 KiB limit. Messages and forms are read by pydantic models of engine.params' types.
 """
 
-import base64
 import enum
 import typing as tp
 from dataclasses import dataclass, replace
 
 from pydantic import AliasChoices, AliasGenerator, BaseModel, BeforeValidator, ConfigDict, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_core.core_schema import ValidationInfo
 
 from engine.api import params as rules
 from streaming import formats as audio
 from streaming.bar.source import BarParams
 from streaming.jam.protocol import ProtocolError
-from streaming.wire import WireError, load_object
+from streaming.wire import Base64Audio, WireError, load_object
 
 MAX_AUDIO_MESSAGE_BYTES = 20 * 2**20  # a 30 s 48 kHz stereo 16-bit loop is ~7.7 MB in base64; float WAV twice that
 MAX_CHUNK_SECONDS = 120.0  # bars_per_chunk bars at the bpm: one chunk is held (and sent) whole
@@ -44,18 +42,6 @@ def _session_id(value: tp.Any) -> tp.Any:
     return value
 
 
-def _audio(value: tp.Any, info: ValidationInfo) -> tp.Any:
-    """An audio file, base64-encoded; null or "" is none."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"{info.field_name} must be a base64 string of an audio file")
-    try:
-        return base64.b64decode(value, validate=True)
-    except ValueError:
-        raise ValueError(f"{info.field_name} is not valid base64") from None
-
-
 def _object(value: tp.Any) -> tp.Any:
     """A start's params: an object; an empty value (null) is none."""
     if not isinstance(value or {}, dict):
@@ -65,7 +51,6 @@ def _object(value: tp.Any) -> tp.Any:
 
 CommaText = tp.Annotated[str, BeforeValidator(_text)]
 SessionId = tp.Optional[tp.Annotated[str, BeforeValidator(_session_id)]]
-Audio = tp.Annotated[tp.Optional[bytes], BeforeValidator(_audio)]
 Bars = rules.integer(1, 64)
 LoudnessMode = tp.Literal[audio.LOUDNESS_MODES]
 
@@ -168,7 +153,7 @@ class Addressed(BarModel):
 class StartMessage(Addressed):
     binary_audio: bool = False
     params: tp.Annotated[dict, BeforeValidator(_object)] = {}  # StartParams, named without a prefix
-    loop_audio_b64: Audio = None  # required to open a session (no session_id)
+    loop_audio_b64: Base64Audio = None  # required to open a session (no session_id)
 
 
 class ConsumeMessage(Addressed):  # /jam/consume's form too
@@ -176,11 +161,11 @@ class ConsumeMessage(Addressed):  # /jam/consume's form too
 
 
 class ReseedMessage(Addressed):
-    loop_audio_b64: Audio = None  # required
+    loop_audio_b64: Base64Audio = None  # required
 
 
 class SpliceMessage(Addressed, SpliceFields):
-    combined_audio_b64: Audio = None  # none: the session's own recent output
+    combined_audio_b64: Base64Audio = None  # none: the session's own recent output
 
 
 # -- reading them ------------------------------------------------------------------------------------------------

@@ -15,8 +15,6 @@ Seeds: -1, null or absent pick one in 0..99999 (the plugins' range); the seed us
 again by every poll (`generation_seed`).
 """
 
-import base64
-import binascii
 import random
 import time
 import typing as tp
@@ -28,6 +26,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from engine.api import params as rules
 from streaming import formats as audio
 from streaming.jobs.table import COMPLETED, FAILED, QUEUED, RUNNING, JobStatus
+from streaming.wire import Base64Audio
 
 PROCESS, CONTINUE, RETRY = "process", "continue", "retry"
 OUTPUT_SECONDS = 30  # what g4laudio.py asks of generate_continuation: 30 s in all, the prompt included
@@ -89,18 +88,6 @@ def _blank_is_none(value: tp.Any) -> tp.Any:
     return None if value == "" else value
 
 
-def _base64(value: tp.Any) -> tp.Any:
-    """The plugins send the audio file base64-encoded (null or "" is none)."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"audio_data must be a base64 string, got {type(value).__name__}")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("audio_data is not valid base64") from None
-
-
 class GaryModel(BaseModel):
     """What the requests' models share: strict values (engine.params); unknown fields are ignored, as the
     reference backend ignores them."""
@@ -131,7 +118,7 @@ class SessionRef(GaryModel):
 class Upload(GaryModel):
     """`audio_data`: the bytes of an audio file, base64-encoded; null or "" is none."""
 
-    audio_data: tp.Annotated[tp.Optional[bytes], BeforeValidator(_base64)] = None
+    audio_data: Base64Audio = None
 
 
 def _parse(model: type[RequestT], body: dict) -> RequestT:

@@ -4,16 +4,17 @@
 builds the server's messages. Frame units are the protocol's: 25 frames per second, whatever the model's rate.
 """
 
-import base64
 import enum
 import typing as tp
 from dataclasses import dataclass
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from engine.api import SessionSettings
 from engine.api import params as rules
 from streaming.jam.params import DEFAULTS, JamParams, parse_params, settings_of
 from streaming.jam.params import settings_from as settings_from
-from streaming.wire import WireError, load_object
+from streaming.wire import Base64Audio, WireError, load_object
 
 MAX_MELODY_MESSAGE_BYTES = 1000 * 1024  # a melody message carries an audio file; others stay under 64 KiB
 FROM_CHUNK = rules.integer(0, rules.MAX_EXACT_INTEGER)
@@ -31,6 +32,43 @@ class State(enum.Enum):
 
 class ProtocolError(ValueError):
     """A client message that cannot be acted on; its text is sent back in an error event."""
+
+
+# -- the fields around a message's params (the params themselves: streaming.jam.params) ---------------------------
+def _rt(mode: tp.Any) -> tp.Any:
+    if mode != "rt":
+        raise ValueError(f'mode {mode!r} is not supported: only "rt"')
+    return mode
+
+
+def _object(value: tp.Any) -> tp.Any:
+    if not isinstance(value, dict):
+        raise ValueError("params must be a JSON object")
+    return value
+
+
+class Envelope(BaseModel):
+    """Strict values (engine.params); unknown names are ignored here, as Magenta RealTime's server ignores them."""
+
+    model_config = ConfigDict(**rules.STRICT, frozen=True)
+
+
+class StartMessage(Envelope):
+    mode: tp.Annotated[str, BeforeValidator(_rt)] = "rt"
+    binary_audio: bool = False
+    from_chunk: tp.Optional[FROM_CHUNK] = None  # an attach's: the first chunk its client lacks
+    params: tp.Annotated[dict, BeforeValidator(_object)] = {}
+
+
+class MelodyMessage(Envelope):
+    audio_base64: Base64Audio = None  # an audio file to follow; null (or "") drops the melody
+
+
+def _read(model: type[Envelope], message: dict) -> tp.Any:
+    try:
+        return rules.validate(model, message)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -147,42 +185,21 @@ class JamProtocol:
     def _melody(self, message: dict) -> Melody:
         if self.state is not State.STARTED:
             raise ProtocolError("melody before start: send start first")
-        encoded = message.get("audio_base64")
-        if encoded is None:
-            return Melody(None)
-        if not isinstance(encoded, str):
-            raise ProtocolError("audio_base64 must be a base64 string of an audio file, or null to drop the melody")
-        try:
-            return Melody(base64.b64decode(encoded, validate=True))
-        except ValueError:
-            raise ProtocolError("audio_base64 is not valid base64") from None
+        return Melody(_read(MelodyMessage, message).audio_base64)
 
     def _start(self, message: dict) -> Start:
         if self.state is not State.IDLE:
             raise ProtocolError("start was already received on this connection; send update to change parameters")
-        mode = message.get("mode", "rt")
-        if mode != "rt":
-            raise ProtocolError(f"mode {mode!r} is not supported: only \"rt\"")
-        binary = message.get("binary_audio", False)
-        if not isinstance(binary, bool):
-            raise ProtocolError("binary_audio must be true or false")
-        if "session_id" in message:  # attach to a held session: its parameters stay those in force
-            from_chunk = message.get("from_chunk")
-            if from_chunk is not None:
-                try:
-                    from_chunk = rules.checked(FROM_CHUNK, from_chunk, "from_chunk")
-                except ValueError as exc:
-                    raise ProtocolError(str(exc)) from None
-            return Attach(session_id=message["session_id"], from_chunk=from_chunk, binary_audio=binary)
-        params = message.get("params", {})
-        if not isinstance(params, dict):
-            raise ProtocolError("params must be a JSON object")
-        merged = {**DEFAULTS, **params}
+        start = _read(StartMessage, message)
+        if "session_id" in message:  # attach to a held session (the registry checks the id): its parameters stay
+            return Attach(session_id=message["session_id"], from_chunk=start.from_chunk,
+                          binary_audio=start.binary_audio)
+        merged = {**DEFAULTS, **start.params}
         model, settings = self._validated(merged)
         self.params = {k: v for k, v in merged.items() if k != "seed"}
         self.state = State.STARTED
         seed = None if model.seed == -1 else model.seed
-        return Start(settings=settings, pace=model.pace, binary_audio=binary, seed=seed)
+        return Start(settings=settings, pace=model.pace, binary_audio=start.binary_audio, seed=seed)
 
     def _update(self, message: dict) -> Update:
         if self.state is not State.STARTED:
