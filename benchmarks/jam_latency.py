@@ -35,7 +35,7 @@ from engine.config import EngineConfig
 from engine.core import Engine
 from streaming.app.config import ServerConfig
 from streaming.app.server import RunningServer
-from tests.webrtc_client import JamClient, event, loopback_only
+from tests.support.webrtc_client import JamClient, event, loopback_only
 
 SEED = 11
 STYLES, CHANGED = "jazz, hiphop", "ambient"
@@ -225,7 +225,7 @@ def summary(results: list[dict]) -> dict:
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
-    from tests.test_lyria_sdk import self_signed as make
+    from tests.streaming.lyria.test_ws import self_signed as make
 
     return make(directory)
 

@@ -49,8 +49,8 @@ def venv_env() -> dict:
 @pytest.fixture(scope="session")
 def cog(venv_env, demo_dir):
     """Cog's own HTTP server on predict.py with the demo checkpoint, its jam sidecar on a free port."""
-    from tests.cog_server import CogServer
-    from tests.helpers import free_port
+    from tests.support.cog_server import CogServer
+    from tests.support.helpers import free_port
 
     jam_port = free_port()
     server = CogServer(venv_env, {"JAM_PORT": str(jam_port), "JAM_HOST": "127.0.0.1", "JAM_MAX_SESSIONS": "2"})
@@ -97,7 +97,7 @@ def marker(monkeypatch, word) -> str:
 
 @pytest.fixture
 def loopback(monkeypatch):
-    """WebRTC on 127.0.0.1 (tests.webrtc_client.loopback_only) for one test."""
-    from tests.webrtc_client import loopback_only
+    """WebRTC on 127.0.0.1 (tests.support.webrtc_client.loopback_only) for one test."""
+    from tests.support.webrtc_client import loopback_only
 
     loopback_only(monkeypatch)

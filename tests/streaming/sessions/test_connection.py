@@ -1,0 +1,221 @@
+"""Sidecar liveness with real WebSocket clients: slots at session start, idle and frozen clients, slow readers,
+recovery after a generation failure, and health that tells the truth."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import requests
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from engine.config import EngineConfig
+from streaming.app.config import ServerConfig
+from streaming.app.server import RunningServer
+from streaming.lyria import protocol as lp
+from tests.streaming.jam.test_ws import START, next_of, run_seed_client
+from tests.support import DATA, ROOT
+from tests.support.helpers import wait_until
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    # a frozen client's connection is dropped by the ping timeout; its session is then held for a resume
+    # (streaming.sessions.registry) for resume_seconds before the slot comes back
+    config = ServerConfig(host="127.0.0.1", port=0, max_connections=6, idle_seconds=1.5, ping_interval=1,
+                          ping_timeout=1, resume_seconds=2)
+    running = RunningServer(engine, config).start()
+    yield running
+    running.stop()
+
+
+def url(server, path="/ws/jam"):
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+def health(server) -> dict:
+    return requests.get(f"http://127.0.0.1:{server.port}/health", timeout=5).json()
+
+
+def assert_closed(ws, code: int, reason: str) -> None:
+    with pytest.raises(ConnectionClosed):
+        ws.recv(timeout=5)
+    assert ws.close_code == code and reason in ws.close_reason
+
+
+def test_idle_sockets_take_no_slot_and_are_closed_with_a_reason(server):
+    idle = [connect(url(server)) for _ in range(4)]  # more than the 2 session slots
+    try:
+        with connect(url(server)) as player:
+            player.send(json.dumps(START))
+            assert next_of(player, "chunk")["type"] == "chunk"
+        for ws in idle:
+            assert_closed(ws, 1008, "idle: no session started within 1.5 s")
+    finally:
+        for ws in idle:
+            ws.close()
+
+
+def test_connections_have_their_own_cap(server):
+    sockets = [connect(url(server)) for _ in range(6)]
+    try:
+        with connect(url(server)) as extra:
+            assert_closed(extra, 1013, "too many connections (limit 6)")
+    finally:
+        for ws in sockets:
+            ws.close()
+
+
+def test_the_seed_client_over_the_limit_reads_the_error(server, tmp_path):
+    with connect(url(server)) as first, connect(url(server)) as second:
+        for ws in (first, second):
+            ws.send(json.dumps(START))
+            next_of(ws, "chunk")
+        source = (tmp_path.parent / "seed.py")
+        source.write_text((DATA / "seed_jam_client.py").read_text()
+                          .replace("wss://YOUR_SPACE/ws/jam", url(server)))
+        result = subprocess.run([sys.executable, str(source)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr  # it read the error and left its loop, no ConnectionClosedError
+    assert "Traceback" not in result.stderr
+
+
+FROZEN_CLIENT = textwrap.dedent("""
+    import json, sys
+    from websockets.sync.client import connect
+    with connect(sys.argv[1], max_size=None) as ws:
+        ws.send(json.dumps({"type": "start", "params": {"styles": "dub", "pace": "asap", "max_decode_frames": 10}}))
+        while True:
+            if json.loads(ws.recv())["type"] == "chunk":
+                print("chunk", flush=True)
+""")
+
+
+def test_a_frozen_client_frees_its_slot(server, tmp_path):
+    script = tmp_path / "frozen.py"
+    script.write_text(FROZEN_CLIENT)
+    process = subprocess.Popen([sys.executable, str(script), url(server)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().startswith("chunk")
+        assert health(server)["sessions"] == 1
+        os.kill(process.pid, signal.SIGSTOP)  # the process stops; its socket stays open
+        frozen = time.monotonic()
+        assert wait_until(lambda: health(server)["sessions"] == 0, 15), "the frozen client still holds its slot"
+        assert time.monotonic() - frozen < 15
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_slow_reader_pauses_generation(server, engine, monkeypatch):
+    from engine.work.session import LiveSession
+
+    requested = []
+    real = LiveSession.next_chunk
+    monkeypatch.setattr(LiveSession, "next_chunk", lambda self, deadline=None: requested.append(1) or
+                        real(self, deadline))
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    ws = connect(url(server), sock=sock, max_size=None, max_queue=1)
+    try:
+        ws.send(json.dumps({**START, "params": {**START["params"], "max_decode_frames": 50}}))
+        time.sleep(6)  # the client reads nothing more
+        settled = len(requested)
+        time.sleep(4)
+        assert len(requested) == settled, "generation went on for a client that reads nothing"
+    finally:
+        ws.close()
+
+
+def test_a_jam_session_goes_on_after_a_generation_error(server, marker):
+    with connect(url(server)) as ws:
+        ws.send(json.dumps({**START, "params": {**START["params"], "styles": f"{marker} dub",
+                                                 "style_weights": "1"}}))
+        error = next_of(ws, "error")
+        assert "generation failed" in error["error"] and "injected transient failure" in error["error"]
+        assert error["restarting"] is True
+        assert next_of(ws, "status")["status"] == "restarted"
+        assert next_of(ws, "chunk")["metadata"]["chunk_index"] == 0
+        ws.send(json.dumps({"type": "update", "temperature": 0.8}))
+        assert next_of(ws, "status")["status"] == "updated"
+    assert wait_until(lambda: health(server)["sessions"] == 0, 5)
+
+
+def test_lyria_play_works_again_after_a_generation_error(server, marker):
+    deadline = time.monotonic() + 120
+
+    def next_message(ws):
+        assert time.monotonic() < deadline, "no warning or audio in time"
+        return json.loads(ws.recv(timeout=60))
+
+    with connect(url(server, lp.PATH), max_size=None) as ws:
+        ws.send(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
+        assert set(next_message(ws)["setupComplete"]) == {"sessionId"}
+        ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": f"{marker} techno", "weight": 1}]}}))
+        ws.send(json.dumps({"playbackControl": "PLAY"}))
+        message = next_message(ws)
+        while "warning" not in message:
+            message = next_message(ws)
+        assert "generation failed" in message["warning"] and "PLAY" in message["warning"]
+        ws.send(json.dumps({"playbackControl": "PLAY"}))
+        message = next_message(ws)
+        while "serverContent" not in message:
+            message = next_message(ws)
+        assert message["serverContent"]["audioChunks"][0]["mimeType"] == lp.MIME_TYPE
+
+
+def test_health_is_503_when_the_engine_cannot_take_work(demo_dir):
+    from engine.config import EngineConfig
+    from engine.core import Engine
+
+    engine = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=1))
+    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
+    try:
+        assert requests.get(f"http://127.0.0.1:{running.port}/health", timeout=5).status_code == 200
+        engine.lm_worker.close()
+        response = requests.get(f"http://127.0.0.1:{running.port}/health", timeout=5)
+        assert response.status_code == 503
+        assert response.json()["status"] == "unhealthy" and "shut down" in response.json()["problem"]
+        with connect(f"ws://127.0.0.1:{running.port}/ws/jam") as ws:
+            ws.send(json.dumps(START))
+            assert "could not start a session" in next_of(ws, "error", timeout=10)["error"]
+    finally:
+        running.stop()
+        engine.close()
+
+
+def documented_defaults() -> dict[str, str]:
+    """README's table of environment variables: each name and the default it states (`A` / `B` rows give one
+    default to each name)."""
+    readme = (ROOT / "README.md").read_text()
+    defaults = {}
+    for names, values in re.findall(r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)*) \| (`[^`|]+`(?: / `[^`|]+`)*) \|", readme, re.M):
+        for name, value in zip(re.findall(r"`([^`]+)`", names), re.findall(r"`([^`]+)`", values), strict=True):
+            defaults[name] = value
+    return defaults
+
+
+def test_the_defaults_are_the_documented_ones():
+    """What the server and the engine use with nothing set is what README's table says they use."""
+    documented = documented_defaults()
+    server, engine = ServerConfig.from_env({}), EngineConfig.from_env({})
+    used = {"JAM_PORT": server.port, "JAM_MAX_SESSIONS": engine.max_sessions,
+            "JAM_MAX_CONNECTIONS": server.max_connections, "JAM_IDLE_SECONDS": server.idle_seconds,
+            "JAM_PING_INTERVAL": server.ping_interval, "JAM_PING_TIMEOUT": server.ping_timeout,
+            "MUSICGEN_WEIGHT_FORMAT": engine.weight_format, "MUSICGEN_COMPILE_STEP": engine.compile_step,
+            "JAM_DRAIN_SECONDS": server.drain_seconds, "JAM_BLOCKING_THREADS": server.blocking_threads}
+    for name, value in used.items():
+        assert type(value)(documented[name]) == value, f"{name}: README says {documented[name]}, the code {value}"
+    assert ServerConfig.from_env({"JAM_IDLE_SECONDS": "5", "JAM_MAX_CONNECTIONS": "3"}).idle_seconds == 5
+    with pytest.raises(ValueError, match="JAM_PING_TIMEOUT must be a number"):
+        ServerConfig.from_env({"JAM_PING_TIMEOUT": "soon"})
+
+
+def test_run_seed_client_helper_still_plays(server, tmp_path):
+    assert len(run_seed_client(url(server), tmp_path)) == 2

@@ -1,0 +1,202 @@
+"""The structure docs/architecture.md promises, checked on the source of every package and subpackage.
+
+Each rule is a function over a tree of sources, so that it is also run against a small tree that breaks it: a rule
+that stops finding its modules (say, after a move into subpackages) fails its own check instead of passing quietly.
+"""
+
+import ast
+import collections
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+
+PACKAGES = ("engine", "streaming", "weights")
+SCRIPTS = ("predict", "generate")  # the transports that are single files at the top of the repository
+FACADE = "engine.api"
+TRANSPORT_ROOTS = ("streaming", "weights", *SCRIPTS)
+# The sans-I/O cores: the wire formats of each protocol, pure functions and models over messages.
+PURE = ("protocol", "events", "params", "messages", "timeline", "wire")
+IO_LIBRARIES = {"asyncio", "starlette", "uvicorn", "websockets", "aiortc", "av", "socketio", "httpx", "aiohttp"}
+MAX_LINES = 400  # small modules with one job
+LONG_REASON = "Why it is long:"  # a module over MAX_LINES says so in its docstring, with the reason
+
+
+def sources(root: Path) -> dict[str, Path]:
+    """Module name -> file, for the packages (recursively) and the top-level scripts under `root`."""
+    found = {name: root / f"{name}.py" for name in SCRIPTS if (root / f"{name}.py").is_file()}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports(root: Path) -> dict[str, set[str]]:
+    """Module -> every module it imports (at the top or inside functions), project and third-party alike."""
+    graph: dict[str, set[str]] = {}
+    known = _module_paths(root)
+    for module, path in sources(root).items():
+        targets = graph.setdefault(module, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets.add(node.module)
+                targets.update(f"{node.module}.{alias.name}" for alias in node.names
+                               if f"{node.module}.{alias.name}".replace(".", "/") in known)
+            elif isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+    return graph
+
+
+def _module_paths(root: Path) -> set[str]:
+    return {str(path.relative_to(root).with_suffix("")).removesuffix("/__init__") for path in sources(root).values()}
+
+
+def project(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    tops = {*PACKAGES, *SCRIPTS}
+    return {module: {t for t in targets if t.split(".")[0] in tops} for module, targets in graph.items()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    graph = project(graph)
+    visiting, done, found = [], set(), []
+
+    def visit(module: str) -> None:
+        visiting.append(module)
+        for target in sorted(graph.get(module, ())):
+            if target in visiting:
+                found.append(visiting[visiting.index(target):] + [target])
+            elif target not in done:
+                visit(target)
+        visiting.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module)
+    return found
+
+
+def engine_reaching_out(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Engine modules that import a transport or weights/: the engine serves them, never the reverse."""
+    graph = project(graph)
+    return {module: sorted(t for t in targets if t.split(".")[0] != "engine")
+            for module, targets in graph.items()
+            if module.split(".")[0] == "engine" and any(t.split(".")[0] != "engine" for t in targets)}
+
+
+def reaching_past_the_facade(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Everything outside the engine (transports, weights/) imports engine.api and nothing else of the engine."""
+    graph = project(graph)
+    return {module: sorted(t for t in targets if t.split(".")[0] == "engine" and t not in (FACADE, "engine"))
+            for module, targets in graph.items()
+            if module.split(".")[0] in TRANSPORT_ROOTS
+            and any(t.split(".")[0] == "engine" and t not in (FACADE, "engine") for t in targets)}
+
+
+def impure_cores(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Protocol cores (streaming/<protocol>/protocol.py and friends) that import an I/O library."""
+    return {module: sorted(t for t in targets if t.split(".")[0] in IO_LIBRARIES)
+            for module, targets in graph.items()
+            if module.startswith("streaming") and module.rsplit(".", 1)[-1] in PURE
+            and any(t.split(".")[0] in IO_LIBRARIES for t in targets)}
+
+
+def long_modules(root: Path) -> dict[str, int]:
+    long = {}
+    for module, path in sources(root).items():
+        source = path.read_text()
+        lines = source.count("\n")
+        if lines > MAX_LINES and LONG_REASON not in (ast.get_docstring(ast.parse(source)) or ""):
+            long[module] = lines
+    return long
+
+
+LIFECYCLE = {"open", "hold", "end", "attach"}  # SessionRegistry's: a session taken, kept, freed, handed over
+# streaming.sessions.supervisor owns every connection's session; bar mode's HTTP routes hold theirs between requests
+LIFECYCLE_OWNERS = {"streaming.sessions.supervisor", "streaming.sessions.registry", "streaming.bar.http",
+                    "streaming.bar.session"}
+OPENERS = {"streaming.sessions.supervisor", "streaming.bar.source"}  # Engine.open_session's only callers
+
+
+def session_owners(root: Path) -> dict[str, set[str]]:
+    """Modules other than the supervisor's that take, hold or free a session themselves."""
+    found = collections.defaultdict(set)
+    for module, path in sources(root).items():
+        if not module.startswith("streaming"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                owner = node.func.value
+                name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+                if name == "registry" and node.func.attr in LIFECYCLE and module not in LIFECYCLE_OWNERS:
+                    found[module].add(f"registry.{node.func.attr}")
+                if node.func.attr == "open_session" and module not in OPENERS:
+                    found[module].add("open_session")
+    return dict(found)
+
+
+def test_the_rules_see_every_subpackage():
+    modules = sources(ROOT)
+    packages = {module.rsplit(".", 1)[0] for module in modules if "." in module}
+    assert {"engine.lm", "engine.runtime", "engine.codec", "engine.work", "engine.loading", "streaming.jam",
+            "streaming.bar", "streaming.lyria", "streaming.webrtc", "streaming.gary", "streaming.sessions",
+            "streaming.jobs", "streaming.app"} <= packages
+    assert len(modules) > 90
+
+
+def test_no_import_circle():
+    assert circles(imports(ROOT)) == []
+
+
+def test_the_engine_imports_no_transport_and_not_weights():
+    assert engine_reaching_out(imports(ROOT)) == {}
+
+
+def test_everything_outside_the_engine_reaches_it_through_its_facade_only():
+    assert reaching_past_the_facade(imports(ROOT)) == {}
+
+
+def test_protocol_cores_do_no_io():
+    assert impure_cores(imports(ROOT)) == {}
+
+
+def test_modules_stay_small_or_say_why():
+    assert long_modules(ROOT) == {}, f"split these by job, or say in the module docstring ({LONG_REASON!r}) why not"
+
+
+def test_one_supervisor_owns_the_sessions_of_connections():
+    """No transport shell takes, holds or frees a session itself: streaming/sessions/supervisor.py does, for all."""
+    assert session_owners(ROOT) == {}
+
+
+BROKEN = {
+    "engine/__init__.py": "",
+    "engine/api.py": "from engine.work import session\n",
+    "engine/work/__init__.py": "",
+    "engine/work/session.py": "from streaming.jam import protocol\n",
+    "streaming/__init__.py": "",
+    "streaming/jam/__init__.py": "",
+    "streaming/jam/protocol.py": "import asyncio\nfrom engine.work.session import x\nfrom streaming.jam import ws\n",
+    "streaming/jam/ws.py": "from streaming.jam.protocol import y\ndef f(registry):\n    registry.open()\n",
+    "streaming/bar/deep/long.py": "x = 1\n" * (MAX_LINES + 1),
+}
+
+
+@pytest.fixture
+def broken(tmp_path: Path) -> Path:
+    for name, text in BROKEN.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def test_every_rule_fails_on_a_tree_that_breaks_it(broken: Path):
+    graph = imports(broken)
+    assert ["streaming.jam.protocol", "streaming.jam.ws", "streaming.jam.protocol"] in circles(graph)
+    assert engine_reaching_out(graph) == {"engine.work.session": ["streaming.jam", "streaming.jam.protocol"]}
+    assert reaching_past_the_facade(graph) == {"streaming.jam.protocol": ["engine.work.session"]}
+    assert impure_cores(graph) == {"streaming.jam.protocol": ["asyncio"]}
+    assert long_modules(broken) == {"streaming.bar.deep.long": MAX_LINES + 1}
+    assert session_owners(broken) == {"streaming.jam.ws": {"registry.open"}}
