@@ -2,25 +2,21 @@
 
 import pytest
 
-from tests.cog.test_http import predict
-from tests.engine.test_families import melody_file
-from tests.support.cog_server import CogServer
+from tests.support.cog_server import CogServer, predict
+from tests.support.families import melody_file
 from tests.support.helpers import convert, data_uri_bytes, decode_wav
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def family_server(venv_env, tmp_path_factory):
-    """kind -> a running Cog server on that demo family (built through weights.demo)."""
-    from weights.demo import build
-
+def family_server(venv_env, demo_family):
+    """kind -> a running Cog server on that demo family."""
     servers = {}
 
     def get(kind: str) -> CogServer:
         if kind not in servers:
-            weights = build(tmp_path_factory.mktemp(kind), n_bands=1, kind=kind)
-            servers[kind] = CogServer(venv_env, {"COG_WEIGHTS": str(weights), "JAM_PORT": "0"}).start()
+            servers[kind] = CogServer(venv_env, {"COG_WEIGHTS": str(demo_family(kind)), "JAM_PORT": "0"}).start()
         return servers[kind]
 
     yield get

@@ -10,7 +10,8 @@ import time
 import pytest
 import requests
 
-from tests.support.helpers import data_uri_bytes, decode_wav, sine_wav, wait_until
+from tests.support.cog_server import predict, wait_ready
+from tests.support.helpers import data_uri_bytes, decode_wav, sine_wav
 
 SEED_FIELDS = ["prompt", "input_audio", "duration", "continuation", "continuation_start", "continuation_end",
                "multi_band_diffusion", "normalization_strategy", "top_k", "top_p", "temperature",
@@ -37,18 +38,6 @@ def webhook():
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/hook", server.events
     server.shutdown()
-
-
-def wait_ready(cog, timeout=10) -> None:
-    """coglet frees its single slot a moment after answering; a request sent in that moment is refused with
-    "At capacity", so each test waits for READY as a client of a one-slot server should."""
-    assert wait_until(lambda: requests.get(f"{cog.url}/health-check", timeout=5).json()["status"] == "READY",
-                      timeout, interval=0.05)
-
-
-def predict(cog, timeout=300, **inputs):
-    wait_ready(cog)
-    return requests.post(f"{cog.url}/predictions", json={"input": inputs}, timeout=timeout)
 
 
 def wait_final(events: queue.Queue, timeout: float = 120) -> dict:

@@ -11,9 +11,9 @@ import pytest
 from websockets.sync.client import connect
 
 from streaming.formats import ffmpeg_executable
-from tests.cog.test_http import predict
-from tests.streaming.jam.test_ws import START, next_of
+from tests.support.cog_server import predict
 from tests.support.helpers import data_uri_bytes, decode_wav
+from tests.support.jam_client import START, next_of
 
 
 def test_a_too_long_prompt_fails_alone_while_a_jam_plays(cog):

@@ -6,9 +6,9 @@ import threading
 import requests
 from websockets.sync.client import connect
 
-from tests.cog.test_http import predict as predict_http
-from tests.streaming.jam.test_ws import START, next_of, run_seed_client
+from tests.support.cog_server import predict as predict_http
 from tests.support.helpers import data_uri_bytes, decode_wav
+from tests.support.jam_client import START, next_of, run_seed_client
 
 
 def test_jam_inside_cog_while_a_prediction_runs(cog):

@@ -42,12 +42,12 @@ def test_graph_replay_gives_the_eager_step(cuda_engine):
     """The decoder's step replayed from a CUDA graph equals its eager forward, logits and caches (float32 weights,
     so the bound is tight); across row ranges, lengths and windows (tests/test_static_step.py's comparison)."""
     from engine.lm.static_step import CapturableStep
-    from tests.engine.lm.test_static_step import _compare, _decoder
+    from tests.support.steps import compare_with_eager, six_row_decoder
 
     lm = cuda_engine.model.musicgen.lm
     with torch.no_grad():
-        step = CapturableStep(_decoder(lm, lm, "cuda"), compiled=False, graphs=True, min_window=16)
-        _compare(lm, lm, step, "cuda")
+        step = CapturableStep(six_row_decoder(lm, lm, "cuda"), compiled=False, graphs=True, min_window=16)
+        compare_with_eager(lm, lm, step, "cuda")
 
 
 def test_graph_replayed_predictions_equal_eager_ones(demo_dir):
@@ -71,12 +71,12 @@ def test_graph_replayed_predictions_equal_eager_ones(demo_dir):
 def test_the_step_reads_nothing_back_to_the_host(cuda_engine):
     """Once captured, a step (graph replay) and the capturable step run eagerly make no device sync."""
     from engine.lm.static_step import CapturableStep
-    from tests.engine.lm.test_static_step import _decoder
+    from tests.support.steps import six_row_decoder
 
     lm = cuda_engine.model.musicgen.lm
     with torch.no_grad():
         for graphs in (True, False):
-            decoder = _decoder(lm, lm, "cuda")
+            decoder = six_row_decoder(lm, lm, "cuda")
             step = CapturableStep(decoder, compiled=False, graphs=graphs)
             tokens = torch.zeros(2, lm.num_codebooks, dtype=torch.long, device="cuda")
             decoder.forward(slice(0, 2), torch.zeros(2, lm.num_codebooks, 3, dtype=torch.long, device="cuda"))
@@ -91,20 +91,20 @@ def test_the_whole_decode_step_makes_no_device_sync(cuda_engine):
     """Forward, guidance, sampling and the delay-pattern update of two streams (tests/test_host_reads.py's step),
     eagerly on CUDA: not one host read of a device value."""
     from engine.lm.decoder import StepDecoder
-    from tests.engine.lm.test_host_reads import _run, _whole_step
+    from tests.support.steps import two_streams, whole_step
 
     lm = cuda_engine.model.musicgen.lm
     with torch.no_grad():
-        decoder, frames, inputs = _run(lm, "cuda")
+        decoder, frames, inputs = two_streams(lm, "cuda")
         assert isinstance(decoder, StepDecoder)
         for step in range(3):
             views = (list(decoder.keys[:, :5]), list(decoder.values[:, :5]), decoder.cross_keys[:, :5],
                      decoder.cross_values[:, :5], decoder.cross_lengths[:5], decoder.lengths[:5])
             if step == 0:
-                _whole_step(decoder, frames, inputs, views)  # warms up (allocator, kernels' first launch)
+                whole_step(decoder, frames, inputs, views)  # warms up (allocator, kernels' first launch)
             else:
                 with sync_is_an_error():
-                    sampled = _whole_step(decoder, frames, inputs, views)
+                    sampled = whole_step(decoder, frames, inputs, views)
             decoder.advance_host(slice(0, 5), 1)
     assert sampled.device.type == "cuda" and ((sampled >= 0) & (sampled < lm.card)).all()
 

@@ -1,9 +1,6 @@
 """Melody and stereo checkpoints through the engine's public API: predictions on the fast path, jam sessions."""
 
-import math
-import typing as tp
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,57 +9,29 @@ from engine.config import EngineConfig
 from engine.runtime.streams import SamplingParams
 from engine.work.batch import BatchRequest, RequestError
 from engine.work.session import SessionSettings
-from streaming import formats as audio
+from tests.support.families import audiocraft_tokens, melody_file
 from tests.support.helpers import sine_wav
+from tests.support.servers import start_server
 
 SETTINGS = SessionSettings(styles=("dub",), weights=(1.0,), chunk_seconds=0.4)
 
 
 @pytest.fixture(scope="module")
-def family_engine(tmp_path_factory):
+def family_engine(demo_family):
     """kind -> Engine on that demo family (float32, so the fast path can be compared with audiocraft's)."""
     from engine.core import Engine
-    from weights.demo import build
 
     engines = {}
 
     def get(kind: str) -> Engine:
         if kind not in engines:
-            directory = build(tmp_path_factory.mktemp(kind), n_bands=1, kind=kind)
-            engines[kind] = Engine.load(directory, device="cpu",
+            engines[kind] = Engine.load(demo_family(kind), device="cpu",
                                         config=EngineConfig(max_sessions=2, weight_format="float32"))
         return engines[kind]
 
     yield get
     for engine in engines.values():
         engine.close()
-
-
-def melody_file(path, freqs=(440.0, 660.0, 550.0), seconds=3.0):
-    """A wav of one note per frequency, in turn."""
-    import soundfile as sf
-
-    rate = 32000
-    t = torch.arange(int(seconds * rate)) / rate
-    note = (t * len(freqs) / seconds).long().clamp(max=len(freqs) - 1)
-    sf.write(path, (0.5 * torch.sin(2 * math.pi * torch.tensor(freqs)[note] * t)).numpy(), rate)
-    return path
-
-
-def audiocraft_tokens(engine, prompt: str, seconds: float, melody: tp.Optional[Path] = None) -> torch.Tensor:
-    """Greedy tokens [K, frames] from audiocraft's own MusicGen API on the engine's model (on the LM thread, which
-    owns it), given the whole melody file: what the Replicate predictor hands audiocraft."""
-    musicgen = engine.model.musicgen
-
-    def generate() -> torch.Tensor:
-        musicgen.set_generation_params(use_sampling=False, top_k=250, duration=seconds, cfg_coef=3.0,
-                                       extend_stride=18)
-        if melody is None:
-            return musicgen.generate([prompt], return_tokens=True)[1][0]
-        wav, rate = audio.decode(melody)
-        return musicgen.generate_with_chroma([prompt], wav[None], rate, return_tokens=True)[1][0]
-
-    return engine.lm_worker.call(generate).result()
 
 
 def test_a_melody_prediction_follows_the_whole_slice_as_audiocraft_does(family_engine, tmp_path):
@@ -184,12 +153,10 @@ def test_jam_clients_send_a_melody_and_hear_stereo(family_engine, tmp_path):
     import soundfile as sf
     from websockets.sync.client import connect
 
-    from streaming.app.config import ServerConfig
-    from streaming.app.server import RunningServer
-    from tests.streaming.jam.test_ws import START, next_of
+    from tests.support.jam_client import START, next_of
 
     for kind in ("stereo-melody",):
-        server = RunningServer(family_engine(kind), ServerConfig(host="127.0.0.1", port=0)).start()
+        server = start_server(family_engine(kind))
         try:
             with connect(f"ws://127.0.0.1:{server.port}/ws/jam", max_size=None) as ws:
                 ws.send(json.dumps(START))

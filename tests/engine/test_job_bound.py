@@ -9,17 +9,15 @@ import pytest
 from engine.config import JOB_BOUND_SECONDS, EngineConfig
 from engine.work.batch import BatchRequest
 from engine.work.session import SessionSettings
-from tests.engine.test_families import melody_file
+from tests.support.families import melody_file
 from tests.support.helpers import wait_until
 
 
 @pytest.mark.slow
-def test_no_job_outlasts_the_bound_with_mbd_and_a_long_melody_beside_a_session(tmp_path):
+def test_no_job_outlasts_the_bound_with_mbd_and_a_long_melody_beside_a_session(demo_family, tmp_path):
     from engine.core import Engine
-    from weights.demo import build
 
-    engine = Engine.load(build(tmp_path / "melody", n_bands=1, kind="melody"), device="cpu",
-                         config=EngineConfig(max_sessions=2))
+    engine = Engine.load(demo_family("melody"), device="cpu", config=EngineConfig(max_sessions=2))
     try:
         session = engine.open_session(SessionSettings(styles=("dub",), weights=(1.0,), chunk_seconds=2.0), seed=1)
         indices: list[int] = []

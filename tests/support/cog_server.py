@@ -1,4 +1,5 @@
-"""Starts Cog's own HTTP server (coglet) on predict.py, bound to 127.0.0.1 on a free port, and stops it."""
+"""Starts Cog's own HTTP server (coglet) on predict.py, bound to 127.0.0.1 on a free port, and stops it; and a
+client's synchronous prediction against it."""
 
 import os
 import signal
@@ -10,7 +11,7 @@ from pathlib import Path
 import requests
 
 from tests.support import ROOT
-from tests.support.helpers import free_port
+from tests.support.helpers import free_port, wait_until
 
 
 class CogServer:
@@ -53,3 +54,16 @@ class CogServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+def wait_ready(cog: CogServer, timeout: float = 10) -> None:
+    """coglet frees its single slot a moment after answering; a request sent in that moment is refused with
+    "At capacity", so each test waits for READY as a client of a one-slot server should."""
+    assert wait_until(lambda: requests.get(f"{cog.url}/health-check", timeout=5).json()["status"] == "READY",
+                      timeout, interval=0.05)
+
+
+def predict(cog: CogServer, timeout: float = 300, **inputs) -> requests.Response:
+    """A synchronous prediction of `inputs`, once the server is READY."""
+    wait_ready(cog)
+    return requests.post(f"{cog.url}/predictions", json={"input": inputs}, timeout=timeout)

@@ -25,6 +25,12 @@ def offline_decode(engine, tokens: torch.Tensor) -> torch.Tensor:
     return engine.codec_worker.call(lambda: codec.decode(tokens[None].to(device), None)[0].cpu()).result()
 
 
+def snr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
+    """Signal-to-noise ratio of `test` against `reference`, in dB."""
+    noise = (test - reference).pow(2).mean()
+    return 10 * torch.log10(reference.pow(2).mean() / noise.clamp(min=1e-20)).item()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,6 +10,11 @@ import httpx
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+CONNECT_TIMEOUT = 2.0
+SERVER_CONFIG = {"webrtc_connect_timeout": CONNECT_TIMEOUT}  # a peer that never connects is given up soon
+PARAMS = {"styles": "jazz, hiphop", "style_weights": "1.0,0.8", "temperature": 1.1, "topk": 40,
+          "guidance_weight": 1.1, "seed": 7, "max_decode_frames": 25}  # 1 s chunks
+
 
 def loopback_only(monkeypatch) -> None:
     """aioice never offers 127.0.0.1 as a host candidate; on a test machine loopback is the one path to use."""

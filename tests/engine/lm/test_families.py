@@ -20,16 +20,15 @@ SR = 44100  # melodies arrive at their own rate; conditioning resamples them as 
 
 
 @pytest.fixture(scope="session")
-def family(tmp_path_factory):
-    """kind -> LoadedModel, each demo built on first use."""
+def family(demo_family):
+    """kind -> LoadedModel of that demo family, each loaded on first use."""
     from engine.loading.model import load_model
-    from weights.demo import build
 
     models = {}
 
     def get(kind: str):
         if kind not in models:
-            models[kind] = load_model(build(tmp_path_factory.mktemp(kind), n_bands=1, kind=kind), device="cpu")
+            models[kind] = load_model(demo_family(kind), device="cpu")
         return models[kind]
 
     return get

@@ -7,46 +7,7 @@ import torch
 from engine.lm.conditions import text_condition
 from engine.lm.decoder import StepDecoder
 from engine.lm.static_step import CapturableStep
-
-# three streams of two rows, with conditions of different lengths (cross masks differ between rows)
-TEXTS = ("drums", None, "a much longer prompt than the first, so the cross lengths differ", None, "bass", None)
-PREFILLS = (30, 7, 3)
-
-
-def _decoder(lm, condition_lm, device: str = "cpu") -> StepDecoder:
-    """`condition_lm` computes the text conditions (on the CPU: audiocraft's T5 stays there)."""
-    decoder = StepDecoder(lm, max_rows=6, max_steps=48)
-    for row, text in enumerate(TEXTS):
-        embeds, mask = text_condition(condition_lm, text)
-        decoder.set_condition(row, embeds.to(device), mask.to(device))
-    return decoder
-
-
-def _compare(lm, condition_lm, step: CapturableStep, device: str = "cpu") -> None:
-    """Streams at three lengths step together, then each alone (other row ranges, same row count)."""
-    eager = _decoder(lm, condition_lm, device)
-    sequence = torch.randint(0, lm.card, (6, lm.num_codebooks, 40), generator=torch.Generator().manual_seed(0))
-    sequence = sequence.to(device)
-    for decoder in (eager, step.decoder):
-        for pair, length in enumerate(PREFILLS):
-            decoder.forward(slice(2 * pair, 2 * pair + 2), sequence[2 * pair: 2 * pair + 2, :, :length])
-    worst = 0.0
-    for s in range(5):
-        tokens = torch.cat([sequence[2 * p: 2 * p + 2, :, length + s] for p, length in enumerate(PREFILLS)])
-        expected = eager.forward(slice(0, 6), tokens.unsqueeze(-1))[:, :, 0]
-        worst = max(worst, (step(slice(0, 6), tokens) - expected).abs().max().item())
-    for s in range(3):
-        for pair in range(3):
-            rows = slice(2 * pair, 2 * pair + 2)
-            tokens = sequence[rows, :, 30 + s]
-            expected = eager.forward(rows, tokens.unsqueeze(-1))[:, :, 0]
-            worst = max(worst, (step(rows, tokens) - expected).abs().max().item())
-    assert worst < 1e-4
-    decoder = step.decoder
-    assert decoder.lengths.tolist() == eager.lengths.tolist() == decoder.host_lengths
-    for row, length in enumerate(decoder.host_lengths):
-        assert (decoder.keys[:, row, :, :length] - eager.keys[:, row, :, :length]).abs().max().item() < 1e-4
-        assert (decoder.values[:, row, :, :length] - eager.values[:, row, :, :length]).abs().max().item() < 1e-4
+from tests.support.steps import STEP_TEXTS, compare_with_eager, six_row_decoder
 
 
 @pytest.mark.parametrize("compiled,min_window", [(False, None), (False, 16), (True, 16)],
@@ -55,7 +16,7 @@ def test_static_step_gives_the_eager_logits(engine, compiled, min_window):
     """With min_window 16 in a 48-step cache the steps cross windows of 16, 32 and 48 keys."""
     lm = engine.model.musicgen.lm
     with torch.no_grad():
-        _compare(lm, lm, CapturableStep(_decoder(lm, lm), compiled=compiled, min_window=min_window))
+        compare_with_eager(lm, lm, CapturableStep(six_row_decoder(lm, lm), compiled=compiled, min_window=min_window))
 
 
 def test_the_step_takes_any_rows_of_its_bucket_and_leaves_the_others_as_they_were(engine):
@@ -69,7 +30,7 @@ def test_the_step_takes_any_rows_of_its_bucket_and_leaves_the_others_as_they_wer
     prefills = [torch.randint(0, lm.card, (2, lm.num_codebooks, n), generator=generator) for _, n in streams]
     for decoder in twins:
         for index, (rows, _) in enumerate(streams):
-            for offset, text in enumerate((TEXTS[2 * index], None)):
+            for offset, text in enumerate((STEP_TEXTS[2 * index], None)):
                 decoder.set_condition(rows.start + offset, *text_condition(lm, text))
             decoder.forward(rows, prefills[index])
     eager, static = twins
@@ -96,7 +57,7 @@ def test_the_step_takes_any_rows_of_its_bucket_and_leaves_the_others_as_they_wer
 def test_static_step_refuses_a_full_cache(engine):
     """Bounds are checked on the host copies of the lengths: the step itself never reads the device."""
     lm = engine.model.musicgen.lm
-    decoder = _decoder(lm, lm)
+    decoder = six_row_decoder(lm, lm)
     step = CapturableStep(decoder, compiled=False, min_window=16)
     tokens = torch.zeros(2, lm.num_codebooks, decoder.max_steps - 1, dtype=torch.long)
     with torch.no_grad():
@@ -113,8 +74,8 @@ def test_cuda_graph_replay_gives_the_eager_logits(engine):
     cpu_lm = engine.model.musicgen.lm
     lm = copy.deepcopy(cpu_lm).cuda()
     with torch.no_grad():
-        step = CapturableStep(_decoder(lm, cpu_lm, "cuda"), compiled=False, graphs=True, min_window=16)
-        _compare(lm, cpu_lm, step, "cuda")
+        step = CapturableStep(six_row_decoder(lm, cpu_lm, "cuda"), compiled=False, graphs=True, min_window=16)
+        compare_with_eager(lm, cpu_lm, step, "cuda")
 
 
 def test_step_mode_is_chosen_by_device_and_overridden_by_the_environment():
@@ -149,7 +110,7 @@ def test_the_scheduler_decodes_through_the_static_step(engine):
 def test_host_copies_of_the_lengths_follow_every_change(engine):
     """set_prefix, forward, reset and relayout keep the host copies equal to the device lengths."""
     lm = engine.model.musicgen.lm
-    decoder = _decoder(lm, lm)
+    decoder = six_row_decoder(lm, lm)
     tokens = torch.zeros(6, lm.num_codebooks, 5, dtype=torch.long)
     with torch.no_grad():
         decoder.forward(slice(0, 6), tokens)

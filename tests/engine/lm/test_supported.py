@@ -20,14 +20,12 @@ from engine.core import Engine
 from engine.runtime.worker import EngineUnavailable
 from engine.work.batch import BatchRequest
 from engine.work.session import SessionSettings
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from streaming.lyria import protocol as lp
-from tests.cog.test_http import predict
-from tests.streaming.jam.test_ws import START, next_of
-from tests.support.cog_server import CogServer
+from tests.support.cog_server import CogServer, predict
 from tests.support.helpers import data_uri_bytes, decode_wav, free_port
-from tests.support.webrtc_client import JamClient, loopback_only
+from tests.support.jam_client import START, next_of
+from tests.support.servers import start_server
+from tests.support.webrtc_client import JamClient
 
 REFUSED = "layer_scale"  # what check_supported names for this checkpoint
 
@@ -70,8 +68,8 @@ def test_the_engine_loads_says_why_and_predicts_as_audiocraft(unsupported_dir, c
         engine.close()
 
 
-def test_every_protocol_tells_the_client_why_no_session_starts(unsupported_engine, monkeypatch):
-    server = RunningServer(unsupported_engine, ServerConfig(host="127.0.0.1", port=0)).start()
+def test_every_protocol_tells_the_client_why_no_session_starts(unsupported_engine, loopback):
+    server = start_server(unsupported_engine)
     base = f"http://127.0.0.1:{server.port}"
     try:
         health = requests.get(f"{base}/health", timeout=5).json()
@@ -94,8 +92,6 @@ def test_every_protocol_tells_the_client_why_no_session_starts(unsupported_engin
                 while True:
                     ws.recv(timeout=30)
             assert ws.close_code == 1011 and REFUSED in ws.close_reason
-
-        loopback_only(monkeypatch)
 
         async def offer() -> dict:
             client = JamClient(base)

@@ -10,8 +10,8 @@ import torchaudio.functional as AF
 
 from engine.work.batch import BatchRequest, RequestError
 from streaming import formats as audio
-from tests.engine.work.test_session import snr_db
-from tests.support.helpers import convert, offline_decode, sine_wav
+from tests.support.families import audiocraft_tokens
+from tests.support.helpers import convert, offline_decode, sine_wav, snr_db
 
 
 def run(engine, **kwargs):
@@ -212,8 +212,6 @@ def test_cancel_stops_a_running_generation_and_engine_serves_next(engine):
 def test_duration_beyond_the_window_is_audiocraft_s_windowed_extension(engine):
     """Past 30 s: windows every 18 s, each keeping the last 12 s as prompt and ending (its delayed codebooks
     padded) where audiocraft ends it; greedy tokens equal audiocraft's generate, no frame twice at a roll-over."""
-    from tests.engine.test_families import audiocraft_tokens
-
     result = run(engine, prompt="organ", duration=32, seed=1, temperature=0.0)
     assert result.wav.shape[-1] == 32 * 32000 and result.tokens.shape[-1] == 32 * 50
     assert torch.equal(result.tokens, audiocraft_tokens(engine, "organ", 32))

@@ -13,7 +13,7 @@ from engine.runtime.scheduler import Scheduler
 from engine.runtime.streams import SamplingParams, Stream
 from engine.work.batch import BatchRequest
 from engine.work.session import SessionSettings
-from tests.support.helpers import offline_decode, sine_wav
+from tests.support.helpers import offline_decode, sine_wav, snr_db
 
 SETTINGS = SessionSettings(styles=("jazz", "hiphop"), weights=(1.0, 0.8),
                        params=SamplingParams(temperature=1.1, top_k=40, guidance=1.1), chunk_seconds=1.0)
@@ -51,11 +51,6 @@ def test_chunks_have_the_requested_length(engine):
         assert chunk.sample_rate == 32000
         assert chunk.audio.shape[-1] == int(1.025 * 32000)
         assert chunk.seconds == 1.0 and chunk.overlap_seconds == pytest.approx(0.025)
-
-
-def snr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
-    noise = (test - reference).pow(2).mean()
-    return 10 * torch.log10(reference.pow(2).mean() / noise.clamp(min=1e-20)).item()
 
 
 def test_stream_equals_offline_decode_of_its_tokens(engine):

@@ -114,16 +114,6 @@ def test_a_placement_past_the_chunk_in_the_making_counts_later_chunks_at_the_new
     assert place(31000, 32000, 52, 30000, 3, 4000, 2000).chunk == 3
 
 
-@pytest.fixture(scope="module")
-def server(engine):
-    from streaming.app.config import ServerConfig
-    from streaming.app.server import RunningServer
-
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
-    yield running
-    running.stop()
-
-
 def test_ws_jam_acknowledges_where_an_update_starts_and_when_it_is_heard(server):
     """Realtime pace, 0.48 s chunks: the update starts in the chunk the acknowledgement names, at its offset (that
     chunk lists it under `changes`), and is heard within a second; a bad ramp is refused by name."""
@@ -131,7 +121,7 @@ def test_ws_jam_acknowledges_where_an_update_starts_and_when_it_is_heard(server)
 
     from websockets.sync.client import connect
 
-    from tests.streaming.sessions.test_restarts import is_status, messages_until
+    from tests.support.jam_client import is_status, messages_until
 
     start = {"type": "start", "params": {"styles": "jazz", "pace": "realtime", "max_decode_frames": 12, "seed": 3}}
     with connect(f"ws://127.0.0.1:{server.port}/ws/jam", max_size=None) as ws:

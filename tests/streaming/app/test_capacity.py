@@ -14,11 +14,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from streaming.app.capacity import Capacity
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from streaming.lyria import protocol as lp
 from tests.support.cog_server import ROOT
 from tests.support.helpers import free_port, wait_until
+from tests.support.servers import start_server
 
 START = {"type": "start", "mode": "rt", "params": {"styles": "jazz", "pace": "realtime", "max_decode_frames": 12}}
 
@@ -66,7 +65,7 @@ def agent_line(port: int) -> str:
 
 def test_ready_and_agent_follow_sessions_and_drain(engine):
     agent_port = free_port()
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, agent_port=agent_port)).start()
+    running = start_server(engine, agent_port=agent_port)
     base = f"http://127.0.0.1:{running.port}"
     try:
         assert requests.get(f"{base}/ready", timeout=5).status_code == 200
@@ -97,7 +96,7 @@ def test_ready_and_agent_follow_sessions_and_drain(engine):
 
 
 def test_drain_needs_the_token_when_one_is_set(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, token="s3cret")).start()
+    running = start_server(engine, token="s3cret")
     base = f"http://127.0.0.1:{running.port}"
     try:
         assert requests.post(f"{base}/admin/drain", timeout=5).status_code == 401
@@ -121,7 +120,7 @@ def messages_until(ws, predicate, timeout=30):
 
 def test_drain_tells_live_clients_refuses_new_ones_and_closes_at_the_deadline(roomy_engine):
     engine = roomy_engine
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, drain_seconds=4)).start()
+    running = start_server(engine, drain_seconds=4)
     base = f"ws://127.0.0.1:{running.port}"
     jam = connect(f"{base}/ws/jam")
     lyria = connect(f"{base}{lp.PATH}", max_size=None)

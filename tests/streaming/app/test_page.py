@@ -2,16 +2,13 @@
 
 import shutil
 
-import httpx
 import pytest
 import soundfile as sf
 
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from tests.support.helpers import wait_until
-from tests.support.webrtc_client import loopback_only
+from tests.support.servers import sessions
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("loopback")]
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -22,15 +19,6 @@ BYTES_RECEIVED = """async () => {
   (await window.jamPc.getStats()).forEach((r) => { if (r.type === "inbound-rtp") bytes = r.bytesReceived; });
   return bytes;
 }"""
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    with pytest.MonkeyPatch.context() as patch:
-        loopback_only(patch)
-        running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
-        yield running
-        running.stop()
 
 
 @pytest.fixture
@@ -45,10 +33,6 @@ def page(tmp_path):
             viewport={"width": 960, "height": 900})
         yield browser.new_page()
         browser.close()
-
-
-def sessions(server) -> int:
-    return httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=5).json()["sessions"]
 
 
 def text(page, selector: str) -> str:

@@ -15,15 +15,7 @@ import pytest
 import requests
 import soundfile as sf
 
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
-    yield running
-    running.stop()
+from tests.support.servers import start_server
 
 
 def base(server):
@@ -142,7 +134,7 @@ def test_generate_inside_cog(cog):
 
 
 def test_jam_token_guards_the_bar_routes(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, token="s3cret")).start()
+    running = start_server(engine, token="s3cret")
     try:
         url = f"http://127.0.0.1:{running.port}/"
         for method, path in [("post", "generate"), ("get", "progress"), ("post", "jam/start"), ("get", "jam/next"),

@@ -15,16 +15,13 @@ import requests
 import soundfile as sf
 from websockets.sync.client import connect
 
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from tests.support.helpers import wait_until
+from tests.support.servers import start_server
 
 
 @pytest.fixture(scope="module")
-def server(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, resume_seconds=30)).start()
-    yield running
-    running.stop()
+def server_config() -> dict:
+    return {"resume_seconds": 30}
 
 
 def http(server, path):
@@ -310,7 +307,7 @@ def test_a_bar_session_is_recorded(server):
 def test_a_bar_socket_without_a_session_idles_out(engine):
     from websockets.exceptions import ConnectionClosed
 
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, idle_seconds=1.0)).start()
+    running = start_server(engine, idle_seconds=1.0)
     try:
         with connect(ws_url(running), max_size=None) as ws:
             ws.send(json.dumps({"type": "start", "mode": "bar", "params": {}}))
@@ -323,7 +320,7 @@ def test_a_bar_socket_without_a_session_idles_out(engine):
 
 
 def test_an_http_session_nobody_polls_frees_its_slot(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, resume_seconds=1.0)).start()
+    running = start_server(engine, resume_seconds=1.0)
     try:
         started = requests.post(http(running, "/jam/start"), data={"bpm": "120"},
                                 files={"loop_audio": ("loop.wav", loop_file(), "audio/wav")}, timeout=60)

@@ -10,21 +10,13 @@ import requests
 import torch
 
 from streaming import formats as audio
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from tests.support.gary_clients import JuceClient, PluginGaveUp, decode_b64, wav_b64
 from tests.support.helpers import offline_decode
+from tests.support.servers import start_server
 
 RATE = 44100
 PROMPT = 4
 MATCH_DB = 70
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
-    yield running
-    running.stop()
 
 
 @pytest.fixture
@@ -181,7 +173,7 @@ def test_darius_model_routes_answer_for_the_loaded_checkpoint(juce):
 
 
 def test_jam_token_applies_to_the_gary_routes(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, token="s3cret")).start()
+    running = start_server(engine, token="s3cret")
     try:
         base = f"http://127.0.0.1:{running.port}"
         assert requests.get(base + "/api/models", timeout=5).status_code == 401
@@ -200,7 +192,7 @@ def test_a_draining_replica_refuses_new_jobs(demo_dir):
     from engine.core import Engine
 
     own = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=1))
-    running = RunningServer(own, ServerConfig(host="127.0.0.1", port=0, drain_seconds=1)).start()
+    running = start_server(own, drain_seconds=1)
     try:
         juce = JuceClient(f"http://127.0.0.1:{running.port}")
         assert requests.post(juce.base + "/admin/drain", timeout=10).ok

@@ -9,19 +9,10 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from tests.support.gary_clients import Gary4LiveClient, JuceClient, decode_b64, wav_b64
 from tests.support.helpers import wait_until
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
-    yield running
-    running.stop()
 
 
 def long_take(seconds: float = 180.0, rate: int = 48000) -> np.ndarray:

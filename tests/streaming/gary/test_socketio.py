@@ -6,21 +6,13 @@ import pytest
 import requests
 import socketio
 
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from tests.support.gary_clients import Gary4LiveClient, decode_b64, wav_b64
 from tests.support.helpers import wait_until
+from tests.support.servers import start_server
 
 RATE = 32000
 PROMPT = 2
 DONE = ("audio_processed", "music_continued", "music_retried", "error")
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
-    yield running
-    running.stop()
 
 
 @pytest.fixture
@@ -128,7 +120,7 @@ def test_a_client_that_leaves_mid_job_frees_the_engine(base, server, engine):
 
 
 def test_jam_token_is_required_to_connect(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, token="s3cret")).start()
+    running = start_server(engine, token="s3cret")
     base = f"http://127.0.0.1:{running.port}"
     try:
         with pytest.raises(socketio.exceptions.ConnectionError):
@@ -139,7 +131,7 @@ def test_jam_token_is_required_to_connect(engine):
 
 
 def test_socketio_clients_count_against_the_connection_cap(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, max_connections=1)).start()
+    running = start_server(engine, max_connections=1)
     base = f"http://127.0.0.1:{running.port}"
     try:
         first = Gary4LiveClient(base)

@@ -1,67 +1,24 @@
 """The /ws/jam sidecar with real WebSocket clients against a running server on 127.0.0.1."""
 
-import base64
 import io
 import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 import soundfile as sf
 import torch
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from streaming.jam import protocol as jp
-from tests.support import DATA
 from tests.support.helpers import offline_decode, wait_until
-
-START = {"type": "start", "mode": "rt", "binary_audio": False,
-         "params": {"styles": "jazz, hiphop", "style_weights": "1.0,0.8", "temperature": 1.1, "topk": 40,
-                    "guidance_weight": 1.1, "pace": "asap", "max_decode_frames": 20}}
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
-    yield running
-    running.stop()
-
-
-def url(server, path="/ws/jam"):
-    return f"ws://127.0.0.1:{server.port}{path}"
-
-
-def receive_json(ws, timeout=60):
-    return json.loads(ws.recv(timeout=timeout))
-
-
-def next_of(ws, kind, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = ws.recv(timeout=deadline - time.monotonic())
-        if isinstance(message, str) and json.loads(message)["type"] == kind:
-            return json.loads(message)
-    raise TimeoutError(kind)
-
-
-def decode_chunk(message):
-    samples, rate = sf.read(io.BytesIO(base64.b64decode(message["audio_base64"])), dtype="float32", always_2d=True)
-    return samples[:, 0], rate
-
-
-def sessions(server):
-    return requests.get(f"http://127.0.0.1:{server.port}/health", timeout=5).json()["sessions"]
+from tests.support.jam_client import START, decode_chunk, next_of, receive_json, run_seed_client
+from tests.support.servers import sessions, start_server, ws_url
 
 
 def test_start_chunks_update_ping_stop(server):
-    with connect(url(server)) as ws:
+    with connect(ws_url(server)) as ws:
         ws.send(json.dumps(START))
         started = receive_json(ws)
         assert started == {"type": "started", "mode": "rt", "session_id": started["session_id"]}
@@ -96,7 +53,7 @@ def test_start_chunks_update_ping_stop(server):
 
 
 def test_binary_audio_frames_then_chunk_meta(server):
-    with connect(url(server)) as ws:
+    with connect(ws_url(server)) as ws:
         ws.send(json.dumps({**START, "binary_audio": True}))
         next_of(ws, "status")
         for _ in range(2):
@@ -117,7 +74,7 @@ def test_seed_browser_overlap_add_is_seamless(server, engine):
     boundaries). The wire carries audio only: the tokens are those of the same seeded session on the engine."""
     xfade = 0.025
     params = {**START["params"], "seed": 11}
-    with connect(url(server)) as ws:
+    with connect(ws_url(server)) as ws:
         ws.send(json.dumps({**START, "params": params}))
         chunks = [decode_chunk(next_of(ws, "chunk")) for _ in range(5)]
     rate = chunks[0][1]
@@ -152,7 +109,7 @@ def test_seed_browser_overlap_add_is_seamless(server, engine):
 
 
 def test_ping_answers_fast_while_a_chunk_generates(server):
-    with connect(url(server)) as ws:
+    with connect(ws_url(server)) as ws:
         ws.send(json.dumps({**START, "params": {**START["params"], "max_decode_frames": 50}}))
         next_of(ws, "chunk")  # the next one is generating now
         delays = []
@@ -166,7 +123,7 @@ def test_ping_answers_fast_while_a_chunk_generates(server):
 
 def test_realtime_pace_stays_about_one_chunk_ahead(server):
     params = {**START["params"], "pace": "realtime", "max_decode_frames": 10}  # 0.4 s chunks
-    with connect(url(server)) as ws:
+    with connect(ws_url(server)) as ws:
         ws.send(json.dumps({**START, "params": params}))
         first = next_of(ws, "chunk")
         started = time.monotonic()
@@ -195,7 +152,7 @@ def test_realtime_pace_stays_about_one_chunk_ahead(server):
     (json.dumps({"type": "ping", "pad": "x" * 70000}), "message too large"),
 ])
 def test_bad_input_gets_an_error_and_the_stream_continues(server, message, error):
-    with connect(url(server), max_size=None) as ws:
+    with connect(ws_url(server), max_size=None) as ws:
         ws.send(json.dumps(START))
         next_of(ws, "chunk")
         ws.send(message)
@@ -205,17 +162,17 @@ def test_bad_input_gets_an_error_and_the_stream_continues(server, message, error
 
 
 def test_binary_frame_from_client_is_refused(server):
-    with connect(url(server)) as ws:
+    with connect(ws_url(server)) as ws:
         ws.send(b"\x00\x01")
         assert "binary frames are not accepted" in next_of(ws, "error")["error"]
 
 
 def test_session_limit(server):
-    with connect(url(server)) as first, connect(url(server)) as second:
+    with connect(ws_url(server)) as first, connect(ws_url(server)) as second:
         for ws in (first, second):
             ws.send(json.dumps(START))
             next_of(ws, "chunk")
-        with connect(url(server)) as third:  # connecting takes no slot; starting does
+        with connect(ws_url(server)) as third:  # connecting takes no slot; starting does
             third.send(json.dumps({"type": "ping"}))
             assert receive_json(third) == {"type": "pong"}
             third.send(json.dumps(START))
@@ -227,7 +184,7 @@ def test_session_limit(server):
 
 
 def test_token_is_required_when_configured(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, token="s3cret")).start()
+    running = start_server(engine, token="s3cret")
     try:
         with connect(f"ws://127.0.0.1:{running.port}/ws/jam") as ws:
             with pytest.raises(ConnectionClosed):
@@ -247,26 +204,7 @@ def test_token_is_required_when_configured(engine):
         running.stop()
 
 
-def run_seed_client(ws_url: str, tmp_path: Path, chunks: int = 2) -> list[str]:
-    """Runs the seed's Python client with only its URL changed; returns its first `chunks` output lines."""
-    source = (DATA / "seed_jam_client.py").read_text()
-    script = tmp_path / "client.py"
-    script.write_text(source.replace("wss://YOUR_SPACE/ws/jam", ws_url))
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 60
-        while len(lines) < chunks and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if line.startswith("chunk"):
-                lines.append(line.strip())
-    finally:
-        process.kill()
-        process.wait()
-    return lines
-
-
 def test_the_seed_python_client_receives_chunks(server, tmp_path):
-    lines = run_seed_client(url(server), tmp_path)
+    lines = run_seed_client(ws_url(server), tmp_path)
     assert len(lines) == 2
     assert all(line.endswith(" 32000") and "(64800,)" in line for line in lines)  # 2 s + 25 ms at 32 kHz

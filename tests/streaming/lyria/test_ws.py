@@ -1,8 +1,6 @@
 """The real google-genai SDK (client.aio.live.music) against our TLS sidecar on 127.0.0.1."""
 
 import asyncio
-import datetime
-import ipaddress
 import json
 
 import numpy as np
@@ -10,51 +8,19 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from streaming.lyria import protocol as lp
+from tests.support.servers import running_server
+from tests.support.tls import self_signed
 
 TOKEN = "test-api-key"
-
-
-def self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 @pytest.fixture(scope="module")
 def tls_server(engine, tmp_path_factory):
     cert, key = self_signed(tmp_path_factory.mktemp("tls"))
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, token=TOKEN,
-                                                 ssl_certfile=str(cert), ssl_keyfile=str(key))).start()
-    running.cert = cert
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def plain_server(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
-    yield running
-    running.stop()
+    with running_server(engine, token=TOKEN, ssl_certfile=str(cert), ssl_keyfile=str(key)) as running:
+        running.cert = cert
+        yield running
 
 
 def pcm(chunk) -> np.ndarray:
@@ -120,17 +86,17 @@ def test_wrong_api_key_is_refused_with_1008(tls_server, monkeypatch):
         assert set(json.loads(ws.recv(timeout=5))["setupComplete"]) == {"sessionId"}
 
 
-def test_out_of_order_message_closes_with_a_reason(plain_server):
-    with connect(f"ws://127.0.0.1:{plain_server.port}{lp.PATH}") as ws:
+def test_out_of_order_message_closes_with_a_reason(server):
+    with connect(f"ws://127.0.0.1:{server.port}{lp.PATH}") as ws:
         ws.send(json.dumps({"playbackControl": "PLAY"}))
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=5)
         assert ws.close_code == 1007 and "before setup" in ws.close_reason
 
 
-def test_stream_is_continuous_at_48k_and_pause_keeps_position(plain_server):
+def test_stream_is_continuous_at_48k_and_pause_keeps_position(server):
     """Chunks join without seams after resampling; a pause does not skip audio."""
-    with connect(f"ws://127.0.0.1:{plain_server.port}{lp.PATH}") as ws:
+    with connect(f"ws://127.0.0.1:{server.port}{lp.PATH}") as ws:
         ws.send(json.dumps({"setup": {"model": "models/x"}}))
         ws.recv(timeout=5)
         ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": "drone", "weight": 1}]}}))
@@ -156,13 +122,13 @@ def test_stream_is_continuous_at_48k_and_pause_keeps_position(plain_server):
     assert jumps[boundary] <= 4 * np.percentile(jumps, 99.9) + 1e-3
 
 
-def test_each_chunk_carries_the_prompts_it_was_generated_with(plain_server):
+def test_each_chunk_carries_the_prompts_it_was_generated_with(server):
     """The chunk in the making when new prompts arrive was generated with the old ones, and says so."""
     def prompts(message) -> list[str]:
         metadata = message["serverContent"]["audioChunks"][0]["sourceMetadata"]
         return [p["text"] for p in metadata["clientContent"]["weightedPrompts"]]
 
-    with connect(f"ws://127.0.0.1:{plain_server.port}{lp.PATH}", max_size=None) as ws:
+    with connect(f"ws://127.0.0.1:{server.port}{lp.PATH}", max_size=None) as ws:
         def audio() -> dict:
             while True:
                 message = json.loads(ws.recv(timeout=60))

@@ -18,26 +18,18 @@ from websockets.sync.client import connect
 
 from engine.config import EngineConfig
 from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from streaming.lyria import protocol as lp
-from tests.streaming.jam.test_ws import START, next_of, run_seed_client
-from tests.support import DATA, ROOT
+from tests.support import ROOT
 from tests.support.helpers import wait_until
+from tests.support.jam_client import START, next_of, run_seed_client, seed_client_script
+from tests.support.servers import start_server, ws_url
 
 
 @pytest.fixture(scope="module")
-def server(engine):
+def server_config() -> dict:
     # a frozen client's connection is dropped by the ping timeout; its session is then held for a resume
     # (streaming.sessions.registry) for resume_seconds before the slot comes back
-    config = ServerConfig(host="127.0.0.1", port=0, max_connections=6, idle_seconds=1.5, ping_interval=1,
-                          ping_timeout=1, resume_seconds=2)
-    running = RunningServer(engine, config).start()
-    yield running
-    running.stop()
-
-
-def url(server, path="/ws/jam"):
-    return f"ws://127.0.0.1:{server.port}{path}"
+    return {"max_connections": 6, "idle_seconds": 1.5, "ping_interval": 1, "ping_timeout": 1, "resume_seconds": 2}
 
 
 def health(server) -> dict:
@@ -51,9 +43,9 @@ def assert_closed(ws, code: int, reason: str) -> None:
 
 
 def test_idle_sockets_take_no_slot_and_are_closed_with_a_reason(server):
-    idle = [connect(url(server)) for _ in range(4)]  # more than the 2 session slots
+    idle = [connect(ws_url(server)) for _ in range(4)]  # more than the 2 session slots
     try:
-        with connect(url(server)) as player:
+        with connect(ws_url(server)) as player:
             player.send(json.dumps(START))
             assert next_of(player, "chunk")["type"] == "chunk"
         for ws in idle:
@@ -64,9 +56,9 @@ def test_idle_sockets_take_no_slot_and_are_closed_with_a_reason(server):
 
 
 def test_connections_have_their_own_cap(server):
-    sockets = [connect(url(server)) for _ in range(6)]
+    sockets = [connect(ws_url(server)) for _ in range(6)]
     try:
-        with connect(url(server)) as extra:
+        with connect(ws_url(server)) as extra:
             assert_closed(extra, 1013, "too many connections (limit 6)")
     finally:
         for ws in sockets:
@@ -74,13 +66,11 @@ def test_connections_have_their_own_cap(server):
 
 
 def test_the_seed_client_over_the_limit_reads_the_error(server, tmp_path):
-    with connect(url(server)) as first, connect(url(server)) as second:
+    with connect(ws_url(server)) as first, connect(ws_url(server)) as second:
         for ws in (first, second):
             ws.send(json.dumps(START))
             next_of(ws, "chunk")
-        source = (tmp_path.parent / "seed.py")
-        source.write_text((DATA / "seed_jam_client.py").read_text()
-                          .replace("wss://YOUR_SPACE/ws/jam", url(server)))
+        source = seed_client_script(ws_url(server), tmp_path)
         result = subprocess.run([sys.executable, str(source)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr  # it read the error and left its loop, no ConnectionClosedError
     assert "Traceback" not in result.stderr
@@ -100,7 +90,7 @@ FROZEN_CLIENT = textwrap.dedent("""
 def test_a_frozen_client_frees_its_slot(server, tmp_path):
     script = tmp_path / "frozen.py"
     script.write_text(FROZEN_CLIENT)
-    process = subprocess.Popen([sys.executable, str(script), url(server)], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, str(script), ws_url(server)], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().startswith("chunk")
         assert health(server)["sessions"] == 1
@@ -122,7 +112,7 @@ def test_a_slow_reader_pauses_generation(server, engine, monkeypatch):
                         real(self, deadline))
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-    ws = connect(url(server), sock=sock, max_size=None, max_queue=1)
+    ws = connect(ws_url(server), sock=sock, max_size=None, max_queue=1)
     try:
         ws.send(json.dumps({**START, "params": {**START["params"], "max_decode_frames": 50}}))
         time.sleep(6)  # the client reads nothing more
@@ -134,7 +124,7 @@ def test_a_slow_reader_pauses_generation(server, engine, monkeypatch):
 
 
 def test_a_jam_session_goes_on_after_a_generation_error(server, marker):
-    with connect(url(server)) as ws:
+    with connect(ws_url(server)) as ws:
         ws.send(json.dumps({**START, "params": {**START["params"], "styles": f"{marker} dub",
                                                  "style_weights": "1"}}))
         error = next_of(ws, "error")
@@ -154,7 +144,7 @@ def test_lyria_play_works_again_after_a_generation_error(server, marker):
         assert time.monotonic() < deadline, "no warning or audio in time"
         return json.loads(ws.recv(timeout=60))
 
-    with connect(url(server, lp.PATH), max_size=None) as ws:
+    with connect(ws_url(server, lp.PATH), max_size=None) as ws:
         ws.send(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
         assert set(next_message(ws)["setupComplete"]) == {"sessionId"}
         ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": f"{marker} techno", "weight": 1}]}}))
@@ -175,7 +165,7 @@ def test_health_is_503_when_the_engine_cannot_take_work(demo_dir):
     from engine.core import Engine
 
     engine = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=1))
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
+    running = start_server(engine)
     try:
         assert requests.get(f"http://127.0.0.1:{running.port}/health", timeout=5).status_code == 200
         engine.lm_worker.close()
@@ -218,4 +208,4 @@ def test_the_defaults_are_the_documented_ones():
 
 
 def test_run_seed_client_helper_still_plays(server, tmp_path):
-    assert len(run_seed_client(url(server), tmp_path)) == 2
+    assert len(run_seed_client(ws_url(server), tmp_path)) == 2

@@ -16,12 +16,12 @@ from websockets.sync.client import connect
 from engine.runtime.worker import EngineUnavailable
 from engine.work.session import LiveSession
 from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from streaming.jam.ws import JamConnection
 from streaming.sessions.pump import ChunkPump, Pacer
 from streaming.sessions.registry import SessionRegistry
 from streaming.sessions.tasks import Tasks
-from tests.streaming.sessions.test_restarts import start
+from tests.support.jam_client import asap_start
+from tests.support.servers import start_server
 from tests.support.webrtc_client import JamClient
 
 
@@ -148,7 +148,7 @@ def test_a_restart_under_way_ends_with_the_connection(engine, marker, monkeypatc
         config = ServerConfig(resume_seconds=0)  # the slot comes back with the connection, not after a window
         connection = JamConnection(ws, engine, config, pool, SessionRegistry.from_config(config), None)
         running = asyncio.create_task(connection.run())
-        ws.inbox.put_nowait({"type": "websocket.receive", "text": json.dumps(start(f"{marker} dub"))})
+        ws.inbox.put_nowait({"type": "websocket.receive", "text": json.dumps(asap_start(f"{marker} dub"))})
         await asyncio.wait_for(asyncio.to_thread(entered.wait, 30), 35)
         assert [m["type"] for m in ws.sent][-1] == "error" and engine.sessions_open == 1
         ws.inbox.put_nowait({"type": "websocket.disconnect"})
@@ -169,7 +169,7 @@ def test_opus_frames_keep_coming_while_blocking_engine_calls_wait(engine, monkey
     """More sessions are being opened than the event loop's default executor has threads, and the engine never
     answers them: a WebRTC peer's 20 ms Opus frames go on regardless (they never queue behind those calls)."""
     default_threads = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, blocking_threads=2)).start()
+    running = start_server(engine, blocking_threads=2)
     release = threading.Event()
     waiting: list[int] = []
 
@@ -188,7 +188,7 @@ def test_opus_frames_keep_coming_while_blocking_engine_calls_wait(engine, monkey
                    for _ in range(default_threads + 2)]
         try:
             for ws in sockets:
-                ws.send(json.dumps(start("dub")))
+                ws.send(json.dumps(asap_start("dub")))
             deadline = time.monotonic() + 10
             while len(waiting) < 2 and time.monotonic() < deadline:  # the blocking pool is full
                 await asyncio.sleep(0.01)

@@ -17,17 +17,9 @@ from websockets.sync.client import connect
 
 from engine.api import Chunk, SessionSettings
 from engine.codec.input_audio import decode_slice
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from streaming.sessions.recording import MAX_TIMELINE, RecordingStore
-from tests.streaming.jam.test_ws import START, decode_chunk, next_of, receive_json, url
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
-    yield running
-    running.stop()
+from tests.support.jam_client import START, decode_chunk, next_of, receive_json
+from tests.support.servers import start_server, ws_url
 
 
 def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
@@ -39,7 +31,7 @@ def jam(server, seed: int, chunks: int, update_at: int = -1, frames: int = 20) -
     """A seeded session of `chunks` chunks; returns its id and the audio its client stitched (each chunk's new
     part: the overlap is the start of the next chunk)."""
     parts = []
-    with connect(url(server)) as ws:
+    with connect(ws_url(server)) as ws:
         ws.send(json.dumps({**START, "params": {**START["params"], "seed": seed, "max_decode_frames": frames}}))
         session_id = receive_json(ws)["session_id"]
         for index in range(chunks):
@@ -107,7 +99,7 @@ def test_bad_requests_name_what_to_change(server):
 
 
 def test_jam_token_guards_recordings(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, token="s3cret")).start()
+    running = start_server(engine, token="s3cret")
     try:
         with connect(f"ws://127.0.0.1:{running.port}/ws/jam?token=s3cret") as ws:
             ws.send(json.dumps(START))
@@ -156,7 +148,7 @@ def test_a_five_minute_recording_downloads_beside_live_sessions_without_stalling
     stop = threading.Event()
 
     def listen(slot: int) -> None:
-        with connect(url(server)) as ws:
+        with connect(ws_url(server)) as ws:
             ws.send(json.dumps({**START, "params": {**START["params"], "pace": "realtime"}}))
             last = None
             while not stop.is_set() and len(gaps[slot]) < 200:

@@ -9,19 +9,16 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
-from tests.streaming.jam.test_ws import START, decode_chunk, next_of, receive_json, run_seed_client, sessions, url
 from tests.support.helpers import wait_until
+from tests.support.jam_client import START, decode_chunk, next_of, receive_json, run_seed_client
+from tests.support.servers import sessions, start_server, ws_url
 
 RESUME_SECONDS = 3.0
 
 
 @pytest.fixture(scope="module")
-def server(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, resume_seconds=RESUME_SECONDS)).start()
-    yield running
-    running.stop()
+def server_config() -> dict:
+    return {"resume_seconds": RESUME_SECONDS}
 
 
 def drop(ws) -> None:
@@ -50,20 +47,20 @@ def test_a_dropped_session_resumes_where_its_client_stopped_listening(server, en
     takes the one after in the making), and drops; chunks 3-6 on a new socket: the indexes go on, nothing is lost
     or repeated, and the audio is that of an uninterrupted session of the same seed (seams included: each chunk's
     overlap is the start of the next, so equal chunks make equal seams)."""
-    with connect(url(server)) as ws:
+    with connect(ws_url(server)) as ws:
         start(ws, seed=7)
         reference = chunks_by_index(ws, 7)
         ws.send(json.dumps({"type": "stop"}))
     assert wait_until(lambda: sessions(server) == 0, 5)
 
-    first = connect(url(server))
+    first = connect(ws_url(server))
     session_id = start(first, seed=7, pace="realtime")["session_id"]
     before = chunks_by_index(first, 3)
     time.sleep(1.2)  # chunk 3 (0.8 s) goes out to a client that no longer reads: only the replay has it
     drop(first)
     assert wait_until(lambda: server.registry.held == 1, 5), "the session was not held"
     assert sessions(server) == 1  # its slot stays taken while held
-    with connect(url(server)) as second:
+    with connect(ws_url(server)) as second:
         second.send(json.dumps({"type": "start", "session_id": session_id, "from_chunk": 3}))
         resumed = receive_json(second)
         assert resumed == {"type": "started", "mode": "rt", "session_id": session_id, "resumed": True,
@@ -82,12 +79,12 @@ def test_a_dropped_session_resumes_where_its_client_stopped_listening(server, en
 
 
 def test_without_from_chunk_the_first_chunk_not_sent_comes_next(server):
-    first = connect(url(server))
+    first = connect(ws_url(server))
     session_id = start(first, seed=3)["session_id"]
     got = chunks_by_index(first, 2)
     drop(first)
     assert wait_until(lambda: server.registry.held == 1, 5)
-    with connect(url(server)) as second:
+    with connect(ws_url(server)) as second:
         second.send(json.dumps({"type": "start", "session_id": session_id}))
         resumed = receive_json(second)
         assert resumed["resumed"] is True and resumed["from_chunk"] >= max(got) + 1
@@ -96,11 +93,11 @@ def test_without_from_chunk_the_first_chunk_not_sent_comes_next(server):
 
 
 def test_wrong_busy_and_expired_ids_are_refused_with_the_reason(server, engine):
-    with connect(url(server)) as ws:
+    with connect(ws_url(server)) as ws:
         ws.send(json.dumps({"type": "start", "session_id": "no-such-session"}))
         error = receive_json(ws)
         assert error["type"] == "error" and "no session no-such-session" in error["error"]
-        playing = connect(url(server))
+        playing = connect(ws_url(server))
         session_id = start(playing, seed=5)["session_id"]
         ws.send(json.dumps({"type": "start", "session_id": session_id}))
         error = receive_json(ws)
@@ -119,7 +116,7 @@ def test_wrong_busy_and_expired_ids_are_refused_with_the_reason(server, engine):
 
 def test_a_normal_close_ends_the_session_at_once(server):
     """Closing with 1000 (its purpose fulfilled) is not a drop: nothing is held."""
-    with connect(url(server)) as ws:
+    with connect(ws_url(server)) as ws:
         start(ws, seed=1)
         next_of(ws, "chunk")
     assert wait_until(lambda: sessions(server) == 0, 1.0, interval=0.05)
@@ -128,7 +125,7 @@ def test_a_normal_close_ends_the_session_at_once(server):
 
 def test_the_killed_seed_client_is_held_for_the_window_then_freed(server, tmp_path):
     """The seed's own Python client, killed mid-jam: its session waits for a resume, then its slot is freed."""
-    assert len(run_seed_client(url(server), tmp_path, chunks=1)) == 1  # killed after its first chunk
+    assert len(run_seed_client(ws_url(server), tmp_path, chunks=1)) == 1  # killed after its first chunk
     assert wait_until(lambda: server.registry.held == 1, 5)
     killed = time.monotonic()
     assert sessions(server) == 1
@@ -137,9 +134,9 @@ def test_the_killed_seed_client_is_held_for_the_window_then_freed(server, tmp_pa
 
 
 def test_resume_off_frees_a_vanished_clients_session_within_a_second(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, resume_seconds=0)).start()
+    running = start_server(engine, resume_seconds=0)
     try:
-        ws = connect(url(running))
+        ws = connect(ws_url(running))
         start(ws, seed=2)
         next_of(ws, "chunk")
         drop(ws)

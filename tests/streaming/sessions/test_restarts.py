@@ -12,27 +12,22 @@ import base64
 import json
 import threading
 import time
-import typing as tp
 
 import pytest
 from websockets.sync.client import connect
 
 from engine.runtime.streams import SamplingParams, Stream
 from engine.work.session import SessionSettings
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from streaming.lyria import protocol as lp
-from tests.engine.test_families import melody_file
+from tests.support.families import melody_file
+from tests.support.jam_client import asap_start, is_status, messages_until
+from tests.support.servers import running_server
 from tests.support.webrtc_client import JamClient, event
 
 DELAY = 1.0  # how long the injected slow engine call takes: the restart window is at least this long
 
 
-def start(styles: str) -> dict:
-    return {"type": "start", "params": {"styles": styles, "pace": "asap", "max_decode_frames": 10}}
-
-
-PLAIN = start("dub")
+PLAIN = asap_start("dub")
 
 
 def slow_opening(monkeypatch, engine, word: str) -> None:
@@ -89,23 +84,6 @@ class SlotWatch:
         self._thread.join()
 
 
-def messages_until(ws, predicate: tp.Callable[[dict], bool], timeout: float = 60) -> list[dict]:
-    """Every JSON message up to and including the first that matches `predicate`."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while True:
-        message = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
-        if isinstance(message, bytes):
-            continue
-        seen.append(json.loads(message))
-        if predicate(seen[-1]):
-            return seen
-
-
-def is_status(status: str) -> tp.Callable[[dict], bool]:
-    return lambda m: m.get("type") == "status" and m.get("status") == status
-
-
 def try_to_start(port: int) -> dict:
     """A second client that wants a slot: its first answer to `start`."""
     with connect(f"ws://127.0.0.1:{port}/ws/jam") as ws:
@@ -118,24 +96,23 @@ REFUSED = {"type": "error", "error": "concurrency_limit_reached", "limit": 2}
 
 @pytest.fixture
 def server(engine):
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
-    yield running
-    running.stop()
+    """A sidecar of each test's own: a session one test's client left held never takes a slot in the next."""
+    with running_server(engine) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def melody_server(tmp_path_factory):
+def melody_server(demo_family):
     from engine.config import EngineConfig
     from engine.core import Engine
-    from weights.demo import build
 
-    engine = Engine.load(build(tmp_path_factory.mktemp("melody"), n_bands=1, kind="melody"), device="cpu",
+    engine = Engine.load(demo_family("melody"), device="cpu",
                          config=EngineConfig(max_sessions=2, weight_format="float32"))
-    running = RunningServer(engine, ServerConfig(host="127.0.0.1", port=0)).start()
-    running.engine = engine
-    yield running
-    running.stop()
-    engine.close()
+    try:
+        with running_server(engine) as running:
+            yield running
+    finally:
+        engine.close()
 
 
 def melody_message(tmp_path) -> str:
@@ -171,7 +148,7 @@ def test_a_followed_melody_and_the_settings_in_force_survive_a_restart(melody_se
                                                                       tmp_path):
     created = streams_of(monkeypatch, melody_server.engine, marker)
     with connect(f"ws://127.0.0.1:{melody_server.port}/ws/jam", max_size=None) as ws:
-        ws.send(json.dumps(start("dub")))
+        ws.send(json.dumps(asap_start("dub")))
         messages_until(ws, lambda m: m["type"] == "chunk")
         ws.send(melody_message(tmp_path))
         following = messages_until(ws, is_status("melody"))[-1]
@@ -193,7 +170,7 @@ def test_an_update_and_a_melody_sent_while_restarting_apply_to_the_restarted_str
                                                                                    monkeypatch, tmp_path):
     created = streams_of(monkeypatch, melody_server.engine, marker, slow_after_first=True)
     with connect(f"ws://127.0.0.1:{melody_server.port}/ws/jam", max_size=None) as ws:
-        ws.send(json.dumps(start(f"{marker} dub")))
+        ws.send(json.dumps(asap_start(f"{marker} dub")))
         failure = messages_until(ws, lambda m: m["type"] == "error")[-1]
         assert failure["restarting"] is True
         ws.send(json.dumps({"type": "update", "temperature": 0.5, "topk": 9}))  # inside the restart window
@@ -217,7 +194,7 @@ def test_a_restart_on_a_full_server_keeps_its_slot(engine, server, marker, monke
             connect(f"ws://127.0.0.1:{server.port}/ws/jam") as failing:
         other.send(json.dumps(PLAIN))
         messages_until(other, lambda m: m["type"] == "chunk")
-        failing.send(json.dumps(start(f"{marker} dub")))
+        failing.send(json.dumps(asap_start(f"{marker} dub")))
         messages_until(failing, lambda m: m["type"] == "error")  # the server is full: 2 of 2 slots
         with SlotWatch(engine) as watch:
             thief = try_to_start(server.port)  # wants a slot while the failing session restarts

@@ -9,46 +9,21 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from streaming.app.config import ServerConfig
-from streaming.app.server import RunningServer
 from tests.support.helpers import wait_until
-from tests.support.webrtc_client import JamClient, event, loopback_only
+from tests.support.servers import http_url, sessions, start_server
+from tests.support.webrtc_client import CONNECT_TIMEOUT, PARAMS, SERVER_CONFIG, JamClient, event
 
-CONNECT_TIMEOUT = 2.0
-PARAMS = {"styles": "jazz, hiphop", "style_weights": "1.0,0.8", "temperature": 1.1, "topk": 40,
-          "guidance_weight": 1.1, "seed": 7, "max_decode_frames": 25}  # 1 s chunks
-
-
-@pytest.fixture(scope="module", autouse=True)
-def loopback():
-    with pytest.MonkeyPatch.context() as patch:
-        loopback_only(patch)
-        yield
-
-
-def start_server(engine, **config) -> RunningServer:
-    return RunningServer(engine, ServerConfig(host="127.0.0.1", port=0, webrtc_connect_timeout=CONNECT_TIMEOUT,
-                                              **config)).start()
+pytestmark = pytest.mark.usefixtures("loopback")
 
 
 @pytest.fixture(scope="module")
-def server(engine):
-    running = start_server(engine)  # the engine has two session slots
-    yield running
-    running.stop()
-
-
-def base(server) -> str:
-    return f"http://127.0.0.1:{server.port}"
-
-
-def sessions(server) -> int:
-    return httpx.get(f"{base(server)}/health", timeout=5).json()["sessions"]
+def server_config() -> dict:
+    return SERVER_CONFIG
 
 
 def test_plays_real_time_opus_and_steers_over_the_data_channel(server, engine):
     async def scenario():
-        client = JamClient(base(server))
+        client = JamClient(http_url(server))
         track = await client.connect(PARAMS)
         started = await client.message(event("started"))
         assert started["data"]["audio"] == {"codec": "opus", "sample_rate": 48000, "channels": 2, "frame_ms": 20,
@@ -106,7 +81,7 @@ def test_fastrtc_clients_handshake_is_answered_as_fastrtc_answers_it(server):
     """FastRTC's server answers every data-channel message with {"type": "log", "data": "Server received: ..."}
     (backend/fastrtc/webrtc_connection_mixin.py), the handshake included; never an error."""
     async def scenario():
-        client = JamClient(base(server), handshake=True)
+        client = JamClient(http_url(server), handshake=True)
         await client.connect(PARAMS)
         seen: list[dict] = []
         await client.message(lambda m: seen.append(m) or event("chunk")(m))  # until the music plays
@@ -122,7 +97,7 @@ def test_generation_falling_behind_carries_silence_and_warns(server, engine):
     """The engine thread stalls (a real job occupies it) longer than the buffer lasts: the track goes on with
     silence, the client is warned, and the music resumes on the same connection."""
     async def scenario():
-        client = JamClient(base(server))
+        client = JamClient(http_url(server))
         track = await client.connect({**PARAMS, "max_decode_frames": 10})  # 0.4 s chunks: under a second buffered
         await client.message(event("chunk"))
         for _ in range(10):
@@ -150,7 +125,7 @@ def test_generation_falling_behind_carries_silence_and_warns(server, engine):
 
 def test_client_close_frees_the_slot(server):
     async def scenario():
-        client = JamClient(base(server))
+        client = JamClient(http_url(server))
         track = await client.connect(PARAMS)
         await asyncio.wait_for(track.recv(), 10)
         assert sessions(server) == 1
@@ -165,7 +140,7 @@ def test_vanished_client_frees_its_slot_when_ice_consent_expires(server, engine)
     """A client that disappears without closing (its event loop simply stops): ICE consent freshness (RFC 7675,
     about 30 s in aioice) fails the connection and the slot comes back."""
     async def vanish():
-        client = JamClient(base(server))
+        client = JamClient(http_url(server))
         track = await client.connect(PARAMS)
         await asyncio.wait_for(track.recv(), 10)  # returns without close(): no DTLS close_notify ever leaves
 
@@ -179,7 +154,7 @@ def test_vanished_client_frees_its_slot_when_ice_consent_expires(server, engine)
 
 def test_trickled_candidates(server):
     async def scenario():
-        client = JamClient(base(server))
+        client = JamClient(http_url(server))
         reply = await client.offer(PARAMS, without_candidates=True)
         assert reply["type"] == "answer" and "a=candidate:" in reply["sdp"]  # the server's candidates are inside
         for candidate in client.candidates():
@@ -203,10 +178,10 @@ def test_trickled_candidates(server):
 
 def test_connection_already_exists(server):
     async def scenario():
-        first = JamClient(base(server), webrtc_id="same-id")
+        first = JamClient(http_url(server), webrtc_id="same-id")
         await first.connect(PARAMS)
         await first.message(event("chunk"))  # connected, so its close reaches the server (DTLS close_notify)
-        second = JamClient(base(server), webrtc_id="same-id")
+        second = JamClient(http_url(server), webrtc_id="same-id")
         assert await second.offer(PARAMS) == {"status": "failed", "meta": {"error": "connection_already_exists"}}
         assert sessions(server) == 1
         await second.close()
@@ -223,7 +198,7 @@ def test_connection_already_exists(server):
 ])
 def test_bad_params_fail_without_taking_a_slot(server, params, detail):
     async def scenario():
-        client = JamClient(base(server))
+        client = JamClient(http_url(server))
         reply = await client.offer(params)
         await client.close()
         return reply
@@ -236,7 +211,7 @@ def test_bad_params_fail_without_taking_a_slot(server, params, detail):
 
 def test_offer_without_opus_fails_and_gives_the_slot_back(server, engine):
     async def scenario():
-        client = JamClient(base(server))
+        client = JamClient(http_url(server))
         await client.pc.setLocalDescription(await client.pc.createOffer())
         sdp = client.pc.localDescription.sdp.replace("opus/48000/2", "speex/48000/2")
         reply = await client.post("/webrtc/offer", {"sdp": sdp, "type": "offer", "webrtc_id": client.webrtc_id})
@@ -251,7 +226,7 @@ def test_offer_without_opus_fails_and_gives_the_slot_back(server, engine):
 
 def test_never_connecting_offer_is_dropped_after_the_timeout(server, engine):
     async def scenario():
-        client = JamClient(base(server))
+        client = JamClient(http_url(server))
         assert (await client.offer(PARAMS))["type"] == "answer"
         await client.close()  # the answer is never applied: ICE cannot connect
         assert sessions(server) == 1
@@ -274,7 +249,7 @@ def one_slot_engine(demo_dir):
 
 
 def test_session_limit_is_shared_with_ws_jam(one_slot_engine):
-    running = start_server(one_slot_engine)
+    running = start_server(one_slot_engine, **SERVER_CONFIG)
     try:
         with connect(f"ws://127.0.0.1:{running.port}/ws/jam") as ws:
             ws.send(json.dumps({"type": "start", "params": {"styles": "jazz", "max_decode_frames": 10}}))
@@ -282,7 +257,7 @@ def test_session_limit_is_shared_with_ws_jam(one_slot_engine):
                 pass
 
             async def refused():
-                client = JamClient(base(running))
+                client = JamClient(http_url(running))
                 reply = await client.offer(PARAMS)
                 await client.close()
                 return reply
@@ -292,7 +267,7 @@ def test_session_limit_is_shared_with_ws_jam(one_slot_engine):
         assert wait_until(lambda: sessions(running) == 0, 3)
 
         async def accepted():
-            client = JamClient(base(running))
+            client = JamClient(http_url(running))
             reply = await client.offer(PARAMS)
             await client.close()
             return reply
@@ -303,16 +278,16 @@ def test_session_limit_is_shared_with_ws_jam(one_slot_engine):
 
 
 def test_token_is_required_when_configured(engine):
-    running = start_server(engine, token="s3cret")
+    running = start_server(engine, **SERVER_CONFIG, token="s3cret")
     try:
         async def scenario():
             results = []
             for kwargs in ({}, {"params": {"token": "wrong"}}, {"params": {"token": "s3cret"}},
                            {"headers": {"Authorization": "Bearer s3cret"}}):
-                client = JamClient(base(running))
+                client = JamClient(http_url(running))
                 results.append(await client.offer(PARAMS, **kwargs))
                 await client.close()
-            hook = await JamClient(base(running)).post("/webrtc/input", {"webrtc_id": "x", "topk": 3})
+            hook = await JamClient(http_url(running)).post("/webrtc/input", {"webrtc_id": "x", "topk": 3})
             return results, hook
 
         (missing, wrong, query, bearer), hook = asyncio.run(scenario())
@@ -323,10 +298,10 @@ def test_token_is_required_when_configured(engine):
 
 
 def test_server_shutdown_ends_peers_and_their_sessions(engine, caplog):
-    running = start_server(engine)
+    running = start_server(engine, **SERVER_CONFIG)
 
     async def scenario():
-        client = JamClient(base(running))
+        client = JamClient(http_url(running))
         track = await client.connect(PARAMS)
         await asyncio.wait_for(track.recv(), 10)
         stopping = time.monotonic()
@@ -350,15 +325,15 @@ def test_a_drain_warns_the_peer_and_ends_it_at_the_deadline(demo_dir):
     from engine.core import Engine
 
     engine = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=2))  # drained for good
-    running = start_server(engine, drain_seconds=3)
+    running = start_server(engine, **SERVER_CONFIG, drain_seconds=3)
 
     async def scenario():
-        client = JamClient(base(running))
+        client = JamClient(http_url(running))
         await client.connect(PARAMS)
         await client.message(event("chunk"))
         started = time.monotonic()
         async with httpx.AsyncClient() as http:
-            assert (await http.post(f"{base(running)}/admin/drain")).json()["draining"] is True
+            assert (await http.post(f"{http_url(running)}/admin/drain")).json()["draining"] is True
         warning = await client.message(lambda m: m["type"] == "warning" and "draining" in m["data"])
         assert "within 3 s" in warning["data"]
         assert await asyncio.to_thread(wait_until, lambda: engine.sessions_open == 0, 10)

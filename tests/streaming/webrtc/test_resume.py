@@ -7,23 +7,16 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.streaming.webrtc.test_peer import PARAMS, base, sessions, start_server
 from tests.support.helpers import wait_until
-from tests.support.webrtc_client import JamClient, event, loopback_only
+from tests.support.servers import http_url, sessions
+from tests.support.webrtc_client import PARAMS, SERVER_CONFIG, JamClient, event
 
-
-@pytest.fixture(scope="module", autouse=True)
-def loopback():
-    with pytest.MonkeyPatch.context() as patch:
-        loopback_only(patch)
-        yield
+pytestmark = pytest.mark.usefixtures("loopback")
 
 
 @pytest.fixture(scope="module")
-def server(engine):
-    running = start_server(engine)
-    yield running
-    running.stop()
+def server_config() -> dict:
+    return SERVER_CONFIG
 
 
 def test_a_new_offer_with_the_session_id_replaces_the_peer(server, engine):
@@ -31,14 +24,14 @@ def test_a_new_offer_with_the_session_id_replaces_the_peer(server, engine):
     server noticed): B plays the same session on the same slot, its chunks go on from A's (indexes continue, no
     fresh context), A's connection is closed, and the session's recording covers both."""
     async def scenario():
-        first = JamClient(base(server))
+        first = JamClient(http_url(server))
         await first.connect(PARAMS)
         started = (await first.message(event("started")))["data"]
         session_id = started["session_id"]
         assert started["resumed"] is False and len(session_id) == 22
         seen = (await first.message(lambda m: event("chunk")(m) and m["data"]["index"] >= 3))["data"]["index"]
 
-        second = JamClient(base(server))
+        second = JamClient(http_url(server))
         track = await second.connect({"session_id": session_id})
         again = (await second.message(event("started")))["data"]
         assert again["resumed"] is True and again["session_id"] == session_id and again["seed"] == 7
@@ -58,16 +51,16 @@ def test_a_new_offer_with_the_session_id_replaces_the_peer(server, engine):
 
     session_id = asyncio.run(scenario())
     assert wait_until(lambda: engine.rows_in_use == 0, 2)
-    metadata = httpx.get(f"{base(server)}/sessions/{session_id}", timeout=10).json()
+    metadata = httpx.get(f"{http_url(server)}/sessions/{session_id}", timeout=10).json()
     assert metadata["kind"] == "webrtc" and metadata["live"] is False and metadata["chunks"] > 4
 
 
 def test_resuming_offers_that_cannot_be_served_say_why(server):
     async def scenario():
-        client = JamClient(base(server))
+        client = JamClient(http_url(server))
         unknown = await client.offer({"session_id": "nobody"})
         assert unknown["meta"]["error"] == "unknown_session" and "no session nobody" in unknown["meta"]["detail"]
-        mixed = await JamClient(base(server)).offer({"session_id": "nobody", "styles": "jazz"})
+        mixed = await JamClient(http_url(server)).offer({"session_id": "nobody", "styles": "jazz"})
         assert mixed["meta"]["error"] == "invalid_params" and "only params.session_id" in mixed["meta"]["detail"]
         await client.close()
 
