@@ -40,7 +40,8 @@ def _greedy(engine, seconds: int = 1):
 
 def test_graph_replay_gives_the_eager_step(cuda_engine):
     """The decoder's step replayed from a CUDA graph equals its eager forward, logits and caches (float32 weights,
-    so the bound is tight); across row ranges, lengths and windows (tests/test_static_step.py's comparison)."""
+    so the bound is tight); across row ranges, lengths and windows (tests.support.steps.compare_with_eager, as
+    tests/engine/lm/test_static_step.py compares on the CPU)."""
     from engine.lm.static_step import CapturableStep
     from tests.support.steps import compare_with_eager, six_row_decoder
 
@@ -88,8 +89,8 @@ def test_the_step_reads_nothing_back_to_the_host(cuda_engine):
 
 
 def test_the_whole_decode_step_makes_no_device_sync(cuda_engine):
-    """Forward, guidance, sampling and the delay-pattern update of two streams (tests/test_host_reads.py's step),
-    eagerly on CUDA: not one host read of a device value."""
+    """Forward, guidance, sampling and the delay-pattern update of two streams (tests.support.steps.whole_step, which
+    tests/engine/lm/test_host_reads.py compiles on the CPU), eagerly on CUDA: not one host read of a device value."""
     from engine.lm.decoder import StepDecoder
     from tests.support.steps import two_streams, whole_step
 

@@ -52,7 +52,7 @@ def test_the_engine_states_its_choice(demo_dir):
 
 def test_the_lm_is_built_in_half_precision_off_the_cpu():
     """As audiocraft's loader: float16 on CUDA (weights stored once there: the decoder's float16 weights are the LM's
-    own tensors, tests/test_cuda.py checks), float32 on the CPU (whose decoder picks its own format)."""
+    own tensors, tests/engine/test_cuda.py checks), float32 on the CPU (whose decoder picks its own format)."""
     from omegaconf import OmegaConf
 
     from engine.loading.checkpoint import lm_dtype, prepare_lm_config
@@ -65,7 +65,7 @@ def test_the_lm_is_built_in_half_precision_off_the_cpu():
 
 
 def test_a_half_precision_lm_is_shared_with_the_decoder_not_copied(demo_dir):
-    """The CPU stand-in of the CUDA layout (tests/test_cuda.py checks the real one): an LM stored in float16 as
+    """The CPU stand-in of the CUDA layout (tests/engine/test_cuda.py checks the real one): an LM stored in float16 as
     engine.loading.checkpoint stores it off the CPU gives a float16 decoder its own tensors, and the same logits as
     float32
     within half precision's error."""

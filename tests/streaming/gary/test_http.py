@@ -1,5 +1,5 @@
 """gary4juce against a real sidecar over HTTP: the plugin's own sequence (health, models, process_audio, poll,
-continue_music, retry_music) with a client written from its request code (tests/gary_clients.py), the audio
+continue_music, retry_music) with a client written from its request code (tests/support/gary_clients.py), the audio
 decoded back and checked against the continuation semantics; bad input, the queue, the model routes, JAM_TOKEN."""
 
 import threading

@@ -1,5 +1,5 @@
 """gary4live against a real sidecar: a python-socketio client doing what the Max for Live device does
-(tests/gary_clients.py, from gary4live's commentedout.js), over the websocket transport only."""
+(tests/support/gary_clients.py, from gary4live's commentedout.js), over the websocket transport only."""
 
 import numpy as np
 import pytest
