@@ -4,6 +4,7 @@ import base64
 import http.server
 import json
 import queue
+import re
 import threading
 import time
 
@@ -40,13 +41,21 @@ def webhook():
     server.shutdown()
 
 
-def wait_final(events: queue.Queue, timeout: float = 120) -> dict:
+def wait_for(events: queue.Queue, predicate, what: str, timeout: float = 120) -> dict:
+    """The first webhook payload that satisfies `predicate` (those before it are dropped)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        event = events.get(timeout=max(0.1, deadline - time.monotonic()))
-        if event["status"] in ("succeeded", "failed", "canceled"):
+        try:
+            event = events.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if predicate(event):
             return event
-    raise TimeoutError("no final webhook")
+    raise TimeoutError(f"no webhook {what} in {timeout} s")
+
+
+def wait_final(events: queue.Queue, timeout: float = 120) -> dict:
+    return wait_for(events, lambda event: event["status"] in ("succeeded", "failed", "canceled"), "final", timeout)
 
 
 def test_health_check_is_ready_and_openapi_has_the_replicate_inputs(cog):
@@ -166,7 +175,8 @@ def test_cancel_mid_generation_then_next_prediction_succeeds(cog, webhook):
                             timeout=10, json={"input": {"prompt": "endless", "duration": 300, "seed": 1},
                                               "webhook": url})
     assert response.status_code == 202, response.text
-    time.sleep(3)  # well into generation
+    # well into generation: the predictor has logged its progress ("generated N / M steps", N > 0)
+    wait_for(events, lambda event: re.search(r"generated [1-9]\d* / ", event.get("logs") or ""), "with progress", 60)
     cancelled_at = time.monotonic()
     assert requests.post(f"{cog.url}/predictions/{prediction_id}/cancel", timeout=10).status_code == 200
     final = wait_final(events, timeout=60)

@@ -16,20 +16,12 @@ import soundfile as sf
 from websockets.sync.client import connect
 
 from tests.support.helpers import wait_until
-from tests.support.servers import start_server
+from tests.support.servers import http_url, start_server, ws_url
 
 
 @pytest.fixture(scope="module")
 def server_config() -> dict:
     return {"resume_seconds": 30}
-
-
-def http(server, path):
-    return f"http://127.0.0.1:{server.port}{path}"
-
-
-def ws_url(server):
-    return f"ws://127.0.0.1:{server.port}/ws/jam"
 
 
 def loop_file(seconds=2.0, rate=44100):
@@ -171,7 +163,7 @@ def test_attach_by_session_id_after_a_dropped_socket(server):
             check_chunk(chunk, 32000, 120)
         second.send(json.dumps({"type": "stop"}))
         next_of(second, "stopped")
-    assert requests.get(http(server, "/jam/status"), params={"session_id": sid}, timeout=10).status_code == 404
+    assert requests.get(http_url(server, "/jam/status"), params={"session_id": sid}, timeout=10).status_code == 404
 
 
 def test_bad_bar_messages_get_errors_and_the_session_goes_on(server):
@@ -198,56 +190,80 @@ def test_bad_bar_messages_get_errors_and_the_session_goes_on(server):
         next_of(ws, "stopped")
 
 
+class ProducerDecisions:
+    """Each time a bar session's producer asks whether it may make its next chunk (BarSession._may_generate, the
+    one rule of how far ahead of its listener a session runs), by session: (chunks made so far, the answer). A
+    "no" parks the producer until a listener pulls, consumes or stops: no chunk is made without one."""
+
+    def __init__(self, monkeypatch) -> None:
+        from streaming.bar.session import BarSession
+
+        self.seen: dict[object, list[tuple[int, bool]]] = {}
+        real = BarSession._may_generate
+
+        def deciding(session) -> bool:
+            allowed = real(session)
+            self.seen.setdefault(session, []).append((session.generated, allowed))
+            return allowed
+
+        monkeypatch.setattr(BarSession, "_may_generate", deciding)
+
+    def parked_before(self, server, sid: str, index: int) -> bool:
+        """Session `sid`'s producer, having made chunks 0..index-1, was told it may not make chunk `index`."""
+        jam = server.registry.get(sid)
+        return jam is not None and (index, False) in self.seen.get(jam.session, [])
+
+
 def test_http_jam_as_docs_api_http_shows(server, monkeypatch):
-    start = requests.post(http(server, "/jam/start"), data={"bpm": "120", "bars_per_chunk": "2",
-                                                            "beats_per_bar": "1", "target_sample_rate": "48000"},
+    decisions = ProducerDecisions(monkeypatch)
+    start = requests.post(http_url(server, "/jam/start"), data={"bpm": "120", "bars_per_chunk": "2",
+                                                                "beats_per_bar": "1", "target_sample_rate": "48000"},
                           files={"loop_audio": ("loop.wav", loop_file(), "audio/wav")}, timeout=60)
     assert start.status_code == 200, start.text
     sid = start.json()["session_id"]
     try:
-        # backpressure: nothing pulled, so at most one chunk is made
-        assert wait_until(lambda: status(server, sid)["last_generated_index"] == 0, timeout=30)
-        time.sleep(1.5)
+        # backpressure: nothing pulled, so one chunk is made and the producer parks before the second
+        assert wait_until(lambda: decisions.parked_before(server, sid, 1), timeout=30), decisions.seen
         assert status(server, sid)["last_generated_index"] == 0
         for k in range(3):
-            chunk = requests.get(http(server, "/jam/next"), params={"session_id": sid}, timeout=60).json()["chunk"]
+            chunk = requests.get(http_url(server, "/jam/next"), params={"session_id": sid}, timeout=60).json()["chunk"]
             assert chunk["index"] == k
             check_chunk(chunk, 48000, 120, bars=2)
-        assert requests.post(http(server, "/jam/consume"), data={"session_id": sid, "chunk_index": "2"},
+        assert requests.post(http_url(server, "/jam/consume"), data={"session_id": sid, "chunk_index": "2"},
                              timeout=10).json() == {"consumed": 2}
-        assert wait_until(lambda: status(server, sid)["last_generated_index"] == 3, timeout=30)
-        time.sleep(1.0)
+        assert wait_until(lambda: decisions.parked_before(server, sid, 4), timeout=30), decisions.seen
         now = status(server, sid)
         assert now["last_generated_index"] == 3 and now["last_delivered_index"] == 2 and now["buffer_ahead"] == 1
         assert now["running"] and now["bpm"] == 120 and now["bars_per_chunk"] == 2 and now["seconds_per_bar"] == 0.5
-        updated = requests.post(http(server, "/jam/update"), data={"session_id": sid, "styles": "techno",
-                                                                   "temperature": "0.8"}, timeout=10)
+        updated = requests.post(http_url(server, "/jam/update"), data={"session_id": sid, "styles": "techno",
+                                                                       "temperature": "0.8"}, timeout=10)
         assert updated.json() == {"ok": True}
-        assert requests.post(http(server, "/jam/update"), data={"session_id": sid, "topk": "0"},
+        assert requests.post(http_url(server, "/jam/update"), data={"session_id": sid, "topk": "0"},
                              timeout=10).status_code == 400
-        assert requests.post(http(server, "/jam/reseed"), data={"session_id": sid},
+        assert requests.post(http_url(server, "/jam/reseed"), data={"session_id": sid},
                              files={"loop_audio": ("l.wav", loop_file(1.0), "audio/wav")}, timeout=60).json() == \
             {"ok": True}
-        assert requests.post(http(server, "/jam/reseed_splice"), data={"session_id": sid, "anchor_bars": "1"},
+        assert requests.post(http_url(server, "/jam/reseed_splice"), data={"session_id": sid, "anchor_bars": "1"},
                              timeout=60).json() == {"ok": True, "anchor_bars": 1.0}
         for k in range(3, 6):
-            chunk = requests.get(http(server, "/jam/next"), params={"session_id": sid}, timeout=60).json()["chunk"]
+            chunk = requests.get(http_url(server, "/jam/next"), params={"session_id": sid}, timeout=60).json()["chunk"]
             assert chunk["index"] == k
             check_chunk(chunk, 48000, 120, bars=2)
         monkeypatch.setattr("streaming.bar.http.NEXT_TIMEOUT_SECONDS", 0.0)
-        late = requests.get(http(server, "/jam/next"), params={"session_id": sid}, timeout=60)
+        late = requests.get(http_url(server, "/jam/next"), params={"session_id": sid}, timeout=60)
         assert late.status_code in (200, 408)
     finally:
-        stop = requests.post(http(server, "/jam/stop"), json={"session_id": sid}, timeout=10)
+        stop = requests.post(http_url(server, "/jam/stop"), json={"session_id": sid}, timeout=10)
     assert stop.json() == {"stopped": True}
-    assert requests.get(http(server, "/jam/next"), params={"session_id": sid}, timeout=10).status_code == 404
-    assert requests.post(http(server, "/jam/stop"), json={"session_id": sid}, timeout=10).status_code == 404
+    assert requests.get(http_url(server, "/jam/next"), params={"session_id": sid}, timeout=10).status_code == 404
+    assert requests.post(http_url(server, "/jam/stop"), json={"session_id": sid}, timeout=10).status_code == 404
 
 
 def test_a_socket_attaches_to_a_session_started_over_http(server):
-    sid = requests.post(http(server, "/jam/start"), data={"bpm": "173", "beats_per_bar": "1", "bars_per_chunk": "1"},
+    sid = requests.post(http_url(server, "/jam/start"),
+                        data={"bpm": "173", "beats_per_bar": "1", "bars_per_chunk": "1"},
                         files={"loop_audio": ("loop.wav", loop_file(), "audio/wav")}, timeout=60).json()["session_id"]
-    first = requests.get(http(server, "/jam/next"), params={"session_id": sid}, timeout=60).json()["chunk"]
+    first = requests.get(http_url(server, "/jam/next"), params={"session_id": sid}, timeout=60).json()["chunk"]
     assert first["index"] == 0 and first["metadata"]["sample_rate"] == 44100  # the loop's rate
     with connect(ws_url(server), max_size=None) as ws:
         ws.send(json.dumps({"type": "start", "mode": "bar", "session_id": sid}))
@@ -266,10 +282,10 @@ def test_a_full_server_answers_429(server, engine):
     sids = []
     try:
         for _ in range(engine.config.max_sessions):
-            answer = requests.post(http(server, "/jam/start"), data={"bpm": "120"},
+            answer = requests.post(http_url(server, "/jam/start"), data={"bpm": "120"},
                                    files={"loop_audio": ("loop.wav", loop_file(), "audio/wav")}, timeout=60)
             sids.append(answer.json()["session_id"])
-        full = requests.post(http(server, "/jam/start"), data={"bpm": "120"},
+        full = requests.post(http_url(server, "/jam/start"), data={"bpm": "120"},
                              files={"loop_audio": ("loop.wav", loop_file(), "audio/wav")}, timeout=60)
         assert full.status_code == 429 and "concurrency_limit_reached" in full.json()["detail"]
         with connect(ws_url(server), max_size=None) as ws:
@@ -278,12 +294,12 @@ def test_a_full_server_answers_429(server, engine):
                                    "limit": engine.config.max_sessions}
     finally:
         for sid in sids:
-            requests.post(http(server, "/jam/stop"), json={"session_id": sid}, timeout=10)
+            requests.post(http_url(server, "/jam/stop"), json={"session_id": sid}, timeout=10)
     assert wait_until(lambda: engine.sessions_open == 0, timeout=10)
 
 
 def status(server, sid):
-    answer = requests.get(http(server, "/jam/status"), params={"session_id": sid}, timeout=10)
+    answer = requests.get(http_url(server, "/jam/status"), params={"session_id": sid}, timeout=10)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -296,10 +312,10 @@ def test_a_bar_session_is_recorded(server):
         seconds = sum(check_chunk(next_of(ws, "chunk"), 48000, 120).shape[0] / 48000 for _ in range(3))
         ws.send(json.dumps({"type": "stop"}))
         next_of(ws, "stopped")
-    meta = requests.get(http(server, f"/sessions/{sid}"), timeout=10).json()
+    meta = requests.get(http_url(server, f"/sessions/{sid}"), timeout=10).json()
     assert meta["kind"] == "bar" and meta["chunks"] >= 3 and not meta["live"]
     assert seconds - 0.01 <= meta["seconds"] <= seconds + 0.6  # and the chunk made ahead, if any
-    audio = requests.get(http(server, f"/sessions/{sid}/recording"), params={"format": "wav"}, timeout=60)
+    audio = requests.get(http_url(server, f"/sessions/{sid}/recording"), params={"format": "wav"}, timeout=60)
     samples, rate = sf.read(io.BytesIO(audio.content), always_2d=True)
     assert rate == 32000 and abs(samples.shape[0] / rate - meta["seconds"]) < 0.01
 
@@ -322,11 +338,11 @@ def test_a_bar_socket_without_a_session_idles_out(engine):
 def test_an_http_session_nobody_polls_frees_its_slot(engine):
     running = start_server(engine, resume_seconds=1.0)
     try:
-        started = requests.post(http(running, "/jam/start"), data={"bpm": "120"},
+        started = requests.post(http_url(running, "/jam/start"), data={"bpm": "120"},
                                 files={"loop_audio": ("loop.wav", loop_file(), "audio/wav")}, timeout=60)
         sid = started.json()["session_id"]
         assert engine.sessions_open == 1
         assert wait_until(lambda: engine.sessions_open == 0, timeout=10)  # held 1 s after its last request
-        assert requests.get(http(running, "/jam/next"), params={"session_id": sid}, timeout=10).status_code == 404
+        assert requests.get(http_url(running, "/jam/next"), params={"session_id": sid}, timeout=10).status_code == 404
     finally:
         running.stop()

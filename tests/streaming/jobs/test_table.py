@@ -206,23 +206,41 @@ def test_caller_ids_are_unique(table):
         table.submit(lambda ctx: 1, work_seconds=1, job_id="x" * 200)
 
 
-def test_a_job_waits_while_the_engine_has_no_rows_for_it(table, engine):
+def test_a_job_waits_while_the_engine_has_no_rows_for_it(table, engine, monkeypatch):
     """Full jams (every style row) plus a prediction from outside the table (a Cog one) take every row: the
-    table's job waits, saying so, and runs once the rows come back."""
+    table's job waits, saying so, and asks the engine for its prediction only once the rows come back. Its worker
+    is seen looking at the rows again and again meanwhile (Engine.rows_in_use, read on the table's threads): it
+    waits, it did not give up or go ahead."""
+    from engine.core import Engine
     from engine.work.session import SessionSettings
+
+    looks, asked, freed = [], [], threading.Event()
+    rows_in_use, generate = Engine.rows_in_use, engine.generate
+
+    def counted(self) -> int:
+        if threading.current_thread().name.startswith("jobs-"):
+            looks.append(1)
+        return rows_in_use.fget(self)
 
     styles = SessionSettings(styles=("a", "b", "c", "d"), weights=(1.0,) * 4, chunk_seconds=0.4)
     sessions = [engine.open_session(styles, seed=i) for i in range(engine.config.max_sessions)]
-    outside = engine.generate(BatchRequest(prompt="drone", duration=200, seed=1))
+    outside = generate(BatchRequest(prompt="drone", duration=200, seed=1))
+    monkeypatch.setattr(Engine, "rows_in_use", property(counted))
+    monkeypatch.setattr(engine, "generate", lambda request, **options: asked.append(freed.is_set()) or
+                        generate(request, **options))
     try:
         assert wait_until(lambda: engine.rows_in_use == engine.config.rows, 30, 0.05)
         job_id = table.submit(lambda ctx: ctx.generate(BatchRequest(prompt="x", duration=1, seed=2)).seed,
                               work_seconds=1)
         assert wait_until(lambda: table.status(job_id).stage == "waiting for the engine", 10, 0.05)
-        threading.Event().wait(0.5)
+        seen = len(looks)
+        assert wait_until(lambda: len(looks) >= seen + 3, 10, 0.02), "the job stopped looking for free rows"
+        assert asked == [], "the job asked the engine while its rows were taken"
         assert table.status(job_id).state == RUNNING and table.status(job_id).progress == 0
+        freed.set()
         outside.cancel()
         assert table.future(job_id).result(timeout=30) == 2
+        assert asked == [True]
     finally:
         outside.cancel()
         for session in sessions:

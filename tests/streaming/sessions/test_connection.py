@@ -1,6 +1,7 @@
 """Sidecar liveness with real WebSocket clients: slots at session start, idle and frozen clients, slow readers,
 recovery after a generation failure, and health that tells the truth."""
 
+import concurrent.futures
 import json
 import os
 import re
@@ -22,7 +23,7 @@ from streaming.lyria import protocol as lp
 from tests.support import ROOT
 from tests.support.helpers import wait_until
 from tests.support.jam_client import START, next_of, run_seed_client, seed_client_script
-from tests.support.servers import start_server, ws_url
+from tests.support.servers import running_server, start_server, ws_url
 
 
 @pytest.fixture(scope="module")
@@ -103,24 +104,65 @@ def test_a_frozen_client_frees_its_slot(server, tmp_path):
         process.wait()
 
 
-def test_a_slow_reader_pauses_generation(server, engine, monkeypatch):
-    from engine.work.session import LiveSession
+class PumpRecord:
+    """What a session's pump does, as it does it: each chunk it asks of the engine (LiveSession.next_chunk) with
+    the sends finished by then, and each send it begins and finishes (the `send_chunk` every ChunkPump is bound
+    to), with how many asked chunks were still in the making when the send began."""
 
-    requested = []
-    real = LiveSession.next_chunk
-    monkeypatch.setattr(LiveSession, "next_chunk", lambda self, deadline=None: requested.append(1) or
-                        real(self, deadline))
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-    ws = connect(ws_url(server), sock=sock, max_size=None, max_queue=1)
-    try:
-        ws.send(json.dumps({**START, "params": {**START["params"], "max_decode_frames": 50}}))
-        time.sleep(6)  # the client reads nothing more
-        settled = len(requested)
-        time.sleep(4)
-        assert len(requested) == settled, "generation went on for a client that reads nothing"
-    finally:
-        ws.close()
+    def __init__(self, monkeypatch) -> None:
+        from engine.work.session import LiveSession
+        from streaming.sessions.pump import ChunkPump
+
+        self.asked: list[concurrent.futures.Future] = []
+        self.asks: list[tuple[int, int]] = []  # (chunks asked so far, sends finished then), one per ask
+        self.begun = self.finished = 0
+        self.making_at_begin = 0  # of the latest send
+        next_chunk, rebind = LiveSession.next_chunk, ChunkPump.rebind
+
+        def asking(session, deadline=None):
+            future = next_chunk(session, deadline)
+            self.asked.append(future)
+            self.asks.append((len(self.asked), self.finished))
+            return future
+
+        def rebinding(pump, pacer, send_chunk, on_error, tasks):
+            async def send(chunk) -> None:
+                self.making_at_begin = sum(not future.done() for future in self.asked)
+                self.begun += 1
+                try:
+                    await send_chunk(chunk)
+                finally:
+                    self.finished += 1
+
+            rebind(pump, pacer, send, on_error, tasks)
+
+        monkeypatch.setattr(LiveSession, "next_chunk", asking)
+        monkeypatch.setattr(ChunkPump, "rebind", rebinding)
+
+    def stalled(self) -> bool:
+        """A send is under way and stays so while the chunk that was in the making when it began is made, and no
+        chunk is asked beyond it: the pump waits on the socket, with one chunk ready beside the one being written."""
+        return (self.begun == self.finished + 1 and self.making_at_begin > 0 and len(self.asked) == self.begun + 1
+                and all(future.done() for future in self.asked))
+
+
+def test_a_slow_reader_pauses_generation(engine, monkeypatch):
+    """A client that reads nothing stalls the pump at its send, and with it generation: the pump is seen waiting
+    on a send with the next chunk made, and no chunk was ever asked for beyond the one in the making beside the
+    one being written (the backpressure the README states), at the stall or before it. Pings are off on both
+    sides: a ping timeout would drop such a reader (the frozen client's test), and would hide the backpressure."""
+    record = PumpRecord(monkeypatch)
+    with running_server(engine, ping_interval=0) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        with connect(ws_url(server), sock=sock, max_size=None, max_queue=1, ping_interval=None) as ws:
+            ws.send(json.dumps({**START, "params": {**START["params"], "max_decode_frames": 50}}))  # reads nothing
+            assert wait_until(record.stalled, 90, interval=0.05), \
+                f"no send was held up by the reader: {record.begun} begun, {record.finished} finished, " \
+                f"{len(record.asked)} chunks asked"
+    assert record.finished >= 1  # some chunks went out before the socket's buffers filled
+    ahead = [(asked, finished) for asked, finished in record.asks if asked > finished + 2]
+    assert not ahead, f"generation went on for a client that reads nothing: (asked, sent) {ahead}"
 
 
 def test_a_jam_session_goes_on_after_a_generation_error(server, marker):
