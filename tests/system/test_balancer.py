@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 from tests.support.cog_server import ROOT, CogServer
 from tests.support.helpers import free_port, wait_until
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),  # three sidecars start on two cores: 120 s each allowed
               pytest.mark.skipif(shutil.which("haproxy") is None and not os.environ.get("CI"),
                                  reason="Debian's haproxy is not installed (.ci/run installs it)")]
 START = {"type": "start", "mode": "rt", "params": {"styles": "jazz", "pace": "realtime", "max_decode_frames": 12}}

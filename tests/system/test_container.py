@@ -42,6 +42,7 @@ def test_the_build_context_leaves_out_the_venv_and_caches():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a copy of the tree whose server builds the demo checkpoint at boot (300 s allowed)
 def test_an_image_without_a_checkpoint_starts_with_the_demo(venv_env, tmp_path):
     tree = tmp_path / "src"
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()

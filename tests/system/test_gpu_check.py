@@ -18,6 +18,7 @@ def _wheel_names() -> set[str]:
 
 
 @pytest.mark.slow  # ~20 s idle, ~35 s on a busy 2-core machine
+@pytest.mark.timeout(600)  # the check itself is given 400 s
 def test_the_gpu_check_runs_on_the_cpu_with_only_the_carried_wheels(tmp_path: Path, demo_dir, venv_env):
     out = tmp_path / "gpu_check.json"
     done = subprocess.run([sys.executable, "-m", "benchmarks.bare_image", "benchmarks.gpu_check", "--device", "cpu",

@@ -9,6 +9,7 @@ from tools.cog_rules import ROOT
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # installs the image's packages, then up to 600 s each to start and to predict
 def test_the_rehearsed_image_installs_imports_and_predicts(tmp_path):
     spec = importlib.util.spec_from_file_location("rehearse_image", ROOT / "scripts" / "rehearse_image.py")
     rehearse = importlib.util.module_from_spec(spec)

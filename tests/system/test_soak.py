@@ -6,6 +6,7 @@ from benchmarks.soak import Soak
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # three minutes of load after Cog's server starts
 def test_a_three_minute_soak_leaks_nothing_and_fails_nothing_unexpected():
     report = Soak(minutes=3).run()
     assert report["unexpected"] == []
