@@ -1,4 +1,5 @@
-"""The structure docs/architecture.md promises, checked on the source of every package and subpackage.
+"""The structure docs/architecture.md promises, checked on the source of every package and subpackage; and the
+tests' own: tests/ mirrors the packages, and test modules and benchmarks share code through tests/support only.
 
 Each rule is a function over a tree of sources, so that it is also run against a small tree that breaks it: a rule
 that stops finding its modules (say, after a move into subpackages) fails its own check instead of passing quietly.
@@ -21,23 +22,28 @@ PURE = ("protocol", "events", "params", "messages", "timeline", "wire")
 IO_LIBRARIES = {"asyncio", "starlette", "uvicorn", "websockets", "aiortc", "av", "socketio", "httpx", "aiohttp"}
 MAX_LINES = 400  # small modules with one job
 LONG_REASON = "Why it is long:"  # a module over MAX_LINES says so in its docstring, with the reason
+HARNESS = ("tests", "benchmarks")  # the code that runs the project rather than being it
+SHARED = "tests.support"  # what test modules and benchmarks share: no test module is imported by another
+TEST_DATA = "data"  # tests/data: files the tests read, no package
 
 
-def sources(root: Path) -> dict[str, Path]:
+def sources(root: Path, packages: tuple[str, ...] = PACKAGES, scripts: tuple[str, ...] = SCRIPTS) -> dict[str, Path]:
     """Module name -> file, for the packages (recursively) and the top-level scripts under `root`."""
-    found = {name: root / f"{name}.py" for name in SCRIPTS if (root / f"{name}.py").is_file()}
-    for package in PACKAGES:
+    found = {name: root / f"{name}.py" for name in scripts if (root / f"{name}.py").is_file()}
+    for package in packages:
         for path in sorted((root / package).rglob("*.py")):
             parts = path.relative_to(root).with_suffix("").parts
             found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
 
-def imports(root: Path) -> dict[str, set[str]]:
+def imports(root: Path, packages: tuple[str, ...] = PACKAGES,
+            scripts: tuple[str, ...] = SCRIPTS) -> dict[str, set[str]]:
     """Module -> every module it imports (at the top or inside functions), project and third-party alike."""
     graph: dict[str, set[str]] = {}
-    known = _module_paths(root)
-    for module, path in sources(root).items():
+    found = sources(root, packages, scripts)
+    known = {str(path.relative_to(root).with_suffix("")).removesuffix("/__init__") for path in found.values()}
+    for module, path in found.items():
         targets = graph.setdefault(module, set())
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -47,10 +53,6 @@ def imports(root: Path) -> dict[str, set[str]]:
             elif isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
     return graph
-
-
-def _module_paths(root: Path) -> set[str]:
-    return {str(path.relative_to(root).with_suffix("")).removesuffix("/__init__") for path in sources(root).values()}
 
 
 def project(graph: dict[str, set[str]]) -> dict[str, set[str]]:
@@ -137,6 +139,44 @@ def session_owners(root: Path) -> dict[str, set[str]]:
     return dict(found)
 
 
+def reaching_into_test_modules(root: Path) -> dict[str, list[str]]:
+    """Test modules and benchmarks that import from tests/ anything but tests.support: a test module (its helpers
+    belong in tests/support) or conftest (its fixtures are asked for, not imported)."""
+    def private_to_tests(target: str) -> bool:
+        return target.startswith("tests.") and target != SHARED and not target.startswith(f"{SHARED}.")
+
+    return {module: sorted(filter(private_to_tests, targets))
+            for module, targets in imports(root, HARNESS, ()).items() if any(map(private_to_tests, targets))}
+
+
+def private_imports(root: Path) -> dict[str, list[str]]:
+    """Benchmarks that import a private name of another module (`from module import _name`): what a benchmark
+    needs is made public where it lives."""
+    found = collections.defaultdict(list)
+    for module, path in sources(root, ("benchmarks",), ()).items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                found[module] += [f"{node.module}.{alias.name}" for alias in node.names
+                                  if alias.name.startswith("_") and not alias.name.startswith("__")]
+    return {module: names for module, names in found.items() if names}
+
+
+def unmirrored_test_folders(root: Path) -> list[str]:
+    """Test folders without __init__.py (pytest would take two test files of one name for one module), and folders
+    under tests/<package> that are no folder of that package (tests/ mirrors the packages)."""
+    found = []
+    for folder in sorted((root / "tests").rglob("*")):
+        relative = folder.relative_to(root / "tests")
+        hidden = any(part.startswith((".", "__")) for part in relative.parts)  # caches
+        if not folder.is_dir() or relative.parts[0] == TEST_DATA or hidden:
+            continue
+        if not (folder / "__init__.py").is_file():
+            found.append(f"tests/{relative}: no __init__.py")
+        if relative.parts[0] in PACKAGES and not (root / relative).is_dir():
+            found.append(f"tests/{relative}: mirrors no {relative}/")
+    return found
+
+
 def test_the_rules_see_every_subpackage():
     modules = sources(ROOT)
     packages = {module.rsplit(".", 1)[0] for module in modules if "." in module}
@@ -171,6 +211,18 @@ def test_one_supervisor_owns_the_sessions_of_connections():
     assert session_owners(ROOT) == {}
 
 
+def test_test_modules_and_benchmarks_share_through_tests_support_only():
+    assert reaching_into_test_modules(ROOT) == {}, f"move what they share into {SHARED}"
+
+
+def test_benchmarks_import_no_private_name():
+    assert private_imports(ROOT) == {}
+
+
+def test_the_tests_mirror_the_packages():
+    assert unmirrored_test_folders(ROOT) == []
+
+
 BROKEN = {
     "engine/__init__.py": "",
     "engine/api.py": "from engine.work import session\n",
@@ -181,6 +233,19 @@ BROKEN = {
     "streaming/jam/protocol.py": "import asyncio\nfrom engine.work.session import x\nfrom streaming.jam import ws\n",
     "streaming/jam/ws.py": "from streaming.jam.protocol import y\ndef f(registry):\n    registry.open()\n",
     "streaming/bar/deep/long.py": "x = 1\n" * (MAX_LINES + 1),
+    "tests/__init__.py": "",
+    "tests/conftest.py": "",
+    "tests/support/__init__.py": "",
+    "tests/support/clients.py": "",
+    "tests/streaming/__init__.py": "",
+    "tests/streaming/jam/__init__.py": "",
+    "tests/streaming/jam/test_ws.py": "import tests.streaming.jam.test_protocol\nfrom tests.support.clients import a\n",
+    "tests/streaming/jam/test_protocol.py": "from tests.conftest import ROOT\nfrom tests.support import b\n",
+    "tests/streaming/nowhere/test_x.py": "",
+    "tests/data/seed.py": "",
+    "benchmarks/__init__.py": "",
+    "benchmarks/bench.py": "from tests.streaming.jam.test_ws import c\n"
+                           "from benchmarks.other import _private, __version__\n",
 }
 
 
@@ -200,3 +265,9 @@ def test_every_rule_fails_on_a_tree_that_breaks_it(broken: Path):
     assert impure_cores(graph) == {"streaming.jam.protocol": ["asyncio"]}
     assert long_modules(broken) == {"streaming.bar.deep.long": MAX_LINES + 1}
     assert session_owners(broken) == {"streaming.jam.ws": {"registry.open"}}
+    assert reaching_into_test_modules(broken) == {"tests.streaming.jam.test_ws": ["tests.streaming.jam.test_protocol"],
+                                                  "tests.streaming.jam.test_protocol": ["tests.conftest"],
+                                                  "benchmarks.bench": ["tests.streaming.jam.test_ws"]}
+    assert private_imports(broken) == {"benchmarks.bench": ["benchmarks.other._private"]}
+    assert unmirrored_test_folders(broken) == ["tests/streaming/nowhere: no __init__.py",
+                                               "tests/streaming/nowhere: mirrors no streaming/nowhere/"]
