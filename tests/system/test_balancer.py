@@ -19,7 +19,8 @@ import pytest
 import requests
 from websockets.sync.client import connect
 
-from tests.support.cog_server import ROOT, CogServer
+from tests.support import ROOT
+from tests.support.cog_server import CogServer
 from tests.support.helpers import free_port, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),  # three sidecars start on two cores: 120 s each allowed

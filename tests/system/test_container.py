@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cog_server import ROOT, CogServer
+from tests.support import ROOT
+from tests.support.cog_server import CogServer
 
 
 def _dockerignore_patterns() -> list[str]:

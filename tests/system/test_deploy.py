@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.support.cog_server import ROOT
+from tests.support import ROOT
 
 MANIFEST = ROOT / "deploy" / "kubernetes.yaml"
 

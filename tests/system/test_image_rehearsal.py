@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from tools.cog_rules import ROOT
+from tests.support import ROOT
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 from streaming.app.capacity import Capacity
 from streaming.lyria import protocol as lp
-from tests.support.cog_server import ROOT
+from tests.support import ROOT
 from tests.support.helpers import free_port, wait_until
 from tests.support.servers import start_server
 
