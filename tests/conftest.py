@@ -136,7 +136,7 @@ def server(engine, server_config):
 @pytest.fixture(scope="session")
 def demo_family(tmp_path_factory):
     """kind -> the checkpoint directory of that demo family (weights.demo.KINDS: melody, stereo...), each built on
-    first use and once per session (with one MBD band: the families' tests never listen to MBD's quality)."""
+    first use and once per session (with one MBD band, where the main demo has four)."""
     from weights.demo import build
 
     built: dict[str, Path] = {}
