@@ -6,7 +6,8 @@ The GPU check runs where nothing can be installed but the wheels it carries (ben
 the image's packages (benchmarks/gpu_image_packages.txt). Here every package of this project is installed, so a
 missing wheel would only show on the GPU, in the few minutes a lease gives. This refuses, at import, any top-level
 module whose distribution is in neither list, and serves the stand-ins of benchmarks/gpu_stubs in place of
-xformers, spacy and av, exactly as gpu_check.sh does there; so `tests/test_gpu_check.py` proves the wheel set here.
+xformers, spacy and av, exactly as gpu_check.sh does there; so `tests/system/test_gpu_check.py` proves the wheel set
+here.
 Versions are not simulated (the image's transformers and huggingface_hub differ from our pins).
 """
 

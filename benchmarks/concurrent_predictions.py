@@ -5,8 +5,8 @@
 
 For each count N: an engine with N prediction slots (EngineConfig.max_predictions, what COG_MAX_CONCURRENCY sets
 in the Cog container) generates N seeded predictions submitted together; the figure is audio seconds generated per
-wall second, and its ratio to N = 1 (tests/test_concurrent_predictions.py checks that each prediction's bytes are
-those it has alone, at a given slot count).
+wall second, and its ratio to N = 1 (tests/engine/work/test_concurrent_predictions.py checks that each prediction's
+bytes are those it has alone, at a given slot count).
 """
 
 import argparse

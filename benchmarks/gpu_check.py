@@ -10,7 +10,7 @@ Sections:
 - environment: torch (the machine's own, whatever its version; ours is pinned in requirements.in), GPU, driver,
   the carried wheels and which stand-ins (benchmarks/gpu_stubs) were used;
 - demo: the demo checkpoint (built here: weights/ is not carried), which the CUDA tests load;
-- cuda_tests: tests/test_cuda.py in a child process (graph replay equals the eager step, no host read in the step
+- cuda_tests: tests/engine/test_cuda.py in a child process (graph replay equals the eager step, no host read in the step
   under torch.cuda.set_sync_debug_mode("error"), the engine makes audio on CUDA, half precision end to end);
 - one section per model (random weights of musicgen-small / musicgen-medium dims, built by audiocraft's builders
   in the dtype a loaded checkpoint gets on the device): engine start (graph capture) time, steps/s of one
@@ -210,14 +210,14 @@ def demo(figures: dict) -> None:
 
 
 def cuda_tests(figures: dict, timeout: float) -> None:
-    """tests/test_cuda.py in a child process (a crash there is the test's, not the check's); counts and failures
+    """tests/engine/test_cuda.py in a child process (a crash there is the test's, not the check's); counts and failures
     from its JUnit XML, the output's tail in the JSON."""
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
         runner = ["-m", "benchmarks.bare_image", "pytest"] if os.environ.get("GPU_CHECK_BARE_IMAGE") else ["-m",
                                                                                                           "pytest"]
         command = [sys.executable, *runner, "-q", "-p", "no:cacheprovider", "-rA", f"--junitxml={junit}",
-                   "tests/test_cuda.py"]
+                   "tests/engine/test_cuda.py"]
         if importlib.util.find_spec("pytest_timeout") is not None:  # the image has it: one hung test, not all
             command[-1:-1] = ["-p", "pytest_timeout", "--timeout=90"]
         env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": os.pathsep.join(
@@ -444,7 +444,7 @@ def _step(lm, device: str, plan: Plan) -> dict:
     """The decode step alone for one prediction's 2 rows at ~100 steps of context: eager forward, the capturable
     step eagerly, and (CUDA) its graph replay with the capture time. Reaches into the engine's decoder, whose API
     may move; an error here is recorded and the engine-level figures above stand."""
-    from benchmarks.step_bench import _place
+    from benchmarks.step_bench import place
     from engine.lm.conditions import text_condition
     from engine.lm.decoder import StepDecoder
     from engine.lm.precision import choose_weight_format
@@ -461,7 +461,7 @@ def _step(lm, device: str, plan: Plan) -> dict:
     result: dict = {"weight_format": weight_format, "rows": 2, "context": 100}
     if device == "cuda":
         graph_step = CapturableStep(decoder, compiled=False, graphs=True)
-        _place(decoder, rows, 100)
+        place(decoder, rows, 100)
         started = time.perf_counter()
         graph_step(rows, tokens)
         torch.cuda.synchronize()
@@ -469,10 +469,10 @@ def _step(lm, device: str, plan: Plan) -> dict:
         runs["graph_replay"] = graph_step.__call__
     for name, run in runs.items():
         call = run if name == "eager_forward" else (lambda run=run: run(rows, tokens))
-        _place(decoder, rows, 100)
+        place(decoder, rows, 100)
         call()
         _sync(device)
-        _place(decoder, rows, 100)
+        place(decoder, rows, 100)
         started = time.perf_counter()
         for _ in range(plan.step_repeats):
             call()

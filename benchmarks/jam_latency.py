@@ -35,7 +35,8 @@ from engine.config import EngineConfig
 from engine.core import Engine
 from streaming.app.config import ServerConfig
 from streaming.app.server import RunningServer
-from tests.webrtc_client import JamClient, event, loopback_only
+from tests.support.tls import self_signed
+from tests.support.webrtc_client import JamClient, event, loopback_only
 
 SEED = 11
 STYLES, CHANGED = "jazz, hiphop", "ambient"
@@ -222,12 +223,6 @@ def summary(results: list[dict]) -> dict:
     heard = [r["heard_after_seconds"] for r in results if "heard_after_seconds" in r]
     return {"heard_after_seconds_median": statistics.median(heard) if heard else None,
             "heard_after_seconds_max": max(heard) if heard else None, "runs": results}
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    from tests.test_lyria_sdk import self_signed as make
-
-    return make(directory)
 
 
 def main() -> None:

@@ -31,8 +31,8 @@ from pathlib import Path
 import requests
 from websockets.sync.client import connect
 
-from tests.cog_server import CogServer
-from tests.helpers import free_port, wait_until
+from tests.support.cog_server import CogServer
+from tests.support.helpers import free_port, wait_until
 
 logger = logging.getLogger("soak")
 LYRIA_PATH = "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateMusic"

@@ -126,9 +126,9 @@ def heavy_through_cog(work: Path) -> dict:
     measured against the session's chunk gaps and the sidecar's /health: what issue 15's targets are stated in."""
     from websockets.sync.client import connect
 
-    from tests.cog_server import CogServer
-    from tests.helpers import free_port
-    from tests.test_jam_server import next_of
+    from tests.support.cog_server import CogServer
+    from tests.support.helpers import free_port
+    from tests.support.jam_client import next_of
     from weights.demo import build
 
     weights = build(work / "melody", kind="melody")

@@ -13,7 +13,7 @@ contexts of ~100 and ~1000 steps in the engine's 30 s window (1504 steps): decod
 Rounds alternate the methods so that drift from other work on the machine spreads over all of them; the median
 of the rounds and the best (the least disturbed) are reported, with ratios to eager. The caches hold random values
 and rows are placed at a context by setting their lengths: only the speed is measured here
-(tests/test_static_step.py checks the logits).
+(tests/engine/lm/test_static_step.py checks the logits).
 """
 
 import argparse
@@ -38,14 +38,14 @@ CONTEXTS = (100, 1000)
 PROFILED_STEPS = 20
 
 
-def _place(decoder: StepDecoder, rows: slice, length: int) -> None:
+def place(decoder: StepDecoder, rows: slice, length: int) -> None:
     """Puts `rows` at `length` cached steps (device lengths and their host copies), as a prefill would."""
     decoder.lengths[rows] = length
     decoder.host_lengths[rows] = [length] * (rows.stop - rows.start)
 
 
 def _rate(run, decoder: StepDecoder, rows: slice, context: int, steps: int) -> float:
-    _place(decoder, rows, context)
+    place(decoder, rows, context)
     started = time.perf_counter()
     for _ in range(steps):
         run()
@@ -70,7 +70,7 @@ def bench_format(lm, weight_format: str, window: int, steps: int, rounds: int, b
         runs = {"eager": functools.partial(decoder.forward, rows, tokens.unsqueeze(-1)),
                 **{name: functools.partial(step, rows, tokens) for name, step in steppers.items()}}
         for context in CONTEXTS:
-            _place(decoder, rows, context)
+            place(decoder, rows, context)
             started = time.perf_counter()
             runs["compiled"]()  # compiles the graph for this row count and window
             result["compile_seconds"][f"{pairs}_pairs_context_{context}"] = time.perf_counter() - started
@@ -115,10 +115,10 @@ def profile(lm, weight_format: str, window: int, pairs: int, context: int) -> di
             "static": functools.partial(CapturableStep(decoder, compiled=False), rows, tokens),
             "compiled": functools.partial(CapturableStep(decoder, compiled=True), rows, tokens)}
     for name, run in runs.items():
-        _place(decoder, rows, context)
+        place(decoder, rows, context)
         run()
         run()
-        _place(decoder, rows, context)
+        place(decoder, rows, context)
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(PROFILED_STEPS):
                 run()

@@ -21,7 +21,7 @@ from engine.config import EngineConfig
 from engine.core import Engine
 from streaming.app.config import ServerConfig
 from streaming.app.server import RunningServer
-from tests.webrtc_client import JamClient, event, loopback_only
+from tests.support.webrtc_client import JamClient, event, loopback_only
 
 PARAMS = {"styles": "jazz, hiphop", "style_weights": "1,0.8"}  # the default 2 s chunks
 

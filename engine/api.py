@@ -1,7 +1,7 @@
 """The engine as its transports see it: the one module predict.py and streaming/ import from the engine.
 
 Everything else in engine/ (scheduler, workers, decoder, model, codec streaming) is the engine's own business;
-tests/test_structure.py keeps it that way. `Engine` (engine/core.py) is the API itself; the rest are the types,
+tests/system/test_structure.py keeps it that way. `Engine` (engine/core.py) is the API itself; the rest are the types,
 errors and limits a caller needs to speak to it. Every parameter rule and limit is engine.params': the protocols
 build their message models from its field types, and answer a broken rule with its `describe`.
 """

@@ -26,8 +26,9 @@ PREDICTION_PAD_MULTIPLE = 8  # see EngineConfig.prediction_pad
 # one band, or one band filter of its equaliser), or one segment of the stem separator (htdemucs' 7.8 s training
 # segment) of a melody's chroma. With the demo checkpoints on this project's 2-vCPU machines, busy with other work,
 # the longest such job measured 0.1-0.2 s on the LM thread and 0.3-1.4 s (a separator segment) on the codec
-# thread; tests/test_job_bound.py fails when a job of a 30 s MBD and a 40 s melody prediction beside a live session
-# lasts longer than this. A real checkpoint's steps are longer by its size; the structure of the bound is the same.
+# thread; tests/engine/test_job_bound.py fails when a job of a 30 s MBD and a 40 s melody prediction beside a live
+# session lasts longer than this. A real checkpoint's steps are longer by its size; the structure of the bound is
+# the same.
 JOB_BOUND_SECONDS = 2.0
 
 

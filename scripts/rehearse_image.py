@@ -34,7 +34,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.cog_server import CogServer  # noqa: E402
+from tests.support.cog_server import CogServer  # noqa: E402
 from tools import cog_rules  # noqa: E402
 
 logger = logging.getLogger("rehearse_image")

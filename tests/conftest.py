@@ -1,3 +1,9 @@
+"""Fixtures shared across the tree: the demo checkpoint and its engine, the demo families (each built once per
+session), a sidecar per module, Cog's own server, and the injected failures. Helpers and clients are in
+tests/support; the imports that need the project's heavier dependencies stay inside the fixtures, so that a
+subset of the tests (benchmarks/gpu_check.py runs tests/engine/test_cuda.py in a bare image) collects without
+them."""
+
 import functools
 import http.server
 import os
@@ -10,12 +16,15 @@ import pytest
 
 from weights import DEMO_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
+# tests/support holds assertion helpers too: their failures explain themselves as a test's own asserts do
+pytest.register_assert_rewrite("tests.support")
 
 
 def ensure_demo() -> Path:
     """The demo checkpoint is built by setup; build it here too so a bare `pytest` works."""
     if not (DEMO_DIR / "state_dict.bin").is_file():
+        from tests.support import ROOT
+
         subprocess.run([sys.executable, "-m", "weights.demo"], cwd=ROOT, check=True)
     return DEMO_DIR
 
@@ -40,6 +49,8 @@ def engine(demo_dir):
 @pytest.fixture(scope="session")
 def venv_env() -> dict:
     """Environment for subprocesses: the interpreter's bin first on PATH (Cog spawns its worker as `python`)."""
+    from tests.support import ROOT
+
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(ROOT)
@@ -49,8 +60,8 @@ def venv_env() -> dict:
 @pytest.fixture(scope="session")
 def cog(venv_env, demo_dir):
     """Cog's own HTTP server on predict.py with the demo checkpoint, its jam sidecar on a free port."""
-    from tests.cog_server import CogServer
-    from tests.helpers import free_port
+    from tests.support.cog_server import CogServer
+    from tests.support.helpers import free_port
 
     jam_port = free_port()
     server = CogServer(venv_env, {"JAM_PORT": str(jam_port), "JAM_HOST": "127.0.0.1", "JAM_MAX_SESSIONS": "2"})
@@ -95,9 +106,44 @@ def marker(monkeypatch, word) -> str:
     return word
 
 
-@pytest.fixture
-def loopback(monkeypatch):
-    """WebRTC on 127.0.0.1 (tests.webrtc_client.loopback_only) for one test."""
-    from tests.webrtc_client import loopback_only
+@pytest.fixture(scope="module")
+def loopback():
+    """WebRTC on 127.0.0.1 (tests.support.webrtc_client.loopback_only) from the first test of a module that asks
+    for it to the module's end (a module-scoped server's peers need it too)."""
+    from tests.support.webrtc_client import loopback_only
 
-    loopback_only(monkeypatch)
+    with pytest.MonkeyPatch.context() as patch:
+        loopback_only(patch)
+        yield
+
+
+@pytest.fixture(scope="module")
+def server_config() -> dict:
+    """ServerConfig fields of the module's `server` beyond its address (127.0.0.1, a free port): a module that
+    needs others (resume_seconds, idle_seconds...) overrides this fixture."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def server(engine, server_config):
+    """A sidecar on the session's engine, one per module (tests.support.servers.running_server)."""
+    from tests.support.servers import running_server
+
+    with running_server(engine, **server_config) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def demo_family(tmp_path_factory):
+    """kind -> the checkpoint directory of that demo family (weights.demo.KINDS: melody, stereo...), each built on
+    first use and once per session (with one MBD band, where the main demo has four)."""
+    from weights.demo import build
+
+    built: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in built:
+            built[kind] = build(tmp_path_factory.mktemp(kind), n_bands=1, kind=kind)
+        return built[kind]
+
+    return get

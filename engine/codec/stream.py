@@ -6,7 +6,7 @@ and holds back the last `lookahead_frames`, whose audio still depends on frames 
 output then matches an offline decode within a tolerance the tests measure (SNR, boundary jumps).
 Stereo checkpoints work unchanged: their codec (audiocraft's InterleaveStereoCompressionModel) takes the 8 interleaved
 codebooks [8, n] and decodes each channel's 4 with the mono EnCodec, so chunks are [2, samples]
-(tests/test_families_codec.py also covers EnCodec's LSTM, whose memory the left context must span).
+(tests/engine/codec/test_stream.py also covers EnCodec's LSTM, whose memory the left context must span).
 """
 
 import torch

@@ -5,7 +5,7 @@ The decode runs on the engine's codec thread one bounded piece at a time behind 
 (engine.codec.render), and while sessions play it takes at most half of that thread's time (LIVE_PAUSE), so an
 hour-long recording never stalls a live session. Beside two realtime sessions on the tests' 2-core CPU a
 5-minute recording decodes in 11.5 s with the pause and the sessions' worst chunk gap is 1.2x their median; without
-it, 6.3 s and 1.9x (tests/test_recording.py, slow). WAV is written as it comes (its length is
+it, 6.3 s and 1.9x (tests/streaming/sessions/test_recording.py, slow). WAV is written as it comes (its length is
 known before the first sample: the samples the client received); FLAC and MP3 go through an ffmpeg pipe. Audio is
 at the model's rate, 16-bit, not normalised: the samples the chunks carried. The session id is the credential,
 with JAM_TOKEN where set.

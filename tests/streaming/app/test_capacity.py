@@ -1,0 +1,193 @@
+"""What a balancer sees of a replica: /ready and HAProxy's agent-check line follow the free session slots and the
+drain, on a running sidecar with real WebSocket sessions."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from streaming.app.capacity import Capacity
+from streaming.lyria import protocol as lp
+from tests.support import ROOT
+from tests.support.helpers import free_port, wait_until
+from tests.support.servers import start_server
+
+START = {"type": "start", "mode": "rt", "params": {"styles": "jazz", "pace": "realtime", "max_decode_frames": 12}}
+
+
+def own_engine(demo_dir, slots: int):
+    """An engine of its own: a drain ends a replica's admissions for good, so the shared one is never drained."""
+    from engine.config import EngineConfig
+    from engine.core import Engine
+
+    return Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=slots))
+
+
+@pytest.fixture
+def engine(demo_dir):
+    own = own_engine(demo_dir, 2)
+    yield own
+    own.close()
+
+
+@pytest.fixture
+def roomy_engine(demo_dir):
+    """Three slots: after two sessions one is still free, so a refusal there is the drain's, not the cap's."""
+    own = own_engine(demo_dir, 3)
+    yield own
+    own.close()
+
+
+@pytest.mark.parametrize("sessions, healthy, draining, line", [
+    (0, True, False, "up 100%\n"), (1, True, False, "up 50%\n"), (2, True, False, "up 1%\n"),
+    (1, True, True, "drain\n"), (0, False, False, "down\n"), (0, False, True, "down\n")])
+def test_agent_line_follows_free_slots(sessions, healthy, draining, line):
+    capacity = Capacity(sessions=sessions, max_sessions=2, healthy=healthy, draining=draining)
+    assert capacity.agent_reply() == line
+    assert capacity.ready == (healthy and not draining and sessions < 2)
+
+
+def agent_line(port: int) -> str:
+    """What HAProxy's agent-check reads: connect, read one line, the replica closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        data = b""
+        while chunk := sock.recv(64):
+            data += chunk
+    return data.decode("ascii")
+
+
+def test_ready_and_agent_follow_sessions_and_drain(engine):
+    agent_port = free_port()
+    running = start_server(engine, agent_port=agent_port)
+    base = f"http://127.0.0.1:{running.port}"
+    try:
+        assert requests.get(f"{base}/ready", timeout=5).status_code == 200
+        assert agent_line(agent_port) == "up 100%\n"
+        sockets = []
+        for expected in ("up 50%\n", "up 1%\n"):
+            ws = connect(f"ws://127.0.0.1:{running.port}/ws/jam")
+            ws.send(json.dumps(START))
+            assert json.loads(ws.recv(timeout=60))["type"] == "started"
+            sockets.append(ws)
+            assert wait_until(lambda line=expected: agent_line(agent_port) == line, 5), agent_line(agent_port)
+        full = requests.get(f"{base}/ready", timeout=5)
+        assert full.status_code == 503 and full.json()["reason"] == "all 2 session slots in use"
+        assert requests.get(f"{base}/health", timeout=5).status_code == 200, "liveness is not readiness"
+        sockets.pop().close()
+        assert wait_until(lambda: requests.get(f"{base}/ready", timeout=5).status_code == 200, 5)
+        drained = requests.post(f"{base}/admin/drain", timeout=5)
+        assert drained.status_code == 200 and drained.json()["draining"] is True
+        assert requests.get(f"{base}/ready", timeout=5).json() == {
+            "ready": False, "reason": "draining", "sessions": 1, "max_sessions": 2, "free_sessions": 1,
+            "draining": True}
+        assert agent_line(agent_port) == "drain\n"
+        sockets[0].send(json.dumps({"type": "ping"}))
+        assert any(json.loads(sockets[0].recv(timeout=30))["type"] == "pong" for _ in range(5)), "the open jam goes on"
+        sockets[0].close()
+    finally:
+        running.stop()
+
+
+def test_drain_needs_the_token_when_one_is_set(engine):
+    running = start_server(engine, token="s3cret")
+    base = f"http://127.0.0.1:{running.port}"
+    try:
+        assert requests.post(f"{base}/admin/drain", timeout=5).status_code == 401
+        assert requests.get(f"{base}/ready", timeout=5).status_code == 200
+        assert requests.post(f"{base}/admin/drain", headers={"Authorization": "Bearer s3cret"},
+                             timeout=5).status_code == 200
+        assert requests.get(f"{base}/ready", timeout=5).status_code == 503
+    finally:
+        running.stop()
+
+
+def messages_until(ws, predicate, timeout=30):
+    """Reads JSON messages until one satisfies `predicate`; returns it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = json.loads(ws.recv(timeout=deadline - time.monotonic()))
+        if predicate(message):
+            return message
+    raise AssertionError("no such message in time")
+
+
+def test_drain_tells_live_clients_refuses_new_ones_and_closes_at_the_deadline(roomy_engine):
+    engine = roomy_engine
+    running = start_server(engine, drain_seconds=4)
+    base = f"ws://127.0.0.1:{running.port}"
+    jam = connect(f"{base}/ws/jam")
+    lyria = connect(f"{base}{lp.PATH}", max_size=None)
+    try:
+        jam.send(json.dumps(START))
+        assert json.loads(jam.recv(timeout=60))["type"] == "started"
+        lyria.send(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
+        assert set(json.loads(lyria.recv(timeout=30))["setupComplete"]) == {"sessionId"}
+        lyria.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": "techno", "weight": 1}]}}))
+        lyria.send(json.dumps({"playbackControl": "PLAY"}))
+        messages_until(lyria, lambda m: "serverContent" in m)
+        started = time.monotonic()
+        answer = requests.post(f"http://127.0.0.1:{running.port}/admin/drain", timeout=5).json()
+        assert answer["draining"] and answer["drained"] is False
+        status = messages_until(jam, lambda m: m.get("status") == "draining")
+        assert status["draining"] is True and status["seconds_left"] == 4
+        assert "draining" in messages_until(lyria, lambda m: "warning" in m)["warning"]
+        with connect(f"{base}/ws/jam") as late:  # a client that reaches a draining replica directly
+            late.send(json.dumps(START))
+            refused = json.loads(late.recv(timeout=30))
+            assert refused["error"] == "concurrency_limit_reached" and refused["limit"] == 3
+        messages_until(jam, lambda m: m.get("type") == "chunk", timeout=10)  # the jam plays on meanwhile
+        for ws in (jam, lyria):
+            with pytest.raises(ConnectionClosed):
+                while time.monotonic() - started < 15:
+                    ws.recv(timeout=15)
+                raise AssertionError("still open 15 s after a 4 s drain")
+            assert ws.close_code == 1001 and "drain time is up" in ws.close_reason
+        assert 3.5 < time.monotonic() - started < 10
+        assert wait_until(lambda: engine.sessions_open == 0 and engine.rows_in_use == 0, 5)
+    finally:
+        jam.close()
+        lyria.close()
+        running.stop()
+
+
+def test_sigterm_drains_then_the_standalone_sidecar_exits(venv_env, demo_dir, tmp_path):
+    port = free_port()
+    log = tmp_path / "sidecar.log"
+    process = subprocess.Popen([sys.executable, "-m", "streaming.app.server"], cwd=ROOT, stdout=log.open("wb"),
+                               stderr=subprocess.STDOUT,
+                               env=dict(venv_env, JAM_HOST="127.0.0.1", JAM_PORT=str(port), JAM_DRAIN_SECONDS="30"))
+    try:
+        assert wait_until(lambda: _ready(port) or process.poll() is not None, 120), "sidecar did not start"
+        assert process.poll() is None, "the sidecar exited (its port taken?)"
+        ws = connect(f"ws://127.0.0.1:{port}/ws/jam")
+        ws.send(json.dumps(START))
+        assert json.loads(ws.recv(timeout=60))["type"] == "started"
+        process.send_signal(signal.SIGTERM)
+        assert messages_until(ws, lambda m: m.get("status") == "draining")["seconds_left"] == 30
+        assert requests.get(f"http://127.0.0.1:{port}/ready", timeout=5).json()["reason"] == "draining"
+        messages_until(ws, lambda m: m.get("type") == "chunk", timeout=10)
+        assert process.poll() is None, "a live jam keeps the replica up"
+        ws.send(json.dumps({"type": "stop"}))
+        ws.close()
+        assert process.wait(timeout=20) == 0, "the last session ended: the replica exits"
+    except BaseException:
+        print(log.read_text()[-4000:])
+        raise
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _ready(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
