@@ -7,6 +7,7 @@ import io
 import json
 import math
 import time
+import typing as tp
 from fractions import Fraction
 
 import numpy as np
@@ -190,40 +191,42 @@ def test_bad_bar_messages_get_errors_and_the_session_goes_on(server):
         next_of(ws, "stopped")
 
 
-class ProducerDecisions:
-    """Each time a bar session's producer asks whether it may make its next chunk (BarSession._may_generate, the
-    one rule of how far ahead of its listener a session runs), by session: (chunks made so far, the answer). A
-    "no" parks the producer until a listener pulls, consumes or stops: no chunk is made without one."""
+class Deliveries:
+    """Which chunk each bar session's pump is handing over (BarSession._deliver returns once a listener took it;
+    the pump asks for the next chunk only then: the one rule of how far ahead of its listener a session runs)."""
 
     def __init__(self, monkeypatch) -> None:
         from streaming.bar.session import BarSession
 
-        self.seen: dict[object, list[tuple[int, bool]]] = {}
-        real = BarSession._may_generate
+        self.held: dict[object, tp.Optional[int]] = {}  # a session's pump -> the index it waits to hand over
+        real = BarSession._deliver
 
-        def deciding(session) -> bool:
-            allowed = real(session)
-            self.seen.setdefault(session, []).append((session.generated, allowed))
-            return allowed
+        async def delivering(bar, chunk) -> None:
+            self.held[bar.pump] = chunk.index
+            try:
+                await real(bar, chunk)
+            finally:
+                self.held[bar.pump] = None
 
-        monkeypatch.setattr(BarSession, "_may_generate", deciding)
+        monkeypatch.setattr(BarSession, "_deliver", delivering)
 
     def parked_before(self, server, sid: str, index: int) -> bool:
-        """Session `sid`'s producer, having made chunks 0..index-1, was told it may not make chunk `index`."""
+        """Session `sid` made chunks 0..index-1 and waits for a listener to take chunk index-1 before it may ask
+        for chunk `index`: no chunk is made without a pull."""
         jam = server.registry.get(sid)
-        return jam is not None and (index, False) in self.seen.get(jam.session, [])
+        return jam is not None and self.held.get(jam.pump) == index - 1 and jam.pump.generated == index
 
 
 def test_http_jam_as_docs_api_http_shows(server, monkeypatch):
-    decisions = ProducerDecisions(monkeypatch)
+    deliveries = Deliveries(monkeypatch)
     start = requests.post(http_url(server, "/jam/start"), data={"bpm": "120", "bars_per_chunk": "2",
                                                                 "beats_per_bar": "1", "target_sample_rate": "48000"},
                           files={"loop_audio": ("loop.wav", loop_file(), "audio/wav")}, timeout=60)
     assert start.status_code == 200, start.text
     sid = start.json()["session_id"]
     try:
-        # backpressure: nothing pulled, so one chunk is made and the producer parks before the second
-        assert wait_until(lambda: decisions.parked_before(server, sid, 1), timeout=30), decisions.seen
+        # backpressure: nothing pulled, so one chunk is made and the pump parks before asking for the second
+        assert wait_until(lambda: deliveries.parked_before(server, sid, 1), timeout=30), deliveries.held
         assert status(server, sid)["last_generated_index"] == 0
         for k in range(3):
             chunk = requests.get(http_url(server, "/jam/next"), params={"session_id": sid}, timeout=60).json()["chunk"]
@@ -231,7 +234,7 @@ def test_http_jam_as_docs_api_http_shows(server, monkeypatch):
             check_chunk(chunk, 48000, 120, bars=2)
         assert requests.post(http_url(server, "/jam/consume"), data={"session_id": sid, "chunk_index": "2"},
                              timeout=10).json() == {"consumed": 2}
-        assert wait_until(lambda: decisions.parked_before(server, sid, 4), timeout=30), decisions.seen
+        assert wait_until(lambda: deliveries.parked_before(server, sid, 4), timeout=30), deliveries.held
         now = status(server, sid)
         assert now["last_generated_index"] == 3 and now["last_delivered_index"] == 2 and now["buffer_ahead"] == 1
         assert now["running"] and now["bpm"] == 120 and now["bars_per_chunk"] == 2 and now["seconds_per_bar"] == 0.5

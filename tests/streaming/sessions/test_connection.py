@@ -106,8 +106,8 @@ def test_a_frozen_client_frees_its_slot(server, tmp_path):
 
 class PumpRecord:
     """What a session's pump does, as it does it: each chunk it asks of the engine (LiveSession.next_chunk) with
-    the sends finished by then, and each send it begins and finishes (the `send_chunk` every ChunkPump is bound
-    to), with how many asked chunks were still in the making when the send began."""
+    the sends finished by then, and each send it begins and finishes (the delivery every ChunkPump is bound
+    to through `bind`), with how many asked chunks were still in the making when the send began."""
 
     def __init__(self, monkeypatch) -> None:
         from engine.work.session import LiveSession
@@ -117,7 +117,7 @@ class PumpRecord:
         self.asks: list[tuple[int, int]] = []  # (chunks asked so far, sends finished then), one per ask
         self.begun = self.finished = 0
         self.making_at_begin = 0  # of the latest send
-        next_chunk, rebind = LiveSession.next_chunk, ChunkPump.rebind
+        next_chunk, bind = LiveSession.next_chunk, ChunkPump.bind
 
         def asking(session, deadline=None):
             future = next_chunk(session, deadline)
@@ -125,19 +125,19 @@ class PumpRecord:
             self.asks.append((len(self.asked), self.finished))
             return future
 
-        def rebinding(pump, pacer, send_chunk, on_error, tasks):
+        def binding(pump, pace, deliver, on_error, tasks):
             async def send(chunk) -> None:
                 self.making_at_begin = sum(not future.done() for future in self.asked)
                 self.begun += 1
                 try:
-                    await send_chunk(chunk)
+                    await deliver(chunk)
                 finally:
                     self.finished += 1
 
-            rebind(pump, pacer, send, on_error, tasks)
+            bind(pump, pace, send, on_error, tasks)
 
         monkeypatch.setattr(LiveSession, "next_chunk", asking)
-        monkeypatch.setattr(ChunkPump, "rebind", rebinding)
+        monkeypatch.setattr(ChunkPump, "bind", binding)
 
     def stalled(self) -> bool:
         """A send is under way and stays so while the chunk that was in the making when it began is made, and no
