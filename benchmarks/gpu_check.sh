@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check, for a bare machine with one NVIDIA GPU, Python 3.12 and torch preinstalled, no network:
 # installs what the machine lacks from the wheels in .gpu-wheels/ (scripts/fetch_gpu_wheels.sh; carried by the
-# device tool), the stand-ins of benchmarks/gpu_stubs for what is not carried, builds the demo checkpoint, then
-# runs benchmarks/gpu_check.py: CUDA tests and benchmarks into $OUT/gpu_check.json (log: $OUT/gpu_check.log),
+# device tool), the stand-ins of benchmarks/gpu/stubs for what is not carried, builds the demo checkpoint, then
+# runs benchmarks/gpu/check.py: CUDA tests and benchmarks into $OUT/gpu_check.json (log: $OUT/gpu_check.log),
 # all inside GPU_CHECK_SECONDS (480 s). Uses the machine's torch, whatever its version (the JSON says which).
 #   bash benchmarks/gpu_check.sh            # OUT defaults to ./gpu-check-out
 set -uo pipefail
@@ -36,12 +36,12 @@ if [ -n "$missing" ]; then
 fi
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 for name in xformers spacy av; do
-  "$PY" -c "import $name" 2>/dev/null || cp -r "benchmarks/gpu_stubs/$name" "$SITE/"
+  "$PY" -c "import $name" 2>/dev/null || cp -r "benchmarks/gpu/stubs/$name" "$SITE/"
 done
 echo "gpu_check.sh: installed in $(( $(date +%s) - started )) s: $(echo "$missing" | wc -w) wheels"
 left=$(( TOTAL - ($(date +%s) - started) ))
 budget=$(( left - 50 ))  # sections start only within the budget; the hard limit below leaves time to write out
-timeout -k 10 "$(( left - 10 ))" "$PY" -m benchmarks.gpu_check --out "$OUT/gpu_check.json" --budget-seconds "$budget" "$@"
+timeout -k 10 "$(( left - 10 ))" "$PY" -m benchmarks.gpu.check --out "$OUT/gpu_check.json" --budget-seconds "$budget" "$@"
 rc=$?
 echo "gpu_check.sh: exit $rc after $(( $(date +%s) - started )) s; results in $OUT/gpu_check.json"
 exit $rc

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Downloads the wheels the GPU check installs on a machine without network (benchmarks/gpu_wheels.txt) into
+# Downloads the wheels the GPU check installs on a machine without network (benchmarks/gpu/wheels.txt) into
 # .gpu-wheels/ (git-ignored), as cp312 manylinux x86_64 wheels; the sdist-only packages (audiocraft, flashy,
 # antlr4-python3-runtime, docopt) are built here into pure-Python wheels. Prints the total size, which must stay
 # far under the device tool's 64 MiB per call together with the working tree.
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${1:-python3}"
 out=.gpu-wheels
 rm -rf "$out" && mkdir -p "$out"
-pins=$(grep -v '^#' benchmarks/gpu_wheels.txt | sed '/^$/d')
+pins=$(grep -v '^#' benchmarks/gpu/wheels.txt | sed '/^$/d')
 platforms=()
 for tag in manylinux_2_17 manylinux2014 manylinux_2_24 manylinux_2_27 manylinux_2_28 manylinux_2_31 manylinux_2_34 \
            manylinux_2_35 manylinux1; do

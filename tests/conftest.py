@@ -1,7 +1,7 @@
 """Fixtures shared across the tree: the demo checkpoint and its engine, the demo families (each built once per
 session), a sidecar per module, Cog's own server, and the injected failures. Helpers and clients are in
 tests/support; the imports that need the project's heavier dependencies stay inside the fixtures, so that a
-subset of the tests (benchmarks/gpu_check.py runs tests/engine/test_cuda.py in a bare image) collects without
+subset of the tests (benchmarks/gpu/check.py runs tests/engine/test_cuda.py in a bare image) collects without
 them."""
 
 import functools

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import typing as tp
 import uuid
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -40,6 +40,14 @@ class HttpError(Exception):
 
 def error_response(exc: HttpError) -> JSONResponse:
     return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status)
+
+
+async def applied(change: Future) -> None:
+    """Waits for a change the source makes on its thread; one it refuses (ValueError) is the client's 400."""
+    try:
+        await asyncio.wrap_future(change)
+    except ValueError as exc:
+        raise HttpError(400, str(exc)) from None
 
 
 async def read_form(request: Request, file_field: tp.Optional[str]) -> tuple[dict, tp.Optional[bytes]]:
@@ -239,20 +247,14 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
             changes.pop("styles", None)
             changes.pop("style_weights", None)
         if changes:
-            try:
-                await asyncio.wrap_future(source.update(bp.updated(source.params, changes)))
-            except ValueError as exc:
-                raise HttpError(400, str(exc)) from None
+            await applied(source.update(bp.updated(source.params, changes)))
         return {"ok": True}
 
     async def reseed(request: Request) -> dict:
         fields, data = await read_form(request, "loop_audio")
         jam = touched(fields.get("session_id"))
         loop = None if data is None else await decode(data)
-        try:
-            await asyncio.wrap_future(jam.session.reseed(loop, seed=random_seed()))
-        except ValueError as exc:
-            raise HttpError(400, str(exc)) from None
+        await applied(jam.session.reseed(loop, seed=random_seed()))
         return {"ok": True}
 
     async def reseed_splice(request: Request) -> dict:

@@ -1,6 +1,6 @@
 """What only a GPU can show: CUDA graph replay equals the eager step, the step reads nothing back to the host,
 the engine makes audio on CUDA with half-precision weights and KV cache stored once, and the codec thread's own
-CUDA stream gives the default stream's results. Skipped without CUDA; benchmarks/gpu_check.py runs this file on
+CUDA stream gives the default stream's results. Skipped without CUDA; benchmarks/gpu/check.py runs this file on
 a lent GPU (docs/development.md, "The GPU check")."""
 
 import contextlib

@@ -1,7 +1,8 @@
 """The prepared GPU check runs end to end on this CPU (`--device cpu --tiny`), importing only what the GPU
-machine's image and the carried wheels give it (benchmarks.bare_image), so that a lease fails only on GPU things."""
+machine's image and the carried wheels give it (benchmarks.gpu.bare_image), so that a lease fails only on GPU things."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,16 +13,16 @@ from tests.support import ROOT
 
 
 def _wheel_names() -> set[str]:
-    from benchmarks.bare_image import _names
+    from benchmarks.gpu.bare_image import names
 
-    return _names(ROOT / "benchmarks" / "gpu_wheels.txt")
+    return names(ROOT / "benchmarks" / "gpu" / "wheels.txt")
 
 
 @pytest.mark.slow  # ~20 s idle, ~35 s on a busy 2-core machine
 @pytest.mark.timeout(600)  # the check itself is given 400 s
 def test_the_gpu_check_runs_on_the_cpu_with_only_the_carried_wheels(tmp_path: Path, demo_dir, venv_env):
     out = tmp_path / "gpu_check.json"
-    done = subprocess.run([sys.executable, "-m", "benchmarks.bare_image", "benchmarks.gpu_check", "--device", "cpu",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu.bare_image", "benchmarks.gpu.check", "--device", "cpu",
                            "--tiny", "--out", str(out)], cwd=ROOT, env=venv_env, capture_output=True, text=True,
                           timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -44,16 +45,14 @@ def test_the_gpu_check_runs_on_the_cpu_with_only_the_carried_wheels(tmp_path: Pa
     assert tiny["step"]["static_eager_steps_per_second"] > 0
 
 
-def test_the_bare_image_refuses_what_the_gpu_machine_lacks(venv_env):
+def test_the_bare_image_refuses_what_the_gpu_machine_lacks(venv_env, tmp_path: Path):
     """The simulation is real: a package of ours that is in neither list cannot be imported through it."""
     program = "import pytest\ntry:\n    import starlette\nexcept ModuleNotFoundError as e:\n    print('refused', e)\n"
-    (ROOT / "benchmarks" / "_refusal_probe.py").write_text(program)
-    try:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.bare_image", "benchmarks._refusal_probe"],
-                              cwd=ROOT, env=venv_env, capture_output=True, text=True, timeout=60)
-    finally:
-        (ROOT / "benchmarks" / "_refusal_probe.py").unlink()
-    assert "refused" in done.stdout and "gpu_wheels.txt" in done.stdout, done.stdout + done.stderr
+    (tmp_path / "refusal_probe.py").write_text(program)
+    env = {**venv_env, "PYTHONPATH": os.pathsep.join(p for p in (str(tmp_path), venv_env.get("PYTHONPATH", "")) if p)}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu.bare_image", "refusal_probe"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert "refused" in done.stdout and "benchmarks/gpu/wheels.txt" in done.stdout, done.stdout + done.stderr
 
 
 def test_the_wheel_list_is_what_the_fetch_script_and_the_docs_name():

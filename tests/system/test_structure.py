@@ -116,8 +116,11 @@ def impure_cores(graph: dict[str, set[str]]) -> dict[str, list[str]]:
 
 
 def long_modules(root: Path) -> dict[str, int]:
+    """The project's modules, the tests', the benchmarks' and the tools' alike, over MAX_LINES without a reason."""
     long = {}
-    for module, path in sources(root).items():
+    for module, path in sources(root, (*PACKAGES, *HARNESS, "tools")).items():
+        if "/cog-" in str(path):  # tools/cog-0.23.1: Cog's own source, read by the tests, not ours
+            continue
         source = path.read_text()
         lines = source.count("\n")
         if lines > MAX_LINES and LONG_REASON not in (ast.get_docstring(ast.parse(source)) or ""):
@@ -270,6 +273,7 @@ BROKEN = {
     "streaming/jam/ws.py": "from streaming.jam.protocol import y\nfrom audiocraft.data import audio_utils\n"
                            "def f(registry, engine):\n    registry.open()\n    return engine.model.sample_rate\n",
     "streaming/bar/deep/long.py": "x = 1\n" * (MAX_LINES + 1),
+    "tools/long_tool.py": "x = 1\n" * (MAX_LINES + 1),
     "tests/__init__.py": "",
     "tests/conftest.py": "",
     "tests/support/__init__.py": "",
@@ -301,7 +305,7 @@ def test_every_rule_fails_on_a_tree_that_breaks_it(broken: Path):
     assert reaching_past_the_facade(graph) == {"streaming.jam.protocol": ["engine.work.session"]}
     assert impure_cores(graph) == {"streaming.jam.protocol": ["asyncio"]}
     assert model_code_outside_the_engine(graph) == {"streaming.jam.ws": ["audiocraft.data"]}
-    assert long_modules(broken) == {"streaming.bar.deep.long": MAX_LINES + 1}
+    assert long_modules(broken) == {"streaming.bar.deep.long": MAX_LINES + 1, "tools.long_tool": MAX_LINES + 1}
     assert session_owners(broken) == {"streaming.jam.ws": {"registry.open"}}
     assert reaching_into_the_engine(broken) == {"streaming.jam.ws": {"engine.model"}}
     assert reaching_into_test_modules(broken) == {"tests.streaming.jam.test_ws": ["tests.streaming.jam.test_protocol"],

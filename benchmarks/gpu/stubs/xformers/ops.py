@@ -7,7 +7,7 @@ import torch
 
 def _unavailable(what: str) -> RuntimeError:
     return RuntimeError(f"xformers.ops.{what} was called, but this is the GPU check's stand-in for xformers "
-                        "(benchmarks/gpu_stubs): set audiocraft's attention backend to 'torch'")
+                        "(benchmarks/gpu/stubs): set audiocraft's attention backend to 'torch'")
 
 
 def memory_efficient_attention(*args, **kwargs):

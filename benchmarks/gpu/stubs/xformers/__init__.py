@@ -1,4 +1,4 @@
-"""GPU check stand-in for xformers (see benchmarks/gpu_stubs/README.md): importable, unusable."""
+"""GPU check stand-in for xformers (see benchmarks/gpu/stubs/README.md): importable, unusable."""
 
 STAND_IN = True
 
