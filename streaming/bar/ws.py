@@ -4,7 +4,7 @@ A `/ws/jam` connection whose first `start` asks for `mode: "bar"` is handed to `
 its frames. The session belongs to the registry, not to the socket: a socket that drops (no `stop`, no close
 1000) leaves it held for the registry's resume time, and `start` with its `session_id` on a new socket (or the
 HTTP routes) goes on with it from the first chunk not yet delivered. The socket's supervisor
-(streaming.sessions.supervisor) opens, attaches, holds and ends it; `bar_protocol.SocketProtocol` says which commands
+(streaming.sessions.supervisor) opens, attaches, holds and ends it; `protocol.SocketProtocol` says which commands
 may come now. The session's pump runs whoever listens; this socket pulls from it (a failure restarts the source
 inside the BarSession, streaming.bar.session).
 """

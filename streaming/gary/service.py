@@ -1,8 +1,8 @@
 """The one core both gary transports share (gary4juce's HTTP + poll, gary4live's Socket.IO): it turns a parsed
 request into a job on the job table (streaming.jobs.table) that runs the continuation on the engine's prediction API,
-keeps the inputs retry reruns (gary_protocol.InputStore), and answers polls.
+keeps the inputs retry reruns (streaming.gary.protocol.InputStore), and answers polls.
 
-Its methods block (base64 and audio decoding of bodies up to gary_protocol.MAX_BODY_BYTES): the shells call them
+Its methods block (base64 and audio decoding of bodies up to protocol.MAX_BODY_BYTES): the shells call them
 on a worker thread, never on the event loop. Every failure a client can cause is a GaryError naming the field.
 """
 

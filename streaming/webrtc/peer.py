@@ -1,4 +1,4 @@
-"""WebRTC playback in FastRTC's wire format: the aiortc I/O shell around `webrtc_protocol`.
+"""WebRTC playback in FastRTC's wire format: the aiortc I/O shell around `streaming.webrtc.protocol`.
 
 `POST /webrtc/offer` opens a peer (a jam session on the shared engine, an Opus track of it, the `"text"` data
 channel for controls) or trickles an ICE candidate to one; `POST /webrtc/input` steers a peer by id. A peer takes
@@ -301,7 +301,7 @@ class Peer:
             self.on_closed(self)
 
     def _held(self, reason: str) -> bool:
-        """Whether the session is held for a new offer (webrtc_protocol.keeps_session says when), with what that
+        """Whether the session is held for a new offer (protocol.keeps_session says when), with what that
         offer's peer takes over; otherwise it ends, freeing the slot (the pending unit resolves SessionClosed)."""
         if self.jam is None or not wp.keeps_session(reason, self.connected.is_set(), self.resumed):
             return False
