@@ -33,12 +33,12 @@ class BarSession:
     was taken), what they consumed, and why it ended. `serve` makes one."""
 
     just_in_time = True  # the next chunk is asked for once the one before was taken
+    lead: Lead  # the stream's, set by ChunkPump.bind
 
     def __init__(self, jam: RegisteredSession) -> None:
         self.source: BarSource = jam.session
         self.pump = jam.pump
         self.tasks = Tasks()  # the pump's and its failure reports': they end with the session (ChunkPump.close)
-        self.lead = Lead()
         self.consumed = -1  # the last index a listener acknowledged
         self.failure: tp.Optional[str] = None
         self.last_chunk_started_at: tp.Optional[float] = None

@@ -133,10 +133,10 @@ class TrackPace:
     runs dry as its deadline; the track itself plays silence through an underrun and counts it."""
 
     just_in_time = True
+    lead: Lead  # the stream's, set by ChunkPump.bind before the first request
 
     def __init__(self, track: SessionTrack) -> None:
         self.track = track
-        self.lead = Lead()
 
     async def before_request(self) -> float:
         await self.track.wait_for_room(self.lead.seconds)
