@@ -55,8 +55,7 @@ class Soak:
         env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                    PYTHONPATH=str(Path(__file__).resolve().parent.parent))
         # vanishing and frozen clients leave their sessions held for a resume (streaming.sessions.registry): a short
-        # window
-        # keeps the churn from filling every slot, and has the soak exercise holds that expire
+        # window keeps the churn from filling every slot, and has the soak exercise holds that expire
         self.cog = CogServer(env, {"JAM_PORT": str(self.jam_port), "JAM_HOST": "127.0.0.1", "JAM_MAX_SESSIONS": "6",
                                    "JAM_IDLE_SECONDS": "10", "JAM_PING_INTERVAL": "5", "JAM_PING_TIMEOUT": "5",
                                    "JAM_RESUME_SECONDS": "3"})

@@ -7,8 +7,7 @@ the image's packages (benchmarks/gpu/image_packages.txt). Here every package of 
 missing wheel would only show on the GPU, in the few minutes a lease gives. This refuses, at import, any top-level
 module whose distribution is in neither list, and serves the stand-ins of benchmarks/gpu/stubs in place of
 xformers, spacy and av, exactly as gpu_check.sh does there; so `tests/system/test_gpu_check.py` proves the wheel set
-here.
-Versions are not simulated (the image's transformers and huggingface_hub differ from our pins).
+here. Versions are not simulated (the image's transformers and huggingface_hub differ from our pins).
 """
 
 import importlib.abc

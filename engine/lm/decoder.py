@@ -9,8 +9,7 @@ grows its KV cache by concatenation, and serves one request at a time. This deco
 - keeps a per-row prefix of condition embeddings before the audio tokens (musicgen-melody's prepended chroma), whose
   keys/values are computed once by `set_prefix` and survive `reset`, so a window roll-over re-prefills only tokens.
 Rows are slots; callers own the mapping from sessions to slots (see engine.runtime.scheduler). K (the number of
-codebooks)
-is whatever the LM has: 4 for mono checkpoints, 8 interleaved left/right codebooks for stereo ones.
+codebooks) is whatever the LM has: 4 for mono checkpoints, 8 interleaved left/right codebooks for stereo ones.
 """
 
 import functools
@@ -124,13 +123,12 @@ class StepDecoder:
         """Places prefix embeddings [R, P, D] (or one [P, D] for all rows) before the audio tokens of `rows`.
 
         This is audiocraft's ConditionFuser 'prepend' (musicgen-melody's chroma, see engine.codec.melody): the prefix
-        takes
-        positions 0 .. P-1, the audio step s position P + s, the prefix attends to itself causally and to the row's
-        cross-attention condition, and its logits are never computed. So set the row's condition first. Computing
-        it is one parallel forward of P steps; the row's audio context is cleared (it depended on the old prefix),
-        so re-prefill the tokens to keep. Afterwards every step attends to P more keys per layer: per row and layer,
-        2*P*D more cached values read and 4*P*D more FLOPs (musicgen-melody: P = 235 chroma frames, D = 1536, 48
-        layers: 35 M values, 69 MB in fp16 per row and step, ~2% of its 3 GB of weights read by every step).
+        takes positions 0 .. P-1, the audio step s position P + s, the prefix attends to itself causally and to the
+        row's cross-attention condition, and its logits are never computed. So set the row's condition first. Computing
+        it is one parallel forward of P steps; the row's audio context is cleared (it depended on the old prefix), so
+        re-prefill the tokens to keep. Afterwards every step attends to P more keys per layer: per row and layer, 2*P*D
+        more cached values read and 4*P*D more FLOPs (musicgen-melody: P = 235 chroma frames, D = 1536, 48 layers: 35 M
+        values, 69 MB in fp16 per row and step, ~2% of its 3 GB of weights read by every step).
         """
         n_rows = rows.stop - rows.start
         prefix = prefix.to(self.device, self.dtype)

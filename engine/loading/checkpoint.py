@@ -110,8 +110,7 @@ def lm_dtype(device: str) -> str:
 
 def prepare_lm_config(cfg, device: str) -> None:
     """Sets the device and dtype the LM is built with (engine.loading.checkpoint.lm_dtype); the benchmarks' random
-    models
-    are built through this too."""
+    models are built through this too."""
     cfg.device = device
     cfg.dtype = lm_dtype(device)
 

@@ -3,8 +3,7 @@
 audiocraft's ChromaStemConditioner gets htdemucs by name through demucs' loader, which downloads from a URL and
 unpickles a class with its arguments. Here the separator is read from the checkpoint's torch hub cache with the
 allow-listed weights-only `torch.load` used for every checkpoint (engine.loading.safe_load), rebuilt from its plain
-kwargs
-and state dict, and handed to the conditioner while audiocraft's builder constructs it (`providing_separator`).
+kwargs and state dict, and handed to the conditioner while audiocraft's builder constructs it (`providing_separator`).
 """
 
 import contextlib

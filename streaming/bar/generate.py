@@ -1,10 +1,9 @@
 """magenta-retry's `/generate` on MusicGen: a DAW loop continued by `bars` new bars, as one engine prediction.
 
-The prediction continues the loop's bar-aligned context (streaming.bar.timeline.loop_context, whole codec frames
-ending on
-the loop's end) for enough whole seconds to cover the bars; the context part is cut off, the rest resampled once
-to the target rate, `intro_bars_to_drop` bars dropped and exactly round(bars * S) samples kept (S the bar
-length at the target rate), so the answer starts on the downbeat after the loop and has the DAW's exact length.
+The prediction continues the loop's bar-aligned context (streaming.bar.timeline.loop_context, whole codec frames ending
+on the loop's end) for enough whole seconds to cover the bars; the context part is cut off, the rest resampled once to
+the target rate, `intro_bars_to_drop` bars dropped and exactly round(bars * S) samples kept (S the bar length at the
+target rate), so the answer starts on the downbeat after the loop and has the DAW's exact length.
 A prediction has one text, so the styles are joined into one prompt (heaviest first) and their blend with the
 loop is the guidance scale (streaming.bar.timeline.style_blend); live bar sessions blend the styles by weighted
 guidance.

@@ -43,8 +43,7 @@ def _credentials(environ: dict, auth: tp.Any) -> tuple[dict, dict]:
 
 def socketio_server(service: GaryService, config: ServerConfig, connections: tp.Any) -> socketio.AsyncServer:
     """`connections` is the sidecar's open-socket cap (streaming.app.routes.ConnectionCount): a Socket.IO client takes
-    one
-    place in it, as a WebSocket does."""
+    one place in it, as a WebSocket does."""
     # CORS: engine.io's default, same origin only (a web page elsewhere cannot drive it; Node clients such as the
     # Max device send no Origin and are let in)
     sio = socketio.AsyncServer(async_mode="asgi", transports=["websocket"],

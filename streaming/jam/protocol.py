@@ -107,8 +107,7 @@ class Ping:
 @dataclass(frozen=True)
 class Attach:
     """Play a session held since its connection dropped (streaming.sessions.registry), from chunk `from_chunk` (None:
-    the
-    first one the old connection did not finish sending)."""
+    the first one the old connection did not finish sending)."""
 
     session_id: str
     from_chunk: tp.Optional[int]

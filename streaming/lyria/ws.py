@@ -1,11 +1,10 @@
 """Lyria RealTime (BidiGenerateMusic) over WebSocket: the protocol module decides, this shell carries it out.
 
 How far ahead it generates: just in time (streaming.sessions.lead). A chunk is asked for when the listener has the
-stream's
-lead left (its recent slowest generation time plus margins, at least 0.2 s; about 0.3 s for the demo checkpoint) and
-sent the moment it is ready, and a change of prompts or config applies from the next decode step of the chunk in
-the making. A client that plays everything it receives, in order, therefore hears a change at most the lead plus
-one chunk (protocol.CHUNK_SECONDS) after sending it, and on average half a chunk plus the lead.
+stream's lead left (its recent slowest generation time plus margins, at least 0.2 s; about 0.3 s for the demo
+checkpoint) and sent the moment it is ready, and a change of prompts or config applies from the next decode step of the
+chunk in the making. A client that plays everything it receives, in order, therefore hears a change at most the lead
+plus one chunk (protocol.CHUNK_SECONDS) after sending it, and on average half a chunk plus the lead.
 """
 
 import logging

@@ -53,8 +53,7 @@ class Peer:
     """One WebRTC client: its peer connection, jam session, track, controls and the tasks that feed them.
 
     Its session is registered by id (streaming.sessions.registry, kind "webrtc"): a peer whose connection fails or
-    closes
-    without the client's `stop` leaves the session held, and an offer with `params.session_id` plays it on a new
+    closes without the client's `stop` leaves the session held, and an offer with `params.session_id` plays it on a new
     peer, from the unit in the making on (the track's buffered audio went with the old connection). The session's
     pump delivers each unit here (`_deliver`: resampled to 48 kHz, into the track) at the track's pace."""
 

@@ -171,8 +171,7 @@ def test_the_engine_makes_audio_on_cuda(cuda_engine):
 def test_half_precision_weights_and_cache_are_stored_once(cuda_engine):
     """The LM is stored in float16 on CUDA (its transformer built so by audiocraft's loader, its embeddings, norm and
     heads converted by engine.loading.checkpoint) and the step decoder's weights are the LM's own tensors, not copies;
-    the
-    KV cache is float16. The conditioners and the codec stay in float32, which
+    the KV cache is float16. The conditioners and the codec stay in float32, which
     is what audiocraft runs them in there (its T5 under a float32 autocast, the codec outside any autocast)."""
     lm = cuda_engine.model.musicgen.lm
     decoder = cuda_engine.scheduler.decoder

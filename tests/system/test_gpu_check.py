@@ -65,6 +65,5 @@ def test_the_wheel_list_is_what_the_fetch_script_and_the_docs_name():
 
 def test_on_a_cpu_the_codec_thread_keeps_the_default_stream(engine):
     """The codec thread's own CUDA stream (engine.runtime.worker._on_stream) is a CUDA thing: a CPU engine makes none,
-    and
-    its jobs run as they always did (tests/engine/test_cuda.py covers the stream)."""
+    and its jobs run as they always did (tests/engine/test_cuda.py covers the stream)."""
     assert engine.codec_worker.stream is None and engine.lm_worker.stream is None

@@ -67,8 +67,7 @@ def test_the_lm_is_built_in_half_precision_off_the_cpu():
 def test_a_half_precision_lm_is_shared_with_the_decoder_not_copied(demo_dir):
     """The CPU stand-in of the CUDA layout (tests/engine/test_cuda.py checks the real one): an LM stored in float16 as
     engine.loading.checkpoint stores it off the CPU gives a float16 decoder its own tensors, and the same logits as
-    float32
-    within half precision's error."""
+    float32 within half precision's error."""
     import copy
 
     from engine.lm.conditions import text_condition

@@ -1,6 +1,5 @@
 """engine.runtime.worker's pause: no job of a worker runs while another thread holds it (CUDA graph capture needs that
-of
-the codec thread), and a paused worker is not reported stalled."""
+of the codec thread), and a paused worker is not reported stalled."""
 
 import threading
 import time

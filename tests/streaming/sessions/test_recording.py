@@ -1,6 +1,5 @@
 """Every session's recording (streaming.sessions.recording, streaming.sessions.recording_http): downloaded over real
-HTTP from a
-running sidecar, decoded back, and compared with the chunks a real WebSocket client stitched."""
+HTTP from a running sidecar, decoded back, and compared with the chunks a real WebSocket client stitched."""
 
 import io
 import json
