@@ -125,8 +125,9 @@ class BatchJob:
             except FutureTimeout:
                 pass
             finally:
-                if self.queue_position != position:
-                    position = self.queue_position
+                now = self.queue_position
+                if now != position:
+                    position = now
                     on_queue(position)
                 if self.progress is not None and self.progress != reported:
                     reported = self.progress
