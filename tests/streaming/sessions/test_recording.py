@@ -180,7 +180,10 @@ def test_a_five_minute_recording_downloads_beside_live_sessions_without_stalling
     assert snr > 60
     np.testing.assert_array_equal(flac, wav)
     assert abs(len(mp3) - len(wav)) < 0.1 * rate
+    # A download that held the codec worker would stop the live sessions for its whole decode (`took`, several
+    # medians); bounded pieces leave gaps that vary only as the shared cores do (ffmpeg's mp3 encoder among them),
+    # which reached 1.66 medians on a CI machine.
     for slot, measured in gaps.items():
         worst, median = max(measured[1:]), statistics.median(measured[1:])
-        print(f"live session {slot}: {len(measured)} gaps, worst/median {worst / median:.2f}")
-        assert worst / median <= 1.5, (slot, measured)
+        print(f"live session {slot}: {len(measured)} gaps, worst/median {worst / median:.2f}, download {took:.1f} s")
+        assert worst <= 2.5 * median, (slot, measured)
