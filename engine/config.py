@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from engine.lm.precision import AUTO, WEIGHT_FORMATS
 from engine.lm.static_step import STEP_MODES
 from engine.loading.model import EXTEND_STRIDE_SECONDS, MAX_WINDOW_SECONDS
+from engine.runtime.host_memory import TRIM_SECONDS
 
 MAX_STYLES = 4  # styles (prompts) blended in one session; each takes a decoder row, plus one unconditional row
 MAX_PROMPT_TOKENS = 512  # T5 tokens per prompt or style (t5-base's trained length); longer ones are refused
@@ -57,6 +58,8 @@ class EngineConfig:
     # the decode step: "auto" (chosen by the device: engine.lm.static_step.choose_step_mode), "off" (eager forward),
     # "static" (capturable step; CUDA graphs on CUDA) or "compile" (the same through torch.compile)
     compile_step: str = AUTO
+    # seconds between handing freed host memory back to the system (engine.runtime.host_memory); 0 turns it off
+    trim_seconds: float = TRIM_SECONDS
 
     def __post_init__(self) -> None:
         if self.max_sessions is not None and self.max_sessions < 0:
@@ -71,6 +74,8 @@ class EngineConfig:
         if self.compile_step not in STEP_MODES:
             raise ConfigError(f"MUSICGEN_COMPILE_STEP must be one of {', '.join(STEP_MODES)}, "
                               f"got {self.compile_step!r}")
+        if self.trim_seconds < 0:
+            raise ConfigError("MUSICGEN_TRIM_SECONDS must be >= 0 (0 turns the trim off)")
         if self.prefill_slice_steps < 1:
             raise ConfigError("prefill_slice_steps must be >= 1")
         if not 0 <= self.mbd_overlap_seconds < self.mbd_window_seconds:
@@ -117,6 +122,11 @@ class EngineConfig:
         except ValueError:
             raise ConfigError("MUSICGEN_MAX_PREDICTIONS / COG_MAX_CONCURRENCY must be an integer, "
                               f"got {predictions!r}") from None
+        trim = environ.get("MUSICGEN_TRIM_SECONDS", str(TRIM_SECONDS))
+        try:
+            trim_seconds = float(trim)
+        except ValueError:
+            raise ConfigError(f"MUSICGEN_TRIM_SECONDS must be a number of seconds, got {trim!r}") from None
         return cls(max_sessions=max_sessions, max_predictions=max_predictions,
                    weight_format=environ.get("MUSICGEN_WEIGHT_FORMAT", AUTO),
-                   compile_step=environ.get("MUSICGEN_COMPILE_STEP", AUTO))
+                   compile_step=environ.get("MUSICGEN_COMPILE_STEP", AUTO), trim_seconds=trim_seconds)

@@ -28,6 +28,7 @@ from engine.loading.model import LoadedModel, load_model
 from engine.runtime import memory
 from engine.runtime.admission import PredictionSlots
 from engine.runtime.context import Runtime
+from engine.runtime.host_memory import HostMemoryTrim
 from engine.runtime.scheduler import Scheduler
 from engine.runtime.worker import EngineUnavailable, Worker
 from engine.work import batch, prediction
@@ -104,6 +105,7 @@ class Engine:
         self.codec_worker = Worker("codec", threads=1 if model.device == "cpu" else None,
                                    stream=torch.cuda.Stream(device=model.device) if model.device.startswith("cuda")
                                    else None)
+        self.host_memory = HostMemoryTrim(config.trim_seconds)
         self.runtime = Runtime(model, self.config, self.scheduler, self.lm_worker, self.codec_worker)
         # None when the step decoder runs this LM; else why not (predictions then use audiocraft's generate)
         self.streaming_unavailable: tp.Optional[str] = self.scheduler.unsupported
@@ -142,6 +144,7 @@ class Engine:
     def close(self) -> None:
         self.lm_worker.close()
         self.codec_worker.close()
+        self.host_memory.close()
 
     # -- what callers may ask --------------------------------------------------------------------------------------
     @property

@@ -9,6 +9,9 @@ import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
 
+from streaming.gary.protocol import STORE_MAX_BYTES
+from streaming.jobs.state import MAX_BYTES
+
 
 def _inside_container() -> bool:
     return Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
@@ -36,6 +39,8 @@ class ServerConfig:
     recording_minutes: float = 60.0  # a session's recording stops growing past this (streaming.sessions.recording)
     recording_keep_seconds: float = 600.0  # how long an ended session's recording can still be downloaded
     max_recordings: int = 64  # ended recordings kept at most (the oldest dropped first)
+    job_bytes: int = MAX_BYTES  # bytes jobs hold: their inputs while they run, results until a poll carries them
+    retry_bytes: int = STORE_MAX_BYTES  # bytes of gary inputs kept (as uploaded) for a retry
 
     @classmethod
     def from_env(cls, environ: tp.Mapping[str, str] = os.environ) -> "ServerConfig":
@@ -70,4 +75,6 @@ class ServerConfig:
                    resume_seconds=number("JAM_RESUME_SECONDS", "30"), replica_id=replica_id,
                    recording_minutes=number("JAM_RECORDING_MINUTES", "60"),
                    recording_keep_seconds=number("JAM_RECORDING_KEEP_SECONDS", "600"),
-                   max_recordings=number("JAM_RECORDINGS", "64", int))
+                   max_recordings=number("JAM_RECORDINGS", "64", int),
+                   job_bytes=number("JAM_JOB_BYTES", str(MAX_BYTES), int),
+                   retry_bytes=number("JAM_RETRY_BYTES", str(STORE_MAX_BYTES), int))

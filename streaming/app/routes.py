@@ -17,6 +17,7 @@ from streaming.app.config import ServerConfig
 from streaming.app.page import page_routes
 from streaming.bar.http import generate_routes, jam_routes
 from streaming.gary.http import gary_routes
+from streaming.gary.protocol import InputStore
 from streaming.gary.service import GaryService
 from streaming.gary.socketio import socketio_server, with_socketio
 from streaming.jam.ws import JamConnection
@@ -59,7 +60,8 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
     connections = ConnectionCount(config.max_connections)
     notice = NOISE_NOTICE if engine.is_demo else None
     drain.join(registry)  # while draining no dropped session is held; at its end the held ones close
-    gary = GaryService(engine, jobs, draining=lambda: drain.active)
+    gary = GaryService(engine, jobs, draining=lambda: drain.active,
+                       store=InputStore(max_bytes=config.retry_bytes))
 
     async def health(request: Request) -> JSONResponse:
         """Liveness. `status` is "ready" while the engine works (a value the gary plugins and the Darius tab

@@ -43,7 +43,7 @@ class RunningServer:
         self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
         self.agent: tp.Optional[asyncio.AbstractServer] = None
         self.blocking = ThreadPoolExecutor(config.blocking_threads, thread_name_prefix="jam-blocking")
-        self.jobs = JobTable(engine)
+        self.jobs = JobTable(engine, max_bytes=config.job_bytes)
         self.registry = SessionRegistry.from_config(config)
         self.server = uvicorn.Server(uvicorn.Config(
             build_app(engine, config, self.blocking, self.drain, self.jobs, self.registry), host=config.host,

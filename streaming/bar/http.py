@@ -22,7 +22,7 @@ from streaming.bar import protocol as bp
 from streaming.bar.generate import GenerateRequest, decode_loop, generate_work
 from streaming.bar.session import BarSession, open_jam
 from streaming.jam.protocol import ProtocolError
-from streaming.jobs.table import COMPLETED, FAILED, FINISHED, JobTable, TableFull
+from streaming.jobs.table import COMPLETED, FAILED, FINISHED, InputTooLarge, JobTable, TableFull
 from streaming.sessions.registry import SessionError
 
 logger = logging.getLogger(__name__)
@@ -108,10 +108,14 @@ def generate_routes(engine, jobs: JobTable, notice: tp.Optional[str], token: tp.
                             job_id=request_id)
             except TableFull as exc:
                 raise HttpError(429, str(exc), request_id=request_id) from None
+            except InputTooLarge as exc:
+                raise HttpError(413, f"loop_audio: {exc}", request_id=request_id) from None
             except ValueError as exc:
                 raise HttpError(400, f"request_id: {exc}", request_id=request_id) from None
             try:
-                return JSONResponse(await asyncio.wrap_future(jobs.future(request_id)))
+                body = await asyncio.wrap_future(jobs.future(request_id))
+                jobs.delivered(request_id)  # answered in this response: /progress needs it a moment more, no more
+                return JSONResponse(body)
             except ProtocolError as exc:
                 raise HttpError(400, str(exc), error=str(exc), request_id=request_id) from None
             except Exception as exc:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from engine.api import params as rules
 from streaming import formats as audio
+from streaming.jobs.state import machine_bytes
 from streaming.jobs.table import COMPLETED, FAILED, QUEUED, RUNNING, JobStatus
 from streaming.wire import Base64Audio
 
@@ -42,7 +43,9 @@ SEED = rules.integer(-1, MAX_SEED)
 MAX_SESSION_ID = 128
 # the stored inputs retry reruns: at most this many, this many bytes (decoded float audio), this long
 STORE_MAX_ENTRIES = 32
-STORE_MAX_BYTES = 768 * 2**20
+# JAM_RETRY_BYTES's default: 1/1024 of memory within 16..256 MiB (24 MiB on 24 GiB: four 30 s stereo inputs as
+# uploaded); an input over it is not kept, and its retry answers so
+STORE_MAX_BYTES = machine_bytes(1024, 16 * 2**20, 256 * 2**20)
 STORE_KEEP_SECONDS = 3600.0  # the reference backend keeps a session an hour
 
 
@@ -70,17 +73,18 @@ class GaryParams:
 
 @dataclass(frozen=True)
 class StoredInput:
-    """What a retry needs: the decoded input, how it was used, and the parameters."""
+    """What a retry needs: the input audio as the client sent it (its encoded file: kept as bytes, decoded again
+    when a retry runs, so a stored input weighs what its upload did, not its float samples), how it was used, and
+    the parameters."""
 
     kind: str  # PROCESS or CONTINUE
-    wav: torch.Tensor  # [channels, samples]
-    sample_rate: int
+    audio: bytes  # the encoded file (WAV, FLAC, MP3...) from audio_data
     params: GaryParams
     created: float
 
     @property
     def nbytes(self) -> int:
-        return self.wav.numel() * self.wav.element_size()
+        return len(self.audio)
 
 
 # -- requests ----------------------------------------------------------------------------------------------------
@@ -272,8 +276,8 @@ class InputStore:
         self._entries.pop(key, None)
 
     def held_bytes(self) -> int:
-        # entries of one chain of retries share their tensor: count each once
-        return sum({id(s.wav): s.nbytes for s in self._entries.values()}.values())
+        # entries of one chain of retries share their bytes: count each once
+        return sum({id(s.audio): s.nbytes for s in self._entries.values()}.values())
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -19,7 +19,7 @@ from engine.api import BatchRequest
 from streaming import formats as audio
 from streaming.gary import model_info
 from streaming.gary import protocol as gp
-from streaming.jobs.table import JobContext, JobTable, TableFull
+from streaming.jobs.table import DELIVERED_KEEP_SECONDS, InputTooLarge, JobContext, JobTable, TableFull
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +49,11 @@ class GaryService:
                 raise gp.GaryError(f"session_id {previous[:40]!r} has no stored input to retry: it is unknown, or "
                                    f"older than {self.store.keep_seconds:.0f} s; send continue_music again", 404)
             params = gp.parse_params(body, base=stored.params)
-            kind, wav, rate = stored.kind, stored.wav, stored.sample_rate
+            kind, data = stored.kind, stored.audio
         else:
             params = gp.parse_params(body)
-            wav, rate = self._input_audio(kind, body)
+            data = self._input_audio(kind, body)
+        wav, rate = self._decode(data)
         self._check_model(params)
         gp.check_input(wav, rate, params)
         if params.description:
@@ -68,8 +69,10 @@ class GaryService:
                                       input_bytes=wav.numel() * wav.element_size(), owner=owner)
         except TableFull as exc:
             raise gp.GaryError(str(exc), 503) from None
+        except InputTooLarge as exc:
+            raise gp.GaryError(f"audio_data: {exc}", 413) from None
         with self._lock:
-            self.store.put(job_id, gp.StoredInput(kind, wav, rate, params, self.store.now()))
+            self.store.put(job_id, gp.StoredInput(kind, data, params, self.store.now()))
             self._remember_seed(job_id, params.seed)
         logger.info("gary %s job %s: prompt %d s, seed %d", kind, job_id[:8], params.prompt_duration, params.seed)
         return {"success": True, "session_id": job_id, "seed": params.seed}
@@ -78,21 +81,25 @@ class GaryService:
         status = self.jobs.status(job_id)
         if status is None:
             raise gp.GaryError(f"session_id {job_id[:40]!r} is unknown: results are kept "
-                               f"{self.jobs.keep_seconds:.0f} s after they finish", 404)
+                               f"{self.jobs.keep_seconds:.0f} s after they finish, {DELIVERED_KEEP_SECONDS:.0f} s "
+                               "after a poll has carried them", 404)
         with self._lock:
             seed = self._seeds.get(job_id)
-        return gp.poll_response(status, seed, self.jobs.counts()["queued"])
+        answer = gp.poll_response(status, seed, self.jobs.counts()["queued"])
+        if "audio_data" in answer:  # the result reaches its client: the table need not hold it for long now
+            self.jobs.delivered(job_id)
+        return answer
 
     def update_cropped(self, body: tp.Any) -> str:
         """gary4live's `update_cropped_audio`: the session's audio is now this (a continue without audio_data
         continues it)."""
         key = gp.session_id(body)
         data = gp.audio_bytes(body)
-        wav, rate = self._decode(data)
+        self._decode(data)  # refused now, not when a continue uses it
         with self._lock:
             previous = self.store.get(key)
             params = previous.params if previous is not None else gp.GaryParams(model_name="", prompt_duration=1)
-            self.store.put(CROPPED + key, gp.StoredInput(gp.CONTINUE, wav, rate, params, self.store.now()))
+            self.store.put(CROPPED + key, gp.StoredInput(gp.CONTINUE, data, params, self.store.now()))
         return key
 
     def cleanup(self, body: tp.Any) -> None:
@@ -108,15 +115,16 @@ class GaryService:
         return model_info.models_listing(self.engine.describe())
 
     # -- inside --------------------------------------------------------------------------------------------------
-    def _input_audio(self, kind: str, body: dict):
+    def _input_audio(self, kind: str, body: dict) -> bytes:
+        """The encoded input file: the body's audio_data, or a gary4live session's cropped audio."""
         data = gp.audio_bytes(body, required=kind == gp.PROCESS or not body.get("session_id"))
         if data is not None:
-            return self._decode(data)
+            return data
         with self._lock:
             cropped = self.store.get(CROPPED + gp.session_id(body))
         if cropped is None:
             raise gp.GaryError("audio_data is required: this session has no cropped audio to continue")
-        return cropped.wav, cropped.sample_rate
+        return cropped.audio
 
     @staticmethod
     def _decode(data: bytes):

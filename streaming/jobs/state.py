@@ -1,10 +1,30 @@
-"""The parts of streaming.jobs.table that hold no logic: the states, the snapshot a transport renders, the errors, and
-one entry of the table. Import them from streaming.jobs.table."""
+"""The parts of streaming.jobs.table that hold no logic: the states, the snapshot a transport renders, the errors,
+one entry of the table, and the default byte bound. Import them from streaming.jobs.table."""
 
+import os
 import threading
 import typing as tp
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
+
+
+def machine_bytes(share: int, low: int, high: int) -> int:
+    """1/`share` of the memory this process may use (the machine's, or its container's cgroup limit when lower),
+    within `low`..`high`: the default of a byte bound that grows with the machine."""
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        memory = min(memory, int(limit)) if limit.isdigit() else memory
+    except OSError:
+        pass
+    return min(high, max(low, memory // share))
+
+
+# JAM_JOB_BYTES's default: 1/128 of memory within 256 MiB..1 GiB. The floor holds the largest job the routes take
+# (gary: 300 s of 48 kHz stereo is 115 MB of samples while it runs, and its result ~85 MB of base64 WAV); a result
+# is held only until a poll has carried it (streaming.jobs.table), so a stream of jobs holds little for long.
+MAX_BYTES = machine_bytes(128, 256 * 2**20, 2**30)
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 FINISHED = (COMPLETED, FAILED, CANCELLED)
@@ -14,6 +34,10 @@ WAITING_FOR_SLOT = "waiting for a prediction slot"
 
 class TableFull(RuntimeError):
     """No room for another job now; the message says which bound and that a retry later may succeed."""
+
+
+class InputTooLarge(ValueError):
+    """A job whose input alone is over the table's byte bound: no wait makes room for it; the message says so."""
 
 
 class JobFailed(RuntimeError):
@@ -72,6 +96,7 @@ class Entry:
         self.result: tp.Any = None
         self.result_bytes = 0
         self.submitted, self.started, self.finished = now, None, None
+        self.delivered: tp.Optional[float] = None  # when its result reached the client (JobTable.delivered)
         self.cancelled = threading.Event()
         self.cancel_reason = "cancelled"
         self.future: Future = Future()

@@ -25,7 +25,8 @@ over finished jobs, the running job's own rate while it runs, DEFAULT_SECONDS_PE
 
 Bounds (constructor arguments, defaults below): at most `max_entries` entries in any state and `max_pending`
 queued or running; at most `max_bytes` of declared inputs plus results held; a finished entry is kept
-`keep_seconds` after it finished (clients that never come back), then reaped; a job not finished `max_job_seconds`
+`keep_seconds` after it finished (clients that never come back), or DELIVERED_KEEP_SECONDS after its result was
+`delivered` (a client whose answer got lost may still ask again), then reaped; a job not finished `max_job_seconds`
 after it was submitted is cancelled with an error. When a bound is reached, finished entries are reaped oldest
 first; if that is not enough, `submit` raises TableFull (answer "busy, try again"), and a result bigger than the
 byte bound fails its job. A reaper thread enforces the times even when no client calls, so every entry goes
@@ -51,10 +52,12 @@ from streaming.jobs.state import (
     COMPLETED,
     FAILED,
     FINISHED,
+    MAX_BYTES,
     QUEUED,
     RUNNING,
     WAITING_FOR_SLOT,
     Entry,
+    InputTooLarge,
     JobCancelled,
     JobFailed,
     JobStatus,
@@ -62,14 +65,14 @@ from streaming.jobs.state import (
     result_size,
 )
 
-__all__ = ["CANCELLED", "COMPLETED", "FAILED", "FINISHED", "QUEUED", "RUNNING", "JobCancelled", "JobContext",
-           "JobFailed", "JobStatus", "JobTable", "TableFull", "WAITING_FOR_SLOT", "result_size"]
+__all__ = ["CANCELLED", "COMPLETED", "FAILED", "FINISHED", "QUEUED", "RUNNING", "InputTooLarge", "JobCancelled",
+           "JobContext", "JobFailed", "JobStatus", "JobTable", "TableFull", "WAITING_FOR_SLOT", "result_size"]
 logger = logging.getLogger(__name__)
 
 MAX_ENTRIES = 64
 MAX_PENDING = 16
-MAX_BYTES = 1024 * 2**20
 KEEP_SECONDS = 600.0
+DELIVERED_KEEP_SECONDS = 30.0
 MAX_JOB_SECONDS = 900.0
 MAX_ID_CHARS = 128
 DEFAULT_SECONDS_PER_WORK_SECOND = 1.0
@@ -100,7 +103,8 @@ class JobTable:
     def submit(self, work: tp.Callable[["JobContext"], tp.Any], *, work_seconds: float, input_bytes: int = 0,
                owner: tp.Optional[str] = None, job_id: tp.Optional[str] = None) -> str:
         """Queues `work`; returns its id (`job_id` when given: ValueError if it is taken or too long; else a new
-        unguessable one). Raises TableFull when a bound leaves no room, RuntimeError once closed."""
+        unguessable one). Raises TableFull when a bound leaves no room now, ValueError when the input alone is over the
+        byte bound (InputTooLarge), RuntimeError once closed."""
         if job_id is not None and (not job_id or len(job_id) > MAX_ID_CHARS):
             raise ValueError(f"job id must be 1..{MAX_ID_CHARS} characters")
         with self._lock:
@@ -108,6 +112,10 @@ class JobTable:
                 raise RuntimeError("the job table is closed")
             if job_id is not None and job_id in self._entries:
                 raise ValueError(f"job id {job_id!r} is already in use")
+            if input_bytes > self.max_bytes:
+                raise InputTooLarge(f"the input takes {input_bytes / 2**20:.0f} MiB as samples, more than the "
+                                 f"{self.max_bytes // 2**20} MiB this server holds for jobs (JAM_JOB_BYTES): send "
+                                 "shorter audio")
             self._reap_locked(self._clock())
             pending = sum(1 for e in self._entries.values() if e.state not in FINISHED)
             if pending >= self.max_pending:
@@ -154,6 +162,13 @@ class JobTable:
             for entry in entries:
                 self._cancel_locked(entry, reason)
             return len(entries)
+
+    def delivered(self, job_id: str) -> None:
+        """A finished entry's result reached its client: it is kept DELIVERED_KEEP_SECONDS more, not keep_seconds."""
+        with self._lock:
+            entry = self._entries.get(job_id)
+            if entry is not None and entry.state in FINISHED and entry.delivered is None:
+                entry.delivered = self._clock()
 
     def discard(self, job_id: str) -> None:
         """Forgets an entry (cancelling it if unfinished): its result was delivered and will not be asked again."""
@@ -224,7 +239,8 @@ class JobTable:
 
     def _reap_locked(self, now: float) -> None:
         for entry in list(self._entries.values()):
-            if entry.state in FINISHED and now - entry.finished > self.keep_seconds:
+            if entry.state in FINISHED and (now - entry.finished > self.keep_seconds or (
+                    entry.delivered is not None and now - entry.delivered > DELIVERED_KEEP_SECONDS)):
                 self._entries.pop(entry.job_id, None)
             elif (entry.state not in FINISHED and not entry.cancelled.is_set()
                   and now - entry.submitted > self.max_job_seconds):

@@ -83,7 +83,7 @@ def test_stored_inputs_are_bounded_in_count_bytes_and_time():
     params = gp.GaryParams(model_name="m", prompt_duration=1)
 
     def entry(samples):
-        return gp.StoredInput(gp.CONTINUE, torch.zeros(1, samples), 100, params, now[0])
+        return gp.StoredInput(gp.CONTINUE, bytes(4 * samples), params, now[0])  # 4 bytes a float sample
 
     for key in "abcd":
         store.put(key, entry(10))

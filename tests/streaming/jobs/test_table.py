@@ -2,6 +2,7 @@
 cancellation that frees the engine, and every bound (count, bytes, time) with a clock the test moves."""
 
 import threading
+import time
 
 import pytest
 
@@ -9,10 +10,13 @@ from engine.work.batch import BatchRequest
 from streaming.jobs.table import (
     CANCELLED,
     COMPLETED,
+    DELIVERED_KEEP_SECONDS,
     FAILED,
     QUEUED,
+    REAP_INTERVAL_SECONDS,
     RUNNING,
     WAITING_FOR_SLOT,
+    InputTooLarge,
     JobCancelled,
     JobFailed,
     JobTable,
@@ -151,8 +155,14 @@ def test_count_bounds_refuse_then_make_room_from_finished_entries(engine, clock)
 def test_byte_bounds_cover_inputs_and_results(engine, clock):
     table = JobTable(engine, max_bytes=1000, clock=clock)
     try:
-        with pytest.raises(TableFull, match="MiB"):
+        with pytest.raises(InputTooLarge, match="JAM_JOB_BYTES"):  # alone over the bound: no wait helps
             table.submit(lambda ctx: b"", work_seconds=1, input_bytes=1001)
+        running = threading.Event()
+        holding = table.submit(held(running), work_seconds=1, input_bytes=600)
+        with pytest.raises(TableFull, match="MiB"):  # over the bound beside a running job: try again later
+            table.submit(lambda ctx: b"", work_seconds=1, input_bytes=600)
+        running.set()
+        table.future(holding).result(timeout=5)
         big = table.submit(lambda ctx: b"x" * 2000, work_seconds=1)
         with pytest.raises(JobFailed):  # a result too big to hold fails its job instead of being kept
             table.future(big).result(timeout=5)
@@ -183,6 +193,26 @@ def test_finished_entries_are_reaped_and_stuck_jobs_time_out_without_any_client(
         assert wait_until(lambda: rows_free(engine), 10, 0.05)
         clock.now += 61
         assert wait_until(lambda: table.counts()["entries"] == 0, 5, 0.05)
+    finally:
+        table.close()
+
+
+def test_a_delivered_result_is_kept_only_briefly(engine, clock):
+    """A result a poll has carried is held DELIVERED_KEEP_SECONDS, not keep_seconds: a stream of jobs whose clients
+    took their results holds no memory for long."""
+    table = JobTable(engine, keep_seconds=600, clock=clock)
+    try:
+        taken, waiting = (table.submit(lambda ctx: b"x" * 1000, work_seconds=1) for _ in range(2))
+        for job in (taken, waiting):
+            table.future(job).result(timeout=5)
+        table.delivered(taken)
+        table.delivered("no such job")
+        clock.now += DELIVERED_KEEP_SECONDS - 1
+        time.sleep(2 * REAP_INTERVAL_SECONDS)
+        assert table.status(taken).state == COMPLETED  # a lost answer may still be asked again
+        clock.now += 2
+        assert wait_until(lambda: table.status(taken) is None, 5, 0.05)
+        assert table.status(waiting).state == COMPLETED and table.counts()["bytes"] == 1000
     finally:
         table.close()
 
