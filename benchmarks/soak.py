@@ -70,6 +70,7 @@ class Soak:
                                    "JAM_PING_TIMEOUT": "5", "JAM_RESUME_SECONDS": "3",
                                    "MUSICGEN_TRIM_SECONDS": str(trim_seconds)})
         self.schedules: dict[str, BrowserSchedule] = {}
+        self.worst_gap = 0.0  # the longest wait between two chunks of a listener
         self.unexpected: list[str] = []
         self.counts: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -97,13 +98,18 @@ class Soak:
     # -- steady listeners ---------------------------------------------------------------------------------------
     def listener(self, name: str) -> None:
         schedule = self.schedules.setdefault(name, BrowserSchedule())
+        last = None
         with connect(self.ws_url(), max_size=None) as ws:
             ws.send(json.dumps(JAM_START))
             while self.running():
                 message = json.loads(ws.recv(timeout=60))
                 if message.get("type") == "chunk":
+                    now = time.monotonic()
                     samples, rate = decode_chunk(message)
-                    schedule.arrive(time.monotonic(), len(samples) / rate)
+                    schedule.arrive(now, len(samples) / rate)
+                    if last is not None:
+                        self.worst_gap = max(self.worst_gap, now - last)
+                    last = now
             ws.send(json.dumps({"type": "stop"}))
 
     # -- churn --------------------------------------------------------------------------------------------------
@@ -267,7 +273,8 @@ class Soak:
                     "sessions_leaked": health["sessions"], "rows_leaked": health["model"]["rows_in_use"],
                     "health": health["status"], "unexpected": self.unexpected, "counts": self.counts,
                     "listener_chunks": {name: s.chunks for name, s in self.schedules.items()},
-                    "listener_gaps": {name: s.gaps for name, s in self.schedules.items()}}
+                    "listener_gaps": {name: s.gaps for name, s in self.schedules.items()},
+                    "worst_chunk_gap_seconds": self.worst_gap}
         finally:
             self.cog.stop()
 

@@ -12,5 +12,9 @@ def test_a_three_minute_soak_leaks_nothing_and_fails_nothing_unexpected():
     assert report["unexpected"] == []
     assert report["sessions_leaked"] == 0 and report["rows_leaked"] == 0 and report["health"] == "ready"
     assert report["counts"]["prediction_good"] >= 10 and report["counts"]["churn_freeze"] >= 2
-    assert report["worst_chunk_gap_seconds"] < 4.0  # 2 s chunks at realtime pace: no stall
-    assert report["rss_growth_after_first_minute_mb"] < 100
+    assert report["counts"]["gary_job"] >= 2 and report["counts"]["lyria_garbage"] >= 10
+    assert min(report["listener_chunks"].values()) >= 60  # 1 s chunks at realtime pace for 3 minutes
+    assert report["worst_chunk_gap_seconds"] < 4.0  # no stall
+    # minute 2 to the end: 30 minutes hold +50 MB (docs/engine.md, "Host memory"); one minute on a loaded CI
+    # machine is noisier
+    assert report["rss_growth_after_warm_up_mb"] < 100
