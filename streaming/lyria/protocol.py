@@ -51,6 +51,7 @@ CHUNK_SECONDS = 1.0  # a client that plays all it receives hears a change within
 CLOSE_TRY_AGAIN = 1013  # every session slot is taken
 
 PLAYBACK = ("PLAY", "PAUSE", "STOP", "RESET_CONTEXT")
+MAX_PENDING = 16  # notices (and filtered prompts) waiting for audio: the newest are kept, however many come
 
 
 class State(enum.Enum):
@@ -142,7 +143,7 @@ class LyriaProtocol:
     seed_in_force: tp.Optional[int] = None
     _warned: set = field(default_factory=set)
     _warnings: list = field(default_factory=list)  # told with the next audio message
-    _filtered: collections.deque = field(default_factory=collections.deque)  # one per audio message
+    _filtered: collections.deque = field(default_factory=lambda: collections.deque(maxlen=MAX_PENDING))
     _resampler: tp.Optional[StreamingResampler] = None
 
     @property
@@ -185,6 +186,7 @@ class LyriaProtocol:
         """A `warning` for the client, sent with the next audio message (once, however often it is noted)."""
         if text not in self._warnings:
             self._warnings.append(text)
+            del self._warnings[:-MAX_PENDING]
 
     def generation_failed(self, error: str, restarting: bool) -> None:
         """Generation failed: the session goes on with a fresh context on a seed the server picks (`restarting`),

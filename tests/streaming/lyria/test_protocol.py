@@ -310,3 +310,16 @@ def test_every_message_after_setup_is_one_google_genai_reads_as_audio():
         parsed = types.LiveMusicServerMessage._from_response(response=message, kwargs={})
         assert parsed.server_content.audio_chunks[0].data
         assert (parsed.filtered_prompt is None) == ("filteredPrompt" not in message)
+
+
+def test_notices_waiting_for_audio_are_bounded():
+    """A stopped client that keeps sending what must be told holds at most MAX_PENDING of each, the newest."""
+    protocol = ready()
+    for seed in range(3 * lp.MAX_PENDING):
+        protocol.receive_text(prompts(("", 1.0)))
+        protocol.notify(f"notice {seed}")
+    protocol.receive_text(prompts(("dub", 1.0)))
+    told = [audio(protocol) for _ in range(lp.MAX_PENDING + 1)]
+    assert told[0]["warning"].split("\n")[-1] == f"notice {3 * lp.MAX_PENDING - 1}"
+    assert len(told[0]["warning"].split("\n")) == lp.MAX_PENDING
+    assert sum("filteredPrompt" in m for m in told) == lp.MAX_PENDING
