@@ -38,11 +38,24 @@ def stopped_event() -> str:
 
 
 def error_event(message: str, **extra) -> str:
+    """The request failed and nothing plays on this socket now (a refused start or attach, a session that ended
+    on the server's side): the seed's client ends its loop on it, and may."""
     return encode({"type": "error", "error": message, **extra})
 
 
 def status_event(status: str, **fields) -> str:
     return encode({"type": "status", "status": status, **fields})
+
+
+def refusal_event(message: str, playing: bool) -> str:
+    """A request that cannot be served: while a session plays on, a `status` `refused` naming the problem (never
+    an `error`, on which the seed's client would leave a session playing); with none, an `error`."""
+    return status_event("refused", error=message) if playing else error_event(message)
+
+
+def restarting_event(message: str) -> str:
+    """Generation failed and the session goes on with a fresh context on its slot: a `status`, not an `error`."""
+    return status_event("restarting", error=message)
 
 
 def _settings_fields(settings: SessionSettings) -> dict:

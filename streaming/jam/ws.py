@@ -51,9 +51,13 @@ class JamConnection(Connection):
         try:
             command = self.parse(frame)
         except jp.ProtocolError as exc:
-            await self.send(je.error_event(str(exc)))
+            await self.refuse(str(exc))
             return True
         return await self.handle(command)
+
+    async def refuse(self, message: str) -> None:
+        """A request that failed: `status` `refused` while the session plays on, `error` when none plays."""
+        await self.send(je.refusal_event(message, playing=self.session is not None))
 
     async def handle(self, command: jp.Command) -> bool:
         """Acts on one command. Between `start` and the session's end the protocol is started and a session
@@ -72,7 +76,7 @@ class JamConnection(Connection):
             try:
                 placement = await asyncio.wrap_future(self.session.update(command.settings))
             except (SessionClosed, RuntimeError) as exc:
-                await self.send(je.error_event(f"update: {exc}"))
+                await self.refuse(f"update: {exc}")
                 return True
             self.pacer.pace = command.pace
             await self.send(je.status_event("updated", **je.placement_fields(placement, self.pacer.heard_in(placement)),
@@ -148,7 +152,7 @@ class JamConnection(Connection):
         try:
             first = await self.supervisor.run(follow)
         except (AudioInputError, ValueError) as exc:
-            await self.send(je.error_event(f"melody: {exc}"))
+            await self.refuse(f"melody: {exc}")
             return
         if self.jam is not None:
             self.jam.recording.note("melody", following=data is not None, chunk=first.chunk,
@@ -163,12 +167,16 @@ class JamConnection(Connection):
         self.protocol.session_ended()
 
     async def on_generation_error(self, exc: Exception) -> None:
-        """Says what failed, then goes on with a fresh context (new seed) on the same slot, from the settings
-        and melody in force, those sent meanwhile included; unless the failures repeat without a chunk in
-        between, and then the session ends (`stopped`) and a new `start` may come (streaming.sessions.supervisor)."""
+        """Says what failed (a `status`: the session goes on), then goes on with a fresh context (new seed) on
+        the same slot, from the settings and melody in force, those sent meanwhile included; unless the failures
+        repeat without a chunk in between, and then the session ends (`error`, `stopped`) and a new `start` may
+        come (streaming.sessions.supervisor)."""
 
         async def tell(restarting: bool) -> None:
-            await self.send(je.error_event(f"generation failed: {exc}", restarting=restarting))
+            if restarting:
+                await self.send(je.restarting_event(f"generation failed: {exc}"))
+            else:
+                await self.send(je.error_event(f"generation failed: {exc}; the session ended"))
 
         try:
             outcome = await self.supervisor.recover(tell)

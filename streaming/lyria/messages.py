@@ -19,6 +19,7 @@ from engine.api import SamplingParams
 from engine.api import params as rules
 
 CLOSE_INVALID = 1007  # invalid payload: the reason names the field
+MIN_INT32 = -rules.MAX_INT32 - 1  # Lyria's seed is an int32: every one of them is a seed here
 
 # Scale -> the cue added to the prompts (None: none)
 SCALES: dict[str, tp.Optional[str]] = {
@@ -76,7 +77,7 @@ class GenerationConfig(LyriaModel):
 
     temperature: rules.number(0.0, 3.0) = 1.1
     top_k: rules.integer(1, 1000) = 40
-    seed: tp.Optional[rules.integer(0, rules.MAX_INT32)] = None  # None: the server picks one
+    seed: tp.Optional[rules.integer(MIN_INT32, rules.MAX_INT32)] = None  # None: the server picks one
     guidance: rules.number(0.0, 6.0) = 4.0
     bpm: tp.Optional[rules.integer(60, 200)] = None
     density: tp.Optional[rules.number(0.0, 1.0)] = None
@@ -121,6 +122,16 @@ class GenerationConfig(LyriaModel):
 
     def to_json(self) -> dict:
         return self.model_dump(mode="json", exclude_none=True)
+
+    def with_seed(self, seed: tp.Optional[int]) -> "GenerationConfig":
+        """This config with another seed: what a chunk reports when the seed in force is not the one last sent."""
+        return self if seed == self.seed else self.model_copy(update={"seed": seed})
+
+
+def engine_seed(seed: tp.Optional[int]) -> tp.Optional[int]:
+    """A Lyria int32 seed as the engine's unsigned 32-bit one, one to one (two's complement: -1 is 2^32 - 1);
+    None stays None (the server picks)."""
+    return None if seed is None else seed % (rules.MAX_SEED + 1)
 
 
 class WeightedPrompt(LyriaModel):

@@ -5,6 +5,11 @@ stream's lead left (its recent slowest generation time plus margins, at least 0.
 checkpoint) and sent the moment it is ready, and a change of prompts or config applies from the next decode step of the
 chunk in the making. A client that plays everything it receives, in order, therefore hears a change at most the lead
 plus one chunk (protocol.CHUNK_SECONDS) after sending it, and on average half a chunk plus the lead.
+
+A generation failure goes on with a fresh context on the session's slot, as on every transport
+(streaming.sessions.supervisor), told with the next chunk; when the failures repeat the socket closes with 1011 and
+the reason, which the SDK raises as an APIError (a lone message without audio would break its readers: see
+streaming.lyria.protocol).
 """
 
 import logging
@@ -16,8 +21,11 @@ from streaming.app.config import ServerConfig
 from streaming.lyria import protocol as lp
 from streaming.sessions.connection import Connection
 from streaming.sessions.pump import Pacer
+from streaming.sessions.supervisor import Recovery
 
 logger = logging.getLogger(__name__)
+
+CLOSE_FAILED = 1011  # generation failed for good: the reason says why
 
 
 class LyriaConnection(Connection):
@@ -55,9 +63,9 @@ class LyriaConnection(Connection):
             seed = random_seed() if action.seed is None else action.seed
             try:
                 await self.supervisor.restart(seed, play=action.play)
-            except SessionClosed:  # a generation failure ended it meanwhile, and said so
+            except SessionClosed:  # a generation failure ended it meanwhile
                 return
-            except (EngineUnavailable, RuntimeError) as exc:
+            except (EngineUnavailable, RuntimeError) as exc:  # recovered as a generation failure
                 await self.on_generation_error(exc)
         elif isinstance(action, lp.UpdateSession):
             self.session.update(action.settings).add_done_callback(_log_refused)
@@ -68,19 +76,30 @@ class LyriaConnection(Connection):
         elif isinstance(action, lp.EndSession):
             await self.end_session()
 
-    def drain_notice(self, seconds_left: float) -> str:
-        return lp.warning(f"this server is draining: the session ends within {seconds_left:.0f} s; connect again "
-                          "to continue on another replica")
+    async def on_drain(self, seconds_left: float) -> None:
+        """The replica drains: the next chunk's `warning` says how long the session has."""
+        if self.session is not None:
+            self.protocol.notify(f"this server is draining: the session ends within {seconds_left:.0f} s; connect "
+                                 "again to continue on another replica")
 
     async def send_chunk(self, chunk) -> None:
         await self.send(self.protocol.chunk_message(chunk))
 
+    def session_lost(self) -> None:
+        self.protocol.session_ended()
+
     async def on_generation_error(self, exc: Exception) -> None:
-        try:
-            for action in self.protocol.session_failed(str(exc)):
-                await self.execute(action)
-        except Exception as failure:  # the client is gone too
-            logger.debug("could not report a generation failure: %s", failure)
+        """A fresh context on the slot (paused until the client wants audio); given up, the socket closes."""
+
+        async def tell(restarting: bool) -> None:
+            self.protocol.generation_failed(str(exc), restarting)
+
+        outcome = await self.supervisor.recover(tell)
+        if outcome.recovery is Recovery.RESTARTED:
+            if self.protocol.playing:
+                self.supervisor.play()
+        elif outcome.recovery is Recovery.GAVE_UP:
+            await self.close(CLOSE_FAILED, lp.LyriaFatal(outcome.reason or f"generation failed: {exc}").reason)
 
 
 def _log_refused(done) -> None:

@@ -63,7 +63,11 @@ def webrtc_routes(engine, config: ServerConfig, blocking: Executor, notice: tp.O
                 return JSONResponse(wp.failed("unknown_session", detail=str(exc)))
             detail = str(exc) if phase == "session_unavailable" else f"the offer cannot be answered: {exc}"
             return JSONResponse(wp.failed(phase, detail=detail))
-        logger.info("webrtc %s: answered (seed %d)", command.webrtc_id, peer.seed)
+        if command.audio:
+            logger.info("webrtc %s: answered (seed %d)", command.webrtc_id, peer.seed)
+        else:
+            logger.info("webrtc %s: answered an offer without audio; its data channel hears what to add",
+                        command.webrtc_id)
         return JSONResponse(wp.answer(sdp))
 
     async def trickle(command: wp.Candidate) -> dict:

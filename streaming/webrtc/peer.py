@@ -37,6 +37,7 @@ UNIT_SECONDS = 0.32
 FLUSH_SECONDS = 0.5  # how long a closing peer waits for its last data-channel messages to leave
 PC_CLOSE_SECONDS = 2.0  # at server shutdown aiortc's own close task may be cancelled and never finish
 TRICKLE_WAIT_SECONDS = 10.0  # a candidate that races its offer waits this long for the offer to be applied
+NO_AUDIO_LINGER_SECONDS = 2.0  # how long a peer without audio stays after saying so, for the message to arrive
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,10 @@ class Peer:
 
     async def start_session(self) -> None:
         """Opens the jam session (taking an engine slot: CapacityError when none is free), or takes over the held
-        one the offer names (SessionError); generation starts at once, while ICE connects."""
+        one the offer names (SessionError); generation starts at once, while ICE connects. An offer without
+        audio has no track to play a session on: it takes none."""
+        if not self.offer.audio:
+            return
         if self.resumed:
             playing = self.registry.get(self.offer.session_id)
             if playing is not None and isinstance(playing.owner, Peer):
@@ -112,9 +116,10 @@ class Peer:
 
     async def answer(self, connect_timeout: float) -> str:
         """Answers the offer (the server's candidates are inside the SDP) and starts the connect timer."""
-        transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
-        transceiver.setCodecPreferences([codec for codec in RTCRtpSender.getCapabilities("audio").codecs
-                                         if codec.mimeType.lower() == "audio/opus"])
+        if self.offer.audio:
+            transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
+            transceiver.setCodecPreferences([codec for codec in RTCRtpSender.getCapabilities("audio").codecs
+                                             if codec.mimeType.lower() == "audio/opus"])
         self.pc.on("connectionstatechange", self._state_changed)
         self.pc.on("datachannel", self._channel_opened)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.offer.sdp, type="offer"))
@@ -173,6 +178,11 @@ class Peer:
             return
         self.channel = channel
         channel.on("message", self._message)
+        if not self.offer.audio:  # FastRTC's `error` on the channel says what the offer lacks; then the peer ends
+            self.send(wp.error(wp.NO_AUDIO))
+            self.tasks.spawn(self._end_after(NO_AUDIO_LINGER_SECONDS, "the offer had no audio section"),
+                             name=f"webrtc-no-audio-{self.webrtc_id}")
+            return
         self.send(wp.log({"event": "started", "webrtc_id": self.webrtc_id, "seed": self.seed,
                           "session_id": self.jam.session_id if self.jam else None, "resumed": self.resumed,
                           "model": self.engine.describe(), "notice": self.notice,
@@ -198,6 +208,12 @@ class Peer:
         elif isinstance(command, jp.Stop):
             self.send(wp.log("stopped"))
             self.state, self.end_reason = wp.PeerState.ENDED, "stopped by the client"
+            self.ended.set()
+
+    async def _end_after(self, seconds: float, reason: str) -> None:
+        await asyncio.sleep(seconds)
+        if self.state is not wp.PeerState.ENDED:
+            self.state, self.end_reason = wp.PeerState.ENDED, reason
             self.ended.set()
 
     async def _acknowledge(self, steering: tp.Awaitable[dict]) -> None:

@@ -6,7 +6,9 @@
 the I/O shell answers as FastRTC does: HTTP 200 `{"status": "failed", "meta": {"error": ...}}`. Data-channel replies
 have FastRTC's shape `{"type": "log" | "warning" | "error", "data": ...}`. FastRTC's own browser client
 (`frontend/shared/webrtc_utils.ts`) sends the plain text `handshake` as the channel opens; it is answered as FastRTC's
-server answers it, never as an error."""
+server answers it, never as an error. An offer with a data channel and no audio section (FastRTC's "receive"
+template) is answered, since its client's `setRemoteDescription` needs an answer, not a failure it cannot parse, and
+its channel hears `NO_AUDIO`, which says what to add."""
 
 import enum
 import typing as tp
@@ -22,6 +24,11 @@ OFFER_PARAMS = tuple(name for name in jam_params.PARAMS if name != "pace")  # th
 MAX_ID_LENGTH = 128
 MAX_BODY_BYTES = 256 * 1024  # an SDP offer with many candidates stays far below this
 HANDSHAKE = "handshake"  # what FastRTC's client sends on the data channel when it opens (not JSON)
+# FastRTC's "receive" template (docs/userguide/api.md) offers only its "text" data channel: the answer is valid, and
+# this `error` on the channel says what to add; the peer takes no slot and ends soon after
+NO_AUDIO = ("the offer has no audio section, so the music has no track to play on: add an audio transceiver before "
+            "createOffer (pc.addTransceiver(\"audio\", {direction: \"recvonly\"})) and send a new offer; this "
+            "connection closes")
 FAILED = "connection failed"
 # A resuming offer takes a session over from the peer playing it: a network that vanished is noticed by ICE consent
 # checks only after about 30 s, so the old peer may still look alive when its client comes back.
@@ -78,6 +85,7 @@ class Offer:
     seed: tp.Optional[int]  # None: a random seed
     controls: tp.Optional["Controls"]
     session_id: tp.Optional[str] = None  # a held session to play on this peer (streaming.sessions.registry)
+    audio: bool = True  # False: the offer has only a data channel, on which the peer says what to add (NO_AUDIO)
 
 
 @dataclass(frozen=True)
@@ -147,7 +155,9 @@ def parse_signal(body: bytes) -> tp.Union[Offer, Candidate]:
     sdp = message.get("sdp")
     if not isinstance(sdp, str) or not sdp.startswith("v=0"):
         raise RequestFailed("invalid_request", detail="sdp must be the offer's session description (starting v=0)")
-    if "\nm=audio " not in sdp.replace("\r\n", "\n"):
+    sections = sdp.replace("\r\n", "\n")
+    audio = "\nm=audio " in sections
+    if not audio and "\nm=application " not in sections:  # nothing to answer on, nowhere to say why
         raise RequestFailed("invalid_request", detail="the offer has no audio section: add a recvonly audio "
                                                       "transceiver before createOffer")
     params = message.get("params", {})
@@ -158,13 +168,13 @@ def parse_signal(body: bytes) -> tp.Union[Offer, Candidate]:
             raise RequestFailed("invalid_params", detail="a resuming offer holds only params.session_id (a "
                                                          "string): the session keeps its parameters; send updates "
                                                          "once connected")
-        return Offer(webrtc_id, sdp, None, None, None, session_id=params["session_id"])
+        return Offer(webrtc_id, sdp, None, None, None, session_id=params["session_id"], audio=audio)
     controls = Controls()
     try:
         settings, seed = controls.start(params)
     except jp.ProtocolError as exc:
         raise RequestFailed("invalid_params", detail=str(exc)) from None
-    return Offer(webrtc_id, sdp, settings, seed, controls)
+    return Offer(webrtc_id, sdp, settings, seed, controls, audio=audio)
 
 
 def parse_input(body: bytes) -> Input:

@@ -25,13 +25,16 @@ def loopback_only(monkeypatch) -> None:
 
 
 class JamClient:
-    def __init__(self, base_url: str, webrtc_id: tp.Optional[str] = None, handshake: bool = False) -> None:
+    def __init__(self, base_url: str, webrtc_id: tp.Optional[str] = None, handshake: bool = False,
+                 audio: bool = True) -> None:
         """`handshake`: send what FastRTC's browser client sends when the channel opens (frontend/shared/
-        webrtc_utils.ts: `data_channel.onopen = () => data_channel.send("handshake")`)."""
+        webrtc_utils.ts: `data_channel.onopen = () => data_channel.send("handshake")`); `audio` False: offer the
+        data channel alone, as FastRTC's receive-mode snippet does."""
         self.base_url = base_url
         self.webrtc_id = webrtc_id or uuid.uuid4().hex[:12]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTransceiver("audio", direction="recvonly")
+        if audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
         self.channel = self.pc.createDataChannel("text")
         if handshake:
             self.channel.on("open", lambda: self.channel.send("handshake"))

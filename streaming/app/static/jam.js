@@ -220,8 +220,8 @@ function playWebSocket() {
     } else if (message.type === "started") {
       offerRecording(message.session_id);
       log(JSON.stringify(message));
-    } else if (message.type === "error") {
-      log(message.error, "error");
+    } else if (message.type === "error" || message.error) { // an error, or a status naming a problem
+      log(message.error, message.type === "error" ? "error" : "warning");
       setText("ack", message.error, "bad");
     } else {
       log(JSON.stringify(message));

@@ -1,19 +1,14 @@
 """The jam page in real headless Chromium (Debian's, driven by Playwright): WebRTC playback and the /ws/jam fallback."""
 
-import shutil
-
 import pytest
 import soundfile as sf
 
+from tests.support.browser import chromium_page
 from tests.support.helpers import wait_until
 from tests.support.servers import sessions
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("loopback")]
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required",
-         "--disable-features=WebRtcHideLocalIpsWithMdns", "--allow-loopback-in-peer-connection"]
 BYTES_RECEIVED = """async () => {
   let bytes = 0;
   (await window.jamPc.getStats()).forEach((r) => { if (r.type === "inbound-rtp") bytes = r.bytesReceived; });
@@ -23,16 +18,8 @@ BYTES_RECEIVED = """async () => {
 
 @pytest.fixture
 def page(tmp_path):
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 960, "height": 900})
-        yield browser.new_page()
-        browser.close()
+    with chromium_page(tmp_path / "profile") as page:
+        yield page
 
 
 def text(page, selector: str) -> str:

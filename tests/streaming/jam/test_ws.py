@@ -2,6 +2,9 @@
 
 import io
 import json
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
@@ -13,8 +16,16 @@ from websockets.sync.client import connect
 
 from streaming.jam import protocol as jp
 from tests.support.helpers import offline_decode, wait_until
-from tests.support.jam_client import START, decode_chunk, next_of, receive_json, run_seed_client
-from tests.support.servers import sessions, start_server, ws_url
+from tests.support.jam_client import (
+    START,
+    decode_chunk,
+    messages_until,
+    next_of,
+    receive_json,
+    run_seed_client,
+    seed_client_script,
+)
+from tests.support.servers import running_server, sessions, start_server, ws_url
 
 
 def test_start_chunks_update_ping_stop(server):
@@ -151,14 +162,28 @@ def test_realtime_pace_stays_about_one_chunk_ahead(server):
     (json.dumps({"type": "nope"}), "unknown message type"),
     (json.dumps({"type": "ping", "pad": "x" * 70000}), "message too large"),
 ])
-def test_bad_input_gets_an_error_and_the_stream_continues(server, message, error):
+def test_bad_input_while_playing_is_refused_with_a_status_and_the_stream_continues(server, message, error):
+    """Never an `error` while the session plays on: the seed's client ends its loop on one."""
     with connect(ws_url(server), max_size=None) as ws:
         ws.send(json.dumps(START))
         next_of(ws, "chunk")
         ws.send(message)
+        seen = messages_until(ws, lambda m: m["type"] in ("status", "error") and m.get("status") != "playing")
+        assert seen[-1]["type"] == "status" and seen[-1]["status"] == "refused" and error in seen[-1]["error"]
+        next_of(ws, "chunk")
+        next_of(ws, "chunk")
+
+
+@pytest.mark.parametrize(("message", "error"), [
+    (json.dumps({"type": "update", "topk": 3}), "update before start"),
+    (json.dumps({"type": "stop"}), "stop before start"),
+    (json.dumps({"type": "start", "params": {"topk": 0}}), "topk must be within [1, 2048]"),
+])
+def test_a_request_that_fails_with_no_session_gets_an_error(server, message, error):
+    with connect(ws_url(server)) as ws:
+        ws.send(message)
         assert error in next_of(ws, "error")["error"]
-        next_of(ws, "chunk")
-        next_of(ws, "chunk")
+    assert sessions(server) == 0
 
 
 def test_binary_frame_from_client_is_refused(server):
@@ -208,3 +233,32 @@ def test_the_seed_python_client_receives_chunks(server, tmp_path):
     lines = run_seed_client(ws_url(server), tmp_path)
     assert len(lines) == 2
     assert all(line.endswith(" 32000") and "(64800,)" in line for line in lines)  # 2 s + 25 ms at 32 kHz
+
+
+def test_the_seed_python_client_plays_on_through_a_generation_failure(engine, tmp_path, monkeypatch):
+    """The seed's client leaves its loop on any `error`: a failure the session recovers from is a `status`, so the
+    client (unchanged) keeps playing the restarted stream instead of quitting while its session plays on."""
+    from engine.runtime.streams import Stream
+
+    real, armed, failed = Stream.accept_tokens, threading.Event(), threading.Event()
+
+    def accept(self, tokens):  # the seed client's styles ("warmup") fail once, when armed
+        if armed.is_set() and not failed.is_set() and "warmup" in self.conditioning.texts:
+            failed.set()
+            raise RuntimeError("injected transient failure")
+        return real(self, tokens)
+
+    monkeypatch.setattr(Stream, "accept_tokens", accept)
+    with running_server(engine) as running:
+        script = seed_client_script(ws_url(running), tmp_path)
+        process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+        try:
+            lines = [process.stdout.readline()]
+            armed.set()
+            while len(lines) < 4 and (line := process.stdout.readline()):
+                lines.append(line)
+        finally:
+            process.kill()
+            process.wait()
+    assert failed.is_set(), "no failure was injected"
+    assert len(lines) == 4 and all(line.startswith("chunk") for line in lines), lines

@@ -3,7 +3,9 @@
 import json
 
 import pytest
+import torch
 
+from engine.api import Chunk
 from streaming.lyria import protocol as lp
 
 
@@ -18,6 +20,27 @@ def prompts(*pairs):
     return json.dumps({"clientContent": {"weightedPrompts": [{"text": t, "weight": w} for t, w in pairs]}})
 
 
+def config(**fields) -> str:
+    return json.dumps({"musicGenerationConfig": fields})
+
+
+def control(name: str) -> str:
+    return json.dumps({"playbackControl": name})
+
+
+def audio(protocol: lp.LyriaProtocol) -> dict:
+    """The next audio message the protocol sends: 1 s of silence made with the settings in force now."""
+    rate = 32000
+    chunk = Chunk(index=0, audio=torch.zeros(1, int(rate * 1.025)), sample_rate=rate, seconds=1.0,
+                  overlap_seconds=0.025, generation_seconds=0.1, frames=torch.zeros(4, 50, dtype=torch.long),
+                  settings=protocol.settings())
+    return json.loads(protocol.chunk_message(chunk))
+
+
+def reported_seed(message: dict):
+    return message["serverContent"]["audioChunks"][0]["sourceMetadata"]["musicGenerationConfig"].get("seed")
+
+
 def test_setup_must_come_first_and_once():
     with pytest.raises(lp.LyriaFatal, match="clientContent before setup"):
         lp.LyriaProtocol().receive_text(prompts(("x", 1)))
@@ -30,9 +53,11 @@ def test_setup_must_come_first_and_once():
 
 def test_weighted_prompts_are_normalised_and_empty_ones_filtered():
     protocol = ready()
-    (send,) = protocol.receive_text(prompts(("minimal techno", 3.0), ("", 1.0), ("piano", 1.0)))
-    assert json.loads(send.messages[0])["filteredPrompt"]["text"] == ""
+    assert protocol.receive_text(prompts(("minimal techno", 3.0), ("", 1.0), ("piano", 1.0))) == []
     assert protocol.prompts == lp.Prompts(("minimal techno", "piano"), (0.75, 0.25))
+    told = audio(protocol)  # the filtered prompt rides on the next audio message
+    assert told["filteredPrompt"] == {"text": "", "filteredReason": "empty prompt: it was removed"}
+    assert "filteredPrompt" not in audio(protocol)  # told once
 
 
 def test_snake_case_is_accepted():
@@ -78,14 +103,13 @@ def test_config_is_whole_each_time_and_omitted_fields_return_to_defaults():
 def test_approximated_controls_become_cues_and_warn_once():
     protocol = ready()
     protocol.receive_text(prompts(("funk", 1.0)))
-    first = protocol.receive_text(json.dumps({"musicGenerationConfig": {
-        "bpm": 90, "scale": "D_MAJOR_B_MINOR", "density": 0.1, "brightness": 0.9, "muteDrums": True,
-        "musicGenerationMode": "VOCALIZATION"}}))
-    warning = json.loads(first[0].messages[0])["warning"]
+    assert protocol.receive_text(config(bpm=90, scale="D_MAJOR_B_MINOR", density=0.1, brightness=0.9,
+                                        muteDrums=True, musicGenerationMode="VOCALIZATION")) == []
+    warning = audio(protocol)["warning"]
     for name in ("bpm", "scale", "density", "brightness", "muteDrums", "musicGenerationMode"):
         assert name in warning
-    again = protocol.receive_text(json.dumps({"musicGenerationConfig": {"bpm": 100}}))
-    assert again[0].messages == ()
+    protocol.receive_text(config(bpm=100))
+    assert "warning" not in audio(protocol)
     protocol.receive_text(json.dumps({"musicGenerationConfig": {"bpm": 90, "onlyBassAndDrums": True}}))
     settings = protocol.settings()
     assert settings.styles == ("funk, 90 bpm, only bass and drums",)
@@ -104,17 +128,17 @@ def test_settings_map_lyria_sampling_to_musicgen():
 
 def test_play_before_prompts_waits_for_them_then_starts():
     protocol = ready()
-    (send,) = protocol.receive_text(json.dumps({"playbackControl": "PLAY"}))
-    assert "PLAY before weightedPrompts" in json.loads(send.messages[0])["warning"]
-    actions = protocol.receive_text(prompts(("dub", 1.0)))
-    assert [type(a) for a in actions] == [lp.Send, lp.StartSession]
-    assert actions[1].settings.styles == ("dub",) and actions[1].seed is None
+    assert protocol.receive_text(control("PLAY")) == []
+    (start,) = protocol.receive_text(prompts(("dub", 1.0)))
+    assert isinstance(start, lp.StartSession)
+    assert start.settings.styles == ("dub",) and start.seed is None
+    assert "PLAY came before weightedPrompts" in audio(protocol)["warning"]
 
 
 def test_playback_state_machine():
     protocol = ready()
     protocol.receive_text(json.dumps({"musicGenerationConfig": {"seed": 9}}))
-    assert protocol.receive_text(prompts(("dub", 1.0))) == [lp.Send(())]  # not playing: nothing starts
+    assert protocol.receive_text(prompts(("dub", 1.0))) == []  # not playing: nothing starts
     (start,) = protocol.receive_text(json.dumps({"playbackControl": "PLAY"}))
     assert isinstance(start, lp.StartSession) and start.seed == 9
     steer = protocol.receive_text(prompts(("techno", 1.0)))
@@ -135,15 +159,20 @@ def test_playback_state_machine():
     assert isinstance(again, lp.StartSession)
 
 
-def test_after_a_generation_failure_play_starts_a_fresh_session():
+def test_a_generation_failure_is_told_with_the_restarted_streams_first_chunk():
     protocol = ready()
+    protocol.receive_text(config(seed=9))
     protocol.receive_text(prompts(("dub", 1.0)))
-    protocol.receive_text(json.dumps({"playbackControl": "PLAY"}))
-    end, warning = protocol.session_failed("decode step failed")  # the session goes before the client hears
-    assert "generation failed: decode step failed" in json.loads(warning.messages[0])["warning"]
-    assert end == lp.EndSession() and not protocol.playing
-    (start,) = protocol.receive_text(json.dumps({"playbackControl": "PLAY"}))
-    assert isinstance(start, lp.StartSession)
+    protocol.receive_text(control("PLAY"))
+    protocol.generation_failed("decode step failed", restarting=True)
+    first = audio(protocol)
+    assert "generation failed: decode step failed" in first["warning"]
+    assert reported_seed(first) is None  # the restart's seed is the server's, not the 9 the client sent
+    protocol.generation_failed("again", restarting=False)  # given up: the connection closes with the reason
+    protocol.session_ended()
+    assert not protocol.playing and not protocol.has_session
+    (start,) = protocol.receive_text(control("PLAY"))
+    assert isinstance(start, lp.StartSession) and start.seed == 9
 
 
 def test_the_engine_check_refuses_prompts_before_anything_changes():
@@ -216,3 +245,81 @@ def test_setup_complete_tells_the_session_id_the_recording_is_under():
     protocol = lp.LyriaProtocol(session_id="r1.abc")
     actions = protocol.receive_text(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
     assert actions == [lp.Send((json.dumps({"setupComplete": {"sessionId": "r1.abc"}}),))]
+
+
+@pytest.mark.parametrize(("seed", "engine_seed"), [
+    (-2**31, 2**31), (-1, 2**32 - 1), (0, 0), (7, 7), (2**31 - 1, 2**31 - 1)])
+def test_every_int32_seed_is_a_seed(seed, engine_seed):
+    """Lyria's seed is an int32: each one is a distinct engine seed (two's complement), reported as sent."""
+    protocol = ready()
+    protocol.receive_text(config(seed=seed))
+    protocol.receive_text(prompts(("dub", 1.0)))
+    (start,) = protocol.receive_text(control("PLAY"))
+    assert start.seed == engine_seed
+    assert reported_seed(audio(protocol)) == seed
+
+
+@pytest.mark.parametrize("seed", [-2**31 - 1, 2**31])
+def test_seeds_beyond_int32_are_refused(seed):
+    with pytest.raises(lp.LyriaFatal, match=r"seed must be within \[-2147483648, 2147483647\]"):
+        ready().receive_text(config(seed=seed))
+
+
+def test_a_seed_sent_mid_session_applies_at_reset_context_and_the_metadata_says_so():
+    protocol = ready()
+    protocol.receive_text(config(seed=3, temperature=0.9))
+    protocol.receive_text(prompts(("dub", 1.0)))
+    protocol.receive_text(control("PLAY"))
+    assert reported_seed(audio(protocol)) == 3
+    assert protocol.receive_text(config(seed=-4, temperature=0.9)) == []  # the stream does not change
+    held = audio(protocol)
+    assert reported_seed(held) == 3  # what made this chunk, not what was asked for
+    assert "seed -4 applies to a fresh context: send RESET_CONTEXT" in held["warning"]
+    assert "seed 3" in held["warning"]
+    (steer,) = protocol.receive_text(config(seed=-4, temperature=0.5))  # no new notice for the same seed
+    assert isinstance(steer, lp.UpdateSession) and "warning" not in audio(protocol)
+    assert protocol.receive_text(control("RESET_CONTEXT")) == [lp.RestartSession(seed=2**32 - 4, play=True)]
+    assert reported_seed(audio(protocol)) == -4
+    protocol.receive_text(config(temperature=0.5))  # seed unset: a server's seed from the next fresh context
+    assert reported_seed(audio(protocol)) == -4
+    protocol.receive_text(control("STOP"))
+    (start,) = protocol.receive_text(control("PLAY"))
+    assert start.seed is None and reported_seed(audio(protocol)) is None
+
+
+def test_every_message_after_setup_is_one_google_genai_reads_as_audio():
+    """google-genai parses each server message as a LiveMusicServerMessage, dropping keys it does not know: a
+    notice must ride beside serverContent, so that `message.server_content.audio_chunks[0]` (Google's example)
+    holds on every message, while a raw client reads the warning in the same message."""
+    from google.genai import types
+
+    protocol = ready()
+    protocol.receive_text(control("PLAY"))
+    protocol.receive_text(prompts(("", 1.0), ("   ", 1.0)))
+    protocol.receive_text(prompts(("dub", 1.0), ("", 2.0)))
+    protocol.receive_text(config(bpm=90, scale="C_MAJOR_A_MINOR", density=0.5, brightness=0.5, muteDrums=True))
+    protocol.notify("this server is draining")
+    raw = [audio(protocol) for _ in range(4)]
+    told = raw[0]["warning"].split("\n")  # each notice on a line of its own, once
+    assert [line.split(":")[0] for line in told] == ["PLAY came before weightedPrompts", "no usable prompt",
+                                                      "bpm, density, brightness, scale, muteDrums",
+                                                      "this server is draining"]
+    assert all("warning" not in m for m in raw[1:])
+    assert [m.get("filteredPrompt", {}).get("text") for m in raw] == ["", "   ", "", None]  # one a message
+    for message in raw:
+        parsed = types.LiveMusicServerMessage._from_response(response=message, kwargs={})
+        assert parsed.server_content.audio_chunks[0].data
+        assert (parsed.filtered_prompt is None) == ("filteredPrompt" not in message)
+
+
+def test_notices_waiting_for_audio_are_bounded():
+    """A stopped client that keeps sending what must be told holds at most MAX_PENDING of each, the newest."""
+    protocol = ready()
+    for seed in range(3 * lp.MAX_PENDING):
+        protocol.receive_text(prompts(("", 1.0)))
+        protocol.notify(f"notice {seed}")
+    protocol.receive_text(prompts(("dub", 1.0)))
+    told = [audio(protocol) for _ in range(lp.MAX_PENDING + 1)]
+    assert told[0]["warning"].split("\n")[-1] == f"notice {3 * lp.MAX_PENDING - 1}"
+    assert len(told[0]["warning"].split("\n")) == lp.MAX_PENDING
+    assert sum("filteredPrompt" in m for m in told) == lp.MAX_PENDING

@@ -22,7 +22,7 @@ from streaming.app.config import ServerConfig
 from streaming.lyria import protocol as lp
 from tests.support import ROOT
 from tests.support.helpers import wait_until
-from tests.support.jam_client import START, next_of, run_seed_client, seed_client_script
+from tests.support.jam_client import START, messages_until, next_of, run_seed_client, seed_client_script
 from tests.support.servers import running_server, start_server, ws_url
 
 
@@ -169,9 +169,9 @@ def test_a_jam_session_goes_on_after_a_generation_error(server, marker):
     with connect(ws_url(server)) as ws:
         ws.send(json.dumps({**START, "params": {**START["params"], "styles": f"{marker} dub",
                                                  "style_weights": "1"}}))
-        error = next_of(ws, "error")
-        assert "generation failed" in error["error"] and "injected transient failure" in error["error"]
-        assert error["restarting"] is True
+        told = messages_until(ws, lambda m: m.get("status") == "restarting" or m["type"] == "error")[-1]
+        assert told["type"] == "status"  # not an error: the session goes on
+        assert "generation failed" in told["error"] and "injected transient failure" in told["error"]
         assert next_of(ws, "status")["status"] == "restarted"
         assert next_of(ws, "chunk")["metadata"]["chunk_index"] == 0
         ws.send(json.dumps({"type": "update", "temperature": 0.8}))
@@ -179,27 +179,18 @@ def test_a_jam_session_goes_on_after_a_generation_error(server, marker):
     assert wait_until(lambda: health(server)["sessions"] == 0, 5)
 
 
-def test_lyria_play_works_again_after_a_generation_error(server, marker):
-    deadline = time.monotonic() + 120
-
-    def next_message(ws):
-        assert time.monotonic() < deadline, "no warning or audio in time"
-        return json.loads(ws.recv(timeout=60))
-
+def test_a_lyria_session_goes_on_after_a_generation_error(server, marker):
+    """As on every transport, a fresh context on the slot; the first chunk after it says what happened."""
     with connect(ws_url(server, lp.PATH), max_size=None) as ws:
         ws.send(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
-        assert set(next_message(ws)["setupComplete"]) == {"sessionId"}
+        assert set(json.loads(ws.recv(timeout=10))["setupComplete"]) == {"sessionId"}
         ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": f"{marker} techno", "weight": 1}]}}))
         ws.send(json.dumps({"playbackControl": "PLAY"}))
-        message = next_message(ws)
-        while "warning" not in message:
-            message = next_message(ws)
-        assert "generation failed" in message["warning"] and "PLAY" in message["warning"]
-        ws.send(json.dumps({"playbackControl": "PLAY"}))
-        message = next_message(ws)
-        while "serverContent" not in message:
-            message = next_message(ws)
-        assert message["serverContent"]["audioChunks"][0]["mimeType"] == lp.MIME_TYPE
+        first, second = (json.loads(ws.recv(timeout=60)) for _ in range(2))
+    assert "generation failed" in first["warning"] and "injected transient failure" in first["warning"]
+    assert "fresh context" in first["warning"] and "warning" not in second
+    assert first["serverContent"]["audioChunks"][0]["mimeType"] == lp.MIME_TYPE
+    assert wait_until(lambda: health(server)["sessions"] == 0, 5)
 
 
 def test_health_is_503_when_the_engine_cannot_take_work(demo_dir):

@@ -150,7 +150,7 @@ def test_a_restart_under_way_ends_with_the_connection(engine, marker, monkeypatc
         running = asyncio.create_task(connection.run())
         ws.inbox.put_nowait({"type": "websocket.receive", "text": json.dumps(asap_start(f"{marker} dub"))})
         await asyncio.wait_for(asyncio.to_thread(entered.wait, 30), 35)
-        assert [m["type"] for m in ws.sent][-1] == "error" and engine.sessions_open == 1
+        assert ws.sent[-1]["status"] == "restarting" and engine.sessions_open == 1
         ws.inbox.put_nowait({"type": "websocket.disconnect"})
         await asyncio.wait_for(running, 5)
         left = asyncio.all_tasks() - {asyncio.current_task()}

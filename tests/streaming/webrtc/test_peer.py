@@ -7,8 +7,10 @@ import time
 import httpx
 import numpy as np
 import pytest
+from aiortc import RTCSessionDescription
 from websockets.sync.client import connect
 
+from streaming.webrtc import protocol as wp
 from tests.support.helpers import wait_until
 from tests.support.servers import http_url, sessions, start_server
 from tests.support.webrtc_client import CONNECT_TIMEOUT, PARAMS, SERVER_CONFIG, JamClient, event
@@ -91,6 +93,28 @@ def test_fastrtc_clients_handshake_is_answered_as_fastrtc_answers_it(server):
     seen = asyncio.run(scenario())
     assert {"type": "log", "data": "Server received: handshake"} in seen
     assert [m for m in seen if m["type"] != "log"] == []
+
+
+def test_an_offer_without_audio_is_answered_and_told_what_to_add(server):
+    """An offer with the "text" data channel alone (FastRTC's receive-mode snippet): a valid answer, FastRTC's
+    `error` on the channel naming what to add, no slot taken, and the server ends the connection."""
+    assert wait_until(lambda: sessions(server) == 0, 5)  # an earlier test's peer has closed
+
+    async def scenario():
+        client = JamClient(http_url(server), audio=False)
+        reply = await client.offer()
+        assert reply["type"] == "answer" and "m=application" in reply["sdp"] and "m=audio" not in reply["sdp"]
+        await client.pc.setRemoteDescription(RTCSessionDescription(**reply))
+        told = await client.message(lambda m: True, timeout=15)
+        in_use = sessions(server)
+        ended = await asyncio.to_thread(wait_until, lambda: client.pc.connectionState in ("closed", "failed"), 10)
+        await client.close()
+        return told, in_use, ended
+
+    told, in_use, ended = asyncio.run(scenario())
+    assert told == {"type": "error", "data": wp.NO_AUDIO} and "add an audio transceiver" in told["data"]
+    assert in_use == 0
+    assert ended, "the server kept the connection"
 
 
 def test_generation_falling_behind_carries_silence_and_warns(server, engine):

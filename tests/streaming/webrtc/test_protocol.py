@@ -54,6 +54,18 @@ def test_bad_offer_params_fail_naming_the_field(params, detail):
     assert detail in caught.value.body()["meta"]["detail"]
 
 
+def test_an_offer_with_only_a_data_channel_is_answered_without_audio():
+    """FastRTC's "receive" template offers its "text" data channel alone: it gets an answer (its client cannot
+    parse a failure), and the peer tells on the channel what to add."""
+    data_only = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+    command = wp.parse_signal(body(sdp=data_only, type="offer", webrtc_id="abc"))
+    assert isinstance(command, wp.Offer) and not command.audio
+    assert wp.parse_signal(offer()).audio
+    assert "add an audio transceiver" in wp.NO_AUDIO
+    with pytest.raises(wp.RequestFailed):  # its params are still the jam's
+        wp.parse_signal(body(sdp=data_only, type="offer", webrtc_id="abc", params={"topk": 0}))
+
+
 @pytest.mark.parametrize(("raw", "detail"), [
     (b"not json", "not valid JSON"),
     (b"[1]", "must be a JSON object"),
