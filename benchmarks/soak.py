@@ -43,7 +43,8 @@ logger = logging.getLogger("soak")
 LYRIA_PATH = "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateMusic"
 JAM_START = {"type": "start", "params": {"styles": "dub, techno", "pace": "realtime", "max_decode_frames": 50}}
 GARY_EVERY_SECONDS = 30.0
-WARM_UP_MINUTES = 2  # growth is counted from here: every path has run and the allocators have settled
+WARM_UP_MINUTES = 2  # growth is counted from this minute: every path has run, the allocators have settled
+SAMPLE_SECONDS = 5.0
 FROZEN = textwrap.dedent("""
     import json, sys
     from websockets.sync.client import connect
@@ -58,8 +59,10 @@ LYRIA_GARBAGE = [b"\x00\xff not json", "{not json", json.dumps({"setup": {"model
 
 
 class Soak:
-    def __init__(self, minutes: float, trim_seconds: float = 10.0) -> None:
-        self.deadline = time.monotonic() + minutes * 60
+    def __init__(self, minutes: float, trim_seconds: float = 10.0, warm_up: int = WARM_UP_MINUTES) -> None:
+        """`warm_up`: the minute growth is counted from."""
+        self.minutes, self.warm_up = minutes, warm_up
+        self.deadline = 0.0  # set once the server is up
         self.jam_port = free_port()
         env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                    PYTHONPATH=str(Path(__file__).resolve().parent.parent))
@@ -238,23 +241,30 @@ class Soak:
                 self.count("gary_job")
             time.sleep(max(0.0, GARY_EVERY_SECONDS - (time.monotonic() - began)))
 
-    def sample_memory(self, worker: int, samples: list) -> None:
+    def sample_memory(self, worker: int, minutes: list) -> None:
+        """The worker's resident memory every SAMPLE_SECONDS, as each minute's (floor, peak): the floor is what
+        stays when no job is in flight (a gary continuation holds ~100 MB while it runs), so growth is read from
+        floors."""
         started = time.monotonic()
         while self.running():
-            samples.append((time.monotonic() - started, _rss_mb(worker)))
-            time.sleep(min(60.0, max(0.0, self.deadline - time.monotonic())))
+            minute, rss = int((time.monotonic() - started) // 60), _rss_mb(worker)
+            if minute == len(minutes):
+                minutes.append([rss, rss])
+            minutes[minute] = [min(minutes[minute][0], rss), max(minutes[minute][1], rss)]
+            time.sleep(SAMPLE_SECONDS)
 
     # -- the run ------------------------------------------------------------------------------------------------
     def run(self) -> dict:
         self.cog.start()
+        self.deadline = time.monotonic() + self.minutes * 60
         try:
             worker = _worker_pid(self.cog.process.pid)
-            samples: list[tuple[float, float]] = []
+            minutes: list[list[float]] = []  # [floor, peak] of each minute
             work = [(f"listener{i}", lambda i=i: self.listener(f"listener{i}")) for i in range(2)]
             work += [("churn_a", lambda: self.churn(["vanish", "clean", "freeze"])),
                      ("churn_b", lambda: self.churn(["vanish", "slow", "vanish", "idle"])),
                      ("lyria_garbage", self.lyria_garbage), ("gary", self.gary),
-                     ("memory", lambda: self.sample_memory(worker, samples))]
+                     ("memory", lambda: self.sample_memory(worker, minutes))]
             work += [(f"predictions{i}", self.predictions) for i in range(2)]
             threads = [threading.Thread(target=self.guarded, args=item) for item in work]
             for thread in threads:
@@ -266,10 +276,13 @@ class Soak:
             wait_until(lambda: (lambda h: h["sessions"] == 0 and h["model"]["rows_in_use"] == 0)(self.health()), 30)
             health = self.health()
             end = _rss_mb(worker)
-            warm = samples[WARM_UP_MINUTES][1] if len(samples) > WARM_UP_MINUTES else None
-            return {"worker_rss_mb_start": samples[0][1] if samples else None, "worker_rss_mb_end": end,
-                    "rss_growth_after_warm_up_mb": None if warm is None else end - warm,
-                    "rss_mb_every_minute": [round(rss) for _, rss in samples] + [round(end)],
+            # growth: the last whole minute's floor against the warm-up minute's
+            last = min(len(minutes), int(self.minutes)) - 1
+            growth = minutes[last][0] - minutes[self.warm_up][0] if last > self.warm_up else None
+            return {"worker_rss_mb_start": minutes[0][0] if minutes else None, "worker_rss_mb_end": end,
+                    "rss_growth_after_warm_up_mb": growth,
+                    "rss_mb_floor_every_minute": [round(floor) for floor, _ in minutes],
+                    "rss_mb_peak_every_minute": [round(peak) for _, peak in minutes],
                     "sessions_leaked": health["sessions"], "rows_leaked": health["model"]["rows_in_use"],
                     "health": health["status"], "unexpected": self.unexpected, "counts": self.counts,
                     "listener_chunks": {name: s.chunks for name, s in self.schedules.items()},
