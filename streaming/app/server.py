@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import uvicorn
 
-from streaming.app.capacity import Drain, serve_agent, snapshot
+from streaming.app.capacity import Drain, serve_agent
 from streaming.app.config import ServerConfig
 from streaming.app.routes import build_app
 from streaming.gary.protocol import MAX_BODY_BYTES
@@ -39,12 +39,12 @@ class RunningServer:
     def __init__(self, engine, config: ServerConfig) -> None:
         self.config = config
         self.engine = engine
-        self.drain = Drain(engine, config.drain_seconds)
         self.loop: tp.Optional[asyncio.AbstractEventLoop] = None
         self.agent: tp.Optional[asyncio.AbstractServer] = None
         self.blocking = ThreadPoolExecutor(config.blocking_threads, thread_name_prefix="jam-blocking")
         self.jobs = JobTable(engine)
         self.registry = SessionRegistry.from_config(config)
+        self.drain = Drain(engine, config.drain_seconds, self.jobs, self.registry)
         self.server = uvicorn.Server(uvicorn.Config(
             build_app(engine, config, self.blocking, self.drain, self.jobs, self.registry), host=config.host,
             port=config.port,            log_level="warning",
@@ -55,8 +55,7 @@ class RunningServer:
     async def _serve(self) -> None:
         self.loop = asyncio.get_running_loop()
         if self.config.agent_port is not None:
-            self.agent = await serve_agent(self.config.host, self.config.agent_port,
-                                           lambda: snapshot(self.engine, self.drain))
+            self.agent = await serve_agent(self.config.host, self.config.agent_port, self.drain.capacity)
         try:
             await self.server.serve()
         finally:
