@@ -175,6 +175,12 @@ def test_bursts_land_by_free_slots_and_avoid_full_drained_and_dead_replicas(flee
         close_all(sockets)
         settle([0, 0, 0])
 
+    with ThreadPoolExecutor(6) as pool:  # six clients at the same moment
+        started = list(pool.map(lambda _: start_session(lb_port), range(6)))
+    assert [first["type"] for _, first in started] == ["started"] * 6 and counts() == [2, 2, 2], counts()
+    close_all([ws for ws, _ in started])
+    settle([0, 0, 0])
+
     # A replica whose slots are taken by sessions no connection carries (held for a resume here; WebRTC peers and
     # HTTP bar sessions alike): HAProxy sees no connection there, yet no start goes to it.
     held = []
@@ -276,7 +282,7 @@ def replica_prediction_env() -> dict:
 
 
 def test_predictions_queue_for_a_free_replica_and_never_meet_cogs_409(venv_env, demo_dir, tmp_path):
-    """Eight predictions at once on two replicas: HAProxy (maxconn 1) sends each replica the next one the moment
+    """Twelve predictions at once on two replicas: HAProxy (maxconn 1) sends each replica the next one the moment
     the previous response is through, before Cog 0.23.1 has its slot back (that comes with the worker's Idle
     message, a moment later): with the replicas' spare Cog slot (COG_MAX_CONCURRENCY = maxconn + 1) none meets a
     409."""
@@ -299,8 +305,8 @@ def test_predictions_queue_for_a_free_replica_and_never_meet_cogs_409(venv_env, 
             except ValueError:
                 return answer.status_code, answer.text[:200]
 
-        with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(predict, range(8)))
-        assert results == [(200, "succeeded")] * 8, results
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(predict, range(12)))
+        assert results == [(200, "succeeded")] * 12, results
     finally:
         stop_all(haproxy, servers)
