@@ -198,8 +198,8 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
         if not keep(jam):
-            raise HttpError(503, "this server does not hold sessions between requests now (JAM_RESUME_SECONDS=0 "
-                                 "or draining): use the WebSocket")
+            raise HttpError(503, "this server does not hold sessions between requests (JAM_RESUME_SECONDS=0): use "
+                                 "the WebSocket")
         return {"session_id": jam.session_id}
 
     async def next_chunk(request: Request) -> dict:

@@ -79,7 +79,7 @@ MAX_ID_CHARS = 128
 DEFAULT_SECONDS_PER_WORK_SECOND = 1.0
 REAP_INTERVAL_SECONDS = 1.0
 # A drain waits for jobs queued or running and, after each finishes, this long for its client's next poll to fetch
-# the result (gary4juce and magenta-retry poll about every second): the table does not know when a result was read.
+# the result (the Darius tab polls every 250 ms): the table does not know when a result was read.
 PICKUP_SECONDS = 10.0
 
 
