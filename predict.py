@@ -48,10 +48,10 @@ class Predictor(BaseRunner):
         # one slot: each prediction removes the previous one's files) and older ones are removed
         self.outputs: collections.deque[Path] = collections.deque()
         self.outputs_kept = _cog_slots() - 1
-        if config.port != 0:  # the jam sidecar shares this process and this engine
-            from streaming.app.server import RunningServer
+        from streaming.app.server import serve_inside_cog
 
-            RunningServer(self.engine, config).start()  # runs for the worker's life (a daemon thread)
+        # the jam sidecar shares this process and this engine (unless JAM_PORT=0); a SIGTERM drains it first
+        serve_inside_cog(self.engine, config)
 
     @concurrent(max=MAX_CONCURRENT_PREDICTIONS)
     async def run(

@@ -12,7 +12,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from streaming.app.auth import authorized
-from streaming.app.capacity import Drain, snapshot
+from streaming.app.capacity import Drain
 from streaming.app.config import ServerConfig
 from streaming.app.page import page_routes
 from streaming.bar.http import generate_routes, jam_routes
@@ -77,9 +77,13 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
         return JSONResponse(body, status_code=200 if state.ok else 503)
 
     async def ready(request: Request) -> JSONResponse:
-        """Readiness for balancers (liveness stays /health): 200 only while a new session can start here."""
-        capacity = snapshot(engine, drain)
-        return JSONResponse(capacity.describe(), status_code=200 if capacity.ready else 503)
+        """Readiness for balancers (liveness stays /health): 200 only while a new session can start here; while
+        draining, what the drain still waits for (sessions, jobs) and for how long at most."""
+        capacity = drain.capacity()
+        body = capacity.describe()
+        if drain.active:
+            body["seconds_left"] = round(drain.seconds_left, 1)
+        return JSONResponse(body, status_code=200 if capacity.ready else 503)
 
     async def start_drain(request: Request) -> JSONResponse:
         """With JAM_TOKEN set, the token opens it; without, only this machine may (a preStop hook, an operator)."""
@@ -91,7 +95,7 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
         drain.start()
         if request.query_params.get("wait") in ("1", "true"):  # a preStop hook: return once the jams are over
             await drain.done.wait()
-        return JSONResponse({**snapshot(engine, drain).describe(), "seconds_left": drain.seconds_left,
+        return JSONResponse({**drain.capacity().describe(), "seconds_left": drain.seconds_left,
                              "drained": drain.done.is_set()})
 
     async def serve(websocket: WebSocket, connection: tp.Callable[[], tp.Any], **auth_fields: str) -> None:
@@ -123,6 +127,6 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
               WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
               *webrtc_routes(engine, config, blocking, notice, drain, registry), *gary_routes(gary, engine, config),
               *recording_routes(engine, registry, config.token), *page_routes(),
-              *generate_routes(engine, jobs, notice, config.token),
+              *generate_routes(engine, jobs, notice, config.token, draining=lambda: drain.active),
               *jam_routes(engine, registry, blocking, notice, config.token)]
     return with_socketio(socketio_server(gary, config, connections), Starlette(routes=routes))

@@ -1,7 +1,8 @@
 """magenta-retry's HTTP API on the sidecar port: `POST /generate` + `GET /progress` (gary4juce's Darius tab), and
 the `/jam/*` routes of a bar session. Multipart forms in, JSON out, as that `app.py` answers them: errors as
 `{"detail": "..."}` with its status codes (400 bad input, 404 unknown session, 408 no chunk within 30 s, 413 too
-large, 429 no free slot or a full job queue).
+large, 429 no free slot or a full job queue, and 503 where this sidecar adds a case of its own: a draining replica's
+`/generate`).
 """
 
 import asyncio
@@ -72,8 +73,10 @@ async def read_form(request: Request, file_field: tp.Optional[str]) -> tuple[dic
         await form.close()
 
 
-def generate_routes(engine, jobs: JobTable, notice: tp.Optional[str], token: tp.Optional[str]) -> list[Route]:
-    """`/generate` and `/progress` on the job table shared with the other poll APIs."""
+def generate_routes(engine, jobs: JobTable, notice: tp.Optional[str], token: tp.Optional[str],
+                    draining: tp.Callable[[], bool] = lambda: False) -> list[Route]:
+    """`/generate` and `/progress` on the job table shared with the other poll APIs; while the replica drains
+    (`draining()`), new generations are refused with 503 (the running ones finish: the drain waits for them)."""
 
     def check(request: Request) -> None:
         if not authorized(request.headers, request.query_params, token):
@@ -83,6 +86,8 @@ def generate_routes(engine, jobs: JobTable, notice: tp.Optional[str], token: tp.
         request_id = None
         try:
             check(request)
+            if draining():
+                raise HttpError(503, "this server is draining: send the request to another one")
             fields, data = await read_form(request, "loop_audio")
             request_id = fields.get("request_id") or str(uuid.uuid4())
             if data is None:
@@ -196,10 +201,9 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
                             limit=exc.limit) from None
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
-        if not registry.hold(jam):
-            registry.end(jam)
-            raise HttpError(503, "this server does not hold sessions between requests now (JAM_RESUME_SECONDS=0 "
-                                 "or draining): use the WebSocket")
+        if not keep(jam):
+            raise HttpError(503, "this server does not hold sessions between requests (JAM_RESUME_SECONDS=0): use "
+                                 "the WebSocket")
         return {"session_id": jam.session_id}
 
     async def next_chunk(request: Request) -> dict:
@@ -214,7 +218,7 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
             chunk = await bar.next(NEXT_TIMEOUT_SECONDS)
         finally:
             jam.owner = None
-            registry.hold(jam)
+            keep(jam)
         if chunk is None:
             raise HttpError(408 if bar.running else 404, "Chunk not ready within timeout" if bar.running else
                             bar.failure or "Session not found")
@@ -229,9 +233,17 @@ def jam_routes(engine, registry, blocking: Executor, notice: tp.Optional[str],
 
     def touched(session_id: tp.Any):
         jam = find(session_id)
-        if jam.owner is None:
-            registry.hold(jam)
+        if jam.owner is None and not keep(jam):
+            raise HttpError(404, "Session not found: the server is no longer holding sessions (its drain is over)")
         return jam
+
+    def keep(jam) -> bool:
+        """Holds the session again until the client's next request (also while the replica drains: the client is
+        still there, and the drain waits for its session); one the server no longer holds ends here."""
+        if registry.hold(jam, between_requests=True):
+            return True
+        registry.end(jam)
+        return False
 
     async def stop(request: Request) -> dict:
         try:

@@ -6,6 +6,7 @@ it (gary4juce's poll API, gary4live's Socket.IO events, magenta-retry's `/genera
     table.status(job_id) -> JobStatus | None             # state, stage, progress 0..1, queue position, estimate
     await asyncio.wrap_future(table.future(job_id))      # the work's return value, or its exception
     table.cancel(job_id); table.cancel_owner(sid); table.discard(job_id)
+    table.outstanding() -> int                           # what a drain waits for (streaming.app.capacity.Drain)
 
 `work(ctx)` is a plain function run on one of the table's own threads (never the event loop, never the sidecar's
 blocking pool, which opens sessions). It reaches the engine through `ctx.generate(BatchRequest, span=(a, b))`:
@@ -22,6 +23,9 @@ number of predictions ahead of it. A queued job's `position` is the number of jo
 before it (0 = next), and `status.waiting` covers both; `estimated_seconds` is the time until it
 finishes, from the measured throughput: an average of wall seconds per second of work (`work_seconds` at submit)
 over finished jobs, the running job's own rate while it runs, DEFAULT_SECONDS_PER_WORK_SECOND before any.
+
+A drain (streaming.app.capacity.Drain) waits for `outstanding()`: the jobs queued or running, and each finished
+one for `pickup_seconds` more (its client's next poll fetches the result).
 
 Bounds (constructor arguments, defaults below): at most `max_entries` entries in any state and `max_pending`
 queued or running; at most `max_bytes` of declared inputs plus results held; a finished entry is kept
@@ -77,14 +81,19 @@ MAX_JOB_SECONDS = 900.0
 MAX_ID_CHARS = 128
 DEFAULT_SECONDS_PER_WORK_SECOND = 1.0
 REAP_INTERVAL_SECONDS = 1.0
+# A drain waits for jobs queued or running and, after each finishes, this long for its client's next poll to fetch
+# the result (the Darius tab polls every 250 ms): the table does not know when a result was read.
+PICKUP_SECONDS = 10.0
+
 
 class JobTable:
     def __init__(self, engine, workers: int = 1, max_entries: int = MAX_ENTRIES, max_pending: int = MAX_PENDING,
                  max_bytes: int = MAX_BYTES, keep_seconds: float = KEEP_SECONDS,
-                 max_job_seconds: float = MAX_JOB_SECONDS, clock: tp.Callable[[], float] = time.monotonic) -> None:
+                 max_job_seconds: float = MAX_JOB_SECONDS, pickup_seconds: float = PICKUP_SECONDS,
+                 clock: tp.Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.max_entries, self.max_pending, self.max_bytes = max_entries, max_pending, max_bytes
-        self.keep_seconds, self.max_job_seconds = keep_seconds, max_job_seconds
+        self.keep_seconds, self.max_job_seconds, self.pickup_seconds = keep_seconds, max_job_seconds, pickup_seconds
         self.workers = workers
         self._clock = clock
         self._lock = threading.Condition()
@@ -185,6 +194,14 @@ class JobTable:
             states = [e.state for e in self._entries.values()]
             return {"entries": len(states), "queued": states.count(QUEUED), "running": states.count(RUNNING),
                     "bytes": self._held_bytes_locked()}
+
+    def outstanding(self) -> int:
+        """Jobs queued or running, and those finished less than `pickup_seconds` ago (their clients may not have
+        fetched the result yet): what a replica's drain waits for before it stops serving."""
+        now = self._clock()
+        with self._lock:
+            return sum(1 for e in self._entries.values() if e.state not in FINISHED
+                       or (e.finished is not None and now - e.finished < self.pickup_seconds))
 
     def close(self) -> None:
         """Cancels every unfinished job (their futures resolve) and stops the threads."""

@@ -10,13 +10,17 @@ last chunks the session generated, and the slot stays taken. A new connection th
 attaches and goes on from the first chunk its client lacks, same indexes, same stream (a seeded session gives the
 audio it would have given uninterrupted). After `resume_seconds` the session ends and its slot is freed. While the
 replica drains, a dropped session is not held (its client should reconnect elsewhere), and the drain's end closes
-what is held. Runs on the sidecar's event loop only.
+what is held. A session an HTTP client drives (bar mode's `/jam/*`) is held afresh between its requests, and that
+goes on while the replica drains (its client is still there) until the drain's end. Runs on the sidecar's event loop
+only.
 """
 
 import asyncio
 import logging
 import secrets
 import typing as tp
+
+from starlette.requests import Request
 
 from streaming.sessions.pump import ChunkPump, SessionError
 from streaming.sessions.recording import Recording, RecordingStore
@@ -58,6 +62,13 @@ class RegisteredSession:
         self.pump.restarted()
         self.recording.restarted(seed)
 
+    @property
+    def connected(self) -> bool:
+        """Whether an open connection plays this session (a WebSocket transport's): a balancer counts that
+        connection. A held session has none, a WebRTC peer's audio goes over UDP, and an HTTP-driven bar session
+        has at most a request in flight."""
+        return self.owner is not None and self.kind != "webrtc" and not isinstance(self.owner, Request)
+
     def disarm(self) -> None:
         """Stops the hold's clock (the session is attached, held afresh, or ended)."""
         if self._expiry is not None:
@@ -77,7 +88,8 @@ class SessionRegistry:
         self.resume_seconds = resume_seconds
         self.recordings = recordings
         self.prefix = f"{prefix}." if prefix else ""
-        self.holding = resume_seconds > 0  # False once the replica drains
+        self.holding = resume_seconds > 0  # dropped sessions are held: False once the replica drains
+        self.keeping = resume_seconds > 0  # HTTP-driven sessions are held between requests: False once drained
         self._jams: dict[str, RegisteredSession] = {}
 
     @classmethod
@@ -89,6 +101,11 @@ class SessionRegistry:
     @property
     def held(self) -> int:
         return sum(1 for jam in self._jams.values() if jam.owner is None)
+
+    @property
+    def unconnected(self) -> int:
+        """Sessions no open connection plays (RegisteredSession.connected): what a balancer cannot count."""
+        return sum(1 for jam in self._jams.values() if not jam.connected)
 
     def new_id(self) -> str:
         return self.prefix + secrets.token_urlsafe(ID_BYTES)
@@ -136,10 +153,11 @@ class SessionRegistry:
             raise SessionError(f"no {kind} session {session_id} on this server")
         return jam
 
-    def hold(self, jam: RegisteredSession) -> bool:
+    def hold(self, jam: RegisteredSession, between_requests: bool = False) -> bool:
         """Keeps a session whose connection dropped for `resume_seconds`; False when this replica does not hold
-        sessions now (resume off, or draining): then the caller ends it."""
-        if not self.holding or jam.session_id not in self._jams:
+        sessions now (resume off, or draining): then the caller ends it. `between_requests`: the session of an HTTP
+        client between two of its requests, held while the replica drains too, until the drain's end."""
+        if not (self.keeping if between_requests else self.holding) or jam.session_id not in self._jams:
             return False
         jam.owner = None
         jam.disarm()  # held again (an HTTP-driven session at each request): the time starts again
@@ -172,5 +190,6 @@ class SessionRegistry:
         self.holding = False
 
     async def drain_close(self, reason: str) -> None:
+        self.keeping = False
         for jam in [jam for jam in self._jams.values() if jam.owner is None]:
             self.end(jam)

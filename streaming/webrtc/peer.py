@@ -4,8 +4,10 @@
 channel for controls) or trickles an ICE candidate to one; `POST /webrtc/input` steers a peer by id. A peer takes
 one of the engine's session slots (shared with /ws/jam and Lyria) at the offer and gives it back exactly once,
 however it ends: the client stops or closes, ICE/DTLS fails, it never connects within the timeout, or the server
-shuts down. A generation failure is told on the data channel and the session restarts with a fresh context, on
-the slot it holds.
+shuts down. Before it connects, the peer connection's and ICE's "failed"/"closed" end it at once (the peer
+connection's state covers DTLS's), and a peer whose ICE connected must finish DTLS within DTLS_SECONDS: a client
+that closes mid-handshake sends nothing, and aiortc would wait for ICE consent to expire (about 30 s). A
+generation failure is told on the data channel and the session restarts with a fresh context, on the slot it holds.
 """
 
 import asyncio
@@ -38,6 +40,9 @@ FLUSH_SECONDS = 0.5  # how long a closing peer waits for its last data-channel m
 PC_CLOSE_SECONDS = 2.0  # at server shutdown aiortc's own close task may be cancelled and never finish
 TRICKLE_WAIT_SECONDS = 10.0  # a candidate that races its offer waits this long for the offer to be applied
 NO_AUDIO_LINGER_SECONDS = 2.0  # how long a peer without audio stays after saying so, for the message to arrive
+# DTLS takes two round trips after ICE connects (its first retransmission comes after 1 s): a peer still without
+# DTLS this long after ICE connected has lost its client
+DTLS_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,8 @@ class Peer:
         self.state = wp.PeerState.NEW
         self.connected = asyncio.Event()  # set at CONNECTED
         self.ended = asyncio.Event()
+        self.ice_connected_at: tp.Optional[float] = None  # when ICE connected (DTLS starts then)
+        self._changed = asyncio.Event()  # a connection or ICE state changed: the connect watch looks again
         self.end_reason = "closed"
 
     @property
@@ -121,6 +128,7 @@ class Peer:
             transceiver.setCodecPreferences([codec for codec in RTCRtpSender.getCapabilities("audio").codecs
                                              if codec.mimeType.lower() == "audio/opus"])
         self.pc.on("connectionstatechange", self._state_changed)
+        self.pc.on("iceconnectionstatechange", self._ice_state_changed)
         self.pc.on("datachannel", self._channel_opened)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.offer.sdp, type="offer"))
         self.described.set()
@@ -163,13 +171,32 @@ class Peer:
 
     # -- events -------------------------------------------------------------------------------------------------
     def _state_changed(self) -> None:
-        before, reported = self.state, self.pc.connectionState
+        """The peer connection's state (aiortc's: "failed" when ICE or DTLS failed, "closed" once closed)."""
+        reported = self.pc.connectionState
         logger.info("webrtc %s: connection %s", self.webrtc_id, reported)
-        self.state = wp.peer_state(before, reported)
-        if self.state is wp.PeerState.CONNECTED:
-            self.connected.set()
-        elif self.state is wp.PeerState.ENDED and before is not wp.PeerState.ENDED:
-            self.end_reason = f"connection {reported}"
+        after = wp.peer_state(self.state, reported)
+        if after is wp.PeerState.ENDED:
+            self._end(f"connection {reported}")
+        else:
+            self.state = after
+            if after is wp.PeerState.CONNECTED:
+                self.connected.set()
+        self._changed.set()
+
+    def _ice_state_changed(self) -> None:
+        """ICE's state: "completed" starts the DTLS clock; "failed"/"closed" end the peer as the connection's do."""
+        reported = self.pc.iceConnectionState
+        logger.info("webrtc %s: ICE %s", self.webrtc_id, reported)
+        if reported in ("completed", "connected") and self.ice_connected_at is None:
+            self.ice_connected_at = time.monotonic()
+        elif reported in ("failed", "closed"):
+            self._end(f"connection {reported}")
+        self._changed.set()
+
+    def _end(self, reason: str) -> None:
+        """The peer's connection is over (once): `_watch` closes the peer with `reason`."""
+        if self.state is not wp.PeerState.ENDED:
+            self.state, self.end_reason = wp.PeerState.ENDED, reason
             self.ended.set()
 
     def _channel_opened(self, channel: RTCDataChannel) -> None:
@@ -265,20 +292,37 @@ class Peer:
         return pcm16_array(self.resampler.process(chunk.audio[:, :new], chunk.audio[:, new:]))
 
     async def _watch(self, connect_timeout: float) -> None:
-        """Ends the peer when it is not connected in time or its connection ends; also on server shutdown
-        (the task is cancelled and the cleanup below still runs)."""
+        """Ends the peer when it is not connected in time, its connection ends (before it connected too), or the
+        server shuts down (the task is cancelled and the cleanup below still runs)."""
         try:
-            try:
-                await asyncio.wait_for(self.connected.wait(), connect_timeout)
-            except TimeoutError:
-                self.end_reason = f"not connected within {connect_timeout:g} s"
-                return
-            await self.ended.wait()
+            if await self._connects(connect_timeout):
+                await self.ended.wait()
         except asyncio.CancelledError:
             self.end_reason = "server shutting down"
             raise
         finally:
             await self.close(self.end_reason)
+
+    async def _connects(self, connect_timeout: float) -> bool:
+        """True once ICE and DTLS are up; False as soon as the peer ended first, or when it did not connect within
+        `connect_timeout` or finish DTLS within DTLS_SECONDS of ICE connecting (`end_reason` says which)."""
+        started = time.monotonic()
+        while not self.connected.is_set():
+            if self.ended.is_set():
+                return False
+            deadline, why = started + connect_timeout, f"not connected within {connect_timeout:g} s"
+            if self.ice_connected_at is not None and self.ice_connected_at + DTLS_SECONDS < deadline:
+                deadline = self.ice_connected_at + DTLS_SECONDS
+                why = f"DTLS not completed within {DTLS_SECONDS:g} s of ICE connecting: the client is gone"
+            if time.monotonic() >= deadline:
+                self.end_reason = why
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                pass
+        return True
 
     async def on_drain(self, seconds_left: float) -> None:
         """The replica drains: FastRTC's `warning` on the data channel says how long the session has."""

@@ -16,10 +16,12 @@ from tests.support.helpers import free_port, wait_until
 
 class CogServer:
     def __init__(self, env: dict, extra_env: dict | None = None, log_path: Path | None = None,
-                 root: Path = ROOT, python: str = sys.executable) -> None:
-        """`python` is the interpreter whose Cog SDK serves (the rehearsed image's, in scripts/rehearse_image.py)."""
+                 root: Path = ROOT, python: str = sys.executable, args: tuple[str, ...] = ()) -> None:
+        """`python` is the interpreter whose Cog SDK serves (the rehearsed image's, in scripts/rehearse_image.py);
+        `args` go to `cog.server.http` (e.g. `--await-explicit-shutdown true`, as deploy/kubernetes.yaml runs it)."""
         self.root = root
         self.python = python
+        self.args = tuple(args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or Path(f"/tmp/cog-server-{self.port}.log")
@@ -28,7 +30,7 @@ class CogServer:
 
     def start(self, timeout: float = 180) -> "CogServer":
         log = open(self.log_path, "wb")
-        self.process = subprocess.Popen([self.python, "-m", "cog.server.http", "--host", "127.0.0.1"],
+        self.process = subprocess.Popen([self.python, "-m", "cog.server.http", "--host", "127.0.0.1", *self.args],
                                         cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         deadline = time.monotonic() + timeout

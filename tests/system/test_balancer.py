@@ -1,7 +1,8 @@
-"""Replicas behind Debian's HAProxy with the project's own deploy/haproxy.cfg: new jams land by free slots, a full
-fleet answers with the protocol's own error, a drained replica gets no new session and exits when its jams end, a
-killed one gets none either, and predictions
-queue for a free replica instead of meeting Cog's 409."""
+"""Replicas behind Debian's HAProxy with the project's own deploy/haproxy.cfg: bursts of new jams, as fast as a
+client sends them, land by free slots (never on a full replica while another has room, also when a replica's slots
+are taken by sessions no connection shows); a full fleet answers with the protocol's own error; a drained replica
+gets no new session, exits when its jams end, and takes sessions again once restarted at the same address; a killed
+one gets none; and predictions queue for a free replica instead of meeting Cog's 409."""
 
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from websockets.sync.client import connect
 
 from tests.support import ROOT
@@ -35,11 +37,21 @@ class Sidecar:
 
     def __init__(self, env: dict, log_dir: Path, index: int) -> None:
         self.port, self.agent_port = free_port(), free_port()
-        self.log = open(log_dir / f"sidecar{index}.log", "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streaming.app.server"], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-            env=dict(env, JAM_HOST="127.0.0.1", JAM_PORT=str(self.port), JAM_AGENT_PORT=str(self.agent_port),
-                     JAM_MAX_SESSIONS="2", JAM_REPLICA_ID=f"replica{index + 1}"))
+        self.env, self.log_path, self.index = env, log_dir / f"sidecar{index}.log", index
+        self.process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streaming.app.server"], cwd=ROOT, stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT,
+            env=dict(self.env, JAM_HOST="127.0.0.1", JAM_PORT=str(self.port), JAM_AGENT_PORT=str(self.agent_port),
+                     JAM_MAX_SESSIONS="2", JAM_REPLICA_ID=f"replica{self.index + 1}"))
+
+    def restart(self) -> None:
+        """A new process at the same address (a rolling update's replacement), once the old one has exited."""
+        assert self.process.poll() is not None
+        self.process = self._spawn()
+        assert wait_until(lambda: _healthy(self.url("/health")), 120), "the restarted sidecar did not start"
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -87,11 +99,33 @@ def stop_all(haproxy: tp.Optional[subprocess.Popen], replicas: list) -> None:
         replica.stop()
 
 
-def start_session(lb_port: int):
+def start_session(lb_port: int, query: str = ""):
     # the sessions play unread for seconds: an unbounded queue keeps the client reading, so its close completes
-    ws = connect(f"ws://127.0.0.1:{lb_port}/ws/jam", open_timeout=10, max_queue=None)
+    ws = connect(f"ws://127.0.0.1:{lb_port}/ws/jam{query}", open_timeout=10, max_queue=None)
     ws.send(json.dumps(START))
     return ws, json.loads(ws.recv(timeout=60))
+
+
+def burst(lb_port: int, count: int) -> tuple[list, list[str]]:
+    """`count` starts one after another as fast as a client sends them: the sockets and what each start got."""
+    sockets, answers = [], []
+    for _ in range(count):
+        ws, first = start_session(lb_port)
+        sockets.append(ws)
+        answers.append(first["type"] if first["type"] == "started" else first["error"])
+    return sockets, answers
+
+
+def close_all(sockets: list) -> None:
+    for ws in sockets:
+        ws.close()
+
+
+def drop(ws) -> None:
+    """The network goes: no closing handshake, so the replica holds the session for a resume, no connection
+    carrying it."""
+    ws.socket.shutdown(socket.SHUT_RDWR)
+    ws.socket.close()
 
 
 @pytest.fixture
@@ -115,26 +149,58 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def test_sessions_land_by_free_slots_and_avoid_drained_and_dead_replicas(fleet):
+def test_bursts_land_by_free_slots_and_avoid_full_drained_and_dead_replicas(fleet):
     sidecars, lb_port = fleet
 
     def counts() -> list[int]:
         return [sidecar.sessions() if sidecar.process.poll() is None else None for sidecar in sidecars]
 
-    sockets = []
-    for _ in range(6):  # at the agents' pace: HAProxy weighs each start by the free slots last reported
-        ws, first = start_session(lb_port)
-        assert first["type"] == "started", first
-        sockets.append(ws)
-        time.sleep(1.5 * AGENT_INTER)
-    assert counts() == [2, 2, 2]
-    seventh, answer = start_session(lb_port)
-    assert answer == {"type": "error", "error": "concurrency_limit_reached", "limit": 2}, "the protocol's refusal"
-    seventh.close()
-    for ws in sockets:
-        ws.close()
-    assert wait_until(lambda: counts() == [0, 0, 0], 5)
-    time.sleep(2 * AGENT_INTER)
+    def settle(expected: list) -> None:
+        assert wait_until(lambda: counts() == expected, 10), counts()
+        time.sleep(2 * AGENT_INTER)  # the agents report the new state
+
+    # Six starts as fast as a client sends them, after a start or two that the agents have reported already (the
+    # pattern that met a full replica: its peers' weights fresh, its own stale): two per replica, every time.
+    for reported_first in (0, 1, 2):
+        sockets = []
+        for _ in range(reported_first):
+            sockets += burst(lb_port, 1)[0]
+            time.sleep(1.5 * AGENT_INTER)
+        more, answers = burst(lb_port, 6 - reported_first)
+        sockets += more
+        assert answers == ["started"] * len(answers) and counts() == [2, 2, 2], (reported_first, answers, counts())
+        seventh, answer = start_session(lb_port)
+        assert answer == {"type": "error", "error": "concurrency_limit_reached", "limit": 2}, "the protocol's refusal"
+        seventh.close()
+        close_all(sockets)
+        settle([0, 0, 0])
+
+    with ThreadPoolExecutor(6) as pool:  # six clients at the same moment
+        started = list(pool.map(lambda _: start_session(lb_port), range(6)))
+    assert [first["type"] for _, first in started] == ["started"] * 6 and counts() == [2, 2, 2], counts()
+    close_all([ws for ws, _ in started])
+    settle([0, 0, 0])
+
+    # A replica whose slots are taken by sessions no connection carries (held for a resume here; WebRTC peers and
+    # HTTP bar sessions alike): HAProxy sees no connection there, yet no start goes to it.
+    held = []
+    for _ in range(2):
+        ws, first = start_session(sidecars[0].port)  # straight to the replica, not through the balancer
+        held.append(first["session_id"])
+        drop(ws)
+    settle([2, 0, 0])
+    sockets, answers = burst(lb_port, 4)
+    assert answers == ["started"] * 4 and counts() == [2, 2, 2], (answers, counts())
+    extra, answer = start_session(lb_port)
+    assert answer["error"] == "concurrency_limit_reached"
+    extra.close()
+    for session_id in held:  # resumed and stopped: their slots come back
+        with connect(f"ws://127.0.0.1:{sidecars[0].port}/ws/jam?session_id={session_id}") as resumed:
+            resumed.send(json.dumps({"type": "start", "session_id": session_id}))
+            assert json.loads(resumed.recv(timeout=30))["resumed"] is True
+            resumed.send(json.dumps({"type": "stop"}))
+    close_all(sockets)
+    settle([0, 0, 0])
 
     kept, _ = start_session(lb_port)
     drained = counts().index(1)
@@ -164,10 +230,15 @@ def test_sessions_land_by_free_slots_and_avoid_drained_and_dead_replicas(fleet):
     kinds = [json.loads(kept.recv(timeout=30))["type"] for _ in range(3)]
     assert "chunk" in kinds, f"the jam on the drained replica plays on: {kinds}"
     assert sidecars[drained].process.poll() is None, "a draining replica stays up while its jam plays"
-    for ws, _ in landed:
-        ws.close()
     kept.close()
     assert sidecars[drained].process.wait(timeout=20) == 0, "the drained replica exits when its last jam ends"
+
+    sidecars[drained].restart()  # its replacement at the same address takes new sessions again
+    time.sleep(3 * AGENT_INTER)
+    replacement = [start_session(lb_port) for _ in range(2)]
+    assert all(first["type"] == "started" for _, first in replacement), replacement
+    assert counts()[drained] == 2, counts()
+    close_all([ws for ws, _ in landed + replacement])
 
 
 def test_requests_naming_a_session_reach_the_replica_that_holds_it(fleet):
@@ -202,8 +273,22 @@ def test_requests_naming_a_session_reach_the_replica_that_holds_it(fleet):
         other.close()
 
 
-def test_two_predictions_at_once_both_succeed_through_the_balancer(venv_env, demo_dir, tmp_path):
-    servers = [CogServer(venv_env, {"JAM_PORT": "0"}, log_path=tmp_path / f"cog{i}.log") for i in range(2)]
+def replica_prediction_env() -> dict:
+    """The prediction slots each replica runs with, as deploy/kubernetes.yaml sets them."""
+    deployment = next(yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text()))
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {item["name"]: item["value"] for item in env
+            if item["name"] in ("COG_MAX_CONCURRENCY", "MUSICGEN_MAX_PREDICTIONS")}
+
+
+def test_predictions_queue_for_a_free_replica_and_never_meet_cogs_409(venv_env, demo_dir, tmp_path):
+    """Twelve predictions at once on two replicas: HAProxy (maxconn 1) sends each replica the next one the moment
+    the previous response is through, before Cog 0.23.1 has its slot back (that comes with the worker's Idle
+    message, a moment later): with the replicas' spare Cog slot (COG_MAX_CONCURRENCY = maxconn + 1) none meets a
+    409."""
+    slots = replica_prediction_env()
+    assert slots == {"COG_MAX_CONCURRENCY": "2", "MUSICGEN_MAX_PREDICTIONS": "1"}, slots
+    servers = [CogServer(venv_env, {"JAM_PORT": "0", **slots}, log_path=tmp_path / f"cog{i}.log") for i in range(2)]
     haproxy = None
     try:
         for server in servers:
@@ -212,13 +297,16 @@ def test_two_predictions_at_once_both_succeed_through_the_balancer(venv_env, dem
                                              tmp_path)
         time.sleep(3)
 
-        def predict(seed: int) -> dict:
-            return requests.post(f"http://127.0.0.1:{cog_port}/predictions", timeout=300,
-                                 json={"input": {"prompt": "two at once", "duration": 2, "seed": seed}}).json()
+        def predict(seed: int) -> tuple[int, str]:
+            answer = requests.post(f"http://127.0.0.1:{cog_port}/predictions", timeout=300,
+                                   json={"input": {"prompt": "queued", "duration": 1, "seed": seed}})
+            try:
+                return answer.status_code, answer.json().get("status")
+            except ValueError:
+                return answer.status_code, answer.text[:200]
 
-        with ThreadPoolExecutor(2) as pool:
-            results = list(pool.map(predict, (1, 2)))
-        assert [result["status"] for result in results] == ["succeeded", "succeeded"], results
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(predict, range(12)))
+        assert results == [(200, "succeeded")] * 12, results
     finally:
         stop_all(haproxy, servers)
-

@@ -36,6 +36,10 @@ def test_the_deployment_drains_before_it_is_killed():
     assert env["JAM_HOST"] == "0.0.0.0"
     assert env["JAM_REPLICA_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}  # session ids name their pod
     assert pod["terminationGracePeriodSeconds"] > float(env["JAM_DRAIN_SECONDS"]), "SIGKILL would cut live jams"
+    # SIGTERM reaches Cog's worker, whose sidecar drains and then asks Cog's server to shut down
+    assert container["args"] == ["python", "-m", "cog.server.http", "--await-explicit-shutdown", "true"]
+    assert env["TINI_KILL_PROCESS_GROUP"] == "1"
+    assert int(env["COG_MAX_CONCURRENCY"]) == int(env["MUSICGEN_MAX_PREDICTIONS"]) + 1, "Cog's spare slot"
     pre_stop = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
     assert f"127.0.0.1:{ports['jam']}/admin/drain?wait=true" in pre_stop and "method='POST'" in pre_stop
     liveness = " ".join(container["livenessProbe"]["exec"]["command"])

@@ -1,11 +1,13 @@
-"""What a balancer sees of a replica: /ready and HAProxy's agent-check line follow the free session slots and the
-drain, on a running sidecar with real WebSocket sessions."""
+"""What a balancer sees of a replica: /ready and HAProxy's agent-check line follow the free session slots, the
+sessions no connection carries and the drain, on a running sidecar with real WebSocket and HTTP sessions; the drain
+waits for running jobs and HTTP-driven bar sessions."""
 
 import json
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -16,7 +18,7 @@ from websockets.sync.client import connect
 from streaming.app.capacity import Capacity
 from streaming.lyria import protocol as lp
 from tests.support import ROOT
-from tests.support.helpers import free_port, wait_until
+from tests.support.helpers import free_port, sine_wav, wait_until
 from tests.support.servers import start_server
 
 START = {"type": "start", "mode": "rt", "params": {"styles": "jazz", "pace": "realtime", "max_decode_frames": 12}}
@@ -45,11 +47,18 @@ def roomy_engine(demo_dir):
     own.close()
 
 
-@pytest.mark.parametrize("sessions, healthy, draining, line", [
-    (0, True, False, "up 100%\n"), (1, True, False, "up 50%\n"), (2, True, False, "up 1%\n"),
-    (1, True, True, "drain\n"), (0, False, False, "down\n"), (0, False, True, "down\n")])
-def test_agent_line_follows_free_slots(sessions, healthy, draining, line):
-    capacity = Capacity(sessions=sessions, max_sessions=2, healthy=healthy, draining=draining)
+@pytest.mark.parametrize("sessions, unconnected, healthy, draining, line", [
+    (0, 0, True, False, "up 100%\n"),
+    (1, 0, True, False, "up 100%\n"),  # HAProxy counts a WebSocket session's connection itself
+    (1, 1, True, False, "up 50%\n"),  # a held (or WebRTC, or HTTP bar) session: no connection shows it
+    (2, 0, True, False, "up 1%\n"),  # full: ranked last, yet reachable for the protocol's own refusal
+    (2, 1, True, False, "up 1%\n"),
+    (2, 2, True, False, "up 0%\n"),  # full with no connection: leastconn would rank it first at any weight
+    (1, 0, True, True, "up 0%\n"),  # draining: out of the balance, never HAProxy's sticky `drain`
+    (0, 0, False, False, "down\n"), (0, 0, False, True, "down\n")])
+def test_agent_line_follows_free_slots(sessions, unconnected, healthy, draining, line):
+    capacity = Capacity(sessions=sessions, max_sessions=2, healthy=healthy, draining=draining,
+                        unconnected=unconnected)
     assert capacity.agent_reply() == line
     assert capacity.ready == (healthy and not draining and sessions < 2)
 
@@ -63,31 +72,54 @@ def agent_line(port: int) -> str:
     return data.decode("ascii")
 
 
+def start_jam(port: int):
+    ws = connect(f"ws://127.0.0.1:{port}/ws/jam")
+    ws.send(json.dumps(START))
+    assert json.loads(ws.recv(timeout=60))["type"] == "started"
+    return ws
+
+
+def drop(ws) -> None:
+    """The network goes: no closing handshake, so the session is held for a resume (no connection carries it)."""
+    ws.socket.shutdown(socket.SHUT_RDWR)
+    ws.socket.close()
+
+
 def test_ready_and_agent_follow_sessions_and_drain(engine):
     agent_port = free_port()
     running = start_server(engine, agent_port=agent_port)
     base = f"http://127.0.0.1:{running.port}"
+
+    def agent_says(line: str) -> bool:
+        return wait_until(lambda: agent_line(agent_port) == line, 5)
+
     try:
         assert requests.get(f"{base}/ready", timeout=5).status_code == 200
         assert agent_line(agent_port) == "up 100%\n"
-        sockets = []
-        for expected in ("up 50%\n", "up 1%\n"):
-            ws = connect(f"ws://127.0.0.1:{running.port}/ws/jam")
-            ws.send(json.dumps(START))
-            assert json.loads(ws.recv(timeout=60))["type"] == "started"
-            sockets.append(ws)
-            assert wait_until(lambda line=expected: agent_line(agent_port) == line, 5), agent_line(agent_port)
+        first = start_jam(running.port)
+        assert agent_says("up 100%\n"), "a WebSocket session is HAProxy's to count: the weight stays"
+        second = start_jam(running.port)
+        assert agent_says("up 1%\n"), agent_line(agent_port)
         full = requests.get(f"{base}/ready", timeout=5)
         assert full.status_code == 503 and full.json()["reason"] == "all 2 session slots in use"
         assert requests.get(f"{base}/health", timeout=5).status_code == 200, "liveness is not readiness"
-        sockets.pop().close()
-        assert wait_until(lambda: requests.get(f"{base}/ready", timeout=5).status_code == 200, 5)
+        drop(second)
+        assert wait_until(lambda: running.registry.held == 1, 5)
+        assert agent_says("up 1%\n"), "still full: the held session keeps its slot"
+        first.close()
+        assert agent_says("up 50%\n"), "one slot is taken by a session no connection shows"
+        drop(start_jam(running.port))
+        assert agent_says("up 0%\n"), "full and no connection: out of the balance"
+        running.loop.call_soon_threadsafe(running.registry.close)  # the held ones end
+        assert wait_until(lambda: engine.sessions_open == 0, 5) and agent_says("up 100%\n")
+        sockets = [start_jam(running.port)]
         drained = requests.post(f"{base}/admin/drain", timeout=5)
         assert drained.status_code == 200 and drained.json()["draining"] is True
-        assert requests.get(f"{base}/ready", timeout=5).json() == {
-            "ready": False, "reason": "draining", "sessions": 1, "max_sessions": 2, "free_sessions": 1,
-            "draining": True}
-        assert agent_line(agent_port) == "drain\n"
+        ready = requests.get(f"{base}/ready", timeout=5).json()
+        assert 0 < ready.pop("seconds_left") <= 300
+        assert ready == {"ready": False, "reason": "draining: waiting for 1 session", "sessions": 1,
+                         "max_sessions": 2, "free_sessions": 1, "draining": True, "jobs": 0}
+        assert agent_line(agent_port) == "up 0%\n"
         sockets[0].send(json.dumps({"type": "ping"}))
         assert any(json.loads(sockets[0].recv(timeout=30))["type"] == "pong" for _ in range(5)), "the open jam goes on"
         sockets[0].close()
@@ -105,6 +137,54 @@ def test_drain_needs_the_token_when_one_is_set(engine):
                              timeout=5).status_code == 200
         assert requests.get(f"{base}/ready", timeout=5).status_code == 503
     finally:
+        running.stop()
+
+
+def test_drain_waits_for_running_jobs_and_http_bar_sessions(engine, tmp_path):
+    """A job on the app's own table (where the gary plugins' and /generate's jobs run) and a bar session an HTTP
+    client drives keep the drain open, and /ready says so; the session stays held between its client's requests
+    past its resume window while the replica drains; new /generate jobs are refused; the drain ends when both are
+    over, with the job's result still there to fetch."""
+    resume = 1.0
+    running = start_server(engine, resume_seconds=resume, drain_seconds=120)
+    running.jobs.pickup_seconds = 1.0
+    base = f"http://127.0.0.1:{running.port}"
+    release = threading.Event()
+    loop = sine_wav(tmp_path / "loop.wav", 2.0, rate=44100, channels=2).read_bytes()
+    try:
+        started = requests.post(f"{base}/jam/start", data={"bpm": "120"},
+                                files={"loop_audio": ("loop.wav", loop, "audio/wav")}, timeout=60)
+        assert started.status_code == 200, started.text
+        sid = started.json()["session_id"]
+        job_id = running.jobs.submit(lambda ctx: release.wait(60) and b"result", work_seconds=1.0)
+        assert requests.post(f"{base}/admin/drain", timeout=5).json()["draining"] is True
+        ready = requests.get(f"{base}/ready", timeout=5).json()
+        assert ready["reason"] == "draining: waiting for 1 session and 1 job" and ready["jobs"] == 1
+
+        refused = requests.post(f"{base}/generate", data={"bpm": "120"},
+                                files={"loop_audio": ("loop.wav", loop, "audio/wav")}, timeout=30)
+        assert refused.status_code == 503 and "draining" in refused.json()["detail"]
+
+        polled_until = time.monotonic() + 4 * resume  # the client keeps asking: its session is not dropped
+        while time.monotonic() < polled_until:
+            answer = requests.get(f"{base}/jam/status", params={"session_id": sid}, timeout=10)
+            assert answer.status_code == 200, answer.text
+            time.sleep(resume / 4)
+        chunk = requests.get(f"{base}/jam/next", params={"session_id": sid}, timeout=60)
+        assert chunk.status_code == 200 and chunk.json()["chunk"]["index"] == 0
+        assert not running.drain.done.is_set()
+
+        # the client stops asking: its session ends one resume window later; the job still holds the drain
+        assert wait_until(lambda: engine.sessions_open == 0, 5 * resume)
+        assert requests.get(f"{base}/ready", timeout=5).json()["reason"] == "draining: waiting for 1 job"
+        time.sleep(1.0)
+        assert not running.drain.done.is_set(), "a running job keeps the drain open"
+        release.set()
+        assert wait_until(running.drain.done.is_set, 10)
+        assert running.jobs.status(job_id).result == b"result", "the result waited for its client"
+        assert requests.get(f"{base}/ready", timeout=5).json()["reason"] == "drained"
+    finally:
+        release.set()
         running.stop()
 
 
@@ -171,7 +251,8 @@ def test_sigterm_drains_then_the_standalone_sidecar_exits(venv_env, demo_dir, tm
         assert json.loads(ws.recv(timeout=60))["type"] == "started"
         process.send_signal(signal.SIGTERM)
         assert messages_until(ws, lambda m: m.get("status") == "draining")["seconds_left"] == 30
-        assert requests.get(f"http://127.0.0.1:{port}/ready", timeout=5).json()["reason"] == "draining"
+        assert requests.get(f"http://127.0.0.1:{port}/ready", timeout=5).json()["reason"] == \
+            "draining: waiting for 1 session"
         messages_until(ws, lambda m: m.get("type") == "chunk", timeout=10)
         assert process.poll() is None, "a live jam keeps the replica up"
         ws.send(json.dumps({"type": "stop"}))
