@@ -25,7 +25,7 @@ finishes, from the measured throughput: an average of wall seconds per second of
 over finished jobs, the running job's own rate while it runs, DEFAULT_SECONDS_PER_WORK_SECOND before any.
 
 A drain (streaming.app.capacity.Drain) waits for `outstanding()`: the jobs queued or running, and each finished
-one for `pickup_seconds` more (its client's next poll fetches the result).
+one for `pickup_seconds` more until a poll has carried its result.
 
 Bounds (constructor arguments, defaults below): at most `max_entries` entries in any state and `max_pending`
 queued or running; at most `max_bytes` of declared inputs plus results held; a finished entry is kept
@@ -82,7 +82,7 @@ MAX_ID_CHARS = 128
 DEFAULT_SECONDS_PER_WORK_SECOND = 1.0
 REAP_INTERVAL_SECONDS = 1.0
 # A drain waits for jobs queued or running and, after each finishes, this long for its client's next poll to fetch
-# the result (the Darius tab polls every 250 ms): the table does not know when a result was read.
+# the result (the Darius tab polls every 250 ms), unless a poll already carried it (`delivered`).
 PICKUP_SECONDS = 10.0
 
 
@@ -196,12 +196,12 @@ class JobTable:
                     "bytes": self._held_bytes_locked()}
 
     def outstanding(self) -> int:
-        """Jobs queued or running, and those finished less than `pickup_seconds` ago (their clients may not have
-        fetched the result yet): what a replica's drain waits for before it stops serving."""
+        """Jobs queued or running, and those finished less than `pickup_seconds` ago whose result no poll has
+        carried yet (`delivered`): what a replica's drain waits for before it stops serving."""
         now = self._clock()
         with self._lock:
             return sum(1 for e in self._entries.values() if e.state not in FINISHED
-                       or (e.finished is not None and now - e.finished < self.pickup_seconds))
+                       or (e.delivered is None and e.finished is not None and now - e.finished < self.pickup_seconds))
 
     def close(self) -> None:
         """Cancels every unfinished job (their futures resolve) and stops the threads."""

@@ -200,19 +200,22 @@ def test_finished_entries_are_reaped_and_stuck_jobs_time_out_without_any_client(
 def test_a_delivered_result_is_kept_only_briefly(engine, clock):
     """A result a poll has carried is held DELIVERED_KEEP_SECONDS, not keep_seconds: a stream of jobs whose clients
     took their results holds no memory for long."""
-    table = JobTable(engine, keep_seconds=600, clock=clock)
+    table = JobTable(engine, keep_seconds=600, pickup_seconds=10, clock=clock)
     try:
         taken, waiting = (table.submit(lambda ctx: b"x" * 1000, work_seconds=1) for _ in range(2))
         for job in (taken, waiting):
             table.future(job).result(timeout=5)
+        assert table.outstanding() == 2  # just finished: a drain waits for their clients' next polls
         table.delivered(taken)
         table.delivered("no such job")
+        assert table.outstanding() == 1
         clock.now += DELIVERED_KEEP_SECONDS - 1
         time.sleep(2 * REAP_INTERVAL_SECONDS)
         assert table.status(taken).state == COMPLETED  # a lost answer may still be asked again
         clock.now += 2
         assert wait_until(lambda: table.status(taken) is None, 5, 0.05)
         assert table.status(waiting).state == COMPLETED and table.counts()["bytes"] == 1000
+        assert table.outstanding() == 0  # a drain waits for no result a poll carried, nor for one too old
     finally:
         table.close()
 
