@@ -99,12 +99,13 @@ class Engine:
                                    prefill_slice_steps=config.prefill_slice_steps, step_mode=self.step_mode,
                                    prediction_pad=config.prediction_pad)
         self.predictions = PredictionSlots(config.max_predictions)
-        self.lm_worker = Worker("engine", background=self.scheduler)
+        # both threads order their work by the realtime streams' deadlines (engine.runtime.deadlines)
+        self.lm_worker = Worker("engine", background=self.scheduler, deadlines=self.scheduler.deadlines)
         # On a CPU the codec thread takes one core at most, leaving the LM thread its cores; a GPU runs both.
         # On CUDA it has its own stream, so codec and MBD kernels overlap LM steps (engine.runtime.worker._on_stream).
         self.codec_worker = Worker("codec", threads=1 if model.device == "cpu" else None,
                                    stream=torch.cuda.Stream(device=model.device) if model.device.startswith("cuda")
-                                   else None)
+                                   else None, deadlines=self.scheduler.deadlines)
         self.host_memory = HostMemoryTrim(config.trim_seconds)
         self.runtime = Runtime(model, self.config, self.scheduler, self.lm_worker, self.codec_worker)
         # None when the step decoder runs this LM; else why not (predictions then use audiocraft's generate)

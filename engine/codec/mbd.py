@@ -10,7 +10,9 @@ global RNG, so the same seed gave different bytes. Here the same computation is 
   single call, because the U-Net's GroupNorm and `re_eq` take their statistics per window instead of over the whole
   output (both are level matches, so the windows agree in level; the crossfade hides the seams).
 - in work: a window is a sequence of pieces (its EnCodec decode, one U-Net pass of one band, one band filter of the
-  equaliser), each one job on the codec thread, queued at BACKGROUND priority behind live sessions' decodes.
+  equaliser), each one job on the codec thread, queued at BACKGROUND priority behind live sessions' decodes. Each
+  piece says which kind the next one is (`SlicedDiffusion.next_label`): the deadlines (engine.runtime.deadlines)
+  estimate each kind's cost apart, a U-Net pass being many times a band filter.
 The noise comes from the prediction's own torch.Generator, drawn in a fixed order (window, band, step), so the same
 tokens and seed give the same bytes whatever else runs. Windows start as soon as their tokens exist, so diffusion
 runs while the LM still generates.
@@ -21,15 +23,19 @@ import typing as tp
 import torch
 import torch.nn.functional as F
 
-Piece = tp.Generator[None, None, torch.Tensor]
+Piece = tp.Generator[str, None, torch.Tensor]  # each `next()` runs one piece and yields the kind of the next
 
 N_EQ_BANDS = 32  # MultiBandDiffusion.tokens_to_wav's default n_bands for re_eq
+# the kinds of its pieces on the codec thread (engine.runtime.deadlines estimates each one's cost)
+DECODE, DIFFUSION, EQUALISER = "mbd decode", "mbd diffusion", "mbd equaliser"
+LABELS = (DECODE, DIFFUSION, EQUALISER)
 
 
 def _subsampled(schedule, model, initial: torch.Tensor, condition: torch.Tensor,
-                generator: torch.Generator) -> Piece:
+                generator: torch.Generator, then: str) -> Piece:
     """audiocraft's NoiseSchedule.generate_subsampled with its default step list, one U-Net pass per piece, its
-    noise drawn from `generator` (same shapes, same order as `torch.randn_like`)."""
+    noise drawn from `generator` (same shapes, same order as `torch.randn_like`); `then`: the kind of the piece
+    after its last pass."""
     from audiocraft.modules.diffusion_schedule import betas_from_alpha_bar
 
     step_list = list(range(1000))[::-50] + [0]
@@ -40,7 +46,7 @@ def _subsampled(schedule, model, initial: torch.Tensor, condition: torch.Tensor,
     previous = current
     for idx, step in enumerate(step_list[:-1]):
         estimate = model(current, step, condition=condition).sample * schedule.noise_scale
-        yield
+        yield DIFFUSION if idx < len(step_list) - 2 else then
         alpha = 1 - betas_subsampled[-1 - idx]
         previous = (current - (1 - alpha) / (1 - alpha_bar).sqrt() * estimate) / alpha.sqrt()
         previous_alpha_bar = schedule.get_alpha_bar(step_list[idx + 1])
@@ -85,7 +91,7 @@ def _re_eq(wav: torch.Tensor, ref: torch.Tensor, sample_rate: int, n_bands: int 
     for index in range(len(bank.cutoffs) + 1):
         if index < len(bank.cutoffs):
             high, high_ref = _lowpass(bank, wav, index), _lowpass(bank, ref, index)
-            yield
+            yield EQUALISER
         else:  # the last band is whatever the last low pass left
             high, high_ref = wav, ref
         band, band_ref = (high, high_ref) if low is None else (high - low, high_ref - low_ref)
@@ -98,11 +104,12 @@ def _window(mbd, tokens: torch.Tensor, generator: torch.Generator) -> Piece:
     """MultiBandDiffusion.tokens_to_wav on tokens [1, K, n], in pieces."""
     wav_encodec = mbd.codec_model.decode(tokens)
     condition = mbd.get_emb(tokens)
-    yield
+    yield DIFFUSION
     out = torch.zeros(wav_encodec.size(), device=wav_encodec.device)
-    for process in mbd.DPs:
+    for band, process in enumerate(mbd.DPs):
         initial = torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device)
-        out += yield from _subsampled(process.schedule, process.model, initial, condition, generator)
+        then = DIFFUSION if band < len(mbd.DPs) - 1 else EQUALISER
+        out += yield from _subsampled(process.schedule, process.model, initial, condition, generator, then)
     return (yield from _re_eq(out, wav_encodec, mbd.codec_model.sample_rate))
 
 
@@ -123,6 +130,7 @@ class SlicedDiffusion:
         self._ended = False
         self._next_start = 0  # first frame of the next window
         self._window: tp.Optional[Piece] = None
+        self._next_label = DECODE  # the kind of the window's next piece
         self._window_end = 0
         self._audio: list[torch.Tensor] = []  # final audio
         self._tail: tp.Optional[torch.Tensor] = None  # the last window's overlap, to be crossfaded with the next
@@ -155,6 +163,11 @@ class SlicedDiffusion:
             return self.received
         return None
 
+    @property
+    def next_label(self) -> str:
+        """The kind of the piece `run_once` runs next (a new window starts with its decode)."""
+        return DECODE if self._window is None else self._next_label
+
     def run_once(self) -> None:
         """One piece: a window's decode, one U-Net pass of one band, or one band filter of its equaliser."""
         if self._window is None:
@@ -164,7 +177,7 @@ class SlicedDiffusion:
             self._window, self._window_end = _window(self.mbd, tokens, self.generator), end
             self._next_start = end - self.overlap_frames
         try:
-            next(self._window)
+            self._next_label = next(self._window)
         except StopIteration as finished:
             self._window = None
             self._place(finished.value[0].float().cpu())

@@ -13,6 +13,12 @@ import torch
 from engine.loading.separator import FixedShift
 
 WINDOW_SECONDS = 30.0  # the chroma covers a 30 s training window, as MusicGen's windowed extension gives it
+# the kinds of its pieces on the codec thread (engine.runtime.deadlines estimates each one's cost): the first one
+# (the melody read at the model's rate, looped to its window), a resampling, one layer of the separator, the
+# separator's output (its inverse spectrogram), the chroma
+LABEL, RESAMPLE, SEPARATOR, SEPARATOR_OUTPUT, CHROMA = ("melody analysis", "melody resample", "melody separator",
+                                                        "melody separator output", "melody chroma")
+LABELS = (LABEL, RESAMPLE, SEPARATOR, SEPARATOR_OUTPUT, CHROMA)
 def prefix_steps(lm) -> int:
     """How many cache positions a row's prefix takes (0 without melody conditioning): size a StepDecoder's
     `max_steps` as prefix_steps + window steps. musicgen-melody: 235 chroma frames for its 30 s window."""
@@ -32,7 +38,7 @@ def looped_window(wav: torch.Tensor, sample_rate: int, offset_seconds: float) ->
     return wav[..., positions % wav.shape[-1]]
 
 
-Piece = tp.Generator[None, None, torch.Tensor]
+Piece = tp.Generator[str, None, torch.Tensor]  # each `next()` runs one piece and yields the kind of the next
 
 
 def melody_condition(lm, wav: tp.Optional[torch.Tensor], sample_rate: int,
@@ -49,8 +55,9 @@ def melody_condition(lm, wav: tp.Optional[torch.Tensor], sample_rate: int,
 def melody_pieces(lm, wav: tp.Optional[torch.Tensor], sample_rate: int,
                   duration_seconds: float = WINDOW_SECONDS, offset_seconds: float = 0.0) -> Piece:
     """The prefix [P, D] musicgen-melody prepends for a melody `wav` [C, T] at `sample_rate` (codec thread), in
-    bounded pieces: each `next()` does one stretch of the work (a resampling, one segment of the stem separator,
-    the chroma), so a caller can run them as separate jobs; the generator's return value is the prefix.
+    bounded pieces: each `next()` does one stretch of the work (a resampling, one layer of the stem separator on one
+    segment, the chroma) and yields the kind of the next one (LABELS; the first is LABEL), so a caller can run them
+    as separate jobs; the generator's return value is the prefix.
 
     `wav=None` gives the null prefix: audiocraft's unconditional CFG row and its text-only generation on a melody
     model both use it (a silent one-sample melody). As MusicGen.generate_with_chroma: for a generation of at most
@@ -80,6 +87,7 @@ def melody_pieces(lm, wav: tp.Optional[torch.Tensor], sample_rate: int,
     melody = melody.mean(0, keepdim=True)[None]  # [1, 1, T]: the conditioning provider's mono collation
     if duration_seconds > WINDOW_SECONDS:
         melody = looped_window(melody, model_rate, offset_seconds)
+    yield RESAMPLE
     with torch.no_grad():
         chroma = yield from _stem_chroma(conditioner, melody)
         embeds = conditioner.output_proj(chroma.to(conditioner.output_proj.weight))
@@ -95,11 +103,13 @@ def _stem_chroma(conditioner, wav: torch.Tensor) -> Piece:
     separator = conditioner.demucs
     with conditioner.autocast:
         mix = convert_audio(wav, conditioner.sample_rate, separator.samplerate, separator.audio_channels)
-    yield
+    yield SEPARATOR
     stems = yield from _separate(separator, mix, conditioner.autocast)
     with conditioner.autocast:
         stems = stems[:, conditioner.stem_indices].sum(1)
         stems = convert_audio(stems, separator.samplerate, conditioner.sample_rate, 1)
+    yield CHROMA
+    with conditioner.autocast:
         chroma = conditioner.chroma(stems)
     frames = chroma.shape[1]
     if frames > conditioner.chroma_len:
@@ -137,6 +147,8 @@ def _separate(bag, mix: torch.Tensor, autocast) -> Piece:
 def _split(model, mix, autocast) -> Piece:
     """apply_model's split branch: overlapping segments, each run alone, blended with triangular weights."""
     from demucs.apply import TensorChunk, apply_model
+    from demucs.htdemucs import HTDemucs
+    from demucs.utils import center_trim
 
     batch, channels, length = mix.shape
     out = torch.zeros(batch, len(model.sources), channels, length, device=mix.device)
@@ -148,12 +160,98 @@ def _split(model, mix, autocast) -> Piece:
                         torch.arange(segment_length - segment_length // 2, 0, -1, device=device)])
     weight = (weight / weight.max()) ** 1.0
     for offset in range(0, length, stride):
-        with autocast:
-            chunk_out = apply_model(model, TensorChunk(mix, offset, segment_length), shifts=0, split=False,
-                                    device=device)
+        chunk = TensorChunk(mix, offset, segment_length)
+        if isinstance(model, HTDemucs) and model.use_train_segment:  # apply_model(split=False), layer by layer
+            with autocast:
+                padded = chunk.padded(model.valid_length(chunk.shape[-1])).to(device)
+            chunk_out = yield from _htdemucs(model, padded, autocast)
+            chunk_out = center_trim(chunk_out, chunk.shape[-1])
+        else:  # another separator: one segment per piece, by demucs' own code
+            with autocast:
+                chunk_out = apply_model(model, chunk, shifts=0, split=False, device=device)
         chunk_length = chunk_out.shape[-1]
         out[..., offset:offset + segment_length] += (weight[:chunk_length] * chunk_out).to(mix.device)
         sum_weight[offset:offset + segment_length] += weight[:chunk_length].to(mix.device)
-        yield
+        yield SEPARATOR if offset + stride < length else RESAMPLE  # the next segment, else the stems resampled
     out /= sum_weight
     return out
+
+
+def _htdemucs(model, mix: torch.Tensor, autocast) -> Piece:
+    """HTDemucs.forward in eval mode on a mix of its training length, one piece per layer: the spectrogram, each
+    encoder layer (its time and frequency branches), the cross-transformer, each decoder layer, the output. The same
+    operations in the same order as demucs' own forward, so the result is its result to the bit (a whole segment
+    runs 0.3-1.4 s on this project's CPUs: longer than the gap between a 0.48 s chunk's decodes)."""
+    from demucs.htdemucs import rearrange
+
+    with torch.no_grad(), autocast:
+        z = model._spec(mix)
+        x = model._magnitude(z).to(mix.device)
+        B, C, Fq, T = x.shape
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) / (1e-5 + std)
+        xt = mix
+        meant = xt.mean(dim=(1, 2), keepdim=True)
+        stdt = xt.std(dim=(1, 2), keepdim=True)
+        xt = (xt - meant) / (1e-5 + stdt)
+    yield SEPARATOR
+    saved, saved_t, lengths, lengths_t = [], [], [], []
+    for idx, encode in enumerate(model.encoder):
+        with torch.no_grad(), autocast:
+            lengths.append(x.shape[-1])
+            inject = None
+            if idx < len(model.tencoder):
+                lengths_t.append(xt.shape[-1])
+                tenc = model.tencoder[idx]
+                xt = tenc(xt)
+                if not tenc.empty:
+                    saved_t.append(xt)
+                else:
+                    inject = xt
+            x = encode(x, inject)
+            if idx == 0 and model.freq_emb is not None:
+                frs = torch.arange(x.shape[-2], device=x.device)
+                emb = model.freq_emb(frs).t()[None, :, :, None].expand_as(x)
+                x = x + model.freq_emb_scale * emb
+            saved.append(x)
+        yield SEPARATOR
+    if model.crosstransformer:
+        with torch.no_grad(), autocast:
+            if model.bottom_channels:
+                b, c, f, t = x.shape
+                x = rearrange(x, "b c f t-> b c (f t)")
+                x = model.channel_upsampler(x)
+                x = rearrange(x, "b c (f t)-> b c f t", f=f)
+                xt = model.channel_upsampler_t(xt)
+            x, xt = model.crosstransformer(x, xt)
+            if model.bottom_channels:
+                x = rearrange(x, "b c f t-> b c (f t)")
+                x = model.channel_downsampler(x)
+                x = rearrange(x, "b c (f t)-> b c f t", f=f)
+                xt = model.channel_downsampler_t(xt)
+        yield SEPARATOR
+    for idx, decode in enumerate(model.decoder):
+        with torch.no_grad(), autocast:
+            x, pre = decode(x, saved.pop(-1), lengths.pop(-1))
+            offset = model.depth - len(model.tdecoder)
+            if idx >= offset:
+                tdec = model.tdecoder[idx - offset]
+                length_t = lengths_t.pop(-1)
+                if tdec.empty:
+                    xt, _ = tdec(pre[:, :, 0], None, length_t)
+                else:
+                    xt, _ = tdec(xt, saved_t.pop(-1), length_t)
+        yield SEPARATOR
+    with torch.no_grad(), autocast:
+        training_length = int(model.segment * model.samplerate)
+        S = len(model.sources)
+        x = x.view(B, S, -1, Fq, T)
+        x = x * std[:, None] + mean[:, None]
+        zout = model._mask(z, x)
+    yield SEPARATOR_OUTPUT
+    with torch.no_grad(), autocast:
+        x = model._ispec(zout, training_length)
+        xt = xt.view(B, S, -1, training_length)
+        xt = xt * stdt[:, None] + meant[:, None]
+    return xt + x

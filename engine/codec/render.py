@@ -4,22 +4,28 @@ A recording can be an hour of tokens; decoding it in one call would hold the cod
 session's next chunk, for minutes. Here each piece is one job at BACKGROUND priority, so live sessions' decodes
 (URGENT) go between pieces: EnCodec decodes `PIECE_FRAMES` frames per job (engine.codec.stream: equal to one
 offline decode within its tested tolerance); MultiBand Diffusion runs one U-Net pass or band filter per job
-(engine.codec.mbd) and gives each window's audio once the window is done.
+(engine.codec.mbd) and gives each window's audio once the window is done. Its kind of piece is admitted to the
+engine's deadlines (engine.runtime.deadlines) while the rendering lives, so realtime consumers raise their lead
+before its first piece runs, and each piece starts only in the slack realtime streams leave.
 """
 
 import typing as tp
+import weakref
 from concurrent.futures import Future
 
 import torch
 
+from engine.codec import mbd as diffusion
 from engine.codec.mbd import SlicedDiffusion
 from engine.codec.stream import StreamingCodecDecoder
+from engine.runtime.deadlines import CODEC
 from engine.runtime.worker import BACKGROUND
 
 if tp.TYPE_CHECKING:
     from engine.runtime.context import Runtime
 
 PIECE_FRAMES = 50
+LABEL = "render"  # the kind of an EnCodec piece of a rendering (engine.runtime.deadlines)
 
 
 class Rendering:
@@ -45,12 +51,17 @@ class Rendering:
             self.diffusion.push(self.tokens, last=True)
         else:
             self.codec = StreamingCodecDecoder(model.musicgen.compression_model)
+        # admitted while it lives: released once all of it was given, or when the rendering is dropped unfinished
+        labels = diffusion.LABELS if mbd else (LABEL,)
+        self._release = weakref.finalize(self, runtime.deadlines.admit((CODEC, label) for label in labels))
 
     def next_piece(self) -> "Future[tp.Optional[torch.Tensor]]":
-        return self.worker.call(self._piece, priority=BACKGROUND)
+        label = self.diffusion.next_label if self.diffusion is not None else LABEL
+        return self.worker.call(self._piece, priority=BACKGROUND, label=label)
 
     def _piece(self) -> tp.Optional[torch.Tensor]:
         if self._finished:
+            self._release()
             return None
         if self.diffusion is not None:
             if not self.diffusion.done:

@@ -15,6 +15,7 @@ from engine.config import MAX_PROMPT_TOKENS, EngineConfig
 from engine.lm import conditions
 from engine.loading.model import LoadedModel
 from engine.params import SamplingParams, StyleText, checked
+from engine.runtime.deadlines import Deadlines
 from engine.runtime.scheduler import Scheduler
 from engine.runtime.streams import Conditioning, Stream, new_stream
 from engine.runtime.worker import Worker
@@ -30,6 +31,11 @@ class Runtime:
     scheduler: Scheduler
     lm_worker: Worker  # the LM thread: jobs, and between them batched decode steps
     codec_worker: Worker  # the codec thread: encode, streaming decode, MultiBand Diffusion
+
+    @property
+    def deadlines(self) -> Deadlines:
+        """The realtime streams' deadlines the two workers and the scheduler order their work by."""
+        return self.scheduler.deadlines
 
     @property
     def window_frames(self) -> int:

@@ -7,8 +7,9 @@ audio prompt, a window roll-over) runs in slices between other streams' steps. A
 start to end: opening and closing a stream, and restyling one that has room beside it, move no cache (StepDecoder
 attends per block of adjacent rows; the capturable step computes a bucket of rows with an active mask). A failure
 belongs to the stream that caused it: conditioning, prefill, forward, sampling and the consumer's callback are each
-guarded per stream, and the others advance in the same step. Live sessions with a deadline come first: when one is
-at risk, predictions skip a few steps.
+guarded per stream, and the others advance in the same step. Live streams step whenever they want frames;
+predictions step only when the deadlines (engine.runtime.deadlines) admit their step: it fits in every realtime
+stream's slack.
 """
 
 import logging
@@ -25,12 +26,15 @@ from engine.lm.sampling import StepInputs, guided_sample
 from engine.lm.static_step import CapturableStep, Region, padded_rows, row_buckets
 from engine.lm.supported import UnsupportedModel
 from engine.runtime import placement
+from engine.runtime.deadlines import LM, Deadlines
 from engine.runtime.streams import Stream
 
 logger = logging.getLogger(__name__)
 
 CONDITION_CACHE_SIZE = 256
-MAX_SKIPPED_STEPS = 3  # a prediction gets at least one step in MAX_SKIPPED_STEPS + 1, however busy the sessions
+# the kinds of the predictions' part of a step (engine.runtime.deadlines estimates each one's cost): a plain decode
+# step, or one with a prefill slice, a melody prefix or a new condition in it
+PREDICTION_STEP, PREDICTION_PREFILL = "prediction step", "prediction prefill"
 
 
 class StreamFailed(RuntimeError):
@@ -39,15 +43,18 @@ class StreamFailed(RuntimeError):
 
 class Scheduler:
     def __init__(self, lm, live_rows: int, prediction_rows: int, max_steps: int, weight_format: str = "float32",
-                 prefill_slice_steps: int = 64, step_mode: str = "off", prediction_pad: int = 0) -> None:
+                 prefill_slice_steps: int = 64, step_mode: str = "off", prediction_pad: int = 0,
+                 deadlines: tp.Optional[Deadlines] = None) -> None:
         """`step_mode` (see engine.lm.static_step.choose_step_mode): "off" decodes with the eager forward, "static"
         and "compile" with the capturable step, eagerly or compiled (on CUDA, replayed from CUDA graphs).
 
         Live streams take rows of the first `live_rows`, predictions of the `prediction_rows` after them (with the
         capturable step, after the live rows rounded up to a bucket step: its row regions, engine.lm.static_step).
         An LM the step decoder does not implement leaves `decoder` None and says why in `unsupported`: such a
-        scheduler takes no streams, so the engine can still serve predictions through audiocraft's generate."""
+        scheduler takes no streams, so the engine can still serve predictions through audiocraft's generate.
+        `deadlines`: the realtime streams' deadlines, shared with the workers (a scheduler of its own by default)."""
         self.lm = lm
+        self.deadlines = deadlines if deadlines is not None else Deadlines()
         self.live_rows = live_rows
         self.prediction_rows = prediction_rows
         capturable = step_mode != "off"
@@ -72,11 +79,11 @@ class Scheduler:
         self.streams: list[Stream] = []
         # text -> its T5 condition, least recently used first: a jam that returns to a style finds it here
         self._condition_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._step_seconds = 0.05  # running estimate of one step, for deadline decisions
-        self._skipped = 0
         self._null_prefix: tp.Optional[torch.Tensor] = None
-        # each run of the last step: its device inputs for guidance and sampling (see _sample)
+        # each run of the last step: its device inputs for guidance and sampling (see _sample), and those of the
+        # step before, which the runs of this step read
         self._step_inputs: dict[tuple, tuple[StepInputs, list[int], list[Stream]]] = {}
+        self._previous_inputs: dict[tuple, tuple[StepInputs, list[int], list[Stream]]] = {}
 
     @property
     def rows_free(self) -> int:
@@ -89,17 +96,53 @@ class Scheduler:
         return range(self.prediction_start, self.prediction_start + self.prediction_rows)
 
     # -- background work of the LM worker -----------------------------------------------------------------------
+    def _wanting(self) -> tuple[list[Stream], list[Stream]]:
+        """The live streams and the predictions that want steps now."""
+        active = [s for s in self.streams if s.wants_steps()]
+        return [s for s in active if s.target_frames is None], [s for s in active if s.target_frames is not None]
+
     def pending(self) -> bool:
-        return any(s.wants_steps() for s in self.streams)
+        live, predictions = self._wanting()
+        return bool(live) or (bool(predictions) and self.deadlines.admits(LM, self._kind(predictions)))
+
+    def held(self) -> bool:
+        """Predictions want steps the deadlines do not admit now."""
+        live, predictions = self._wanting()
+        return bool(predictions) and not self.deadlines.admits(LM, self._kind(predictions))
 
     def run_once(self) -> None:
-        active = [s for s in self.streams if s.wants_steps()]
-        if active:
+        """One step of the live streams that want frames, then, when the deadlines admit it, one of the
+        predictions (each its own forward already: no stream's tokens change by the split)."""
+        live, predictions = self._wanting()
+        if predictions and not self.deadlines.admits(LM, kind := self._kind(predictions)):
+            predictions = []
+        if not live and not predictions:
+            return
+        self._previous_inputs, self._step_inputs = self._step_inputs, {}
+        if live:
             started = time.perf_counter()
-            self._step(self._prioritise(active))
-            self._step_seconds = 0.8 * self._step_seconds + 0.2 * (time.perf_counter() - started)
+            self._step(live)
+            self.deadlines.observe_step(time.perf_counter() - started)
+        if predictions:
+            started = time.perf_counter()
+            self._step(predictions)
+            self.deadlines.observe(LM, kind, time.perf_counter() - started)
+        # the runs that did not step keep their device inputs for their next step
+        stepped, alive = {id(s) for s in live + predictions}, {id(s) for s in self.streams}
+        for key, entry in self._previous_inputs.items():
+            if key not in self._step_inputs and all(id(s) in alive and id(s) not in stepped for s in entry[2]):
+                self._step_inputs[key] = entry
 
-    yield_to_streams = run_once  # called from inside long jobs (audiocraft's own generate) so streams keep flowing
+    def _kind(self, predictions: list[Stream]) -> str:
+        """The kind of the predictions' part of a step: a prefill slice, a melody prefix or a new condition costs
+        more than a decode step."""
+        heavy = any(s.pending_prefill or s.conditions_dirty or (self.decoder.uses_prefix and s.prefix_dirty)
+                    for s in predictions)
+        return PREDICTION_PREFILL if heavy else PREDICTION_STEP
+
+    def yield_to_streams(self) -> None:
+        """Called from inside long jobs (audiocraft's own generate) so that streams keep flowing."""
+        self.run_once()
 
     # -- stream management (LM thread) ---------------------------------------------------------------------------
     def add_stream(self, stream: Stream) -> None:
@@ -175,18 +218,6 @@ class Scheduler:
         self.streams = list(streams) + [s for s in self.streams if s.target_frames is not None]
 
     # -- one step -----------------------------------------------------------------------------------------------
-    def _prioritise(self, active: list[Stream]) -> list[Stream]:
-        """Live sessions at risk of missing their deadline step without the predictions (for a few steps)."""
-        now = time.monotonic()
-        at_risk = any(s.deadline is not None and now + s.remaining_steps * self._step_seconds > s.deadline
-                      for s in active)
-        live = [s for s in active if s.target_frames is None]
-        if at_risk and live and len(live) < len(active) and self._skipped < MAX_SKIPPED_STEPS:
-            self._skipped += 1
-            return live
-        self._skipped = 0
-        return active
-
     def _attempt(self, stream: Stream, phase: str, fn: tp.Callable[[], tp.Any]) -> tuple[bool, tp.Any]:
         try:
             return True, fn()
@@ -195,6 +226,7 @@ class Scheduler:
             return False, None
 
     def _step(self, active: list[Stream]) -> None:
+        """One decode step of `active` (or a prefill slice where one is pending)."""
         ready = [s for s in active if self._attempt(s, "conditioning", lambda s=s: self._prepare(s))[0]]
         groups: list[tuple[list[Stream], torch.Tensor]] = []  # streams and the logits of their rows
         prefilling = [s for s in ready if s.pending_prefill]
@@ -214,10 +246,9 @@ class Scheduler:
                     ok, out = self._attempt(stream, "decode step", lambda s=stream: self._forward([s]))
                     if ok:
                         groups.append(([stream], out))
-        inputs, self._step_inputs = self._step_inputs, {}
         for streams, logits in groups:
             try:
-                tokens = self._sample(streams, logits, inputs)
+                tokens = self._sample(streams, logits, self._previous_inputs)
             except Exception as exc:  # each stream alone, on its own rows' logits
                 if len(streams) == 1:
                     self.fail(streams[0], "sampling", exc)
@@ -341,3 +372,4 @@ def _runs(streams: list[Stream]) -> list[list[Stream]]:
     live = sorted((s for s in streams if s.target_frames is None), key=lambda s: s.rows.start)
     predictions = [s for s in streams if s.target_frames is not None]
     return [run for run in (live, predictions) if run]
+

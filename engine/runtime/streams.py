@@ -56,7 +56,6 @@ class Stream:
     on_frames: tp.Optional[tp.Callable[["Stream"], None]] = None  # engine thread, after each step
     on_failed: tp.Optional[tp.Callable[["Stream", BaseException], None]] = None  # engine thread, once
     error: tp.Optional[BaseException] = None  # set when this stream failed and was dropped
-    deadline: tp.Optional[float] = None  # monotonic time by which the wanted frames are needed (live sessions)
     # a melody prediction beyond one window: the chroma prefix of each window, appended (on the LM thread) as the
     # codec thread analyses them; the stream waits at the end of a window until the next one's prefix is here
     window_prefixes: tp.Optional[list[torch.Tensor]] = None

@@ -15,9 +15,12 @@ from concurrent.futures import Future
 
 import torch
 
+from engine.codec import mbd, melody
 from engine.codec.mbd import SlicedDiffusion
 from engine.codec.stream import StreamingCodecDecoder
 from engine.loading.model import EXTEND_STRIDE_SECONDS
+from engine.runtime.deadlines import CODEC, LM
+from engine.runtime.scheduler import PREDICTION_PREFILL, PREDICTION_STEP
 from engine.runtime.streams import Conditioning, Stream, window_offsets
 from engine.runtime.worker import BACKGROUND, run_in_pieces
 from engine.work.batch import BatchJob, BatchResult, GenerationCancelled, PreparedBatch
@@ -26,6 +29,8 @@ if tp.TYPE_CHECKING:
     from engine.runtime.context import Runtime
 
 DECODE_EVERY_FRAMES = 50  # the codec thread decodes a prediction's tokens in pieces of this many frames
+# the kinds of a prediction's pieces on the codec thread (engine.runtime.deadlines estimates each one's cost)
+DECODE_PIECE, ENCODE_PIECE = "prediction decode", "prompt encode"
 
 
 class Prediction:
@@ -46,9 +51,12 @@ class Prediction:
 
     def start(self) -> BatchJob:
         """Queues the work: the audio input first becomes, on the codec thread, tokens to continue or a melody's
-        chroma prefix; then the stream joins the scheduler."""
+        chroma prefix; then the stream joins the scheduler. Its kinds of pieces are admitted to the deadlines at
+        once, so realtime consumers raise their lead before any of them runs."""
         runtime, prepared, job = self.runtime, self.prepared, self.job
         job._on_cancel = self._cancel
+        release = runtime.deadlines.admit(self.pieces())
+        job.future.add_done_callback(lambda _: release())
         if prepared.mode == "text":
             runtime.lm_worker.call(lambda: self._add_stream(None, None)).add_done_callback(job.fail_from)
             return job
@@ -56,7 +64,8 @@ class Prediction:
         if melody_mode:
             analysed = self._melody_window(0)
         else:
-            analysed = runtime.codec_worker.call(lambda: runtime.encode_now(prepared.audio_slice, prepared.audio_rate))
+            analysed = runtime.codec_worker.call(lambda: runtime.encode_now(prepared.audio_slice, prepared.audio_rate),
+                                                 priority=BACKGROUND, label=ENCODE_PIECE)
 
         def add_after_analysis(done: Future) -> None:
             if done.cancelled() or done.exception() is not None:
@@ -67,6 +76,18 @@ class Prediction:
 
         analysed.add_done_callback(add_after_analysis)
         return job
+
+    def pieces(self) -> set[tuple[str, str]]:
+        """The kinds of batch pieces this prediction runs, by worker."""
+        mode = self.prepared.mode
+        kinds = {(LM, PREDICTION_STEP), (LM, PREDICTION_PREFILL), (CODEC, DECODE_PIECE)}
+        if self.prepared.request.multi_band_diffusion:
+            kinds.update((CODEC, label) for label in mbd.LABELS)
+        if mode == "melody":
+            kinds.update((CODEC, label) for label in melody.LABELS)
+        elif mode == "continuation":
+            kinds.add((CODEC, ENCODE_PIECE))
+        return kinds
 
     # -- LM thread --------------------------------------------------------------------------------------------
     def _add_stream(self, prompt: tp.Optional[torch.Tensor], melody: tp.Optional[torch.Tensor]) -> None:
@@ -96,8 +117,8 @@ class Prediction:
             piece = torch.cat(self._undecoded, dim=-1)
             self._undecoded.clear()
             all_tokens = torch.cat(self._tokens, dim=-1) if done else None
-            self.runtime.codec_worker.call(lambda: self.output.push(piece, all_tokens),
-                                          priority=BACKGROUND).add_done_callback(self.job.fail_from)
+            self.runtime.codec_worker.call(lambda: self.output.push(piece, all_tokens), priority=BACKGROUND,
+                                          label=DECODE_PIECE).add_done_callback(self.job.fail_from)
         if done:
             self.runtime.scheduler.remove_stream(stream)
 
@@ -117,7 +138,7 @@ class Prediction:
         prepared, runtime = self.prepared, self.runtime
         pieces = runtime.melody_prefix_pieces(prepared.audio_slice, prepared.audio_rate, prepared.total_seconds,
                                              self.offsets[index] / runtime.model.frame_rate)
-        return run_in_pieces(runtime.codec_worker, pieces, abandoned=self.job.future.done)
+        return run_in_pieces(runtime.codec_worker, pieces, abandoned=self.job.future.done, label=melody.LABEL)
 
     def _analyse_window(self, index: int) -> None:
         """Window `index`'s chroma, handed to the stream (which waits for it at the end of the window before),
@@ -178,7 +199,8 @@ class Decoding:
             self._finish(self.diffusion.audio())
         elif self.diffusion.ready() and not self._queued:
             self._queued = True
-            self.runtime.codec_worker.call(self._piece, priority=BACKGROUND).add_done_callback(self.job.fail_from)
+            self.runtime.codec_worker.call(self._piece, priority=BACKGROUND,
+                                          label=self.diffusion.next_label).add_done_callback(self.job.fail_from)
 
     def _piece(self) -> None:
         self._queued = False
@@ -213,8 +235,8 @@ def start_reference(runtime: "Runtime", prepared: PreparedBatch) -> BatchJob:
             job.succeed(trim(wav, prepared, runtime.model.sample_rate, started, tokens))
             return
         output = Decoding(runtime, job, prepared, started)
-        runtime.codec_worker.call(lambda: output.push(tokens, tokens),
-                                 priority=BACKGROUND).add_done_callback(job.fail_from)
+        runtime.codec_worker.call(lambda: output.push(tokens, tokens), priority=BACKGROUND,
+                                 label=DECODE_PIECE).add_done_callback(job.fail_from)
 
     runtime.lm_worker.call(lambda: _generate_reference(runtime.model, prepared, progress)).add_done_callback(generated)
     return job

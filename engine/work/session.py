@@ -6,6 +6,11 @@ audio past its end that is identical to the start of the next chunk, so a client
 (as the seed's browser client does) plays a seamless stream. Updates and melodies apply from the next decode step
 of the chunk in the making (engine.work.steering says where that lands in the audio, and why it is reproducible); the
 context is kept, so the music turns rather than restarts.
+
+A chunk asked for with a deadline (a realtime listener's) makes the session a realtime stream of the engine's
+deadlines (engine.runtime.deadlines): until it is asked for without one, the engine knows when its next chunk is due
+and how much work that still is, its decodes go before later-due work on the codec thread, and batch work runs only
+in the slack it leaves.
 """
 
 import logging
@@ -13,12 +18,14 @@ import math
 import threading
 import time
 import typing as tp
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
 
 from engine.codec.stream import StreamingCodecDecoder
+from engine.runtime.deadlines import PRIOR_SECONDS
 from engine.runtime.streams import Conditioning, Stream
 from engine.runtime.worker import URGENT, run_in_pieces
 from engine.work.chunk import Chunk, SessionClosed
@@ -37,6 +44,7 @@ class _Request:
     index: int
     requested: float
     samples: int  # new samples in this chunk (the overlap comes on top)
+    due: tp.Optional[float]  # when the listener runs dry without it (time.monotonic); None: asked for asap
 
 
 def _pass_failure(target: Future, source: Future) -> None:
@@ -75,6 +83,11 @@ class LiveSession:
         self._codec = StreamingCodecDecoder(model.musicgen.compression_model)
         self._audio = torch.zeros(model.channels, 0)  # decoded audio from sample `_audio_start` on
         self._audio_start = 0
+        self._decode_times: deque[float] = deque(maxlen=8)  # the last decodes' seconds
+        # the due time that orders this session's last codec job (worker.call's `due`): its jobs keep their order
+        self._codec_key = 0.0
+        self._key_lock = threading.Lock()
+        self._deadlines = runtime.deadlines
 
     @classmethod
     def open(cls, runtime: "Runtime", settings: SessionSettings, seed: int, on_close: tp.Callable[[], None],
@@ -85,9 +98,10 @@ class LiveSession:
         session = cls(runtime, settings, seed, on_close)
         tokens = prefix = None
         if melody is not None:
-            prefix = run_in_pieces(runtime.codec_worker, runtime.melody_prefix_pieces(*melody), URGENT).result()
+            prefix = run_in_pieces(runtime.codec_worker, runtime.melody_prefix_pieces(*melody), URGENT,
+                                   label="session melody").result()
         if prompt is not None:  # the prompt is context, not output: the codec skips it
-            tokens = runtime.codec_worker.call(lambda: session._skip(runtime.encode_now(*prompt))).result()
+            tokens = session._codec_call(lambda: session._skip(runtime.encode_now(*prompt))).result()
         runtime.lm_worker.call(lambda: session._start(seed, tokens, prefix)).result()
         return session
 
@@ -121,7 +135,7 @@ class LiveSession:
             self._start(seed, tokens, melody)
             # after the old stream's decodes (same priority, queued before): the new stream's audio starts afresh
             # (after the prompt's tokens, which are its decode's left context)
-            return self.runtime.codec_worker.call(lambda: self._reset_audio(tokens), priority=URGENT)
+            return self._codec_call(lambda: self._reset_audio(tokens))
 
         self.runtime.lm_worker.call(swap).result().result()
 
@@ -156,10 +170,15 @@ class LiveSession:
         prefix = None
         if melody is not None:
             prefix = run_in_pieces(self.runtime.codec_worker, self.runtime.melody_prefix_pieces(*melody),
-                                   URGENT).result()
+                                   URGENT, label="session melody").result()
         elif not self.runtime.model.supports_melody:
             raise ValueError("this model cannot follow a melody (it has no chroma conditioner)")
         return self.runtime.lm_worker.call(lambda: self._apply("melody", prefix)).result()
+
+    def expected_wait(self) -> float:
+        """Seconds a chunk may now wait behind batch work the engine admitted (0: none runs): what a just-in-time
+        consumer adds to its lead from the moment heavy work is admitted, before it delays a chunk."""
+        return self._deadlines.wait_bound()
 
     def close(self) -> None:
         """Frees the session's rows and its slot; safe to call twice and from any thread."""
@@ -167,6 +186,7 @@ class LiveSession:
             if self._closed:
                 return
             self._closed = True
+        self._deadlines.forget(self)
         self.runtime.lm_worker.call(self._shutdown).add_done_callback(lambda done: self._abandon_pending())
         self._on_close()
 
@@ -250,12 +270,36 @@ class LiveSession:
         if self._pending is not None:
             raise RuntimeError("a chunk is already being generated for this session")
         samples = int(round(self.settings.chunk_seconds * self.sample_rate))
-        self._pending = _Request(future, index, requested, samples)
+        self._pending = _Request(future, index, requested, samples, deadline)
         self._next_index = index + 1
         needed = self._planned_samples + samples + self._overlap
         self.stream.wanted_frames = self._prompt_frames + math.ceil(needed / self.hop) + self._codec.lookahead_frames
-        self.stream.deadline = deadline
+        if deadline is None:
+            self._deadlines.forget(self)
+        else:
+            self._deadlines.expect(self, deadline, self._steps_left, self._decode_estimate(), asked=True)
         self._on_frames(self.stream)
+
+    def _steps_left(self) -> int:
+        """Decode steps the next chunk still needs (any thread: a snapshot): what is left of the one in the making,
+        else a whole chunk's."""
+        stream, pending = self.stream, self._pending
+        if stream is None:
+            return 0
+        if pending is not None:
+            return stream.remaining_steps
+        return math.ceil(self.settings.chunk_seconds * self.sample_rate / self.hop)
+
+    def _decode_estimate(self) -> float:
+        times = list(self._decode_times)
+        return max(times) if times else PRIOR_SECONDS
+
+    def _codec_call(self, fn: tp.Callable[[], tp.Any], due: tp.Optional[float] = None) -> Future:
+        """A job of this session on the codec thread (its decoder's state: a prompt skipped, a chunk decoded, a
+        restart), ordered by `due` among other sessions' (now, without one) but never before its own earlier ones."""
+        with self._key_lock:
+            self._codec_key = key = max(self._codec_key, time.monotonic() if due is None else due)
+        return self.runtime.codec_worker.call(fn, priority=URGENT, due=key)
 
     def _on_frames(self, stream: Stream) -> None:
         if self._shrink is not None and stream.ramp is None:
@@ -266,10 +310,8 @@ class LiveSession:
         frames = stream.take_frames()
         start = self._planned_samples
         self._planned_samples += request.samples
-        stream.deadline = None
         settings, changes = self._settings_within(start, start + request.samples)
-        job = self.runtime.codec_worker.call(lambda: self._decode(request, frames, start, settings, changes),
-                                            priority=URGENT)
+        job = self._codec_call(lambda: self._decode(request, frames, start, settings, changes), due=request.due)
         job.add_done_callback(lambda done: self._decoded(request, done))
 
     def _settings_within(self, start: int, end: int
@@ -282,12 +324,14 @@ class LiveSession:
         return before[-1][1], inside
 
     def _on_failed(self, stream: Stream, error: BaseException) -> None:
+        self._deadlines.forget(self)
         self.failure = error
         if self._pending is not None and not self._pending.future.done():
             self._pending.future.set_exception(error)
         self._pending = None
 
     def _shutdown(self) -> None:
+        self._deadlines.forget(self)
         if self.stream is not None:
             self.runtime.scheduler.remove_stream(self.stream)
 
@@ -313,6 +357,7 @@ class LiveSession:
 
     def _decode(self, request: _Request, frames: torch.Tensor, start: int, settings: SessionSettings,
                 changes: tuple[tuple[float, SessionSettings], ...]) -> Chunk:
+        began = time.perf_counter()
         self._audio = torch.cat([self._audio, self._codec.push(frames)], dim=-1)
         offset = start - self._audio_start
         audio = self._audio[:, offset: offset + request.samples + self._overlap].clone()
@@ -321,6 +366,7 @@ class LiveSession:
                                f"{request.samples + self._overlap}")
         self._audio = self._audio[:, offset + request.samples:]
         self._audio_start = start + request.samples
+        self._decode_times.append(time.perf_counter() - began)
         return Chunk(index=request.index, audio=audio, sample_rate=self.sample_rate,
                      seconds=request.samples / self.sample_rate, overlap_seconds=self._overlap / self.sample_rate,
                      generation_seconds=time.perf_counter() - request.requested, frames=frames,
@@ -329,7 +375,11 @@ class LiveSession:
     def _decoded(self, request: _Request, done: Future) -> None:
         if done.exception() is not None:  # the audio stream has a hole now: this session cannot go on
             self.failure = done.exception()
+            self._deadlines.forget(self)
             logger.warning("session decode failed: %s", done.exception())
+        elif request.due is not None and not self._closed:  # before the chunk goes out: it may be asked for at once
+            self._deadlines.expect(self, request.due + request.samples / self.sample_rate, self._steps_left,
+                                   self._decode_estimate(), asked=False)
         if not request.future.done():
             if done.exception() is not None:
                 request.future.set_exception(done.exception())

@@ -4,6 +4,7 @@ fails moves no stream."""
 
 import contextlib
 import threading
+import time
 import typing as tp
 from dataclasses import replace
 
@@ -12,6 +13,8 @@ import torch
 
 from engine.codec.stream import StreamingCodecDecoder
 from engine.lm.decoder import StepDecoder
+from engine.runtime import deadlines as deadlines_rule
+from engine.runtime.scheduler import Scheduler
 from engine.runtime.streams import SamplingParams
 from engine.work.batch import BatchRequest
 from engine.work.prediction import DECODE_EVERY_FRAMES
@@ -175,3 +178,34 @@ def test_opening_closing_and_restyling_in_place_move_no_cache(engine, monkeypatc
     finally:
         a.close()
         b.close()
+
+
+def test_a_prediction_steps_only_in_the_slack_a_realtime_chunk_leaves(engine, monkeypatch):
+    """A chunk due now leaves no slack: the prediction beside it waits until its steps are done; a chunk due in a
+    minute leaves plenty, and both step together."""
+    monkeypatch.setattr(deadlines_rule, "HOLD_LIMIT_SECONDS", 600.0)  # a slow machine never forces a step through
+    order: list[str] = []
+    step = Scheduler._step
+
+    def recording(self, active):
+        order.append("live" if active[0].target_frames is None else "prediction")
+        return step(self, active)
+
+    monkeypatch.setattr(Scheduler, "_step", recording)
+    session = engine.open_session(SessionSettings(styles=("dub",), weights=(1.0,), chunk_seconds=2.0), seed=1)
+    try:
+        session.next_chunk().result(timeout=60)
+        job = engine.generate(BatchRequest(prompt="x", duration=20, seed=1))
+        assert wait_until(lambda: "prediction" in order, timeout=60)
+        order.clear()
+        session.next_chunk(deadline=time.monotonic()).result(timeout=60)  # due now
+        at_risk = list(order)
+        order.clear()
+        session.next_chunk(deadline=time.monotonic() + 60).result(timeout=60)  # due in a minute
+        relaxed = list(order)
+        job.cancel()
+    finally:
+        session.close()
+    last_live = len(at_risk) - 1 - at_risk[::-1].index("live")
+    assert at_risk.count("live") >= 90 and "prediction" not in at_risk[:last_live], at_risk
+    assert "prediction" in relaxed[:len(relaxed) - 1 - relaxed[::-1].index("live")], relaxed

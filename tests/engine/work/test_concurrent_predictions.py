@@ -42,11 +42,16 @@ def test_a_seeded_prediction_gives_the_same_bytes_alone_or_among_others(three_sl
     try:
         session.next_chunk().result(timeout=60)
         steps, rows = [], []  # per step: predictions and whether a session stepped, and its forwards
-        real_step, real_forward = engine.scheduler._step, engine.scheduler._forward
+        scheduler = engine.scheduler
+        real_once, real_step, real_forward = scheduler.run_once, scheduler._step, scheduler._forward
+
+        def iteration():  # one step of the scheduler: the live streams', then the predictions' where admitted
+            steps.append({"predictions": 0, "live": False, "forwards": []})
+            return real_once()
 
         def counting(active):
-            steps.append({"predictions": sum(1 for s in active if s.target_frames is not None),
-                          "live": any(s.target_frames is None for s in active), "forwards": []})
+            steps[-1]["predictions"] += sum(1 for s in active if s.target_frames is not None)
+            steps[-1]["live"] |= any(s.target_frames is None for s in active)
             rows.extend((s.target_frames is None, s.rows) for s in active)
             return real_step(active)
 
@@ -55,7 +60,7 @@ def test_a_seeded_prediction_gives_the_same_bytes_alone_or_among_others(three_sl
             steps[-1]["forwards"].append(sum(1 for s in run if s.target_frames is not None))
             return logits
 
-        engine.scheduler._step, engine.scheduler._forward = counting, recording
+        engine.scheduler.run_once, engine.scheduler._step, engine.scheduler._forward = iteration, counting, recording
         try:
             done = threading.Event()
 
@@ -71,7 +76,7 @@ def test_a_seeded_prediction_gives_the_same_bytes_alone_or_among_others(three_sl
             done.set()
             listener.join(timeout=60)
         finally:
-            del engine.scheduler._step, engine.scheduler._forward
+            del engine.scheduler.run_once, engine.scheduler._step, engine.scheduler._forward
     finally:
         session.close()
     shared = [step for step in steps if step["live"] and step["predictions"] == 3]

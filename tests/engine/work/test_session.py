@@ -13,7 +13,7 @@ from engine.runtime.scheduler import Scheduler
 from engine.runtime.streams import SamplingParams, Stream
 from engine.work.batch import BatchRequest
 from engine.work.session import SessionSettings
-from tests.support.helpers import offline_decode, sine_wav, snr_db
+from tests.support.helpers import offline_decode, sine_wav, snr_db, wait_until
 
 SETTINGS = SessionSettings(styles=("jazz", "hiphop"), weights=(1.0, 0.8),
                        params=SamplingParams(temperature=1.1, top_k=40, guidance=1.1), chunk_seconds=1.0)
@@ -229,14 +229,21 @@ def test_a_prediction_stepped_beside_two_sessions_gives_the_bytes_it_gives_alone
     """A prediction is a finite stream whose forward is never shared with sessions (see scheduler._runs):
     stepped in the same scheduler steps as two live sessions, it gives the bytes it gives alone, and the sessions
     get every chunk."""
-    shared_steps = []
-    step = Scheduler._step
+    shared_steps = []  # per scheduler step the prediction stepped in: how many sessions stepped in it too
+    stepped: list = []
+    run_once, step = Scheduler.run_once, Scheduler._step
+
+    def iteration(self):  # one step of the scheduler: the live streams', then the prediction's
+        stepped.clear()
+        run_once(self)
+        if any(s.target_frames is not None for s in stepped):
+            shared_steps.append(sum(s.target_frames is None for s in stepped))
 
     def recording(self, active):
-        if any(s.target_frames is not None for s in active):
-            shared_steps.append(sum(s.target_frames is None for s in active))
+        stepped.extend(active)
         return step(self, active)
 
+    monkeypatch.setattr(Scheduler, "run_once", iteration)
     monkeypatch.setattr(Scheduler, "_step", recording)
     results = {}
     playing = threading.Barrier(3, timeout=60)  # the prediction starts once both sessions play
@@ -266,3 +273,17 @@ def test_a_prediction_stepped_beside_two_sessions_gives_the_bytes_it_gives_alone
     for name in ("jam0", "jam1"):
         assert [c.index for c in results[name]] == [0, 1, 2, 3, 4, 5]
     assert engine.sessions_open == 0
+
+
+def test_admitting_a_prediction_raises_the_wait_a_session_expects_until_it_ends(engine):
+    """What a chunk may wait behind batch work is known as the work is admitted, before any of it runs (a
+    consumer adds it to its lead), and goes back to nothing when the work ends."""
+    session = engine.open_session(SETTINGS, seed=3)
+    try:
+        assert session.expected_wait() == 0.0
+        job = engine.generate(BatchRequest(prompt="x", duration=4, seed=1, multi_band_diffusion=True))
+        assert session.expected_wait() > 0.0
+        job.wait()
+        assert wait_until(lambda: session.expected_wait() == 0.0, timeout=10)
+    finally:
+        session.close()
