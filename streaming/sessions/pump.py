@@ -139,11 +139,12 @@ class ChunkPump:
     def __init__(self, session, pace: tp.Optional[Pace] = None, deliver: tp.Optional[Deliver] = None,
                  on_error: tp.Optional[OnError] = None, tasks: tp.Optional[Tasks] = None,
                  on_chunk: tp.Callable[[tp.Any], None] = lambda chunk: None) -> None:
-        """`session` gives chunks (`next_chunk(deadline) -> Future`); bound at once when a pace and the rest are
-        given, else by the first `bind`."""
+        """`session` gives chunks (`next_chunk(deadline) -> Future`) and, where it has one, the wait its chunks may
+        now have behind admitted batch work (`expected_wait()`, which the lead adds); bound at once when a pace and
+        the rest are given, else by the first `bind`."""
         self.session = session
         self.on_chunk = on_chunk
-        self.lead = Lead()
+        self.lead = Lead(getattr(session, "expected_wait", lambda: 0.0))
         self.kept: deque = deque(maxlen=REPLAY_CHUNKS)
         self.generated = 0  # the index after the last chunk from the engine
         self.sent_until = 0  # the index after the last chunk delivered (sent completely, or taken by a listener)
