@@ -35,12 +35,12 @@ from engine.config import EngineConfig
 from engine.core import Engine
 from streaming.app.config import ServerConfig
 from streaming.app.server import RunningServer
+from tests.support.seed_browser import BrowserSchedule
 from tests.support.tls import self_signed
 from tests.support.webrtc_client import JamClient, event, loopback_only
 
 SEED = 11
 STYLES, CHANGED = "jazz, hiphop", "ambient"
-XFADE, REFILL, SLACK = 0.025, 0.12, 0.05  # the seed's browser client (000): crossfade, refill delay, lateness
 PHASES = (0.2, 0.5, 0.8)  # where in the playing chunk (client schedule) each run sends its update
 
 
@@ -79,7 +79,7 @@ def jam_run(port: int, frames: int, reference: np.ndarray, phase: float, warm_ch
     chunk_seconds = frames / 25
     with connect(f"ws://127.0.0.1:{port}/ws/jam", max_size=None) as ws:
         ws.send(json.dumps(jam_start(frames, "realtime")))
-        parts, starts, next_time, underruns = [], [], 0.0, 0
+        parts, starts, browser = [], [], BrowserSchedule()
         sent = ack = send_at = None
         while len(parts) * chunk_seconds < len(reference) / 32000 - chunk_seconds:
             timeout = 120 if send_at is None or sent is not None else max(0.0, send_at - time.monotonic())
@@ -93,24 +93,19 @@ def jam_run(port: int, frames: int, reference: np.ndarray, phase: float, warm_ch
                 ack = {k: message[k] for k in ("applies_from_chunk", "offset_seconds", "heard_in_seconds")}
             if message["type"] != "chunk":
                 continue
-            now = time.monotonic()
-            if next_time < now + SLACK:
-                underruns += bool(parts)
-                next_time = now + REFILL
             audio, rate = wav_samples(message)
-            starts.append(next_time)
+            starts.append(browser.arrive(time.monotonic(), message["metadata"]["total_seconds"])[0])
             parts.append(audio)
-            next_time += message["metadata"]["total_seconds"] - XFADE
             if len(parts) == 1:
                 send_at = starts[0] + (warm_chunks + phase) * chunk_seconds
     audio = np.concatenate(parts)
     first = first_difference(reference, audio)
     if first < 0 or sent is None:
-        return {"error": "the streams never parted", "underruns": underruns}
+        return {"error": "the streams never parted", "underruns": len(browser.gaps)}
     samples = int(round(chunk_seconds * rate))
     heard = starts[first // samples] + (first % samples) / rate
     return {"heard_after_seconds": round(heard - sent, 3), "first_different_chunk": first // samples,
-            "ack": ack, "underruns": underruns, "phase": phase}
+            "ack": ack, "underruns": len(browser.gaps), "phase": phase}
 
 
 # -- WebRTC ---------------------------------------------------------------------------------------------------
