@@ -1,14 +1,15 @@
 """Do realtime listeners hear gaps beside heavy work? Measured through Cog's own server on predict.py (the melody
 demo: noise, with MultiBand Diffusion weights and a stem separator), printed as one JSON object with the CPU.
 
-    .venv/bin/python -m benchmarks.listeners [--passes listeners,asap] [--cases alone,mbd_30s,...] [--out FILE]
+    .venv/bin/python -m benchmarks.listeners [--passes batch,listeners,asap] [--cases alone,mbd_30s,...] [--out FILE]
 
 Pass `listeners`: two `/ws/jam` sessions in `pace: realtime`, 2 s chunks and 0.48 s chunks (`max_decode_frames`
 12), each played as the seed's browser quick-start (seed 000) schedules it: the first chunk at its arrival + 0.12 s,
 each next one at the previous start + its duration - the 25 ms crossfade; a chunk that arrives later than 50 ms
 before its slot resets the clock (arrival + 0.12 s), which a person hears as a gap. Pass `asap`: one `/ws/jam`
-session in `pace: asap` (2 s chunks), its gaps the intervals between chunk arrivals. In each pass the work below runs
-one case after the other (each case's gaps are those from its start to 1 s after its end):
+session in `pace: asap` (2 s chunks), its gaps the intervals between chunk arrivals. Pass `batch`: no session, the
+work's own time (batch throughput with no session live). In each pass the work below runs one case after the other
+(each case's gaps are those from its start to 1 s after its end):
 - `alone`: nothing for 15 s;
 - `mbd_30s`: a 30 s prediction with `multi_band_diffusion`;
 - `four_15s`: four 15 s predictions at once (the server runs with COG_MAX_CONCURRENCY=4);
@@ -180,16 +181,17 @@ def case_work(name: str, cog_url: str, jam_http: str, recorded: str) -> tp.Calla
 
 def run_pass(kind: str, cases: list[str], cog_url: str, jam_port: int, recorded: str) -> dict:
     ws_url, jam_http = f"ws://127.0.0.1:{jam_port}/ws/jam", f"http://127.0.0.1:{jam_port}"
-    if kind == "listeners":
-        listeners = [Listener(ws_url, "2s", 50, "realtime"), Listener(ws_url, "0.48s", 12, "realtime")]
-    else:
-        listeners = [Listener(ws_url, "asap", 50, "asap")]
+    listeners = {"listeners": [Listener(ws_url, "2s", 50, "realtime"), Listener(ws_url, "0.48s", 12, "realtime")],
+                 "asap": [Listener(ws_url, "asap", 50, "asap")], "batch": []}[kind]
     for listener in listeners:
         listener.start()
-    time.sleep(8)  # the sessions' first chunks, their leads measured
+    if listeners:
+        time.sleep(8)  # the sessions' first chunks, their leads measured
     results: dict = {}
     try:
         for name in cases:
+            if name == "alone" and not listeners:
+                continue
             started = time.monotonic()
             outcome = case_work(name, cog_url, jam_http, recorded)()
             ended = time.monotonic()
@@ -209,15 +211,15 @@ def run_pass(kind: str, cases: list[str], cog_url: str, jam_port: int, recorded:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--passes", default="listeners,asap")
+    parser.add_argument("--passes", default="batch,listeners,asap")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     cases = [case for case in args.cases.split(",") if case]
-    unknown = set(cases) - set(CASES)
+    unknown = set(cases) - set(CASES) | set(args.passes.split(",")) - {"batch", "listeners", "asap"}
     if unknown:
-        parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+        parser.error(f"unknown cases or passes: {', '.join(sorted(unknown))}")
 
     from tests.support.cog_server import CogServer
     from tests.support.helpers import free_port

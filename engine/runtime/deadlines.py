@@ -80,12 +80,6 @@ class Deadlines:
         if dropped is not None:
             self._wake()
 
-    @property
-    def realtime(self) -> int:
-        """How many streams have a deadline now."""
-        with self._lock:
-            return len(self._live(self.clock()))
-
     def _live(self, now: float) -> list[_Stream]:
         """The entries that still count (lock held): an expected chunk not asked for by its due time is dropped."""
         for key in [key for key, s in self._streams.items() if not s.asked and s.due < now]:

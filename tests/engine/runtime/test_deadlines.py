@@ -51,11 +51,12 @@ def test_an_expected_chunk_not_asked_for_by_its_due_time_stops_counting():
     clock = Clock()
     deadlines = Deadlines(clock)
     deadlines.expect("listener", clock.now + 0.5, lambda: 10, 0.05, asked=False)  # the next chunk, expected
-    assert deadlines.realtime == 1 and deadlines.slack() < 0.5
+    assert deadlines.slack() == pytest.approx(0.5 - 0.05 - rule.MARGIN_SECONDS)  # no live step measured yet
     clock.now += 0.6  # never asked for: the listener stopped asking (a pause, a dropped connection)
-    assert deadlines.realtime == 0 and deadlines.slack() == float("inf")
+    assert deadlines.slack() == float("inf")
     deadlines.expect("late", clock.now - 0.1, lambda: 10, 0.05, asked=True)  # asked, late: it counts until made
-    assert deadlines.realtime == 1 and deadlines.slack() < 0
+    clock.now += 5.0
+    assert deadlines.slack() < 0
 
 
 def test_held_batch_work_runs_one_piece_once_the_hold_limit_passed():
