@@ -37,7 +37,7 @@ from websockets.sync.client import connect
 from tests.support.cog_server import CogServer
 from tests.support.gary_clients import JuceClient, wav_b64
 from tests.support.helpers import free_port, wait_until
-from tests.support.jam_client import BrowserSchedule, decode_chunk
+from tests.support.seed_browser import BrowserSchedule
 
 logger = logging.getLogger("soak")
 LYRIA_PATH = "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateMusic"
@@ -108,8 +108,7 @@ class Soak:
                 message = json.loads(ws.recv(timeout=60))
                 if message.get("type") == "chunk":
                     now = time.monotonic()
-                    samples, rate = decode_chunk(message)
-                    schedule.arrive(now, len(samples) / rate)
+                    schedule.arrive(now, message["metadata"]["total_seconds"])
                     if last is not None:
                         self.worst_gap = max(self.worst_gap, now - last)
                     last = now
@@ -286,7 +285,7 @@ class Soak:
                     "sessions_leaked": health["sessions"], "rows_leaked": health["model"]["rows_in_use"],
                     "health": health["status"], "unexpected": self.unexpected, "counts": self.counts,
                     "listener_chunks": {name: s.chunks for name, s in self.schedules.items()},
-                    "listener_gaps": {name: s.gaps for name, s in self.schedules.items()},
+                    "listener_gaps": {name: len(s.gaps) for name, s in self.schedules.items()},
                     "worst_chunk_gap_seconds": self.worst_gap}
         finally:
             self.cog.stop()

@@ -86,25 +86,3 @@ def run_seed_client(ws_url: str, tmp_path: Path, chunks: int = 2) -> list[str]:
         process.wait()
     return lines
 
-
-class BrowserSchedule:
-    """The seed's browser quick-start player (seed 000), as a clock: each chunk starts where the last one ends less
-    the 25 ms crossfade, and a chunk that arrives later than 50 ms before its start resets the clock to arrival +
-    0.12 s, which a listener hears as a gap. Benchmarks and soaks count gaps with it the way a person would."""
-
-    XFADE, LATE, RESTART = 0.025, 0.05, 0.12
-
-    def __init__(self) -> None:
-        self.next_start: tp.Optional[float] = None
-        self.gaps = 0
-        self.chunks = 0
-
-    def arrive(self, now: float, duration: float) -> bool:
-        """A chunk of `duration` seconds arriving at `now` (monotonic seconds); True when it was heard as a gap."""
-        gap = self.next_start is not None and self.next_start < now + self.LATE
-        if self.next_start is None or gap:
-            self.next_start = now + self.RESTART
-        self.next_start += max(0.0, duration - self.XFADE)
-        self.chunks += 1
-        self.gaps += gap
-        return gap
