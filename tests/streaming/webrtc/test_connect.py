@@ -23,6 +23,23 @@ def _dtls_transports(client: JamClient) -> set:
     return transports | ({client.pc.sctp.transport} if client.pc.sctp else set())
 
 
+async def slot_back(running, client, since: float) -> float:
+    """Seconds from `since` until the server's session slot came back (AssertionError if not before the connect
+    timeout would have freed it anyway); the client is closed after."""
+    gone = await asyncio.to_thread(wait_until, lambda: sessions(running) == 0, LONG_CONNECT - 5, 0.1)
+    waited = time.monotonic() - since
+    await client.close()
+    assert gone, "the slot came back only at the connect timeout, or never"
+    return waited
+
+
+def played(running, scenario) -> float:
+    """Runs `scenario()` (which returns `slot_back`'s seconds), then stops the server whatever happened."""
+    try:
+        return asyncio.run(scenario())
+    finally:
+        running.stop()
+
 def test_client_gone_mid_dtls_frees_its_slot_within_seconds(engine):
     """A client whose ICE connected but that never answers DTLS (it closed mid-handshake: nothing is sent) gives
     its slot back DTLS_SECONDS after ICE connected, not after the connect timeout or ICE consent (~30 s)."""
@@ -38,18 +55,11 @@ def test_client_gone_mid_dtls_frees_its_slot_within_seconds(engine):
         await client.pc.setRemoteDescription(RTCSessionDescription(**reply))
         while client.pc.iceConnectionState != "completed":
             await asyncio.sleep(0.01)
-        ice_connected = time.monotonic()
         assert sessions(running) == 1
-        gone = await asyncio.to_thread(wait_until, lambda: sessions(running) == 0, LONG_CONNECT - 5, 0.1)
-        waited = time.monotonic() - ice_connected
-        await client.close()
-        return gone, waited
+        return await slot_back(running, client, since=time.monotonic())
 
-    try:
-        gone, waited = asyncio.run(scenario())
-    finally:
-        running.stop()
-    assert gone and waited < DTLS_SECONDS + 10, waited
+    waited = played(running, scenario)
+    assert waited < DTLS_SECONDS + 10, waited
     assert wait_until(lambda: engine.rows_in_use == 0, 2)
 
 
@@ -66,15 +76,8 @@ def test_dtls_failure_before_connecting_frees_the_slot_at_once(engine):
         reply = await client.post("/webrtc/offer", {"sdp": sdp, "type": "offer", "webrtc_id": client.webrtc_id,
                                                     "params": PARAMS})
         await client.pc.setRemoteDescription(RTCSessionDescription(**reply))
-        answered = time.monotonic()
-        gone = await asyncio.to_thread(wait_until, lambda: sessions(running) == 0, LONG_CONNECT - 5, 0.1)
-        waited = time.monotonic() - answered
-        await client.close()
-        return gone, waited
+        return await slot_back(running, client, since=time.monotonic())
 
-    try:
-        gone, waited = asyncio.run(scenario())
-    finally:
-        running.stop()
-    assert gone and waited < 10, waited
+    waited = played(running, scenario)
+    assert waited < 10, waited
     assert wait_until(lambda: engine.rows_in_use == 0, 2)
