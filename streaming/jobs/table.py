@@ -16,25 +16,19 @@ may report `ctx.stage(name, progress)` (e.g. "decoding", "encoding"); progress n
 result (bytes, str, a dict of them, or any object with `nbytes`: its size counts against the byte bound); an
 exception it raises is the job's error (`str(exc)` is what clients see, so make it say what to change).
 
-Queue: `workers` jobs run at once (default 1); the rest wait in submission order. A running job's prediction
-then takes its turn in the engine's own line for a prediction slot (engine.runtime.admission: Cog's predictions
-and every other table share it): while it waits there its stage is WAITING_FOR_SLOT and its `position` the
-number of predictions ahead of it. A queued job's `position` is the number of jobs of this table that start
-before it (0 = next), and `status.waiting` covers both; `estimated_seconds` is the time until it
-finishes, from the measured throughput: an average of wall seconds per second of work (`work_seconds` at submit)
-over finished jobs, the running job's own rate while it runs, DEFAULT_SECONDS_PER_WORK_SECOND before any.
+Queue: `workers` jobs run at once (default 1), the rest in submission order; a running job's prediction then waits
+in the engine's own line for a prediction slot (engine.runtime.admission), its stage WAITING_FOR_SLOT and its
+`position` the predictions ahead. A queued job's `position` counts this table's jobs before it (0 = next);
+`estimated_seconds` comes from measured throughput (wall seconds per `work_seconds`, averaged over finished jobs;
+the running job's own rate; DEFAULT_SECONDS_PER_WORK_SECOND before any).
 
-A drain (streaming.app.capacity.Drain) waits for `outstanding()`: the jobs queued or running, and each finished
-one for `pickup_seconds` more until a poll has carried its result.
-
-Bounds (constructor arguments, defaults below): at most `max_entries` entries in any state and `max_pending`
-queued or running; at most `max_bytes` of declared inputs plus results held; a finished entry is kept
-`keep_seconds` after it finished (clients that never come back), or DELIVERED_KEEP_SECONDS after its result was
-`delivered` (a client whose answer got lost may still ask again), then reaped; a job not finished `max_job_seconds`
-after it was submitted is cancelled with an error. When a bound is reached, finished entries are reaped oldest
-first; if that is not enough, `submit` raises TableFull (answer "busy, try again"), and a result bigger than the
-byte bound fails its job. A reaper thread enforces the times even when no client calls, so every entry goes
-however its client behaves. `status` of a reaped or unknown id is None.
+Bounds (constructor arguments): `max_entries` entries, `max_pending` queued or running, `max_bytes` of inputs plus
+results; a finished entry is reaped `keep_seconds` after it finished, or DELIVERED_KEEP_SECONDS after a poll carried
+its result (`delivered`); a job unfinished after `max_job_seconds` is cancelled. At a bound finished entries go
+oldest first, then `submit` raises TableFull ("try again"); a result over the byte bound fails its job. A reaper
+thread enforces the times without any client; `status` of a reaped or unknown id is None. A drain
+(streaming.app.capacity.Drain) waits for `outstanding()`: jobs unfinished, or finished under `pickup_seconds` ago
+with a result no poll carried.
 
 Every method is thread-safe and returns at once (a short lock), so an event loop may call them directly. A
 future ends with the work's own exception, JobCancelled (cancelled, timed out, table closed) or JobFailed (its
@@ -81,9 +75,7 @@ MAX_JOB_SECONDS = 900.0
 MAX_ID_CHARS = 128
 DEFAULT_SECONDS_PER_WORK_SECOND = 1.0
 REAP_INTERVAL_SECONDS = 1.0
-# A drain waits for jobs queued or running and, after each finishes, this long for its client's next poll to fetch
-# the result (the Darius tab polls every 250 ms), unless a poll already carried it (`delivered`).
-PICKUP_SECONDS = 10.0
+PICKUP_SECONDS = 10.0  # a drain's wait for a finished job's next poll (the Darius tab polls every 250 ms)
 
 
 class JobTable:
