@@ -30,12 +30,14 @@ def _malloc_trim() -> tp.Optional[tp.Callable[[int], int]]:
     return trim
 
 
+_TRIM = _malloc_trim()  # None where the C library is not glibc
+
+
 def give_back() -> bool:
     """Returns the free memory of every malloc arena to the system now; False where the C library cannot."""
-    trim = _malloc_trim()
-    if trim is None:
+    if _TRIM is None:
         return False
-    trim(0)
+    _TRIM(0)
     return True
 
 
@@ -45,10 +47,9 @@ class HostMemoryTrim:
     def __init__(self, every_seconds: float = TRIM_SECONDS) -> None:
         self.every_seconds = every_seconds
         self.trims = 0
-        self._trim = _malloc_trim() if every_seconds > 0 else None
         self._closed = threading.Event()
         self._thread: tp.Optional[threading.Thread] = None
-        if self._trim is not None:
+        if every_seconds > 0 and _TRIM is not None:
             self._thread = threading.Thread(target=self._run, name="host-memory-trim", daemon=True)
             self._thread.start()
         elif every_seconds > 0:
@@ -60,7 +61,7 @@ class HostMemoryTrim:
 
     def _run(self) -> None:
         while not self._closed.wait(self.every_seconds):
-            self._trim(0)
+            give_back()
             self.trims += 1
 
     def close(self) -> None:
