@@ -49,7 +49,7 @@ class Description(tp.TypedDict):
     """What the model and the engine are (`Engine.describe()`): what transports size their audio and capacity
     from, and what /health shows. The sidecar reads these, never the engine's attributes."""
 
-    checkpoint: str
+    checkpoint: str  # its name (a directory or file stem), never its filesystem path
     lm_dim: int  # with lm_layers, the MusicGen size: small 1024 x 24, medium 1536 x 48, large 2048 x 48
     lm_layers: int
     device: str

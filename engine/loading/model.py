@@ -46,11 +46,19 @@ class LoadedModel:
     def is_demo(self) -> bool:
         return (self.files.directory / "demo.json").is_file()
 
+    @property
+    def name(self) -> str:
+        """The checkpoint's public name: its directory for audiocraft's release layout (`.../NAME/state_dict.bin`),
+        else the fine-tuner's file name without its suffix. Never the path: what describe() says is served to
+        anyone who can reach /health or a session's status, and a filesystem path tells them about the host."""
+        lm = self.files.lm
+        return lm.parent.name if lm.name == "state_dict.bin" else lm.stem
+
     def describe(self) -> dict:
         """`lm_dim` and `lm_layers` say which MusicGen size this is (small 1024 x 24, medium 1536 x 48, large
-        2048 x 48), for clients that list checkpoints by size."""
+        2048 x 48), for clients that list checkpoints by size; `checkpoint` is its name (`name`), not its path."""
         lm = self.musicgen.lm
-        return {"checkpoint": str(self.files.lm), "lm_dim": int(lm.dim), "lm_layers": len(lm.transformer.layers),
+        return {"checkpoint": self.name, "lm_dim": int(lm.dim), "lm_layers": len(lm.transformer.layers),
                 "device": self.device, "sample_rate": self.sample_rate,
                 "frame_rate": self.frame_rate, "channels": self.channels, "melody": self.supports_melody,
                 "mbd": self.mbd is not None, "demo_noise": self.is_demo}

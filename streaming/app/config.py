@@ -9,6 +9,7 @@ import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
 
+from streaming.app.guard import host_patterns, origin_patterns
 from streaming.gary.protocol import STORE_MAX_BYTES
 from streaming.jobs.state import MAX_BYTES
 
@@ -41,6 +42,9 @@ class ServerConfig:
     max_recordings: int = 64  # ended recordings kept at most (the oldest dropped first)
     job_bytes: int = MAX_BYTES  # bytes jobs hold: their inputs while they run, results until a poll carries them
     retry_bytes: int = STORE_MAX_BYTES  # bytes of gary inputs kept (as uploaded) for a retry
+    # web pages of other origins allowed to call (patterns, `*` matching any run of characters: streaming.app.guard)
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # Host names served besides loopback ones (streaming.app.guard)
 
     @classmethod
     def from_env(cls, environ: tp.Mapping[str, str] = os.environ) -> "ServerConfig":
@@ -77,4 +81,6 @@ class ServerConfig:
                    recording_keep_seconds=number("JAM_RECORDING_KEEP_SECONDS", "600"),
                    max_recordings=number("JAM_RECORDINGS", "64", int),
                    job_bytes=number("JAM_JOB_BYTES", str(MAX_BYTES), int),
-                   retry_bytes=number("JAM_RETRY_BYTES", str(STORE_MAX_BYTES), int))
+                   retry_bytes=number("JAM_RETRY_BYTES", str(STORE_MAX_BYTES), int),
+                   allowed_origins=origin_patterns(environ.get("JAM_ALLOWED_ORIGINS", "")),
+                   allowed_hosts=host_patterns(environ.get("JAM_ALLOWED_HOSTS", "")))

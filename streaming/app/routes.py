@@ -1,5 +1,6 @@
 """The sidecar's ASGI app: routes (/ws/jam, Lyria, WebRTC, the jam page, health, the gary plugins' HTTP API and
-Socket.IO events, the model routes), the connection cap, auth at the door."""
+Socket.IO events, the model routes), the connection cap, auth at the door, and around it all the guard (Host,
+Origin, CORS and content-type rules: streaming.app.guard)."""
 
 import logging
 import typing as tp
@@ -14,8 +15,9 @@ from starlette.websockets import WebSocket
 from streaming.app.auth import authorized
 from streaming.app.capacity import Drain
 from streaming.app.config import ServerConfig
+from streaming.app.guard import Guard, exposure_warning
 from streaming.app.page import page_routes
-from streaming.bar.http import generate_routes, jam_routes
+from streaming.bar.http import FORM_PATHS, generate_routes, jam_routes
 from streaming.gary.http import gary_routes
 from streaming.gary.protocol import InputStore
 from streaming.gary.service import GaryService
@@ -59,6 +61,7 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
     prediction jobs the DAW clients submit, `registry` the live sessions by id (their owner closes both)."""
     connections = ConnectionCount(config.max_connections)
     notice = NOISE_NOTICE if engine.is_demo else None
+    warning = exposure_warning(config)
     drain.join(registry)  # while draining no dropped session is held; at its end the held ones close
     gary = GaryService(engine, jobs, draining=lambda: drain.active,
                        store=InputStore(max_bytes=config.retry_bytes))
@@ -66,12 +69,15 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
     async def health(request: Request) -> JSONResponse:
         """Liveness. `status` is "ready" while the engine works (a value the gary plugins and the Darius tab
         accept; the engine is loaded before the sidecar serves, so it is never "initializing"), else
-        "unhealthy" with the problem and a 503; `ok` and `warmed` as the Darius tab reads them."""
+        "unhealthy" with the problem and a 503; `ok` and `warmed` as the Darius tab reads them; `token_required`,
+        and `warning` while anyone on the network could use this GPU (streaming.app.guard.exposure_warning)."""
         state, described = engine.health(), engine.describe()
         body = {"ok": state.ok, "status": "ready" if state.ok else "unhealthy", "warmed": state.ok,
                 "sessions": engine.sessions_open,
                 "max_sessions": described["max_sessions"], "connections": connections.active,
-                "max_connections": connections.limit, "model": described}
+                "max_connections": connections.limit, "model": described, "token_required": config.token is not None}
+        if warning:
+            body["warning"] = warning
         if not state.ok:
             body["problem"] = state.problem
         return JSONResponse(body, status_code=200 if state.ok else 503)
@@ -129,4 +135,5 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
               *recording_routes(engine, registry, config.token), *page_routes(),
               *generate_routes(engine, jobs, notice, config.token, draining=lambda: drain.active),
               *jam_routes(engine, registry, blocking, notice, config.token)]
-    return with_socketio(socketio_server(gary, config, connections), Starlette(routes=routes))
+    return Guard(with_socketio(socketio_server(gary, config, connections), Starlette(routes=routes)), config,
+                 form_paths=FORM_PATHS)

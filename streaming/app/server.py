@@ -35,6 +35,7 @@ import uvicorn
 
 from streaming.app.capacity import Drain, serve_agent
 from streaming.app.config import ServerConfig
+from streaming.app.guard import exposure_warning
 from streaming.app.routes import build_app
 from streaming.gary.protocol import MAX_BODY_BYTES
 from streaming.jobs.table import JobTable
@@ -87,6 +88,9 @@ class RunningServer:
             time.sleep(0.05)
         scheme = "wss" if self.config.ssl_certfile else "ws"
         logger.info("jam sidecar listening on %s://%s:%d/ws/jam", scheme, self.config.host, self.port)
+        warning = exposure_warning(self.config)
+        if warning:
+            logger.warning("%s\n!!! %s\n%s", "!" * 100, warning, "!" * 100)
         return self
 
     @property

@@ -28,6 +28,8 @@ from streaming.sessions.registry import SessionError
 
 logger = logging.getLogger(__name__)
 
+# the routes whose bodies are forms (magenta-retry's); every other body is JSON (streaming.app.guard enforces both)
+FORM_PATHS = frozenset({"/generate", "/jam/start", "/jam/consume", "/jam/update", "/jam/reseed", "/jam/reseed_splice"})
 MAX_FORM_BYTES = bp.MAX_AUDIO_MESSAGE_BYTES + 64 * 1024  # one audio file and the text fields
 WORK_SECONDS_PER_BAR_SECOND = 1.0  # the job table's estimate of work, in seconds of audio
 NEXT_TIMEOUT_SECONDS = 30.0  # /jam/next waits this long for a chunk, then 408 (app.py's JamWorker default)

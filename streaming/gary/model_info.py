@@ -7,17 +7,14 @@ so a request for a different one is refused with a message naming the loaded one
 """
 
 import typing as tp
-from pathlib import PurePath
 
 # MusicGen's released sizes by LM width: small 1024, medium (and melody) 1536, large 2048
 SIZES = (("small", 1024), ("medium", 1536), ("large", 2048))
 
 
 def checkpoint_name(description: dict) -> str:
-    """The loaded checkpoint's name: its directory for audiocraft's release layout (`.../NAME/state_dict.bin`),
-    else the fine-tuner's file name without its suffix."""
-    path = PurePath(description["checkpoint"])
-    return path.parent.name if path.name == "state_dict.bin" else path.stem
+    """The loaded checkpoint's name (the engine names it: engine.loading.model.LoadedModel.name)."""
+    return description["checkpoint"]
 
 
 def size_of(description: dict) -> str:

@@ -44,9 +44,9 @@ def _credentials(environ: dict, auth: tp.Any) -> tuple[dict, dict]:
 def socketio_server(service: GaryService, config: ServerConfig, connections: tp.Any) -> socketio.AsyncServer:
     """`connections` is the sidecar's open-socket cap (streaming.app.routes.ConnectionCount): a Socket.IO client takes
     one place in it, as a WebSocket does."""
-    # CORS: engine.io's default, same origin only (a web page elsewhere cannot drive it; Node clients such as the
-    # Max device send no Origin and are let in)
-    sio = socketio.AsyncServer(async_mode="asgi", transports=["websocket"],
+    # Origins: streaming.app.guard decides for every path, this one too (same origin or JAM_ALLOWED_ORIGINS; Node
+    # clients such as the Max device send no Origin and are let in), so engine.io's own check is off ([])
+    sio = socketio.AsyncServer(async_mode="asgi", transports=["websocket"], cors_allowed_origins=[],
                                max_http_buffer_size=gp.MAX_BODY_BYTES + SOCKETIO_OVERHEAD_BYTES)
     followers: dict[str, set[asyncio.Task]] = {}
 
