@@ -9,13 +9,32 @@ import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
 
-from streaming.app.guard import host_patterns, origin_patterns
 from streaming.gary.protocol import STORE_MAX_BYTES
 from streaming.jobs.state import MAX_BYTES
 
 
 def _inside_container() -> bool:
     return Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
+
+
+def origin_patterns(value: str) -> tuple[str, ...]:
+    """JAM_ALLOWED_ORIGINS parsed: origins such as `http://localhost:3000`, `https://*.example.com`, `*` or `null`
+    (sandboxed frames, file:// pages); a bare host is refused here, where the mistake is made."""
+    patterns = tuple(item.strip().lower().rstrip("/") for item in value.split(",") if item.strip())
+    for pattern in patterns:
+        if pattern not in ("*", "null") and "://" not in pattern:
+            raise ValueError(f"JAM_ALLOWED_ORIGINS takes origins with their scheme (http://localhost:3000, "
+                             f"https://*.example.com, *), got {pattern!r}")
+    return patterns
+
+
+def host_patterns(value: str) -> tuple[str, ...]:
+    """JAM_ALLOWED_HOSTS parsed: host names (`jam.example.com`, `*.example.com`, `*`), with a port or without."""
+    patterns = tuple(item.strip().lower() for item in value.split(",") if item.strip())
+    for pattern in patterns:
+        if "/" in pattern:
+            raise ValueError(f"JAM_ALLOWED_HOSTS takes host names without scheme or path, got {pattern!r}")
+    return patterns
 
 
 @dataclass(frozen=True)

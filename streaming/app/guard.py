@@ -10,7 +10,7 @@ Lyria, Socket.IO, FastRTC's), refuses before any route runs, at the cost of one 
    `localhost` / `*.localhost` or a pattern of JAM_ALLOWED_HOSTS gets 403. An IP literal passes (a rebinding page
    always comes by a name), and so does a request without Host (HAProxy's HTTP/1.0 health check). Bound to another
    address (a container), every Host is served unless JAM_ALLOWED_HOSTS is set, which then says which are.
-2. Origin (Ollama's OLLAMA_ORIGINS rule, engine.io's same-origin default): a request or upgrade that carries an
+2. Origin (Ollama's OLLAMA_ORIGINS rule, python-engineio's same-origin default): a request or upgrade that carries an
    `Origin` which is neither the sidecar's own (the host and port it was sent to) nor matched by
    JAM_ALLOWED_ORIGINS gets 403 naming the setting. Native clients (gary4live's Node client, gary4juce, the seed's
    Python clients, google-genai, aiortc) send no Origin; the jam page sends its own.
@@ -32,8 +32,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
-if tp.TYPE_CHECKING:
-    from streaming.app.config import ServerConfig
+from streaming.app.config import ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -47,26 +46,6 @@ ORIGIN_REFUSED = ("origin {origin!r} may not use this server: a web page of anot
                   "JAM_ALLOWED_ORIGINS (comma-separated, * as a wildcard)")
 HOST_REFUSED = ("host {host!r} is not served here: add it to JAM_ALLOWED_HOSTS (a bound-to-loopback sidecar serves "
                 "localhost names and IP addresses only, so that a DNS-rebinding page reads nothing)")
-
-
-def origin_patterns(value: str) -> tuple[str, ...]:
-    """JAM_ALLOWED_ORIGINS parsed: origins such as `http://localhost:3000`, `https://*.example.com`, `*` or `null`
-    (sandboxed frames, file:// pages); a bare host is refused here, where the mistake is made."""
-    patterns = tuple(item.strip().lower().rstrip("/") for item in value.split(",") if item.strip())
-    for pattern in patterns:
-        if pattern not in ("*", "null") and "://" not in pattern:
-            raise ValueError(f"JAM_ALLOWED_ORIGINS takes origins with their scheme (http://localhost:3000, "
-                             f"https://*.example.com, *), got {pattern!r}")
-    return patterns
-
-
-def host_patterns(value: str) -> tuple[str, ...]:
-    """JAM_ALLOWED_HOSTS parsed: host names (`jam.example.com`, `*.example.com`, `*`), with a port or without."""
-    patterns = tuple(item.strip().lower() for item in value.split(",") if item.strip())
-    for pattern in patterns:
-        if "/" in pattern:
-            raise ValueError(f"JAM_ALLOWED_HOSTS takes host names without scheme or path, got {pattern!r}")
-    return patterns
 
 
 def compile_patterns(patterns: tp.Iterable[str]) -> tp.Optional[re.Pattern]:
@@ -118,7 +97,7 @@ def same_origin(origin: str, host_header: tp.Optional[str]) -> bool:
     return bool(parts.hostname) and parts.hostname == host and origin_port == (port or DEFAULT_PORTS.get(parts.scheme))
 
 
-def exposure_warning(config: "ServerConfig") -> tp.Optional[str]:
+def exposure_warning(config: ServerConfig) -> tp.Optional[str]:
     """The warning for a sidecar reachable from other machines with no token (logged at start, shown by /health),
     None when it is bound to loopback or JAM_TOKEN is set."""
     if config.token is not None or is_loopback(config.host):
@@ -131,7 +110,7 @@ def exposure_warning(config: "ServerConfig") -> tp.Optional[str]:
 class Guard:
     """The ASGI middleware (module docstring); `form_paths` are the routes whose bodies are forms, not JSON."""
 
-    def __init__(self, app: tp.Any, config: "ServerConfig", form_paths: tp.Iterable[str] = ()) -> None:
+    def __init__(self, app: tp.Any, config: ServerConfig, form_paths: tp.Iterable[str] = ()) -> None:
         self.app = app
         self.origins = compile_patterns(config.allowed_origins)
         self.hosts = compile_patterns(config.allowed_hosts)
