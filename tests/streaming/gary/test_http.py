@@ -136,7 +136,8 @@ def test_unknown_sessions_and_bodies_are_refused_with_the_field(juce):
     assert retry.status_code == 404 and "session_id 'nope' has no stored input" in retry.json()["error"]
     poll = requests.get(juce.base + "/api/juce/poll_status/nope", timeout=10)
     assert poll.status_code == 404 and poll.json()["success"] is False
-    broken = requests.post(juce.base + "/api/juce/process_audio", data=b"{not json", timeout=10)
+    broken = requests.post(juce.base + "/api/juce/process_audio", data=b"{not json", timeout=10,
+                           headers={"Content-Type": "application/json"})  # without it: 415 (test_guard.py)
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]
     with pytest.raises(PluginGaveUp, match="unknown"):
         juce.poll_until_done("nope")
