@@ -252,11 +252,10 @@ class Engine:
 
     # -- live sessions -----------------------------------------------------------------------------------------
     def open_session(self, settings: SessionSettings, seed: int, prompt: tp.Optional[tuple[torch.Tensor, int]] = None,
-                     melody: tp.Optional[tuple[torch.Tensor, int]] = None,
-                     model: tp.Optional[str] = None) -> LiveSession:
+                     melody: tp.Optional[tuple[torch.Tensor, int]] = None) -> LiveSession:
         """A live jam session; blocks until the engine has taken it. `prompt` (wav [C, T], rate) is audio to
-        continue, `melody` (wav, rate) one to follow on melody models, `model` a LoRA adapter to play with
-        (engine.params.model_choice; None: the base model). Raises CapacityError when every slot is in use,
+        continue, `melody` (wav, rate) one to follow on melody models; `settings.model` names the LoRA adapter it
+        plays with (None: the base model). Raises CapacityError when every slot is in use,
         ValueError for settings, a melody or a model the engine cannot take (RequestError for the model),
         EngineUnavailable when unhealthy."""
         self._require_healthy()
@@ -264,7 +263,7 @@ class Engine:
             # the reason first: Lyria carries it in a close reason, which is cut at 120 characters
             raise EngineUnavailable(f"this model cannot stream live sessions: {self.streaming_unavailable}")
         self.check_settings(settings)
-        slot = self._acquire_adapter(model)
+        slot = self._acquire_adapter(settings.model)
         with self._sessions_lock:
             refused = self._admission_closed is not None or self._sessions >= self.config.max_sessions
             if not refused:

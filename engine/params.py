@@ -87,6 +87,7 @@ OutputFormat = tp.Literal[OUTPUT_FORMATS]
 
 # -- which model: the base checkpoint or a LoRA adapter served beside it (engine.runtime.adapters) ----------------
 BASE_MODEL = "base"
+ModelName = tp.Annotated[str, Field(max_length=200)]  # what a client may send; model_choice reads it
 MAX_MODEL_NAME = 64
 _MODEL_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -179,7 +180,7 @@ class BatchRequest:
     classifier_free_guidance: Guidance = 3.0
     output_format: OutputFormat = "wav"
     seed: tp.Optional[Seed] = None
-    model: tp.Optional[tp.Annotated[str, Field(max_length=200)]] = None  # a LoRA adapter's name (model_choice)
+    model: tp.Optional[ModelName] = None  # a LoRA adapter's name (model_choice)
 
     @property
     def sampling(self) -> SamplingParams:

@@ -163,6 +163,9 @@ class LiveSession:
         the decoder has no rows for more styles (the settings in force then stay). Validates on the caller's
         thread first (ValueError)."""
         self.runtime.check_settings(settings)
+        if settings.model != self.settings.model:
+            raise ValueError(f"model: a session plays one model from its start ({self.settings.model or 'base'}); "
+                             f"open a new session for {settings.model or 'base'}")
         return self.runtime.lm_worker.call(lambda: self._apply("settings", settings))
 
     def set_melody(self, melody: tp.Optional[tuple[torch.Tensor, int]]) -> Landing:

@@ -1,13 +1,16 @@
 """What this container serves, told the way the DAW plugins ask: the one loaded checkpoint, its name and its
-MusicGen size (gary4juce's `/api/models`), and the model routes gary4juce's Darius tab reads before it generates
+MusicGen size, with the LoRA adapters served beside it (gary4juce's `/api/models`; `model_name` picks one), and the
+model routes gary4juce's Darius tab reads before it generates
 (magenta-retry's `/model/config`, `/model/assets/status`, `/model/checkpoints`, `/model/select`).
 
-Pure functions of `Engine.describe()`: one checkpoint is loaded per container and nothing here can load another,
-so a request for a different one is refused with a message naming the loaded one.
+Pure functions of `Engine.describe()` and `Engine.models()`: one checkpoint is loaded per container and nothing here
+can load another, so a request for a different one is refused with a message naming the loaded one and the adapters.
 """
 
 import typing as tp
 from pathlib import PurePath
+
+from engine.api import params
 
 # MusicGen's released sizes by LM width: small 1024, medium (and melody) 1536, large 2048
 SIZES = (("small", 1024), ("medium", 1536), ("large", 2048))
@@ -29,22 +32,31 @@ def size_of(description: dict) -> str:
     return SIZES[-1][0]
 
 
-def models_listing(description: dict) -> dict:
-    """gary4juce's `/api/models` body: the loaded checkpoint under its size, the other sizes empty."""
+def models_listing(description: dict, adapters: tp.Sequence[str] = ()) -> dict:
+    """gary4juce's `/api/models` body: the loaded checkpoint under its size, then each adapter served beside it
+    (a fine-tune of that checkpoint, so of its size), as single models the plugin lists and sends back by `path`;
+    the other sizes empty."""
     name = checkpoint_name(description)
     models: dict[str, list] = {size: [] for size, _ in SIZES}
-    models[size_of(description)].append({"type": "single", "name": name, "path": name})
+    for model in (name, *adapters):
+        models[size_of(description)].append({"type": "single", "name": model, "path": model})
     return {"success": True, "models": models}
 
 
-def unknown_model_error(requested: str, description: dict) -> tp.Optional[str]:
-    """None when `requested` names the loaded checkpoint (its name, or a hub-style `owner/NAME`), else the error
-    the plugin shows."""
+def chosen_adapter(requested: str, description: dict, adapters: tp.Sequence[str]) -> tp.Optional[str]:
+    """The adapter `model_name` picks (engine.params.model_choice), None for the loaded checkpoint (its name, or a
+    hub-style `owner/NAME`); ValueError with the message the plugin shows for anything else."""
     name = checkpoint_name(description)
-    if requested == name or requested.rsplit("/", 1)[-1] == name:
-        return None
-    return (f"model_name {requested[:80]!r} is not served here: this server has one checkpoint, {name!r} "
-            f"({size_of(description)}); pick it in the model list")
+    error = (f"model_name {requested[:80]!r} is not served here: this server has one checkpoint, {name!r} "
+             f"({size_of(description)})" + (f", and its adapters {', '.join(adapters)}" if adapters else "")
+             + "; pick one in the model list")
+    try:
+        adapter = params.model_choice(requested, base_names=(name,))
+    except ValueError:
+        raise ValueError(error) from None
+    if adapter is not None and adapter not in adapters:
+        raise ValueError(error)
+    return adapter
 
 
 def model_config(description: dict, sessions_open: int, healthy: bool) -> dict:

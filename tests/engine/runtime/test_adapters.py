@@ -71,7 +71,7 @@ def test_sessions_with_different_adapters_share_the_step_and_each_equals_its_mer
     session's tokens are those of its merged checkpoint alone at the same seed."""
     _, engines = served
     together: dict[str, torch.Tensor] = {}
-    sessions = {name: engines["base"].open_session(SETTINGS, seed=5, model=None if name == "base" else name)
+    sessions = {name: engines["base"].open_session(dataclasses.replace(SETTINGS, model=name), seed=5)
                 for name in ("funk", "soul", "base")}
     threads = [threading.Thread(target=lambda n=n, s=s: together.__setitem__(n, _chunks(s, 3)))
                for n, s in sessions.items()]
@@ -103,10 +103,12 @@ def test_a_new_file_serves_without_a_restart_and_what_cannot_serve_says_why(serv
     save_adapter(random_adapter(lm, 5, rank=8), folder / "wide.safetensors")
     assert base.models() == ["disco", "funk", "soul"]
     with pytest.raises(RequestError, match="model 'alien' cannot serve here: trained on base weights"):
-        base.open_session(SETTINGS, seed=1, model="alien")
+        base.open_session(dataclasses.replace(SETTINGS, model="alien"), seed=1)
     with pytest.raises(RequestError, match="rank 8; this server holds adapters of rank <= 4"):
-        base.open_session(SETTINGS, seed=1, model="models/wide")
+        base.open_session(dataclasses.replace(SETTINGS, model="models/wide"), seed=1)
+    with pytest.raises(ValueError, match="is not a model name"):
+        dataclasses.replace(SETTINGS, model="../etc/passwd!")
     with pytest.raises(RequestError, match="is not a model name"):
-        base.open_session(SETTINGS, seed=1, model="../etc/passwd!")
+        base.generate(BatchRequest(prompt="x", duration=1, model="../etc/passwd!"))
     assert base.sessions_open == 0  # nothing refused holds a session slot
     assert base.generate(BatchRequest(prompt="x", duration=1, seed=1, model="base")).wait().tokens.shape[-1] > 0
