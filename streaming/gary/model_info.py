@@ -59,11 +59,11 @@ def chosen_adapter(requested: str, description: dict, adapters: tp.Sequence[str]
     return adapter
 
 
-def model_config(description: dict, sessions_open: int, healthy: bool) -> dict:
-    """`GET /model/config` as magenta-retry answers it, for the loaded checkpoint (no fine-tune steps or
-    steering assets exist for MusicGen checkpoints; the model is loaded and its start-up warm-up done once the
-    sidecar serves)."""
-    return {"size": size_of(description), "repo": checkpoint_name(description), "revision": None,
+def model_config(description: dict, sessions_open: int, healthy: bool, selected: tp.Optional[str] = None) -> dict:
+    """`GET /model/config` as magenta-retry answers it: the loaded checkpoint, or the adapter `/model/select` chose
+    for bar mode (no fine-tune steps or steering assets exist for MusicGen checkpoints; the model is loaded and its
+    start-up warm-up done once the sidecar serves)."""
+    return {"size": size_of(description), "repo": selected or checkpoint_name(description), "revision": None,
             "selected_step": None, "assets_repo": None, "loaded": True, "active_jam": sessions_open > 0,
             "local_checkpoint_dir": None, "mean_loaded": False, "centroids_loaded": False, "centroid_count": None,
             "warmup_done": healthy}
@@ -80,25 +80,37 @@ def checkpoints(repo_id: tp.Optional[str], revision: tp.Optional[str]) -> dict:
     return {"repo": repo_id, "revision": revision or "main", "steps": [], "latest": None}
 
 
-def select(body: tp.Any, description: dict, healthy: bool) -> dict:
-    """`POST /model/select`: accepted (nothing to do) when it asks for what is loaded: its size, no repo or the
-    loaded checkpoint's name, and step "none"/"latest"/absent; refused with a message otherwise."""
+def select(body: tp.Any, description: dict, healthy: bool,
+           adapters: tp.Sequence[str] = ()) -> tuple[dict, tp.Optional[str]]:
+    """`POST /model/select` and the adapter it picks for bar mode's next sessions (None: the loaded checkpoint).
+    Accepted when it asks for what is served: its size, no repo, the loaded checkpoint's name or an adapter's
+    (`owner/NAME` too; step "none" is the checkpoint, as magenta-retry's stock base), and step
+    "none"/"latest"/absent; refused with a message otherwise. Sessions already playing keep their model, so a
+    running jam needs no `stop_active`."""
     if not isinstance(body, dict):
-        return {"ok": False, "error": "the body must be a JSON object"}
+        return {"ok": False, "error": "the body must be a JSON object"}, None
     name, size = checkpoint_name(description), size_of(description)
     dry_run = bool(body.get("dry_run", False))
     wrong = []
     if body.get("size") not in (None, "", size):
         wrong.append(f"size {str(body['size'])[:20]!r}")
-    repo = body.get("repo_id")
-    if repo not in (None, "") and (not isinstance(repo, str) or repo.rsplit("/", 1)[-1] != name):
-        wrong.append(f"repo_id {str(repo)[:80]!r}")
+    repo, chosen = body.get("repo_id"), None
+    if repo not in (None, ""):
+        try:
+            if not isinstance(repo, str):
+                raise ValueError(repo)
+            chosen = chosen_adapter(repo, description, adapters)
+        except ValueError:
+            wrong.append(f"repo_id {str(repo)[:80]!r}")
     step = body.get("step")
     if step not in (None, "", "none", "latest"):
         wrong.append(f"step {str(step)[:20]!r}")
     if wrong:
+        served = f", and its adapters {', '.join(adapters)}" if adapters else ""
         return {"ok": False, "dry_run": dry_run, "warmup_done": healthy,
                 "error": f"cannot switch to {', '.join(wrong)}: this container serves one checkpoint, {name!r} "
-                         f"({size}), and cannot load another"}
-    return {"ok": True, "dry_run": dry_run, "size": size, "repo": name, "step": None,
-            "warmup_done": healthy}
+                         f"({size}){served}, and cannot load another"}, None
+    if step == "none":
+        chosen = None
+    return {"ok": True, "dry_run": dry_run, "size": size, "repo": chosen or name, "step": None,
+            "warmup_done": healthy}, chosen

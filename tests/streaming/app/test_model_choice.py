@@ -1,6 +1,7 @@
 """Every protocol picks a LoRA adapter served beside the base model (engine.runtime.adapters), each with its real
 client against one sidecar: gary4juce's `/api/models` lists them and `model_name` picks one, /ws/jam's
-`params.model`, Lyria's `setup.model` (`models/NAME`) through Google's SDK; an unknown name gets a clear error."""
+`params.model`, Lyria's `setup.model` (`models/NAME`) through Google's SDK, bar mode by magenta-retry's
+`POST /model/select`; an unknown name gets a clear error."""
 
 import asyncio
 import json
@@ -108,3 +109,46 @@ def test_lyria_setup_model_picks_an_adapter_through_googles_sdk(adapter_server, 
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=10)
         assert "'models/nope' is not served here" in ws.close_reason
+
+
+def _bar_chunk(server, seed: int) -> str:
+    """The first chunk of a bar-mode session (the seed's /ws/jam `mode: "bar"`) at `seed`, as base64 WAV."""
+    import base64
+    import io
+
+    import soundfile as sf
+
+    rate = 44100
+    t = np.arange(2 * rate) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 110 * t)
+    buffer = io.BytesIO()
+    sf.write(buffer, np.stack([tone, tone], axis=1), rate, subtype="PCM_16", format="WAV")
+    start = {"type": "start", "mode": "bar", "binary_audio": False,
+             "loop_audio_b64": base64.b64encode(buffer.getvalue()).decode(),
+             "params": {"bpm": 120, "beats_per_bar": 4, "bars_per_chunk": 1, "target_sr": 48000, "seed": seed}}
+    with connect(ws_url(server).replace("ws://", "wss://"), ssl=_ssl(server), max_size=None) as ws:
+        ws.send(json.dumps(start))
+        assert receive_json(ws)["type"] == "started"
+        return next_of(ws, "chunk")["audio_base64"]
+
+
+def test_bar_mode_plays_the_adapter_magenta_retrys_model_select_chose(adapter_server, monkeypatch):
+    import requests
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(adapter_server.cert))
+    url = f"https://127.0.0.1:{adapter_server.port}/model/"
+    base_chunk = _bar_chunk(adapter_server, seed=9)
+    dry = requests.post(url + "select", json={"repo_id": "funk", "dry_run": True}, timeout=10).json()
+    assert dry["ok"] and requests.get(url + "config", timeout=10).json()["repo"] == "demo"  # a dry run changes nothing
+    chosen = requests.post(url + "select", json={"repo_id": "owner/funk", "step": "latest"}, timeout=10).json()
+    assert chosen["ok"] and chosen["repo"] == "funk"
+    assert requests.get(url + "config", timeout=10).json()["repo"] == "funk"
+    try:
+        funk_chunk = _bar_chunk(adapter_server, seed=9)
+    finally:
+        back = requests.post(url + "select", json={"step": "none"}, timeout=10).json()
+    assert back["ok"] and back["repo"] == "demo"
+    assert funk_chunk != base_chunk
+    assert _bar_chunk(adapter_server, seed=9) == base_chunk  # the base again, at the same seed
+    refused = requests.post(url + "select", json={"repo_id": "nope"}, timeout=10).json()
+    assert not refused["ok"] and "its adapters funk" in refused["error"]
