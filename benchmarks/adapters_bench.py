@@ -6,7 +6,9 @@
 Each session is a stream of one style: a conditional and an unconditional row, 16 rows in all, all decoded by one
 step per frame as the engine does (the eager forward on a CPU, the capturable step from CUDA graphs on CUDA: the
 step modes engine.lm.static_step.choose_step_mode picks). With adapters every session's rows pick their own slot of
-an AdapterBank of 8 rank-16 adapters over the default targets (engine.lm.lora); without, the rows run the base model.
+an AdapterBank of 8 rank-16 adapters over the default targets (engine.lm.lora); without, the rows run the base model:
+on a CPU the same decoder with every row on slot 0 (its eager forward then skips the bank, as an engine with no
+adapter in use does), on CUDA a second decoder without a bank (a captured graph always runs the bank's matmuls).
 Rounds alternate the two so drift on a shared machine spreads over both; the aggregate realtime factor is
 sessions x frames a second / frame rate, and the figure is the ratio of the medians (target >= 0.8). Only the LM's
 step is measured: the codec's work per frame is the same with or without an adapter.
@@ -17,6 +19,7 @@ import json
 import logging
 import statistics
 import time
+import typing as tp
 
 import torch
 
@@ -24,7 +27,7 @@ from benchmarks.engine_bench import SMALL, build_model, cpu_description
 from engine.lm.conditions import text_condition
 from engine.lm.decoder import StepDecoder
 from engine.lm.lora import AdapterBank, new_adapter
-from engine.lm.precision import choose_weight_format
+from engine.lm.precision import activation_dtype, choose_weight_format
 from engine.lm.static_step import CapturableStep, choose_step_mode
 
 logger = logging.getLogger("adapters_bench")
@@ -37,25 +40,37 @@ def run(device: str, sessions: int, rank: int, context: int, steps: int, rounds:
     weight_format, _ = choose_weight_format("auto", device)
     mode, _ = choose_step_mode("auto", device)
     rows = 2 * sessions
-    decoder = StepDecoder(lm, max_rows=rows, max_steps=context + steps * rounds * 2 + 8, weight_format=weight_format)
-    for row in range(rows):
-        embeds, mask = text_condition(lm, None if row % 2 else f"style {row}")
-        decoder.set_condition(row, embeds.to(device), mask.to(device))
-    bank = AdapterBank(lm, slots=sessions, max_rank=rank, dtype=decoder.dtype)
     generator = torch.Generator().manual_seed(0)
+    bank = AdapterBank(lm, slots=sessions, max_rank=rank, dtype=activation_dtype(weight_format))
     for slot in range(1, sessions + 1):
         bank.load(slot, new_adapter(lm, rank=rank, alpha=rank, b_std=0.01, generator=generator))
-    decoder.attach_adapters(bank)
-    step = CapturableStep(decoder, compiled=False) if mode != "off" else None
-    if step is not None:
-        step.capture_all()
-    decoder.lengths[:] = context
-    decoder.host_lengths[:] = [context] * rows
+
+    def prepared(with_bank: bool) -> tuple[StepDecoder, tp.Optional[CapturableStep]]:
+        decoder = StepDecoder(lm, max_rows=rows, max_steps=context + steps * rounds * 2 + 8,
+                              weight_format=weight_format)
+        for row in range(rows):
+            embeds, mask = text_condition(lm, None if row % 2 else f"style {row}")
+            decoder.set_condition(row, embeds.to(device), mask.to(device))
+        if with_bank:
+            decoder.attach_adapters(bank)
+            for s in range(sessions):
+                decoder.set_adapter(slice(2 * s, 2 * s + 2), s + 1)
+        step = CapturableStep(decoder, compiled=False) if mode != "off" else None
+        if step is not None:
+            step.capture_all()
+        decoder.lengths[:] = context
+        decoder.host_lengths[:] = [context] * rows
+        return decoder, step
+
+    served = prepared(True)
+    plain = prepared(False) if mode != "off" else served
     tokens = torch.randint(0, lm.card, (rows, lm.num_codebooks), generator=generator).to(device)
 
     def frames_per_second(with_adapters: bool) -> float:
-        for s in range(sessions):
-            decoder.set_adapter(slice(2 * s, 2 * s + 2), s + 1 if with_adapters else 0)
+        decoder, step = served if with_adapters else plain
+        if mode == "off":  # one decoder: the rows pick their adapters, or none
+            for s in range(sessions):
+                decoder.set_adapter(slice(2 * s, 2 * s + 2), s + 1 if with_adapters else 0)
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         sync()
         started = time.perf_counter()
@@ -81,7 +96,7 @@ def run(device: str, sessions: int, rank: int, context: int, steps: int, rounds:
             "aggregate_rtf_none": round(rtf["none"], 3), "aggregate_rtf_adapters": round(rtf["adapters"], 3),
             "ratio": round(rtf["adapters"] / rtf["none"], 3),
             "adapter_mb_in_bank": round(adapter_bytes / 2**20, 1),
-            "base_weights_mb": round(decoder.weight_bytes / 2**20, 1)}
+            "base_weights_mb": round(served[0].weight_bytes / 2**20, 1)}
 
 
 def main() -> None:
