@@ -201,3 +201,38 @@ def test_the_codec_stream_gives_the_default_streams_audio(cuda_engine):
         worker.stream = own
     assert torch.equal(first.tokens, second.tokens)
     assert torch.allclose(first.wav, second.wav, atol=1e-6)
+
+
+def test_graph_replay_serves_per_row_adapters_and_sees_a_slot_written_after_capture(cuda_engine):
+    """LoRA adapters on CUDA graphs (engine.lm.lora.AdapterBank): rows with different adapters replayed from the
+    captured step give the eager forward's logits, and an adapter loaded into a slot after the capture is read by
+    the same graphs (the bank is written in place: no capture after the start)."""
+    from engine.lm.lora import AdapterBank, new_adapter
+    from engine.lm.static_step import CapturableStep
+    from tests.support.steps import six_row_decoder
+
+    lm = cuda_engine.model.musicgen.lm
+    generator = torch.Generator().manual_seed(0)
+    adapters = [new_adapter(lm, rank=4, alpha=8.0, b_std=0.3, generator=generator) for _ in range(3)]
+    bank = AdapterBank(lm, slots=2, max_rank=4, dtype=torch.float32)
+    bank.load(1, adapters[0])
+    eager, static = six_row_decoder(lm, lm, "cuda"), six_row_decoder(lm, lm, "cuda")
+    for decoder in (eager, static):
+        decoder.attach_adapters(bank)
+        decoder.set_adapter(slice(0, 2), 1)
+        decoder.set_adapter(slice(4, 6), 2)
+    step = CapturableStep(static, compiled=False, graphs=True, min_window=16)
+    sequence = torch.randint(0, lm.card, (6, lm.num_codebooks, 12), generator=generator).to("cuda")
+    worst = 0.0
+    with torch.no_grad():
+        step.capture_all()
+        for decoder in (eager, static):
+            decoder.forward(slice(0, 6), sequence[:, :, :8])
+        for s in range(4):
+            if s == 2:
+                bank.load(2, adapters[2])  # after the capture, while the graphs exist
+            tokens = sequence[:, :, 8 + s]
+            expected = eager.forward(slice(0, 6), tokens.unsqueeze(-1))[:, :, 0]
+            worst = max(worst, (step(slice(0, 6), tokens) - expected).abs().max().item())
+    assert worst < 1e-3
+    assert step.stats.late_captures == 0
