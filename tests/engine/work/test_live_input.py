@@ -145,3 +145,27 @@ def test_a_restart_forgets_waiting_input(engine):
         assert not session._input.waiting()
     finally:
         session.close()
+
+
+def test_a_rewritten_context_is_refed_from_the_first_changed_step(engine):
+    """The decoder keeps the cache before the rewrite and feeds the rest again (StepDecoder.truncate): its logits are
+    audiocraft's on the rewritten sequence, as a fresh prefill of all of it would give."""
+    from engine.lm.conditions import text_condition
+    from engine.lm.decoder import StepDecoder
+    from tests.engine.lm.test_decoder import _reference_inputs
+
+    lm = engine.model.musicgen.lm
+    _, old = _reference_inputs(lm, "jazz", 40, seed=1)
+    conditions, new = _reference_inputs(lm, "jazz", 40, seed=2)
+    changed = 25  # frame 24 on: the sequence differs from step 25 on (frame f's codebook 0 is the input of f + 1)
+    new = torch.cat([old[:, :, :changed], new[:, :, changed:]], dim=2)
+    with torch.no_grad():
+        reference = lm(new, conditions=[], condition_tensors=conditions)
+    decoder = StepDecoder(lm, max_rows=2, max_steps=48)
+    decoder.set_condition(0, *text_condition(lm, "jazz"))
+    decoder.set_condition(1, *text_condition(lm, None))
+    with torch.no_grad():
+        decoder.forward(slice(0, 2), old)
+        decoder.truncate(slice(0, 2), changed)
+        refed = decoder.forward(slice(0, 2), new[:, :, changed:])
+    assert (refed - reference[:, :, changed:]).abs().max().item() < 1e-4
