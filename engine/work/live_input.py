@@ -25,7 +25,8 @@ Bounds, each a warning in the log (once per `WARN_EVERY_SECONDS`) and an `InputR
 an unbounded queue: a piece longer than engine.params.MAX_INPUT_SECONDS is refused (ValueError); pieces beyond what a
 player sends in real time (a budget refilled by wall-clock time, `BURST_SECONDS` deep), placed more than
 `AHEAD_SECONDS` past the produced audio, older than the recorded output, or beyond `MAX_PENDING_SECONDS` waiting are
-dropped. A session that gets no input is untouched: nothing is mixed, encoded or rewritten, so its output is the
+dropped. Silence in `mix` mode (a muted microphone's zeros) is nothing to add: it is not mixed in. A session that
+gets no input is untouched: nothing is mixed, encoded or rewritten, so its output is the
 same to the byte as without this module.
 """
 
@@ -191,6 +192,10 @@ class LiveInput:
                 return None
             self._pending = [piece for piece in self._pending if piece[0] + piece[1] > last * self.hop]
             self._pending_samples = sum(piece[1] for piece in self._pending)
+        if mode == "mix":  # silence adds nothing (a muted microphone sends zeros): the context stays the model's own
+            ready = [piece for piece in ready if bool(piece[2].abs().max() > 0)]
+            if not ready:
+                return None
         ready = self._resampled(ready)
         f0 = max(first, min(s for s, _ in ready) // self.hop)
         f1 = min(last, -(-max(s + a.shape[-1] for s, a in ready) // self.hop))

@@ -198,3 +198,14 @@ def test_contiguous_pieces_are_resampled_as_one_and_mixed_over_the_output(engine
     expected = output[:, 16000: 32000] + played if mode == "mix" else played
     assert (mixed - expected.clamp(-1, 1)).abs().max() < 1e-5
     assert not live.waiting()
+
+
+def test_silence_in_mix_mode_leaves_the_context_alone(engine):
+    """A muted microphone sends zeros: mixed over the output they add nothing, so nothing is encoded or rewritten
+    (re-encoding the model's own output would still change its tokens)."""
+    def silence(session, chunks):
+        assert session.play_input(np.zeros(16000, dtype=np.float32), 32000, at=0.5).dropped is None
+
+    a, _ = run(engine, seed=17, before=2, after=2)
+    b, _ = run(engine, seed=17, before=2, after=2, feed=silence)
+    assert torch.equal(a, b)
