@@ -64,7 +64,7 @@ class TrackListener:
             except MediaStreamError:  # the client stopped sending (or the connection closed)
                 return
             samples = frame_samples(frame)
-            if rate is not None and (frame.sample_rate != rate or samples.shape[0] != block[0].shape[0]):
+            if block and (frame.sample_rate != rate or samples.shape[0] != block[0].shape[0]):
                 block = []  # the format changed mid-stream: start a fresh piece
             rate = frame.sample_rate
             block.append(samples)

@@ -13,13 +13,25 @@ import numpy as np
 import pytest
 import torch
 
+from engine.params import SamplingParams
 from engine.work.chunk import SessionClosed
 from engine.work.live_input import HISTORY_SECONDS, LiveInput
 from engine.work.session import SessionSettings
-from tests.engine.work.test_session import SETTINGS, collect, stitch
 from tests.support.helpers import wait_until
 
+SETTINGS = SessionSettings(styles=("jazz", "hiphop"), weights=(1.0, 0.8),
+                           params=SamplingParams(temperature=1.1, top_k=40, guidance=1.1), chunk_seconds=1.0)
 HALF = replace(SETTINGS, chunk_seconds=0.5)
+
+
+def collect(session, count: int) -> list:
+    return [session.next_chunk().result(timeout=120) for _ in range(count)]
+
+
+def stitch(chunks) -> torch.Tensor:
+    """What a client hears: each chunk without its overlap tail."""
+    return torch.cat([c.audio[:, : c.audio.shape[-1] - int(round(c.overlap_seconds * c.sample_rate))]
+                      for c in chunks], dim=-1)
 
 
 def tone(seconds: float, rate: int = 32000, freq: float = 220.0, channels: int = 1) -> np.ndarray:
@@ -152,13 +164,25 @@ def test_a_restart_forgets_waiting_input(engine):
 def test_a_rewritten_context_is_refed_from_the_first_changed_step(engine):
     """The decoder keeps the cache before the rewrite and feeds the rest again (StepDecoder.truncate): its logits are
     audiocraft's on the rewritten sequence, as a fresh prefill of all of it would give."""
+    from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes
+
     from engine.lm.conditions import text_condition
     from engine.lm.decoder import StepDecoder
-    from tests.engine.lm.test_decoder import _reference_inputs
+    from engine.lm.pattern import DelayedFrames
 
     lm = engine.model.musicgen.lm
-    _, old = _reference_inputs(lm, "jazz", 40, seed=1)
-    conditions, new = _reference_inputs(lm, "jazz", 40, seed=2)
+
+    def sequence(seed: int) -> torch.Tensor:
+        """40 frames of random codes as the delay pattern's sequence, for the conditional and unconditional rows."""
+        pattern = DelayedFrames(1, list(lm.pattern_provider.delays), lm.special_token_id, capacity=48)
+        generator = torch.Generator().manual_seed(seed)
+        pattern.codes[:, :, :40] = torch.randint(0, lm.card, (1, lm.num_codebooks, 40), generator=generator)
+        return pattern.sequence_values(0, 40).expand(2, -1, -1)
+
+    attributes = [ConditioningAttributes(text={"description": "jazz"})]
+    null = ClassifierFreeGuidanceDropout(p=1.0)(attributes)
+    conditions = lm.condition_provider(lm.condition_provider.tokenize(attributes + null))
+    old, new = sequence(1), sequence(2)
     changed = 25  # frame 24 on: the sequence differs from step 25 on (frame f's codebook 0 is the input of f + 1)
     new = torch.cat([old[:, :, :changed], new[:, :, changed:]], dim=2)
     with torch.no_grad():

@@ -15,6 +15,7 @@ from tests.support.webrtc_client import PARAMS, SERVER_CONFIG, JamClient, ToneTr
 pytestmark = pytest.mark.usefixtures("loopback")
 SECONDS = 3.0  # of music received by each client
 LOOKAHEAD_SECONDS = 4 / 50  # the codec colours this much audio before a changed frame (engine.work.steering)
+SILENT_SECONDS = 0.5  # the microphone's first pieces are zeros: the tone comes in the pieces after them
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +45,12 @@ async def session_audio(server, microphone=None) -> tuple[np.ndarray, dict]:
 
 
 def test_the_microphone_is_mixed_into_the_session_from_where_the_player_heard_it(server, engine):
-    """A/B on one seed: the session that heard a tone from the client's microphone continues from it; before the
-    place the input landed (where the track was playing when it came), its music is the same."""
+    """A/B on one seed: the session that heard a tone from the client's microphone (silent for its first 0.5 s, then
+    playing on) continues from it; before the place the tone landed (where the track was playing when the
+    microphone's first piece came, + the silence), its music is the same."""
     async def scenario():
         plain, _ = await session_audio(server)
-        played, placed = await session_audio(server, ToneTrack())
+        played, placed = await session_audio(server, ToneTrack(silent_seconds=SILENT_SECONDS))
         return plain, played, placed
 
     plain, played, placed = asyncio.run(scenario())
@@ -56,7 +58,7 @@ def test_the_microphone_is_mixed_into_the_session_from_where_the_player_heard_it
     length = min(len(plain), len(played))
     differs = np.nonzero(plain[:length] != played[:length])[0]
     assert len(differs), "the microphone was not heard"
-    assert differs[0] / 32000 >= placed["start_seconds"] - LOOKAHEAD_SECONDS
+    assert differs[0] / 32000 >= placed["start_seconds"] + SILENT_SECONDS - LOOKAHEAD_SECONDS
     assert wait_until(lambda: sessions(server) == 0, 5)
 
 
