@@ -4,7 +4,17 @@ import math
 import typing as tp
 from dataclasses import dataclass, field
 
-from engine.params import ChunkSeconds, RampSeconds, SamplingParams, Styles, StyleWeights, checked, model_choice
+from engine.params import (
+    ChunkSeconds,
+    InputGain,
+    InputMode,
+    RampSeconds,
+    SamplingParams,
+    Styles,
+    StyleWeights,
+    checked,
+    model_choice,
+)
 from engine.runtime.streams import Conditioning
 
 
@@ -21,6 +31,10 @@ class SessionSettings:
     # the LoRA adapter the session plays with (engine.params.model_choice: None is the base model); chosen when the
     # session opens, for its whole life
     model: tp.Optional[str] = None
+    # the player's live input (LiveSession.play_input): its gain, and whether it is mixed over the model's own
+    # output for its span or replaces it (engine.work.live_input); taken up at the next injection
+    input_gain: float = 1.0
+    input_mode: str = "mix"
     # what the caller made these settings from (e.g. Lyria's prompts and config), handed back on every chunk
     # generated with them; the engine never reads it, and it takes no part in comparisons
     source: tp.Any = field(default=None, compare=False, repr=False)
@@ -37,6 +51,8 @@ class SessionSettings:
         checked(ChunkSeconds, self.chunk_seconds, "chunk_seconds")
         checked(RampSeconds, self.ramp_seconds, "ramp_seconds")
         object.__setattr__(self, "model", model_choice(self.model))  # "base", "models/x" -> None, "x"
+        checked(InputGain, self.input_gain, "input_gain")
+        checked(InputMode, self.input_mode, "input_mode")
 
     @property
     def conditioning(self) -> Conditioning:

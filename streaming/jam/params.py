@@ -33,6 +33,8 @@ class JamParams(BaseModel):
     # a LoRA adapter served beside the base model, by name (engine.params.model_choice; None or "base": the base
     # model); chosen at start, for the session's life
     model: tp.Optional[rules.ModelName] = None
+    input_gain: rules.InputGain = 1.0  # the player's audio (the `input` message), as the engine mixes it in
+    input_mode: rules.InputMode = "mix"
 
 
 PARAMS = tuple(JamParams.model_fields)
@@ -81,4 +83,5 @@ def settings_of(model: JamParams) -> SessionSettings:
     sampling = SamplingParams(temperature=model.temperature, top_k=model.topk, guidance=model.guidance_weight)
     return SessionSettings(styles=styles, weights=weights, params=sampling,
                        chunk_seconds=model.max_decode_frames / PROTOCOL_FRAME_RATE,
-                       ramp_seconds=model.style_ramp_seconds, model=model.model)
+                       ramp_seconds=model.style_ramp_seconds, model=model.model, input_gain=model.input_gain,
+                       input_mode=model.input_mode)
