@@ -1,5 +1,5 @@
-"""The sidecar's ASGI app: routes (/ws/jam, Lyria, WebRTC, the jam page, health, the gary plugins' HTTP API and
-Socket.IO events, the model routes), the connection cap, auth at the door."""
+"""The sidecar's ASGI app: routes (/ws/jam, Lyria, WebRTC, FastRTC's WebSocket, the jam page, health, the gary
+plugins' HTTP API and Socket.IO events, the model routes), the connection cap, auth at the door."""
 
 import logging
 import typing as tp
@@ -16,6 +16,8 @@ from streaming.app.capacity import Drain
 from streaming.app.config import ServerConfig
 from streaming.app.page import page_routes
 from streaming.bar.http import generate_routes, jam_routes
+from streaming.fastrtc_ws import protocol as fp
+from streaming.fastrtc_ws.ws import FastRTCConnection
 from streaming.gary.http import gary_routes
 from streaming.gary.protocol import InputStore
 from streaming.gary.service import GaryService
@@ -123,8 +125,16 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
                     extra_header="x-goog-api-key",
                     extra_query="key")
 
+    async def fastrtc(websocket: WebSocket) -> None:
+        await serve(websocket, lambda: FastRTCConnection(websocket, engine, config, blocking, registry, notice))
+
+    async def phone(websocket: WebSocket) -> None:
+        await serve(websocket, lambda: FastRTCConnection(websocket, engine, config, blocking, registry, notice,
+                                                         phone=True))
+
     routes = [Route("/health", health), Route("/ready", ready), Route("/admin/drain", start_drain, methods=["POST"]),
               WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
+              WebSocketRoute(fp.PATH, fastrtc), WebSocketRoute(fp.PHONE_PATH, phone),
               *webrtc_routes(engine, config, blocking, notice, drain, registry), *gary_routes(gary, engine, config),
               *recording_routes(engine, registry, config.token), *page_routes(),
               *generate_routes(engine, jobs, notice, config.token, draining=lambda: drain.active),
