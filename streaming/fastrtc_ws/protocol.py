@@ -38,8 +38,9 @@ INPUT_SAMPLE_RATE = 48000  # FastRTC's StreamHandler default input_sample_rate
 PHONE_SAMPLE_RATE = 8000  # FastRTC's phone mode (Twilio media streams): 8 kHz mu-law both ways
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 MAX_MEDIA_SECONDS = 1.0  # one media frame at most (FastRTC's browser snippet sends 2048 samples: 43 ms at 48 kHz)
-# a media frame of MAX_MEDIA_SECONDS at 48 kHz, base64 (4/3) inside its JSON; larger frames are refused unread
-MAX_FRAME_BYTES = int(MAX_MEDIA_SECONDS * max(SAMPLE_RATES) * 4 / 3) + 1024
+# twice a media frame of MAX_MEDIA_SECONDS at 48 kHz, base64 (4/3) inside its JSON: larger frames are refused
+# unparsed; those between hear how long a media frame may be
+MAX_FRAME_BYTES = int(2 * MAX_MEDIA_SECONDS * max(SAMPLE_RATES) * 4 / 3) + 1024
 EVENTS = ("start", "media", "ping", "stop")
 RESUME_PARAMS = ("session_id", "from_chunk")
 

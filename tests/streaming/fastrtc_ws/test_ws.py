@@ -1,0 +1,191 @@
+"""FastRTC's WebSocket transport against a running sidecar, with a real WebSocket client (websockets) speaking
+FastRTC's events: send-receive with mu-law both ways, pong, stop, phone mode, a full server, bad frames, resume and
+drain."""
+
+import socket
+import time
+
+import numpy as np
+import pytest
+import requests
+from websockets.exceptions import ConnectionClosed
+
+from streaming.fastrtc_ws import protocol as fp
+from tests.support.fastrtc_ws_client import FRAME_SAMPLES, PARAMS, FastRTCClient, is_media, sine
+from tests.support.helpers import wait_until
+from tests.support.servers import http_url, sessions, start_server, ws_url
+
+UNIT_SAMPLES = 15360  # one 0.32 s decode unit at 48 kHz (streaming.webrtc.peer.UNIT_SECONDS)
+
+
+def client(server, path: str = fp.PATH) -> FastRTCClient:
+    return FastRTCClient(ws_url(server, path))
+
+
+def send_receive(server, seconds: float) -> dict:
+    """FastRTC's send-receive loop: a 48 kHz sine in 2048-sample media frames at real time, a ping each second,
+    everything that arrives read; then an update and a stop. Returns what the test checks."""
+    jam = client(server)
+    jam.start(PARAMS)
+    started = jam.log("started")
+    began = time.monotonic()
+    pings = sent = 0
+    while (elapsed := time.monotonic() - began) < seconds:
+        if sent * FRAME_SAMPLES / 48000 <= elapsed:  # the microphone's pace
+            jam.media(sine(FRAME_SAMPLES / 48000))
+            sent += 1
+        if pings <= elapsed:
+            jam.send({"event": "ping"})
+            pings += 1
+        try:
+            jam.read(timeout=0.005)
+        except TimeoutError:
+            pass
+    received_seconds = sum(len(a) for a in jam.audio) / 48000
+    jam.send({"type": "update", "temperature": 0.9})
+    updated = jam.log("updated")
+    jam.send({"event": "stop"})
+    jam.until(lambda f: f.get("type") == "log" and f["data"] == "stopped", 30)
+    with pytest.raises(ConnectionClosed):
+        jam.read(timeout=10)
+    return {"started": started, "jam": jam, "elapsed": seconds, "received_seconds": received_seconds,
+            "pings": pings, "updated": updated, "sent": sent}
+
+
+def check_send_receive(server, seen: dict) -> None:
+    jam, started = seen["jam"], seen["started"]
+    assert started["audio"] == {"codec": "mulaw", "sample_rate": 48000, "channels": 1, "input_sample_rate": 48000}
+    assert started["seed"] == 7 and started["resumed"] is False and started["websocket_id"] == jam.websocket_id
+    assert [f for f in jam.frames if f.get("type") in ("error", "warning")] == []
+    # paced near real time: never more than the lead and a unit or two ahead of the clock (generous margins), and
+    # audio kept coming (a loaded 2-core machine still generates the demo model several times faster than real time)
+    assert seen["received_seconds"] <= seen["elapsed"] + 2.0, seen
+    assert seen["received_seconds"] >= 0.3 * seen["elapsed"], seen
+    assert {len(a) for a in jam.audio} == {UNIT_SAMPLES}
+    audio = np.concatenate(jam.audio).astype(np.float32) / 32768
+    assert np.sqrt(np.mean(audio ** 2)) > 0.01, "mu-law decoded back to the session's audio, not silence"
+    chunks = [m["data"]["index"] for m in jam.messages if isinstance(m["data"], dict)
+              and m["data"].get("event") == "chunk"]
+    assert chunks == list(range(len(jam.audio))), "one chunk log per media frame, in order"
+    assert sum(1 for f in jam.frames if f == {"event": "pong"}) == seen["pings"]
+    assert seen["updated"]["changed"] == ["temperature"]
+    assert jam.ws.close_code == 1000
+    assert wait_until(lambda: sessions(server) == 0, 5)
+    meta = requests.get(http_url(server, f"/sessions/{started['session_id']}"), timeout=10).json()
+    assert meta["kind"] == "fastrtc_ws" and meta["live"] is False and meta["chunks"] >= len(jam.audio)
+
+
+def test_send_receive_with_fastrtcs_events(server):
+    check_send_receive(server, send_receive(server, 4.0))
+
+
+@pytest.mark.slow
+def test_twenty_seconds_of_send_receive(server):
+    seen = send_receive(server, 20.0)
+    check_send_receive(server, seen)
+    assert seen["received_seconds"] >= 15.0, seen
+
+
+def test_phone_mode_speaks_8_khz_with_the_stream_sid(server):
+    phone = client(server, fp.PHONE_PATH)
+    phone.start()
+    assert "start needs streamSid" in phone.error()
+    phone.send({"event": "start", "streamSid": "MZ123"})
+    assert phone.log("started")["audio"]["sample_rate"] == 8000
+    out = phone.until(is_media)
+    assert out["streamSid"] == "MZ123" and len(phone.audio[0]) == 2560
+    phone.send({"event": "media", "streamSid": "MZ123", "media": {"payload": "//////8="}})  # Twilio's shape
+    phone.send({"event": "stop"})
+    phone.until(lambda f: f.get("data") == "stopped")
+    phone.close()
+    assert wait_until(lambda: sessions(server) == 0, 5)
+
+
+def test_a_full_server_sends_fastrtcs_message_then_closes(server):
+    first, second = client(server), client(server)
+    for jam in (first, second):
+        jam.start(PARAMS)
+        jam.until(is_media)
+    third = client(server)
+    third.send({"event": "ping"})
+    assert third.read() == {"event": "pong"}, "connecting takes no slot; starting does"
+    third.start(PARAMS)
+    assert third.read() == {"status": "failed", "meta": {"error": "concurrency_limit_reached", "limit": 2}}
+    with pytest.raises(ConnectionClosed):
+        third.read(timeout=5)
+    assert third.ws.close_code == 1013
+    first.close()
+    second.close()
+    assert wait_until(lambda: sessions(server) == 0, 5)
+
+
+def test_bad_frames_get_an_error_and_the_session_plays_on(server):
+    jam = client(server)
+    jam.send({"event": "media", "media": {"payload": "AAAA"}})
+    assert "media before start" in jam.error()
+    jam.start(PARAMS)
+    jam.log("started")
+    for bad, error in [(b"\x00\x01", "binary frames are not accepted"), ("{oops", "not valid JSON"),
+                       ({"event": "dance"}, "unknown event 'dance'"),
+                       ({"event": "media", "media": {"payload": "%%%"}}, "not valid base64"),
+                       ({"event": "media", "media": {"payload": "A" * 96000}}, "media frame too long"),
+                       ({"event": "media", "media": {"payload": "A" * 200_000}}, "message too large"),
+                       ({"type": "update", "temperature": "hot"}, "temperature"),
+                       ({"event": "start", "websocket_id": "again"}, "already playing")]:
+        jam.send(bad)
+        assert error in jam.error()
+    before = len(jam.audio)
+    jam.until(lambda f: is_media(f) and len(jam.audio) >= before + 2)
+    chunks = [m["data"]["index"] for m in jam.messages if isinstance(m["data"], dict)
+              and m["data"].get("event") == "chunk"]
+    assert chunks == list(range(len(chunks))), "the stream went on without a gap or a restart"
+    jam.send({"event": "stop"})
+    jam.until(lambda f: f.get("data") == "stopped")
+    assert wait_until(lambda: sessions(server) == 0, 5)
+
+
+def test_a_dropped_socket_is_resumed_by_a_start_with_the_session_id(server):
+    first = client(server)
+    first.start(PARAMS)
+    session_id = first.log("started")["session_id"]
+    seen = first.log("chunk")["index"]
+    first.ws.socket.shutdown(socket.SHUT_RDWR)  # the network goes: no closing handshake
+    first.ws.socket.close()
+    assert wait_until(lambda: server.registry.held == 1, 10)
+    second = client(server)
+    second.start({"session_id": session_id})
+    again = second.log("started")
+    assert again["resumed"] is True and again["session_id"] == session_id and again["seed"] == 7
+    assert again["from_chunk"] > seen
+    assert second.log("chunk")["index"] == again["from_chunk"], "the stream goes on (a fresh one counts from 0)"
+    assert sessions(server) == 1  # one slot throughout
+    third = client(server)
+    third.start({"session_id": session_id})
+    assert "being played by another connection" in third.error()
+    second.send({"type": "stop"})
+    second.until(lambda f: f.get("data") == "stopped")
+    assert wait_until(lambda: sessions(server) == 0, 5)
+
+
+def test_a_drain_warns_the_socket_and_closes_it_at_the_deadline(demo_dir):
+    from engine.config import EngineConfig
+    from engine.core import Engine
+
+    engine = Engine.load(demo_dir, device="cpu", config=EngineConfig(max_sessions=2))  # drained for good
+    running = start_server(engine, drain_seconds=3)
+    try:
+        jam = client(running)
+        jam.start(PARAMS)
+        jam.until(is_media)
+        began = time.monotonic()
+        assert requests.post(http_url(running, "/admin/drain"), timeout=5).json()["draining"] is True
+        warning = jam.until(lambda f: f.get("type") == "warning")["data"]
+        assert "draining" in warning and "within 3 s" in warning
+        with pytest.raises(ConnectionClosed):
+            while True:
+                jam.read(timeout=10)
+        assert jam.ws.close_code == 1001 and 2.5 < time.monotonic() - began < 10
+        assert wait_until(lambda: engine.sessions_open == 0, 5), "a drained socket's session is not held"
+    finally:
+        running.stop()
+        engine.close()
