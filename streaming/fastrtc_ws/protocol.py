@@ -42,6 +42,10 @@ MAX_MEDIA_SECONDS = 1.0  # one media frame at most (FastRTC's browser snippet se
 # unparsed; those between hear how long a media frame may be
 MAX_FRAME_BYTES = int(2 * MAX_MEDIA_SECONDS * max(SAMPLE_RATES) * 4 / 3) + 1024
 EVENTS = ("start", "media", "ping", "stop")
+# a media frame continues the one before it on the session's timeline while that stays within this of where the
+# listener is; beyond it (the player paused, the stream restarted or resumed) it is placed where the listener is
+DRIFT_SECONDS = 0.25
+DROP_NOTICE_SECONDS = 5.0  # dropped input is told at most this often (with how many frames since)
 RESUME_PARAMS = ("session_id", "from_chunk")
 
 
@@ -71,6 +75,14 @@ class Media:
 
     samples: np.ndarray
     sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+    def float32(self) -> np.ndarray:
+        """The samples in [-1, 1), as FastRTC's audio_to_float32 scales them."""
+        return self.samples.astype(np.float32) / 32768.0
 
 
 @dataclass(frozen=True)
@@ -197,6 +209,44 @@ class FastRTCSocket:
         """What the `started` log says of the audio both ways."""
         return {"codec": "mulaw", "sample_rate": self.output_sample_rate, "channels": 1,
                 "input_sample_rate": self.input_sample_rate}
+
+
+class InputClock:
+    """Where each media frame goes on the session's timeline. FastRTC's media carry no time, so a frame is taken to
+    end where the listener is as it arrives (`heard_at`: the music the player played along to); frames that follow
+    each other are laid end to end (network jitter would otherwise overlap or part them) until that drifts more than
+    DRIFT_SECONDS from where the listener is."""
+
+    def __init__(self) -> None:
+        self.next_at: tp.Optional[float] = None
+
+    def place(self, heard_at: tp.Optional[float], seconds: float) -> tp.Optional[float]:
+        """Seconds on the timeline where a frame of `seconds` starts; None before the listener heard anything (the
+        engine then places it at the end of the audio made so far)."""
+        if heard_at is None:
+            return None
+        estimate = max(0.0, heard_at - seconds)
+        at = self.next_at if self.next_at is not None and abs(self.next_at - estimate) <= DRIFT_SECONDS else estimate
+        self.next_at = at + seconds
+        return at
+
+
+class DropNotices:
+    """Input the engine dropped (faster than real time, too far ahead or behind) is told to the client, at most
+    once per DROP_NOTICE_SECONDS, never once per frame."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+        self.told_at: tp.Optional[float] = None
+
+    def dropped_one(self, why: str, now: float) -> tp.Optional[str]:
+        """The warning to send now, if one is due."""
+        self.dropped += 1
+        if self.told_at is not None and now - self.told_at < DROP_NOTICE_SECONDS:
+            return None
+        text = f"input dropped ({self.dropped} media frame(s) since the last notice): {why}"
+        self.dropped, self.told_at = 0, now
+        return wp.warning(text)
 
 
 def pong() -> str:

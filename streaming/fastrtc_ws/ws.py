@@ -53,6 +53,8 @@ class FastRTCConnection(Connection):
         self.protocol = fp.FastRTCSocket(phone)
         self.pacer = Pacer("realtime")
         self.resampler: tp.Optional[StreamingResampler] = None  # made at the first chunk of each stream here
+        self.input_clock = fp.InputClock()
+        self.drops = fp.DropNotices()
 
     async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
         if isinstance(frame, bytes):
@@ -141,8 +143,24 @@ class FastRTCConnection(Connection):
         await self.send(wp.log(wp.update_acknowledgement(command, placement, self.pacer.heard_in(placement))))
 
     async def play_input(self, media: fp.Media) -> None:
-        """The client's audio, for the session's live input."""
-        logger.debug("fastrtc_ws: %d input samples at %d Hz", len(media.samples), media.sample_rate)
+        """The client's audio into the session's live input (LiveSession.play_input, resampled there; on the default
+        executor, awaited so frames keep their order), where the listener heard the music it played along to. A
+        malformed frame is an `error`, input the engine drops a `warning` now and then; the session plays on."""
+        session = self.session
+        if session is None:  # started, but the session is between a failure and its restart's end
+            await self.send(wp.error("media: no session plays now"))
+            return
+        at = self.input_clock.place(self.pacer.playing_at(), media.seconds)
+        try:
+            receipt = await asyncio.get_running_loop().run_in_executor(
+                None, session.play_input, media.float32(), media.sample_rate, at)
+        except (ValueError, SessionClosed) as exc:
+            await self.send(wp.error(f"media: {exc}"))
+            return
+        if receipt.dropped is not None:
+            notice = self.drops.dropped_one(receipt.dropped, time.monotonic())
+            if notice is not None:
+                await self.send(notice)
 
     def drain_notice(self, seconds_left: float) -> str:
         return wp.drain_warning(seconds_left)

@@ -164,3 +164,26 @@ def test_media_out_is_fastrtcs_frame_that_audioop_decodes():
 def test_a_full_server_answers_fastrtcs_concurrency_message():
     assert json.loads(fp.concurrency_limit_reached(2)) == \
         {"status": "failed", "meta": {"error": "concurrency_limit_reached", "limit": 2}}
+
+
+def test_media_frames_are_laid_end_to_end_where_the_listener_is_until_that_drifts():
+    clock = fp.InputClock()
+    assert clock.place(None, 0.1) is None, "nothing heard yet: the engine places it"
+    assert clock.place(5.1, 0.1) == pytest.approx(5.0), "a frame ends where the listener is as it arrives"
+    assert clock.place(5.23, 0.1) == pytest.approx(5.1), "jitter: the next one follows the last"
+    assert clock.place(5.05, 0.1) == pytest.approx(5.2)
+    assert clock.place(9.0, 0.1) == pytest.approx(8.9), "a pause, or a restart: placed where the listener is"
+
+
+def test_dropped_input_is_told_now_and_then_with_the_count():
+    notices = fp.DropNotices()
+    first = json.loads(notices.dropped_one("input comes faster than real time", now=10.0))
+    assert first["type"] == "warning" and "1 media frame(s)" in first["data"] and "faster" in first["data"]
+    assert notices.dropped_one("again", now=11.0) is None
+    assert notices.dropped_one("again", now=12.0) is None
+    assert "3 media frame(s)" in json.loads(notices.dropped_one("again", now=10.0 + fp.DROP_NOTICE_SECONDS))["data"]
+
+
+def test_media_samples_scale_to_float_as_fastrtc_does():
+    media = fp.Media(np.array([-32768, 0, 16384], dtype=np.int16), 8000)
+    assert media.float32().tolist() == [-1.0, 0.0, 0.5] and media.seconds == pytest.approx(3 / 8000)

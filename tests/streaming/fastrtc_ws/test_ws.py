@@ -189,3 +189,35 @@ def test_a_drain_warns_the_socket_and_closes_it_at_the_deadline(demo_dir):
     finally:
         running.stop()
         engine.close()
+
+
+def played_along(server, units: int, with_input: bool) -> FastRTCClient:
+    """A seeded session's first `units` media frames, the client sending a sine at real time or nothing."""
+    jam = client(server)
+    jam.start(PARAMS)
+    jam.log("started")
+    began, sent = time.monotonic(), 0
+    while len(jam.audio) < units:
+        if with_input and sent * FRAME_SAMPLES / 48000 <= time.monotonic() - began:
+            jam.media(sine(FRAME_SAMPLES / 48000, level=0.8))
+            sent += 1
+        try:
+            jam.read(timeout=0.005)
+        except TimeoutError:
+            pass
+    jam.send({"event": "stop"})
+    jam.until(lambda f: f.get("data") == "stopped")
+    assert wait_until(lambda: sessions(server) == 0, 5)
+    return jam
+
+
+def test_the_players_media_reaches_the_session_and_changes_what_follows(server):
+    """A/B at the same seed: the first unit (asked for before any input) is the same to the sample; the music
+    after the player's sine was mixed into the context differs from the session that heard nothing."""
+    plain = played_along(server, 12, with_input=False)
+    played = played_along(server, 12, with_input=True)
+    assert np.array_equal(plain.audio[0], played.audio[0]), "same seed, no input yet: the same audio"
+    assert any(not np.array_equal(a, b) for a, b in zip(plain.audio[4:12], played.audio[4:12], strict=True)), \
+        "the input never reached the session's context"
+    assert [f for f in played.frames if f.get("type") in ("error", "warning")] == [], \
+        "input at real time is neither refused nor dropped"
