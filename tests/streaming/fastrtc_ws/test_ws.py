@@ -103,19 +103,21 @@ def test_phone_mode_speaks_8_khz_with_the_stream_sid(server):
 
 def test_a_full_server_sends_fastrtcs_message_then_closes(server):
     first, second = client(server), client(server)
-    for jam in (first, second):
-        jam.start(PARAMS)
-        jam.until(is_media)
-    third = client(server)
-    third.send({"event": "ping"})
-    assert third.read() == {"event": "pong"}, "connecting takes no slot; starting does"
-    third.start(PARAMS)
-    assert third.read() == {"status": "failed", "meta": {"error": "concurrency_limit_reached", "limit": 2}}
-    with pytest.raises(ConnectionClosed):
-        third.read(timeout=5)
-    assert third.ws.close_code == 1013
-    first.close()
-    second.close()
+    try:
+        for jam in (first, second):
+            jam.start(PARAMS)
+            jam.until(is_media)
+        third = client(server)
+        third.send({"event": "ping"})
+        assert third.read() == {"event": "pong"}, "connecting takes no slot; starting does"
+        third.start(PARAMS)
+        assert third.read() == {"status": "failed", "meta": {"error": "concurrency_limit_reached", "limit": 2}}
+        with pytest.raises(ConnectionClosed):
+            third.read(timeout=5)
+        assert third.ws.close_code == 1013
+    finally:
+        first.close()
+        second.close()
     assert wait_until(lambda: sessions(server) == 0, 5)
 
 
@@ -221,3 +223,20 @@ def test_the_players_media_reaches_the_session_and_changes_what_follows(server):
         "the input never reached the session's context"
     assert [f for f in played.frames if f.get("type") in ("error", "warning")] == [], \
         "input at real time is neither refused nor dropped"
+
+
+def test_input_faster_than_real_time_is_dropped_with_a_warning_and_the_session_plays_on(server):
+    jam = client(server)
+    jam.start(PARAMS)
+    jam.until(is_media)
+    for _ in range(12):  # 12 s of 1 s frames at once: the engine's real-time budget is a few seconds deep
+        jam.media(sine(1.0))
+    warning = jam.until(lambda f: f.get("type") == "warning")["data"]
+    assert warning.startswith("input dropped (1 media frame(s)") and "faster than real time" in warning
+    before = len(jam.audio)
+    jam.until(lambda f: is_media(f) and len(jam.audio) >= before + 2)
+    assert [f for f in jam.frames if f.get("type") == "warning"] == [{"type": "warning", "data": warning}], \
+        "told once, not once per frame"
+    jam.send({"event": "stop"})
+    jam.until(lambda f: f.get("data") == "stopped")
+    assert wait_until(lambda: sessions(server) == 0, 5)
