@@ -42,9 +42,10 @@ MAX_MEDIA_SECONDS = 1.0  # one media frame at most (FastRTC's browser snippet se
 # unparsed; those between hear how long a media frame may be
 MAX_FRAME_BYTES = int(2 * MAX_MEDIA_SECONDS * max(SAMPLE_RATES) * 4 / 3) + 1024
 EVENTS = ("start", "media", "ping", "stop")
-# a media frame continues the one before it on the session's timeline while that stays within this of where the
-# listener is; beyond it (the player paused, the stream restarted or resumed) it is placed where the listener is
-DRIFT_SECONDS = 0.25
+# media frames follow on from the one before while that lands within this of where the listener is; beyond it (the
+# player paused, the stream restarted or resumed) a frame is placed where the listener is (as WebRTC's microphone:
+# streaming.webrtc.listen.REANCHOR_SECONDS)
+DRIFT_SECONDS = 1.0
 DROP_NOTICE_SECONDS = 5.0  # dropped input is told at most this often (with how many frames since)
 RESUME_PARAMS = ("session_id", "from_chunk")
 
@@ -213,22 +214,24 @@ class FastRTCSocket:
 
 class InputClock:
     """Where each media frame goes on the session's timeline. FastRTC's media carry no time, so a frame is taken to
-    end where the listener is as it arrives (`heard_at`: the music the player played along to); frames that follow
-    each other are laid end to end (network jitter would otherwise overlap or part them) until that drifts more than
-    DRIFT_SECONDS from where the listener is."""
+    end where the listener is as it arrives (`heard_at`: the music the player played along to); the frames after it
+    follow on without a gap (None: the engine's cursor, so they are one contiguous run when mixed in), until one
+    lands more than DRIFT_SECONDS from where the listener is or is dropped, and the next is placed again. The rule is
+    WebRTC's microphone's (streaming.webrtc.listen)."""
 
     def __init__(self) -> None:
-        self.next_at: tp.Optional[float] = None
+        self.anchor = True
+        self.estimate: tp.Optional[float] = None
 
     def place(self, heard_at: tp.Optional[float], seconds: float) -> tp.Optional[float]:
-        """Seconds on the timeline where a frame of `seconds` starts; None before the listener heard anything (the
-        engine then places it at the end of the audio made so far)."""
-        if heard_at is None:
-            return None
-        estimate = max(0.0, heard_at - seconds)
-        at = self.next_at if self.next_at is not None and abs(self.next_at - estimate) <= DRIFT_SECONDS else estimate
-        self.next_at = at + seconds
-        return at
+        """Seconds on the timeline where a frame of `seconds` starts, or None: after the last frame (or, before the
+        listener heard anything, at the end of the audio made so far)."""
+        self.estimate = None if heard_at is None else max(0.0, heard_at - seconds)
+        return self.estimate if self.anchor else None
+
+    def landed(self, start_seconds: float, dropped: bool) -> None:
+        """Where the engine put the frame `place` placed last (InputReceipt)."""
+        self.anchor = dropped or self.estimate is None or abs(start_seconds - self.estimate) > DRIFT_SECONDS
 
 
 class DropNotices:

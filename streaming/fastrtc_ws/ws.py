@@ -143,20 +143,20 @@ class FastRTCConnection(Connection):
         await self.send(wp.log(wp.update_acknowledgement(command, placement, self.pacer.heard_in(placement))))
 
     async def play_input(self, media: fp.Media) -> None:
-        """The client's audio into the session's live input (LiveSession.play_input, resampled there; on the default
-        executor, awaited so frames keep their order), where the listener heard the music it played along to. A
-        malformed frame is an `error`, input the engine drops a `warning` now and then; the session plays on."""
+        """The client's audio into the session's live input (LiveSession.play_input only checks and keeps it: the
+        engine resamples and mixes it in off this loop), placed by the socket's `InputClock`. A malformed frame is an
+        `error`, input the engine drops a `warning` now and then; the session plays on."""
         session = self.session
         if session is None:  # started, but the session is between a failure and its restart's end
             await self.send(wp.error("media: no session plays now"))
             return
         at = self.input_clock.place(self.pacer.playing_at(), media.seconds)
         try:
-            receipt = await asyncio.get_running_loop().run_in_executor(
-                None, session.play_input, media.float32(), media.sample_rate, at)
+            receipt = session.play_input(media.float32(), media.sample_rate, at)
         except (ValueError, SessionClosed) as exc:
             await self.send(wp.error(f"media: {exc}"))
             return
+        self.input_clock.landed(receipt.start_seconds, receipt.dropped is not None)
         if receipt.dropped is not None:
             notice = self.drops.dropped_one(receipt.dropped, time.monotonic())
             if notice is not None:

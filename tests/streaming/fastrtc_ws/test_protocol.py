@@ -166,13 +166,21 @@ def test_a_full_server_answers_fastrtcs_concurrency_message():
         {"status": "failed", "meta": {"error": "concurrency_limit_reached", "limit": 2}}
 
 
-def test_media_frames_are_laid_end_to_end_where_the_listener_is_until_that_drifts():
+def test_media_frames_are_placed_where_the_listener_is_then_follow_on_until_they_drift():
     clock = fp.InputClock()
     assert clock.place(None, 0.1) is None, "nothing heard yet: the engine places it"
+    clock.landed(0.0, dropped=False)
     assert clock.place(5.1, 0.1) == pytest.approx(5.0), "a frame ends where the listener is as it arrives"
-    assert clock.place(5.23, 0.1) == pytest.approx(5.1), "jitter: the next one follows the last"
-    assert clock.place(5.05, 0.1) == pytest.approx(5.2)
-    assert clock.place(9.0, 0.1) == pytest.approx(8.9), "a pause, or a restart: placed where the listener is"
+    clock.landed(5.0, dropped=False)
+    assert clock.place(5.23, 0.1) is None, "the next one follows on (the engine's cursor)"
+    clock.landed(5.1, dropped=False)
+    assert clock.place(5.9, 0.1) is None
+    clock.landed(5.2, dropped=False)  # 0.6 s behind the listener: within the drift allowed
+    assert clock.place(7.0, 0.1) is None
+    clock.landed(5.3, dropped=False)  # a pause, or a restart: 1.6 s away, so the next is placed again
+    assert clock.place(7.1, 0.1) == pytest.approx(7.0)
+    clock.landed(7.0, dropped=True)
+    assert clock.place(7.2, 0.1) == pytest.approx(7.1), "after a drop it is placed again"
 
 
 def test_dropped_input_is_told_now_and_then_with_the_count():

@@ -232,7 +232,9 @@ def test_input_faster_than_real_time_is_dropped_with_a_warning_and_the_session_p
     for _ in range(12):  # 12 s of 1 s frames at once: the engine's real-time budget is a few seconds deep
         jam.media(sine(1.0))
     warning = jam.until(lambda f: f.get("type") == "warning")["data"]
-    assert warning.startswith("input dropped (1 media frame(s)") and "faster than real time" in warning
+    # laid end to end, a burst soon lies too far ahead of the session's audio; beyond that the real-time budget
+    assert warning.startswith("input dropped (1 media frame(s)") and \
+        ("ahead of the session's audio" in warning or "faster than real time" in warning), warning
     before = len(jam.audio)
     jam.until(lambda f: is_media(f) and len(jam.audio) >= before + 2)
     assert [f for f in jam.frames if f.get("type") == "warning"] == [{"type": "warning", "data": warning}], \
