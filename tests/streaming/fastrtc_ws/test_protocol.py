@@ -195,3 +195,11 @@ def test_dropped_input_is_told_now_and_then_with_the_count():
 def test_media_samples_scale_to_float_as_fastrtc_does():
     media = fp.Media(np.array([-32768, 0, 16384], dtype=np.int16), 8000)
     assert media.float32().tolist() == [-1.0, 0.0, 0.5] and media.seconds == pytest.approx(3 / 8000)
+
+
+def test_the_input_gain_and_mode_are_parameters_of_the_start_and_of_updates():
+    socket = started(params={"input_gain": 0.5})
+    update = socket.receive_text(frame(type="update", input_gain=1.5, input_mode="replace"))
+    assert (update.settings.input_gain, update.settings.input_mode) == (1.5, "replace")
+    with pytest.raises(jp.ProtocolError, match="input_gain"):
+        socket.receive_text(frame(type="update", input_gain=9))
