@@ -154,7 +154,7 @@ def test_a_dropped_socket_is_resumed_by_a_start_with_the_session_id(server):
     first.ws.socket.shutdown(socket.SHUT_RDWR)  # the network goes: no closing handshake
     first.ws.socket.close()
     assert wait_until(lambda: server.registry.held == 1, 10)
-    second = client(server)
+    second = client(server, f"{fp.PATH}?session_id={session_id}")  # as behind HAProxy, which routes by it
     second.start({"session_id": session_id})
     again = second.log("started")
     assert again["resumed"] is True and again["session_id"] == session_id and again["seed"] == 7
