@@ -42,6 +42,9 @@ MAX_MEDIA_SECONDS = 1.0  # one media frame at most (FastRTC's browser snippet se
 # unparsed; those between hear how long a media frame may be
 MAX_FRAME_BYTES = int(2 * MAX_MEDIA_SECONDS * max(SAMPLE_RATES) * 4 / 3) + 1024
 EVENTS = ("start", "media", "ping", "stop")
+# what else a Twilio media stream sends (its "connected" first, then "mark" and "dtmf"): read and let be in phone
+# mode, as FastRTC's handler lets every other event be
+TWILIO_EVENTS = ("connected", "mark", "dtmf")
 # media frames follow on from the one before while that lands within this of where the listener is; beyond it (the
 # player paused, the stream restarted or resumed) a frame is placed where the listener is (as WebRTC's microphone:
 # streaming.webrtc.listen.REANCHOR_SECONDS)
@@ -91,7 +94,14 @@ class Ping:
     """FastRTC's `{"event": "ping"}` (the data channel's `{"type": "ping"}` is streaming.jam.protocol's Ping)."""
 
 
-Command = tp.Union[Start, Media, Ping, jp.Stop, jp.Update, jp.Ping]
+@dataclass(frozen=True)
+class Ignored:
+    """A Twilio event in phone mode (TWILIO_EVENTS): nothing to do, nothing to answer."""
+
+    event: str
+
+
+Command = tp.Union[Start, Media, Ping, Ignored, jp.Stop, jp.Update, jp.Ping]
 
 
 class FastRTCSocket:
@@ -132,6 +142,8 @@ class FastRTCSocket:
         if event == "stop":
             self.state = State.STOPPED
             return jp.Stop()
+        if self.phone and event in TWILIO_EVENTS:
+            return Ignored(event)
         raise jp.ProtocolError(f"unknown event {event!r}: expected {', '.join(EVENTS)}")
 
     def _start(self, message: dict) -> Start:

@@ -81,6 +81,9 @@ def test_bad_starts_say_what_is_wrong_and_start_nothing(fields, error):
 
 def test_phone_mode_is_twilios_stream_sid_at_8_khz_both_ways():
     socket = fp.FastRTCSocket(phone=True)
+    assert socket.receive_text(frame(event="connected", protocol="Call", version="1.0.0")) == fp.Ignored("connected")
+    with pytest.raises(jp.ProtocolError, match="unknown event 'connected'"):
+        fp.FastRTCSocket().receive_text(frame(event="connected"))  # outside phone mode it is no event of FastRTC's
     with pytest.raises(jp.ProtocolError, match="start needs streamSid"):
         socket.receive_text(frame(event="start", websocket_id="abc"))
     with pytest.raises(jp.ProtocolError, match="phone mode"):

@@ -88,15 +88,21 @@ def test_twenty_seconds_of_send_receive(server):
 
 def test_phone_mode_speaks_8_khz_with_the_stream_sid(server):
     phone = client(server, fp.PHONE_PATH)
+    phone.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})  # what Twilio sends first
     phone.start()
     assert "start needs streamSid" in phone.error()
-    phone.send({"event": "start", "streamSid": "MZ123"})
+    assert len(phone.frames) == 1, "Twilio's connected is let be"
+    phone.send({"event": "start", "sequenceNumber": "1", "streamSid": "MZ123",  # Twilio's start, in full
+                "start": {"streamSid": "MZ123", "accountSid": "AC1", "callSid": "CA1", "tracks": ["inbound"],
+                          "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
     assert phone.log("started")["audio"]["sample_rate"] == 8000
     out = phone.until(is_media)
     assert out["streamSid"] == "MZ123" and len(phone.audio[0]) == 2560
     phone.send({"event": "media", "streamSid": "MZ123", "media": {"payload": "//////8="}})  # Twilio's shape
+    phone.send({"event": "mark", "streamSid": "MZ123", "mark": {"name": "played"}})
     phone.send({"event": "stop"})
     phone.until(lambda f: f.get("data") == "stopped")
+    assert [f for f in phone.frames if f.get("type") == "error"] == [{"type": "error", "data": phone.frames[0]["data"]}]
     phone.close()
     assert wait_until(lambda: sessions(server) == 0, 5)
 
