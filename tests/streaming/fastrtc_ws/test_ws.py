@@ -248,3 +248,16 @@ def test_input_faster_than_real_time_is_dropped_with_a_warning_and_the_session_p
     jam.send({"event": "stop"})
     jam.until(lambda f: f.get("data") == "stopped")
     assert wait_until(lambda: sessions(server) == 0, 5)
+
+
+def test_fastrtcs_own_stop_sends_stop_and_closes_at_once(server, caplog):
+    """FastRTC's docs: `ws.send(JSON.stringify({event: "stop"})); ws.close();`: the session ends, its slot is free,
+    and nothing is logged as a failure."""
+    jam = client(server)
+    jam.start(PARAMS)
+    jam.until(is_media)
+    jam.send({"event": "stop"})
+    jam.close()
+    assert wait_until(lambda: sessions(server) == 0, 5)
+    assert server.registry.held == 0, "a stopped session is not held"
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
