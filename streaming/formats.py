@@ -214,3 +214,28 @@ class OpusEncoder:
         if len(packets) != 1:  # libopus emits exactly one packet per 20 ms frame, with no lookahead queue
             raise RuntimeError(f"Opus encoder returned {len(packets)} packets for one frame")
         return bytes(packets[0])
+
+
+# G.711 mu-law, as FastRTC's WebSocket transport sends it (audioop.lin2ulaw / ulaw2lin, width 2: 16-bit samples
+# companded to 8 bits), written with numpy because audioop leaves Python in 3.13.
+_MULAW_BIAS = 0x84
+_MULAW_CLIP = 8159  # in the 14-bit range audioop's encoder works in
+_MULAW_SEGMENT_ENDS = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
+
+
+def mulaw_encode(pcm: np.ndarray) -> bytes:
+    """16-bit samples (any shape, int16) -> one mu-law byte each, bit for bit as audioop.lin2ulaw(pcm, 2)."""
+    value = pcm.astype(np.int32).ravel() >> 2  # to 14 bits (an arithmetic shift, as audioop's)
+    negative = value < 0
+    magnitude = np.minimum(np.where(negative, -value, value), _MULAW_CLIP) + (_MULAW_BIAS >> 2)
+    segment = np.searchsorted(_MULAW_SEGMENT_ENDS, magnitude, side="left")
+    code = (segment << 4) | ((magnitude >> (np.minimum(segment, 7) + 1)) & 0xF)
+    code = np.where(segment >= 8, 0x7F, code)
+    return (code ^ np.where(negative, 0x7F, 0xFF)).astype(np.uint8).tobytes()
+
+
+def mulaw_decode(data: bytes) -> np.ndarray:
+    """Mu-law bytes -> 16-bit samples (int16), as audioop.ulaw2lin(data, 2)."""
+    code = ~np.frombuffer(data, dtype=np.uint8).astype(np.int32) & 0xFF
+    magnitude = (((code & 0xF) << 3) + _MULAW_BIAS) << ((code & 0x70) >> 4)
+    return np.where(code & 0x80, _MULAW_BIAS - magnitude, magnitude - _MULAW_BIAS).astype(np.int16)

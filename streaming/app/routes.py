@@ -1,6 +1,6 @@
-"""The sidecar's ASGI app: routes (/ws/jam, Lyria, WebRTC, the jam page, health, the gary plugins' HTTP API and
-Socket.IO events, the model routes), the connection cap, auth at the door, and around it all the guard (Host,
-Origin, CORS and content-type rules: streaming.app.guard)."""
+"""The sidecar's ASGI app: routes (/ws/jam, Lyria, WebRTC, FastRTC's WebSocket, the jam page, health, the gary
+plugins' HTTP API and Socket.IO events, the model routes), the connection cap, auth at the door, and around it all
+the guard (Host, Origin, CORS and content-type rules: streaming.app.guard)."""
 
 import logging
 import typing as tp
@@ -18,6 +18,8 @@ from streaming.app.config import ServerConfig
 from streaming.app.guard import Guard, exposure_warning
 from streaming.app.page import page_routes
 from streaming.bar.http import FORM_PATHS, generate_routes, jam_routes
+from streaming.fastrtc_ws import protocol as fp
+from streaming.fastrtc_ws.ws import FastRTCConnection
 from streaming.gary.http import gary_routes
 from streaming.gary.protocol import InputStore
 from streaming.gary.service import GaryService
@@ -129,8 +131,16 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
                     extra_header="x-goog-api-key",
                     extra_query="key")
 
+    async def fastrtc(websocket: WebSocket) -> None:
+        await serve(websocket, lambda: FastRTCConnection(websocket, engine, config, blocking, registry, notice))
+
+    async def phone(websocket: WebSocket) -> None:
+        await serve(websocket, lambda: FastRTCConnection(websocket, engine, config, blocking, registry, notice,
+                                                         phone=True))
+
     routes = [Route("/health", health), Route("/ready", ready), Route("/admin/drain", start_drain, methods=["POST"]),
               WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
+              WebSocketRoute(fp.PATH, fastrtc), WebSocketRoute(fp.PHONE_PATH, phone),
               *webrtc_routes(engine, config, blocking, notice, drain, registry),
               *gary_routes(gary, engine, config, registry),
               *recording_routes(engine, registry, config.token), *page_routes(),

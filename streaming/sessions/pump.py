@@ -115,6 +115,15 @@ class Pacer:
         _, at, start = self._last
         return max(0.0, at + placement.stream_seconds - start - now)
 
+    def playing_at(self) -> tp.Optional[float]:
+        """Where on the stream's timeline (`Chunk.start_seconds`' clock) the listener is now, if it plays what it
+        was sent without gaps (at most the end of what it was sent); None before the first chunk. A player's live
+        input is placed there (streaming.fastrtc_ws)."""
+        if self._last is None or self.started is None:
+            return None
+        _, at, start = self._last
+        return max(0.0, start + min(time.monotonic(), self.started + self.sent_seconds) - at)
+
     def deadline(self) -> tp.Optional[float]:
         """When a realtime listener runs out of audio if nothing more arrives."""
         if self.pace != "realtime" or self.started is None:

@@ -339,8 +339,7 @@ class Peer:
 
     async def on_drain(self, seconds_left: float) -> None:
         """The replica drains: FastRTC's `warning` on the data channel says how long the session has."""
-        self.send(wp.warning(f"this server is draining: the session ends within {seconds_left:.0f} s; connect "
-                             "again to continue on another replica"))
+        self.send(wp.drain_warning(seconds_left))
 
     async def drain_close(self, reason: str) -> None:
         await self.close(reason)

@@ -223,6 +223,11 @@ class Controls:
             message = load_object(text)
         except WireError as exc:
             raise jp.ProtocolError(str(exc)) from None
+        return self.receive_message(message)
+
+    def receive_message(self, message: dict) -> tp.Union[jp.Update, jp.Ping, jp.Stop]:
+        """One parsed control message (FastRTC's WebSocket transport carries the same ones beside its events:
+        streaming.fastrtc_ws.protocol)."""
         kind = message.get("type")
         if kind == "ping":
             return jp.Ping()
@@ -249,6 +254,12 @@ def warning(text: str) -> str:
 
 def error(text: str) -> str:
     return je.encode({"type": "error", "data": text})
+
+
+def drain_warning(seconds_left: float) -> str:
+    """What a peer (or a FastRTC WebSocket) hears once when the replica starts draining."""
+    return warning(f"this server is draining: the session ends within {seconds_left:.0f} s; connect again to "
+                   "continue on another replica")
 
 
 def received(message: str) -> str:

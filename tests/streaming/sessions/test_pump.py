@@ -177,3 +177,19 @@ def test_realtime_listeners_stay_on_schedule_beside_a_melody_prediction(demo_fam
             assert min(during) > -SLACK, (frames, sorted(during)[:5])
     finally:
         engine.close()
+
+
+def test_the_listeners_place_on_the_timeline_follows_the_clock_up_to_what_it_was_sent(monkeypatch):
+    """Pacer.playing_at: where a listener playing without gaps is now on the stream's timeline (a player's live
+    input is placed there), never past the end of what it was sent."""
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    pacer = Pacer("realtime")
+    assert pacer.playing_at() is None
+    for index in range(2):  # a resumed stream: its first chunk here starts 6 s into the timeline
+        pacer.sent(SimpleNamespace(index=20 + index, seconds=0.3, start_seconds=6.0 + 0.3 * index))
+    assert pacer.playing_at() == pytest.approx(6.0)
+    now[0] += 0.45
+    assert pacer.playing_at() == pytest.approx(6.45)
+    now[0] += 5.0
+    assert pacer.playing_at() == pytest.approx(6.6), "ran dry: it is at the end of what it was sent"
