@@ -31,6 +31,12 @@ MAX_DURATION_SECONDS = 300  # a batch prediction, by windowed extension beyond 3
 MAX_RAMP_SECONDS = 60.0  # a glide of the styles (engine.work.steering)
 MAX_CHUNK_SECONDS = 10.0  # a jam session's chunk
 MAX_EXACT_INTEGER = 2**53  # beyond it an integer has no exact float; no parameter needs more
+# a jam session's live input (engine.work.live_input): the player's audio mixed into the model's context
+MAX_INPUT_GAIN = 2.0
+MAX_INPUT_SECONDS = 4.0  # one piece of input; a stream of them is bounded by engine.work.live_input's rate rules
+MIN_INPUT_SAMPLE_RATE = 8000  # FastRTC's phone mode
+MAX_INPUT_SAMPLE_RATE = 192000
+INPUT_MODES = ("mix", "replace")  # the player's audio over the model's own output for that span, or in its place
 
 # what every model here and in the protocols shares; each adds `extra` as its spec says, and `frozen` where the
 # model is a value
@@ -77,6 +83,11 @@ Styles = tp.Annotated[tuple[tp.Annotated[StyleText, AfterValidator(_named)], ...
                       Field(min_length=1, max_length=MAX_STYLES, strict=False)]
 StyleWeights = tp.Annotated[tuple[StyleWeight, ...], Field(strict=False)]
 RampSeconds = number(0.0, MAX_RAMP_SECONDS)
+InputGain = number(0.0, MAX_INPUT_GAIN)
+InputMode = tp.Literal[INPUT_MODES]
+InputSampleRate = integer(MIN_INPUT_SAMPLE_RATE, MAX_INPUT_SAMPLE_RATE)
+InputChannels = integer(1, 2)
+InputTime = number(0.0, float(MAX_EXACT_INTEGER))  # seconds on a session's output timeline
 ChunkSeconds = number(0.0, MAX_CHUNK_SECONDS, low_open=True)
 Duration = integer(1, MAX_DURATION_SECONDS)
 ContinuationStart = integer(0)  # seconds into input_audio

@@ -167,6 +167,15 @@ class StepDecoder:
         self.lengths[rows] = self.prefix_lengths[rows]
         self.host_lengths[rows] = self.host_prefix_lengths[rows]
 
+    def truncate(self, rows: slice, steps: int) -> None:
+        """Keeps only the first `steps` audio positions of `rows` (their prefix stays): what a rewrite of the
+        context after them (engine.runtime.scheduler.rewrite_context) makes stale is fed again from there. The
+        cache is causal, so the kept positions never depended on what follows them."""
+        for row in range(rows.start, rows.stop):
+            kept = min(self.host_lengths[row], self.host_prefix_lengths[row] + steps)
+            self.host_lengths[row] = kept
+            self.lengths[row] = kept
+
     def relayout(self, sources: list[int]) -> None:
         """Row i takes the caches and condition of old row sources[i]: keeps live rows contiguous when streams
         come, go or change their number of styles (a new style row starts from a copy of another row's context).

@@ -284,6 +284,20 @@ class Scheduler:
         stream.melody = prefix
         stream.prefix_dirty = True
 
+    def rewrite_context(self, stream: Stream, first_frame: int, tokens: torch.Tensor) -> bool:
+        """Replaces frames of a live stream's context (engine.runtime.streams.Stream.rewrite) and feeds its
+        sequence again from the first step that changed, as a prefill: the next step continues from the new
+        context. Only that tail of the cache is refed (it is causal), so a rewrite near the head costs one prefill
+        slice. Returns False when none of the frames was left to rewrite."""
+        first = stream.rewrite(first_frame, tokens)
+        if first is None:
+            return False
+        redo = min(first, stream.prefilled if stream.pending_prefill else stream.frames.step)
+        stream.pending_prefill = stream.pending_prefill or stream.frames.step
+        stream.prefilled = redo
+        self.decoder.truncate(stream.rows, redo)
+        return True
+
     def _prepare(self, stream: Stream) -> None:
         if stream.conditions_dirty:
             texts = stream.conditioning.texts + [""]

@@ -93,6 +93,20 @@ class Stream:
         self.emitted_frames = self.frame_offset + end
         return chunk
 
+    def rewrite(self, first_frame: int, tokens: torch.Tensor) -> tp.Optional[int]:
+        """Replaces the codes of frames [first_frame, first_frame + n) (absolute) with tokens [K, n], as far as
+        those frames are still in the window and were already handed to the consumer (so the rewrite changes what
+        the next steps continue from, never audio not yet decoded). Returns the first sequence step whose input
+        changed (frame f's codebook q is the input of step f + 1 + delay[q]), or None when no frame was left."""
+        start = max(first_frame, self.frame_offset)
+        end = min(first_frame + tokens.shape[-1], self.emitted_frames)
+        if end <= start:
+            return None
+        local = start - self.frame_offset
+        self.frames.codes[:, :, local: local + end - start] = tokens[:, start - first_frame: end - first_frame].to(
+            self.frames.codes.device)
+        return local + 1
+
     def row_settings(self, first_row: int) -> RowSettings:
         """What this stream's rows (from `first_row` of a run) contribute to a step's guidance and sampling: the
         weights of a glide under way, else the conditioning's."""

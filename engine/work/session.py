@@ -11,6 +11,11 @@ A chunk asked for with a deadline (a realtime listener's) makes the session a re
 deadlines (engine.runtime.deadlines): until it is asked for without one, the engine knows when its next chunk is due
 and how much work that still is, its decodes go before later-due work on the codec thread, and batch work runs only
 in the slack it leaves.
+
+The player's own audio (`play_input`) is mixed into the context before the next chunk (engine.work.live_input).
+
+Why it is long: a session's parts on the caller's, the LM and the codec thread share its state (the chunk in the
+making, the timeline, the decoder, the live input); split into modules, each would reach into the others' fields.
 """
 
 import logging
@@ -22,6 +27,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from engine.codec.stream import StreamingCodecDecoder
@@ -29,6 +35,7 @@ from engine.runtime.deadlines import PRIOR_SECONDS
 from engine.runtime.streams import Conditioning, Stream
 from engine.runtime.worker import URGENT, run_in_pieces
 from engine.work.chunk import Chunk, SessionClosed
+from engine.work.live_input import Injection, InputReceipt, LiveInput
 from engine.work.settings import SessionSettings
 from engine.work.steering import Landing, Ramp, kept_rows, place, union_blend
 
@@ -88,6 +95,7 @@ class LiveSession:
         self._codec_key = 0.0
         self._key_lock = threading.Lock()
         self._deadlines = runtime.deadlines
+        self._input = LiveInput(self.sample_rate, self.channels, self.hop)  # the player's audio (play_input)
 
     @classmethod
     def open(cls, runtime: "Runtime", settings: SessionSettings, seed: int, on_close: tp.Callable[[], None],
@@ -152,9 +160,40 @@ class LiveSession:
             future.set_exception(problem)
             return future
         requested = time.perf_counter()
-        job = self.runtime.lm_worker.call(lambda: self._request(future, index, requested, deadline))
-        job.add_done_callback(lambda done: _pass_failure(future, done))
+        if not self._input.waiting():
+            job = self.runtime.lm_worker.call(lambda: self._request(future, index, requested, deadline))
+            job.add_done_callback(lambda done: _pass_failure(future, done))
+            return future
+        # input waits: mixed and encoded on the codec thread, then written into the context before the chunk
+        stream, settings = self.stream, self.settings
+        prepared = self._codec_call(lambda: self._input.prepare(settings.input_gain, settings.input_mode,
+                                                                self.runtime.encode_now), due=deadline)
+
+        def then(done: Future) -> None:
+            if done.exception() is not None:  # a failed injection loses that input, not the chunk
+                logger.warning("live input could not be mixed in: %s", done.exception())
+            injection = None if done.exception() is not None else done.result()
+            job = self.runtime.lm_worker.call(lambda: (self._inject(stream, injection),
+                                                       self._request(future, index, requested, deadline)))
+            job.add_done_callback(lambda finished: _pass_failure(future, finished))
+
+        prepared.add_done_callback(then)
         return future
+
+    def play_input(self, samples: np.ndarray, sample_rate: int, at: tp.Optional[float] = None) -> InputReceipt:
+        """The player's audio (float32 [n] or [channels, n] in [-1, 1], at `sample_rate`), placed `at` seconds on
+        the session's output timeline (what `Chunk.start_seconds` counts: where the player heard it; None: right
+        after the previous piece, or ending at the audio produced so far). Before the next chunk is generated it is
+        mixed with the session's own output for that span (the settings' `input_gain` and `input_mode`), encoded,
+        and written into the context, so the music continues from what was played (engine.work.live_input, after
+        Magenta RealTime's audio injection). Returns at once; the receipt says where it went or why it was dropped
+        (faster than real time, too far ahead or behind, too much waiting: bounded, with a warning). ValueError for
+        a malformed piece; SessionClosed after close."""
+        with self._lock:
+            problem = SessionClosed("session is closed") if self._closed else None
+        if problem is not None:
+            raise problem
+        return self._input.place(samples, sample_rate, at, self._planned_samples)
 
     def update(self, settings: SessionSettings) -> "Future[Landing]":
         """Applies new settings from the stream's next decode step: the chunk in the making changes inside it.
@@ -191,6 +230,14 @@ class LiveSession:
         self._on_close()
 
     # -- LM thread ----------------------------------------------------------------------------------------------
+    def _inject(self, stream: tp.Optional[Stream], injection: tp.Optional[Injection]) -> None:
+        """Writes mixed input into the context of the stream it was prepared for (not one a restart began since)."""
+        if injection is None or stream is None or stream is not self.stream or stream.error is not None:
+            return
+        if self.runtime.scheduler.rewrite_context(stream, self._prompt_frames + injection.first_frame,
+                                                  injection.tokens):
+            logger.debug("live input: %d piece(s) into frames from %d", injection.pieces, injection.first_frame)
+
     def _start(self, seed: int, tokens: tp.Optional[torch.Tensor], prefix: tp.Optional[torch.Tensor]) -> None:
         stream = self.runtime.new_stream(self.settings.conditioning, self.settings.params, seed, prompt=tokens,
                                         melody=prefix)
@@ -349,6 +396,7 @@ class LiveSession:
             self._codec.skip(prompt)
         self._audio = torch.zeros(self.channels, 0)
         self._audio_start = 0
+        self._input.forget()
         self.failure = None
 
     def _skip(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -364,6 +412,7 @@ class LiveSession:
         if audio.shape[-1] < request.samples + self._overlap:
             raise RuntimeError(f"codec gave {audio.shape[-1]} samples for a chunk of "
                                f"{request.samples + self._overlap}")
+        self._input.record(start, audio[:, :request.samples])
         self._audio = self._audio[:, offset + request.samples:]
         self._audio_start = start + request.samples
         self._decode_times.append(time.perf_counter() - began)

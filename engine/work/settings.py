@@ -4,7 +4,7 @@ import math
 import typing as tp
 from dataclasses import dataclass, field
 
-from engine.params import ChunkSeconds, RampSeconds, SamplingParams, Styles, StyleWeights, checked
+from engine.params import ChunkSeconds, InputGain, InputMode, RampSeconds, SamplingParams, Styles, StyleWeights, checked
 from engine.runtime.streams import Conditioning
 
 
@@ -18,6 +18,10 @@ class SessionSettings:
     params: SamplingParams = SamplingParams(temperature=1.1, top_k=40, guidance=3.0)
     chunk_seconds: float = 2.0
     ramp_seconds: float = 0.0  # a change of styles glides over this long (0: instant); engine.work.steering
+    # the player's live input (LiveSession.play_input): its gain, and whether it is mixed over the model's own
+    # output for its span or replaces it (engine.work.live_input); taken up at the next injection
+    input_gain: float = 1.0
+    input_mode: str = "mix"
     # what the caller made these settings from (e.g. Lyria's prompts and config), handed back on every chunk
     # generated with them; the engine never reads it, and it takes no part in comparisons
     source: tp.Any = field(default=None, compare=False, repr=False)
@@ -33,6 +37,8 @@ class SessionSettings:
             raise ValueError("style weights are too large: their sum is not a finite number")
         checked(ChunkSeconds, self.chunk_seconds, "chunk_seconds")
         checked(RampSeconds, self.ramp_seconds, "ramp_seconds")
+        checked(InputGain, self.input_gain, "input_gain")
+        checked(InputMode, self.input_mode, "input_mode")
 
     @property
     def conditioning(self) -> Conditioning:

@@ -75,6 +75,8 @@ def chunk_metadata(chunk: Chunk, noise_notice: tp.Optional[str] = None) -> dict:
         "crossfade_seconds": chunk.overlap_seconds,
         "total_seconds": chunk.audio.shape[-1] / chunk.sample_rate,
         "chunk_index": chunk.index,
+        # where the chunk starts on the session's output timeline: an `input` message's `time` counts from it
+        "start_seconds": round(chunk.start_seconds, 6),
         "generation_seconds": round(chunk.generation_seconds, 4),
         "real_time_factor": round(chunk.real_time_factor, 4),
         **_settings_fields(chunk.settings),
@@ -104,7 +106,8 @@ def describe_update(update: Update) -> dict:
                        "temperature": update.settings.params.temperature, "topk": update.settings.params.top_k,
                        "guidance_weight": update.settings.params.guidance,
                        "max_decode_frames": int(round(update.settings.chunk_seconds * PROTOCOL_FRAME_RATE)),
-                       "style_ramp_seconds": update.settings.ramp_seconds}}
+                       "style_ramp_seconds": update.settings.ramp_seconds,
+                       "input_gain": update.settings.input_gain, "input_mode": update.settings.input_mode}}
 
 
 def placement_fields(placement: Landing, heard_in_seconds: float) -> dict:

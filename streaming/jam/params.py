@@ -30,6 +30,8 @@ class JamParams(BaseModel):
     max_decode_frames: rules.integer(1, MAX_DECODE_FRAMES) = MAX_DECODE_FRAMES
     seed: tp.Optional[rules.Seed] = None  # None or -1: the server picks one; start only
     style_ramp_seconds: rules.RampSeconds = 0.0
+    input_gain: rules.InputGain = 1.0  # the player's audio (the `input` message), as the engine mixes it in
+    input_mode: rules.InputMode = "mix"
 
 
 PARAMS = tuple(JamParams.model_fields)
@@ -78,4 +80,5 @@ def settings_of(model: JamParams) -> SessionSettings:
     sampling = SamplingParams(temperature=model.temperature, top_k=model.topk, guidance=model.guidance_weight)
     return SessionSettings(styles=styles, weights=weights, params=sampling,
                        chunk_seconds=model.max_decode_frames / PROTOCOL_FRAME_RATE,
-                       ramp_seconds=model.style_ramp_seconds)
+                       ramp_seconds=model.style_ramp_seconds, input_gain=model.input_gain,
+                       input_mode=model.input_mode)

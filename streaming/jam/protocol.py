@@ -8,6 +8,7 @@ import enum
 import typing as tp
 from dataclasses import dataclass
 
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from engine.api import SessionSettings
@@ -17,6 +18,8 @@ from streaming.jam.params import settings_from as settings_from
 from streaming.wire import Base64Audio, WireError, load_object
 
 MAX_MELODY_MESSAGE_BYTES = 1000 * 1024  # a melody message carries an audio file; others stay under 64 KiB
+# an input message carries up to engine.params.MAX_INPUT_SECONDS of 16-bit stereo PCM at 48 kHz, in base64
+MAX_INPUT_MESSAGE_BYTES = int(rules.MAX_INPUT_SECONDS * 48000 * 2 * 2 * 4 / 3) + 4096
 FROM_CHUNK = rules.integer(0, rules.MAX_EXACT_INTEGER)
 SettingsCheck = tp.Callable[[SessionSettings], None]  # the engine's own check (e.g. prompt length in tokens)
 
@@ -62,6 +65,31 @@ class StartMessage(Envelope):
 
 class MelodyMessage(Envelope):
     audio_base64: Base64Audio = None  # an audio file to follow; null (or "") drops the melody
+
+
+class InputMessage(Envelope):
+    """The player's audio: little-endian 16-bit PCM, `channels` interleaved, at `time` on the session's output
+    timeline (absent: right after the previous input)."""
+
+    time: tp.Optional[rules.InputTime] = None
+    sample_rate: rules.InputSampleRate
+    channels: rules.InputChannels = 1
+    audio: Base64Audio
+
+
+def pcm16(data: tp.Optional[bytes], channels: int, sample_rate: int, field: str = "audio") -> np.ndarray:
+    """Little-endian 16-bit PCM (interleaved) as float32 [channels, n]; ProtocolError names `field` when it is
+    empty, not whole frames, or longer than one piece of input may be (engine.params.MAX_INPUT_SECONDS)."""
+    if not data:
+        raise ProtocolError(f"{field} is empty: send base64 of 16-bit PCM")
+    if len(data) % (2 * channels):
+        raise ProtocolError(f"{field} has {len(data)} bytes: not whole 16-bit frames of {channels} channel(s)")
+    frames = len(data) // (2 * channels)
+    if frames > rules.MAX_INPUT_SECONDS * sample_rate:
+        raise ProtocolError(f"{field} is {frames / sample_rate:.2f} s long; one input is at most "
+                            f"{rules.MAX_INPUT_SECONDS:g} s")
+    pcm = np.frombuffer(data, dtype="<i2").reshape(frames, channels).T
+    return (pcm.astype(np.float32) / 32768.0)
 
 
 def _read(model: type[Envelope], message: dict) -> tp.Any:
@@ -119,7 +147,16 @@ class RecordingRequest:
     pass
 
 
-Command = tp.Union[Start, Update, Stop, Ping, Melody, Attach, RecordingRequest]
+@dataclass(frozen=True)
+class Input:
+    """The player's audio for the session's context (LiveSession.play_input)."""
+
+    samples: np.ndarray  # float32 [channels, n]
+    sample_rate: int
+    time: tp.Optional[float]
+
+
+Command = tp.Union[Start, Update, Stop, Ping, Melody, Attach, RecordingRequest, Input]
 
 
 class JamProtocol:
@@ -151,8 +188,12 @@ class JamProtocol:
 
     def receive_text(self, text: str) -> Command:
         try:
-            message = load_object(text, max_bytes=MAX_MELODY_MESSAGE_BYTES)
-            if message.get("type") != "melody":
+            message = load_object(text, max_bytes=max(MAX_MELODY_MESSAGE_BYTES, MAX_INPUT_MESSAGE_BYTES))
+            if message.get("type") == "melody":
+                load_object(text, max_bytes=MAX_MELODY_MESSAGE_BYTES)
+            elif message.get("type") == "input":
+                load_object(text, max_bytes=MAX_INPUT_MESSAGE_BYTES)
+            else:
                 load_object(text)  # the ordinary size limit
         except WireError as exc:
             raise ProtocolError(str(exc)) from None
@@ -161,6 +202,8 @@ class JamProtocol:
             return Ping()
         if kind == "melody":
             return self._melody(message)
+        if kind == "input":
+            return self._input(message)
         if kind == "start":
             return self._start(message)
         if kind == "update":
@@ -174,8 +217,8 @@ class JamProtocol:
             if self.state is not State.STARTED:
                 raise ProtocolError("recording before start: start or attach a session first")
             return RecordingRequest()
-        raise ProtocolError(f"unknown message type {kind!r}: expected start, update, melody, recording, stop or "
-                            "ping")
+        raise ProtocolError(f"unknown message type {kind!r}: expected start, update, melody, input, recording, "
+                            "stop or ping")
 
     def attached(self, held: "JamProtocol") -> None:
         """The shell attached a held session: its protocol state (the parameters in force) goes on here."""
@@ -185,6 +228,15 @@ class JamProtocol:
         if self.state is not State.STARTED:
             raise ProtocolError("melody before start: send start first")
         return Melody(_read(MelodyMessage, message).audio_base64)
+
+    def _input(self, message: dict) -> Input:
+        if self.state is State.STOPPED:
+            raise ProtocolError("input after stop: the session has ended")
+        if self.state is not State.STARTED:
+            raise ProtocolError("input before start: send start first")
+        parsed = _read(InputMessage, message)
+        samples = pcm16(parsed.audio, parsed.channels, parsed.sample_rate)
+        return Input(samples=samples, sample_rate=parsed.sample_rate, time=parsed.time)
 
     def _start(self, message: dict) -> Start:
         if self.state is not State.IDLE:

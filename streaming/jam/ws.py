@@ -83,6 +83,8 @@ class JamConnection(Connection):
                                             **je.describe_update(command)))
         elif isinstance(command, jp.Melody):
             await self.set_melody(command.audio)
+        elif isinstance(command, jp.Input):
+            await self.play_input(command)
         elif isinstance(command, jp.Stop):
             self.ended = True
             await self.end_session()
@@ -159,6 +161,21 @@ class JamConnection(Connection):
                                     offset_seconds=round(first.offset_seconds, 4))
         await self.send(je.status_event("melody", following=data is not None,
                                         **je.placement_fields(first, self.pacer.heard_in(first))))
+
+    async def play_input(self, command: jp.Input) -> None:
+        """Hands the player's audio to the session (resampled on the blocking pool; frames are read one at a time,
+        so pieces keep their order). Silent when taken; a `status` `input_dropped` with the reason when the engine
+        dropped it (faster than real time, too far from the session's audio, too much waiting)."""
+        session = self.session
+        try:
+            receipt = await self.supervisor.run(session.play_input, command.samples, command.sample_rate,
+                                                command.time)
+        except (SessionClosed, ValueError) as exc:
+            await self.refuse(f"input: {exc}")
+            return
+        if receipt.dropped is not None:
+            await self.send(je.status_event("input_dropped", error=receipt.dropped,
+                                            time=round(receipt.start_seconds, 4)))
 
     async def send_chunk(self, chunk) -> None:
         await self.send(*je.chunk_events(chunk, self.binary, self.noise_notice))

@@ -1,0 +1,211 @@
+"""A jam session's live input: the player's audio, mixed into the model's context so the next steps continue from it.
+
+This is Magenta RealTime's audio injection (its Audio Injection colab, `AudioInjectionStreamer.generate`) on
+MusicGen's token stream. There, before each chunk is generated, the input of the last chunk's span (aligned to the
+output by the round-trip latency) is mixed with the model's own output for that span (scaled by `model_feedback`),
+encoded by the codec, and the tokens replace the last frames of the context, so the next chunk continues from what
+was played. Here:
+
+- `LiveInput.place` (any thread) takes a piece of the player's audio with its position on the session's output
+  timeline (the stream's samples from 0, as `Chunk.start_seconds` counts them: what the client heard), resamples it
+  to the model's rate and channels, and keeps it until the session has produced (and decoded) that span. Without a
+  position, a piece continues the one before it; the first one (or one after a pause) ends where the session's
+  produced audio ends, as the colab mixes its latest input into the latest context.
+- `LiveInput.record` (codec thread) keeps the last `HISTORY_SECONDS` of the session's decoded output.
+- `LiveInput.prepare` (codec thread, when the next chunk is asked for and input is waiting) mixes the waiting pieces
+  with the recorded output over their whole frames: `mix` adds `input_gain` x input to the output (the colab's
+  `model_feedback` = 1), `replace` puts it in place of the output where the player played (feedback 0); then encodes
+  the mix with a few frames of the output before it as the encoder's left context, and gives the tokens of the span.
+- The session (engine.work.session) then rewrites those frames of its stream's context on the LM thread
+  (engine.runtime.scheduler.rewrite_context), and the chunk it was asked for is generated from there on.
+
+Bounds, each a warning in the log (once per `WARN_EVERY_SECONDS`) and an `InputReceipt.dropped` for the caller, never
+an unbounded queue: a piece longer than engine.params.MAX_INPUT_SECONDS is refused (ValueError); pieces beyond what a
+player sends in real time (a budget refilled by wall-clock time, `BURST_SECONDS` deep), placed more than
+`AHEAD_SECONDS` past the produced audio, older than the recorded output, or beyond `MAX_PENDING_SECONDS` waiting are
+dropped. A session that gets no input is untouched: nothing is mixed, encoded or rewritten, so its output is the
+same to the byte as without this module.
+"""
+
+import logging
+import math
+import threading
+import time
+import typing as tp
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.params import MAX_INPUT_SECONDS, InputSampleRate, checked
+
+logger = logging.getLogger(__name__)
+
+HISTORY_SECONDS = 8.0  # the session's own output kept to mix input over (and the oldest span input may name)
+AHEAD_SECONDS = 2.0  # input may be placed this far past the produced audio; it waits for the session to get there
+MAX_PENDING_SECONDS = 8.0  # input waiting for its span to be produced
+BURST_SECONDS = MAX_INPUT_SECONDS + 1.0  # the real-time budget's depth: one whole piece and some jitter
+ENCODE_MARGIN_FRAMES = 4  # the output before the span, encoded with it as the encoder's left context
+WARN_EVERY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class InputReceipt:
+    """What became of a piece of input: where it lies on the session's output timeline, and why it was dropped
+    (None: it waits to be mixed in)."""
+
+    start_seconds: float
+    seconds: float
+    dropped: tp.Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Injection:
+    """Tokens [K, n] for frames [first_frame, first_frame + n) of the session's timeline (frame 0 = sample 0)."""
+
+    first_frame: int
+    tokens: torch.Tensor
+    pieces: int  # the pieces of input mixed in
+
+
+def as_wav(samples: np.ndarray, sample_rate: int) -> torch.Tensor:
+    """A piece of input as float32 [channels, n], checked: 1 or 2 channels, finite, not empty, at most
+    MAX_INPUT_SECONDS long (ValueError names what is wrong)."""
+    checked(InputSampleRate, sample_rate, "sample_rate")
+    array = np.asarray(samples)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"audio must be float samples in [-1, 1], got {array.dtype}")
+    if array.ndim == 1:
+        array = array[None]
+    if array.ndim != 2 or array.shape[0] not in (1, 2):
+        raise ValueError(f"audio must be [n] or [channels, n] with 1 or 2 channels, got shape {samples.shape}")
+    if array.shape[1] == 0:
+        raise ValueError("audio is empty")
+    if array.shape[1] > MAX_INPUT_SECONDS * sample_rate:
+        raise ValueError(f"audio is {array.shape[1] / sample_rate:.2f} s long; one piece of input is at most "
+                         f"{MAX_INPUT_SECONDS:g} s")
+    if not np.isfinite(array).all():
+        raise ValueError("audio has samples that are not finite numbers")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+class LiveInput:
+    """One session's input: pieces waiting on the output timeline (in the model's samples), and its recent output."""
+
+    def __init__(self, sample_rate: int, channels: int, hop: int) -> None:
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.hop = hop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (start sample, audio [C, n]) in the order they came
+        self._pending_samples = 0
+        self._cursor: tp.Optional[int] = None  # the end of the last piece: where an unplaced piece goes
+        self._credit = BURST_SECONDS  # seconds of input the real-time budget allows now
+        self._refilled = time.monotonic()
+        self._dropped = 0  # pieces dropped since the last warning
+        self._warned = -math.inf
+        # codec thread
+        self._history = torch.zeros(channels, 0)
+        self._history_start = 0
+
+    # -- any thread ---------------------------------------------------------------------------------------------
+    def place(self, samples: np.ndarray, sample_rate: int, at: tp.Optional[float], produced: int) -> InputReceipt:
+        """Keeps a piece of input at `at` seconds on the output timeline (None: after the last piece, or ending at
+        `produced`, the samples the session has produced so far); see the module's docstring for the bounds."""
+        from audiocraft.data.audio_utils import convert_audio
+
+        wav = as_wav(samples, sample_rate)
+        if at is not None and not (math.isfinite(at) and at >= 0):
+            raise ValueError(f"time must be a finite number of seconds >= 0, got {at}")
+        wav = convert_audio(wav, sample_rate, self.sample_rate, self.channels)
+        length = wav.shape[-1]
+        with self._lock:
+            lag = int((HISTORY_SECONDS - MAX_INPUT_SECONDS) * self.sample_rate)
+            if at is not None:
+                start = int(round(at * self.sample_rate))
+            elif self._cursor is not None and self._cursor >= produced - lag:
+                start = self._cursor
+            else:
+                start = max(0, produced - length)
+            why = self._refusal(start, length, produced)
+            if why is not None:
+                return self._drop(start, length, why)
+            self._pending.append((start, wav))
+            self._pending_samples += length
+            self._cursor = start + length
+        return InputReceipt(start_seconds=start / self.sample_rate, seconds=length / self.sample_rate)
+
+    def _refusal(self, start: int, length: int, produced: int) -> tp.Optional[str]:
+        now = time.monotonic()
+        self._credit = min(BURST_SECONDS, self._credit + now - self._refilled)
+        self._refilled = now
+        seconds = length / self.sample_rate
+        if seconds > self._credit:
+            return "input comes faster than real time"
+        if start + length > produced + AHEAD_SECONDS * self.sample_rate:
+            return f"input is more than {AHEAD_SECONDS:g} s ahead of the session's audio"
+        if start + length <= produced - HISTORY_SECONDS * self.sample_rate:
+            return f"input is more than {HISTORY_SECONDS:g} s behind the session's audio"
+        if self._pending_samples + length > MAX_PENDING_SECONDS * self.sample_rate:
+            return f"more than {MAX_PENDING_SECONDS:g} s of input is waiting"
+        self._credit -= seconds
+        return None
+
+    def _drop(self, start: int, length: int, why: str) -> InputReceipt:
+        self._dropped += 1
+        now = time.monotonic()
+        if now - self._warned >= WARN_EVERY_SECONDS:
+            logger.warning("live input dropped (%d piece(s) since the last warning): %s", self._dropped, why)
+            self._warned, self._dropped = now, 0
+        return InputReceipt(start_seconds=start / self.sample_rate, seconds=length / self.sample_rate, dropped=why)
+
+    def waiting(self) -> bool:
+        """Whether any input waits to be mixed in (a snapshot: the session checks it before each chunk)."""
+        return bool(self._pending)
+
+    def forget(self) -> None:
+        """Drops the waiting input and the cursor (the session restarted: its timeline starts again)."""
+        with self._lock:
+            self._pending, self._pending_samples, self._cursor = [], 0, None
+
+    # -- codec thread -------------------------------------------------------------------------------------------
+    def record(self, start: int, audio: torch.Tensor) -> None:
+        """The session's output [C, n] from timeline sample `start` (its chunks' new parts, in order)."""
+        if start != self._history_start + self._history.shape[-1]:  # a restart: the timeline began again
+            self._history, self._history_start = audio[:, :0], start
+        self._history = torch.cat([self._history, audio], dim=-1)
+        excess = self._history.shape[-1] - int(HISTORY_SECONDS * self.sample_rate)
+        if excess > 0:
+            self._history = self._history[:, excess:]
+            self._history_start += excess
+
+    def prepare(self, gain: float, mode: str, encode: tp.Callable[[torch.Tensor, int], torch.Tensor]
+                ) -> tp.Optional[Injection]:
+        """The waiting pieces whose span the session has produced, mixed over its output and encoded (`encode`:
+        audio [C, T] at the model's rate -> tokens [K, frames]); None when no piece is ready yet."""
+        first = -(-self._history_start // self.hop)  # whole frames of the recorded output
+        last = (self._history_start + self._history.shape[-1]) // self.hop
+        with self._lock:
+            ready = [(s, a) for s, a in self._pending if s + a.shape[-1] <= last * self.hop]
+            if not ready:
+                return None
+            self._pending = [(s, a) for s, a in self._pending if s + a.shape[-1] > last * self.hop]
+            self._pending_samples = sum(a.shape[-1] for _, a in self._pending)
+        f0 = max(first, min(s for s, _ in ready) // self.hop)
+        f1 = min(last, -(-max(s + a.shape[-1] for s, a in ready) // self.hop))
+        if f1 <= f0:  # every piece was older than the recorded output
+            return None
+        lo, hi = f0 * self.hop, f1 * self.hop
+        output = self._history[:, lo - self._history_start: hi - self._history_start]
+        played = torch.zeros_like(output)
+        where = torch.zeros(1, output.shape[-1], dtype=torch.bool)
+        for start, audio in ready:
+            a, b = max(start, lo), min(start + audio.shape[-1], hi)
+            if b > a:
+                played[:, a - lo: b - lo] += audio[:, a - start: b - start]
+                where[:, a - lo: b - lo] = True
+        mixed = output + gain * played if mode == "mix" else torch.where(where, gain * played, output)
+        margin = min(ENCODE_MARGIN_FRAMES, f0 - first)
+        left = self._history[:, lo - margin * self.hop - self._history_start: lo - self._history_start]
+        tokens = encode(torch.cat([left, mixed.clamp(-1.0, 1.0)], dim=-1), self.sample_rate)
+        return Injection(first_frame=f0, tokens=tokens[:, margin: margin + f1 - f0], pieces=len(ready))
