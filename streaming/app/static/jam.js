@@ -300,8 +300,11 @@ function sendInput({time, sampleRate, samples}) {
   setText("input-state", `${run.inputSent} × ${(samples.length / sampleRate).toFixed(2)} s sent`, "good");
 }
 
+let shownLevel = 0;
+/** A peak meter of the input after the input gain (what the session gets), falling 20 dB a second. */
 function showLevel(peak) {
-  const level = Math.min(1, peak * Number($("input-gain").value)); // what the server hears after the input gain
+  shownLevel = Math.max(Math.min(1, peak * Number($("input-gain").value)), shownLevel * 0.9);
+  const level = shownLevel > 0.001 ? shownLevel : 0;
   $("input-level").value = level;
   $("input-level-value").textContent = level > 0 ? `${(20 * Math.log10(level)).toFixed(0)} dBFS` : "–";
 }

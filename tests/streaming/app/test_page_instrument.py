@@ -198,7 +198,7 @@ def test_the_microphone_goes_to_the_session_as_input_messages_and_the_jam_plays_
     assert all(0.19 <= len(p) / first["sample_rate"] <= 0.3 for p in pcm)
     assert max(np.abs(p).max() for p in pcm) > 1000  # the fake device's beep, once a second
     assert 0 <= first["time"] < last["time"]  # on the session's output timeline, moving on with it
-    assert float(page.get_attribute("#input-level", "value")) > 0.01
+    page.wait_for_function("document.getElementById('input-level').value > 0.01")
     page.fill("#input-gain", "0.5")
     page.dispatch_event("#input-gain", "input")
     frames.wait(lambda: frames.updates() and frames.updates()[-1].get("input_gain") == 0.5)
