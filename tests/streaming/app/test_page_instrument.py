@@ -31,7 +31,8 @@ FAKE_MIDI = """(() => {
       this.dispatchEvent(event);
     }
   }
-  const inputs = new Map([["in-1", new FakeInput("in-1", "Fake knobs one")], ["in-2", new FakeInput("in-2", "Fake knobs two")]]);
+  const inputs = new Map([["in-1", new FakeInput("in-1", "Fake knobs one")],
+                          ["in-2", new FakeInput("in-2", "Fake knobs two")]]);
   window.fakeMidi = {inputs, requests: 0};
   navigator.requestMIDIAccess = async () => {
     window.fakeMidi.requests += 1;
@@ -44,7 +45,9 @@ MediaDevices.prototype.getUserMedia = () => Promise.reject(new DOMException("Per
 
 OUTBOUND_BYTES = """async () => {
   let bytes = 0;
-  (await window.jamPc.getStats()).forEach((r) => { if (r.type === "outbound-rtp" && r.kind === "audio") bytes = r.bytesSent; });
+  (await window.jamPc.getStats()).forEach((r) => {
+    if (r.type === "outbound-rtp" && r.kind === "audio") bytes = r.bytesSent;
+  });
   return bytes;
 }"""
 
