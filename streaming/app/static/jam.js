@@ -7,8 +7,8 @@
 import {Midi} from "./midi.js";
 import {Mic, pcm16Base64} from "./mic.js";
 import {Prompts} from "./prompts.js";
+import {$, loadModel, log, setText, showNotice} from "./ui.js";
 
-const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
 const withToken = (path) => token ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : path;
 const CONNECT_TIMEOUT_MS = 15000; // WebRTC not connected by then (e.g. UDP blocked): fall back to the WebSocket
@@ -17,20 +17,6 @@ const MAX_UNSENT_BYTES = 1 << 20; // input waiting in the socket's buffer beyond
 
 let run = null; // the current playback: {via, startedAt, firstAudioAt, chunks, underruns, late, ...}
 window.jamPc = null; // the RTCPeerConnection, for tests and debugging
-
-function setText(id, text, tone) {
-  const el = $(id);
-  el.textContent = text;
-  el.className = tone || "";
-}
-
-function log(text, kind = "log") {
-  const item = document.createElement("li");
-  item.className = kind;
-  item.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
-  $("log").prepend(item);
-  while ($("log").children.length > 200) $("log").lastChild.remove();
-}
 
 /** The session's parameters as the controls set them, or null when no prompt is turned up. */
 function params() {
@@ -58,27 +44,6 @@ function playing(on) {
   $("stop").disabled = !on;
   $("apply").disabled = !on;
   $("transport").disabled = on;
-}
-
-async function loadModel() {
-  try {
-    const health = await (await fetch("/health")).json();
-    const model = health.model || {};
-    const name = (model.checkpoint || "unknown").split("/").slice(-2).join("/");
-    $("model").textContent = `Model: ${name} · ${model.sample_rate / 1000} kHz · ${model.device}` +
-      ` · sessions ${health.sessions}/${health.max_sessions}`;
-    if (model.demo_noise) {
-      $("model").textContent += " · random weights";
-      showNotice("Demo checkpoint with random weights: this audio is noise, not music.");
-    }
-  } catch (err) {
-    $("model").textContent = `Model: unavailable (${err.message})`;
-  }
-}
-
-function showNotice(text) {
-  $("notice").textContent = text.charAt(0).toUpperCase() + text.slice(1).replace(/\.?$/, ".");
-  $("notice").hidden = false;
 }
 
 function firstAudio() {
@@ -300,15 +265,6 @@ function sendInput({time, sampleRate, samples}) {
   setText("input-state", `${run.inputSent} × ${(samples.length / sampleRate).toFixed(2)} s sent`, "good");
 }
 
-let shownLevel = 0;
-/** A peak meter of the input after the input gain (what the session gets), falling 20 dB a second. */
-function showLevel(peak) {
-  shownLevel = Math.max(Math.min(1, peak * Number($("input-gain").value)), shownLevel * 0.9);
-  const level = shownLevel > 0.001 ? shownLevel : 0;
-  $("input-level").value = level;
-  $("input-level-value").textContent = level > 0 ? `${(20 * Math.log10(level)).toFixed(0)} dBFS` : "–";
-}
-
 async function toggleMic() {
   const button = $("mic");
   if (mic.track) {
@@ -326,10 +282,14 @@ async function toggleMic() {
       button.disabled = false;
     }
   }
-  const on = Boolean(mic.track);
-  button.setAttribute("aria-pressed", String(on));
-  button.textContent = `Microphone / line-in: ${on ? "on" : "off"}`;
-  setText("input-state", on ? (run && run.via === "webrtc" ? "on the WebRTC track" : "on") : "off", on ? "good" : "");
+  button.setAttribute("aria-pressed", String(Boolean(mic.track)));
+  button.textContent = `Microphone / line-in: ${mic.track ? "on" : "off"}`;
+  showInputState();
+}
+
+function showInputState() {
+  const where = run && run.via === "webrtc" ? "on the WebRTC track" : "on";
+  setText("input-state", mic.track ? where : "off", mic.track ? "good" : "");
 }
 
 // The whole jam, decoded afresh from its tokens on the server (kept a while after the session ends).
@@ -354,17 +314,19 @@ async function play() {
     setText("state", "connecting");
     try {
       await playWebRTC();
+      showInputState();
       return;
     } catch (err) {
       log(`WebRTC: ${err.message}`, "error");
       if (err.refused || transport === "webrtc") { finish(err.message); return; }
       log("falling back to the WebSocket (/ws/jam)", "warning");
       closeTransport();
-      Object.assign(run, {pc: null, channel: null});
+      Object.assign(run, {pc: null, channel: null, micSender: null});
     }
   }
   setText("via", "WebSocket (/ws/jam)");
   playWebSocket();
+  showInputState();
 }
 
 function sendUpdate() {
@@ -420,38 +382,19 @@ function finish(reason) {
   playing(false);
 }
 
-const midi = new Midi(log);
+const midi = new Midi();
 const prompts = new Prompts(midi, scheduleUpdate);
-const mic = new Mic(sendInput, showLevel);
+const mic = new Mic(sendInput, $("input-level"), $("input-level-value"), () => Number($("input-gain").value));
 
 for (const [id, digits, label] of [["temperature", 2, "temperature"], ["topk", 0], ["guidance", 1, "guidance"],
   ["input-gain", 2, "input gain"]]) {
   const input = $(id);
   const show = () => { $(`${id}-value`).textContent = Number(input.value).toFixed(digits); };
   input.addEventListener("input", () => { show(); scheduleUpdate(); });
-  if (!label) continue;
-  // a MIDI control spans the slider's range: min + value / 127 x (max - min), on the slider's steps
-  midi.target(`param:${id}`, label, (value) => {
-    const min = Number(input.min), max = Number(input.max), step = Number(input.step);
-    input.value = String(Math.round((min + value / 127 * (max - min)) / step) * step);
-    show();
-    scheduleUpdate();
-  }, $(`${id}-cc`));
+  if (label) midi.slider(input, label, $(`${id}-cc`), () => { show(); scheduleUpdate(); });
 }
 $("input-mode").addEventListener("change", scheduleUpdate);
 $("mic").addEventListener("click", toggleMic);
-$("midi").addEventListener("click", async () => {
-  try {
-    await midi.enable();
-    $("midi").setAttribute("aria-pressed", "true");
-  } catch (err) {
-    log(`MIDI unavailable: ${err.message}`, "error");
-  }
-});
-if (!midi.available) {
-  $("midi").disabled = true;
-  $("midi").title = "This browser has no Web MIDI";
-}
 $("controls").addEventListener("submit", (event) => { event.preventDefault(); run ? sendUpdate() : play(); });
 $("play").addEventListener("click", play);
 $("stop").addEventListener("click", stop);

@@ -9,11 +9,17 @@ const loaded = new WeakSet(); // the AudioContexts that have the worklet
 
 export class Mic {
   /** `frame({time, sampleRate, samples})` gets each 200 ms of mono input, `time` in AudioContext seconds of its
-   * first sample; `level(peak)` gets the input's peak (0..1) about 23 times a second. */
-  constructor(frame, level) {
-    this.frame = frame;
-    this.level = level;
-    this.stream = null;
+   * first sample; `meter` (a <meter> 0..1) and `readout` show its peak after `gain()`, what the session gets. */
+  constructor(frame, meter, readout, gain) {
+    Object.assign(this, {frame, meter, readout, gain, stream: null, shown: 0});
+  }
+
+  /** The peak meter: the block's peak, falling 20 dB a second after it (blocks come ~21 times a second). */
+  level(peak) {
+    this.shown = Math.max(Math.min(1, peak * this.gain()), this.shown * 0.9);
+    const level = this.shown > 0.001 ? this.shown : 0;
+    this.meter.value = level;
+    this.readout.textContent = level > 0 ? `${(20 * Math.log10(level)).toFixed(0)} dBFS` : "–";
   }
 
   get track() {
@@ -60,6 +66,7 @@ export class Mic {
     this.source.disconnect();
     this.node.port.onmessage = null;
     this.stream = null;
+    this.shown = 0;
     this.level(0);
   }
 }

@@ -4,6 +4,8 @@
 // knob. Bindings and the chosen input are kept in localStorage. MIDI access is asked for only when the player
 // clicks "MIDI", so a page without a device or without Web MIDI never shows a permission prompt.
 
+import {$, log} from "./ui.js";
+
 const STORE = "jam.midi";
 const CONTROL_CHANGE = 0xb0;
 
@@ -17,18 +19,20 @@ function load() {
 }
 
 export class Midi {
-  /** `log(text, kind)` reports what happened (a device chosen, a binding made) to the page. */
-  constructor(log) {
+  constructor() {
     const saved = load();
-    this.log = log;
     this.access = null;
     this.inputId = saved.input; // the chosen input's id (MIDIInput.id), kept across visits
     this.bindings = saved.bindings; // target key -> controller number
     this.targets = new Map(); // target key -> {label, apply(value 0..127), button}
     this.learning = null; // the key waiting for its control, or null
-    this.select = document.getElementById("midi-input");
+    this.select = $("midi-input");
     this.select.addEventListener("change", () => { this.inputId = this.select.value || null; this.save(); });
     document.addEventListener("keydown", (event) => { if (event.key === "Escape" && this.learning) this.learn(null); });
+    const button = $("midi");
+    if (!this.available) Object.assign(button, {disabled: true, title: "This browser has no Web MIDI"});
+    button.addEventListener("click", () => this.enable().then(() => button.setAttribute("aria-pressed", "true"),
+      (err) => log(`MIDI unavailable: ${err.message}`, "error")));
   }
 
   get available() {
@@ -39,7 +43,7 @@ export class Midi {
     try {
       localStorage.setItem(STORE, JSON.stringify({input: this.inputId, bindings: this.bindings}));
     } catch (err) {
-      this.log(`MIDI bindings not kept: ${err.message}`, "warning");
+      log(`MIDI bindings not kept: ${err.message}`, "warning");
     }
   }
 
@@ -67,6 +71,16 @@ export class Midi {
     this.targets.set(key, {label, apply, button});
     button.addEventListener("click", () => this.learn(this.learning === key ? null : key));
     this.show(key);
+  }
+
+  /** A slider MIDI can drive: a control change sets it to min + value / 127 x (max - min) (the browser keeps it
+   * on the slider's steps), then `moved()`. */
+  slider(input, label, button, moved) {
+    this.target(`param:${input.id}`, label, (value) => {
+      const min = Number(input.min), max = Number(input.max);
+      input.value = String(min + value / 127 * (max - min));
+      moved();
+    }, button);
   }
 
   /** Forgets a control and its binding (a removed prompt). */
@@ -112,7 +126,7 @@ export class Midi {
       this.learning = null;
       this.save();
       this.show(key);
-      this.log(`MIDI: CC ${cc} now drives ${this.targets.get(key).label}`);
+      log(`MIDI: CC ${cc} now drives ${this.targets.get(key).label}`);
       return;
     }
     for (const [key, bound] of Object.entries(this.bindings)) {
