@@ -7,8 +7,10 @@ encoded by the codec, and the tokens replace the last frames of the context, so 
 was played. Here:
 
 - `LiveInput.place` (any thread) takes a piece of the player's audio with its position on the session's output
-  timeline (the stream's samples from 0, as `Chunk.start_seconds` counts them: what the client heard), resamples it
-  to the model's rate and channels, and keeps it until the session has produced (and decoded) that span. Without a
+  timeline (the stream's samples from 0, as `Chunk.start_seconds` counts them: what the client heard), and keeps it
+  until the session has produced (and decoded) that span. Pieces are resampled to the model's rate and channels
+  when they are mixed in, each run of contiguous pieces as one (a transport's 20 ms frames, resampled one by one,
+  would click at every edge). Without a
   position, a piece continues the one before it; the first one (or one after a pause) ends where the session's
   produced audio ends, as the colab mixes its latest input into the latest context.
 - `LiveInput.record` (codec thread) keeps the last `HISTORY_SECONDS` of the session's decoded output.
@@ -23,7 +25,8 @@ Bounds, each a warning in the log (once per `WARN_EVERY_SECONDS`) and an `InputR
 an unbounded queue: a piece longer than engine.params.MAX_INPUT_SECONDS is refused (ValueError); pieces beyond what a
 player sends in real time (a budget refilled by wall-clock time, `BURST_SECONDS` deep), placed more than
 `AHEAD_SECONDS` past the produced audio, older than the recorded output, or beyond `MAX_PENDING_SECONDS` waiting are
-dropped. A session that gets no input is untouched: nothing is mixed, encoded or rewritten, so its output is the
+dropped. Silence in `mix` mode (a muted microphone's zeros) is nothing to add: it is not mixed in. A session that
+gets no input is untouched: nothing is mixed, encoded or rewritten, so its output is the
 same to the byte as without this module.
 """
 
@@ -97,7 +100,8 @@ class LiveInput:
         self.channels = channels
         self.hop = hop
         self._lock = threading.Lock()
-        self._pending: list[tuple[int, torch.Tensor]] = []  # (start sample, audio [C, n]) in the order they came
+        # (start, length) in the model's samples, and the audio [C, n] at its own rate, in the order they came
+        self._pending: list[tuple[int, int, torch.Tensor, int]] = []
         self._pending_samples = 0
         self._cursor: tp.Optional[int] = None  # the end of the last piece: where an unplaced piece goes
         self._credit = BURST_SECONDS  # seconds of input the real-time budget allows now
@@ -112,13 +116,10 @@ class LiveInput:
     def place(self, samples: np.ndarray, sample_rate: int, at: tp.Optional[float], produced: int) -> InputReceipt:
         """Keeps a piece of input at `at` seconds on the output timeline (None: after the last piece, or ending at
         `produced`, the samples the session has produced so far); see the module's docstring for the bounds."""
-        from audiocraft.data.audio_utils import convert_audio
-
         wav = as_wav(samples, sample_rate)
         if at is not None and not (math.isfinite(at) and at >= 0):
             raise ValueError(f"time must be a finite number of seconds >= 0, got {at}")
-        wav = convert_audio(wav, sample_rate, self.sample_rate, self.channels)
-        length = wav.shape[-1]
+        length = int(round(wav.shape[-1] * self.sample_rate / sample_rate))
         with self._lock:
             lag = int((HISTORY_SECONDS - MAX_INPUT_SECONDS) * self.sample_rate)
             if at is not None:
@@ -130,7 +131,7 @@ class LiveInput:
             why = self._refusal(start, length, produced)
             if why is not None:
                 return self._drop(start, length, why)
-            self._pending.append((start, wav))
+            self._pending.append((start, length, wav, sample_rate))
             self._pending_samples += length
             self._cursor = start + length
         return InputReceipt(start_seconds=start / self.sample_rate, seconds=length / self.sample_rate)
@@ -186,11 +187,16 @@ class LiveInput:
         first = -(-self._history_start // self.hop)  # whole frames of the recorded output
         last = (self._history_start + self._history.shape[-1]) // self.hop
         with self._lock:
-            ready = [(s, a) for s, a in self._pending if s + a.shape[-1] <= last * self.hop]
+            ready = [piece for piece in self._pending if piece[0] + piece[1] <= last * self.hop]
             if not ready:
                 return None
-            self._pending = [(s, a) for s, a in self._pending if s + a.shape[-1] > last * self.hop]
-            self._pending_samples = sum(a.shape[-1] for _, a in self._pending)
+            self._pending = [piece for piece in self._pending if piece[0] + piece[1] > last * self.hop]
+            self._pending_samples = sum(piece[1] for piece in self._pending)
+        if mode == "mix":  # silence adds nothing (a muted microphone sends zeros): the context stays the model's own
+            ready = [piece for piece in ready if bool(piece[2].abs().max() > 0)]
+            if not ready:
+                return None
+        ready = self._resampled(ready)
         f0 = max(first, min(s for s, _ in ready) // self.hop)
         f1 = min(last, -(-max(s + a.shape[-1] for s, a in ready) // self.hop))
         if f1 <= f0:  # every piece was older than the recorded output
@@ -209,3 +215,19 @@ class LiveInput:
         left = self._history[:, lo - margin * self.hop - self._history_start: lo - self._history_start]
         tokens = encode(torch.cat([left, mixed.clamp(-1.0, 1.0)], dim=-1), self.sample_rate)
         return Injection(first_frame=f0, tokens=tokens[:, margin: margin + f1 - f0], pieces=len(ready))
+
+    def _resampled(self, pieces: list[tuple[int, int, torch.Tensor, int]]) -> list[tuple[int, torch.Tensor]]:
+        """Runs of contiguous pieces (each starting where the one before ended, at the same rate and channels),
+        each resampled to the model's rate and channels as one: (start, audio [C, n])."""
+        from audiocraft.data.audio_utils import convert_audio
+
+        runs: list[tuple[int, int, list[torch.Tensor], int]] = []
+        for start, length, wav, rate in pieces:
+            if runs and runs[-1][0] + runs[-1][1] == start and runs[-1][3] == rate and \
+                    runs[-1][2][-1].shape[0] == wav.shape[0]:
+                run = runs[-1]
+                runs[-1] = (run[0], run[1] + length, run[2] + [wav], rate)
+            else:
+                runs.append((start, length, [wav], rate))
+        return [(start, convert_audio(torch.cat(wavs, dim=-1), rate, self.sample_rate, self.channels))
+                for start, _, wavs, rate in runs]

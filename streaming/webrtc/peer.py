@@ -8,6 +8,7 @@ shuts down. Before it connects, the peer connection's and ICE's "failed"/"closed
 connection's state covers DTLS's), and a peer whose ICE connected must finish DTLS within DTLS_SECONDS: a client
 that closes mid-handshake sends nothing, and aiortc would wait for ICE consent to expire (about 30 s). A
 generation failure is told on the data channel and the session restarts with a fresh context, on the slot it holds.
+A send-receive offer's audio (the player's microphone) goes into the session (streaming.webrtc.listen).
 """
 
 import asyncio
@@ -28,6 +29,7 @@ from streaming.sessions.registry import RegisteredSession, SessionRegistry
 from streaming.sessions.supervisor import Recovery, Supervisor
 from streaming.sessions.tasks import Tasks
 from streaming.webrtc import protocol as wp
+from streaming.webrtc.listen import TrackListener
 from streaming.webrtc.track import CHANNELS, SessionTrack, TrackPace
 
 logger = logging.getLogger(__name__)
@@ -124,12 +126,14 @@ class Peer:
     async def answer(self, connect_timeout: float) -> str:
         """Answers the offer (the server's candidates are inside the SDP) and starts the connect timer."""
         if self.offer.audio:
-            transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
+            # sendrecv: a send-receive offer's microphone comes back on it (a recvonly offer is answered sendonly)
+            transceiver = self.pc.addTransceiver(self.track, direction="sendrecv")
             transceiver.setCodecPreferences([codec for codec in RTCRtpSender.getCapabilities("audio").codecs
                                              if codec.mimeType.lower() == "audio/opus"])
         self.pc.on("connectionstatechange", self._state_changed)
         self.pc.on("iceconnectionstatechange", self._ice_state_changed)
         self.pc.on("datachannel", self._channel_opened)
+        self.pc.on("track", self._track_received)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.offer.sdp, type="offer"))
         self.described.set()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
@@ -198,6 +202,15 @@ class Peer:
         if self.state is not wp.PeerState.ENDED:
             self.state, self.end_reason = wp.PeerState.ENDED, reason
             self.ended.set()
+
+    def _track_received(self, track) -> None:
+        """The client's microphone (a send-receive offer): read into the session while it plays."""
+        if track.kind != "audio" or not self.offer.audio:
+            return
+        listener = TrackListener(track, lambda: self.supervisor.session,
+                                 lambda: self.pushed_until - self.track.buffered_seconds,
+                                 lambda data: self.send(wp.log(data)), lambda text: self.send(wp.warning(text)))
+        self.tasks.spawn(listener.run(), name=f"webrtc-input-{self.webrtc_id}")
 
     def _channel_opened(self, channel: RTCDataChannel) -> None:
         if channel.label != "text":

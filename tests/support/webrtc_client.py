@@ -2,12 +2,16 @@
 to inspect."""
 
 import asyncio
+import fractions
 import json
+import math
 import time
 import typing as tp
 import uuid
 
+import av
 import httpx
+import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -26,14 +30,17 @@ def loopback_only(monkeypatch) -> None:
 
 class JamClient:
     def __init__(self, base_url: str, webrtc_id: tp.Optional[str] = None, handshake: bool = False,
-                 audio: bool = True) -> None:
+                 audio: bool = True, microphone: tp.Optional[MediaStreamTrack] = None) -> None:
         """`handshake`: send what FastRTC's browser client sends when the channel opens (frontend/shared/
         webrtc_utils.ts: `data_channel.onopen = () => data_channel.send("handshake")`); `audio` False: offer the
-        data channel alone, as FastRTC's receive-mode snippet does."""
+        data channel alone, as FastRTC's receive-mode snippet does; `microphone`: send it, as FastRTC's
+        send-receive mode sends the user's microphone (a sendrecv audio transceiver)."""
         self.base_url = base_url
         self.webrtc_id = webrtc_id or uuid.uuid4().hex[:12]
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        if audio:
+        if microphone is not None:
+            self.pc.addTransceiver(microphone, direction="sendrecv")
+        elif audio:
             self.pc.addTransceiver("audio", direction="recvonly")
         self.channel = self.pc.createDataChannel("text")
         if handshake:
@@ -95,3 +102,32 @@ class JamClient:
 
 def event(name: str) -> tp.Callable[[dict], bool]:
     return lambda message: isinstance(message.get("data"), dict) and message["data"].get("event") == name
+
+
+class ToneTrack(MediaStreamTrack):
+    """A microphone playing a sine, in real time: 20 ms frames of 16-bit PCM at 48 kHz, as a browser's would be
+    before Opus (aiortc encodes them). `silent_seconds` of zeros come first."""
+
+    kind = "audio"
+
+    def __init__(self, freq: float = 330.0, amplitude: float = 0.5, silent_seconds: float = 0.0,
+                 rate: int = 48000, channels: int = 1) -> None:
+        super().__init__()
+        self.freq, self.amplitude, self.silent, self.rate, self.channels = freq, amplitude, silent_seconds, rate, \
+            channels
+        self.sent = 0  # samples so far
+        self.started: tp.Optional[float] = None
+
+    async def recv(self) -> av.AudioFrame:
+        samples = self.rate // 50
+        self.started = self.started or time.monotonic()
+        due = self.started + self.sent / self.rate
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        t = (self.sent + np.arange(samples)) / self.rate
+        wave = self.amplitude * np.sin(2 * math.pi * self.freq * t) * (t >= self.silent)
+        pcm = (wave * 32767).astype("<i2")
+        frame = av.AudioFrame.from_ndarray(np.repeat(pcm, self.channels)[None], format="s16",
+                                           layout="mono" if self.channels == 1 else "stereo")
+        frame.sample_rate, frame.pts, frame.time_base = self.rate, self.sent, fractions.Fraction(1, self.rate)
+        self.sent += samples
+        return frame

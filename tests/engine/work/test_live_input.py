@@ -169,3 +169,43 @@ def test_a_rewritten_context_is_refed_from_the_first_changed_step(engine):
         decoder.truncate(slice(0, 2), changed)
         refed = decoder.forward(slice(0, 2), new[:, :, changed:])
     assert (refed - reference[:, :, changed:]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["mix", "replace"])
+def test_contiguous_pieces_are_resampled_as_one_and_mixed_over_the_output(engine, mode):
+    """A transport's 20 ms frames at 48 kHz become one run at the model's 32 kHz (no edge at every frame), placed on
+    the timeline over the recorded output: added to it (mix) or in its place (replace), at the session's gain."""
+    from audiocraft.data.audio_utils import convert_audio
+
+    live = LiveInput(32000, 1, 640)
+    output = torch.from_numpy(tone(2.0, freq=110.0))[None] * 0.2
+    live.record(0, output)
+    frames = tone(0.5, rate=48000)
+    for index in range(25):
+        assert live.place(frames[index * 960: (index + 1) * 960], 48000, at=0.5 if index == 0 else None,
+                          produced=64000).dropped is None
+    encoded = []
+
+    def encode(wav, rate):
+        encoded.append(wav)
+        return engine.runtime.encode_now(wav, rate)
+
+    injection = live.prepare(0.5, mode, encode)
+    assert injection.first_frame == 25 and injection.tokens.shape[-1] == 25 and injection.pieces == 1
+    mixed = encoded[0][:, 4 * 640:]  # after the encoder's left context: 4 frames of the output
+    assert torch.equal(encoded[0][:, : 4 * 640], output[:, 21 * 640: 25 * 640])
+    played = 0.5 * convert_audio(torch.from_numpy(frames)[None], 48000, 32000, 1)
+    expected = output[:, 16000: 32000] + played if mode == "mix" else played
+    assert (mixed - expected.clamp(-1, 1)).abs().max() < 1e-5
+    assert not live.waiting()
+
+
+def test_silence_in_mix_mode_leaves_the_context_alone(engine):
+    """A muted microphone sends zeros: mixed over the output they add nothing, so nothing is encoded or rewritten
+    (re-encoding the model's own output would still change its tokens)."""
+    def silence(session, chunks):
+        assert session.play_input(np.zeros(16000, dtype=np.float32), 32000, at=0.5).dropped is None
+
+    a, _ = run(engine, seed=17, before=2, after=2)
+    b, _ = run(engine, seed=17, before=2, after=2, feed=silence)
+    assert torch.equal(a, b)
