@@ -174,6 +174,8 @@ function onWebRTCMessage(message) {
     log(`audio back after ${data.silence_seconds.toFixed(2)} s of silence`, "warning");
   } else if (data && data.event === "updated") {
     showAck(data);
+  } else if (data && data.event === "input") { // the server placed the microphone's audio (again) on the jam
+    setText("input-state", `on the WebRTC track, placed at ${data.start_seconds.toFixed(2)} s`, "good");
   } else {
     log(typeof data === "string" ? data : JSON.stringify(data));
   }
@@ -200,6 +202,9 @@ function playWebSocket() {
       await schedule(ctx, out, message);
     } else if (message.type === "status" && message.status === "updated") {
       showAck(message);
+    } else if (message.type === "status" && message.status === "input_dropped") { // the engine's rate bound
+      if (!run.inputDropped++) log(`input dropped: ${message.error}`, "warning");
+      setText("input-state", `${run.inputDropped} input message(s) dropped: ${message.error}`, "warn");
     } else if (message.type === "started") {
       offerRecording(message.session_id);
       log(JSON.stringify(message));
@@ -257,11 +262,12 @@ function sendInput({time, sampleRate, samples}) {
   if (heardAt === null || heardAt < 0) return; // before the first chunk plays there is nothing to play along with
   if (run.ws.bufferedAmount > MAX_UNSENT_BYTES) { // the link is slower than the input: drop, do not queue
     if (!run.inputDropped++) log("input dropped: the connection is not keeping up", "warning");
+    setText("input-state", `${run.inputDropped} input message(s) dropped: the connection is not keeping up`, "warn");
     return;
   }
   run.ws.send(JSON.stringify({type: "input", time: Number(heardAt.toFixed(4)), sample_rate: sampleRate, channels: 1,
     audio: pcm16Base64(samples)}));
-  run.inputSent = (run.inputSent || 0) + 1;
+  run.inputSent += 1;
   setText("input-state", `${run.inputSent} × ${(samples.length / sampleRate).toFixed(2)} s sent`, "good");
 }
 
@@ -305,7 +311,7 @@ async function play() {
   if (run) return;
   const sent = params();
   if (!sent) { log("turn up at least one prompt to play", "error"); return; }
-  run = {startedAt: performance.now(), chunks: 0, underruns: 0, late: 0, sent};
+  run = {startedAt: performance.now(), chunks: 0, underruns: 0, late: 0, sent, inputSent: 0, inputDropped: 0};
   playing(true);
   ["ttfa", "buffer", "late", "rtf", "chunks", "ack"].forEach((id) => setText(id, "–"));
   const transport = $("transport").value;

@@ -226,6 +226,9 @@ def test_the_microphone_rides_the_webrtc_offer_as_its_audio_track(server, media_
     play(page)
     assert page.inner_text("#via") == "WebRTC (Opus)"
     page.wait_for_function(f"({OUTBOUND_BYTES})().then((bytes) => bytes > 2000)", timeout=20_000)
+    # the server took the track into the session and said where it placed it on the jam's timeline
+    page.wait_for_function("document.getElementById('input-state').textContent.includes('placed at')",
+                           timeout=20_000)
     stop(page, server)
 
 
