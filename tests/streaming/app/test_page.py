@@ -52,6 +52,7 @@ def test_page_falls_back_to_ws_jam_when_webrtc_fails(server, page):
     # WebRTC breaking on the client's side (as a blocked or broken stack would): the page plays over /ws/jam
     page.add_init_script("RTCPeerConnection.prototype.createOffer = () => Promise.reject(new Error('blocked'))")
     page.goto(f"http://127.0.0.1:{server.port}/")
+    assert not page.is_visible("#download")  # no session yet, nothing to download
     page.click("#play")
     page.wait_for_function("document.getElementById('ttfa').textContent.endsWith(' s')", timeout=30_000)
     page.wait_for_function("Number(document.getElementById('chunks').textContent) >= 2", timeout=30_000)
