@@ -180,6 +180,13 @@ def test_prompts_are_added_renamed_and_removed_and_each_knob_steers_live(server,
     page.keyboard.press("End")  # keyboard: the knob to 2
     frames.wait(lambda: frames.updates() and frames.updates()[-1].get("styles") == "jazz, hiphop, dub techno dark")
     assert frames.updates()[-1]["style_weights"] == "1,0.8,2"
+    box = page.locator("li[data-id=p1] .knob").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2 - 40, steps=4)  # dragged up 40 px
+    page.mouse.up()
+    assert weight(page, "p1") == "1.20"  # 200 px span the knob's 0..2
+    frames.wait(lambda: frames.updates()[-1].get("style_weights") == "1,1.2,2")
     page.click("li[data-id=p0] .remove")
     frames.wait(lambda: frames.updates()[-1].get("styles") == "hiphop, dub techno dark")
     page.wait_for_function("document.getElementById('ack').textContent.includes('heard from')", timeout=20_000)
