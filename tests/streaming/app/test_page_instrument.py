@@ -196,9 +196,11 @@ def test_prompts_are_added_renamed_and_removed_and_each_knob_steers_live(server,
 def test_the_microphone_goes_to_the_session_as_input_messages_and_the_jam_plays_on(server, media_page):
     page = media_page
     frames = open_page(page, server)
-    play(page)
-    page.click("#mic")
+    page.click("#mic")  # on well before playing: the page's audio clock runs ahead of the jam's timeline
     page.wait_for_function("document.getElementById('mic').getAttribute('aria-pressed') === 'true'")
+    page.wait_for_timeout(6000)
+    assert frames.inputs() == []  # nothing plays yet: nothing to play along with
+    play(page)
     inputs = frames.wait(lambda: len(frames.inputs()) >= 5 and frames.inputs())
     playing_from = chunks(page)
     first, last = inputs[0], inputs[-1]
@@ -208,6 +210,9 @@ def test_the_microphone_goes_to_the_session_as_input_messages_and_the_jam_plays_
     assert all(0.19 <= len(p) / first["sample_rate"] <= 0.3 for p in pcm)
     assert max(np.abs(p).max() for p in pcm) > 1000  # the fake device's beep, once a second
     assert 0 <= first["time"] < last["time"]  # on the session's output timeline, moving on with it
+    heard_by = max(m["metadata"]["start_seconds"] + m["metadata"]["chunk_seconds"]
+                   for m in frames.received if m["type"] == "chunk")
+    assert last["time"] < heard_by  # where the player heard the jam: never past the audio received
     page.wait_for_function("document.getElementById('input-level').value > 0.01")
     page.fill("#input-gain", "0.5")
     page.dispatch_event("#input-gain", "input")
