@@ -50,6 +50,7 @@ MAX_PENDING_SECONDS = 8.0  # input waiting for its span to be produced
 BURST_SECONDS = MAX_INPUT_SECONDS + 1.0  # the real-time budget's depth: one whole piece and some jitter
 ENCODE_MARGIN_FRAMES = 4  # the output before the span, encoded with it as the encoder's left context
 WARN_EVERY_SECONDS = 5.0
+MIX_EVERY_SECONDS = 0.2  # input that comes while a chunk is made is mixed in at once, at most this often
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,8 @@ class LiveInput:
         self._refilled = time.monotonic()
         self._dropped = 0  # pieces dropped since the last warning
         self._warned = -math.inf
+        self._mixing = False  # a mix for input that came while a chunk was made is under way
+        self._mixed_at = -math.inf
         # codec thread
         self._history = torch.zeros(channels, 0)
         self._history_start = 0
@@ -163,6 +166,18 @@ class LiveInput:
     def waiting(self) -> bool:
         """Whether any input waits to be mixed in (a snapshot: the session checks it before each chunk)."""
         return bool(self._pending)
+
+    def start_mixing(self) -> bool:
+        """Whether input that just came may be mixed in now, before the next chunk is asked for (one such mix at a
+        time, at most every MIX_EVERY_SECONDS: each one refeeds the context after it); then `done_mixing`."""
+        with self._lock:
+            if self._mixing or time.monotonic() - self._mixed_at < MIX_EVERY_SECONDS:
+                return False
+            self._mixing, self._mixed_at = True, time.monotonic()
+            return True
+
+    def done_mixing(self) -> None:
+        self._mixing = False
 
     def forget(self) -> None:
         """Drops the waiting input and the cursor (the session restarted: its timeline starts again)."""

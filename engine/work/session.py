@@ -160,24 +160,15 @@ class LiveSession:
             future.set_exception(problem)
             return future
         requested = time.perf_counter()
-        if not self._input.waiting():
+
+        def request() -> None:
             job = self.runtime.lm_worker.call(lambda: self._request(future, index, requested, deadline))
             job.add_done_callback(lambda done: _pass_failure(future, done))
-            return future
-        # input waits: mixed and encoded on the codec thread, then written into the context before the chunk
-        stream, settings = self.stream, self.settings
-        prepared = self._codec_call(lambda: self._input.prepare(settings.input_gain, settings.input_mode,
-                                                                self.runtime.encode_now), due=deadline)
 
-        def then(done: Future) -> None:
-            if done.exception() is not None:  # a failed injection loses that input, not the chunk
-                logger.warning("live input could not be mixed in: %s", done.exception())
-            injection = None if done.exception() is not None else done.result()
-            job = self.runtime.lm_worker.call(lambda: (self._inject(stream, injection),
-                                                       self._request(future, index, requested, deadline)))
-            job.add_done_callback(lambda finished: _pass_failure(future, finished))
-
-        prepared.add_done_callback(then)
+        if self._input.waiting():  # mixed into the context first: the chunk continues from what was played
+            self._mix_input(request, deadline)
+        else:
+            request()
         return future
 
     def play_input(self, samples: np.ndarray, sample_rate: int, at: tp.Optional[float] = None) -> InputReceipt:
@@ -193,7 +184,27 @@ class LiveSession:
             problem = SessionClosed("session is closed") if self._closed else None
         if problem is not None:
             raise problem
-        return self._input.place(samples, sample_rate, at, self._planned_samples)
+        receipt = self._input.place(samples, sample_rate, at, self._planned_samples)
+        if receipt.dropped is None and self._pending is not None and self._input.start_mixing():
+            self._mix_input(self._input.done_mixing, None)  # a chunk is in the making: its rest hears it
+        return receipt
+
+    def _mix_input(self, then: tp.Callable[[], None], due: tp.Optional[float]) -> None:
+        """Mixes the waiting input (those pieces whose span is made) and encodes it on the codec thread, writes it
+        into the stream's context on the LM thread, then calls `then` (there). A failure loses that input only."""
+        stream, settings = self.stream, self.settings
+        prepared = self._codec_call(lambda: self._input.prepare(settings.input_gain, settings.input_mode,
+                                                                self.runtime.encode_now), due=due)
+
+        def inject(done: Future) -> None:
+            injection = None
+            if done.exception() is not None:
+                logger.warning("live input could not be mixed in: %s", done.exception())
+            else:
+                injection = done.result()
+            self.runtime.lm_worker.call(lambda: self._inject(stream, injection, then))
+
+        prepared.add_done_callback(inject)
 
     def update(self, settings: SessionSettings) -> "Future[Landing]":
         """Applies new settings from the stream's next decode step: the chunk in the making changes inside it.
@@ -230,13 +241,18 @@ class LiveSession:
         self._on_close()
 
     # -- LM thread ----------------------------------------------------------------------------------------------
-    def _inject(self, stream: tp.Optional[Stream], injection: tp.Optional[Injection]) -> None:
-        """Writes mixed input into the context of the stream it was prepared for (not one a restart began since)."""
-        if injection is None or stream is None or stream is not self.stream or stream.error is not None:
-            return
-        if self.runtime.scheduler.rewrite_context(stream, self._prompt_frames + injection.first_frame,
-                                                  injection.tokens):
-            logger.debug("live input: %d piece(s) into frames from %d", injection.pieces, injection.first_frame)
+    def _inject(self, stream: tp.Optional[Stream], injection: tp.Optional[Injection], then: tp.Callable[[], None]
+                ) -> None:
+        """Writes mixed input into the context of the stream it was prepared for (not one a restart began since),
+        then calls `then`, whatever happened (the chunk it may ask for must not wait for input)."""
+        try:
+            if injection is not None and stream is not None and stream is self.stream and stream.error is None:
+                self.runtime.scheduler.rewrite_context(stream, self._prompt_frames + injection.first_frame,
+                                                       injection.tokens)
+        except Exception:  # this input is lost; the session and the chunk go on
+            logger.exception("live input could not be written into the context")
+        finally:
+            then()
 
     def _start(self, seed: int, tokens: tp.Optional[torch.Tensor], prefix: tp.Optional[torch.Tensor]) -> None:
         stream = self.runtime.new_stream(self.settings.conditioning, self.settings.params, seed, prompt=tokens,

@@ -6,6 +6,7 @@ same bytes as one that never heard of input.
 """
 
 import math
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -16,6 +17,7 @@ from engine.work.chunk import SessionClosed
 from engine.work.live_input import HISTORY_SECONDS, LiveInput
 from engine.work.session import SessionSettings
 from tests.engine.work.test_session import SETTINGS, collect, stitch
+from tests.support.helpers import wait_until
 
 HALF = replace(SETTINGS, chunk_seconds=0.5)
 
@@ -209,3 +211,26 @@ def test_silence_in_mix_mode_leaves_the_context_alone(engine):
     a, _ = run(engine, seed=17, before=2, after=2)
     b, _ = run(engine, seed=17, before=2, after=2, feed=silence)
     assert torch.equal(a, b)
+
+
+def test_input_that_comes_while_a_chunk_is_made_is_heard_in_that_chunk(engine):
+    """The chunk in the making does not wait for the next one to hear the player: the LM thread is held just after
+    it took up the request, the input comes, and the rest of that chunk continues from the mixed context."""
+    def chunk_one(play: bool) -> torch.Tensor:
+        session = engine.open_session(replace(SETTINGS, chunk_seconds=2.0), seed=18)
+        try:
+            collect(session, 1)
+            gate = threading.Event()
+            future = session.next_chunk()
+            engine.runtime.lm_worker.call(gate.wait)
+            assert wait_until(lambda: session._pending is not None, 60)
+            if play:
+                assert session.play_input(tone(1.0), 32000, at=1.0).dropped is None
+                assert wait_until(lambda: not session._input.waiting(), 60)  # mixed and encoded, waiting to be written
+            gate.set()
+            return future.result(timeout=120).audio
+        finally:
+            session.close()
+
+    plain, played = chunk_one(False), chunk_one(True)
+    assert not torch.equal(plain, played)
