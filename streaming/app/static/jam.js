@@ -1,40 +1,42 @@
 // The jam page: plays the sidecar's live session over WebRTC (FastRTC's contract: POST /webrtc/offer, an Opus
 // track, controls on the "text" data channel) and falls back to /ws/jam, scheduling chunks as the seed's browser
-// client does (linear fades over each chunk's overlap). No external code: everything is in this file.
-"use strict";
+// client does (linear fades over each chunk's overlap). The controls: a knob per prompt (prompts.js), Web MIDI with
+// CC learn (midi.js), and the player's microphone / line-in (mic.js), sent as `input` messages on /ws/jam and as the
+// offer's audio track over WebRTC. No external code: everything is in these files.
 
-const $ = (id) => document.getElementById(id);
+import {Midi} from "./midi.js";
+import {Mic, pcm16Base64} from "./mic.js";
+import {Prompts} from "./prompts.js";
+import {$, loadModel, log, setText, showNotice} from "./ui.js";
+
 const token = new URLSearchParams(location.search).get("token");
 const withToken = (path) => token ? `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : path;
 const CONNECT_TIMEOUT_MS = 15000; // WebRTC not connected by then (e.g. UDP blocked): fall back to the WebSocket
+const UPDATE_EVERY_MS = 200; // a knob turned, by hand or MIDI, sends at most one update per 200 ms (as PromptDJ)
+const MAX_UNSENT_BYTES = 1 << 20; // input waiting in the socket's buffer beyond this is dropped, never queued on
 
 let run = null; // the current playback: {via, startedAt, firstAudioAt, chunks, underruns, late, ...}
 window.jamPc = null; // the RTCPeerConnection, for tests and debugging
 
-function setText(id, text, tone) {
-  const el = $(id);
-  el.textContent = text;
-  el.className = tone || "";
-}
-
-function log(text, kind = "log") {
-  const item = document.createElement("li");
-  item.className = kind;
-  item.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
-  $("log").prepend(item);
-  while ($("log").children.length > 200) $("log").lastChild.remove();
-}
-
+/** The session's parameters as the controls set them, or null when no prompt is turned up. */
 function params() {
-  const out = {
-    styles: $("styles").value,
+  const styles = prompts.params();
+  return styles && {
+    ...styles,
     temperature: Number($("temperature").value),
     topk: Number($("topk").value),
     guidance_weight: Number($("guidance").value),
+    input_gain: Number($("input-gain").value),
+    input_mode: $("input-mode").value,
   };
-  const weights = $("weights").value.replace(/\s+/g, "");
-  out.style_weights = weights || null;
-  return out;
+}
+
+let sharedContext = null;
+/** The page's one AudioContext: it plays /ws/jam's chunks and taps the microphone, so their times compare. */
+function audioContext() {
+  if (!sharedContext) sharedContext = new AudioContext();
+  if (sharedContext.state === "suspended") sharedContext.resume();
+  return sharedContext;
 }
 
 function playing(on) {
@@ -42,27 +44,6 @@ function playing(on) {
   $("stop").disabled = !on;
   $("apply").disabled = !on;
   $("transport").disabled = on;
-}
-
-async function loadModel() {
-  try {
-    const health = await (await fetch("/health")).json();
-    const model = health.model || {};
-    const name = (model.checkpoint || "unknown").split("/").slice(-2).join("/");
-    $("model").textContent = `Model: ${name} · ${model.sample_rate / 1000} kHz · ${model.device}` +
-      ` · sessions ${health.sessions}/${health.max_sessions}`;
-    if (model.demo_noise) {
-      $("model").textContent += " · random weights";
-      showNotice("Demo checkpoint with random weights: this audio is noise, not music.");
-    }
-  } catch (err) {
-    $("model").textContent = `Model: unavailable (${err.message})`;
-  }
-}
-
-function showNotice(text) {
-  $("notice").textContent = text.charAt(0).toUpperCase() + text.slice(1).replace(/\.?$/, ".");
-  $("notice").hidden = false;
 }
 
 function firstAudio() {
@@ -111,7 +92,9 @@ async function playWebRTC() {
   const webrtcId = Math.random().toString(36).slice(2, 12);
   Object.assign(run, {via: "webrtc", pc, webrtcId, channel: pc.createDataChannel("text")});
   window.jamPc = pc;
-  pc.addTransceiver("audio", {direction: "recvonly"});
+  // send-receive: the player's microphone goes on this sender whenever it is on (replaceTrack, no renegotiation)
+  run.micSender = pc.addTransceiver("audio", {direction: "sendrecv"}).sender;
+  if (mic.track) run.micSender.replaceTrack(mic.track);
   const queued = [];
   let answered = false;
   pc.onicecandidate = ({candidate}) => {
@@ -191,6 +174,8 @@ function onWebRTCMessage(message) {
     log(`audio back after ${data.silence_seconds.toFixed(2)} s of silence`, "warning");
   } else if (data && data.event === "updated") {
     showAck(data);
+  } else if (data && data.event === "input") { // the server placed the microphone's audio (again) on the jam
+    setText("input-state", `on the WebRTC track, placed at ${data.start_seconds.toFixed(2)} s`, "good");
   } else {
     log(typeof data === "string" ? data : JSON.stringify(data));
   }
@@ -198,12 +183,12 @@ function onWebRTCMessage(message) {
 
 // -- WebSocket fallback (/ws/jam), the seed's scheduling ----------------------------------------------------------
 function playWebSocket() {
-  const ctx = new AudioContext();
+  const ctx = audioContext();
   const out = ctx.createGain();
   out.connect(ctx.destination);
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const ws = new WebSocket(withToken(`${scheme}//${location.host}/ws/jam`));
-  Object.assign(run, {via: "websocket", ws, ctx, nextTime: 0});
+  Object.assign(run, {via: "websocket", ws, ctx, out, nextTime: 0, anchors: []});
   setText("state", "connecting");
   ws.onopen = () => {
     setText("state", "connected", "good");
@@ -217,6 +202,9 @@ function playWebSocket() {
       await schedule(ctx, out, message);
     } else if (message.type === "status" && message.status === "updated") {
       showAck(message);
+    } else if (message.type === "status" && message.status === "input_dropped") { // the engine's rate bound
+      if (!run.inputDropped++) log(`input dropped: ${message.error}`, "warning");
+      setText("input-state", `${run.inputDropped} input message(s) dropped: ${message.error}`, "warn");
     } else if (message.type === "started") {
       offerRecording(message.session_id);
       log(JSON.stringify(message));
@@ -243,6 +231,8 @@ async function schedule(ctx, out, message) {
     run.nextTime = ctx.currentTime + 0.12;
   }
   const startAt = run.nextTime, duration = audio.duration;
+  // where this chunk's first sample is on the session's output timeline (what `input` times count on)
+  run.anchors = [...run.anchors.slice(-15), {ctxTime: startAt, output: meta.start_seconds}];
   run.nextTime = startAt + Math.max(0, duration - xfade);
   gain.gain.setValueAtTime(0, startAt);
   gain.gain.linearRampToValueAtTime(1, startAt + xfade);
@@ -253,6 +243,59 @@ async function schedule(ctx, out, message) {
   showChunk(meta.chunk_index, meta.real_time_factor, run.nextTime - ctx.currentTime);
   showLate();
   if (meta.notice) showNotice(meta.notice);
+}
+
+/** The session's output time that the AudioContext played at `ctxTime`, or null before the first chunk. */
+function outputTime(ctxTime) {
+  if (!run.anchors.length) return null;
+  let anchor = run.anchors[0];
+  for (const a of run.anchors) if (a.ctxTime <= ctxTime) anchor = a;
+  return anchor.output + (ctxTime - anchor.ctxTime);
+}
+
+// -- play along: the microphone / line-in ---------------------------------------------------------------------------
+/** 200 ms of the player's input: on /ws/jam an `input` message placed where the player heard the music when they
+ * played it (the context's output latency taken off); over WebRTC the track carries it and this only meters it. */
+function sendInput({time, sampleRate, samples}) {
+  if (!run || run.via !== "websocket" || !run.ws || run.ws.readyState !== WebSocket.OPEN) return;
+  const heardAt = outputTime(time - (run.ctx.outputLatency || 0));
+  if (heardAt === null || heardAt < 0) return; // before the first chunk plays there is nothing to play along with
+  if (run.ws.bufferedAmount > MAX_UNSENT_BYTES) { // the link is slower than the input: drop, do not queue
+    if (!run.inputDropped++) log("input dropped: the connection is not keeping up", "warning");
+    setText("input-state", `${run.inputDropped} input message(s) dropped: the connection is not keeping up`, "warn");
+    return;
+  }
+  run.ws.send(JSON.stringify({type: "input", time: Number(heardAt.toFixed(4)), sample_rate: sampleRate, channels: 1,
+    audio: pcm16Base64(samples)}));
+  run.inputSent += 1;
+  setText("input-state", `${run.inputSent} × ${(samples.length / sampleRate).toFixed(2)} s sent`, "good");
+}
+
+async function toggleMic() {
+  const button = $("mic");
+  if (mic.track) {
+    mic.stop();
+    if (run && run.micSender) run.micSender.replaceTrack(null);
+  } else {
+    button.disabled = true;
+    try {
+      await mic.start(audioContext());
+      if (run && run.micSender) await run.micSender.replaceTrack(mic.track);
+      log(`input on: ${mic.track.label || "microphone"}`);
+    } catch (err) {
+      log(`microphone / line-in unavailable: ${err.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+  button.setAttribute("aria-pressed", String(Boolean(mic.track)));
+  button.textContent = `Microphone / line-in: ${mic.track ? "on" : "off"}`;
+  showInputState();
+}
+
+function showInputState() {
+  const where = run && run.via === "webrtc" ? "on the WebRTC track" : "on";
+  setText("input-state", mic.track ? where : "off", mic.track ? "good" : "");
 }
 
 // The whole jam, decoded afresh from its tokens on the server (kept a while after the session ends).
@@ -266,7 +309,9 @@ function offerRecording(sessionId) {
 // -- controls -----------------------------------------------------------------------------------------------------
 async function play() {
   if (run) return;
-  run = {startedAt: performance.now(), chunks: 0, underruns: 0, late: 0, sent: params()};
+  const sent = params();
+  if (!sent) { log("turn up at least one prompt to play", "error"); return; }
+  run = {startedAt: performance.now(), chunks: 0, underruns: 0, late: 0, sent, inputSent: 0, inputDropped: 0};
   playing(true);
   ["ttfa", "buffer", "late", "rtf", "chunks", "ack"].forEach((id) => setText(id, "–"));
   const transport = $("transport").value;
@@ -275,22 +320,25 @@ async function play() {
     setText("state", "connecting");
     try {
       await playWebRTC();
+      showInputState();
       return;
     } catch (err) {
       log(`WebRTC: ${err.message}`, "error");
       if (err.refused || transport === "webrtc") { finish(err.message); return; }
       log("falling back to the WebSocket (/ws/jam)", "warning");
       closeTransport();
-      Object.assign(run, {pc: null, channel: null});
+      Object.assign(run, {pc: null, channel: null, micSender: null});
     }
   }
   setText("via", "WebSocket (/ws/jam)");
   playWebSocket();
+  showInputState();
 }
 
 function sendUpdate() {
   if (!run) return;
   const now = params(), changes = {};
+  if (!now) { setText("ack", "turn up at least one prompt", "warn"); return; }
   for (const key of Object.keys(now)) if (now[key] !== run.sent[key]) changes[key] = now[key];
   if (changes.styles !== undefined && changes.style_weights === undefined) changes.style_weights = now.style_weights;
   if (!Object.keys(changes).length) { setText("ack", "nothing changed"); return; }
@@ -300,6 +348,19 @@ function sendUpdate() {
   else { log("not connected yet: change not sent", "warning"); return; }
   run.sent = now;
   setText("ack", "sent, waiting for acknowledgement…");
+}
+
+/** Sends the changes now, then at most once per UPDATE_EVERY_MS while a knob keeps turning (the last one included). */
+function scheduleUpdate() {
+  if (!run) return;
+  if (run.updateTimer) { run.updatePending = true; return; }
+  sendUpdate();
+  const timer = setTimeout(() => {
+    if (!run || run.updateTimer !== timer) return;
+    run.updateTimer = null;
+    if (run.updatePending) { run.updatePending = false; scheduleUpdate(); }
+  }, UPDATE_EVERY_MS);
+  run.updateTimer = timer;
 }
 
 function stop() {
@@ -313,7 +374,8 @@ function closeTransport() {
   if (run.statsTimer) clearInterval(run.statsTimer);
   if (run.pc) setTimeout(((pc) => () => pc.close())(run.pc), 300); // lets the stop message leave first
   if (run.ws) run.ws.close();
-  if (run.ctx) run.ctx.close();
+  if (run.out) run.out.disconnect(); // the page's AudioContext stays: the microphone may be using it
+  if (run.updateTimer) clearTimeout(run.updateTimer);
   $("audio").srcObject = null;
 }
 
@@ -326,11 +388,19 @@ function finish(reason) {
   playing(false);
 }
 
-for (const [id, digits] of [["temperature", 2], ["topk", 0], ["guidance", 1]]) {
+const midi = new Midi();
+const prompts = new Prompts(midi, scheduleUpdate);
+const mic = new Mic(sendInput, $("input-level"), $("input-level-value"), () => Number($("input-gain").value));
+
+for (const [id, digits, label] of [["temperature", 2, "temperature"], ["topk", 0], ["guidance", 1, "guidance"],
+  ["input-gain", 2, "input gain"]]) {
   const input = $(id);
-  input.addEventListener("input", () => { $(`${id}-value`).textContent = Number(input.value).toFixed(digits); });
-  input.addEventListener("change", () => { if (run) sendUpdate(); }); // on release (mouse) or each key step
+  const show = () => { $(`${id}-value`).textContent = Number(input.value).toFixed(digits); };
+  input.addEventListener("input", () => { show(); scheduleUpdate(); });
+  if (label) midi.slider(input, label, $(`${id}-cc`), () => { show(); scheduleUpdate(); });
 }
+$("input-mode").addEventListener("change", scheduleUpdate);
+$("mic").addEventListener("click", toggleMic);
 $("controls").addEventListener("submit", (event) => { event.preventDefault(); run ? sendUpdate() : play(); });
 $("play").addEventListener("click", play);
 $("stop").addEventListener("click", stop);

@@ -35,9 +35,8 @@ def test_page_plays_over_webrtc_and_steers(server, page, tmp_path):
     page.wait_for_function("document.getElementById('ttfa').textContent.endsWith(' s')", timeout=30_000)
     assert text(page, "#via") == "WebRTC (Opus)" and text(page, "#state") == "connected"
     page.wait_for_function(f"({BYTES_RECEIVED})().then((bytes) => bytes > 0)", timeout=10_000)
-    page.fill("#styles", "metal, ambient")
-    page.fill("#weights", "")
-    page.keyboard.press("Enter")  # submits the form: an update on the data channel
+    page.fill("li[data-id=p0] .prompt-text", "metal")
+    page.keyboard.press("Enter")  # renames the prompt and submits the form: an update on the data channel
     page.wait_for_function("document.getElementById('ack').textContent.includes('heard from chunk')",
                            timeout=20_000)
     assert text(page, "#ack").startswith("style_weights, styles")
@@ -53,13 +52,13 @@ def test_page_falls_back_to_ws_jam_when_webrtc_fails(server, page):
     # WebRTC breaking on the client's side (as a blocked or broken stack would): the page plays over /ws/jam
     page.add_init_script("RTCPeerConnection.prototype.createOffer = () => Promise.reject(new Error('blocked'))")
     page.goto(f"http://127.0.0.1:{server.port}/")
+    assert not page.is_visible("#download")  # no session yet, nothing to download
     page.click("#play")
     page.wait_for_function("document.getElementById('ttfa').textContent.endsWith(' s')", timeout=30_000)
     page.wait_for_function("Number(document.getElementById('chunks').textContent) >= 2", timeout=30_000)
     assert text(page, "#via") == "WebSocket (/ws/jam)"
     assert "falling back to the WebSocket" in text(page, "#log")
-    page.fill("#styles", "ambient")
-    page.fill("#weights", "")
+    page.fill("li[data-id=p1] .prompt-text", "ambient")
     page.click("#apply")
     page.wait_for_function("document.getElementById('ack').textContent.includes('heard from')", timeout=20_000)
     page.click("#stop")
