@@ -6,6 +6,7 @@ grows its KV cache by concatenation, and serves one request at a time. This deco
 - computes the cross-attention keys/values of a row's condition once, when the condition changes;
 - runs one forward for any contiguous range of rows, each row at its own position, so several sessions (and the
   conditional/unconditional rows of classifier-free guidance) share every weight read;
+- gives each row its own LoRA adapter, or none (`set_adapter`, engine.lm.lora), all in the same forward;
 - keeps a per-row prefix of condition embeddings before the audio tokens (musicgen-melody's prepended chroma), whose
   keys/values are computed once by `set_prefix` and survive `reset`, so a window roll-over re-prefills only tokens.
 Rows are slots; callers own the mapping from sessions to slots (see engine.runtime.scheduler). K (the number of
@@ -18,6 +19,7 @@ import typing as tp
 import torch
 import torch.nn.functional as F
 
+from engine.lm.lora import AdapterBank
 from engine.lm.precision import WEIGHT_FORMATS
 from engine.lm.supported import check_supported
 from engine.lm.transformer import Transformer
@@ -63,6 +65,23 @@ class StepDecoder:
         # Models that prepend a condition (melody) expect a prefix on every row, the null one when there is none:
         # set it on a stream's rows before their first forward (rows keep their previous occupant's prefix).
         self.uses_prefix = len(lm.fuser.fuse2cond["prepend"]) > 0
+        # Each row's LoRA adapter slot (engine.lm.lora.AdapterBank; 0: the base model), an input of every forward
+        # like the lengths, with its host copy (a forward where every row has 0 skips the adapters entirely).
+        self.adapter_rows = torch.zeros(max_rows, dtype=torch.long, device=self.device)
+        self.host_adapter_rows = [0] * max_rows
+
+    def attach_adapters(self, bank: tp.Optional["AdapterBank"]) -> None:
+        """Serves `bank`'s adapters on the rows that pick one (`set_adapter`); a new input of the step, so a
+        captured graph of it is captured again (cache_version)."""
+        self.transformer.lora = bank
+        self.cache_version += 1
+
+    def set_adapter(self, rows: slice, slot: int) -> None:
+        """Rows `rows` run with the adapter in `slot` of the attached bank from their next forward (0: none)."""
+        if slot and not isinstance(self.transformer.lora, AdapterBank):
+            raise ValueError("no adapter bank attached to this decoder")
+        self.adapter_rows[rows] = slot
+        self.host_adapter_rows[rows] = [slot] * (rows.stop - rows.start)
 
     def _cross_cache(self, steps: int) -> torch.Tensor:
         shape = (len(self.transformer.layers), self.max_rows, self.num_heads, steps, self.head_dim)
@@ -186,13 +205,13 @@ class StepDecoder:
         caches = [(self.keys, steps), (self.values, steps), (self.cross_keys, cross_steps),
                   (self.cross_values, cross_steps)]
         gathered = [cache[:, index, :, :length] for cache, length in caches]
-        counters = [self.lengths, self.cross_lengths, self.prefix_lengths]
+        counters = [self.lengths, self.cross_lengths, self.prefix_lengths, self.adapter_rows]
         gathered_counters = [counter[index] for counter in counters]
         for (cache, length), rows in zip(caches, gathered, strict=True):
             cache[:, targets, :, :length] = rows
         for counter, rows in zip(counters, gathered_counters, strict=True):
             counter[targets] = rows
-        for mirror in (self.host_lengths, self.host_prefix_lengths, self.host_cross_lengths):
+        for mirror in (self.host_lengths, self.host_prefix_lengths, self.host_cross_lengths, self.host_adapter_rows):
             moved = [mirror[source] for _, source in moves]
             for (target, _), value in zip(moves, moved, strict=True):
                 mirror[target] = value
@@ -266,6 +285,10 @@ class StepDecoder:
         padding = max(0, pad_to - n_rows)
         if padding:
             x = torch.cat([x, x.new_zeros(padding, steps, self.dim)])
+        adapters = None
+        if any(any(self.host_adapter_rows[rows]) for rows in groups):
+            adapters = torch.cat([self.adapter_rows[rows] for rows in groups]
+                                 + [self.adapter_rows.new_zeros(padding)])
 
         def per_group(attend: tp.Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
             outs = [attend(plan, *(t[start:stop] for t in inputs))
@@ -289,7 +312,7 @@ class StepDecoder:
                                                       attn_mask=cross_mask)
 
             x = self.transformer.layer(index, x, functools.partial(per_group, self_attend),
-                           functools.partial(per_group, cross_attend))
+                                       functools.partial(per_group, cross_attend), adapters)
         for rows, positions, *_ in plans:
             self.lengths[rows] = positions[:, -1] + 1
             self.advance_host(rows, steps)

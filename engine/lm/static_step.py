@@ -38,9 +38,11 @@ ROW_BUCKET = 8  # the smallest bucket, and what the decoder's rows are rounded u
 def step_function(decoder: StepDecoder, keys: list[torch.Tensor], values: list[torch.Tensor],
                   cross_keys: torch.Tensor, cross_values: torch.Tensor, cross_lengths: torch.Tensor,
                   lengths: torch.Tensor, tokens: torch.Tensor,
-                  active: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
+                  active: tp.Optional[torch.Tensor] = None,
+                  adapters: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
     """One token per row: tokens [R, K] -> logits [R, K, card] (float32); advances `lengths` [R] in place. With
     `active` [R] (bool), only the rows it marks step: the others' caches and lengths are left as they were.
+    `adapters` [R] is each row's LoRA slot (a view of the decoder's adapter_rows; None without a bank).
 
     `keys`/`values` (one [R, H, window, Dh] per layer), `cross_*` and `lengths` are views of the decoder's
     caches for the row range: views, so one compiled graph serves every range of the same size, and one per layer,
@@ -70,7 +72,7 @@ def step_function(decoder: StepDecoder, keys: list[torch.Tensor], values: list[t
         def cross_attend(q: torch.Tensor, index: int = index) -> torch.Tensor:
             return F.scaled_dot_product_attention(q, cross_keys[index], cross_values[index], attn_mask=cross_mask)
 
-        x = decoder.transformer.layer(index, x, self_attend, cross_attend)
+        x = decoder.transformer.layer(index, x, self_attend, cross_attend, adapters)
     lengths.add_(1 if active is None else active.long())
     return decoder.transformer.head(x).view(n_rows, n_codebooks, decoder.card).float()
 
@@ -214,7 +216,7 @@ class CapturableStep:
         d, rows = self.decoder, slice(region.start, region.start + bucket)
         return (d, list(d.keys[:, rows, :, :window]), list(d.values[:, rows, :, :window]), d.cross_keys[:, rows],
                 d.cross_values[:, rows], d.cross_lengths[rows], d.lengths[rows], self._tokens[rows],
-                self._active[rows])
+                self._active[rows], d.adapter_rows[rows] if d.transformer.lora is not None else None)
 
     def _graph(self, region: Region, bucket: int, window: int) -> _Captured:
         key = (region.start, bucket, window)

@@ -2,6 +2,9 @@
 (engine.lm.decoder) and the capturable step (engine.lm.static_step) differ only in how they keep and read the caches,
 which they pass in as attention callbacks.
 
+LoRA adapters (engine.lm.lora) are applied here, in `layer`, to every projection they target: `lora` is None (the
+base model), one adapter on all rows (training), or a bank of adapters each row picks from by an index tensor.
+
 The weights are copied once into the compute dtype (engine.lm.precision: float32, bfloat16, float16 or int8 with
 bf16 activations); the cross-attention key/value projection stays a plain tensor, used once per condition change.
 """
@@ -13,6 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from engine.lm.precision import Linear, activation_dtype
+
+
+class LoRA(tp.Protocol):
+    """What `Transformer.layer` asks of an adapter source (engine.lm.lora.SingleAdapter, AdapterBank)."""
+
+    def delta(self, index: int, target: str, h: torch.Tensor,
+              adapters: tp.Optional[torch.Tensor]) -> tp.Optional[torch.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class Transformer:
                 activation=layer.activation))
         self.out_norm = _norm(lm.out_norm, dtype) if lm.out_norm is not None else None
         self.heads = lin(torch.cat([linear.weight for linear in lm.linears]))  # all K output heads: [K*card, D]
+        self.lora: tp.Optional[LoRA] = None
 
     @property
     def weight_bytes(self) -> int:
@@ -92,23 +103,30 @@ class Transformer:
         return (self.positional_scale * self._positional(positions)).to(self.dtype)
 
     def layer(self, index: int, x: torch.Tensor, self_attend: tp.Callable[..., torch.Tensor],
-              cross_attend: tp.Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+              cross_attend: tp.Callable[[torch.Tensor], torch.Tensor],
+              adapters: tp.Optional[torch.Tensor] = None) -> torch.Tensor:
         """Transformer layer `index` on x [R, S, D] (pre-norm self-attention, cross-attention, feed-forward).
         `self_attend(q, k, v)` (each [R, H, S, Dh]) stores k
         and v and returns the attention over the row's cache; `cross_attend(q)` the attention over its
-        condition."""
+        condition. `adapters` [R] (long) is each row's adapter slot for a bank in `lora` (None: no row has one)."""
         layer = self.layers[index]
         n_rows, steps, _ = x.shape
+
+        def project(target: str, h: torch.Tensor) -> torch.Tensor:
+            y = getattr(layer, target)(h)
+            delta = None if self.lora is None else self.lora.delta(index, target, h, adapters)
+            return y if delta is None else y + delta
+
         h = F.layer_norm(x, (self.dim,), *layer.norm1[:2], eps=layer.norm1[2])
-        qkv = layer.qkv(h).view(n_rows, steps, 3, self.num_heads, self.head_dim)
+        qkv = project("qkv", h).view(n_rows, steps, 3, self.num_heads, self.head_dim)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [R, H, S, Dh]
-        x = x + layer.out(self_attend(q, k, v).transpose(1, 2).reshape(n_rows, steps, self.dim))
+        x = x + project("out", self_attend(q, k, v).transpose(1, 2).reshape(n_rows, steps, self.dim))
         if layer.cross_q is not None:
             h = F.layer_norm(x, (self.dim,), *layer.norm_cross[:2], eps=layer.norm_cross[2])
-            q = layer.cross_q(h).view(n_rows, steps, self.num_heads, self.head_dim).transpose(1, 2)
-            x = x + layer.cross_out(cross_attend(q).transpose(1, 2).reshape(n_rows, steps, self.dim))
+            q = project("cross_q", h).view(n_rows, steps, self.num_heads, self.head_dim).transpose(1, 2)
+            x = x + project("cross_out", cross_attend(q).transpose(1, 2).reshape(n_rows, steps, self.dim))
         h = F.layer_norm(x, (self.dim,), *layer.norm2[:2], eps=layer.norm2[2])
-        return x + layer.ff2(layer.activation(layer.ff1(h)))
+        return x + project("ff2", layer.activation(project("ff1", h)))
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """The last layer's output [R, S, D] -> logits [R, S, K * card]: the output norm, then all K heads."""
