@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from engine.lm.lora import SingleAdapter, new_adapter, save_adapter
 from engine.lm.transformer import Transformer
 from engine.loading.model import LoadedModel, load_model, pick_device
 from engine.loading.separator import load_separator
@@ -38,6 +39,7 @@ from engine.training.loop import (
 logger = logging.getLogger(__name__)
 
 FULL_FILE = "trained_model.th"
+ADAPTER_FILE = "adapter.safetensors"
 
 
 @dataclass
@@ -101,9 +103,13 @@ def fine_tune(dataset_path: Path, config: TrainingConfig, options: DatasetOption
     forward = TrainingForward(lm, transformer, checkpointing=on_gpu,
                               autocast_dtype=autocast_dtype(torch.device(model.device)))
     before = mean_cross_entropy(forward, tokens)
-    if config.method != "full":
-        raise ValueError("method lora needs engine.lm.lora (not merged yet)")
-    tensors = trainable_tensors(transformer)
+    if config.method == "lora":
+        adapter = new_adapter(lm, config.lora_rank, config.lora_alpha, requires_grad=True,
+                              training=dict(config.as_dict(), base=str(model.files.lm), segments=len(tokens.codes)))
+        transformer.lora = SingleAdapter(adapter)
+        tensors = list(adapter.weights.values())
+    else:
+        tensors = trainable_tensors(transformer)
     logger.info("training %s: %d trainable parameters, %d updates of batch %d", config.method,
                 sum(t.numel() for t in tensors), config.total_updates, config.batch_size)
     stats = run_updates(forward, tensors, tokens, config, cancelled)
@@ -111,8 +117,12 @@ def fine_tune(dataset_path: Path, config: TrainingConfig, options: DatasetOption
         tensor.requires_grad_(False)
     after = mean_cross_entropy(forward, tokens)
     logger.info("cross-entropy of the training tokens: %.4f -> %.4f", before, after)
-    write_back(transformer, lm)
-    path = save_full(lm, out_dir / FULL_FILE)
+    if config.method == "lora":
+        path = save_adapter(adapter, out_dir / ADAPTER_FILE)
+        logger.info("wrote %s (%.2f MB)", path, path.stat().st_size / 2**20)
+    else:
+        write_back(transformer, lm)
+        path = save_full(lm, out_dir / FULL_FILE)
     return TrainingResult(path, config.method, stats, before, after, len(tokens.codes))
 
 
