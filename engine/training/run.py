@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from engine.lm.lora import SingleAdapter, new_adapter, save_adapter
+from engine.lm.lora import SingleAdapter, load_adapter, merge, new_adapter, save_adapter
 from engine.lm.transformer import Transformer
 from engine.loading.model import LoadedModel, load_model, pick_device
 from engine.loading.separator import load_separator
@@ -132,3 +132,11 @@ def save_full(lm, path: Path) -> Path:
     torch.save({"xp.cfg": lm.cfg, "model": state}, path)
     logger.info("wrote %s (%.1f MB)", path, path.stat().st_size / 2**20)
     return path
+
+
+def merge_adapter_file(adapter: Path, out: Path, base: tp.Union[str, Path, None] = None) -> Path:
+    """Folds a LoRA adapter into its base checkpoint (engine.lm.lora `merge`, which refuses an adapter made for
+    other weights) and writes the full fine-tuner format, for tools that know no adapters (tools/merge_adapter)."""
+    model = load_for_training(base, "cpu")
+    merge(load_adapter(adapter), model.musicgen.lm)
+    return save_full(model.musicgen.lm, Path(out))
