@@ -5,7 +5,8 @@ What audiocraft's `LMModel.compute_predictions` and `MusicGenSolver._compute_cro
 layer in place of audiocraft's: the codes [B, K, T] become the delay pattern's sequence (the LM's own pattern
 provider, `keep_only_valid_steps`), the sequence's logits are mapped back to [B, K, T, card] with the pattern's
 validity mask, and the loss is the cross-entropy over the valid steps of each codebook, averaged over the K
-codebooks. Padded frames (segments shorter than the batch's longest) are masked out of the loss too.
+codebooks. Padded frames (segments shorter than the batch's longest) enter as the special token and are masked
+out of the loss, so a padded segment scores as it does alone.
 
 Conditions are the text conditioner's output (frozen, computed once per caption, engine.lm.conditions), attended as
 the decoder attends them: padded positions dropped and a null condition one zero position (engine.lm.decoder
@@ -114,15 +115,21 @@ class TrainingForward:
     def loss(self, codes: torch.Tensor, frames: torch.Tensor, captions: list[tp.Optional[str]]) -> torch.Tensor:
         """audiocraft's MusicGen loss of codes [B, K, T] whose first `frames` [B] frames are real: per codebook,
         the cross-entropy over its valid steps (padded frames excluded), averaged over the K codebooks."""
-        logits = self.sequence_logits(codes, captions)
+        real = torch.arange(codes.shape[-1], device=codes.device)[None, :] < frames[:, None]  # [B, T]
+        # padded frames enter the sequence as the special token, as frames past a shorter sequence's end do, so a
+        # padded row's logits are those of the row alone
+        inputs = torch.where(real[:, None, :], codes, torch.full_like(codes, self.lm.special_token_id))
+        logits = self.sequence_logits(inputs, captions)
         batch, steps, codebooks, card = logits.shape
-        index, valid = self.sequence_steps(codes.shape[-1])
+        index, _ = self.sequence_steps(codes.shape[-1])
         # one gather of the [B, K, T] predictions from the [B, S * K] rows of logits (per-codebook selects of the
         # whole logits cost a zero-filled copy each in the backward pass)
         rows = index * codebooks + torch.arange(codebooks, device=index.device)[:, None]  # [K, T]
         predicted = logits.reshape(batch, steps * codebooks, card).index_select(1, rows.view(-1))
         ce = F.cross_entropy(predicted.reshape(-1, card).float(), codes.reshape(-1), reduction="none")
-        real = torch.arange(codes.shape[-1], device=codes.device)[None, :] < frames[:, None]  # [B, T]
-        keep = (valid[None] & real[:, None, :]).float()  # [B, K, T]
+        # each row counts the steps its own length makes valid (keep_only_valid_steps of a [K, frames] sequence)
+        keep = torch.zeros(batch, codebooks, codes.shape[-1], device=codes.device)
+        for row, length in enumerate(frames.tolist()):
+            keep[row, :, :length] = self.sequence_steps(length)[1].float()
         per_codebook = (ce.view_as(keep) * keep).sum(dim=(0, 2)) / keep.sum(dim=(0, 2))
         return per_codebook.mean()
