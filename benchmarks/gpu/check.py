@@ -36,6 +36,7 @@ import torch
 
 from benchmarks.gpu.models import MODEL_RESERVE_SECONDS, model_section, plan_for
 from benchmarks.gpu.report import Report
+from benchmarks.gpu.training import training_section
 
 logger = logging.getLogger("gpu_check")
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace) -> dict:
         report.section("cuda_tests", lambda f: cuda_tests(f, timeout=max(30.0, min(args.tests_seconds,
                                                                                   report.left() - 60))),
                        needs_seconds=30)
-    names = list(plan.models)
+    names = [] if args.skip_models else list(plan.models)
     for index, name in enumerate(names):
         reserve = MODEL_RESERVE_SECONDS * (len(names) - index - 1)
         report.section(name, lambda f, name=name, reserve=reserve: model_section(
@@ -205,6 +206,9 @@ def run(args: argparse.Namespace) -> dict:
         gc.collect()  # the model of the section just ended, before the next one is built
         if device == "cuda":
             torch.cuda.empty_cache()
+    if args.training_updates:
+        report.section("training", lambda f: training_section(f, device, args.training_updates, report, args.tiny),
+                       needs_seconds=60)
     report.data["finished"] = True
     report.write()
     return report.data
@@ -218,6 +222,9 @@ def main() -> None:
     parser.add_argument("--budget-seconds", type=float, default=400.0)
     parser.add_argument("--tests-seconds", type=float, default=120.0, help="at most this long for the CUDA tests")
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--skip-models", action="store_true", help="no model sections (e.g. a training-only run)")
+    parser.add_argument("--training-updates", type=int, default=0,
+                        help="the training section (benchmarks/gpu/training.py) with this many updates; 0: none")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("xformers").setLevel(logging.ERROR)

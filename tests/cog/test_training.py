@@ -9,10 +9,10 @@ import uuid
 import pytest
 import requests
 
-from tests.cog.test_http import wait_final, webhook  # noqa: F401 (the webhook receiver fixture)
 from tests.support.cog_server import CogServer, predict, wait_ready
 from tests.support.datasets import clip_dataset
 from tests.support.helpers import data_uri_bytes
+from tests.support.webhooks import wait_final, wait_for, webhook_receiver
 
 FINE_TUNER_INPUTS = ["dataset_path", "auto_labeling", "drop_vocals", "one_same_description", "epochs",
                      "updates_per_epoch", "batch_size", "optimizer", "lr", "lr_scheduler", "warmup", "cfg_p"]
@@ -68,19 +68,19 @@ def test_a_bad_dataset_fails_the_training_naming_the_problem_and_the_server_trai
     assert requests.get(f"{trainer.url}/health-check", timeout=5).json()["status"] == "READY"
 
 
-def test_cancel_stops_a_training(trainer, tmp_path, webhook):  # noqa: F811 (the fixture)
-    url, events = webhook
+def test_cancel_stops_a_training(trainer, tmp_path):
+    with webhook_receiver() as (url, events):
+        cancel_mid_training(trainer, tmp_path, url, events)
+
+
+def cancel_mid_training(trainer, tmp_path, url, events) -> None:
     training_id = f"train-{uuid.uuid4().hex[:8]}"
     wait_ready(trainer)
     inputs = dict(QUICK, dataset_path=data_uri(clip_dataset(tmp_path)), updates_per_epoch=10000)
     response = requests.put(f"{trainer.url}/trainings/{training_id}", json={"input": inputs, "webhook": url},
                             headers={"Prefer": "respond-async"}, timeout=30)
     assert response.status_code == 202, response.text
-    started = time.monotonic()
-    while time.monotonic() - started < 120:  # until the loop runs (its first progress line), then cancel
-        event = events.get(timeout=120)
-        if "update " in (event.get("logs") or ""):
-            break
+    wait_for(events, lambda event: "update " in (event.get("logs") or ""), "with a training update", 120)
     assert requests.post(f"{trainer.url}/trainings/{training_id}/cancel", timeout=10).status_code == 200
     final = wait_final(events, timeout=120)
     assert final["status"] == "canceled"
