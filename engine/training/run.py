@@ -22,9 +22,9 @@ import torch
 from engine.lm.lora import SingleAdapter, load_adapter, merge, new_adapter, save_adapter
 from engine.lm.transformer import Transformer
 from engine.loading.model import LoadedModel, load_model, pick_device
-from engine.loading.separator import load_separator
+from engine.loading.separator import load_separator, separator_path
 from engine.training.config import TrainingConfig
-from engine.training.dataset import DatasetOptions, load_segments, unpack
+from engine.training.dataset import DatasetError, DatasetOptions, load_segments, unpack
 from engine.training.forward import TrainingForward
 from engine.training.loop import (
     TokenSet,
@@ -72,10 +72,19 @@ def encode(model: LoadedModel, segments: list) -> TokenSet:
     return TokenSet(codes, [segment.caption for segment in segments])
 
 
+def vocal_separator(device: str):
+    """htdemucs from its local weights (the melody checkpoints' separator), or a DatasetError saying how to get it."""
+    path = separator_path()
+    if not path.is_file():
+        raise DatasetError(f"drop_vocals needs the htdemucs stem separator at {path}, which this image lacks: fetch "
+                           "it with `python -m weights.fetch --model melody`, or train with drop_vocals=false")
+    return load_separator(path).to(device)
+
+
 def prepare_tokens(model: LoadedModel, dataset_path: Path, options: DatasetOptions, workdir: Path) -> TokenSet:
     """Unpacks, checks and encodes the dataset (DatasetError names any problem)."""
     files = unpack(dataset_path, workdir / "dataset", options.max_bytes)
-    separator = load_separator().to(model.device) if options.drop_vocals else None
+    separator = vocal_separator(model.device) if options.drop_vocals else None
     segments = load_segments(files, workdir / "dataset", model.sample_rate, model.channels, options, separator)
     if not segments:
         raise ValueError("the dataset has no segment of 5 s or more")  # unreachable: load_segments refuses short files

@@ -9,7 +9,7 @@ from engine.lm.lora import AdapterError, new_adapter, save_adapter
 from engine.lm.transformer import Transformer
 from engine.loading.model import load_model
 from engine.training.config import TrainingConfig
-from engine.training.dataset import DatasetOptions
+from engine.training.dataset import DatasetError, DatasetOptions
 from engine.training.forward import TrainingForward
 from engine.training.loop import TrainingCancelled
 from engine.training.run import fine_tune, load_for_training, merge_adapter_file
@@ -126,6 +126,16 @@ def test_cancel_stops_between_two_updates_and_writes_nothing(demo_dir, dataset, 
     with pytest.raises(TrainingCancelled, match="cancelled after 2 of 16 updates"):
         fine_tune(dataset, config, CAPTIONED, source=demo_dir, out_dir=tmp_path, device="cpu", cancelled=cancelled)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_drop_vocals_without_the_separators_weights_says_how_to_get_them(demo_dir, dataset, tmp_path):
+    from engine.loading.separator import separator_path
+
+    if separator_path().is_file():
+        pytest.skip("this machine has the htdemucs weights")
+    with pytest.raises(DatasetError, match="drop_vocals needs the htdemucs stem separator .* weights.fetch"):
+        fine_tune(dataset, TrainingConfig(**QUICK), DatasetOptions(drop_vocals=True), source=demo_dir,
+                  out_dir=tmp_path, device="cpu")
 
 
 @pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", 65), ("cfg_p", 1.5), ("method", "qlora")])
