@@ -60,6 +60,11 @@ class EngineConfig:
     compile_step: str = AUTO
     # seconds between handing freed host memory back to the system (engine.runtime.host_memory); 0 turns it off
     trim_seconds: float = TRIM_SECONDS
+    # LoRA adapters served beside the base model (engine.runtime.adapters): the folder scanned for *.safetensors,
+    # how many are resident at once, and the highest rank they may have (the bank is preallocated at slots x rank)
+    adapters_dir: tp.Optional[str] = None  # None: weights/adapters
+    adapter_slots: int = 8
+    adapter_max_rank: int = 16
 
     def __post_init__(self) -> None:
         if self.max_sessions is not None and self.max_sessions < 0:
@@ -76,6 +81,8 @@ class EngineConfig:
                               f"got {self.compile_step!r}")
         if self.trim_seconds < 0:
             raise ConfigError("MUSICGEN_TRIM_SECONDS must be >= 0 (0 turns the trim off)")
+        if self.adapter_slots < 1 or self.adapter_max_rank < 1:
+            raise ConfigError("MUSICGEN_ADAPTER_SLOTS and MUSICGEN_ADAPTER_MAX_RANK must be >= 1")
         if self.prefill_slice_steps < 1:
             raise ConfigError("prefill_slice_steps must be >= 1")
         if not 0 <= self.mbd_overlap_seconds < self.mbd_window_seconds:
@@ -127,6 +134,15 @@ class EngineConfig:
             trim_seconds = float(trim)
         except ValueError:
             raise ConfigError(f"MUSICGEN_TRIM_SECONDS must be a number of seconds, got {trim!r}") from None
+        adapters = {}
+        for name, key in (("MUSICGEN_ADAPTER_SLOTS", "adapter_slots"),
+                          ("MUSICGEN_ADAPTER_MAX_RANK", "adapter_max_rank")):
+            if environ.get(name):
+                try:
+                    adapters[key] = int(environ[name])
+                except ValueError:
+                    raise ConfigError(f"{name} must be an integer, got {environ[name]!r}") from None
         return cls(max_sessions=max_sessions, max_predictions=max_predictions,
                    weight_format=environ.get("MUSICGEN_WEIGHT_FORMAT", AUTO),
-                   compile_step=environ.get("MUSICGEN_COMPILE_STEP", AUTO), trim_seconds=trim_seconds)
+                   compile_step=environ.get("MUSICGEN_COMPILE_STEP", AUTO), trim_seconds=trim_seconds,
+                   adapters_dir=environ.get("MUSICGEN_ADAPTERS_DIR") or None, **adapters)

@@ -5,6 +5,7 @@
     session = engine.open_session(settings, seed)       # next_chunk() -> Future[Chunk], update(), close()
     rendering = engine.codec.render(tokens, mbd=False)        # next_piece() -> Future[audio | None]
     engine.health(), engine.describe(), engine.close()
+    engine.models()                                     # the LoRA adapters served beside the base model
 
 Inside, two worker threads touch the model: the LM thread (jobs, and between them batched decode steps of every
 live stream) and the codec thread (encode, streaming decode, MultiBand Diffusion). Modules of this package reach
@@ -25,7 +26,10 @@ from engine.config import MAX_PROMPT_TOKENS, EngineConfig
 from engine.lm.precision import choose_weight_format
 from engine.lm.static_step import choose_step_mode
 from engine.loading.model import LoadedModel, load_model
+from engine.loading.paths import WEIGHTS_DIR
+from engine.params import RequestError, model_choice
 from engine.runtime import memory
+from engine.runtime.adapters import AdapterLibrary
 from engine.runtime.admission import PredictionSlots
 from engine.runtime.context import Runtime
 from engine.runtime.host_memory import HostMemoryTrim
@@ -122,6 +126,13 @@ class Engine:
                         self.weight_format, self.weight_format_reason, decoder.weight_bytes / 2**20,
                         decoder.cache_bytes / 2**20, decoder.max_rows, decoder.max_steps)
             logger.info("decode step: %s (%s)", self.step_mode, self.step_mode_reason)
+        # LoRA adapters in the folder serve beside the base model (engine.runtime.adapters); made before the graphs
+        # are captured, so a bank present at start is part of them
+        self.adapters: tp.Optional[AdapterLibrary] = None
+        if decoder is not None:
+            folder = Path(config.adapters_dir) if config.adapters_dir else WEIGHTS_DIR / "adapters"
+            self.adapters = AdapterLibrary(lm, decoder, folder, config.adapter_slots, config.adapter_max_rank,
+                                           lambda fn: self.lm_worker.call(fn).result())
         if self._replays_graphs:
             with self.codec_worker.paused():  # every graph now, before any stream: none is captured while one plays
                 self.lm_worker.call(self.scheduler.capturable.capture_all).result()
@@ -180,6 +191,26 @@ class Engine:
                 "streaming": self.streaming_unavailable is None,
                 "streaming_unavailable": self.streaming_unavailable}
 
+    def models(self) -> list[str]:
+        """The LoRA adapters that serve here (the folder is scanned again: new files appear without a restart)."""
+        return self.adapters.names() if self.adapters is not None else []
+
+    def _acquire_adapter(self, model: tp.Optional[str]) -> int:
+        """The slot of the adapter `model` names (engine.params.model_choice; 0: the base model), held until
+        released; RequestError says why it cannot serve."""
+        try:
+            name = model_choice(model)
+            if name is None:
+                return 0
+            if self.adapters is None:
+                raise RequestError(f"model {name!r}: this checkpoint serves no adapters "
+                                   f"({self.streaming_unavailable})")
+            return self.adapters.acquire(name)
+        except RequestError:
+            raise
+        except ValueError as exc:  # ParamError, UnknownModel, AdapterError
+            raise RequestError(str(exc)) from None
+
     def health(self) -> Health:
         problem = self.lm_worker.problem or self.codec_worker.problem
         return Health(ok=problem is None, problem=problem)
@@ -205,26 +236,42 @@ class Engine:
         self._require_healthy()
         prepared = batch.prepare(request, self.runtime)
         if reference or self.streaming_unavailable is not None:
+            if model_choice(request.model) is not None:
+                raise RequestError("model: adapters serve on the step decoder only, not on audiocraft's generate")
             return prediction.start_reference(self.runtime, prepared)
-        return self.predictions.admit(prediction.Prediction(self.runtime, prepared))
+        slot = self._acquire_adapter(request.model)
+        try:
+            job = self.predictions.admit(prediction.Prediction(self.runtime, prepared, adapter=slot))
+        except BaseException:
+            if slot:
+                self.adapters.release(slot)
+            raise
+        if slot:
+            job.future.add_done_callback(lambda _: self.adapters.release(slot))
+        return job
 
     # -- live sessions -----------------------------------------------------------------------------------------
     def open_session(self, settings: SessionSettings, seed: int, prompt: tp.Optional[tuple[torch.Tensor, int]] = None,
                      melody: tp.Optional[tuple[torch.Tensor, int]] = None) -> LiveSession:
         """A live jam session; blocks until the engine has taken it. `prompt` (wav [C, T], rate) is audio to
-        continue, `melody` (wav, rate) one to follow on melody models. Raises CapacityError when every slot is
-        in use, ValueError for settings or a melody the model cannot take, EngineUnavailable when unhealthy."""
+        continue, `melody` (wav, rate) one to follow on melody models; `settings.model` names the LoRA adapter it
+        plays with (None: the base model). Raises CapacityError when every slot is in use,
+        ValueError for settings, a melody or a model the engine cannot take (RequestError for the model),
+        EngineUnavailable when unhealthy."""
         self._require_healthy()
         if self.streaming_unavailable is not None:
             # the reason first: Lyria carries it in a close reason, which is cut at 120 characters
             raise EngineUnavailable(f"this model cannot stream live sessions: {self.streaming_unavailable}")
         self.check_settings(settings)
+        slot = self._acquire_adapter(settings.model)
         with self._sessions_lock:
-            if self._admission_closed is not None:
-                raise CapacityError(self.config.max_sessions, self._admission_closed)
-            if self._sessions >= self.config.max_sessions:
-                raise CapacityError(self.config.max_sessions)
-            self._sessions += 1
+            refused = self._admission_closed is not None or self._sessions >= self.config.max_sessions
+            if not refused:
+                self._sessions += 1
+        if refused:
+            if slot:
+                self.adapters.release(slot)
+            raise CapacityError(self.config.max_sessions, self._admission_closed)
         released = threading.Event()
 
         def release() -> None:
@@ -232,9 +279,12 @@ class Engine:
                 released.set()
                 with self._sessions_lock:
                     self._sessions -= 1
+                if slot:
+                    self.adapters.release(slot)
 
         try:
-            return LiveSession.open(self.runtime, settings, seed, on_close=release, prompt=prompt, melody=melody)
+            return LiveSession.open(self.runtime, settings, seed, on_close=release, prompt=prompt, melody=melody,
+                                    adapter=slot)
         except BaseException:
             release()
             raise

@@ -85,6 +85,31 @@ NormalizationStrategy = tp.Literal[NORMALIZATION_STRATEGIES]
 OutputFormat = tp.Literal[OUTPUT_FORMATS]
 
 
+# -- which model: the base checkpoint or a LoRA adapter served beside it (engine.runtime.adapters) ----------------
+BASE_MODEL = "base"
+ModelName = tp.Annotated[str, Field(max_length=200)]  # what a client may send; model_choice reads it
+MAX_MODEL_NAME = 64
+_MODEL_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def model_choice(model: tp.Optional[str], base_names: tp.Iterable[str] = ()) -> tp.Optional[str]:
+    """The rule of every protocol's model parameter: the adapter it names, or None for the base model. None, "",
+    "base" and `base_names` (a protocol's names of the loaded checkpoint) mean the base; a "models/" or "owner/"
+    prefix is dropped (Lyria's `models/NAME`, a hub path); what remains is an adapter file's name without
+    `.safetensors`: letters, digits, '.', '_' and '-', at most 64. ParamError says what is wrong."""
+    if model is None:
+        return None
+    if not isinstance(model, str):
+        raise ParamError(f"model must be a string, got {_shown(model)}")
+    name = model.strip().rsplit("/", 1)[-1].removesuffix(".safetensors")
+    if name in ("", BASE_MODEL) or name in set(base_names) or model.strip() in set(base_names):
+        return None
+    if len(name) > MAX_MODEL_NAME or not set(name) <= _MODEL_NAME_CHARS or name.startswith("."):
+        raise ParamError(f"model {_shown(model)} is not a model name (letters, digits, '.', '_' and '-', at most "
+                         f"{MAX_MODEL_NAME})")
+    return name
+
+
 class ParamError(ValueError):
     """Fields that break their rules: the text names the first; `unknown` lists the names a model with
     `extra="forbid"` refused, for the protocol's own wording of that."""
@@ -155,6 +180,7 @@ class BatchRequest:
     classifier_free_guidance: Guidance = 3.0
     output_format: OutputFormat = "wav"
     seed: tp.Optional[Seed] = None
+    model: tp.Optional[ModelName] = None  # a LoRA adapter's name (model_choice)
 
     @property
     def sampling(self) -> SamplingParams:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import adapters_bench
 from benchmarks.gpu.models import MODEL_RESERVE_SECONDS, model_section, plan_for
 from benchmarks.gpu.report import Report
 from benchmarks.gpu.training import training_section
@@ -206,6 +207,10 @@ def run(args: argparse.Namespace) -> dict:
         gc.collect()  # the model of the section just ended, before the next one is built
         if device == "cuda":
             torch.cuda.empty_cache()
+    # many fine-tunes at once: 8 sessions with 8 rank-16 LoRA adapters vs 8 with none (benchmarks/adapters_bench.py)
+    if not args.skip_models:
+        report.section("adapters", lambda f: f.update(adapters_bench.run(device, sessions=8, rank=16, context=500,
+                                                                         steps=20, rounds=5)), needs_seconds=90)
     if args.training_updates:
         report.section("training", lambda f: training_section(f, device, args.training_updates, report, args.tiny),
                        needs_seconds=60)

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from engine.lm.precision import Linear
+
 logger = logging.getLogger(__name__)
 
 FORMAT = "musicgen-lora-v1"
@@ -242,6 +244,12 @@ class AdapterBank:
                 self._a[(index, target)] = torch.zeros(width, in_features, dtype=dtype, device=self.device)
                 self._b[(index, target)] = torch.zeros(out_features, width, dtype=dtype, device=self.device)
         self.scales = torch.zeros(slots + 1, dtype=dtype, device=self.device)  # slot 0 stays 0
+        # the matmuls' weights as the decoder holds its own (engine.lm.precision.Linear): on a CPU in bfloat16
+        # prepacked for oneDNN (a plain bf16 F.linear repacks at every call), so rebuilt after each load; elsewhere
+        # the same tensors, written in place (a captured CUDA graph reads them)
+        self._format = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+        self._linears: dict[tuple[int, str], tuple[Linear, Linear]] = {}
+        self._pack()
         self._lm = lm
         self.names: list[tp.Optional[str]] = [None] * (slots + 1)
 
@@ -270,6 +278,11 @@ class AdapterBank:
                 self._b[(index, target)][:, columns] = pair[1].detach().to(self.device, self.dtype)
         self.scales[slot] = adapter.scale
         self.names[slot] = adapter.name
+        self._pack()
+
+    def _pack(self) -> None:
+        self._linears = {key: (Linear(a_all, self._format), Linear(self._b[key], self._format))
+                         for key, a_all in self._a.items()}
 
     def clear(self, slot: int) -> None:
         """Empties `slot` (its rows then run the base model)."""
@@ -279,15 +292,16 @@ class AdapterBank:
             self._b[key][:, columns].zero_()
         self.scales[slot] = 0
         self.names[slot] = None
+        self._pack()
 
     def delta(self, index: int, target: str, h: torch.Tensor,
               adapters: tp.Optional[torch.Tensor]) -> tp.Optional[torch.Tensor]:
         """The update of rows h [R, S, in] whose slots are `adapters` [R] (None: no row has one)."""
-        a_all = self._a.get((index, target))
-        if adapters is None or a_all is None:
+        linears = self._linears.get((index, target))
+        if adapters is None or linears is None:
             return None
         rank, n_rows = self.max_rank, h.shape[0]
         mask = F.one_hot(adapters, self.slots + 1)[:, 1:].to(h.dtype) * self.scales[1:]  # [R, N]: own slot's scale
-        low = F.linear(h, a_all)  # [R, S, N * r]
+        low = linears[0](h)  # [R, S, N * r]
         low = (low.view(n_rows, -1, self.slots, rank) * mask.view(n_rows, 1, self.slots, 1)).view(*low.shape)
-        return F.linear(low, self._b[(index, target)])
+        return linears[1](low)

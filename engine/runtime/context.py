@@ -61,9 +61,9 @@ class Runtime:
 
     def new_stream(self, conditioning: Conditioning, params: SamplingParams, seed: int,
                    prompt: tp.Optional[torch.Tensor] = None, target_frames: tp.Optional[int] = None,
-                   melody: tp.Optional[torch.Tensor] = None) -> Stream:
+                   melody: tp.Optional[torch.Tensor] = None, adapter: int = 0) -> Stream:
         return new_stream(self.model.musicgen.lm, conditioning, params, seed, self.window_frames,
-                          self.keep_frames, prompt, target_frames, melody)
+                          self.keep_frames, prompt, target_frames, melody, adapter)
 
     def melody_prefix_pieces(self, wav: torch.Tensor, sample_rate: int, duration_seconds: float = WINDOW_SECONDS,
                              offset_seconds: float = 0.0) -> Piece:

@@ -289,6 +289,7 @@ class Scheduler:
             texts = stream.conditioning.texts + [""]
             for offset, text in enumerate(texts):
                 self.decoder.set_condition(stream.rows.start + offset, *self._condition(text))
+            self.decoder.set_adapter(stream.rows, stream.adapter)
             stream.conditions_dirty = False
         if stream.pending_prefill == 0 and stream.frames.step + 1 > self.decoder.capacity(stream.rows):
             stream.roll_window()  # before a new prefix: its re-prefill is then the rolled window's

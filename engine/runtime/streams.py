@@ -43,6 +43,7 @@ class Stream:
     target_frames: tp.Optional[int] = None  # finite streams (batch predictions) stop here
     window_frames: tp.Optional[int] = None  # a finite stream's window: each one ends as audiocraft's does
     rows: slice = field(default_factory=lambda: slice(0, 0))
+    adapter: int = 0  # the LoRA adapter slot its rows run with (engine.runtime.adapters; 0: the base model)
     pending_prefill: int = 0  # sequence steps to feed (in slices of parallel forwards) before stepping
     prefilled: int = 0  # of those, steps already fed
     conditions_dirty: bool = True
@@ -146,7 +147,8 @@ def window_offsets(total_frames: int, window_frames: int, keep_frames: int) -> l
 
 def new_stream(lm, conditioning: Conditioning, params: SamplingParams, seed: int, window_frames: int,
                keep_frames: int, prompt: tp.Optional[torch.Tensor] = None,
-               target_frames: tp.Optional[int] = None, melody: tp.Optional[torch.Tensor] = None) -> Stream:
+               target_frames: tp.Optional[int] = None, melody: tp.Optional[torch.Tensor] = None,
+               adapter: int = 0) -> Stream:
     """A stream ready for the scheduler; `prompt` [K, P] are audio tokens to continue from, `melody` a chroma
     prefix (engine.codec.melody) on melody models."""
     delays = list(lm.pattern_provider.delays)
@@ -157,4 +159,4 @@ def new_stream(lm, conditioning: Conditioning, params: SamplingParams, seed: int
     frames.end = None if target_frames is None else _window_end(target_frames, window_frames)
     return Stream(conditioning=conditioning, params=params, seed=seed, frames=frames,
                   keep_frames=keep_frames, target_frames=target_frames, window_frames=window_frames,
-                  pending_prefill=steps, melody=melody)
+                  pending_prefill=steps, melody=melody, adapter=adapter)

@@ -38,8 +38,10 @@ class Prediction:
     `_on_frames` and `_cancel_on_engine` on the LM thread, the melody windows' analysis on the codec thread; the
     token lists are the LM thread's alone."""
 
-    def __init__(self, runtime: "Runtime", prepared: PreparedBatch) -> None:
+    def __init__(self, runtime: "Runtime", prepared: PreparedBatch, adapter: int = 0) -> None:
+        """`adapter`: the LoRA slot its rows run with (engine.runtime.adapters; 0: the base model)."""
         self.runtime = runtime
+        self.adapter = adapter
         self.prepared = prepared
         self.job = BatchJob(prepared)
         self.total_frames = int(prepared.total_seconds * runtime.model.frame_rate)
@@ -96,7 +98,7 @@ class Prediction:
         request = self.prepared.request
         stream = self.runtime.new_stream(Conditioning([request.prompt or ""], [1.0]), request.sampling,
                                         self.prepared.seed, prompt=prompt, target_frames=self.total_frames,
-                                        melody=melody)
+                                        melody=melody, adapter=self.adapter)
         stream.on_frames = self._on_frames
         stream.on_failed = lambda _, error: self.job.fail(RuntimeError(f"generation failed: {error}"))
         windowed_melody = melody is not None and len(self.offsets) > 1

@@ -56,8 +56,9 @@ class LiveSession:
     """Opened by `Engine.open_session`; `next_chunk()`, `update()` and `close()` may be called from any thread."""
 
     def __init__(self, runtime: "Runtime", settings: SessionSettings, seed: int, on_close: tp.Callable[[], None],
-                 overlap_seconds: float = 0.025) -> None:
+                 overlap_seconds: float = 0.025, adapter: int = 0) -> None:
         self.runtime = runtime
+        self.adapter = adapter  # the LoRA slot of every stream of this session (0: the base model)
         self.settings = settings
         self.overlap_seconds = overlap_seconds
         model = runtime.model
@@ -92,10 +93,10 @@ class LiveSession:
     @classmethod
     def open(cls, runtime: "Runtime", settings: SessionSettings, seed: int, on_close: tp.Callable[[], None],
              prompt: tp.Optional[tuple[torch.Tensor, int]] = None,
-             melody: tp.Optional[tuple[torch.Tensor, int]] = None) -> "LiveSession":
+             melody: tp.Optional[tuple[torch.Tensor, int]] = None, adapter: int = 0) -> "LiveSession":
         """Starts a session, optionally continuing an audio prompt and following a melody (each wav [C, T] with
-        its sample rate). Blocks until the engine has accepted it."""
-        session = cls(runtime, settings, seed, on_close)
+        its sample rate), on LoRA slot `adapter`. Blocks until the engine has accepted it."""
+        session = cls(runtime, settings, seed, on_close, adapter=adapter)
         tokens = prefix = None
         if melody is not None:
             prefix = run_in_pieces(runtime.codec_worker, runtime.melody_prefix_pieces(*melody), URGENT,
@@ -162,6 +163,9 @@ class LiveSession:
         the decoder has no rows for more styles (the settings in force then stay). Validates on the caller's
         thread first (ValueError)."""
         self.runtime.check_settings(settings)
+        if settings.model != self.settings.model:
+            raise ValueError(f"model: a session plays one model from its start ({self.settings.model or 'base'}); "
+                             f"open a new session for {settings.model or 'base'}")
         return self.runtime.lm_worker.call(lambda: self._apply("settings", settings))
 
     def set_melody(self, melody: tp.Optional[tuple[torch.Tensor, int]]) -> Landing:
@@ -193,7 +197,7 @@ class LiveSession:
     # -- LM thread ----------------------------------------------------------------------------------------------
     def _start(self, seed: int, tokens: tp.Optional[torch.Tensor], prefix: tp.Optional[torch.Tensor]) -> None:
         stream = self.runtime.new_stream(self.settings.conditioning, self.settings.params, seed, prompt=tokens,
-                                        melody=prefix)
+                                        melody=prefix, adapter=self.adapter)
         self._prompt_frames = 0
         if tokens is not None:
             stream.emitted_frames = self._prompt_frames = tokens.shape[-1]

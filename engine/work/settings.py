@@ -4,7 +4,7 @@ import math
 import typing as tp
 from dataclasses import dataclass, field
 
-from engine.params import ChunkSeconds, RampSeconds, SamplingParams, Styles, StyleWeights, checked
+from engine.params import ChunkSeconds, RampSeconds, SamplingParams, Styles, StyleWeights, checked, model_choice
 from engine.runtime.streams import Conditioning
 
 
@@ -18,6 +18,9 @@ class SessionSettings:
     params: SamplingParams = SamplingParams(temperature=1.1, top_k=40, guidance=3.0)
     chunk_seconds: float = 2.0
     ramp_seconds: float = 0.0  # a change of styles glides over this long (0: instant); engine.work.steering
+    # the LoRA adapter the session plays with (engine.params.model_choice: None is the base model); chosen when the
+    # session opens, for its whole life
+    model: tp.Optional[str] = None
     # what the caller made these settings from (e.g. Lyria's prompts and config), handed back on every chunk
     # generated with them; the engine never reads it, and it takes no part in comparisons
     source: tp.Any = field(default=None, compare=False, repr=False)
@@ -33,6 +36,7 @@ class SessionSettings:
             raise ValueError("style weights are too large: their sum is not a finite number")
         checked(ChunkSeconds, self.chunk_seconds, "chunk_seconds")
         checked(RampSeconds, self.ramp_seconds, "ramp_seconds")
+        object.__setattr__(self, "model", model_choice(self.model))  # "base", "models/x" -> None, "x"
 
     @property
     def conditioning(self) -> Conditioning:

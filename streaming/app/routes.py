@@ -125,8 +125,10 @@ def build_app(engine, config: ServerConfig, blocking: Executor, drain: Drain, jo
 
     routes = [Route("/health", health), Route("/ready", ready), Route("/admin/drain", start_drain, methods=["POST"]),
               WebSocketRoute("/ws/jam", jam), WebSocketRoute(lp.PATH, lyria),
-              *webrtc_routes(engine, config, blocking, notice, drain, registry), *gary_routes(gary, engine, config),
+              *webrtc_routes(engine, config, blocking, notice, drain, registry),
+              *gary_routes(gary, engine, config, registry),
               *recording_routes(engine, registry, config.token), *page_routes(),
-              *generate_routes(engine, jobs, notice, config.token, draining=lambda: drain.active),
+              *generate_routes(engine, jobs, notice, config.token, draining=lambda: drain.active,
+                               selected=lambda: registry.model),
               *jam_routes(engine, registry, blocking, notice, config.token)]
     return with_socketio(socketio_server(gary, config, connections), Starlette(routes=routes))

@@ -60,8 +60,10 @@ def prompt_text(params: BarParams) -> tuple[tp.Optional[str], float]:
     return ", ".join(ordered), guidance
 
 
-def generate_work(engine, request: GenerateRequest, notice: tp.Optional[str] = None) -> tp.Callable:
-    """The job (streaming.jobs.table) that answers one `/generate`: returns magenta-retry's response body."""
+def generate_work(engine, request: GenerateRequest, notice: tp.Optional[str] = None,
+                  model: tp.Optional[str] = None) -> tp.Callable:
+    """The job (streaming.jobs.table) that answers one `/generate`: returns magenta-retry's response body;
+    `model`: the adapter selected (magenta-retry's /model/select)."""
 
     def work(ctx) -> dict:
         wav, rate = decode_loop(request.loop)
@@ -80,7 +82,8 @@ def generate_work(engine, request: GenerateRequest, notice: tp.Optional[str] = N
             path.write_bytes(audio.wav_bytes(context, model_rate))
             result = ctx.generate(BatchRequest(prompt=text, input_audio=path, duration=duration, continuation=True,
                                                top_k=params.topk, temperature=params.temperature,
-                                               classifier_free_guidance=guidance, seed=request.seed),
+                                               classifier_free_guidance=guidance, seed=request.seed,
+                                               model=model),
                                   span=(0.0, PROGRESS_GENERATING))
         ctx.stage("postprocess", PROGRESS_GENERATING)
         new = result.wav[:, window:]

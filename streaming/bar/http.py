@@ -74,9 +74,11 @@ async def read_form(request: Request, file_field: tp.Optional[str]) -> tuple[dic
 
 
 def generate_routes(engine, jobs: JobTable, notice: tp.Optional[str], token: tp.Optional[str],
-                    draining: tp.Callable[[], bool] = lambda: False) -> list[Route]:
+                    draining: tp.Callable[[], bool] = lambda: False,
+                    selected: tp.Callable[[], tp.Optional[str]] = lambda: None) -> list[Route]:
     """`/generate` and `/progress` on the job table shared with the other poll APIs; while the replica drains
-    (`draining()`), new generations are refused with 503 (the running ones finish: the drain waits for them)."""
+    (`draining()`), new generations are refused with 503 (the running ones finish: the drain waits for them).
+    `selected()`: the adapter magenta-retry's /model/select chose (SessionRegistry.model)."""
 
     def check(request: Request) -> None:
         if not authorized(request.headers, request.query_params, token):
@@ -107,7 +109,7 @@ def generate_routes(engine, jobs: JobTable, notice: tp.Optional[str], token: tp.
                                      f"{bp.MAX_CHUNK_SECONDS:.0f} s can be generated at once",
                                 request_id=request_id)
             job = GenerateRequest(values=values, intro_bars_to_drop=drop, loop=data, request_id=request_id)
-            work = generate_work(engine, job, notice)
+            work = generate_work(engine, job, notice, selected())
             try:
                 jobs.submit(work, work_seconds=seconds * WORK_SECONDS_PER_BAR_SECOND, input_bytes=len(data),
                             job_id=request_id)

@@ -15,6 +15,7 @@ import logging
 import time
 import typing as tp
 from concurrent.futures import Executor
+from dataclasses import replace
 
 from engine.api import SessionClosed, random_seed
 from streaming.bar.generate import decode_loop
@@ -126,13 +127,15 @@ def serve(jam: RegisteredSession) -> BarSession:
     return bar
 
 
-async def open_source(engine, blocking: Executor, loop: bytes, raw: dict, seed: int) -> BarSource:
-    """Decodes the loop and opens a bar source on an engine slot (both on the blocking pool). Raises
+async def open_source(engine, blocking: Executor, loop: bytes, raw: dict, seed: int,
+                      model: tp.Optional[str] = None) -> BarSource:
+    """Decodes the loop and opens a bar source on an engine slot (both on the blocking pool), playing `model`
+    (the registry's selection: magenta-retry's /model/select). Raises
     ProtocolError (bad loop or parameters), CapacityError (no free slot), ValueError or EngineUnavailable; a
     caller cancelled meanwhile leaves the source to be closed as soon as it is open."""
     running = asyncio.get_running_loop()
     wav, rate = await running.run_in_executor(blocking, decode_loop, loop)
-    params = bar_params(raw, rate)
+    params = replace(bar_params(raw, rate), model=model)
     opening = running.run_in_executor(blocking, BarSource, engine, params, (wav, rate), seed)
     try:
         source = await asyncio.shield(opening)
@@ -147,7 +150,8 @@ async def open_jam(engine, registry, blocking: Executor, loop: bytes, raw: dict,
     """A bar session opened (`open_source`), registered as a `bar` session held by no connection (the HTTP
     routes' sessions, streaming.sessions.registry) and served; raises what `open_source` raises."""
     seed = random_seed() if seed is None else seed
-    jam = registry.open("bar", await open_source(engine, blocking, loop, raw, seed), seed, engine.describe(),
+    jam = registry.open("bar", await open_source(engine, blocking, loop, raw, seed, registry.model), seed,
+                        engine.describe(),
                         owner=None)
     serve(jam)
     return jam

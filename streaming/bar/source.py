@@ -48,6 +48,7 @@ class BarParams:
     guidance_weight: float = 1.1
     temperature: float = 1.1
     topk: int = 40
+    model: tp.Optional[str] = None  # the adapter (SessionRegistry.model, magenta-retry's /model/select)
 
     @property
     def clock(self) -> BarClock:
@@ -58,7 +59,8 @@ class BarParams:
         styles, weights, guidance = style_blend(self.styles, self.style_weights, self.loop_weight,
                                                 self.guidance_weight)
         return SessionSettings(styles=styles, weights=weights, chunk_seconds=MODEL_CHUNK_SECONDS,
-                           params=SamplingParams(temperature=self.temperature, top_k=self.topk, guidance=guidance))
+                           params=SamplingParams(temperature=self.temperature, top_k=self.topk, guidance=guidance),
+                           model=self.model)
 
 
 @dataclass(frozen=True)

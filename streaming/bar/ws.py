@@ -164,7 +164,7 @@ class BarSocket:
             try:
                 serve(await self.supervisor.open_with(
                     lambda: open_source(connection.engine, self.supervisor.blocking, command.loop,
-                                        command.raw_params, seed), seed))
+                                        command.raw_params, seed, connection.registry.model), seed))
             except CapacityError as exc:
                 await self.send(error_event("concurrency_limit_reached", limit=exc.limit))
                 await connection.close(CLOSE_TRY_AGAIN, "concurrency limit reached")

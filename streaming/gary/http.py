@@ -49,7 +49,8 @@ def failure(error: gp.GaryError) -> JSONResponse:
     return JSONResponse({"success": False, "error": str(error)}, status_code=error.status)
 
 
-def gary_routes(service: GaryService, engine, config: ServerConfig) -> list[Route]:
+def gary_routes(service: GaryService, engine, config: ServerConfig, registry) -> list[Route]:
+    """`registry` (streaming.sessions.registry) keeps magenta-retry's model selection for bar mode."""
     uploads = asyncio.Semaphore(UPLOADS_AT_ONCE)
     def allowed(request: Request) -> bool:
         return authorized(request.headers, request.query_params, config.token)
@@ -80,7 +81,8 @@ def gary_routes(service: GaryService, engine, config: ServerConfig) -> list[Rout
         return JSONResponse(service.models())
 
     async def config_route(request: Request) -> JSONResponse:
-        return JSONResponse(model_info.model_config(engine.describe(), engine.sessions_open, engine.health().ok))
+        return JSONResponse(model_info.model_config(engine.describe(), engine.sessions_open, engine.health().ok,
+                                                    registry.model))
 
     async def assets(request: Request) -> JSONResponse:
         return JSONResponse(model_info.assets_status())
@@ -91,7 +93,10 @@ def gary_routes(service: GaryService, engine, config: ServerConfig) -> list[Rout
 
     async def select(request: Request) -> JSONResponse:
         body = await read_json(request, max_bytes=64 * 1024)
-        return JSONResponse(model_info.select(body, engine.describe(), engine.health().ok))
+        answer, chosen = model_info.select(body, engine.describe(), engine.health().ok, engine.models())
+        if answer["ok"] and not answer["dry_run"]:
+            registry.model = chosen
+        return JSONResponse(answer)
 
     return [Route("/api/models", guarded(models)),
             Route("/api/juce/process_audio", guarded(submitter(gp.PROCESS)), methods=["POST"]),

@@ -54,7 +54,7 @@ class GaryService:
             params = gp.parse_params(body)
             data = self._input_audio(kind, body)
         wav, rate = self._decode(data)
-        self._check_model(params)
+        adapter = self._check_model(params)
         gp.check_input(wav, rate, params)
         if params.description:
             try:
@@ -63,7 +63,7 @@ class GaryService:
                 raise gp.GaryError(f"description: {exc}") from None
         with self._lock:
             params = gp.with_seed(params, self._rng)
-        work = self._work(kind, wav, rate, params)
+        work = self._work(kind, wav, rate, params, adapter)
         try:
             job_id = self.jobs.submit(work, work_seconds=gp.OUTPUT_SECONDS - params.prompt_duration,
                                       input_bytes=wav.numel() * wav.element_size(), owner=owner)
@@ -112,7 +112,7 @@ class GaryService:
         self.jobs.discard(key)
 
     def models(self) -> dict:
-        return model_info.models_listing(self.engine.describe())
+        return model_info.models_listing(self.engine.describe(), self.engine.models())
 
     # -- inside --------------------------------------------------------------------------------------------------
     def _input_audio(self, kind: str, body: dict) -> bytes:
@@ -134,10 +134,12 @@ class GaryService:
             raise gp.GaryError(f"audio_data: {exc}") from None
         return piece.wav, piece.sample_rate
 
-    def _check_model(self, params: gp.GaryParams) -> None:
-        error = model_info.unknown_model_error(params.model_name, self.engine.describe())
-        if error is not None:
-            raise gp.GaryError(error)
+    def _check_model(self, params: gp.GaryParams) -> tp.Optional[str]:
+        """The adapter `model_name` picks (None: the loaded checkpoint); GaryError when it names neither."""
+        try:
+            return model_info.chosen_adapter(params.model_name, self.engine.describe(), self.engine.models())
+        except ValueError as exc:
+            raise gp.GaryError(str(exc)) from None
 
     def _remember_seed(self, job_id: str, seed: int) -> None:
         self._seeds[job_id] = seed
@@ -145,7 +147,8 @@ class GaryService:
             for key in [k for k in self._seeds if self.jobs.status(k) is None]:
                 del self._seeds[key]
 
-    def _work(self, kind: str, wav, rate: int, params: gp.GaryParams) -> tp.Callable[[JobContext], dict]:
+    def _work(self, kind: str, wav, rate: int, params: gp.GaryParams,
+              adapter: tp.Optional[str] = None) -> tp.Callable[[JobContext], dict]:
         def work(ctx: JobContext) -> dict:
             prompt = gp.prompt_slice(kind, wav, rate, params.prompt_duration)
             with tempfile.TemporaryDirectory(prefix="gary-") as folder:
@@ -154,7 +157,7 @@ class GaryService:
                 request = BatchRequest(prompt=params.description, input_audio=path, continuation=True,
                                        duration=gp.OUTPUT_SECONDS - params.prompt_duration, top_k=params.top_k,
                                        temperature=params.temperature, classifier_free_guidance=params.cfg_coef,
-                                       seed=params.seed)
+                                       seed=params.seed, model=adapter)
                 result = ctx.generate(request, span=(0.0, 0.95))
             ctx.stage("encoding", 0.96)
             out = gp.assemble(kind, wav, rate, params.prompt_duration, result.wav, result.sample_rate)

@@ -30,6 +30,9 @@ class JamParams(BaseModel):
     max_decode_frames: rules.integer(1, MAX_DECODE_FRAMES) = MAX_DECODE_FRAMES
     seed: tp.Optional[rules.Seed] = None  # None or -1: the server picks one; start only
     style_ramp_seconds: rules.RampSeconds = 0.0
+    # a LoRA adapter served beside the base model, by name (engine.params.model_choice; None or "base": the base
+    # model); chosen at start, for the session's life
+    model: tp.Optional[rules.ModelName] = None
 
 
 PARAMS = tuple(JamParams.model_fields)
@@ -78,4 +81,4 @@ def settings_of(model: JamParams) -> SessionSettings:
     sampling = SamplingParams(temperature=model.temperature, top_k=model.topk, guidance=model.guidance_weight)
     return SessionSettings(styles=styles, weights=weights, params=sampling,
                        chunk_seconds=model.max_decode_frames / PROTOCOL_FRAME_RATE,
-                       ramp_seconds=model.style_ramp_seconds)
+                       ramp_seconds=model.style_ramp_seconds, model=model.model)

@@ -210,6 +210,9 @@ class JamProtocol:
             raise ProtocolError("update names no parameter to change")
         if "seed" in changes:
             raise ProtocolError("seed can only be set when the session starts: it fixes the whole session")
+        if "model" in changes and changes["model"] != self.params.get("model"):
+            raise ProtocolError("model can only be set when the session starts: a session plays one model from its "
+                                "start (start a new session for another)")
         if "styles" in changes and "style_weights" not in changes:
             changes["style_weights"] = None  # new styles without weights: equal weights
         merged = {**self.params, **changes}

@@ -119,6 +119,8 @@ class EndSession:
 
 Action = tp.Union[Send, StartSession, UpdateSession, RestartSession, PauseSession, ResumeSession, EndSession]
 SettingsCheck = tp.Callable[[SessionSettings], None]
+# Lyria's own model names: with these, setup.model asks for the base model (models/NAME of an adapter picks it)
+LYRIA_MODELS = ("lyria-realtime-exp", "lyria-realtime")
 
 
 def _seed_words(seed: tp.Optional[int]) -> str:
@@ -133,9 +135,12 @@ class LyriaProtocol:
     `session_id` is the id this connection's sessions are recorded under, told in `setupComplete.sessionId` (a
     field Google's SDK ignores). `seed_in_force` is the seed (as the client sent it; None: one the server picked)
     of the stream playing: a seed sent later applies to the next fresh context (RESET_CONTEXT, or STOP then PLAY),
-    and until then each chunk's sourceMetadata reports the one in force."""
+    and until then each chunk's sourceMetadata reports the one in force. `setup.model` (`models/NAME`) picks the
+    LoRA adapter NAME of `served_models()` (engine.params.model_choice; Lyria's own names are the base model)."""
 
     check_settings: SettingsCheck = lambda settings: None
+    served_models: tp.Callable[[], list[str]] = lambda: []
+    model: tp.Optional[str] = None  # the adapter setup chose (None: the base model)
     session_id: str = ""
     prompts: tp.Optional[Prompts] = None
     config: GenerationConfig = field(default_factory=GenerationConfig)
@@ -261,6 +266,13 @@ class LyriaProtocol:
             raise LyriaFatal("setup was already received; it must be sent once, first")
         if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
             raise LyriaFatal("setup.model must name a model, e.g. models/lyria-realtime-exp")
+        try:
+            self.model = rules.model_choice(body["model"], base_names=LYRIA_MODELS)
+        except ValueError as exc:
+            raise LyriaFatal(f"setup.{exc}") from None
+        if self.model is not None and self.model not in self.served_models():
+            served = ", ".join(f"models/{name}" for name in (LYRIA_MODELS[0], *self.served_models()))
+            raise LyriaFatal(f"setup.model {body['model'][:80]!r} is not served here; served: {served}")
         self.state = State.STOPPED
         return Send((json.dumps({"setupComplete": {"sessionId": self.session_id} if self.session_id else {}}),))
 
@@ -308,7 +320,7 @@ class LyriaProtocol:
         if prompts is None:
             return
         try:
-            self.check_settings(_settings(prompts, config))
+            self.check_settings(_settings(prompts, config, self.model))
         except ValueError as exc:
             raise LyriaFatal(f"clientContent.weightedPrompts: {exc}") from None
 
@@ -322,14 +334,14 @@ class LyriaProtocol:
     def settings(self) -> SessionSettings:
         """What the next chunk is generated with: prompts plus cues, and the sampling config."""
         assert self.prompts is not None, "settings() before prompts"
-        return _settings(self.prompts, self.config)
+        return _settings(self.prompts, self.config, self.model)
 
 
-def _settings(prompts: Prompts, config: GenerationConfig) -> SessionSettings:
+def _settings(prompts: Prompts, config: GenerationConfig, model: tp.Optional[str] = None) -> SessionSettings:
     cues = config.cues()
     texts = tuple(", ".join([t, *cues]) for t in prompts.texts)
     return SessionSettings(styles=texts, weights=prompts.weights, params=config.sampling(), chunk_seconds=CHUNK_SECONDS,
-                           source=(prompts, config))
+                           source=(prompts, config), model=model)
 
 
 def audio_chunk_message(pcm: bytes, prompts: Prompts, config: GenerationConfig, warning: tp.Optional[str] = None,

@@ -36,7 +36,8 @@ class LyriaConnection(Connection):
 
     def __init__(self, websocket, engine, config: ServerConfig, blocking: Executor, registry) -> None:
         super().__init__(websocket, engine, config, blocking, registry)
-        self.protocol = lp.LyriaProtocol(check_settings=engine.check_settings, session_id=registry.new_id())
+        self.protocol = lp.LyriaProtocol(check_settings=engine.check_settings, session_id=registry.new_id(),
+                                         served_models=engine.models)
 
     async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
         try:

@@ -87,6 +87,9 @@ class SessionRegistry:
     def __init__(self, resume_seconds: float, recordings: RecordingStore, prefix: str = "") -> None:
         self.resume_seconds = resume_seconds
         self.recordings = recordings
+        # the LoRA adapter bar mode's new sessions and generations play (None: the loaded checkpoint), chosen by
+        # magenta-retry's `POST /model/select` (streaming.gary.model_info.select); running sessions keep theirs
+        self.model: tp.Optional[str] = None
         self.prefix = f"{prefix}." if prefix else ""
         self.holding = resume_seconds > 0  # dropped sessions are held: False once the replica drains
         self.keeping = resume_seconds > 0  # HTTP-driven sessions are held between requests: False once drained

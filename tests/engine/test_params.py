@@ -155,7 +155,7 @@ def test_lyria_config_reads_camel_and_snake_case_and_null_as_the_default():
 
 def test_lyria_prompts_read_camel_and_snake_case():
     protocol = lp.LyriaProtocol()
-    protocol.receive_text(json.dumps({"setup": {"model": "m"}}))
+    protocol.receive_text(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
     protocol.receive_text(json.dumps({"client_content": {"weighted_prompts": [{"text": "a", "weight": 3}]}}))
     assert protocol.prompts.texts == ("a",)
     protocol.receive_text(json.dumps({"clientContent": {"weightedPrompts": [{"text": "b", "weight": 1},
@@ -200,7 +200,7 @@ def test_random_jam_start_and_update_raise_only_the_protocol_error(start, params
        prompts=VALUES)
 def test_random_lyria_config_and_prompts_raise_only_lyria_fatal(config, prompts):
     protocol = lp.LyriaProtocol()
-    protocol.receive_text(json.dumps({"setup": {"model": "m"}}))
+    protocol.receive_text(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
     for message in ({"musicGenerationConfig": config}, {"clientContent": {"weightedPrompts": prompts}}):
         try:
             protocol.receive_text(_text(message))
@@ -224,7 +224,7 @@ def test_random_bar_start_and_update_raise_only_the_protocol_error(params, chang
 
 def test_a_nested_field_is_named_by_its_path():
     protocol = lp.LyriaProtocol()
-    protocol.receive_text(json.dumps({"setup": {"model": "m"}}))
+    protocol.receive_text(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
     message = {"clientContent": {"weightedPrompts": [{"text": "a"}, {"text": ["b"], "weight": 1}]}}
     with pytest.raises(lp.LyriaFatal, match=r"^clientContent\.weightedPrompts\[1\]\.text must be a string"):
         protocol.receive_text(json.dumps(message))
@@ -270,9 +270,24 @@ def test_random_gary_requests_raise_only_gary_error(body, retry):
 
 def test_lyria_names_a_field_sent_in_snake_case_as_the_wire_does():
     protocol = lp.LyriaProtocol()
-    protocol.receive_text(json.dumps({"setup": {"model": "m"}}))
+    protocol.receive_text(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
     message = {"client_content": {"weighted_prompts": [{"text": "a", "weight": -1}]}}
     with pytest.raises(lp.LyriaFatal, match=r"^clientContent\.weightedPrompts\[0\]\.weight must be a number >= 0"):
         protocol.receive_text(json.dumps(message))
     with pytest.raises(lp.LyriaFatal, match="^musicGenerationConfig.muteBass must be true or false"):
         protocol.receive_text(json.dumps({"music_generation_config": {"mute_bass": "yes"}}))
+
+
+def test_the_model_rule_names_an_adapter_or_the_base():
+    """engine.params.model_choice, every protocol's `model`: the base by default or by name, an adapter by its file
+    name with a protocol's prefix dropped, and a clear error for what cannot be a name."""
+    from engine.params import ParamError, model_choice
+
+    assert [model_choice(m) for m in (None, "", "base", " base ")] == [None] * 4
+    assert model_choice("models/lyria-realtime-exp", base_names=("lyria-realtime-exp",)) is None
+    assert model_choice("thepatch/demo", base_names=("demo",)) is None
+    assert [model_choice(m) for m in ("funk", "models/funk", "owner/funk", "funk.safetensors")] == ["funk"] * 4
+    for bad, words in (("../x!", "is not a model name"), ("a" * 65, "is not a model name"), (".hidden", "not a"),
+                       (3, "model must be a string")):
+        with pytest.raises(ParamError, match=words):
+            model_choice(bad)

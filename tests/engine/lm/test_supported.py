@@ -84,7 +84,7 @@ def test_every_protocol_tells_the_client_why_no_session_starts(unsupported_engin
             next_of(ws, "pong")
 
         with connect(f"ws://127.0.0.1:{server.port}{lp.PATH}") as ws:
-            ws.send(json.dumps({"setup": {"model": "models/x"}}))
+            ws.send(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
             ws.recv(timeout=5)
             ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": "drone", "weight": 1}]}}))
             ws.send(json.dumps({"playbackControl": "PLAY"}))

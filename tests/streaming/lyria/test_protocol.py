@@ -46,7 +46,7 @@ def test_setup_must_come_first_and_once():
         lp.LyriaProtocol().receive_text(prompts(("x", 1)))
     protocol = ready()
     with pytest.raises(lp.LyriaFatal, match="already received"):
-        protocol.receive_text(json.dumps({"setup": {"model": "m"}}))
+        protocol.receive_text(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
     with pytest.raises(lp.LyriaFatal, match="setup.model"):
         lp.LyriaProtocol().receive_text(json.dumps({"setup": {}}))
 
@@ -181,7 +181,7 @@ def test_the_engine_check_refuses_prompts_before_anything_changes():
             raise ValueError("600 text tokens; the text encoder takes at most 512")
 
     protocol = lp.LyriaProtocol(check_settings=check)
-    protocol.receive_text(json.dumps({"setup": {"model": "m"}}))
+    protocol.receive_text(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
     protocol.receive_text(prompts(("short", 1.0)))
     with pytest.raises(lp.LyriaFatal, match="at most 512"):
         protocol.receive_text(prompts(("very long", 1.0)))

@@ -136,7 +136,7 @@ def test_the_reference_receiver_survives_filtered_prompts_and_play_before_prompt
 def test_notices_reach_raw_clients_beside_the_audio(server):
     """A raw client reads `warning` and `filteredPrompt` in the audio messages; no message comes without audio."""
     with connect(f"ws://127.0.0.1:{server.port}{lp.PATH}", max_size=None) as ws:
-        ws.send(json.dumps({"setup": {"model": "models/x"}}))
+        ws.send(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
         ws.recv(timeout=5)
         ws.send(json.dumps({"playbackControl": "PLAY"}))
         ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": "drone", "weight": 1},
@@ -168,7 +168,7 @@ def reported_seed(message: dict):
 def first_chunk(server, seed: int) -> np.ndarray:
     """The first second of a fresh session on `seed`."""
     with connect(f"ws://127.0.0.1:{server.port}{lp.PATH}", max_size=None) as ws:
-        ws.send(json.dumps({"setup": {"model": "models/x"}}))
+        ws.send(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
         ws.recv(timeout=5)
         ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": "drone", "weight": 1}]}}))
         ws.send(json.dumps({"musicGenerationConfig": {"seed": seed}}))
@@ -183,7 +183,7 @@ def test_a_seed_sent_mid_session_applies_at_reset_context(server):
     the seed that made them; after RESET_CONTEXT the stream is the one a session on that seed plays. A negative
     int32 seed is a seed like any other."""
     with connect(f"ws://127.0.0.1:{server.port}{lp.PATH}", max_size=None) as ws:
-        ws.send(json.dumps({"setup": {"model": "models/x"}}))
+        ws.send(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
         ws.recv(timeout=5)
         ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": "drone", "weight": 1}]}}))
         ws.send(json.dumps({"musicGenerationConfig": {"seed": 3}}))
@@ -220,7 +220,7 @@ def test_a_session_that_keeps_failing_closes_with_1011_and_the_reason(server, wo
 
     monkeypatch.setattr(Stream, "accept_tokens", accept)
     with connect(f"ws://127.0.0.1:{server.port}{lp.PATH}") as ws:
-        ws.send(json.dumps({"setup": {"model": "models/x"}}))
+        ws.send(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
         ws.recv(timeout=5)
         ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": f"{word} drone", "weight": 1}]}}))
         ws.send(json.dumps({"playbackControl": "PLAY"}))
@@ -241,7 +241,7 @@ def test_wrong_api_key_is_refused_with_1008(tls_server, monkeypatch):
             ws.recv(timeout=5)
         assert ws.close_code == 1008
     with connect(f"wss://127.0.0.1:{tls_server.port}{lp.PATH}?key={TOKEN}", ssl=context) as ws:
-        ws.send(json.dumps({"setup": {"model": "models/x"}}))
+        ws.send(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
         assert set(json.loads(ws.recv(timeout=5))["setupComplete"]) == {"sessionId"}
 
 
@@ -256,7 +256,7 @@ def test_out_of_order_message_closes_with_a_reason(server):
 def test_stream_is_continuous_at_48k_and_pause_keeps_position(server):
     """Chunks join without seams after resampling; a pause does not skip audio."""
     with connect(f"ws://127.0.0.1:{server.port}{lp.PATH}") as ws:
-        ws.send(json.dumps({"setup": {"model": "models/x"}}))
+        ws.send(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
         ws.recv(timeout=5)
         ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": "drone", "weight": 1}]}}))
         ws.send(json.dumps({"musicGenerationConfig": {"seed": 3}}))
@@ -294,7 +294,7 @@ def test_each_chunk_carries_the_prompts_it_was_generated_with(server):
                 if "serverContent" in message:
                     return message
 
-        ws.send(json.dumps({"setup": {"model": "models/x"}}))
+        ws.send(json.dumps({"setup": {"model": "models/lyria-realtime-exp"}}))
         ws.recv(timeout=5)
         ws.send(json.dumps({"clientContent": {"weightedPrompts": [{"text": "drone", "weight": 1}]}}))
         ws.send(json.dumps({"musicGenerationConfig": {"seed": 3, "temperature": 0.9}}))
