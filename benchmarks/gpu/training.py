@@ -25,7 +25,7 @@ def training_section(figures: dict, device: str, updates: int, report, tiny: boo
             steps = updates
             if method == "full" and "lora" in figures:
                 per_update = figures["lora"]["seconds_per_update"] * 2.5  # full's backward and optimizer cost more
-                steps = max(5, min(updates, int((report.left() - 30) / max(per_update, 1e-3))))
+                steps = max(min(5, updates), min(updates, int((report.left() - 30) / max(per_update, 1e-3))))
             model = build_model(SMALL, device=device)
             result = measure(model, method, batch, seconds, steps)
             result["minutes_for_300_updates"] = round(result["seconds_per_update"] * 300 / 60, 2)
