@@ -5,6 +5,7 @@
 # runs benchmarks/gpu/check.py: CUDA tests and benchmarks into $OUT/gpu_check.json (log: $OUT/gpu_check.log),
 # all inside GPU_CHECK_SECONDS (480 s). Uses the machine's torch, whatever its version (the JSON says which).
 #   bash benchmarks/gpu_check.sh            # OUT defaults to ./gpu-check-out
+#   bash benchmarks/gpu_check.sh --skip-tests --skip-models --training-updates 300   # training only (docs/training.md)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -43,6 +43,12 @@ from engine.params import (
     SamplingParams,
 )
 from engine.runtime.worker import EngineUnavailable
+from engine.training.config import LR_SCHEDULERS, OPTIMIZERS, TrainingConfig
+from engine.training.config import METHODS as TRAINING_METHODS
+from engine.training.config import limits as training_limits
+from engine.training.dataset import DatasetError, DatasetOptions
+from engine.training.loop import TrainingCancelled
+from engine.training.run import TrainingResult, fine_tune, merge_adapter_file
 from engine.work.batch import BatchJob, BatchResult, GenerationCancelled, random_seed
 from engine.work.chunk import Chunk, SessionClosed
 from engine.work.live_input import InputReceipt
@@ -58,4 +64,6 @@ __all__ = ["params", "LOUDNESS_HEADROOM_DB", "normalize", "NORMALIZATION_STRATEG
            "MAX_RAMP_SECONDS", "MAX_SEED", "MAX_TEMPERATURE", "MAX_TOP_K", "BatchRequest", "RequestError",
            "SamplingParams", "SessionSettings", "Landing", "EngineUnavailable", "configure_offline_caches",
            "DEFAULT_POINTER", "DEMO_DIR", "WEIGHTS_DIR", "default_checkpoint", "HTDEMUCS_FILE", "HTDEMUCS_URL",
-           "load_separator", "providing_separator", "save_separator", "separator_path"]
+           "load_separator", "providing_separator", "save_separator", "separator_path", "LR_SCHEDULERS", "OPTIMIZERS",
+           "TrainingConfig", "TRAINING_METHODS", "training_limits", "DatasetError", "DatasetOptions",
+           "TrainingCancelled", "TrainingResult", "fine_tune", "merge_adapter_file"]

@@ -16,13 +16,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / ".cog" / "openapi_schema.json"
 PREDICTOR_REF = "predict.py:Predictor"
+TRAIN_REF = "train.py:train"  # cog.yaml `train:`: its TrainingInput validates /trainings in `--x-mode train`
 
 
 def _title(name: str) -> str:
     return name.replace("_", " ").title()
 
 
-def input_schema(info) -> dict:
+def input_schema(info, title: str = "Input") -> dict:
     from cog._adt import Repetition
 
     properties, required = {}, []
@@ -47,26 +48,27 @@ def input_schema(info) -> dict:
         elif not optional:
             required.append(name)
         properties[name] = prop
-    schema = {"title": "Input", "type": "object", "properties": properties}
+    schema = {"title": title, "type": "object", "properties": properties}
     if required:
         schema["required"] = required
     return schema
 
 
-def build_schema() -> dict:
+def _inspect(ref: str):
     from cog import _inspector
 
-    sys.path.insert(0, str(ROOT))
-    module, name = PREDICTOR_REF.split(":")
-    info = _inspector.create_predictor(module.removesuffix(".py"), name)
-    status = {"title": "Status", "type": "string", "description": "An enumeration.",
-              "enum": ["starting", "processing", "succeeded", "canceled", "failed"]}
+    module, name = ref.split(":")
+    return _inspector.create_predictor(module.removesuffix(".py"), name)
+
+
+def _request_response(kind: str, input_ref: str, output_ref: str) -> tuple[dict, dict]:
+    """Cog's request and response models for `kind` ("Prediction" or "Training")."""
     request = {
-        "title": "PredictionRequest", "type": "object",
+        "title": f"{kind}Request", "type": "object",
         "properties": {
             "id": {"title": "Id", "type": "string"},
             "created_at": {"title": "Created At", "type": "string", "format": "date-time"},
-            "input": {"$ref": "#/components/schemas/Input"},
+            "input": {"$ref": f"#/components/schemas/{input_ref}"},
             "webhook": {"title": "Webhook", "type": "string", "format": "uri", "minLength": 1, "maxLength": 65536},
             "webhook_events_filter": {"type": "array", "items": {"$ref": "#/components/schemas/WebhookEvent"},
                                       "default": ["start", "output", "logs", "completed"]},
@@ -74,11 +76,11 @@ def build_schema() -> dict:
         },
     }
     response = {
-        "title": "PredictionResponse", "type": "object",
+        "title": f"{kind}Response", "type": "object",
         "properties": {
             "id": {"title": "Id", "type": "string"},
-            "input": {"$ref": "#/components/schemas/Input"},
-            "output": {"$ref": "#/components/schemas/Output"},
+            "input": {"$ref": f"#/components/schemas/{input_ref}"},
+            "output": {"$ref": f"#/components/schemas/{output_ref}"},
             "status": {"$ref": "#/components/schemas/Status"},
             "error": {"title": "Error", "type": "string"},
             "logs": {"title": "Logs", "type": "string", "default": ""},
@@ -88,10 +90,39 @@ def build_schema() -> dict:
             "completed_at": {"title": "Completed At", "type": "string", "format": "date-time"},
         },
     }
-    json_body = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictionRequest"}}}}
+    return request, response
+
+
+def _routes(kind: str, collection: str, id_name: str, verb: str) -> dict:
+    """The create, idempotent-create and cancel routes of `collection` ("predictions" or "trainings")."""
+    body = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{kind}Request"}}}}
     ok = {"200": {"description": "Successful Response",
-                  "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictionResponse"}}}},
+                  "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{kind}Response"}}}},
           "422": {"description": "Validation Error"}}
+    parameter = [{"in": "path", "name": id_name, "required": True,
+                  "schema": {"title": _title(id_name).replace("Id", "ID"), "type": "string"}}]
+    return {
+        f"/{collection}": {"post": {"summary": verb, "operationId": f"{verb.lower()}_{collection}_post",
+                                    "description": f"Run a single {kind.lower()} on the model",
+                                    "requestBody": body, "responses": ok}},
+        f"/{collection}/{{{id_name}}}": {"put": {
+            "summary": f"{verb} Idempotent", "operationId": f"{verb.lower()}_idempotent_{collection}__{id_name}__put",
+            "parameters": parameter, "requestBody": body, "responses": ok}},
+        f"/{collection}/{{{id_name}}}/cancel": {"post": {
+            "summary": "Cancel" if kind == "Prediction" else "Cancel Training",
+            "operationId": f"cancel_{collection}__{id_name}__cancel_post", "parameters": parameter,
+            "responses": {"200": {"description": "Successful Response"}}}},
+    }
+
+
+def build_schema() -> dict:
+    sys.path.insert(0, str(ROOT))
+    info = _inspect(PREDICTOR_REF)
+    training = _inspect(TRAIN_REF)
+    status = {"title": "Status", "type": "string", "description": "An enumeration.",
+              "enum": ["starting", "processing", "succeeded", "canceled", "failed"]}
+    request, response = _request_response("Prediction", "Input", "Output")
+    training_request, training_response = _request_response("Training", "TrainingInput", "TrainingOutput")
     return {
         "openapi": "3.0.2",
         "info": {"title": "Cog", "version": "0.1.0"},
@@ -100,21 +131,10 @@ def build_schema() -> dict:
                           "responses": {"200": {"description": "Successful Response"}}}},
             "/health-check": {"get": {"summary": "Healthcheck", "operationId": "healthcheck_health_check_get",
                                       "responses": {"200": {"description": "Successful Response"}}}},
-            "/predictions": {"post": {"summary": "Predict", "operationId": "predict_predictions_post",
-                                      "description": "Run a single prediction on the model",
-                                      "requestBody": json_body, "responses": ok}},
-            "/predictions/{prediction_id}": {"put": {
-                "summary": "Predict Idempotent", "operationId": "predict_idempotent_predictions__prediction_id__put",
-                "parameters": [{"in": "path", "name": "prediction_id", "required": True,
-                                "schema": {"title": "Prediction ID", "type": "string"}}],
-                "requestBody": json_body, "responses": ok}},
-            "/predictions/{prediction_id}/cancel": {"post": {
-                "summary": "Cancel", "operationId": "cancel_predictions__prediction_id__cancel_post",
-                "parameters": [{"in": "path", "name": "prediction_id", "required": True,
-                                "schema": {"title": "Prediction ID", "type": "string"}}],
-                "responses": {"200": {"description": "Successful Response"}}}},
+            **_routes("Prediction", "predictions", "prediction_id", "Predict"),
             "/shutdown": {"post": {"summary": "Start Shutdown", "operationId": "start_shutdown_shutdown_post",
                                    "responses": {"200": {"description": "Successful Response"}}}},
+            **_routes("Training", "trainings", "training_id", "Train"),
         },
         "components": {"schemas": {
             "Input": input_schema(info),
@@ -124,6 +144,10 @@ def build_schema() -> dict:
                              "enum": ["start", "output", "logs", "completed"]},
             "PredictionRequest": request,
             "PredictionResponse": response,
+            "TrainingInput": input_schema(training, "TrainingInput"),
+            "TrainingOutput": {**training.output.json_type(), "title": "TrainingOutput"},
+            "TrainingRequest": training_request,
+            "TrainingResponse": training_response,
         }},
     }
 

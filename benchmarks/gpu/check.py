@@ -37,6 +37,7 @@ import torch
 from benchmarks import adapters_bench
 from benchmarks.gpu.models import MODEL_RESERVE_SECONDS, model_section, plan_for
 from benchmarks.gpu.report import Report
+from benchmarks.gpu.training import training_section
 
 logger = logging.getLogger("gpu_check")
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> dict:
         report.section("cuda_tests", lambda f: cuda_tests(f, timeout=max(30.0, min(args.tests_seconds,
                                                                                   report.left() - 60))),
                        needs_seconds=30)
-    names = list(plan.models)
+    names = [] if args.skip_models else list(plan.models)
     for index, name in enumerate(names):
         reserve = MODEL_RESERVE_SECONDS * (len(names) - index - 1)
         report.section(name, lambda f, name=name, reserve=reserve: model_section(
@@ -207,8 +208,12 @@ def run(args: argparse.Namespace) -> dict:
         if device == "cuda":
             torch.cuda.empty_cache()
     # many fine-tunes at once: 8 sessions with 8 rank-16 LoRA adapters vs 8 with none (benchmarks/adapters_bench.py)
-    report.section("adapters", lambda f: f.update(adapters_bench.run(device, sessions=8, rank=16, context=500,
-                                                                     steps=20, rounds=5)), needs_seconds=90)
+    if not args.skip_models:
+        report.section("adapters", lambda f: f.update(adapters_bench.run(device, sessions=8, rank=16, context=500,
+                                                                         steps=20, rounds=5)), needs_seconds=90)
+    if args.training_updates:
+        report.section("training", lambda f: training_section(f, device, args.training_updates, report, args.tiny),
+                       needs_seconds=60)
     report.data["finished"] = True
     report.write()
     return report.data
@@ -222,6 +227,9 @@ def main() -> None:
     parser.add_argument("--budget-seconds", type=float, default=400.0)
     parser.add_argument("--tests-seconds", type=float, default=120.0, help="at most this long for the CUDA tests")
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--skip-models", action="store_true", help="no model sections (e.g. a training-only run)")
+    parser.add_argument("--training-updates", type=int, default=0,
+                        help="the training section (benchmarks/gpu/training.py) with this many updates; 0: none")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("xformers").setLevel(logging.ERROR)

@@ -4,6 +4,9 @@ Accepted layouts:
 - audiocraft's release layout: a directory with ``state_dict.bin`` (LM) and ``compression_state_dict.bin`` (codec);
 - the fine-tuner's single torch file ``{'xp.cfg': ..., 'model': lm_state}``: LM weights only; the codec comes from a
   ``compression_state_dict.bin`` beside the file, else from the directory of the default checkpoint.
+- a LoRA adapter file (``*.safetensors``, engine.lm.lora's format, what `method: lora` training writes): the
+  default checkpoint with the adapter merged in; an adapter trained on other base weights is refused, with both
+  fingerprints.
 A ``mbd_musicgen_32khz.th`` beside the LM enables MultiBand Diffusion decoding.
 """
 
@@ -27,6 +30,7 @@ logger = logging.getLogger(__name__)
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
 MBD_FILE = "mbd_musicgen_32khz.th"
+ADAPTER_SUFFIX = ".safetensors"  # engine.lm.lora.SUFFIX
 
 
 def _config(pkg: dict, path: Path):
@@ -48,6 +52,8 @@ class CheckpointFiles:
     lm: Path
     codec: Path
     mbd: tp.Optional[Path]
+    adapter: tp.Optional[Path] = None  # a LoRA adapter merged into the LM once it is loaded
+
 
 
 def resolve(source: tp.Union[str, Path, None]) -> CheckpointFiles:
@@ -61,6 +67,9 @@ def resolve(source: tp.Union[str, Path, None]) -> CheckpointFiles:
     if not path.exists():
         raise CheckpointError(f"Checkpoint {path} does not exist; build the demo with `python -m weights.demo` "
                               "or fetch one with `python -m weights.fetch`")
+    if path.is_file() and path.suffix == ADAPTER_SUFFIX:
+        base = resolve(None)
+        return CheckpointFiles(base.directory, base.lm, base.codec, base.mbd, adapter=path)
     if path.is_file() and tarfile.is_tarfile(path):
         path = _extract(path)
     if path.is_dir():

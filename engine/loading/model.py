@@ -79,6 +79,11 @@ def load_model(source: tp.Union[str, Path, None] = None, device: tp.Optional[str
     from audiocraft.models import MusicGen
 
     lm = load_lm(files.lm, device)
+    if files.adapter is not None:
+        from engine.lm.lora import load_adapter, merge
+
+        merge(load_adapter(files.adapter, device), lm)  # AdapterError names both fingerprints when it does not fit
+        logger.info("merged LoRA adapter %s into %s", files.adapter.name, files.lm)
     codec = load_codec(files.codec, device)
     if "self_wav" in lm.condition_provider.conditioners:
         chroma = lm.condition_provider.conditioners["self_wav"]

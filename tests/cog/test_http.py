@@ -1,11 +1,7 @@
 """The predictor served by Cog's real HTTP server (coglet): schema, validation, files in and out, async, cancel."""
 
 import base64
-import http.server
-import json
-import queue
 import re
-import threading
 import time
 
 import pytest
@@ -13,49 +9,18 @@ import requests
 
 from tests.support.cog_server import predict, wait_ready
 from tests.support.helpers import data_uri_bytes, decode_wav, sine_wav
+from tests.support.webhooks import wait_final, wait_for, webhook_receiver
 
 SEED_FIELDS = ["prompt", "input_audio", "duration", "continuation", "continuation_start", "continuation_end",
                "multi_band_diffusion", "normalization_strategy", "top_k", "top_p", "temperature",
                "classifier_free_guidance", "output_format", "seed"]
 
 
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.events.put(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def webhook():
     """A local webhook receiver: yields (url, queue of received prediction payloads)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    server.events = queue.Queue()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", server.events
-    server.shutdown()
-
-
-def wait_for(events: queue.Queue, predicate, what: str, timeout: float = 120) -> dict:
-    """The first webhook payload that satisfies `predicate` (those before it are dropped)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            event = events.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        if predicate(event):
-            return event
-    raise TimeoutError(f"no webhook {what} in {timeout} s")
-
-
-def wait_final(events: queue.Queue, timeout: float = 120) -> dict:
-    return wait_for(events, lambda event: event["status"] in ("succeeded", "failed", "canceled"), "final", timeout)
+    with webhook_receiver() as receiver:
+        yield receiver
 
 
 def test_health_check_is_ready_and_openapi_has_the_replicate_inputs(cog):
