@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine.work.chunk import SessionClosed
-from engine.work.live_input import HISTORY_SECONDS, LiveInput
+from engine.work.live_input import HISTORY_SECONDS, WARN_EVERY_SECONDS, DropTally, InputClock, InputReceipt, LiveInput
 from engine.work.session import SessionSettings
 from tests.support.helpers import wait_until
 from tests.support.sessions import SETTINGS, collect, first_difference, stitch
@@ -230,3 +230,39 @@ def test_input_that_comes_while_a_chunk_is_made_is_heard_in_that_chunk(engine):
     plain, played = chunk_one(False), chunk_one(True)
     assert not torch.equal(plain, played)
 
+
+def test_a_transports_pieces_are_placed_where_the_listener_is_then_follow_on_until_they_drift():
+    """InputClock: the one rule WebRTC's microphone and FastRTC's WebSocket media frames place their pieces by."""
+    clock = InputClock()
+
+    def landed(start: float, dropped: str | None = None) -> None:
+        clock.landed(InputReceipt(start_seconds=start, seconds=0.1, dropped=dropped))
+
+    assert clock.place(None, 0.1) is None, "nothing heard yet: the session places it"
+    landed(0.0)
+    assert clock.place(5.1, 0.1) == pytest.approx(5.0), "a piece ends where the listener is as it arrives"
+    landed(5.0)
+    assert clock.place(5.23, 0.1) is None, "the next one follows on (the session's cursor)"
+    landed(5.1)
+    assert clock.place(5.9, 0.1) is None
+    landed(5.2)  # 0.6 s behind the listener: within the drift allowed
+    assert clock.place(7.0, 0.1) is None
+    landed(5.3)  # a pause, or a restart: 1.6 s away (DRIFT_SECONDS is 1), so the next is placed again
+    assert clock.place(7.1, 0.1) == pytest.approx(7.0)
+    landed(7.0, dropped="input comes faster than real time")
+    assert clock.place(7.2, 0.1) == pytest.approx(7.1), "after a drop it is placed again"
+    landed(7.1)
+    assert clock.place(7.3, 0.1) is None
+    clock.landed(None)  # refused, or no session played
+    assert clock.place(7.4, 0.1) == pytest.approx(7.3), "after a piece that never got there it is placed again"
+    assert clock.place(0.05, 0.1) == 0.0, "never before the timeline's start"
+
+
+def test_dropped_input_is_told_now_and_then_with_the_count():
+    """DropTally: the engine's log and the transports' warnings to their clients, never once per piece."""
+    drops = DropTally()
+    assert drops.dropped(now=10.0) == 1, "the first drop is told at once"
+    assert drops.dropped(now=11.0) is None
+    assert drops.dropped(now=12.0) is None
+    assert drops.dropped(now=10.0 + WARN_EVERY_SECONDS) == 3, "then with how many since"
+    assert drops.dropped(now=10.0 + WARN_EVERY_SECONDS + 0.1) is None
