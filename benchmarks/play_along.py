@@ -22,7 +22,6 @@ Prints one JSON object with the machine. The demo checkpoint (noise) serves the 
 import argparse
 import asyncio
 import base64
-import io
 import json
 import logging
 import math
@@ -30,10 +29,8 @@ import statistics
 import threading
 import time
 
-import httpx
 import numpy as np
 import pytest
-import soundfile as sf
 from websockets.sync.client import connect
 
 from benchmarks.engine_bench import SMALL, build_model, cpu_description
@@ -42,7 +39,7 @@ from engine.config import EngineConfig
 from engine.core import Engine
 from streaming.app.config import ServerConfig
 from streaming.app.server import RunningServer
-from tests.support.webrtc_client import JamClient, ToneTrack, event, loopback_only
+from tests.support.webrtc_client import ToneTrack, loopback_only, recorded_session
 
 SEED = 31
 FRAMES = 12  # 0.48 s chunks
@@ -123,22 +120,9 @@ async def webrtc_play(base: str, seconds: float, silent: float | None) -> tuple[
     """A session's recording after `seconds` of play; with `silent`, a microphone silent that long, then a tone:
     the tone's place on the output timeline comes back too."""
     microphone = None if silent is None else ToneTrack(silent_seconds=silent)
-    client = JamClient(base, microphone=microphone)
-    track = await client.connect({"styles": "jazz", "seed": SEED, "max_decode_frames": 16})
-    session_id = (await client.message(event("started")))["data"]["session_id"]
-    heard = 0
-    while heard < seconds * 48000:
-        heard += (await asyncio.wait_for(track.recv(), 10)).samples
-    tone_at = None
-    if microphone is not None:
-        tone_at = (await client.message(event("input"), timeout=10))["data"]["start_seconds"] + silent
-    client.send({"type": "stop"})
-    await client.close()
-    await asyncio.sleep(0.5)
-    async with httpx.AsyncClient(base_url=base, timeout=120) as http:
-        response = await http.get(f"/sessions/{session_id}/recording")
-    audio, _ = sf.read(io.BytesIO(response.content), dtype="int16", always_2d=True)
-    return audio, tone_at
+    audio, placed = await recorded_session(base, {"styles": "jazz", "seed": SEED, "max_decode_frames": 16}, seconds,
+                                           microphone)
+    return audio, None if placed is None else placed["start_seconds"] + silent
 
 
 def webrtc_latency(base: str, runs: int) -> dict:

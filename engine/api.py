@@ -51,7 +51,7 @@ from engine.training.loop import TrainingCancelled
 from engine.training.run import TrainingResult, fine_tune, merge_adapter_file
 from engine.work.batch import BatchJob, BatchResult, GenerationCancelled, random_seed
 from engine.work.chunk import Chunk, SessionClosed
-from engine.work.live_input import InputReceipt
+from engine.work.live_input import DropTally, InputClock, InputReceipt
 from engine.work.session import LiveSession
 from engine.work.settings import SessionSettings
 from engine.work.steering import Landing
@@ -60,8 +60,9 @@ __all__ = ["params", "LOUDNESS_HEADROOM_DB", "normalize", "NORMALIZATION_STRATEG
            "OUTPUT_FORMATS", "AudioInputError", "AudioSlice", "decode",
            "decode_slice", "BatchJob", "BatchResult", "GenerationCancelled", "random_seed", "MAX_PROMPT_CHARS",
            "MAX_STYLES", "PREDICTION_ROWS", "EngineConfig", "CapacityError", "Description", "Engine", "Health", "Chunk",
-           "LiveSession", "InputReceipt", "SessionClosed", "WINDOW_SECONDS", "MAX_DURATION_SECONDS", "MAX_GUIDANCE",
-           "MAX_RAMP_SECONDS", "MAX_SEED", "MAX_TEMPERATURE", "MAX_TOP_K", "BatchRequest", "RequestError",
+           "LiveSession", "DropTally", "InputClock", "InputReceipt", "SessionClosed", "WINDOW_SECONDS",
+           "MAX_DURATION_SECONDS", "MAX_GUIDANCE", "MAX_RAMP_SECONDS", "MAX_SEED", "MAX_TEMPERATURE", "MAX_TOP_K",
+           "BatchRequest", "RequestError",
            "SamplingParams", "SessionSettings", "Landing", "EngineUnavailable", "configure_offline_caches",
            "DEFAULT_POINTER", "DEMO_DIR", "WEIGHTS_DIR", "default_checkpoint", "HTDEMUCS_FILE", "HTDEMUCS_URL",
            "load_separator", "providing_separator", "save_separator", "separator_path", "LR_SCHEDULERS", "OPTIMIZERS",

@@ -21,12 +21,17 @@ was played. Here:
 - The session (engine.work.session) then rewrites those frames of its stream's context on the LM thread
   (engine.runtime.scheduler.rewrite_context), and the chunk it was asked for is generated from there on.
 
-Bounds, each a warning in the log (once per `WARN_EVERY_SECONDS`) and an `InputReceipt.dropped` for the caller, never
-an unbounded queue: a piece longer than engine.params.MAX_INPUT_SECONDS is refused (ValueError); pieces beyond what a
-player sends in real time (a budget refilled by wall-clock time, `BURST_SECONDS` deep), placed more than
-`AHEAD_SECONDS` past the produced audio, older than the recorded output, or beyond `MAX_PENDING_SECONDS` waiting are
-dropped. Silence in `mix` mode (a muted microphone's zeros) is nothing to add: it is not mixed in. A session that
-gets no input is untouched: nothing is mixed, encoded or rewritten, so its output is the
+Transports whose media carry no time (WebRTC's microphone track, FastRTC's WebSocket media frames) place their
+pieces with one `InputClock` each: a piece ends where the listener is as it arrives (what the player played along to),
+the pieces after it follow on (the cursor above), and one is placed again when they drift `DRIFT_SECONDS` apart.
+
+Bounds, each a warning in the log (at most once per `WARN_EVERY_SECONDS` with the count since: `DropTally`, which
+transports use to tell their clients too) and an `InputReceipt.dropped` for the caller, never an unbounded queue: a
+piece longer than engine.params.MAX_INPUT_SECONDS is refused (ValueError); pieces beyond what a player sends in real
+time (a budget refilled by wall-clock time, `BURST_SECONDS` deep), placed more than `AHEAD_SECONDS` past the produced
+audio, older than the recorded output, or beyond `MAX_PENDING_SECONDS` waiting are dropped. Silence in `mix` mode (a
+muted microphone's zeros) is nothing to add: it is not mixed in. A session that gets no input is untouched: nothing
+is mixed, encoded or rewritten, so its output is the
 same to the byte as without this module.
 """
 
@@ -51,6 +56,9 @@ BURST_SECONDS = MAX_INPUT_SECONDS + 1.0  # the real-time budget's depth: one who
 ENCODE_MARGIN_FRAMES = 4  # the output before the span, encoded with it as the encoder's left context
 WARN_EVERY_SECONDS = 5.0
 MIX_EVERY_SECONDS = 0.2  # input that comes while a chunk is made is mixed in at once, at most this often
+# a transport's pieces follow on from the one before while it lands within this of where the listener is; beyond it
+# (the player paused, the stream restarted, resumed or held) the next is placed where the listener is (InputClock)
+DRIFT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,50 @@ class Injection:
     first_frame: int
     tokens: torch.Tensor
     pieces: int  # the pieces of input mixed in
+
+
+class DropTally:
+    """Dropped input is told (the engine's log, a transport's warning to its client) at most once per
+    WARN_EVERY_SECONDS, with how many pieces were dropped since the last telling: never once per piece."""
+
+    def __init__(self) -> None:
+        self.count = 0  # dropped since the last telling
+        self.told_at = -math.inf
+
+    def dropped(self, now: float) -> tp.Optional[int]:
+        """Counts one piece (`now`: time.monotonic()); how many to tell now (the count starts again), or None when
+        the last telling was less than WARN_EVERY_SECONDS ago."""
+        self.count += 1
+        if now - self.told_at < WARN_EVERY_SECONDS:
+            return None
+        count, self.count, self.told_at = self.count, 0, now
+        return count
+
+
+class InputClock:
+    """Where a transport puts each piece of the player's input on the session's timeline when the pieces carry no
+    time of their own (WebRTC's microphone track, FastRTC's WebSocket media frames). The first piece is taken to end
+    where the listener is as it arrives (`heard_at`: the music the player played along to; what the network and the
+    client buffered is not counted); the pieces after it follow on without a gap (None: the session's cursor, so
+    they are one contiguous run when mixed in), until one lands more than DRIFT_SECONDS from where the listener was,
+    or is dropped or refused, and the next is placed again. Pure: the transport asks it, then tells it the receipt."""
+
+    def __init__(self) -> None:
+        self.anchor = True  # place the next piece where the listener is
+        self.estimate: tp.Optional[float] = None  # where the listener put the last piece placed
+
+    def place(self, heard_at: tp.Optional[float], seconds: float) -> tp.Optional[float]:
+        """Seconds on the timeline where a piece of `seconds` starts, or None: after the last piece (or, before the
+        listener heard anything, where the session's produced audio ends: LiveSession.play_input's own rule). Not
+        None exactly when the piece is placed afresh (a transport tells its client where such a one landed)."""
+        self.estimate = None if heard_at is None else max(0.0, heard_at - seconds)
+        return self.estimate if self.anchor else None
+
+    def landed(self, receipt: tp.Optional[InputReceipt]) -> None:
+        """What the session did with the piece `place` placed last (None: it never got there: no session played,
+        or it was refused)."""
+        self.anchor = receipt is None or receipt.dropped is not None or self.estimate is None or \
+            abs(receipt.start_seconds - self.estimate) > DRIFT_SECONDS
 
 
 def as_wav(samples: np.ndarray, sample_rate: int) -> torch.Tensor:
@@ -107,8 +159,7 @@ class LiveInput:
         self._cursor: tp.Optional[int] = None  # the end of the last piece: where an unplaced piece goes
         self._credit = BURST_SECONDS  # seconds of input the real-time budget allows now
         self._refilled = time.monotonic()
-        self._dropped = 0  # pieces dropped since the last warning
-        self._warned = -math.inf
+        self._drops = DropTally()
         self._mixing = False  # a mix for input that came while a chunk was made is under way
         self._mixed_at = -math.inf
         # codec thread
@@ -156,11 +207,9 @@ class LiveInput:
         return None
 
     def _drop(self, start: int, length: int, why: str) -> InputReceipt:
-        self._dropped += 1
-        now = time.monotonic()
-        if now - self._warned >= WARN_EVERY_SECONDS:
-            logger.warning("live input dropped (%d piece(s) since the last warning): %s", self._dropped, why)
-            self._warned, self._dropped = now, 0
+        count = self._drops.dropped(time.monotonic())
+        if count is not None:
+            logger.warning("live input dropped (%d piece(s) since the last warning): %s", count, why)
         return InputReceipt(start_seconds=start / self.sample_rate, seconds=length / self.sample_rate, dropped=why)
 
     def waiting(self) -> bool:

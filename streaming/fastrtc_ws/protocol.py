@@ -45,11 +45,6 @@ EVENTS = ("start", "media", "ping", "stop")
 # what else a Twilio media stream sends (its "connected" first, then "mark" and "dtmf"): read and let be in phone
 # mode, as FastRTC's handler lets every other event be
 TWILIO_EVENTS = ("connected", "mark", "dtmf")
-# media frames follow on from the one before while that lands within this of where the listener is; beyond it (the
-# player paused, the stream restarted or resumed) a frame is placed where the listener is (as WebRTC's microphone:
-# streaming.webrtc.listen.REANCHOR_SECONDS)
-DRIFT_SECONDS = 1.0
-DROP_NOTICE_SECONDS = 5.0  # dropped input is told at most this often (with how many frames since)
 RESUME_PARAMS = ("session_id", "from_chunk")
 
 
@@ -224,44 +219,10 @@ class FastRTCSocket:
                 "input_sample_rate": self.input_sample_rate}
 
 
-class InputClock:
-    """Where each media frame goes on the session's timeline. FastRTC's media carry no time, so a frame is taken to
-    end where the listener is as it arrives (`heard_at`: the music the player played along to); the frames after it
-    follow on without a gap (None: the engine's cursor, so they are one contiguous run when mixed in), until one
-    lands more than DRIFT_SECONDS from where the listener is or is dropped, and the next is placed again. The rule is
-    WebRTC's microphone's (streaming.webrtc.listen)."""
-
-    def __init__(self) -> None:
-        self.anchor = True
-        self.estimate: tp.Optional[float] = None
-
-    def place(self, heard_at: tp.Optional[float], seconds: float) -> tp.Optional[float]:
-        """Seconds on the timeline where a frame of `seconds` starts, or None: after the last frame (or, before the
-        listener heard anything, at the end of the audio made so far)."""
-        self.estimate = None if heard_at is None else max(0.0, heard_at - seconds)
-        return self.estimate if self.anchor else None
-
-    def landed(self, start_seconds: float, dropped: bool) -> None:
-        """Where the engine put the frame `place` placed last (InputReceipt)."""
-        self.anchor = dropped or self.estimate is None or abs(start_seconds - self.estimate) > DRIFT_SECONDS
-
-
-class DropNotices:
-    """Input the engine dropped (faster than real time, too far ahead or behind) is told to the client, at most
-    once per DROP_NOTICE_SECONDS, never once per frame."""
-
-    def __init__(self) -> None:
-        self.dropped = 0
-        self.told_at: tp.Optional[float] = None
-
-    def dropped_one(self, why: str, now: float) -> tp.Optional[str]:
-        """The warning to send now, if one is due."""
-        self.dropped += 1
-        if self.told_at is not None and now - self.told_at < DROP_NOTICE_SECONDS:
-            return None
-        text = f"input dropped ({self.dropped} media frame(s) since the last notice): {why}"
-        self.dropped, self.told_at = 0, now
-        return wp.warning(text)
+def input_dropped(count: int, why: str) -> str:
+    """The warning for media frames the engine dropped (faster than real time, too far ahead or behind), sent at
+    most once per engine.api.DropTally's interval with the `count` since the last one, never once per frame."""
+    return wp.warning(f"input dropped ({count} media frame(s) since the last notice): {why}")
 
 
 def pong() -> str:

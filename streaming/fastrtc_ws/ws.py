@@ -16,7 +16,7 @@ import typing as tp
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
-from engine.api import CapacityError, EngineUnavailable, SessionClosed, random_seed
+from engine.api import CapacityError, DropTally, EngineUnavailable, InputClock, SessionClosed, random_seed
 from streaming.app.config import ServerConfig
 from streaming.fastrtc_ws import protocol as fp
 from streaming.formats import StreamingResampler, pcm16_array
@@ -53,8 +53,8 @@ class FastRTCConnection(Connection):
         self.protocol = fp.FastRTCSocket(phone)
         self.pacer = Pacer("realtime")
         self.resampler: tp.Optional[StreamingResampler] = None  # made at the first chunk of each stream here
-        self.input_clock = fp.InputClock()
-        self.drops = fp.DropNotices()
+        self.input_clock = InputClock()  # where media frames go: the engine's rule, as WebRTC's microphone
+        self.drops = DropTally()
 
     async def on_frame(self, frame: tp.Union[str, bytes]) -> bool:
         if isinstance(frame, bytes):
@@ -144,23 +144,25 @@ class FastRTCConnection(Connection):
 
     async def play_input(self, media: fp.Media) -> None:
         """The client's audio into the session's live input (LiveSession.play_input only checks and keeps it: the
-        engine resamples and mixes it in off this loop), placed by the socket's `InputClock`. A malformed frame is an
-        `error`, input the engine drops a `warning` now and then; the session plays on."""
+        engine resamples and mixes it in off this loop), placed by the socket's engine.api.InputClock. A malformed
+        frame is an `error`, input the engine drops a `warning` now and then; the session plays on."""
         session = self.session
         if session is None:  # started, but the session is between a failure and its restart's end
+            self.input_clock.landed(None)
             await self.send(wp.error("media: no session plays now"))
             return
         at = self.input_clock.place(self.pacer.playing_at(), media.seconds)
         try:
             receipt = session.play_input(media.float32(), media.sample_rate, at)
         except (ValueError, SessionClosed) as exc:
+            self.input_clock.landed(None)
             await self.send(wp.error(f"media: {exc}"))
             return
-        self.input_clock.landed(receipt.start_seconds, receipt.dropped is not None)
+        self.input_clock.landed(receipt)
         if receipt.dropped is not None:
-            notice = self.drops.dropped_one(receipt.dropped, time.monotonic())
-            if notice is not None:
-                await self.send(notice)
+            count = self.drops.dropped(time.monotonic())
+            if count is not None:
+                await self.send(fp.input_dropped(count, receipt.dropped))
 
     def drain_notice(self, seconds_left: float) -> str:
         return wp.drain_warning(seconds_left)

@@ -6,10 +6,11 @@ are gathered into `BLOCK_SECONDS` pieces and handed to `LiveSession.play_input` 
 into the context before the next chunk). Placement: the player hears the track's audio while they play, so the first
 piece is placed where the track is playing now (the session timeline pushed into it, less what it still buffers, less
 the piece's own length: the network and the browser's jitter buffer are not counted); the pieces after it follow on
-without a gap (the engine's cursor), and the listener places one again (`REANCHOR_SECONDS`) when the two drift apart
-(a restarted stream, an underrun that held the track, a pause in the input). The peer tells the client where input
-landed (`{"event": "input", "start_seconds": ...}` on the data channel) and warns, at most every `WARN_EVERY_SECONDS`,
-when the engine dropped some (faster than real time, too much waiting).
+without a gap (the engine's cursor), and the listener places one again when the two drift apart (a restarted stream,
+an underrun that held the track, a pause in the input): engine.api.InputClock, the rule FastRTC's WebSocket media
+frames follow too. The peer tells the client where a piece placed afresh landed (`{"event": "input", "start_seconds":
+...}` on the data channel) and warns, at most every 5 s with the count since (engine.api.DropTally), when the engine
+dropped some (faster than real time, too much waiting).
 """
 
 import logging
@@ -19,14 +20,14 @@ import typing as tp
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from engine.api import DropTally, InputClock
+
 if tp.TYPE_CHECKING:
     from engine.api import LiveSession
 
 logger = logging.getLogger(__name__)
 
 BLOCK_SECONDS = 0.1  # 5 of FastRTC's 20 ms frames per play_input
-REANCHOR_SECONDS = 1.0
-WARN_EVERY_SECONDS = 5.0
 
 
 def frame_samples(frame: tp.Any) -> np.ndarray:
@@ -52,8 +53,8 @@ class TrackListener:
         self.tell = tell
         self.warn = warn
         self.pieces = self.dropped = 0
-        self._anchor = True  # place the next piece where the track plays
-        self._warned = -float("inf")
+        self.clock = InputClock()
+        self.drops = DropTally()
 
     async def run(self) -> None:
         block: list[np.ndarray] = []
@@ -76,25 +77,23 @@ class TrackListener:
         """One piece to the session (validation only: the engine resamples when it mixes it in, off this loop)."""
         session = self.session()
         if session is None:
-            self._anchor = True
+            self.clock.landed(None)
             return
-        seconds = samples.shape[-1] / rate
-        now = max(0.0, self.playing_at() - seconds)
+        at = self.clock.place(self.playing_at(), samples.shape[-1] / rate)
         try:
-            receipt = session.play_input(samples, rate, now if self._anchor else None)
+            receipt = session.play_input(samples, rate, at)
         except (ValueError, RuntimeError) as exc:  # SessionClosed too: the peer is ending
             logger.debug("webrtc input not taken: %s", exc)
-            self._anchor = True
+            self.clock.landed(None)
             return
+        self.clock.landed(receipt)
         if receipt.dropped is not None:
             self.dropped += 1
-            self._anchor = True
-            if time.monotonic() - self._warned >= WARN_EVERY_SECONDS:
-                self._warned = time.monotonic()
-                self.warn(f"microphone input dropped: {receipt.dropped}")
+            count = self.drops.dropped(time.monotonic())
+            if count is not None:
+                self.warn(f"microphone input dropped ({count} piece(s) since the last warning): {receipt.dropped}")
             return
         self.pieces += 1
-        if self._anchor:
+        if at is not None:  # placed afresh: the client hears where
             self.tell({"event": "input", "start_seconds": round(receipt.start_seconds, 4), "sample_rate": rate,
                        "channels": int(samples.shape[0])})
-        self._anchor = abs(receipt.start_seconds - now) > REANCHOR_SECONDS

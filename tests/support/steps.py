@@ -1,6 +1,7 @@
 """Decode-step fixtures shared by the CPU tests and their CUDA twins (tests/engine/test_cuda.py): a six-row decoder
 with conditions of different lengths and the comparison of a capturable step with the eager forward
-(engine.lm.static_step), and two prepared streams with the whole step the scheduler runs for them (no host read)."""
+(engine.lm.static_step), two prepared streams with the whole step the scheduler runs for them (no host read), and
+audiocraft's own LM inputs for a text and random codes (reference_inputs)."""
 
 import torch
 
@@ -82,3 +83,18 @@ def whole_step(decoder: StepDecoder, frames: list[DelayedFrames], inputs: StepIn
     for index, pattern in enumerate(frames):
         pattern.accept(sampled[index: index + 1])
     return sampled
+
+
+def reference_inputs(lm, text: str, frames: int, seed: int = 0) -> tuple[dict, torch.Tensor]:
+    """audiocraft's own conditions for `text` (the conditional and the null row) and `frames` of random codes as the
+    delay pattern's sequence [2, K, frames]: what audiocraft's LM is called with, to compare the step decoder's
+    logits with."""
+    from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes
+
+    attributes = [ConditioningAttributes(text={"description": text})]
+    null = ClassifierFreeGuidanceDropout(p=1.0)(attributes)
+    condition_tensors = lm.condition_provider(lm.condition_provider.tokenize(attributes + null))
+    generator = torch.Generator().manual_seed(seed)
+    pattern = DelayedFrames(1, list(lm.pattern_provider.delays), lm.special_token_id, capacity=frames + 8)
+    pattern.codes[:, :, :frames] = torch.randint(0, lm.card, (1, lm.num_codebooks, frames), generator=generator)
+    return condition_tensors, pattern.sequence_values(0, frames).expand(2, -1, -1)

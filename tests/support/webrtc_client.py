@@ -1,8 +1,10 @@
 """An aiortc client of the sidecar's WebRTC endpoint, as docs/protocols/webrtc.md shows it, with what tests need
-to inspect."""
+to inspect; a microphone playing a tone; a whole seeded session played and its recording fetched (the A/B runs of
+the microphone's test and benchmark)."""
 
 import asyncio
 import fractions
+import io
 import json
 import math
 import time
@@ -12,6 +14,7 @@ import uuid
 import av
 import httpx
 import numpy as np
+import soundfile as sf
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -102,6 +105,31 @@ class JamClient:
 
 def event(name: str) -> tp.Callable[[dict], bool]:
     return lambda message: isinstance(message.get("data"), dict) and message["data"].get("event") == name
+
+
+async def recorded_session(base_url: str, params: dict, seconds: float,
+                           microphone: tp.Optional[MediaStreamTrack] = None, timeout: float = 10
+                           ) -> tuple[np.ndarray, tp.Optional[dict]]:
+    """Plays a session for `seconds` of received music (sending `microphone`), stops it, and returns its recording
+    (the tokens it generated, decoded afresh: float32 [samples, channels]) with the data channel's first `input`
+    event's data (None without a microphone)."""
+    client = JamClient(base_url, microphone=microphone)
+    track = await client.connect(params)
+    session_id = (await client.message(event("started")))["data"]["session_id"]
+    heard = 0
+    while heard < seconds * 48000:
+        heard += (await asyncio.wait_for(track.recv(), timeout)).samples
+    placed = None
+    if microphone is not None:
+        placed = (await client.message(event("input"), timeout=timeout))["data"]
+    client.send({"type": "stop"})
+    await client.message(lambda m: m["data"] == "stopped", timeout=timeout)
+    await client.close()
+    async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
+        response = await http.get(f"/sessions/{session_id}/recording")
+    assert response.status_code == 200, response.text
+    audio, _ = sf.read(io.BytesIO(response.content), dtype="float32", always_2d=True)
+    return audio, placed
 
 
 class ToneTrack(MediaStreamTrack):

@@ -7,28 +7,14 @@ import torch
 
 from engine.lm.conditions import text_condition
 from engine.lm.decoder import StepDecoder
-from engine.lm.pattern import DelayedFrames
 from engine.work.batch import BatchRequest
 from engine.work.session import SessionSettings
 from tests.support.helpers import FailingGather
-
-
-def _reference_inputs(lm, text: str, frames: int, seed: int = 0):
-    from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes
-
-    attributes = [ConditioningAttributes(text={"description": text})]
-    null = ClassifierFreeGuidanceDropout(p=1.0)(attributes)
-    condition_tensors = lm.condition_provider(lm.condition_provider.tokenize(attributes + null))
-    generator = torch.Generator().manual_seed(seed)
-    delays = list(lm.pattern_provider.delays)
-    pattern = DelayedFrames(1, delays, lm.special_token_id, capacity=frames + 8)
-    pattern.codes[:, :, :frames] = torch.randint(0, lm.card, (1, lm.num_codebooks, frames), generator=generator)
-    sequence = pattern.sequence_values(0, frames).expand(2, -1, -1)
-    return condition_tensors, sequence
+from tests.support.steps import reference_inputs
 
 
 def _compare_logits(lm, text: str, frames: int, tolerance: float) -> None:
-    condition_tensors, sequence = _reference_inputs(lm, text, frames)
+    condition_tensors, sequence = reference_inputs(lm, text, frames)
     with torch.no_grad():
         reference = lm(sequence, conditions=[], condition_tensors=condition_tensors)
     decoder = StepDecoder(lm, max_rows=2, max_steps=frames + 8)
@@ -62,8 +48,8 @@ def test_logits_match_audiocraft_on_a_musicgen_small_sized_model(engine):
 def test_rows_at_different_positions_share_one_forward(engine):
     """Two streams at different lengths batched together give the logits each gets alone."""
     lm = engine.model.musicgen.lm
-    _, long_seq = _reference_inputs(lm, "a", 30, seed=1)
-    _, short_seq = _reference_inputs(lm, "b", 12, seed=2)
+    _, long_seq = reference_inputs(lm, "a", 30, seed=1)
+    _, short_seq = reference_inputs(lm, "b", 12, seed=2)
     alone = StepDecoder(lm, max_rows=2, max_steps=64)
     together = StepDecoder(lm, max_rows=4, max_steps=64)
     for decoder, rows in ((alone, (0, 1)), (together, (0, 1))):
@@ -135,8 +121,8 @@ def test_a_relayout_whose_copy_fails_changes_no_row(engine):
     for row, text in enumerate(("a", None, "jazz piano", None)):
         decoder.set_condition(row, *text_condition(lm, text))
     with torch.no_grad():
-        decoder.forward(slice(0, 2), _reference_inputs(lm, "a", 9, seed=1)[1])
-        decoder.forward(slice(2, 4), _reference_inputs(lm, "b", 5, seed=2)[1])
+        decoder.forward(slice(0, 2), reference_inputs(lm, "a", 9, seed=1)[1])
+        decoder.forward(slice(2, 4), reference_inputs(lm, "b", 5, seed=2)[1])
     before = _decoder_state(decoder)
     sources = [2, 3, 0, 1]
     with FailingGather(nth=0) as counting:

@@ -13,25 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.params import SamplingParams
 from engine.work.chunk import SessionClosed
-from engine.work.live_input import HISTORY_SECONDS, LiveInput
+from engine.work.live_input import HISTORY_SECONDS, WARN_EVERY_SECONDS, DropTally, InputClock, InputReceipt, LiveInput
 from engine.work.session import SessionSettings
 from tests.support.helpers import wait_until
+from tests.support.sessions import SETTINGS, collect, first_difference, stitch
+from tests.support.steps import reference_inputs
 
-SETTINGS = SessionSettings(styles=("jazz", "hiphop"), weights=(1.0, 0.8),
-                           params=SamplingParams(temperature=1.1, top_k=40, guidance=1.1), chunk_seconds=1.0)
 HALF = replace(SETTINGS, chunk_seconds=0.5)
-
-
-def collect(session, count: int) -> list:
-    return [session.next_chunk().result(timeout=120) for _ in range(count)]
-
-
-def stitch(chunks) -> torch.Tensor:
-    """What a client hears: each chunk without its overlap tail."""
-    return torch.cat([c.audio[:, : c.audio.shape[-1] - int(round(c.overlap_seconds * c.sample_rate))]
-                      for c in chunks], dim=-1)
 
 
 def tone(seconds: float, rate: int = 32000, freq: float = 220.0, channels: int = 1) -> np.ndarray:
@@ -51,11 +40,6 @@ def run(engine, seed: int, before: int, after: int, feed=None, settings: Session
     finally:
         session.close()
     return stitch(chunks), chunks
-
-
-def first_difference(a: torch.Tensor, b: torch.Tensor) -> int:
-    differs = (a != b).any(dim=0).nonzero()
-    return int(differs[0]) if len(differs) else -1
 
 
 def test_input_changes_the_music_from_the_next_chunk_and_nothing_before(engine):
@@ -164,25 +148,12 @@ def test_a_restart_forgets_waiting_input(engine):
 def test_a_rewritten_context_is_refed_from_the_first_changed_step(engine):
     """The decoder keeps the cache before the rewrite and feeds the rest again (StepDecoder.truncate): its logits are
     audiocraft's on the rewritten sequence, as a fresh prefill of all of it would give."""
-    from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout, ConditioningAttributes
-
     from engine.lm.conditions import text_condition
     from engine.lm.decoder import StepDecoder
-    from engine.lm.pattern import DelayedFrames
 
     lm = engine.model.musicgen.lm
-
-    def sequence(seed: int) -> torch.Tensor:
-        """40 frames of random codes as the delay pattern's sequence, for the conditional and unconditional rows."""
-        pattern = DelayedFrames(1, list(lm.pattern_provider.delays), lm.special_token_id, capacity=48)
-        generator = torch.Generator().manual_seed(seed)
-        pattern.codes[:, :, :40] = torch.randint(0, lm.card, (1, lm.num_codebooks, 40), generator=generator)
-        return pattern.sequence_values(0, 40).expand(2, -1, -1)
-
-    attributes = [ConditioningAttributes(text={"description": "jazz"})]
-    null = ClassifierFreeGuidanceDropout(p=1.0)(attributes)
-    conditions = lm.condition_provider(lm.condition_provider.tokenize(attributes + null))
-    old, new = sequence(1), sequence(2)
+    _, old = reference_inputs(lm, "jazz", 40, seed=1)
+    conditions, new = reference_inputs(lm, "jazz", 40, seed=2)
     changed = 25  # frame 24 on: the sequence differs from step 25 on (frame f's codebook 0 is the input of f + 1)
     new = torch.cat([old[:, :, :changed], new[:, :, changed:]], dim=2)
     with torch.no_grad():
@@ -258,3 +229,40 @@ def test_input_that_comes_while_a_chunk_is_made_is_heard_in_that_chunk(engine):
 
     plain, played = chunk_one(False), chunk_one(True)
     assert not torch.equal(plain, played)
+
+
+def test_a_transports_pieces_are_placed_where_the_listener_is_then_follow_on_until_they_drift():
+    """InputClock: the one rule WebRTC's microphone and FastRTC's WebSocket media frames place their pieces by."""
+    clock = InputClock()
+
+    def landed(start: float, dropped: str | None = None) -> None:
+        clock.landed(InputReceipt(start_seconds=start, seconds=0.1, dropped=dropped))
+
+    assert clock.place(None, 0.1) is None, "nothing heard yet: the session places it"
+    landed(0.0)
+    assert clock.place(5.1, 0.1) == pytest.approx(5.0), "a piece ends where the listener is as it arrives"
+    landed(5.0)
+    assert clock.place(5.23, 0.1) is None, "the next one follows on (the session's cursor)"
+    landed(5.1)
+    assert clock.place(5.9, 0.1) is None
+    landed(5.2)  # 0.6 s behind the listener: within the drift allowed
+    assert clock.place(7.0, 0.1) is None
+    landed(5.3)  # a pause, or a restart: 1.6 s away (DRIFT_SECONDS is 1), so the next is placed again
+    assert clock.place(7.1, 0.1) == pytest.approx(7.0)
+    landed(7.0, dropped="input comes faster than real time")
+    assert clock.place(7.2, 0.1) == pytest.approx(7.1), "after a drop it is placed again"
+    landed(7.1)
+    assert clock.place(7.3, 0.1) is None
+    clock.landed(None)  # refused, or no session played
+    assert clock.place(7.4, 0.1) == pytest.approx(7.3), "after a piece that never got there it is placed again"
+    assert clock.place(0.05, 0.1) == 0.0, "never before the timeline's start"
+
+
+def test_dropped_input_is_told_now_and_then_with_the_count():
+    """DropTally: the engine's log and the transports' warnings to their clients, never once per piece."""
+    drops = DropTally()
+    assert drops.dropped(now=10.0) == 1, "the first drop is told at once"
+    assert drops.dropped(now=11.0) is None
+    assert drops.dropped(now=12.0) is None
+    assert drops.dropped(now=10.0 + WARN_EVERY_SECONDS) == 3, "then with how many since"
+    assert drops.dropped(now=10.0 + WARN_EVERY_SECONDS + 0.1) is None

@@ -14,34 +14,13 @@ from engine.runtime.streams import SamplingParams, Stream
 from engine.work.batch import BatchRequest
 from engine.work.session import SessionSettings
 from tests.support.helpers import offline_decode, sine_wav, snr_db, wait_until
-
-SETTINGS = SessionSettings(styles=("jazz", "hiphop"), weights=(1.0, 0.8),
-                       params=SamplingParams(temperature=1.1, top_k=40, guidance=1.1), chunk_seconds=1.0)
+from tests.support.sessions import SETTINGS, collect, session_chunks, stitch
 
 
 def with_params(settings: SessionSettings, **changes) -> SessionSettings:
     """A copy of `settings` with sampling parameters or other fields changed (validated by SessionSettings)."""
     params = {k: changes.pop(k) for k in ("temperature", "top_k", "top_p", "guidance") if k in changes}
     return replace(settings, params=replace(settings.params, **params), **changes)
-
-
-def collect(session, count):
-    return [session.next_chunk().result(timeout=120) for _ in range(count)]
-
-
-def session_chunks(engine, count, seed, settings=SETTINGS, **open_options):
-    """Opens a session, takes `count` chunks, always closes it."""
-    session = engine.open_session(settings, seed=seed, **open_options)
-    try:
-        return collect(session, count)
-    finally:
-        session.close()
-
-
-def stitch(chunks):
-    """What a client hears: each chunk without its overlap tail (the tail equals the next chunk's start)."""
-    return torch.cat([c.audio[:, : c.audio.shape[-1] - int(round(c.overlap_seconds * c.sample_rate))]
-                      for c in chunks], dim=-1)
 
 
 def test_chunks_have_the_requested_length(engine):

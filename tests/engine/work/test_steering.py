@@ -10,6 +10,7 @@ import torch
 from engine.runtime.streams import SamplingParams
 from engine.work.session import SessionSettings
 from engine.work.steering import Ramp, kept_rows, place, union_blend
+from tests.support.sessions import first_difference
 
 SETTINGS = SessionSettings(styles=("jazz",), weights=(1.0,), params=SamplingParams(temperature=1.0, top_k=40),
                        chunk_seconds=0.48)
@@ -20,12 +21,6 @@ LOOKAHEAD, MAX_DELAY = 4, 3  # frames: the streaming codec's lookahead, the dela
 
 def new_audio(chunks) -> torch.Tensor:
     return torch.cat([c.audio[:, : int(round(c.seconds * c.sample_rate))] for c in chunks], dim=-1)
-
-
-def first_difference(a: torch.Tensor, b: torch.Tensor) -> int:
-    n = min(a.shape[-1], b.shape[-1])
-    different = (a[..., :n] != b[..., :n]).any(dim=0).nonzero()
-    return int(different[0]) if len(different) else -1
 
 
 def play(engine, count: int, changes: dict, seed: int = 5, neighbour: bool = False):

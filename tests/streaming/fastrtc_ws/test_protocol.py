@@ -169,30 +169,10 @@ def test_a_full_server_answers_fastrtcs_concurrency_message():
         {"status": "failed", "meta": {"error": "concurrency_limit_reached", "limit": 2}}
 
 
-def test_media_frames_are_placed_where_the_listener_is_then_follow_on_until_they_drift():
-    clock = fp.InputClock()
-    assert clock.place(None, 0.1) is None, "nothing heard yet: the engine places it"
-    clock.landed(0.0, dropped=False)
-    assert clock.place(5.1, 0.1) == pytest.approx(5.0), "a frame ends where the listener is as it arrives"
-    clock.landed(5.0, dropped=False)
-    assert clock.place(5.23, 0.1) is None, "the next one follows on (the engine's cursor)"
-    clock.landed(5.1, dropped=False)
-    assert clock.place(5.9, 0.1) is None
-    clock.landed(5.2, dropped=False)  # 0.6 s behind the listener: within the drift allowed
-    assert clock.place(7.0, 0.1) is None
-    clock.landed(5.3, dropped=False)  # a pause, or a restart: 1.6 s away, so the next is placed again
-    assert clock.place(7.1, 0.1) == pytest.approx(7.0)
-    clock.landed(7.0, dropped=True)
-    assert clock.place(7.2, 0.1) == pytest.approx(7.1), "after a drop it is placed again"
-
-
 def test_dropped_input_is_told_now_and_then_with_the_count():
-    notices = fp.DropNotices()
-    first = json.loads(notices.dropped_one("input comes faster than real time", now=10.0))
-    assert first["type"] == "warning" and "1 media frame(s)" in first["data"] and "faster" in first["data"]
-    assert notices.dropped_one("again", now=11.0) is None
-    assert notices.dropped_one("again", now=12.0) is None
-    assert "3 media frame(s)" in json.loads(notices.dropped_one("again", now=10.0 + fp.DROP_NOTICE_SECONDS))["data"]
+    """How often is engine.api.DropTally's (tests/engine/work/test_live_input.py); here, what the client reads."""
+    notice = json.loads(fp.input_dropped(3, "input comes faster than real time"))
+    assert notice["type"] == "warning" and "3 media frame(s)" in notice["data"] and "faster" in notice["data"]
 
 
 def test_media_samples_scale_to_float_as_fastrtc_does():

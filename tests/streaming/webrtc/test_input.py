@@ -1,16 +1,13 @@
 """A send-receive offer's microphone into the session: aiortc clients with an audio track, a running sidecar."""
 
 import asyncio
-import io
 
-import httpx
 import numpy as np
 import pytest
-import soundfile as sf
 
 from tests.support.helpers import wait_until
 from tests.support.servers import http_url, sessions
-from tests.support.webrtc_client import PARAMS, SERVER_CONFIG, JamClient, ToneTrack, event
+from tests.support.webrtc_client import PARAMS, SERVER_CONFIG, ToneTrack, recorded_session
 
 pytestmark = pytest.mark.usefixtures("loopback")
 SECONDS = 3.0  # of music received by each client
@@ -24,24 +21,9 @@ def server_config() -> dict:
 
 
 async def session_audio(server, microphone=None) -> tuple[np.ndarray, dict]:
-    """Plays a seeded session for SECONDS (sending `microphone`), stops it, and returns its recording (the tokens
-    it generated, decoded afresh) with the data channel's `input` event (None without a microphone)."""
-    client = JamClient(http_url(server), microphone=microphone)
-    track = await client.connect({**PARAMS, "max_decode_frames": 16})
-    session_id = (await client.message(event("started")))["data"]["session_id"]
-    heard = 0
-    while heard < SECONDS * 48000:
-        heard += (await asyncio.wait_for(track.recv(), 5)).samples
-    placed = None
-    if microphone is not None:
-        placed = (await client.message(event("input"), timeout=5))["data"]
-    client.send({"type": "stop"})
-    await client.message(lambda m: m["data"] == "stopped", timeout=5)
-    await client.close()
-    async with httpx.AsyncClient(base_url=http_url(server), timeout=60) as http:
-        response = await http.get(f"/sessions/{session_id}/recording")
-    audio, _ = sf.read(io.BytesIO(response.content), dtype="float32")
-    return audio, placed
+    """A seeded session played for SECONDS (sending `microphone`): its recording and the `input` event."""
+    return await recorded_session(http_url(server), {**PARAMS, "max_decode_frames": 16}, SECONDS, microphone,
+                                  timeout=5)
 
 
 def test_the_microphone_is_mixed_into_the_session_from_where_the_player_heard_it(server, engine):
