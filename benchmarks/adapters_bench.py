@@ -46,7 +46,7 @@ def run(device: str, sessions: int, rank: int, context: int, steps: int, rounds:
         bank.load(slot, new_adapter(lm, rank=rank, alpha=rank, b_std=0.01, generator=generator))
 
     def prepared(with_bank: bool) -> tuple[StepDecoder, tp.Optional[CapturableStep]]:
-        decoder = StepDecoder(lm, max_rows=rows, max_steps=context + steps * rounds * 2 + 8,
+        decoder = StepDecoder(lm, max_rows=rows, max_steps=context + steps * (rounds * 2 + 1) + 8,  # + the warm-up
                               weight_format=weight_format)
         for row in range(rows):
             embeds, mask = text_condition(lm, None if row % 2 else f"style {row}")

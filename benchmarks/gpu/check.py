@@ -209,8 +209,9 @@ def run(args: argparse.Namespace) -> dict:
             torch.cuda.empty_cache()
     # many fine-tunes at once: 8 sessions with 8 rank-16 LoRA adapters vs 8 with none (benchmarks/adapters_bench.py)
     if not args.skip_models:
-        report.section("adapters", lambda f: f.update(adapters_bench.run(device, sessions=8, rank=16, context=500,
-                                                                         steps=20, rounds=5)), needs_seconds=90)
+        counts = (dict(sessions=2, rank=4, context=32, steps=2, rounds=1) if args.tiny
+                  else dict(sessions=8, rank=16, context=500, steps=20, rounds=5))
+        report.section("adapters", lambda f: f.update(adapters_bench.run(device, **counts)), needs_seconds=90)
     if args.training_updates:
         report.section("training", lambda f: training_section(f, device, args.training_updates, report, args.tiny),
                        needs_seconds=60)
