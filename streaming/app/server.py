@@ -110,6 +110,9 @@ class RunningServer:
             await self.drain.done.wait()
             await asyncio.get_running_loop().run_in_executor(None, finish)
 
+        if self.loop is None:  # not serving yet: there is nothing to drain
+            self.server.should_exit = True
+            return
         asyncio.run_coroutine_threadsafe(drain_and_finish(), self.loop)
 
     def drain_then_stop(self) -> None:
@@ -179,9 +182,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     engine = Engine.load(args.weights, config=EngineConfig.from_env())
-    server = RunningServer(engine, ServerConfig.from_env()).start()
+    server = RunningServer(engine, ServerConfig.from_env())
     # SIGTERM (a rolling update, `docker stop`): live jams get JAM_DRAIN_SECONDS to end, then the process exits.
+    # Installed before the server starts: a client can open a session within the 50 ms start() takes to see the
+    # server up, and a SIGTERM then must drain it, not end the process.
     signal.signal(signal.SIGTERM, lambda signum, frame: server.drain_then_stop())
+    server.start()
     try:
         server.thread.join()
     except KeyboardInterrupt:

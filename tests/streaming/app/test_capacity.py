@@ -267,6 +267,28 @@ def test_sigterm_drains_then_the_standalone_sidecar_exits(venv_env, demo_dir, tm
             process.wait()
 
 
+def test_a_sigterm_the_moment_the_sidecar_is_ready_drains_instead_of_killing_it(venv_env, demo_dir, tmp_path):
+    """The SIGTERM handler is in place before the server answers: a client may open a session within the moment
+    start() takes to see the server up, and a SIGTERM then must drain it (exit 0), not end the process (-15)."""
+    port = free_port()
+    log = tmp_path / "sidecar.log"
+    process = subprocess.Popen([sys.executable, "-m", "streaming.app.server"], cwd=ROOT, stdout=log.open("wb"),
+                               stderr=subprocess.STDOUT,
+                               env=dict(venv_env, JAM_HOST="127.0.0.1", JAM_PORT=str(port), JAM_DRAIN_SECONDS="5"))
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(port):  # polled tightly: the signal goes the moment the server answers
+            assert process.poll() is None and time.monotonic() < deadline, "sidecar did not start"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()[-2000:]
+        assert "draining" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _ready(port: int) -> bool:
     try:
         return requests.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
