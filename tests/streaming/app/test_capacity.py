@@ -2,6 +2,7 @@
 sessions no connection carries and the drain, on a running sidecar with real WebSocket and HTTP sessions; the drain
 waits for running jobs and HTTP-driven bar sessions."""
 
+import contextlib
 import json
 import signal
 import socket
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+import typing as tp
+from pathlib import Path
 
 import pytest
 import requests
@@ -237,13 +240,27 @@ def test_drain_tells_live_clients_refuses_new_ones_and_closes_at_the_deadline(ro
         running.stop()
 
 
-def test_sigterm_drains_then_the_standalone_sidecar_exits(venv_env, demo_dir, tmp_path):
+@contextlib.contextmanager
+def standalone_sidecar(venv_env, tmp_path, drain_seconds: int) -> tp.Iterator[tuple[subprocess.Popen, int, Path]]:
+    """`python -m streaming.app.server` on a free port (process, port, its log); killed if still running after."""
     port = free_port()
     log = tmp_path / "sidecar.log"
     process = subprocess.Popen([sys.executable, "-m", "streaming.app.server"], cwd=ROOT, stdout=log.open("wb"),
-                               stderr=subprocess.STDOUT,
-                               env=dict(venv_env, JAM_HOST="127.0.0.1", JAM_PORT=str(port), JAM_DRAIN_SECONDS="30"))
+                               stderr=subprocess.STDOUT, env=dict(venv_env, JAM_HOST="127.0.0.1", JAM_PORT=str(port),
+                                                                  JAM_DRAIN_SECONDS=str(drain_seconds)))
     try:
+        yield process, port, log
+    except BaseException:
+        print(log.read_text()[-4000:])
+        raise
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_sigterm_drains_then_the_standalone_sidecar_exits(venv_env, demo_dir, tmp_path):
+    with standalone_sidecar(venv_env, tmp_path, drain_seconds=30) as (process, port, _):
         assert wait_until(lambda: _ready(port) or process.poll() is not None, 120), "sidecar did not start"
         assert process.poll() is None, "the sidecar exited (its port taken?)"
         ws = connect(f"ws://127.0.0.1:{port}/ws/jam")
@@ -258,35 +275,19 @@ def test_sigterm_drains_then_the_standalone_sidecar_exits(venv_env, demo_dir, tm
         ws.send(json.dumps({"type": "stop"}))
         ws.close()
         assert process.wait(timeout=20) == 0, "the last session ended: the replica exits"
-    except BaseException:
-        print(log.read_text()[-4000:])
-        raise
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_a_sigterm_the_moment_the_sidecar_is_ready_drains_instead_of_killing_it(venv_env, demo_dir, tmp_path):
     """The SIGTERM handler is in place before the server answers: a client may open a session within the moment
     start() takes to see the server up, and a SIGTERM then must drain it (exit 0), not end the process (-15)."""
-    port = free_port()
-    log = tmp_path / "sidecar.log"
-    process = subprocess.Popen([sys.executable, "-m", "streaming.app.server"], cwd=ROOT, stdout=log.open("wb"),
-                               stderr=subprocess.STDOUT,
-                               env=dict(venv_env, JAM_HOST="127.0.0.1", JAM_PORT=str(port), JAM_DRAIN_SECONDS="5"))
-    try:
+    with standalone_sidecar(venv_env, tmp_path, drain_seconds=5) as (process, port, log):
         deadline = time.monotonic() + 120
         while not _ready(port):  # polled tightly: the signal goes the moment the server answers
             assert process.poll() is None and time.monotonic() < deadline, "sidecar did not start"
             time.sleep(0.005)
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0, log.read_text()[-2000:]
+        assert process.wait(timeout=30) == 0, "a SIGTERM right after start ended the sidecar instead of draining it"
         assert "draining" in log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def _ready(port: int) -> bool:
